@@ -1,0 +1,31 @@
+# slmnet — one entry point for setting up and testing.
+#   make test    create .venv, install every pinned dependency, run the test suite
+#   make install only the environment (re-run: skips what is already installed)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.slmnet-installed
+
+.PHONY: install test clean-venv
+
+install: $(STAMP)
+
+# The order matters on CPU machines: the local CPU build of torch first (otherwise
+# pip pulls gigabytes of CUDA packages), then the lock with --no-deps (it leaves out
+# torchvision/torchaudio/torchcodec, which break `import vllm`, and the 1 GB triton
+# that the CPU engine never uses), then slmnet itself in editable mode.
+$(STAMP): requirements/cpu.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet --no-deps -r requirements/cpu.lock
+	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -c "import vllm, bittensor, chain"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)
