@@ -1,0 +1,21 @@
+"""The only code that talks to a chain: connect, read the metagraph, write through the SDK."""
+
+from .client import Chain, connect, parse_network
+from .errors import ChainLayerError, InvalidWeights, NetworkError, NotRegistered, RateLimited, WriteFailed
+from .views import MetagraphView, NeuronView
+from .writes import WriteResult
+
+__all__ = [
+    "Chain",
+    "ChainLayerError",
+    "InvalidWeights",
+    "MetagraphView",
+    "NetworkError",
+    "NeuronView",
+    "NotRegistered",
+    "RateLimited",
+    "WriteFailed",
+    "WriteResult",
+    "connect",
+    "parse_network",
+]

@@ -1,0 +1,103 @@
+"""``connect(network)``: one chain connection for a process, whatever the network.
+
+Networks: ``finney``, ``test``, ``local`` (a node on ws://127.0.0.1:9944),
+``ws://host:port`` / ``wss://host:port``, and ``localnet:DIR`` (the embedded
+localnet in folder DIR). Everything above this module uses :class:`Chain`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import bittensor as bt
+from bittensor.result import ChainError
+
+from . import views, writes
+from .errors import NetworkError, NotRegistered
+from .localnet import LocalnetSubstrate
+
+log = logging.getLogger(__name__)
+
+LOCALNET_PREFIX = "localnet:"
+NAMED_NETWORKS = ("finney", "test", "local")
+
+
+def parse_network(network: str) -> tuple[str, Optional[Path]]:
+    """(SDK network label, localnet folder or None); NetworkError when unknown."""
+    if network.startswith(LOCALNET_PREFIX):
+        folder = network[len(LOCALNET_PREFIX) :]
+        if not folder:
+            raise NetworkError("localnet needs a folder: localnet:DIR")
+        return "local", Path(folder).expanduser()
+    if network in NAMED_NETWORKS or network.startswith(("ws://", "wss://")):
+        return network, None
+    raise NetworkError(f"unknown network {network!r}: use finney, test, local, ws://host:port, wss://host:port or localnet:DIR")
+
+
+class Chain:
+    """An open connection. Use as ``async with connect(network) as chain``."""
+
+    def __init__(self, network: str):
+        label, folder = parse_network(network)
+        self.network = network
+        self.localnet_dir = folder
+        substrate = LocalnetSubstrate(folder) if folder is not None else None
+        # Pin the client to the one endpoint asked for: no public fallback pools.
+        extra = {} if substrate is not None else {"fallback_endpoints": [], "archive_endpoints": []}
+        self.client = bt.Client(label, substrate=substrate, **extra)
+
+    async def __aenter__(self) -> "Chain":
+        try:
+            await self.client.connect()
+        except (ChainError, bt.RpcConnectionError, OSError) as exc:
+            raise NetworkError(f"cannot connect to {self.network}: {exc}") from exc
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.client.close()
+
+    # Reads ---------------------------------------------------------------------------
+
+    async def block(self) -> int:
+        return await self._reading(self.client.block())
+
+    async def metagraph(self, netuid: int) -> views.MetagraphView:
+        """The subnet as slmnet sees it; NetworkError when the subnet does not exist."""
+        graph = await self._reading(self.client.subnets.metagraph(netuid))
+        if graph is None:
+            raise NetworkError(f"subnet {netuid} does not exist on {self.network}")
+        return views.from_sdk(graph)
+
+    async def uid_of(self, netuid: int, hotkey: str) -> int:
+        """The hotkey's uid; NotRegistered when it has none."""
+        uid = await self._reading(self.client.query(("SubtensorModule", "Uids"), [netuid, hotkey]))
+        if uid is None:
+            raise NotRegistered(f"hotkey {hotkey} is not registered on subnet {netuid} of {self.network}")
+        return int(uid)
+
+    async def _reading(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (ChainError, bt.RpcConnectionError) as exc:
+            raise NetworkError(f"reading {self.network} failed: {exc}") from exc
+
+    # Writes --------------------------------------------------------------------------
+
+    async def register(self, wallet: Any, netuid: int) -> writes.WriteResult:
+        return await writes.register(self.client, wallet, netuid)
+
+    async def serve(self, wallet: Any, netuid: int, ip: str, port: int) -> writes.WriteResult:
+        return await writes.serve(self.client, wallet, netuid, ip, port)
+
+    async def commit(self, wallet: Any, netuid: int, text: str) -> writes.WriteResult:
+        return await writes.commit(self.client, wallet, netuid, text)
+
+    async def set_weights(self, wallet: Any, netuid: int, weights: Mapping[int, float], version_key: int = 0) -> writes.WriteResult:
+        return await writes.set_weights(self.client, wallet, netuid, weights, version_key)
+
+
+def connect(network: str) -> Chain:
+    """A :class:`Chain` for ``network``, to be entered with ``async with``."""
+    return Chain(network)

@@ -1,0 +1,1 @@
+"""Entry points: parse config, wire the packages, run (the `slmnet` CLI)."""

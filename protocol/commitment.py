@@ -1,0 +1,49 @@
+"""The model declaration a miner publishes as its on-chain commitment.
+
+The chain stores at most 3 × 128 bytes per commitment, so the declaration is
+compact JSON. Validators and the gateway read it to know which model a miner
+claims to serve and how much load it accepts.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+COMMITMENT_VERSION = 1
+MAX_COMMITMENT_BYTES = 384
+
+
+class CommitmentDecodeError(ValueError):
+    """A commitment is not a model declaration this version understands."""
+
+
+class ModelDeclaration(BaseModel):
+    """What a miner serves, as declared on chain."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="Model id, e.g. a Hugging Face repo id", min_length=1, max_length=96)
+    revision: str | None = Field(default=None, description="Hub revision (commit hash or tag)", max_length=64)
+    weights_sha256: str | None = Field(default=None, description="sha256 of the served weight files, hex", pattern=r"^[0-9a-f]{64}$")
+    max_context: int = Field(description="Maximum context length in tokens", gt=0)
+    capacity: int = Field(description="Concurrent requests the miner accepts", gt=0)
+    v: int = Field(default=COMMITMENT_VERSION, description="Declaration format version")
+
+    def to_commitment(self) -> str:
+        """The text to publish; ValueError if it exceeds what the chain stores."""
+        text = json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"), sort_keys=True)
+        if len(text.encode()) > MAX_COMMITMENT_BYTES:
+            raise ValueError(f"model declaration is {len(text.encode())} bytes; the chain stores {MAX_COMMITMENT_BYTES}")
+        return text
+
+    @classmethod
+    def from_commitment(cls, text: str) -> "ModelDeclaration":
+        try:
+            declaration = cls.model_validate(json.loads(text))
+        except (ValueError, ValidationError) as exc:
+            raise CommitmentDecodeError(f"not a model declaration: {exc}") from exc
+        if declaration.v != COMMITMENT_VERSION:
+            raise CommitmentDecodeError(f"declaration version {declaration.v} is not {COMMITMENT_VERSION}")
+        return declaration
