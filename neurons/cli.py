@@ -118,7 +118,8 @@ def _print_status(graph: Any) -> None:
             str(n.uid), n.hotkey[:10] + "…", f"{n.stake:,.2f}", "✓" if n.validator_permit else "", f"{n.ip}:{n.port}" if n.ip else "-",
             n.model.model if n.model else "-", f"{n.incentive:.4f}", f"{n.consensus:.4f}", f"{n.trust:.4f}", f"{n.dividends:.4f}", f"{n.emission:.4f}",
         )
-    Console().print(table)
+    # A pipe gets the whole table, not one cut to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 # --- wallets --------------------------------------------------------------------------
