@@ -332,7 +332,7 @@ def _metagraph(conn, block, params):
     }
 
 
-def _neuron_record(conn: sqlite3.Connection, row: sqlite3.Row, stakes: dict, lite: bool) -> dict:
+def _neuron_record(conn: sqlite3.Connection, row: sqlite3.Row, lite: bool) -> dict:
     scores = codec.from_json(row["scores"])
     coldkey_stakes = conn.execute("SELECT coldkey, rao FROM stakes WHERE hotkey = ? AND netuid = ?", (row["hotkey"], row["netuid"])).fetchall()
     record = {
@@ -363,16 +363,12 @@ def _neuron_record(conn: sqlite3.Connection, row: sqlite3.Row, stakes: dict, lit
 
 @runtime_api("NeuronInfoRuntimeApi", "get_neurons_lite")
 def _neurons_lite(conn, block, params):
-    netuid = int(params[0])
-    stakes = runtime.hotkey_stake(conn, netuid)
-    return [_neuron_record(conn, r, stakes, lite=True) for r in runtime.neurons(conn, netuid)]
+    return [_neuron_record(conn, r, lite=True) for r in runtime.neurons(conn, int(params[0]))]
 
 
 @runtime_api("NeuronInfoRuntimeApi", "get_neurons")
 def _neurons_full(conn, block, params):
-    netuid = int(params[0])
-    stakes = runtime.hotkey_stake(conn, netuid)
-    return [_neuron_record(conn, r, stakes, lite=False) for r in runtime.neurons(conn, netuid)]
+    return [_neuron_record(conn, r, lite=False) for r in runtime.neurons(conn, int(params[0]))]
 
 
 _HYPERPARAM_TYPES = {bool: "Bool"}

@@ -54,6 +54,10 @@ async def test_endpoints_and_models_read_back(localnet, subnet):
     assert [n.validator_permit for n in graph.neurons] == [True, True, False, False, False, False]
     assert graph.uid(0).stake == pytest.approx(900)
     assert graph.neurons[0].endpoint is None and graph.neurons[0].model is None
+    # the SDK's neuron listing (NeuronInfoRuntimeApi) agrees with the metagraph
+    listed = await c.client.neurons.all(localnet.netuid)
+    assert [(n.uid, n.hotkey, n.validator_permit) for n in listed] == [(n.uid, n.hotkey, n.validator_permit) for n in graph.neurons]
+    assert listed[0].total_stake.rao == 900 * 10**9
 
 
 async def test_incentive_follows_the_stake_majority_and_clips_the_outlier(localnet, subnet):
@@ -165,6 +169,9 @@ async def test_commit_reveal_subnet_records_timelocked_commits(localnet, subnet)
     assert result.success
     commits = await c.client.query_map(("SubtensorModule", "TimelockedWeightCommits"), [localnet.netuid])
     assert [entry[1][0] for entry in commits] == [validators[0].hotkey.ss58_address]
+    await wait_for_epochs(c, localnet.netuid, 2)
+    weights = dict(await c.client.query_map(("SubtensorModule", "Weights"), [localnet.netuid]))
+    assert 0 not in weights  # sealed until the drand round, which never comes offline
     # plain weights are refused while commit-reveal is on
     direct = await c.client.submit_call(
         bt.calls.SubtensorModule.set_mechanism_weights(netuid=localnet.netuid, mecid=0, dests=[2], weights=[65535], version_key=0), validators[1], signer="hotkey"
