@@ -1,4 +1,4 @@
-"""The `slmnet` command line: localnet administration, wallets.
+"""The `slmnet` command line: localnet administration, wallets, models.
 
 Every read takes ``--json`` so scripts can use it; errors print one line on stderr
 and exit 1 (2 for usage errors, from argparse).
@@ -137,6 +137,20 @@ def cmd_wallet_create(args: argparse.Namespace) -> None:
     _emit(args, payload, lambda: print(f"wallet {args.name}/{args.hotkey} in {path}\ncoldkey {payload['coldkey_ss58']}\nhotkey  {payload['hotkey_ss58']}"))
 
 
+# --- models ---------------------------------------------------------------------------
+
+
+def cmd_models_tiny(args: argparse.Namespace) -> None:
+    from miner.models.tiny import build_tiny
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise CliError(f"{out} is not empty")
+    digest = build_tiny(out, seed=args.seed)
+    payload = {"path": str(out), "seed": args.seed, "weights_sha256": digest}
+    _emit(args, payload, lambda: print(f"tiny model (seed {args.seed}) in {out}\nweights sha256 {digest}"))
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -183,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--hotkey", required=True, help="hotkey name")
     create.add_argument("--json", action="store_true", help="print JSON")
     create.set_defaults(func=cmd_wallet_create)
+
+    models = groups.add_parser("models", help="prepare models").add_subparsers(dest="command", required=True)
+    tiny = models.add_parser("tiny", help="build a tiny random Qwen2 model with an offline-trained tokenizer")
+    tiny.add_argument("--out", required=True, help="folder to write (must be new or empty)")
+    tiny.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical weights")
+    tiny.add_argument("--json", action="store_true", help="print JSON")
+    tiny.set_defaults(func=cmd_models_tiny)
     return parser
 
 

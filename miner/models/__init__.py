@@ -1,0 +1,1 @@
+"""Model preparation for miners and validators: tiny test models, packaged weights."""
