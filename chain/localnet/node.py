@@ -22,6 +22,7 @@ import bittensor_core
 from bittensor._transport.contract import CallBytes, UnsignedExtrinsic
 from bittensor.balance import Balance
 from bittensor.result import ChainError, ExtrinsicResult
+from bittensor.sp_core import ss58_decode
 from Crypto.Cipher import ChaCha20_Poly1305
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
@@ -243,8 +244,6 @@ class LocalnetSubstrate:
             nonce = await self.account_next_index(address)
         era = int(period or 0)
         payload = codec.signing_payload(call.data, signer=address, nonce=nonce, era=era, genesis_hash=genesis.genesis_hash)
-        from bittensor.sp_core import ss58_decode
-
         return UnsignedExtrinsic(
             call_data=call.data,
             address=address,

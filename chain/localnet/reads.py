@@ -188,11 +188,6 @@ def _system_account(conn, block, params):
     return {"nonce": nonce, "consumers": 0, "providers": 1, "sufficients": 0, "data": {"free": free, "reserved": 0, "frozen": 0, "flags": 0}}
 
 
-@storage("MevShield", "NextKey")
-def _next_key(conn, block, params):
-    raise UnknownRead("MevShield.NextKey is answered by the node, not storage")
-
-
 @storage_map("SubtensorModule", "Uids")
 def _uids_map(conn, block, params):
     return [(r["hotkey"], int(r["uid"])) for r in runtime.neurons(conn, int(params[0]))]

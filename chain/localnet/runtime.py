@@ -15,6 +15,7 @@ from hashlib import blake2b
 from typing import Any, Callable
 
 import numpy as np
+from bittensor.sp_core import ss58_decode
 
 from . import codec, yuma
 from .store import RAO_PER_TAO, U16_MAX
@@ -519,9 +520,8 @@ def reveal_weights(ctx: Context, hotkey: str, p: dict) -> None:
     commits = ctx.conn.execute("SELECT * FROM weight_commits WHERE netuid = ? AND hotkey = ? AND kind = 'hash' ORDER BY id", (netuid, hotkey)).fetchall()
     if not commits:
         raise DispatchError("NoWeightsCommitFound", f"No weight commit from {hotkey} on subnet {netuid}.")
-    from bittensor.sp_core import ss58_decode  # the chain hashes the raw 32-byte public key
-
     uids, values, salt = list(p["uids"]), list(p["values"]), list(p["salt"])
+    # the chain hashes the raw 32-byte public key of the hotkey
     digest = legacy_commit_hash(bytes(ss58_decode(hotkey)), netuid, uids, values, salt, int(p["version_key"]))
     match = next((c for c in commits if codec.from_json(c["commit_data"]) == digest), None)
     if match is None:
