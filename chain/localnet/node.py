@@ -15,6 +15,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 
@@ -133,13 +134,13 @@ class LocalnetSubstrate:
         return await self._read(read)
 
     def _number_of(self, block_hash: str) -> Optional[int]:
+        """The block number a hash names, or None when this chain made no such hash."""
         genesis = self._require()[1]
-        head = store.current_block(genesis)
-        # Blocks are few and hashes deterministic: search back from the head.
-        for number in range(head, max(-1, head - 100_000), -1):
-            if _hash_of_block(genesis, number) == block_hash:
-                return number
-        return None
+        try:
+            number = int(block_hash.removeprefix("0x")[:16], 16)
+        except ValueError:
+            return None
+        return number if _hash_of_block(genesis, number) == block_hash else None
 
     async def query(self, module: str, storage_function: str, params: Optional[list] = None, block_hash: Optional[str] = None) -> Any:
         if (module, storage_function) == ("MevShield", "NextKey"):
@@ -384,7 +385,10 @@ def _signature_ok(payload: bytes, signature: bytes, signer: str) -> bool:
 
 
 def _hash_of_block(genesis: store.Genesis, number: int) -> str:
-    return codec.hex_hash(f"{genesis.genesis_hash}:{number}".encode())
+    """32 bytes: the block number (8, big-endian) then 24 bytes bound to this chain's genesis,
+    so a hash maps back to its number without a search."""
+    digest = blake2b(f"{genesis.genesis_hash}:{number}".encode(), digest_size=24).hexdigest()
+    return f"0x{number:016x}{digest}"
 
 
 def _pool_rejection(message: str) -> ExtrinsicResult:
