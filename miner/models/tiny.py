@@ -8,11 +8,12 @@ gives byte-identical files, so a test can declare a weights hash and check it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
+
+from miner.models.manifest import ModelManifest, weights_sha256
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -97,12 +98,8 @@ def build_tiny(out: Path, seed: int = 0, spec: TinySpec = TinySpec()) -> str:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     model.save_pretrained(out, safe_serialization=True)
-    return weights_sha256(out)
+    digest = weights_sha256(out)
+    ModelManifest(id=f"slmnet/tiny-qwen2-s{seed}", revision=None, weights_sha256=digest, max_context=spec.max_context).write(out)
+    return digest
 
 
-def weights_sha256(directory: Path) -> str:
-    """sha256 over the model's safetensors files, in name order (hex)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).glob("*.safetensors")):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()

@@ -1,0 +1,48 @@
+"""The miner's configuration: one frozen object, built and validated in ``neurons/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from miner.engine import EngineSpec
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    network: str
+    netuid: int
+    wallet_path: str
+    wallet_name: str
+    wallet_hotkey: str
+    port: int
+    host: str = "0.0.0.0"
+    external_ip: str = "127.0.0.1"  # the address announced on chain
+    engine: Optional[EngineSpec] = None  # start and supervise this engine ...
+    engine_url: Optional[str] = None  # ... or attach to a running one
+    model_id: str = ""  # the declared model; the engine serves it under this name
+    revision: Optional[str] = None
+    weights_sha256: Optional[str] = None
+    max_context: int = 2048
+    capacity: int = 16  # declared; also the global in-flight limit
+    max_in_flight_per_caller: int = 16
+    min_stake: float = 1000.0  # TAO a sender without a validator permit must hold
+    max_body_bytes: int = 1 << 20
+    metagraph_interval: float = 12.0  # seconds between metagraph refreshes
+    engine_timeout: float = 300.0  # seconds without a byte from the engine before giving up
+    engine_wait: float = 600.0  # seconds to wait for an attached engine at start
+
+    def __post_init__(self) -> None:
+        if (self.engine is None) == (self.engine_url is None):
+            raise ValueError("give either engine flags (--engine-model ...) or --engine-url, not both and not neither")
+        if not self.model_id:
+            raise ValueError("the declared model id is empty")
+        for name in ("capacity", "max_in_flight_per_caller", "max_body_bytes", "max_context"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.min_stake < 0 or self.metagraph_interval <= 0:
+            raise ValueError("min_stake must be >= 0 and metagraph_interval > 0")
+
+    @property
+    def upstream(self) -> str:
+        return self.engine.url if self.engine is not None else self.engine_url.rstrip("/")

@@ -1,0 +1,159 @@
+"""The vLLM engine behind a miner: started and supervised on loopback, or attached to.
+
+``Engine.state`` is what the front end consults before forwarding: ``starting`` until
+the first healthy probe, ``ready``, ``down`` when a probe or a forwarded request fails
+(the front end answers 503 at once), back to ``ready`` when the engine answers again.
+A supervised engine that exits is restarted with exponential backoff; an attached one
+is only probed. The engine runs as its own OpenAI server (``python -m
+vllm.entrypoints.openai.api_server``: the CPU build's ``vllm`` script cannot find its
+own distribution), in its own process group so a stop takes its workers with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How to start vLLM; ``extra_args`` are passed to it verbatim."""
+
+    model: str  # folder or Hugging Face id
+    served_name: str
+    port: int
+    revision: Optional[str] = None
+    dtype: str = "auto"
+    max_model_len: Optional[int] = None
+    extra_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()  # added to the environment of the engine only
+    log_path: Optional[Path] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--served-model-name", self.served_name]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--dtype", self.dtype, "--disable-uvicorn-access-log"]
+        if self.revision:
+            cmd += ["--revision", self.revision]
+        if self.max_model_len:
+            cmd += ["--max-model-len", str(self.max_model_len)]
+        return cmd + list(self.extra_args)
+
+
+@dataclass
+class Engine:
+    """One engine: ``url`` to forward to, ``state`` to consult, ``pid`` when supervised."""
+
+    url: str
+    spec: Optional[EngineSpec] = None  # None: attached, never started or restarted here
+    probe_interval: float = 1.0
+    state: str = "starting"
+    restarts: int = 0
+    since: float = field(default_factory=time.monotonic)
+    _process: Optional[asyncio.subprocess.Process] = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process and self._process.returncode is None else None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def mark_down(self, reason: str) -> None:
+        if self.state == "ready":
+            log.warning("engine at %s is down: %s", self.url, reason)
+            self._set("down")
+
+    def _set(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since = state, time.monotonic()
+
+    async def run(self, session: aiohttp.ClientSession) -> None:
+        """Probe (and, when supervised, keep alive) until cancelled."""
+        backoff = 1.0
+        try:
+            while True:
+                if self.spec is not None and (self._process is None or self._process.returncode is not None):
+                    if self._process is not None:
+                        _signal_group(self._process.pid, signal.SIGKILL)  # workers it left behind
+                        log.warning("engine exited with %s; restarting in %.0f s", self._process.returncode, backoff)
+                        self._set("down")
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 30.0)
+                        self.restarts += 1
+                    await self._start()
+                healthy = await self._probe(session)
+                if healthy:
+                    backoff = 1.0
+                    if self.state != "ready":
+                        log.info("engine at %s is ready", self.url)
+                    self._set("ready")
+                elif self.state == "ready":
+                    self.mark_down("health probe failed")
+                await asyncio.sleep(self.probe_interval)
+        finally:
+            await self.stop()
+
+    async def _probe(self, session: aiohttp.ClientSession) -> bool:
+        try:
+            async with session.get(f"{self.url}/health", timeout=PROBE_TIMEOUT) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def _start(self) -> None:
+        assert self.spec is not None
+        log.info("starting engine: %s", " ".join(self.spec.command()))
+        env = dict(os.environ, **dict(self.spec.env))
+        out = open(self.spec.log_path, "ab") if self.spec.log_path else asyncio.subprocess.DEVNULL
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.spec.command(), env=env, stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+            )
+        finally:
+            if self.spec.log_path:
+                out.close()
+        self._set("starting")
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop a supervised engine and its process group (SIGTERM, then SIGKILL)."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except asyncio.TimeoutError:
+            _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the miner dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

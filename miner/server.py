@@ -1,0 +1,254 @@
+"""The miner's HTTP front end: an authenticating, metering proxy in front of vLLM.
+
+Every request but ``/health`` is checked in this order, each failure with its own
+status and a JSON error body: size (413), btauth/1 signature (401), sender standing
+(403), JSON and fields (400), model (404), engine state (503), in-flight limits (429).
+Accepted requests are forwarded to the engine byte for byte; streamed answers are
+passed on chunk by chunk as they arrive, never buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator, Optional
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from chain import Chain
+from miner.auth import Sender
+from miner.engine import Engine
+from miner.errors import BadRequest, EngineUnavailable, HttpError, ModelNotFound, PayloadTooLarge
+from miner.metrics import MinerMetrics
+from miner.state import STATE, MinerState
+from miner.sync import metagraph_ctx
+from protocol.openai import REQUEST_MODELS, describe_validation_error, error_body
+
+log = logging.getLogger(__name__)
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """The one place an HttpError becomes a response: status, headers, OpenAI error body."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request["request_id"] = request_id
+    state = request.app[STATE]
+    try:
+        response = await handler(request)
+    except HttpError as exc:
+        log.info("refused %s %s from %s: %s %s (request %s)", request.method, request.path, request.remote, exc.status, exc.message, request_id)
+        state.metrics.refusals.labels(exc.code).inc()
+        response = web.json_response(error_body(exc.message, exc.type, exc.code), status=exc.status, headers=exc.headers)
+    response.headers.setdefault("X-Request-Id", request_id)
+    if not response.prepared:
+        state.metrics.requests.labels(request.path, str(response.status)).inc()
+    return response
+
+
+# --- read-only routes -------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = {
+        "status": "ok" if state.engine.ready else "unavailable",
+        "engine": state.engine.state,
+        "engine_restarts": state.engine.restarts,
+        "model": state.declaration.model,
+        "hotkey": state.hotkey,
+        "uid": state.uid,
+        "metagraph_block": state.gate.block,
+        "in_flight": state.admission.in_flight,
+    }
+    return web.json_response(body, status=200 if state.engine.ready else 503)
+
+
+async def models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await _authenticate(request, state)
+    d = state.declaration
+    entry = {
+        "id": d.model,
+        "object": "model",
+        "owned_by": state.hotkey,
+        "max_model_len": d.max_context,
+        "slmnet": {"uid": state.uid, "hotkey": state.hotkey, "declaration": d.model_dump(exclude_none=True), "engine": state.engine.state},
+    }
+    return web.json_response({"object": "list", "data": [entry]})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    await _authenticate(request, state)
+    m = state.metrics
+    m.engine_up.set(1 if state.engine.ready else 0)
+    m.engine_restarts.set(state.engine.restarts)
+    m.metagraph_block.set(state.gate.block or 0)
+    return web.Response(body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# --- completions ------------------------------------------------------------------------
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+    received = time.perf_counter()
+    state = request.app[STATE]
+    body = await _read_body(request, state.config.max_body_bytes)
+    sender = state.gate.check(request.headers, body, request.method, request.path_qs)
+    stream = _validate(request.path, body, state.declaration.model)
+    if not state.engine.ready:
+        raise EngineUnavailable(f"the engine is {state.engine.state}; retry later", headers={"Retry-After": "5"})
+    with state.admission.admit(sender.hotkey):
+        state.metrics.in_flight.inc()
+        try:
+            return await _forward(request, state, sender, body, stream, received)
+        finally:
+            state.metrics.in_flight.dec()
+            state.metrics.duration.labels(request.path).observe(time.perf_counter() - received)
+
+
+async def _authenticate(request: web.Request, state: MinerState) -> Sender:
+    body = await _read_body(request, state.config.max_body_bytes)
+    return state.gate.check(request.headers, body, request.method, request.path_qs)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes is over the {limit}-byte limit")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"body is over the {limit}-byte limit") from None
+
+
+def _validate(path: str, body: bytes, served: str) -> bool:
+    """Check the body's shape and model; returns whether the answer is streamed."""
+    try:
+        payload = REQUEST_MODELS[path].model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest("body is not valid JSON", code="invalid_json") from None
+        if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
+            raise BadRequest("body must be a JSON object", code="invalid_json") from None
+        raise BadRequest(describe_validation_error(exc), code="invalid_fields") from None
+    if payload.model != served:
+        raise ModelNotFound(f"this miner serves {served!r}, not {payload.model!r}")
+    return payload.stream
+
+
+async def _forward(request: web.Request, state: MinerState, sender: Sender, body: bytes, stream: bool, received: float) -> web.StreamResponse:
+    engine = state.engine
+    try:
+        upstream = await state.session.post(engine.url + request.path, data=body, headers=JSON_HEADERS)
+    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        engine.mark_down(f"{type(exc).__name__}: {exc}")
+        raise EngineUnavailable("the engine is not answering; retry later", headers={"Retry-After": "5"}) from exc
+    async with upstream:
+        if stream and upstream.status == 200:
+            return await _relay_stream(request, state, upstream, received)
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            engine.mark_down(f"{type(exc).__name__}: {exc}")
+            raise EngineUnavailable("the engine failed while answering; retry later") from exc
+    state.metrics.ttfb.labels(request.path).observe(time.perf_counter() - received)
+    if upstream.status == 200:
+        _count_usage(state.metrics, data)
+    else:
+        log.info("engine answered %s to uid %s (request %s): %s", upstream.status, sender.uid, request["request_id"], data[:200])
+    return web.Response(body=data, status=upstream.status, headers={"Content-Type": upstream.headers.get("Content-Type", "application/json")})
+
+
+async def _relay_stream(request: web.Request, state: MinerState, upstream: aiohttp.ClientResponse, received: float) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    response.headers["X-Request-Id"] = request["request_id"]
+    state.metrics.requests.labels(request.path, "200").inc()
+    await response.prepare(request)
+    events = 0
+    try:
+        async for chunk in _chunks(upstream, state.engine):
+            if not events:
+                state.metrics.ttfb.labels(request.path).observe(time.perf_counter() - received)
+            events += chunk.count(b"data:")
+            await response.write(chunk)
+    except EngineUnavailable as exc:
+        # The status line is gone already: end the stream with an error event the
+        # caller can tell from a normal end (no [DONE]).
+        await response.write(b"data: " + json.dumps(error_body(exc.message, exc.type, exc.code)).encode() + b"\n\n")
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        log.info("caller went away mid-stream (request %s); the engine request is aborted", request["request_id"])
+        return response
+    finally:
+        state.metrics.stream_events.inc(events)
+    await response.write_eof()
+    return response
+
+
+async def _chunks(upstream: aiohttp.ClientResponse, engine: Engine) -> AsyncIterator[bytes]:
+    """The engine's bytes as they arrive; EngineUnavailable if it dies mid-answer."""
+    try:
+        async for chunk in upstream.content.iter_any():
+            yield chunk
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+        engine.mark_down(f"{type(exc).__name__}: {exc}")
+        raise EngineUnavailable("the engine failed mid-stream") from exc
+
+
+def _count_usage(metrics: MinerMetrics, data: bytes) -> None:
+    try:
+        tokens = json.loads(data)["usage"]["completion_tokens"]
+    except (ValueError, KeyError, TypeError):
+        return
+    metrics.completion_tokens.inc(tokens)
+
+
+# --- background loops -------------------------------------------------------------------
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=state.config.engine_timeout)
+    # No connection cap: admission control is the limit; keep-alive to the engine.
+    state.session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+    yield
+    await state.session.close()
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    task = asyncio.create_task(state.engine.run(state.session), name="engine")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def create_app(state: MinerState, chain: Optional[Chain] = None, wallet: Any = None) -> web.Application:
+    """The miner's app. With ``chain`` and ``wallet`` it refreshes the metagraph (and
+    re-publishes its presence when the chain disagrees) every ``metagraph_interval``."""
+    app = web.Application(middlewares=[errors_middleware], client_max_size=state.config.max_body_bytes)
+    app[STATE] = state
+    app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_engine_ctx)
+    if chain is not None:
+        app.cleanup_ctx.append(metagraph_ctx(chain, wallet))
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/chat/completions", completions)
+    app.router.add_post("/v1/completions", completions)
+    return app

@@ -1,0 +1,100 @@
+"""``slmnet miner``: flags → MinerConfig → miner.service.run_miner."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Optional
+
+from neurons.common import CliError, add_chain_flags
+
+
+def add_parser(groups: argparse._SubParsersAction) -> None:
+    p = groups.add_parser("miner", help="serve a model through vLLM behind an authenticated endpoint", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_chain_flags(p)
+    p.add_argument("--model", required=True, help="a model folder (from `slmnet models`), a prepared model name (smollm2-135m), or a Hugging Face id")
+    p.add_argument("--revision", default=None, help="Hugging Face revision to serve and declare (with a hub id)")
+    p.add_argument("--port", type=int, default=8091, help="port of the miner's HTTP endpoint")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--external-ip", default="127.0.0.1", help="IPv4 address announced on chain (your public address on a real network)")
+    engine = p.add_argument_group("engine", "start and supervise a vLLM server on loopback, or attach to one with --engine-url")
+    engine.add_argument("--engine-url", default=None, help="attach to this running vLLM OpenAI server (it must serve the declared model id)")
+    engine.add_argument("--engine-port", type=int, default=0, help="loopback port for the started engine (0: any free port)")
+    engine.add_argument("--dtype", default="auto", help="vLLM --dtype (float32 on CPU, bfloat16 on GPU)")
+    engine.add_argument("--max-model-len", type=int, default=None, help="vLLM --max-model-len, also the declared max context")
+    engine.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument, repeatable (e.g. --engine-arg=--gpu-memory-utilization=0.9)")
+    engine.add_argument("--engine-log", default=None, help="append the engine's output to this file")
+    limits = p.add_argument_group("admission")
+    limits.add_argument("--capacity", type=int, default=16, help="requests in flight at once (declared on chain)")
+    limits.add_argument("--max-in-flight-per-caller", type=int, default=None, help="requests in flight per calling hotkey (default: capacity)")
+    limits.add_argument("--min-stake", type=float, default=1000.0, help="TAO a caller without a validator permit must hold")
+    limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
+    p.add_argument("--metagraph-interval", type=float, default=12.0, help="seconds between metagraph refreshes")
+    p.set_defaults(func=cmd_miner, log_level=logging.INFO)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple[str, str, Optional[str], Optional[str], Optional[int]]:
+    """(what the engine loads, declared id, revision, weights sha256, max context) for ``--model``."""
+    from miner.models.manifest import ModelManifest
+    from miner.models.prepare import PREPARED
+
+    path = Path(model).expanduser()
+    if not path.is_dir() and model in PREPARED:
+        path = cache_dir / "models" / model
+        if not path.is_dir():
+            raise CliError(f"{model} is not prepared yet: run `slmnet models prepare {model}`")
+    if path.is_dir():
+        try:
+            manifest = ModelManifest.read(path)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        if manifest is None:
+            raise CliError(f"{path} has no slmnet.json: build it with `slmnet models`, or pass a Hugging Face id")
+        return str(path.resolve()), manifest.id, manifest.revision, manifest.weights_sha256, manifest.max_context
+    return model, model, revision, None, None
+
+
+def build_config(args: argparse.Namespace) -> "MinerConfig":
+    from miner.config import MinerConfig
+    from miner.engine import EngineSpec
+    from miner.models.prepare import default_cache_dir
+
+    source, model_id, revision, digest, manifest_context = resolve_model(args.model, args.revision, default_cache_dir())
+    max_context = args.max_model_len or manifest_context or 2048
+    engine = None
+    if args.engine_url is None:
+        engine = EngineSpec(
+            model=source, served_name=model_id, port=args.engine_port or _free_port(), revision=revision if source == model_id else None,
+            dtype=args.dtype, max_model_len=max_context, extra_args=tuple(args.engine_arg), log_path=Path(args.engine_log) if args.engine_log else None,
+        )
+    try:
+        return MinerConfig(
+            network=args.network, netuid=args.netuid, wallet_path=str(Path(args.wallet_path).expanduser()), wallet_name=args.wallet_name,
+            wallet_hotkey=args.wallet_hotkey, port=args.port, host=args.host, external_ip=args.external_ip, engine=engine, engine_url=args.engine_url,
+            model_id=model_id, revision=revision, weights_sha256=digest, max_context=max_context, capacity=args.capacity,
+            max_in_flight_per_caller=args.max_in_flight_per_caller or args.capacity, min_stake=args.min_stake, max_body_bytes=args.max_body_bytes,
+            metagraph_interval=args.metagraph_interval,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_miner(args: argparse.Namespace) -> None:
+    import chain
+    from miner.errors import StartupError
+    from miner.service import run_miner
+
+    config = build_config(args)
+    try:
+        asyncio.run(run_miner(config))
+    except (StartupError, chain.ChainLayerError) as exc:
+        raise CliError(str(exc)) from exc

@@ -1,0 +1,100 @@
+"""Real servers for tests: the vLLM engine and the `slmnet miner` command, each its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~70 s warm, ~100 s with empty caches
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def engine_env(tmp: Path) -> dict[str, str]:
+    """The environment the CPU engine needs here: offline, a small KV cache, private caches."""
+    return dict(
+        os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp), VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor")
+    )
+
+
+def http_status(url: str, timeout: float = 2.0) -> Optional[int]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def health_json(url: str) -> dict:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+class Server:
+    """A child process with a log file; ``wait_healthy`` polls ``url/health`` for a 200."""
+
+    def __init__(self, cmd: list[str], url: str, log_path: Path, env: Optional[dict[str, str]] = None):
+        self.url = url
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text()[-chars:]
+
+    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while http_status(self.url + "/health") != 200:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.process.args[:4]} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not healthy after {timeout:g} s:\n{self.log_tail()}")
+            time.sleep(1)
+
+    def stop(self, grace: float = 60.0) -> int:
+        """SIGTERM, then SIGKILL to the whole process group; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # anything it left in its group
+        except ProcessLookupError:
+            pass
+        self._log.close()
+        return self.process.returncode
+
+
+def start_vllm(model: Path, served_name: str, tmp: Path, max_model_len: int = 1024) -> Server:
+    port = free_port()
+    # `python -m`: the `vllm` console script looks up a distribution named vllm, and the CPU build is vllm-cpu.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", served_name, "--dtype", "float32"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len), "--disable-uvicorn-access-log"]
+    return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"vllm-{port}.log", env=engine_env(tmp))
+
+
+def start_miner(args: list[str], port: int, tmp: Path, env: Optional[dict[str, str]] = None) -> Server:
+    """`slmnet miner` with ``args`` (network, wallet, model, engine flags) on ``port``."""
+    cmd = [sys.executable, "-m", "neurons.cli", "miner", "--host", "127.0.0.1", "--port", str(port), *args]
+    return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"miner-{port}.log", env=env)
