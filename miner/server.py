@@ -33,6 +33,7 @@ from protocol.openai import REQUEST_MODELS, describe_validation_error, error_bod
 log = logging.getLogger(__name__)
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+OVERHEAD_HEADER = "X-Slmnet-Miner-Overhead-Ms"  # ms from request received to request sent to the engine
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -153,11 +154,9 @@ def _validate(path: str, body: bytes, served: str) -> bool:
 
 async def _forward(request: web.Request, state: MinerState, sender: Sender, body: bytes, stream: bool, received: float) -> web.StreamResponse:
     engine = state.engine
-    try:
-        upstream = await state.session.post(engine.url + request.path, data=body, headers=JSON_HEADERS)
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-        engine.mark_down(f"{type(exc).__name__}: {exc}")
-        raise EngineUnavailable("the engine is not answering; retry later", headers={"Retry-After": "5"}) from exc
+    # What the miner itself spent before the engine saw the request: auth, parsing, admission.
+    request["overhead_ms"] = f"{(time.perf_counter() - received) * 1000:.3f}"
+    upstream = await _send(state, request.path, body)
     async with upstream:
         if stream and upstream.status == 200:
             return await _relay_stream(request, state, upstream, received)
@@ -171,12 +170,31 @@ async def _forward(request: web.Request, state: MinerState, sender: Sender, body
         _count_usage(state.metrics, data)
     else:
         log.info("engine answered %s to uid %s (request %s): %s", upstream.status, sender.uid, request["request_id"], data[:200])
-    return web.Response(body=data, status=upstream.status, headers={"Content-Type": upstream.headers.get("Content-Type", "application/json")})
+    headers = {"Content-Type": upstream.headers.get("Content-Type", "application/json"), OVERHEAD_HEADER: request["overhead_ms"]}
+    return web.Response(body=data, status=upstream.status, headers=headers)
+
+
+async def _send(state: MinerState, path: str, body: bytes) -> aiohttp.ClientResponse:
+    """POST to the engine. A kept-alive connection the engine closed at the same moment
+    (ServerDisconnectedError before any answer) is retried once on a fresh connection."""
+    for attempt in (1, 2):
+        try:
+            return await state.session.post(state.engine.url + path, data=body, headers=JSON_HEADERS)
+        except aiohttp.ServerDisconnectedError as exc:
+            if attempt == 2:
+                raise EngineUnavailable("the engine closed the connection; retry later", headers={"Retry-After": "1"}) from exc
+        except aiohttp.ClientConnectorError as exc:
+            state.engine.mark_down(f"{type(exc).__name__}: {exc}")
+            raise EngineUnavailable("the engine is not answering; retry later", headers={"Retry-After": "5"}) from exc
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise EngineUnavailable(f"the engine failed: {type(exc).__name__}; retry later", headers={"Retry-After": "1"}) from exc
+    raise AssertionError("unreachable")
 
 
 async def _relay_stream(request: web.Request, state: MinerState, upstream: aiohttp.ClientResponse, received: float) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
     response.headers["X-Request-Id"] = request["request_id"]
+    response.headers[OVERHEAD_HEADER] = request["overhead_ms"]
     state.metrics.requests.labels(request.path, "200").inc()
     await response.prepare(request)
     events = 0
@@ -223,8 +241,10 @@ def _count_usage(metrics: MinerMetrics, data: bytes) -> None:
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=2, sock_read=state.config.engine_timeout)
-    # No connection cap: admission control is the limit; keep-alive to the engine.
-    state.session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+    # No connection cap: admission control is the limit. Idle connections are dropped
+    # before the engine's own keep-alive timeout (uvicorn: 5 s) so we never race its close.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+    state.session = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
     yield
     await state.session.close()
 

@@ -21,7 +21,7 @@ log = logging.getLogger("slmnet")
 
 
 from neurons import miner as miner_cli
-from neurons.common import CliError
+from neurons.common import CliError, add_chain_flags
 
 
 def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], None]) -> None:
@@ -137,6 +137,30 @@ def cmd_wallet_create(args: argparse.Namespace) -> None:
     _emit(args, payload, lambda: print(f"wallet {args.name}/{args.hotkey} in {path}\ncoldkey {payload['coldkey_ss58']}\nhotkey  {payload['hotkey_ss58']}"))
 
 
+def cmd_register(args: argparse.Namespace) -> None:
+    import bittensor as bt
+
+    import chain
+
+    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=str(Path(args.wallet_path).expanduser()))
+
+    async def register() -> int:
+        async with chain.connect(args.network) as c:
+            try:
+                return await c.uid_of(args.netuid, wallet.hotkey.ss58_address)
+            except chain.NotRegistered:
+                pass
+            (await c.register(wallet, args.netuid)).raise_for_failure()
+            return await c.uid_of(args.netuid, wallet.hotkey.ss58_address)
+
+    try:
+        uid = asyncio.run(register())
+    except chain.ChainLayerError as exc:
+        raise CliError(str(exc)) from exc
+    payload = {"netuid": args.netuid, "uid": uid, "hotkey": wallet.hotkey.ss58_address}
+    _emit(args, payload, lambda: print(f"hotkey {payload['hotkey']} is uid {uid} on subnet {args.netuid}"))
+
+
 # --- models ---------------------------------------------------------------------------
 
 
@@ -219,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--hotkey", required=True, help="hotkey name")
     create.add_argument("--json", action="store_true", help="print JSON")
     create.set_defaults(func=cmd_wallet_create)
+
+    register = groups.add_parser("register", help="register a hotkey on a subnet (burned registration, paid by its coldkey); no-op when registered")
+    add_chain_flags(register)
+    register.add_argument("--json", action="store_true", help="print JSON")
+    register.set_defaults(func=cmd_register)
 
     models = groups.add_parser("models", help="prepare models").add_subparsers(dest="command", required=True)
     tiny = models.add_parser("tiny", help="build a tiny random Qwen2 model with an offline-trained tokenizer")

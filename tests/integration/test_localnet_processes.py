@@ -71,13 +71,15 @@ def test_cli_creates_funds_stakes_and_reports(tmp_path):
     wallet = json.loads(made.stdout)
     assert slmnet(tmp_path, "localnet", "fund", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--tao", "50").returncode == 0
 
-    import bittensor as bt
-
-    async def register():
-        async with chain.connect(f"localnet:{directory}") as c:
-            (await c.register(bt.Wallet("val", "hk", path=str(tmp_path / "w")), 1)).raise_for_failure()
-
-    asyncio.run(register())
+    flags = ["--network", f"localnet:{directory}", "--netuid", "1", "--wallet-path", str(tmp_path / "w"), "--wallet-name", "val", "--wallet-hotkey", "hk", "--json"]
+    registered = slmnet(tmp_path, "register", *flags)
+    assert registered.returncode == 0, registered.stderr
+    assert json.loads(registered.stdout) == {"netuid": 1, "uid": 0, "hotkey": wallet["hotkey_ss58"]}
+    assert json.loads(slmnet(tmp_path, "register", *flags).stdout)["uid"] == 0  # already registered: nothing paid twice
+    broke = slmnet(tmp_path, "wallet", "create", "--path", str(tmp_path / "w"), "--name", "broke", "--hotkey", "hk", "--json")
+    assert broke.returncode == 0
+    unpaid = slmnet(tmp_path, "register", *flags[:6], "--wallet-name", "broke", "--wallet-hotkey", "hk")
+    assert unpaid.returncode == 1 and "Registration costs 1.0 TAO; the coldkey has 0.0 TAO" in unpaid.stderr
     staked = slmnet(tmp_path, "localnet", "stake", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--hotkey", wallet["hotkey_ss58"], "--tao", "20", "--json")
     assert staked.returncode == 0, staked.stderr
     assert json.loads(staked.stdout)["stake_tao"] == 20

@@ -242,3 +242,15 @@ def test_an_unregistered_hotkey_cannot_start_a_miner(subnet, tmp_path):
     done = subprocess.run([sys.executable, "-m", "neurons.cli", "miner", *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert f"hotkey {subnet.outsider.hotkey.ss58_address} is not registered on subnet 1" in done.stderr
+
+
+def test_the_readme_script_asks_the_miner_and_prints_tokens_and_logprobs(subnet):
+    args = ["--miner-url", subnet.miner_url, "--miner-hotkey", subnet.miner.hotkey.ss58_address, "--wallet-path", subnet.wallets_dir]
+    args += ["--wallet-name", "validator2", "--model", MODEL, "--max-tokens", "6", "What is 2 + 2?"]
+    done = subprocess.run([sys.executable, "examples/ask_miner.py", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    token_ids = json.loads(next(line for line in lines if line.startswith("token ids: ")).removeprefix("token ids: "))
+    logprobs = json.loads(next(line for line in lines if line.startswith("logprobs: ")).removeprefix("logprobs: "))
+    assert 1 <= len(token_ids) == len(logprobs) <= 6 and all(lp <= 0 for lp in logprobs)
+    assert "'completion_tokens': " + str(len(token_ids)) in lines[-1]
