@@ -1,0 +1,113 @@
+"""scoring/: speed from arrival times, round scores, standings over rounds, weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scoring.aggregate import AggregationParams, Outcome, RoundStats, Standing, round_scores, summarize, update
+from scoring.latency import StreamTiming, measure, quantile
+from scoring.weights import to_weights
+
+PARAMS = AggregationParams(alpha=0.1, min_rounds=8, ban_rounds=24)
+
+
+def _stream(ttft: float, per_token: float, tokens: int) -> StreamTiming:
+    arrivals = tuple(ttft + i * per_token for i in range(tokens))
+    return StreamTiming(sent=0.0, arrivals=arrivals, tokens=(1,) * tokens)
+
+
+def test_a_buffered_burst_gains_no_throughput_and_is_flagged():
+    honest = measure(_stream(ttft=0.1, per_token=0.01, tokens=50))
+    # The same tokens held back and sent at once when the last one was ready.
+    burst = measure(StreamTiming(sent=0.0, arrivals=(honest.total,), tokens=(50,)))
+    assert honest.streamed and not burst.streamed
+    assert burst.tokens_per_s == pytest.approx(honest.tokens_per_s)
+    assert burst.ttft > 5 * honest.ttft
+    assert measure(StreamTiming(sent=0.0, arrivals=(0.5,), tokens=(4,))).streamed  # short answers can arrive in one read
+
+
+def test_timings_that_cannot_happen_are_refused():
+    with pytest.raises(ValueError):
+        StreamTiming(sent=1.0, arrivals=(0.5,), tokens=(1,))
+    with pytest.raises(ValueError):
+        StreamTiming(sent=0.0, arrivals=(0.2, 0.1), tokens=(1, 1))
+    with pytest.raises(ValueError):
+        measure(StreamTiming(sent=0.0, arrivals=(), tokens=()))
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50), st.floats(0, 1))
+def test_quantile_lies_between_min_and_max_and_grows_with_q(values, q):
+    assert min(values) <= quantile(values, q) <= max(values)
+    assert quantile(values, q) <= quantile(values, min(1.0, q + 0.1)) + 1e-6
+
+
+def _ok(ttft: float, per_token: float, correct: float | None = 1.0) -> Outcome:
+    return Outcome("ok", fidelity_passed=True, correct=correct, speed=measure(_stream(ttft, per_token, 20)))
+
+
+def test_faster_correct_reliable_miners_score_higher_and_a_cheat_scores_zero():
+    stats = {
+        0: summarize([_ok(0.1, 0.01)] * 4),  # fast, correct
+        1: summarize([_ok(0.4, 0.04)] * 4),  # slow
+        2: summarize([_ok(0.1, 0.01)] * 2 + [Outcome("timeout"), Outcome("error")]),  # flaky
+        3: summarize([_ok(0.1, 0.01, correct=0.0)] * 4),  # fast, wrong answers (a weaker model)
+        4: summarize([_ok(0.05, 0.005)] * 3 + [Outcome("ok", fidelity_passed=False, speed=measure(_stream(0.05, 0.005, 20)))]),
+    }
+    scores = round_scores(stats)
+    assert scores[0] == pytest.approx(1.0)
+    assert scores[0] > scores[1] and scores[0] > scores[2] and scores[0] > scores[3]
+    assert scores[4] == 0.0
+    assert scores[2] == pytest.approx(0.25)  # half answered: reliability² = 1/4
+    assert round_scores({7: RoundStats(0, 3, False, None, None, None)}) == {7: 0.0}
+
+
+def test_a_fidelity_failure_zeroes_the_miner_for_the_ban_period():
+    standing = Standing()
+    for r in range(20):
+        standing = update(standing, 0.9, False, r, PARAMS)
+    assert standing.effective(PARAMS, 20) > 0.5
+    standing = update(standing, 0.9, True, 20, PARAMS)
+    for r in range(21, 20 + PARAMS.ban_rounds):
+        standing = update(standing, 1.0, False, r, PARAMS)
+        assert standing.effective(PARAMS, r) == 0.0
+    standing = update(standing, 1.0, False, 20 + PARAMS.ban_rounds, PARAMS)
+    assert 0 < standing.effective(PARAMS, 20 + PARAMS.ban_rounds) < 0.1  # earns trust again from zero
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=60))
+def test_standing_stays_in_unit_interval_and_new_miners_ramp_up(scores):
+    standing = Standing()
+    for r, score in enumerate(scores):
+        before = standing.effective(PARAMS, r)
+        standing = update(standing, score, False, r, PARAMS)
+        assert 0.0 <= standing.effective(PARAMS, r + 1) <= 1.0
+        if score == 1.0:
+            assert standing.effective(PARAMS, r + 1) >= before
+    assert standing.effective(PARAMS, len(scores)) <= max(scores) + 1e-9
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.integers(0, 255), st.floats(0, 1), min_size=1, max_size=64), st.floats(0.05, 1))
+def test_weights_sum_to_one_respect_the_limit_and_keep_the_order(effective, max_weight):
+    weights = to_weights(effective, max_weight=max_weight)
+    if not weights:
+        assert sum(s**4 for s in effective.values()) == 0  # nothing positive to set
+        return
+    assert math.isclose(sum(weights.values()), 1.0, rel_tol=1e-6)
+    assert set(weights) == {uid for uid, s in effective.items() if s > 0}
+    if len(weights) * max_weight > 1:
+        assert max(weights.values()) <= max_weight + 1e-6
+    ranked = sorted(weights, key=lambda uid: effective[uid])
+    assert all(weights[a] <= weights[b] + 1e-9 for a, b in zip(ranked, ranked[1:]))
+
+
+def test_sharpening_widens_the_gap_between_good_and_best():
+    weights = to_weights({0: 1.0, 1: 0.5})
+    assert weights[0] / weights[1] == pytest.approx(16.0)
+    assert to_weights({0: 0.0, 1: 0.0}) == {}
+    with pytest.raises(ValueError):
+        to_weights({0: 1.5})
