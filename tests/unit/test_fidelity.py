@@ -1,0 +1,119 @@
+"""scoring/fidelity against crafted cheats: each must fail for its own reason, honest drift must pass."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scoring.fidelity import ResponseEvidence, TokenEvidence, check
+
+EOS = 2
+
+
+def _distribution(rng: random.Random, vocab: int = 50, peak: float = 3.0) -> dict[int, float]:
+    logits = {t: rng.gauss(0, 1) + (peak if t == 0 else 0) for t in range(vocab)}
+    top = max(logits.values())
+    log_z = top + math.log(sum(math.exp(v - top) for v in logits.values()))
+    return {t: v - log_z for t, v in logits.items()}
+
+
+def _token(dist: dict[int, float], token: int, reported_shift: float | None = 0.0, k: int = 20) -> TokenEvidence:
+    ranked = sorted(dist, key=dist.get, reverse=True)
+    top = {t: dist[t] for t in ranked[:k]}
+    reported = None if reported_shift is None else dist[token] + reported_shift
+    return TokenEvidence(token, dist[token], ranked.index(token) + 1, top, reported)
+
+
+def _greedy_response(n: int = 24, seed: int = 0, drift: float = 0.0) -> list[TokenEvidence]:
+    rng = random.Random(seed)
+    tokens = []
+    for _ in range(n):
+        dist = _distribution(rng)
+        tokens.append(_token(dist, max(dist, key=dist.get), rng.uniform(-drift, drift)))
+    return tokens
+
+
+def _evidence(tokens, **overrides) -> ResponseEvidence:
+    values = {"tokens": tokens, "finish_reason": "length", "max_tokens": len(tokens), "reported_completion_tokens": len(tokens), "temperature": 0.0}
+    return ResponseEvidence(**{**values, **overrides})
+
+
+def test_an_honest_greedy_response_with_precision_drift_passes():
+    verdict = check(_evidence(_greedy_response(drift=0.03)))
+    assert verdict.passed, verdict.reasons
+    assert verdict.max_abs_dlp <= 0.03
+
+
+def test_a_non_top_token_at_temperature_zero_fails():
+    tokens = _greedy_response()
+    dist = _distribution(random.Random(9), peak=6)
+    fifth = sorted(dist, key=dist.get, reverse=True)[4]
+    verdict = check(_evidence(tokens[:10] + [_token(dist, fifth)] + tokens[11:]))
+    assert not verdict.passed and verdict.implausible_tokens == 1
+    assert "first at position 10" in verdict.reasons[0]
+
+
+def test_invented_logprobs_fail_even_when_the_tokens_are_right():
+    tokens = [TokenEvidence(t.token_id, t.reference_logprob, t.reference_rank, t.reference_top, -0.01) for t in _greedy_response()]
+    verdict = check(_evidence(tokens))
+    assert not verdict.passed and any("nats from the reference" in r for r in verdict.reasons)
+
+
+def test_a_consistent_small_logprob_offset_fails_on_the_mean():
+    shifted = [TokenEvidence(t.token_id, t.reference_logprob, t.reference_rank, t.reference_top, t.reference_logprob - 0.12) for t in _greedy_response(n=40)]
+    verdict = check(_evidence(shifted))
+    assert not verdict.passed and any("on average" in r for r in verdict.reasons)
+
+
+def test_dishonest_counts_and_early_cuts_fail():
+    tokens = _greedy_response(n=10)
+    assert "usage reports 30" in check(_evidence(tokens, reported_completion_tokens=30)).reasons[0]
+    assert "cut short" in check(_evidence(tokens, max_tokens=64)).reasons[0]
+    assert check(_evidence(tokens, finish_reason="stop", max_tokens=64)).passed
+
+
+def test_missing_logprobs_fail_when_they_were_asked_for():
+    tokens = [TokenEvidence(t.token_id, t.reference_logprob, t.reference_rank, t.reference_top, None) for t in _greedy_response()]
+    assert not check(_evidence(tokens)).passed
+    assert check(_evidence(tokens, logprobs_requested=False)).passed
+
+
+def test_ending_where_the_model_would_not_and_skipping_a_certain_end_both_fail():
+    rng = random.Random(3)
+    tokens = _greedy_response(n=8)
+    # Early end: EOS chosen where the model gives it almost no chance.
+    dist = _distribution(rng)
+    dist[EOS] = -25.0
+    early = tokens + [_token(dist, EOS)]
+    assert not check(_evidence(early, finish_reason="stop", max_tokens=64, reported_completion_tokens=9, temperature=0.8)).passed
+    # Skipped end: EOS is all but certain, the miner went on with another token.
+    certain = {t: -30.0 for t in range(50)}
+    certain[EOS] = -1e-9
+    skipped = tokens + [_token(certain, 7)] + _greedy_response(n=4, seed=5)
+    assert not check(_evidence(skipped, temperature=0.8)).passed
+
+
+@given(st.integers(0, 10_000), st.sampled_from([0.3, 0.7, 1.0, 1.3]), st.sampled_from([1.0, 0.95, 0.9]))
+def test_honestly_sampled_responses_pass(seed, temperature, top_p):
+    rng = random.Random(seed)
+    tokens = []
+    for _ in range(32):
+        dist = _distribution(rng, peak=rng.uniform(0, 6))
+        scaled = {t: lp / temperature for t, lp in dist.items()}
+        ranked = sorted(scaled, key=scaled.get, reverse=True)
+        top = max(scaled.values())
+        weights = [math.exp(scaled[t] - top) for t in ranked]
+        total, kept, mass = sum(weights), [], 0.0
+        for t, w in zip(ranked, weights):  # the nucleus, as the sampler builds it
+            kept.append((t, w))
+            mass += w / total
+            if mass >= top_p:
+                break
+        choice = rng.choices([t for t, _ in kept], weights=[w for _, w in kept])[0]
+        tokens.append(_token(dist, choice, rng.uniform(-0.02, 0.02)))
+    verdict = check(_evidence(tokens, temperature=temperature, top_p=top_p))
+    assert verdict.passed, verdict.reasons
