@@ -34,6 +34,10 @@ class TinySpec:
     num_heads: int = 2
     num_kv_heads: int = 1
     max_context: int = 2048
+    # Weights ~ N(0, 0.6²): next-token distributions as peaked as a trained small model's
+    # (median top-1 logprob ≈ −1.1, median gap to the second ≈ 0.85 nats), so verification
+    # can tell models apart. At 0.05 the model is almost uniform (every logprob ≈ −6.1).
+    init_std: float = 0.6
 
 
 def _corpus() -> list[str]:
@@ -95,7 +99,7 @@ def build_tiny(out: Path, seed: int = 0, spec: TinySpec = TinySpec()) -> str:
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+            param.copy_(torch.randn(param.shape, generator=generator) * spec.init_std)
     model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     model.save_pretrained(out, safe_serialization=True)
     digest = weights_sha256(out)

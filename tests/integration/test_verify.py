@@ -1,0 +1,103 @@
+"""Teacher-forced verification on the real vLLM engine: honest answers pass, substituted ones fail."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from miner.models.tiny import build_tiny
+from tests.harness.processes import start_vllm
+from validator.challenges import generate
+from validator.verify import MinerResponse, ReferenceEngine, collect, verify
+
+pytestmark = pytest.mark.slow
+MODEL = "slmnet/tiny-qwen2-s0"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("verify")
+    build_tiny(tmp / "s0", seed=0)
+    build_tiny(tmp / "s1", seed=1)  # the same architecture and tokenizer, other weights
+    engine = start_vllm(tmp / "s0", MODEL, tmp)
+    try:
+        engine.wait_healthy()
+        yield engine.url, tmp
+    finally:
+        engine.stop()
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, body: dict) -> MinerResponse:
+    """An honest miner: the declared model's own engine, streamed."""
+    events = []
+    async with session.post(url + "/v1/chat/completions", json=body) as response:
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            data = line.strip().removeprefix(b"data: ")
+            if data and data != b"[DONE]":
+                events.append(json.loads(data))
+    return collect(events)
+
+
+def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerResponse:
+    """A miner that answers with another model (greedy) and reports that model's logprobs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids, logprobs = prompt, []
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            step = torch.log_softmax(model(ids).logits[0, -1], -1)
+            token = int(step.argmax())
+            logprobs.append(float(step[token]))
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+    completion = ids[0, prompt.shape[1]:].tolist()
+    return MinerResponse(prompt_token_ids=prompt[0].tolist(), token_ids=completion, reported_logprobs=logprobs, finish_reason="length", completion_tokens=len(completion))
+
+
+async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
+    url, _ = reference
+    async with aiohttp.ClientSession() as session:
+        engine = ReferenceEngine(session, url, MODEL)
+        challenges = generate(seed=2026, count=24)
+        for challenge in challenges:
+            body = challenge.request(MODEL)
+            verdict = await verify(engine, body, await _stream(session, url, body))
+            assert verdict.passed, (challenge.family, body["temperature"], body["top_p"], verdict.reasons)
+            assert verdict.max_abs_dlp is not None and verdict.max_abs_dlp < 1e-3  # same engine: equal to float noise
+
+
+async def test_another_model_behind_the_declared_name_fails(reference):
+    url, tmp = reference
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Reverse the string 'harbor'."}], "max_tokens": 24, "temperature": 0, "logprobs": True}
+    substituted = _substitute(tmp / "s1", body["messages"], 24)
+    async with aiohttp.ClientSession() as session:
+        verdict = await verify(ReferenceEngine(session, url, MODEL), body, substituted)
+    assert not verdict.passed
+    assert verdict.implausible_tokens > 0 and any("nats from the reference" in r for r in verdict.reasons)
+
+
+async def test_invented_logprobs_cut_answers_lied_counts_and_foreign_prompts_fail(reference):
+    url, _ = reference
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Sort 5, 2, 9."}], "max_tokens": 20, "temperature": 0.7, "seed": 1,
+            "logprobs": True, "return_token_ids": True, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    async with aiohttp.ClientSession() as session:
+        engine = ReferenceEngine(session, url, MODEL)
+        honest = await _stream(session, url, body)
+        assert (await verify(engine, body, honest)).passed
+
+        invented = MinerResponse(**{**vars(honest), "reported_logprobs": [-0.05] * len(honest.token_ids)})
+        cut = MinerResponse(**{**vars(honest), "token_ids": honest.token_ids[:-4], "reported_logprobs": honest.reported_logprobs[:-4], "completion_tokens": 16})
+        inflated = MinerResponse(**{**vars(honest), "completion_tokens": 40})
+        foreign = MinerResponse(**{**vars(honest), "prompt_token_ids": honest.prompt_token_ids[1:]})
+        verdicts = {name: await verify(engine, body, r) for name, r in [("invented", invented), ("cut", cut), ("inflated", inflated), ("foreign", foreign)]}
+    assert "nats from the reference" in " ".join(verdicts["invented"].reasons)
+    assert "cut short" in " ".join(verdicts["cut"].reasons)
+    assert "usage reports 40" in " ".join(verdicts["inflated"].reasons)
+    assert "prompt tokens differ" in " ".join(verdicts["foreign"].reasons)
+    assert not any(v.passed for v in verdicts.values())
