@@ -63,6 +63,13 @@ class Chain:
     async def block(self) -> int:
         return await self._reading(self.client.block())
 
+    async def block_hash(self, block: Optional[int] = None) -> str:
+        """The hash of ``block`` (default: the head), hex with 0x."""
+        info = await self._reading(self.client.block_info(block))
+        if info is None or not info.hash:
+            raise NetworkError(f"block {block if block is not None else 'head'} is unknown to {self.network}")
+        return info.hash
+
     async def metagraph(self, netuid: int) -> views.MetagraphView:
         """The subnet as slmnet sees it; NetworkError when the subnet does not exist."""
         graph = await self._reading(self.client.subnets.metagraph(netuid))

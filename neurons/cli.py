@@ -21,6 +21,7 @@ log = logging.getLogger("slmnet")
 
 
 from neurons import miner as miner_cli
+from neurons import validator as validator_cli
 from neurons.common import CliError, add_chain_flags
 
 
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_models_prepare)
 
     miner_cli.add_parser(groups)
+    validator_cli.add_parser(groups)
     return parser
 
 

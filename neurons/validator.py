@@ -1,0 +1,103 @@
+"""``slmnet validator``: flags → ValidatorConfig → validator.service.run_validator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+from neurons.common import CliError, add_chain_flags
+
+
+def add_parser(groups: argparse._SubParsersAction) -> None:
+    p = groups.add_parser("validator", help="challenge miners, verify by teacher forcing, score, set weights", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_chain_flags(p)
+    p.add_argument("--state-dir", default="~/.slmnet/validator", help="SQLite state, rounds.jsonl, wandb runs")
+    p.add_argument("--model-list", default=None, help="the subnet's model list (default: the one in the repo)")
+    p.add_argument("--reference", action="append", default=[], metavar="ID=URL", help="attach to a running reference vLLM server for model ID (repeatable)")
+    p.add_argument("--serve-reference", action="append", default=[], metavar="ID", help="start a reference engine for model ID from the model list (repeatable)")
+    p.add_argument("--dtype", default="auto", help="vLLM --dtype of started reference engines")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument for started engines (repeatable)")
+    p.add_argument("--challenges-per-miner", type=int, default=8, help="challenges each miner gets per round")
+    p.add_argument("--round-interval", type=float, default=30.0, help="seconds between round starts")
+    p.add_argument("--weights-interval", type=int, default=None, help="blocks between weight settings (default: the tempo)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this loopback port")
+    p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
+    p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds in the state (smoke runs)")
+    p.set_defaults(func=cmd_validator, log_level=logging.INFO)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model_folder(source: str, cache: Path) -> str:
+    """A local folder (or hub id) for a model-list source: tiny:SEED is built, prepared:NAME prepared."""
+    from miner.models.manifest import ModelManifest
+    from miner.models.prepare import PrepareError, prepare
+    from miner.models.tiny import build_tiny
+
+    kind, _, value = source.partition(":")
+    if kind == "tiny":
+        folder = cache / "models" / f"tiny-s{value}"
+        if ModelManifest.read(folder) is None:
+            build_tiny(folder, seed=int(value))
+        return str(folder)
+    if kind == "prepared":
+        try:
+            return str(prepare(value, cache)[0])
+        except PrepareError as exc:
+            raise CliError(str(exc)) from exc
+    return source
+
+
+def build_config(args: argparse.Namespace):
+    from miner.engine import EngineSpec
+    from miner.models.prepare import default_cache_dir
+    from validator import models as model_list
+    from validator.service import ValidatorConfig
+
+    try:
+        models = model_list.load(Path(args.model_list)) if args.model_list else model_list.load()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    references = []
+    for item in args.reference:
+        model_id, sep, url = item.partition("=")
+        if not sep or models.get(model_id) is None:
+            raise CliError(f"--reference {item!r}: expected ID=URL with an ID from the model list ({', '.join(m.id for m in models.models)})")
+        references.append((model_id, url.rstrip("/")))
+    engines = []
+    for model_id in args.serve_reference:
+        supported = models.get(model_id)
+        if supported is None:
+            raise CliError(f"--serve-reference {model_id!r} is not in the model list")
+        folder = _model_folder(supported.source, default_cache_dir())
+        engines.append(EngineSpec(model=folder, served_name=model_id, port=_free_port(), dtype=args.dtype, max_model_len=min(supported.max_context, 4096),
+                                  extra_args=tuple(args.engine_arg)))
+    if not references and not engines:
+        raise CliError("give at least one --reference ID=URL or --serve-reference ID")
+    return ValidatorConfig(
+        network=args.network, netuid=args.netuid, wallet_path=str(Path(args.wallet_path).expanduser()), wallet_name=args.wallet_name,
+        wallet_hotkey=args.wallet_hotkey, state_dir=Path(args.state_dir).expanduser(), models=models, references=tuple(references), engines=tuple(engines),
+        challenges_per_miner=args.challenges_per_miner, round_interval=args.round_interval, weights_interval_blocks=args.weights_interval,
+        metrics_port=args.metrics_port, wandb_project=args.wandb_project, max_rounds=args.max_rounds,
+    )
+
+
+def cmd_validator(args: argparse.Namespace) -> None:
+    import uvloop
+
+    import chain
+    from validator.service import ValidatorStartupError, run_validator
+
+    config = build_config(args)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_validator(config))
+    except (ValidatorStartupError, chain.ChainLayerError) as exc:
+        raise CliError(str(exc)) from exc

@@ -1,0 +1,33 @@
+"""The validator's SQLite state: a round is saved whole or not at all, and survives a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from scoring.aggregate import Standing
+from validator.store import Store
+
+ROW = (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24)
+
+
+def test_standings_and_rounds_survive_a_restart(tmp_path):
+    store = Store(tmp_path / "v.sqlite")
+    store.save_round(0, 42, 100, 1.0, {"round": 0}, {"5Miner": (1, Standing(0.3, 1, -1))}, [ROW])
+    store.save_weights(101, {1: 1.0})
+    store.close()
+    again = Store(tmp_path / "v.sqlite")
+    assert again.standings() == {"5Miner": (1, Standing(0.3, 1, -1))}
+    assert again.last_round() == 0 and again.last_weights() == (101, {1: 1.0})
+
+
+def test_a_round_that_fails_half_way_changes_nothing(tmp_path):
+    store = Store(tmp_path / "v.sqlite")
+    store.save_round(0, 42, 100, 1.0, {}, {"5Miner": (1, Standing(0.3, 1, -1))}, [ROW])
+    with pytest.raises(sqlite3.ProgrammingError):
+        # The round row goes in first; a malformed result row then fails the write.
+        store.save_round(1, 43, 101, 2.0, {}, {"5Miner": (1, Standing(0.9, 2, -1))}, [ROW, ROW[:5]])
+    assert store.standings()["5Miner"] == (1, Standing(0.3, 1, -1))
+    assert store.last_round() == 0
+    assert store.db.execute("SELECT COUNT(*) FROM results").fetchone() == (1,)

@@ -1,0 +1,44 @@
+"""The subnet's model list (``validator/subnet_models.json``, versioned in the repo)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from protocol.commitment import ModelDeclaration
+
+DEFAULT_LIST = Path(__file__).with_name("subnet_models.json")
+
+
+@dataclass(frozen=True)
+class SupportedModel:
+    id: str
+    source: str  # "prepared:NAME" | "tiny:SEED" | a Hugging Face id
+    weights_sha256: Optional[str]
+    max_context: int
+
+    def accepts(self, declaration: ModelDeclaration) -> bool:
+        """A miner's declaration names this model (and, where both give one, the same weights)."""
+        if declaration.model != self.id:
+            return False
+        return not (self.weights_sha256 and declaration.weights_sha256 and declaration.weights_sha256 != self.weights_sha256)
+
+
+@dataclass(frozen=True)
+class ModelList:
+    version: int
+    models: tuple[SupportedModel, ...]
+
+    def get(self, model_id: str) -> Optional[SupportedModel]:
+        return next((m for m in self.models if m.id == model_id), None)
+
+
+def load(path: Path = DEFAULT_LIST) -> ModelList:
+    try:
+        raw = json.loads(Path(path).read_text())
+        models = tuple(SupportedModel(m["id"], m["source"], m.get("weights_sha256"), int(m["max_context"])) for m in raw["models"])
+        return ModelList(int(raw["version"]), models)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a model list: {exc}") from exc

@@ -1,0 +1,239 @@
+"""Running a validator: reference engines, the round loop, state, logs, weights.
+
+Each round: read the metagraph, derive the round seed from the head block's hash, query
+every miner that declares a supported model, verify and score, then write the round and
+the new standings to SQLite in one transaction, append it to the JSONL log (and wandb),
+and set weights when the chain's rate limit allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import aiohttp
+import bittensor as bt
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+import chain
+from miner.engine import Engine, EngineSpec
+from scoring.aggregate import AggregationParams, Standing, update
+from scoring.weights import to_weights
+from validator.challenges import round_seed
+from validator.models import ModelList
+from validator.query import Timeouts
+from validator.rounds import RoundReport, Target, run_round
+from validator.store import Store
+from validator.verify import ReferenceEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    network: str
+    netuid: int
+    wallet_path: str
+    wallet_name: str
+    wallet_hotkey: str
+    state_dir: Path
+    models: ModelList
+    references: tuple[tuple[str, str], ...] = ()  # (model id, URL of a running reference engine)
+    engines: tuple[EngineSpec, ...] = ()  # reference engines to start and supervise
+    challenges_per_miner: int = 8
+    per_miner_concurrency: int = 4
+    round_interval: float = 30.0  # seconds between round starts
+    weights_interval_blocks: Optional[int] = None  # default: the subnet's tempo
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    aggregation: AggregationParams = field(default_factory=AggregationParams)
+    metrics_port: Optional[int] = None  # Prometheus on loopback
+    wandb_project: Optional[str] = None  # online wandb; offline runs are written under state_dir
+    max_rounds: Optional[int] = None  # stop after this many rounds (tests, smoke runs)
+
+
+class ValidatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rounds = Counter("slmnet_validator_rounds", "Rounds completed", registry=self.registry)
+        self.responses = Counter("slmnet_validator_responses", "Challenge outcomes", ["outcome"], registry=self.registry)
+        self.fidelity_failures = Counter("slmnet_validator_fidelity_failures", "Answers that failed verification", registry=self.registry)
+        self.weights_set = Counter("slmnet_validator_weights_set", "Weight vectors accepted by the chain", registry=self.registry)
+        self.score = Gauge("slmnet_validator_effective_score", "Effective standing per miner", ["uid"], registry=self.registry)
+
+
+def eligible_targets(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -> list[Target]:
+    targets = []
+    for n in graph.neurons:
+        if n.hotkey == own_hotkey or n.endpoint is None or n.model is None:
+            continue
+        supported = models.get(n.model.model)
+        if supported is not None and supported.accepts(n.model):
+            targets.append(Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity))
+    return targets
+
+
+class Validator:
+    def __init__(self, config: ValidatorConfig):
+        self.config = config
+        self.store = Store(config.state_dir / "validator.sqlite")
+        self.metrics = ValidatorMetrics()
+        self.wallet = bt.Wallet(config.wallet_name, config.wallet_hotkey, path=config.wallet_path)
+        self.keypair = self.wallet.hotkey
+        self.journal = config.state_dir / "rounds.jsonl"
+        self._wandb: Any = None
+
+    def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> dict[str, tuple[int, Standing]]:
+        """New standings: this round's scores folded in; hotkeys gone from the subnet dropped."""
+        previous = self.store.standings()
+        current = {n.hotkey: n.uid for n in graph.neurons}
+        standings = {hotkey: value for hotkey, value in previous.items() if hotkey in current}
+        for uid, score in report.scores.items():
+            hotkey = graph.uid(uid).hotkey
+            _, standing = standings.get(hotkey, (uid, Standing()))
+            standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, self.config.aggregation))
+        return standings
+
+    def effective(self, standings: dict[str, tuple[int, Standing]], round_index: int) -> dict[int, float]:
+        return {uid: s.effective(self.config.aggregation, round_index) for uid, s in standings.values()}
+
+    async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> dict[int, float]:
+        round_index = self.store.last_round() + 1
+        graph = await net.metagraph(self.config.netuid)
+        seed = round_seed(await net.block_hash(), self.keypair.ss58_address, round_index)
+        started = time.time()
+        targets = eligible_targets(graph, self.config.models, self.keypair.ss58_address)
+        ready = {model: ref for model, ref in references.items() if ref is not None}
+        report = await run_round(session, self.keypair, seed, targets, ready, self.config.challenges_per_miner, self.config.per_miner_concurrency, timeouts=self.config.timeouts)
+        standings = self.apply(round_index, graph, report)
+        effective = self.effective(standings, round_index + 1)
+        rows = [
+            (round_index, r.uid, r.hotkey, r.family, r.outcome.kind, None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed),
+             "; ".join(r.reasons) or r.detail or None, r.outcome.correct, r.outcome.speed.ttft if r.outcome.speed else None,
+             r.outcome.speed.tokens_per_s if r.outcome.speed else None, r.outcome.speed.tokens if r.outcome.speed else None)
+            for r in report.results
+        ]
+        summary = {"round": round_index, "block": graph.block, "seed": str(seed), "miners": len(targets), "scores": report.scores,
+                   "fidelity_failed": sorted(report.fidelity_failed), "effective": effective, "duration_s": time.time() - started}
+        self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows)
+        self._log(summary, report)
+        return effective
+
+    def _log(self, summary: dict[str, Any], report: RoundReport) -> None:
+        with self.journal.open("a") as f:
+            f.write(json.dumps(summary, default=str) + "\n")
+        self.metrics.rounds.inc()
+        for r in report.results:
+            self.metrics.responses.labels(r.outcome.kind).inc()
+            if r.outcome.fidelity_passed is False:
+                self.metrics.fidelity_failures.inc()
+        for uid, value in summary["effective"].items():
+            self.metrics.score.labels(str(uid)).set(value)
+        if self._wandb is not None:
+            self._wandb.log({"round": summary["round"], "miners": summary["miners"], "fidelity_failed": len(summary["fidelity_failed"]),
+                             **{f"effective/{uid}": v for uid, v in summary["effective"].items()}})
+        log.info("round %s: %s miners, scores %s, fidelity failures %s", summary["round"], summary["miners"],
+                 {u: round(s, 3) for u, s in summary["scores"].items()}, summary["fidelity_failed"])
+
+    async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float]) -> Optional[dict[int, float]]:
+        block = await net.block()
+        last = self.store.last_weights()
+        graph_tempo = (await net.metagraph(self.config.netuid)).tempo
+        interval = self.config.weights_interval_blocks or graph_tempo
+        if last is not None and block - last[0] < interval:
+            return None
+        weights = to_weights(effective)
+        if not weights:
+            log.info("no miner has a positive standing yet; no weights set")
+            return None
+        try:
+            (await net.set_weights(self.wallet, self.config.netuid, weights)).raise_for_failure()
+        except chain.RateLimited as exc:
+            log.info("weights rate-limited, will retry: %s", exc)
+            return None
+        except chain.WriteFailed as exc:
+            log.warning("setting weights failed: %s", exc)
+            return None
+        self.store.save_weights(block, weights)
+        self.metrics.weights_set.inc()
+        log.info("set weights at block %s: %s", block, {u: round(w, 4) for u, w in weights.items()})
+        return weights
+
+    def _start_wandb(self) -> None:
+        import wandb
+
+        mode = "online" if self.config.wandb_project else "offline"
+        self._wandb = wandb.init(project=self.config.wandb_project or "slmnet-validator", mode=mode, dir=str(self.config.state_dir),
+                                 config={"netuid": self.config.netuid, "hotkey": self.keypair.ss58_address, "models": self.config.models.version},
+                                 settings=wandb.Settings(silent=True))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._start_wandb()
+        engines = [Engine(url=spec.url, spec=spec) for spec in self.config.engines]
+        attached = [Engine(url=url) for _, url in self.config.references]
+        names = [spec.served_name for spec in self.config.engines] + [model for model, _ in self.config.references]
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.network) as net:
+            try:
+                await net.uid_of(self.config.netuid, self.keypair.ss58_address)
+            except chain.NotRegistered as exc:
+                raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
+            tasks = [asyncio.create_task(e.run(session)) for e in engines + attached]
+            metrics_runner = await self._serve_metrics()
+            try:
+                while not stop.is_set():
+                    began = time.monotonic()
+                    references = {name: ReferenceEngine(session, e.url, name) for name, e in zip(names, engines + attached) if e.ready}
+                    if references:
+                        effective = await self.one_round(net, session, references)
+                        await self.maybe_set_weights(net, effective)
+                        if self.config.max_rounds is not None and self.store.last_round() + 1 >= self.config.max_rounds:
+                            break
+                    else:
+                        log.info("waiting for reference engines: %s", {n: e.state for n, e in zip(names, engines + attached)})
+                    try:
+                        await asyncio.wait_for(stop.wait(), max(1.0, self.config.round_interval - (time.monotonic() - began)) if references else 2.0)
+                    except asyncio.TimeoutError:
+                        pass
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if metrics_runner is not None:
+                    await metrics_runner.cleanup()
+                if self._wandb is not None:
+                    self._wandb.finish()
+                self.store.close()
+
+    async def _serve_metrics(self) -> Optional[web.AppRunner]:
+        if self.config.metrics_port is None:
+            return None
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.config.metrics_port).start()
+        return runner
+
+
+class ValidatorStartupError(Exception):
+    """The validator cannot start; the message says what to do."""
+
+
+async def run_validator(config: ValidatorConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    (config.state_dir / "config.json").write_text(json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=2))
+    await Validator(config).run(stop)

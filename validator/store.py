@@ -1,0 +1,66 @@
+"""The validator's state in SQLite (WAL): standings per miner, and every round's results.
+
+A standing is keyed by hotkey: a uid re-registered by someone else starts from zero.
+Each round is written in one transaction, so a validator killed at any moment restarts
+with the standings of the last complete round.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from scoring.aggregate import Standing
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS standings (hotkey TEXT PRIMARY KEY, uid INTEGER NOT NULL, ema REAL NOT NULL, rounds INTEGER NOT NULL, banned_until INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, seed TEXT NOT NULL, block INTEGER NOT NULL, started REAL NOT NULL, summary TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    round INTEGER NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, family TEXT NOT NULL, outcome TEXT NOT NULL,
+    passed INTEGER, reasons TEXT, correct REAL, ttft REAL, tokens_per_s REAL, tokens INTEGER
+);
+CREATE INDEX IF NOT EXISTS results_by_uid ON results (uid, round);
+CREATE TABLE IF NOT EXISTS weights (block INTEGER PRIMARY KEY, weights TEXT NOT NULL);
+"""
+
+
+class Store:
+    def __init__(self, path: Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def standings(self) -> dict[str, tuple[int, Standing]]:
+        rows = self.db.execute("SELECT hotkey, uid, ema, rounds, banned_until FROM standings")
+        return {hotkey: (uid, Standing(ema, rounds, banned_until)) for hotkey, uid, ema, rounds, banned_until in rows}
+
+    def last_round(self) -> int:
+        (value,) = self.db.execute("SELECT COALESCE(MAX(round), -1) FROM rounds").fetchone()
+        return int(value)
+
+    def save_round(self, round_index: int, seed: int, block: int, started: float, summary: dict[str, Any],
+                   standings: dict[str, tuple[int, Standing]], results: Iterable[tuple]) -> None:
+        """The round, its results and the new standings, all or nothing."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, json.dumps(summary)))
+            self.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
+            self.db.executemany(
+                "INSERT INTO standings VALUES (?, ?, ?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET uid=excluded.uid, ema=excluded.ema, rounds=excluded.rounds, banned_until=excluded.banned_until",
+                [(hotkey, uid, s.ema, s.rounds, s.banned_until) for hotkey, (uid, s) in standings.items()],
+            )
+
+    def save_weights(self, block: int, weights: dict[int, float]) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (block, json.dumps(weights)))
+
+    def last_weights(self) -> Optional[tuple[int, dict[int, float]]]:
+        row = self.db.execute("SELECT block, weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
+        return (row[0], {int(k): v for k, v in json.loads(row[1]).items()}) if row else None
