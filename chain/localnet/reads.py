@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from . import codec, runtime
 from .runtime import DispatchError
-from .store import U16_MAX
+from .store import U16_MAX, read_genesis
 
 GLOBAL_MAX_SUBNET_COUNT = 4096
 
@@ -180,6 +180,13 @@ STORAGE[("SubtensorModule", "ValidatorPermit")] = _column("ValidatorPermit", lam
 STORAGE[("SubtensorModule", "Active")] = _column("Active", lambda r: True)
 for _item, _score in {"Incentive": "incentive", "Dividends": "dividends", "Consensus": "consensus", "Trust": "trust", "Rank": "rank", "ValidatorTrust": "validator_trust"}.items():
     STORAGE[("SubtensorModule", _item)] = _column(_item, lambda r, s=_score: _u16(codec.from_json(r["scores"]).get(s, 0.0)))
+
+
+@storage("Timestamp", "Now")
+def _timestamp_now(conn, block, params):
+    """Milliseconds since the epoch at ``block``: blocks follow the clock from genesis."""
+    genesis = read_genesis(conn)
+    return int((genesis.genesis_time + block * genesis.block_time) * 1000)
 
 
 @storage("System", "Account")
