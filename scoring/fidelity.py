@@ -52,7 +52,11 @@ class ResponseEvidence:
 @dataclass(frozen=True)
 class FidelityParams:
     greedy_margin: float = 0.1  # nats: a non-top token at T=0 passes if this close to the top one
-    min_token_prob: float = 1e-7  # upper-bounded probability under the temperature below which a token is implausible
+    # Upper-bounded probability under the temperature below which a token is implausible. An
+    # honest sampler picks *some* token this unlikely with probability at most vocab × this per
+    # position (5e-8 for a 50k vocabulary). Measured: at 1e-7 an honest engine failed 1 answer in
+    # 48 (a rank-401 token, p ≈ 4e-8, among 512 similar ones at T=0.7).
+    min_token_prob: float = 1e-12
     nucleus_margin: float = 0.05  # slack on top_p for precision drift
     covered_mass: float = 0.99  # the nucleus is checked only when top-K holds this much probability
     max_abs_dlp: float = 0.5  # nats, any one token's reported vs reference logprob

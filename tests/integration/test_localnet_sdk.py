@@ -200,3 +200,13 @@ async def test_salted_commit_is_revealed_after_the_reveal_period(localnet, subne
     assert (await c.client.execute(reveal, validators[0])).success
     weights = dict(await c.client.query_map(("SubtensorModule", "Weights"), [localnet.netuid]))
     assert weights[0] == [(2, 65535), (3, 32768)]
+
+
+async def test_block_hashes_are_stable_per_block_and_change_with_the_block(localnet):
+    async with chain.connect(localnet.network) as c:
+        first = await c.block()
+        assert await c.block_hash(first) == await c.block_hash(first)
+        await asyncio.sleep(0.3)  # three blocks at 0.1 s
+        assert await c.block_hash() != await c.block_hash(first)
+        with pytest.raises(chain.NetworkError, match="unknown"):
+            await c.block_hash(first + 10_000)
