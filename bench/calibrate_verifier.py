@@ -20,23 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miner.engine import EngineSpec  # noqa: E402
+from bench._common import start_engine, stop, stream_chat  # noqa: E402
 from miner.models.tiny import build_tiny  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
@@ -44,36 +39,8 @@ from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
 MODEL = "slmnet/tiny-qwen2-s0"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(folder: Path, tmp: Path, dtype: str = "float32") -> tuple[subprocess.Popen, str]:
-    spec = EngineSpec(model=str(folder), served_name=MODEL, port=free_port(), dtype=dtype, max_model_len=1024)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp))
-    log = open(tmp / f"engine-{spec.port}.log", "w")
-    process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while True:
-        try:
-            with urllib.request.urlopen(spec.url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return process, spec.url
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"engine for {folder} ({dtype}) did not start; see {log.name}")
-        time.sleep(1)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    return start_engine(folder, MODEL, tmp, dtype=dtype)
 
 
 def perturb(source: Path, out: Path, kind: str, amount: float = 0.0) -> Path:
@@ -104,12 +71,7 @@ async def answer_and_verify(url: str, reference_url: str, concurrency: int, chal
         async def one(challenge):
             body = challenge.request(MODEL)
             async with slots:
-                events = []
-                async with session.post(url + "/v1/chat/completions", json=body) as response:
-                    async for line in response.content:
-                        data = line.strip().removeprefix(b"data: ")
-                        if data and data != b"[DONE]":
-                            events.append(json.loads(data))
+                events = await stream_chat(session, url, body)
             return await verify(reference, body, collect(events))
 
         return list(await asyncio.gather(*(one(c) for c in challenges)))

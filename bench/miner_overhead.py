@@ -22,14 +22,11 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -39,40 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import chain  # noqa: E402
 from chain.localnet import admin  # noqa: E402
+from bench._common import free_port, stop, wait_healthy  # noqa: E402
 from miner.client import signed_headers  # noqa: E402
 from miner.engine import EngineSpec  # noqa: E402
 from miner.models.manifest import ModelManifest  # noqa: E402
 from miner.models.tiny import build_tiny  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{url} did not become healthy (exit {process.poll()})")
-        time.sleep(1)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, keypair, receiver: str) -> tuple[float, float, int, float]:

@@ -14,46 +14,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miner.engine import EngineSpec  # noqa: E402
+from bench._common import start_engine, stop, stream_chat  # noqa: E402
 from miner.models.manifest import ModelManifest  # noqa: E402
 from miner.models.tiny import build_tiny  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{url} did not become healthy (exit {process.poll()})")
-        time.sleep(1)
 
 
 async def run(args: argparse.Namespace, url: str, model_id: str) -> list[dict]:
@@ -63,12 +38,7 @@ async def run(args: argparse.Namespace, url: str, model_id: str) -> list[dict]:
         for challenge in generate(seed=args.seed, count=args.challenges):
             body = {**challenge.request(model_id), "max_tokens": args.max_tokens, "ignore_eos": True}
             started = time.perf_counter()
-            events = []
-            async with session.post(url + "/v1/chat/completions", json=body) as response:
-                async for line in response.content:
-                    data = line.strip().removeprefix(b"data: ")
-                    if data and data != b"[DONE]":
-                        events.append(json.loads(data))
+            events = await stream_chat(session, url, body)
             generated = time.perf_counter() - started
             answer = collect(events)
             started = time.perf_counter()
@@ -92,17 +62,12 @@ def main() -> None:
         if not args.model:
             build_tiny(model, seed=0)
         manifest = ModelManifest.read(model)
-        spec = EngineSpec(model=str(model), served_name=manifest.id, port=free_port(), dtype="float32", max_model_len=2048)
-        env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2", TMPDIR=str(tmp))
-        with open(tmp / "engine.log", "w") as log:
-            engine = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                print("starting the engine (about a minute on 2 cores)", file=sys.stderr)
-                wait_healthy(spec.url, engine)
-                rows = asyncio.run(run(args, spec.url, manifest.id))
-            finally:
-                engine.send_signal(signal.SIGTERM)
-                engine.wait(timeout=60)
+        print("starting the engine (about a minute on 2 cores)", file=sys.stderr)
+        engine, url = start_engine(model, manifest.id, tmp, max_model_len=2048, kv_gib=2)
+        try:
+            rows = asyncio.run(run(args, url, manifest.id))
+        finally:
+            stop(engine)
 
     generate_s, verify_s = sum(r["generate_s"] for r in rows), sum(r["verify_s"] for r in rows)
     ratios = [r["verify_s"] / r["generate_s"] for r in rows]

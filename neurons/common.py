@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+from typing import Awaitable
 
 
 class CliError(Exception):
@@ -16,3 +18,15 @@ def add_chain_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--wallet-path", default="~/.bittensor/wallets", help="wallets folder")
     group.add_argument("--wallet-name", default="default", help="wallet (coldkey) name")
     group.add_argument("--wallet-hotkey", default="default", help="hotkey name")
+
+
+def run_service(service: Awaitable[None], *expected: type[BaseException]) -> None:
+    """Run a long-lived service on uvloop (less CPU per relayed chunk, which matters where the
+    engine's own API server shares the cores); ``expected`` errors become one-line CLI errors."""
+    import uvloop
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(service)
+    except expected as exc:
+        raise CliError(str(exc)) from exc

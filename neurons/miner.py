@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import socket
 from pathlib import Path
 from typing import Optional
 
-import uvloop
-
-from neurons.common import CliError, add_chain_flags
+from neurons.common import CliError, add_chain_flags, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -95,10 +92,4 @@ def cmd_miner(args: argparse.Namespace) -> None:
     from miner.errors import StartupError
     from miner.service import run_miner
 
-    config = build_config(args)
-    try:
-        # uvloop: less CPU per relayed chunk, which the engine's own API server needs on small machines.
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_miner(config))
-    except (StartupError, chain.ChainLayerError) as exc:
-        raise CliError(str(exc)) from exc
+    run_service(run_miner(build_config(args)), StartupError, chain.ChainLayerError)

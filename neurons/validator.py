@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import socket
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags
+from neurons.common import CliError, add_chain_flags, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -90,14 +89,7 @@ def build_config(args: argparse.Namespace):
 
 
 def cmd_validator(args: argparse.Namespace) -> None:
-    import uvloop
-
     import chain
     from validator.service import ValidatorStartupError, run_validator
 
-    config = build_config(args)
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_validator(config))
-    except (ValidatorStartupError, chain.ChainLayerError) as exc:
-        raise CliError(str(exc)) from exc
+    run_service(run_validator(build_config(args)), ValidatorStartupError, chain.ChainLayerError)

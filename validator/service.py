@@ -174,7 +174,6 @@ class Validator:
                                  settings=wandb.Settings(silent=True))
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._start_wandb()
         engines = [Engine(url=spec.url, spec=spec) for spec in self.config.engines]
         attached = [Engine(url=url) for _, url in self.config.references]
         names = [spec.served_name for spec in self.config.engines] + [model for model, _ in self.config.references]
@@ -183,6 +182,7 @@ class Validator:
                 await net.uid_of(self.config.netuid, self.keypair.ss58_address)
             except chain.NotRegistered as exc:
                 raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
+            self._start_wandb()
             tasks = [asyncio.create_task(e.run(session)) for e in engines + attached]
             metrics_runner = await self._serve_metrics()
             try:

@@ -1,0 +1,72 @@
+"""What the benchmarks share: ports, starting and stopping servers, reading a chat stream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from miner.engine import EngineSpec  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not become healthy (exit {process.poll()})")
+        time.sleep(1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL to the process group after a minute."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def start_engine(model: Path, served_name: str, tmp: Path, dtype: str = "float32", max_model_len: int = 1024, kv_gib: int = 1) -> tuple[subprocess.Popen, str]:
+    """The real vLLM CPU engine on a free loopback port, healthy; its log in ``tmp``."""
+    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=str(kv_gib), TMPDIR=str(tmp))
+    with open(tmp / f"engine-{spec.port}.log", "w") as log:
+        process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_healthy(spec.url, process)
+    return process, spec.url
+
+
+async def stream_chat(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON events of a streamed chat completion, without ``[DONE]``."""
+    events = []
+    async with session.post(url + "/v1/chat/completions", json=body) as response:
+        async for line in response.content:
+            data = line.strip().removeprefix(b"data: ")
+            if data and data != b"[DONE]":
+                events.append(json.loads(data))
+    return events
