@@ -18,7 +18,7 @@ import aiohttp
 
 from scoring.fidelity import FidelityParams, ResponseEvidence, TokenEvidence, Verdict, check
 
-TOP_K = 20  # reference logprobs per position
+TOP_K = 5  # reference logprobs per position: 20 cost 2.7× the verification time (0.244 vs 0.100 of generation) for no check that needs them
 
 
 class ReferenceError(Exception):
