@@ -51,10 +51,6 @@ class Gatekeeper:
         self.netuid: Optional[int] = None
         self.block: Optional[int] = None
 
-    @property
-    def loaded(self) -> bool:
-        return self.block is not None
-
     def update(self, graph: MetagraphView) -> None:
         self._senders = {n.hotkey: Sender(n.hotkey, n.uid, n.stake, n.validator_permit) for n in graph.neurons}
         self.netuid, self.block = graph.netuid, graph.block

@@ -17,8 +17,7 @@ import logging
 import os
 import signal
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -59,19 +58,14 @@ class EngineSpec:
 
 @dataclass
 class Engine:
-    """One engine: ``url`` to forward to, ``state`` to consult, ``pid`` when supervised."""
+    """One engine: ``url`` to forward to, ``state`` to consult."""
 
     url: str
     spec: Optional[EngineSpec] = None  # None: attached, never started or restarted here
     probe_interval: float = 1.0
     state: str = "starting"
     restarts: int = 0
-    since: float = field(default_factory=time.monotonic)
     _process: Optional[asyncio.subprocess.Process] = None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self._process.pid if self._process and self._process.returncode is None else None
 
     @property
     def ready(self) -> bool:
@@ -80,11 +74,7 @@ class Engine:
     def mark_down(self, reason: str) -> None:
         if self.state == "ready":
             log.warning("engine at %s is down: %s", self.url, reason)
-            self._set("down")
-
-    def _set(self, state: str) -> None:
-        if state != self.state:
-            self.state, self.since = state, time.monotonic()
+            self.state = "down"
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Probe (and, when supervised, keep alive) until cancelled."""
@@ -95,7 +85,7 @@ class Engine:
                     if self._process is not None:
                         _signal_group(self._process.pid, signal.SIGKILL)  # workers it left behind
                         log.warning("engine exited with %s; restarting in %.0f s", self._process.returncode, backoff)
-                        self._set("down")
+                        self.state = "down"
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 30.0)
                         self.restarts += 1
@@ -105,7 +95,7 @@ class Engine:
                     backoff = 1.0
                     if self.state != "ready":
                         log.info("engine at %s is ready", self.url)
-                    self._set("ready")
+                    self.state = "ready"
                 elif self.state == "ready":
                     self.mark_down("health probe failed")
                 await asyncio.sleep(self.probe_interval)
@@ -131,7 +121,7 @@ class Engine:
         finally:
             if self.spec.log_path:
                 out.close()
-        self._set("starting")
+        self.state = "starting"
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop a supervised engine and its process group (SIGTERM, then SIGKILL)."""
