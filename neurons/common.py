@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 from typing import Awaitable
 
 
@@ -18,6 +19,13 @@ def add_chain_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--wallet-path", default="~/.bittensor/wallets", help="wallets folder")
     group.add_argument("--wallet-name", default="default", help="wallet (coldkey) name")
     group.add_argument("--wallet-hotkey", default="default", help="hotkey name")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for an engine started behind a miner or validator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_service(service: Awaitable[None], *expected: type[BaseException]) -> None:

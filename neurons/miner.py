@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 from pathlib import Path
 from typing import Optional
 
-from neurons.common import CliError, add_chain_flags, run_service
+from neurons.common import CliError, add_chain_flags, free_port, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -33,12 +32,6 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
     p.add_argument("--metagraph-interval", type=float, default=12.0, help="seconds between metagraph refreshes")
     p.set_defaults(func=cmd_miner, log_level=logging.INFO)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple[str, str, Optional[str], Optional[str], Optional[int]]:
@@ -72,7 +65,7 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":
     engine = None
     if args.engine_url is None:
         engine = EngineSpec(
-            model=source, served_name=model_id, port=args.engine_port or _free_port(), revision=revision if source == model_id else None,
+            model=source, served_name=model_id, port=args.engine_port or free_port(), revision=revision if source == model_id else None,
             dtype=args.dtype, max_model_len=max_context, extra_args=tuple(args.engine_arg), log_path=Path(args.engine_log) if args.engine_log else None,
         )
     try:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags, run_service
+from neurons.common import CliError, add_chain_flags, free_port, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -26,12 +25,6 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
     p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds in the state (smoke runs)")
     p.set_defaults(func=cmd_validator, log_level=logging.INFO)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model_folder(source: str, cache: Path) -> str:
@@ -76,7 +69,7 @@ def build_config(args: argparse.Namespace):
         if supported is None:
             raise CliError(f"--serve-reference {model_id!r} is not in the model list")
         folder = _model_folder(supported.source, default_cache_dir())
-        engines.append(EngineSpec(model=folder, served_name=model_id, port=_free_port(), dtype=args.dtype, max_model_len=min(supported.max_context, 4096),
+        engines.append(EngineSpec(model=folder, served_name=model_id, port=free_port(), dtype=args.dtype, max_model_len=min(supported.max_context, 4096),
                                   extra_args=tuple(args.engine_arg)))
     if not references and not engines:
         raise CliError("give at least one --reference ID=URL or --serve-reference ID")
