@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from miner.client import sse_events  # noqa: E402
 from miner.engine import EngineSpec  # noqa: E402
 
 
@@ -63,10 +63,5 @@ def start_engine(model: Path, served_name: str, tmp: Path, dtype: str = "float32
 
 async def stream_chat(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """The JSON events of a streamed chat completion, without ``[DONE]``."""
-    events = []
     async with session.post(url + "/v1/chat/completions", json=body) as response:
-        async for line in response.content:
-            data = line.strip().removeprefix(b"data: ")
-            if data and data != b"[DONE]":
-                events.append(json.loads(data))
-    return events
+        return [event async for event in sse_events(response)]

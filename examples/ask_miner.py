@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import bittensor as bt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miner.client import MinerClient  # noqa: E402
+from miner.client import MinerClient, sse_events  # noqa: E402
 
 
 async def ask(args: argparse.Namespace) -> int:
@@ -35,11 +34,7 @@ async def ask(args: argparse.Namespace) -> int:
             if response.status != 200:
                 print(f"{response.status}: {await response.text()}", file=sys.stderr)
                 return 1
-            async for line in response.content:
-                data = line.strip().removeprefix(b"data: ")
-                if not data or data == b"[DONE]":
-                    continue
-                event = json.loads(data)
+            async for event in sse_events(response):
                 if "error" in event:
                     print(f"\nstream ended with an error: {event['error']['message']}", file=sys.stderr)
                     return 1

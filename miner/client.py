@@ -8,7 +8,7 @@ its keyfile on every signature. Each call signs a fresh nonce, so retries are sa
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 import aiohttp
 import bittensor as bt
@@ -19,6 +19,16 @@ def signed_headers(keypair: Any, receiver: str, method: str, path: str, body: by
     if body:
         headers["Content-Type"] = "application/json"
     return headers
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of a server-sent-event stream, as they arrive; ``[DONE]`` ends it."""
+    async for line in response.content:
+        data = line.strip().removeprefix(b"data: ")
+        if data == b"[DONE]":
+            return
+        if data:
+            yield json.loads(data)
 
 
 class MinerClient:

@@ -9,14 +9,13 @@ validator guarantees by never sending more than that at once.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import aiohttp
 
-from miner.client import MinerClient
+from miner.client import MinerClient, sse_events
 from scoring.latency import StreamTiming
 from validator.verify import MinerResponse, collect
 
@@ -47,12 +46,8 @@ async def ask(client: MinerClient, body: dict[str, Any], timeouts: Timeouts) -> 
                 return QueryResult("refused", detail=(await response.text())[:300])
             if response.status != 200:
                 return QueryResult("error", detail=f"HTTP {response.status}: {(await response.text())[:300]}")
-            async for line in response.content:
-                data = line.strip().removeprefix(b"data: ")
-                if not data or data == b"[DONE]":
-                    continue
+            async for event in sse_events(response):
                 arrived = time.monotonic()
-                event = json.loads(data)
                 events.append(event)
                 tokens = sum(len(c.get("token_ids") or []) for c in event.get("choices") or [])
                 if tokens:

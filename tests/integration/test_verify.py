@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import aiohttp
 import pytest
 
+from miner.client import sse_events
 from miner.models.tiny import build_tiny
 from tests.harness.processes import start_vllm
 from validator.challenges import generate
@@ -31,14 +30,9 @@ def reference(tmp_path_factory):
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict) -> MinerResponse:
     """An honest miner: the declared model's own engine, streamed."""
-    events = []
     async with session.post(url + "/v1/chat/completions", json=body) as response:
         assert response.status == 200, await response.text()
-        async for line in response.content:
-            data = line.strip().removeprefix(b"data: ")
-            if data and data != b"[DONE]":
-                events.append(json.loads(data))
-    return collect(events)
+        return collect([event async for event in sse_events(response)])
 
 
 def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerResponse:
