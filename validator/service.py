@@ -103,7 +103,8 @@ class Validator:
     def effective(self, standings: dict[str, tuple[int, Standing]], round_index: int) -> dict[int, float]:
         return {uid: s.effective(self.config.aggregation, round_index) for uid, s in standings.values()}
 
-    async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> dict[int, float]:
+    async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[dict[int, float], int]:
+        """Run, store and log one round; returns the effective standings and the subnet's tempo."""
         round_index = self.store.last_round() + 1
         graph = await net.metagraph(self.config.netuid)
         seed = round_seed(await net.block_hash(), self.keypair.ss58_address, round_index)
@@ -123,7 +124,7 @@ class Validator:
                    "fidelity_failed": sorted(report.fidelity_failed), "effective": effective, "duration_s": time.time() - started}
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows)
         self._log(summary, report)
-        return effective
+        return effective, graph.tempo
 
     def _log(self, summary: dict[str, Any], report: RoundReport) -> None:
         with self.journal.open("a") as f:
@@ -141,11 +142,10 @@ class Validator:
         log.info("round %s: %s miners, scores %s, fidelity failures %s", summary["round"], summary["miners"],
                  {u: round(s, 3) for u, s in summary["scores"].items()}, summary["fidelity_failed"])
 
-    async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float]) -> Optional[dict[int, float]]:
+    async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float], tempo: int) -> Optional[dict[int, float]]:
         block = await net.block()
         last = self.store.last_weights()
-        graph_tempo = (await net.metagraph(self.config.netuid)).tempo
-        interval = self.config.weights_interval_blocks or graph_tempo
+        interval = self.config.weights_interval_blocks or tempo
         if last is not None and block - last[0] < interval:
             return None
         weights = to_weights(effective)
@@ -174,28 +174,28 @@ class Validator:
                                  settings=wandb.Settings(silent=True))
 
     async def run(self, stop: asyncio.Event) -> None:
-        engines = [Engine(url=spec.url, spec=spec) for spec in self.config.engines]
-        attached = [Engine(url=url) for _, url in self.config.references]
-        names = [spec.served_name for spec in self.config.engines] + [model for model, _ in self.config.references]
+        # One engine per model id: started and supervised here, or attached to.
+        engines = {spec.served_name: Engine(url=spec.url, spec=spec) for spec in self.config.engines}
+        engines.update({model: Engine(url=url) for model, url in self.config.references})
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.network) as net:
             try:
                 await net.uid_of(self.config.netuid, self.keypair.ss58_address)
             except chain.NotRegistered as exc:
                 raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
             self._start_wandb()
-            tasks = [asyncio.create_task(e.run(session)) for e in engines + attached]
+            tasks = [asyncio.create_task(e.run(session)) for e in engines.values()]
             metrics_runner = await self._serve_metrics()
             try:
                 while not stop.is_set():
                     began = time.monotonic()
-                    references = {name: ReferenceEngine(session, e.url, name) for name, e in zip(names, engines + attached) if e.ready}
+                    references = {name: ReferenceEngine(session, e.url, name) for name, e in engines.items() if e.ready}
                     if references:
-                        effective = await self.one_round(net, session, references)
-                        await self.maybe_set_weights(net, effective)
+                        effective, tempo = await self.one_round(net, session, references)
+                        await self.maybe_set_weights(net, effective, tempo)
                         if self.config.max_rounds is not None and self.store.last_round() + 1 >= self.config.max_rounds:
                             break
                     else:
-                        log.info("waiting for reference engines: %s", {n: e.state for n, e in zip(names, engines + attached)})
+                        log.info("waiting for reference engines: %s", {n: e.state for n, e in engines.items()})
                     try:
                         await asyncio.wait_for(stop.wait(), max(1.0, self.config.round_interval - (time.monotonic() - began)) if references else 2.0)
                     except asyncio.TimeoutError:
