@@ -57,16 +57,15 @@ class RoundReport:
 async def _judge(target: Target, challenge: Challenge, body: dict[str, Any], result: QueryResult, reference: ReferenceEngine, verifying: asyncio.Semaphore) -> Result:
     if result.kind != "ok":
         return Result(target.uid, target.hotkey, challenge.family, Outcome(result.kind), detail=result.detail)
+    speed = measure(result.timing) if result.timing.arrivals else None
     async with verifying:
         try:
             verdict = await verify(reference, body, result.response)
         except ReferenceError as exc:
             # Our engine failed, not the miner: the answer counts for speed but is not judged.
             log.warning("could not verify uid %s: %s", target.uid, exc)
-            speed = measure(result.timing) if result.timing.arrivals else None
             return Result(target.uid, target.hotkey, challenge.family, Outcome("ok", None, None, speed), detail=str(exc))
     correct = grade(challenge.answer, result.response.text) if challenge.answer is not None else None
-    speed = measure(result.timing) if result.timing.arrivals else None
     outcome = Outcome("ok", verdict.passed, correct, speed)
     if not verdict.passed:
         log.warning("uid %s (%s) failed verification on %s: %s", target.uid, target.hotkey, challenge.family, "; ".join(verdict.reasons))
