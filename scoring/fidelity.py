@@ -73,34 +73,33 @@ class Verdict:
     implausible_tokens: int = 0
 
 
-def _upper_probability(token: TokenEvidence, temperature: float) -> float:
-    """An upper bound of p_T(token): the unseen tail only adds to the normalizer."""
+def _tempered(token: TokenEvidence, temperature: float) -> dict[int, float]:
+    """The reference's top-K and the chosen token under the temperature, normalized over
+    themselves: each value is an upper bound of that token's probability (the unseen tail
+    only adds to the normalizer)."""
     scaled = {tid: lp / temperature for tid, lp in token.reference_top.items()}
     scaled[token.token_id] = token.reference_logprob / temperature
     top = max(scaled.values())
-    normalizer = sum(math.exp(v - top) for v in scaled.values())
-    return math.exp(scaled[token.token_id] - top) / normalizer
-
-
-def _outside_nucleus(token: TokenEvidence, temperature: float, top_p: float, params: FidelityParams) -> bool:
-    if top_p >= 1.0 or temperature > 1.0 or sum(math.exp(lp) for lp in token.reference_top.values()) < params.covered_mass:
-        return False
-    scaled = {tid: lp / temperature for tid, lp in token.reference_top.items()}
-    top = max(scaled.values())
     weights = {tid: math.exp(v - top) for tid, v in scaled.items()}
     total = sum(weights.values())
-    chosen = token.reference_logprob / temperature
-    above = sum(w for tid, w in weights.items() if scaled[tid] > chosen and tid != token.token_id)
-    return above / total >= top_p + params.nucleus_margin
+    return {tid: w / total for tid, w in weights.items()}
+
+
+def _outside_nucleus(token: TokenEvidence, tempered: dict[int, float], top_p: float, params: FidelityParams) -> bool:
+    chosen = tempered[token.token_id]
+    above = sum(p for tid, p in tempered.items() if p > chosen and tid != token.token_id)
+    return above >= top_p + params.nucleus_margin
 
 
 def _implausible(token: TokenEvidence, evidence: ResponseEvidence, params: FidelityParams) -> bool:
     if evidence.temperature == 0:
         best = max(token.reference_top.values(), default=token.reference_logprob)
         return token.reference_rank > 1 and best - token.reference_logprob > params.greedy_margin
-    if _upper_probability(token, evidence.temperature) < params.min_token_prob:
+    tempered = _tempered(token, evidence.temperature)
+    if tempered[token.token_id] < params.min_token_prob:
         return True
-    return _outside_nucleus(token, evidence.temperature, evidence.top_p, params)
+    nucleus_checkable = evidence.top_p < 1.0 and evidence.temperature <= 1.0 and sum(math.exp(lp) for lp in token.reference_top.values()) >= params.covered_mass
+    return nucleus_checkable and _outside_nucleus(token, tempered, evidence.top_p, params)
 
 
 def check(evidence: ResponseEvidence, params: FidelityParams = FidelityParams()) -> Verdict:
