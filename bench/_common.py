@@ -18,6 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from miner.client import sse_events  # noqa: E402
 from miner.engine import EngineSpec  # noqa: E402
+from miner.models.manifest import ModelManifest  # noqa: E402
+from miner.models.tiny import build_tiny  # noqa: E402
+
+
+def model_or_tiny(model: str | None, tmp: Path) -> tuple[Path, ModelManifest]:
+    """``--model`` (a folder with slmnet.json), or the tiny model built into ``tmp``."""
+    folder = Path(model) if model else tmp / "tiny"
+    if not model:
+        build_tiny(folder, seed=0)
+    manifest = ModelManifest.read(folder)
+    if manifest is None:
+        raise SystemExit(f"{folder} has no slmnet.json: build it with `slmnet models`")
+    return folder, manifest
 
 
 def free_port() -> int:

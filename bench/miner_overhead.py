@@ -36,11 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import chain  # noqa: E402
 from chain.localnet import admin  # noqa: E402
-from bench._common import free_port, stop, wait_healthy  # noqa: E402
+from bench._common import free_port, model_or_tiny, stop, wait_healthy  # noqa: E402
 from miner.client import signed_headers  # noqa: E402
 from miner.engine import EngineSpec  # noqa: E402
 from miner.models.manifest import ModelManifest  # noqa: E402
-from miner.models.tiny import build_tiny  # noqa: E402
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, keypair, receiver: str) -> tuple[float, float, int, float]:
@@ -157,10 +156,9 @@ def start_miner(tmp: Path, model: Path, engine_url: str, log) -> tuple[subproces
     return miner, url
 
 
-def run_against(args, tmp: Path, model: Path, label: str, command: list[str], url: str, env: dict, wallets: tuple) -> list[dict]:
+def run_against(args, tmp: Path, model: Path, manifest: ModelManifest, label: str, command: list[str], url: str, env: dict, wallets: tuple) -> list[dict]:
     """Start ``command`` (an upstream at ``url``) and a miner attached to it; measure both paths."""
     miner_wallet, caller = wallets
-    manifest = ModelManifest.read(model)
     log = open(tmp / f"{label}.log", "w")
     upstream = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     miner = None
@@ -194,20 +192,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        model = Path(args.model) if args.model else tmp / "tiny"
-        if not args.model:
-            build_tiny(model, seed=0)
-        manifest = ModelManifest.read(model)
+        model, manifest = model_or_tiny(args.model, tmp)
         wallets = make_subnet(tmp)
         env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2", TMPDIR=str(tmp))
         if "vllm" in args.upstreams:
             print("starting the engine (about a minute on 2 cores)", file=sys.stderr)
             spec = EngineSpec(model=str(model), served_name=manifest.id, port=free_port(), dtype="float32", max_model_len=1024)
-            rows += run_against(args, tmp, model, "vllm", spec.command(), spec.url, env, wallets)
+            rows += run_against(args, tmp, model, manifest, "vllm", spec.command(), spec.url, env, wallets)
         if "stand-in" in args.upstreams:
             port = free_port()
             command = [sys.executable, __file__, "--serve-fake", str(port), manifest.id, "--fake-token-ms", str(args.fake_token_ms)]
-            rows += run_against(args, tmp, model, "stand-in", command, f"http://127.0.0.1:{port}", env, wallets)
+            rows += run_against(args, tmp, model, manifest, "stand-in", command, f"http://127.0.0.1:{port}", env, wallets)
 
     print_table(rows)
     if args.json:

@@ -24,9 +24,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import start_engine, stop, stream_chat  # noqa: E402
-from miner.models.manifest import ModelManifest  # noqa: E402
-from miner.models.tiny import build_tiny  # noqa: E402
+from bench._common import model_or_tiny, start_engine, stop, stream_chat  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
 
@@ -58,10 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        model = Path(args.model) if args.model else tmp / "tiny"
-        if not args.model:
-            build_tiny(model, seed=0)
-        manifest = ModelManifest.read(model)
+        model, manifest = model_or_tiny(args.model, tmp)
         print("starting the engine (about a minute on 2 cores)", file=sys.stderr)
         engine, url = start_engine(model, manifest.id, tmp, max_model_len=2048, kv_gib=2)
         try:
