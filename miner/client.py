@@ -22,12 +22,12 @@ def signed_headers(keypair: Any, receiver: str, method: str, path: str, body: by
 
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The JSON events of a server-sent-event stream, as they arrive; ``[DONE]`` ends it."""
+    """The JSON events of a server-sent-event stream, as they arrive, read to the end of the
+    body (not just to ``[DONE]``): a caller that stops early hangs up before the server has
+    finished the request, and would meet its own request still counted in flight."""
     async for line in response.content:
         data = line.strip().removeprefix(b"data: ")
-        if data == b"[DONE]":
-            return
-        if data:
+        if data and data != b"[DONE]":
             yield json.loads(data)
 
 
