@@ -15,7 +15,14 @@ model's raw (pre-temperature) distribution, on both sides. A response fails when
   not) both fail here;
 - the logprobs it reported differ from the reference's (any token by more than
   ``max_abs_dlp``, or on average by more than ``mean_abs_dlp``), or were asked for and
-  are missing.
+  are missing;
+- it ended where the model would not, or did not end where it would (when the model's
+  end-of-text ids are known and the request did not ask for ``ignore_eos`` or ``stop``):
+  ``stop`` without an end token (cut short), an end token before the last position, an
+  end token the model gives less than ``min_end_prob``, or continuing through positions
+  where a lower bound of the end token's probability makes not stopping less likely than
+  ``min_continue_prob`` (run past end-of-text);
+- it was not streamed: many tokens arrived in one burst (see ``scoring.latency``).
 
 Defaults are first margins from ``shared/facts/verification-margins.md`` (honest
 bf16-vs-fp32 drift: mean 5e-3, max 3e-2; int8: mean 4e-2, max 0.3), kept until the
@@ -47,6 +54,9 @@ class ResponseEvidence:
     temperature: float
     top_p: float = 1.0
     logprobs_requested: bool = True
+    end_token_ids: frozenset[int] = frozenset()  # the model's end-of-text ids; empty: end checks off
+    end_checks: bool = True  # False when the request set ignore_eos or its own stop sequences
+    streamed: bool = True  # from the arrival times: False when the answer came in one burst
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,12 @@ class FidelityParams:
     max_abs_dlp: float = 0.5  # nats, any one token's reported vs reference logprob
     mean_abs_dlp: float = 0.05  # nats, averaged over a response of at least min_tokens_for_mean tokens
     min_tokens_for_mean: int = 16
+    # Ending is the profitable cheat, so the end token gets a stricter floor than others: an
+    # honest sampler ends below it with probability at most max_tokens × this per response.
+    min_end_prob: float = 1e-8
+    # Honest continuation past likely ends: flagged when the product of (1 − p_end) over the
+    # positions passed is below this (an honest sampler does so with at most this probability).
+    min_continue_prob: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,48 @@ def _implausible(token: TokenEvidence, evidence: ResponseEvidence, params: Fidel
     return nucleus_checkable and _outside_nucleus(token, tempered, evidence.top_p, params)
 
 
+def _end_prob_lower_bound(token: TokenEvidence, end_id: int, evidence: ResponseEvidence, params: FidelityParams) -> float:
+    """A lower bound of the end token's probability under a temperature in (0, 1] (0 if unknown,
+    or if it may lie outside the ``top_p`` nucleus, where the sampler cannot pick it).
+
+    Tempering raises each raw probability to 1/T; the unseen tail (raw mass r, each below the
+    K-th raw probability p_K) then has tempered mass at most r · p_K^(1/T − 1).
+    """
+    if end_id not in token.reference_top:
+        return 0.0
+    if evidence.top_p < 1.0:
+        tempered = _tempered(token, evidence.temperature)  # upper bounds: the mass above is overestimated
+        if sum(p for tid, p in tempered.items() if p > tempered[end_id]) >= evidence.top_p - params.nucleus_margin:
+            return 0.0
+    inverse = 1.0 / evidence.temperature
+    raw = {tid: math.exp(lp) for tid, lp in token.reference_top.items()}
+    tail = max(0.0, 1.0 - sum(raw.values())) * min(raw.values()) ** (inverse - 1.0)
+    return raw[end_id] ** inverse / (sum(p**inverse for p in raw.values()) + tail)
+
+
+def _end_reasons(evidence: ResponseEvidence, params: FidelityParams) -> list[str]:
+    ends = evidence.end_token_ids
+    if not ends or not evidence.end_checks:
+        return []
+    tokens = evidence.tokens
+    reasons = []
+    early = next((i for i, t in enumerate(tokens[:-1]) if t.token_id in ends), None)
+    if early is not None:
+        reasons.append(f"an end-of-text token at position {early} was followed by {len(tokens) - 1 - early} more: ran past the end")
+    if evidence.finish_reason == "stop" and (not tokens or tokens[-1].token_id not in ends):
+        reasons.append(f"finish_reason 'stop' after {len(tokens)} tokens without an end-of-text token: cut short")
+    if tokens and tokens[-1].token_id in ends and evidence.temperature > 0:
+        p_end = _tempered(tokens[-1], evidence.temperature)[tokens[-1].token_id]
+        if p_end < params.min_end_prob:
+            reasons.append(f"ended at position {len(tokens) - 1} where the model gives the end only p ≤ {p_end:.1e}: ended early")
+    if 0 < evidence.temperature <= 1.0:
+        passed_ends = tokens if evidence.finish_reason != "stop" else tokens[:-1]
+        log_continue = sum(math.log1p(-min(1 - 1e-12, sum(_end_prob_lower_bound(t, e, evidence, params) for e in ends))) for t in passed_ends)
+        if log_continue < math.log(params.min_continue_prob):
+            reasons.append(f"went on where the model ends: an honest sampler continues this far with p ≤ {math.exp(log_continue):.1e}")
+    return reasons
+
+
 def check(evidence: ResponseEvidence, params: FidelityParams = FidelityParams()) -> Verdict:
     """The verdict on one response, with every reason it failed."""
     reasons = []
@@ -116,6 +174,10 @@ def check(evidence: ResponseEvidence, params: FidelityParams = FidelityParams())
     implausible = [i for i, t in enumerate(evidence.tokens) if _implausible(t, evidence, params)]
     if implausible:
         reasons.append(f"{len(implausible)} token(s) the model would not produce at temperature {evidence.temperature:g}, first at position {implausible[0]}")
+
+    reasons += _end_reasons(evidence, params)
+    if not evidence.streamed:
+        reasons.append(f"all {n} tokens arrived in one burst: buffered, not streamed")
 
     deltas = [abs(t.reported_logprob - t.reference_logprob) for t in evidence.tokens if t.reported_logprob is not None]
     if evidence.logprobs_requested and n and len(deltas) < n:

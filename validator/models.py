@@ -18,6 +18,7 @@ class SupportedModel:
     source: str  # "prepared:NAME" | "tiny:SEED" | a Hugging Face id
     weights_sha256: Optional[str]
     max_context: int
+    end_token_ids: tuple[int, ...] = ()  # where the model ends a turn: the verifier's end-of-text checks
 
     def accepts(self, declaration: ModelDeclaration) -> bool:
         """A miner's declaration names this model (and, where both give one, the same weights)."""
@@ -38,7 +39,7 @@ class ModelList:
 def load(path: Path = DEFAULT_LIST) -> ModelList:
     try:
         raw = json.loads(Path(path).read_text())
-        models = tuple(SupportedModel(m["id"], m["source"], m.get("weights_sha256"), int(m["max_context"])) for m in raw["models"])
+        models = tuple(SupportedModel(m["id"], m["source"], m.get("weights_sha256"), int(m["max_context"]), tuple(int(t) for t in m.get("end_token_ids", ()))) for m in raw["models"])
         return ModelList(int(raw["version"]), models)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a model list: {exc}") from exc

@@ -188,7 +188,7 @@ class Validator:
             try:
                 while not stop.is_set():
                     began = time.monotonic()
-                    references = {name: ReferenceEngine(session, e.url, name) for name, e in engines.items() if e.ready}
+                    references = {name: self._reference(session, name, e.url) for name, e in engines.items() if e.ready}
                     if references:
                         effective, tempo = await self.one_round(net, session, references)
                         await self.maybe_set_weights(net, effective, tempo)
@@ -209,6 +209,10 @@ class Validator:
                 if self._wandb is not None:
                     self._wandb.finish()
                 self.store.close()
+
+    def _reference(self, session: aiohttp.ClientSession, model: str, url: str) -> ReferenceEngine:
+        supported = self.config.models.get(model)
+        return ReferenceEngine(session, url, model, end_token_ids=supported.end_token_ids if supported else ())
 
     async def _serve_metrics(self) -> Optional[web.AppRunner]:
         if self.config.metrics_port is None:

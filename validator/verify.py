@@ -65,10 +65,11 @@ def collect(events: Iterable[dict[str, Any]]) -> MinerResponse:
 class ReferenceEngine:
     """The validator's own vLLM server for one model."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, model: str, timeout: float = 120.0):
+    def __init__(self, session: aiohttp.ClientSession, url: str, model: str, end_token_ids: Iterable[int] = (), timeout: float = 120.0):
         self.session = session
         self.url = url.rstrip("/")
         self.model = model
+        self.end_token_ids = frozenset(end_token_ids)  # from the model list; empty turns the end checks off
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +94,9 @@ class ReferenceEngine:
         return [{int(tid): (entry["logprob"], entry["rank"]) for tid, entry in position.items()} for position in positions]
 
 
-async def verify(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse, params: FidelityParams = FidelityParams()) -> Verdict:
-    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine."""
+async def verify(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse, params: FidelityParams = FidelityParams(), streamed: bool = True) -> Verdict:
+    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine;
+    ``streamed`` is what the arrival times said (``scoring.latency``)."""
     prompt_ids = await reference.prompt_ids(request["messages"])
     if response.prompt_token_ids is not None and response.prompt_token_ids != prompt_ids:
         return Verdict(passed=False, reasons=("the miner's prompt tokens differ from the reference tokenization of the conversation",))
@@ -114,5 +116,8 @@ async def verify(reference: ReferenceEngine, request: dict[str, Any], response: 
         temperature=float(request.get("temperature", 1.0)),
         top_p=float(request.get("top_p", 1.0)),
         logprobs_requested=bool(request.get("logprobs")),
+        end_token_ids=reference.end_token_ids,
+        end_checks=not (request.get("ignore_eos") or request.get("stop") or request.get("stop_token_ids")),
+        streamed=streamed,
     )
     return check(evidence, params)

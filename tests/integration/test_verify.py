@@ -8,11 +8,13 @@ import pytest
 from miner.client import sse_events
 from miner.models.tiny import build_tiny
 from tests.harness.processes import start_vllm
+from validator import models as model_list
 from validator.challenges import generate
 from validator.verify import MinerResponse, ReferenceEngine, collect, verify
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
+ENDS = model_list.load().get(MODEL).end_token_ids
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +58,46 @@ def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerRespon
 
 async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
     url, _ = reference
+    finishes = []
     async with aiohttp.ClientSession() as session:
-        engine = ReferenceEngine(session, url, MODEL)
+        engine = ReferenceEngine(session, url, MODEL, ENDS)
         challenges = generate(seed=2026, count=24)
         for challenge in challenges:
             body = challenge.request(MODEL)
-            verdict = await verify(engine, body, await _stream(session, url, body))
+            answer = await _stream(session, url, body)
+            verdict = await verify(engine, body, answer)
             assert verdict.passed, (challenge.family, body["temperature"], body["top_p"], verdict.reasons)
             assert verdict.max_abs_dlp is not None and verdict.max_abs_dlp < 1e-3  # same engine: equal to float noise
+            finishes.append(answer.finish_reason)
+            if answer.finish_reason == "stop":
+                assert answer.token_ids[-1] in ENDS  # the engine returns the end token: what the end checks rely on
+
+
+async def test_running_past_the_end_or_cutting_before_it_fails(reference):
+    """Greedy challenges where the model ends early: a miner that goes on (ignore_eos, the end
+    token dropped) or stops sooner without the end token is caught."""
+    url, _ = reference
+    caught = 0
+    async with aiohttp.ClientSession() as session:
+        engine = ReferenceEngine(session, url, MODEL, ENDS)
+        for challenge in generate(seed=5, count=40):
+            body = {**challenge.request(MODEL), "temperature": 0.0}
+            honest = await _stream(session, url, body)
+            if honest.finish_reason != "stop" or len(honest.token_ids) < 3:
+                continue
+            assert (await verify(engine, body, honest)).passed
+            went_on = await _stream(session, url, {**body, "ignore_eos": True})
+            kept = [i for i, t in enumerate(went_on.token_ids) if t not in ENDS]
+            past = MinerResponse(**{**vars(went_on), "token_ids": [went_on.token_ids[i] for i in kept],
+                                    "reported_logprobs": [went_on.reported_logprobs[i] for i in kept], "completion_tokens": len(kept)})
+            past_verdict = await verify(engine, body, past)
+            cut = MinerResponse(**{**vars(honest), "token_ids": honest.token_ids[:-2], "reported_logprobs": honest.reported_logprobs[:-2],
+                                   "completion_tokens": len(honest.token_ids) - 2})
+            cut_verdict = await verify(engine, body, cut)
+            assert not past_verdict.passed, past_verdict
+            assert not cut_verdict.passed and "cut short" in " ".join(cut_verdict.reasons)
+            caught += 1
+    assert caught >= 2  # the tiny model ends early on about 1 greedy prompt in 13
 
 
 async def test_another_model_behind_the_declared_name_fails(reference):
@@ -71,7 +105,7 @@ async def test_another_model_behind_the_declared_name_fails(reference):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Reverse the string 'harbor'."}], "max_tokens": 24, "temperature": 0, "logprobs": True}
     substituted = _substitute(tmp / "s1", body["messages"], 24)
     async with aiohttp.ClientSession() as session:
-        verdict = await verify(ReferenceEngine(session, url, MODEL), body, substituted)
+        verdict = await verify(ReferenceEngine(session, url, MODEL, ENDS), body, substituted)
     assert not verdict.passed
     assert verdict.implausible_tokens > 0 and any("nats from the reference" in r for r in verdict.reasons)
 
@@ -81,7 +115,7 @@ async def test_invented_logprobs_cut_answers_lied_counts_and_foreign_prompts_fai
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Sort 5, 2, 9."}], "max_tokens": 20, "temperature": 0.7, "seed": 1,
             "logprobs": True, "return_token_ids": True, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
     async with aiohttp.ClientSession() as session:
-        engine = ReferenceEngine(session, url, MODEL)
+        engine = ReferenceEngine(session, url, MODEL, ENDS)
         honest = await _stream(session, url, body)
         assert (await verify(engine, body, honest)).passed
 

@@ -21,6 +21,12 @@ def _distribution(rng: random.Random, vocab: int = 50, peak: float = 3.0) -> dic
     return {t: v - log_z for t, v in logits.items()}
 
 
+def _with_end(dist: dict[int, float], p_end: float) -> dict[int, float]:
+    """``dist`` with the end token's probability set to ``p_end``, the rest scaled to 1 − p_end."""
+    rest = math.log(1 - p_end) - math.log(sum(math.exp(lp) for t, lp in dist.items() if t != EOS))
+    return {t: (math.log(p_end) if t == EOS else lp + rest) for t, lp in dist.items()}
+
+
 def _token(dist: dict[int, float], token: int, reported_shift: float | None = 0.0, k: int = 20) -> TokenEvidence:
     ranked = sorted(dist, key=dist.get, reverse=True)
     top = {t: dist[t] for t in ranked[:k]}
@@ -97,12 +103,56 @@ def test_ending_where_the_model_would_not_and_skipping_a_certain_end_both_fail()
     assert not check(_evidence(skipped, temperature=0.8)).passed
 
 
+ENDS = frozenset({EOS})
+
+
+def test_with_known_end_tokens_cutting_running_past_and_ending_early_each_fail():
+    tokens = _greedy_response(n=10)
+    cut = check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS))
+    assert not cut.passed and "without an end-of-text token: cut short" in cut.reasons[0]
+
+    dist = _distribution(random.Random(4))
+    dist[EOS] = max(dist.values()) + 1.0  # the model's clear first choice
+    past = tokens[:5] + [_token(dist, EOS)] + tokens[5:]
+    verdict = check(_evidence(past, end_token_ids=ENDS))
+    assert not verdict.passed and "ran past the end" in verdict.reasons[0]
+
+    unlikely = _distribution(random.Random(5))
+    unlikely[EOS] = -30.0
+    early = check(_evidence(tokens + [_token(unlikely, EOS)], finish_reason="stop", max_tokens=64, reported_completion_tokens=11, temperature=0.7, end_token_ids=ENDS))
+    assert not early.passed and any("ended early" in r for r in early.reasons)
+    # The same ending without the model's end ids, or when the caller asked for its own stops, is not judged.
+    assert check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS, end_checks=False)).passed
+
+
+def test_going_on_through_many_likely_ends_fails_and_through_a_few_passes():
+    rng = random.Random(6)
+
+    def likely_end_token() -> TokenEvidence:
+        dist = _with_end(_distribution(rng, peak=0), 0.5)  # an honest sampler goes on with p = 1/2 here
+        return _token(dist, 0)
+
+    few = [likely_end_token() for _ in range(8)]  # p(go on) = 2^-8 ≈ 4e-3: honest luck
+    many = [likely_end_token() for _ in range(24)]  # 2^-24 ≈ 6e-8: not a sampler
+    assert check(_evidence(few, temperature=1.0, end_token_ids=ENDS)).passed
+    verdict = check(_evidence(many, temperature=1.0, end_token_ids=ENDS))
+    assert not verdict.passed and "continues this far" in verdict.reasons[0]
+
+
+def test_a_buffered_burst_fails():
+    verdict = check(_evidence(_greedy_response(), streamed=False))
+    assert not verdict.passed and "one burst" in verdict.reasons[0]
+
+
 @given(st.integers(0, 10_000), st.sampled_from([0.3, 0.7, 1.0, 1.3]), st.sampled_from([1.0, 0.95, 0.9]))
 def test_honestly_sampled_responses_pass(seed, temperature, top_p):
     rng = random.Random(seed)
     tokens = []
+    finish = "length"
     for _ in range(32):
         dist = _distribution(rng, peak=rng.uniform(0, 6))
+        if rng.random() < 0.3:  # positions where ending is likely
+            dist = _with_end(dist, rng.uniform(0.05, 0.6))
         scaled = {t: lp / temperature for t, lp in dist.items()}
         ranked = sorted(scaled, key=scaled.get, reverse=True)
         top = max(scaled.values())
@@ -115,5 +165,8 @@ def test_honestly_sampled_responses_pass(seed, temperature, top_p):
                 break
         choice = rng.choices([t for t, _ in kept], weights=[w for _, w in kept])[0]
         tokens.append(_token(dist, choice, rng.uniform(-0.02, 0.02)))
-    verdict = check(_evidence(tokens, temperature=temperature, top_p=top_p))
+        if choice == EOS:
+            finish = "stop"
+            break
+    verdict = check(_evidence(tokens, temperature=temperature, top_p=top_p, finish_reason=finish, max_tokens=32, end_token_ids=ENDS))
     assert verdict.passed, verdict.reasons
