@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,39 +32,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import start_engine, stop, stream_chat  # noqa: E402
 from miner.models.tiny import build_tiny  # noqa: E402
+from tests.harness.adversary import perturbed_copy  # noqa: E402
+from validator import models as model_list  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
 
 MODEL = "slmnet/tiny-qwen2-s0"
+END_TOKEN_IDS = model_list.load().get(MODEL).end_token_ids
 
 
 def start(folder: Path, tmp: Path, dtype: str = "float32") -> tuple[subprocess.Popen, str]:
     return start_engine(folder, MODEL, tmp, dtype=dtype)
 
 
-def perturb(source: Path, out: Path, kind: str, amount: float = 0.0) -> Path:
-    """A copy of ``source`` with its weights changed: gaussian noise, or int8/int4 rounding per row."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(source, out)
-    tensors = load_file(source / "model.safetensors")
-    generator = torch.Generator().manual_seed(7)
-    changed = {}
-    for name, tensor in tensors.items():
-        if kind == "noise":
-            changed[name] = tensor + torch.randn(tensor.shape, generator=generator) * tensor.std() * amount
-        else:
-            levels = {"int8": 127, "int4": 7}[kind]
-            scale = tensor.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / levels
-            changed[name] = (tensor / scale).round().clamp(-levels, levels) * scale
-    save_file(changed, out / "model.safetensors", metadata={"format": "pt"})
-    return out
-
-
 async def answer_and_verify(url: str, reference_url: str, concurrency: int, challenges) -> list:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        reference = ReferenceEngine(session, reference_url, MODEL)
+        reference = ReferenceEngine(session, reference_url, MODEL, END_TOKEN_IDS)
         slots = asyncio.Semaphore(concurrency)
 
         async def one(challenge):
@@ -109,9 +91,9 @@ def main() -> None:
                 elif variant == "honest-bf16":
                     dtype = "bfloat16"
                 elif variant.startswith("noise-"):
-                    folder = perturb(tmp / "s0", tmp / variant, "noise", float(variant.split("-", 1)[1]))
+                    folder = perturbed_copy(tmp / "s0", tmp / variant, "noise", float(variant.split("-", 1)[1]))
                 elif variant in ("int8", "int4"):
-                    folder = perturb(tmp / "s0", tmp / variant, variant)
+                    folder = perturbed_copy(tmp / "s0", tmp / variant, variant)
                 elif variant == "other-model":
                     build_tiny(tmp / "s1", seed=1)
                     folder = tmp / "s1"

@@ -21,8 +21,10 @@ model's raw (pre-temperature) distribution, on both sides. A response fails when
   ``stop`` without an end token (cut short), an end token before the last position, an
   end token the model gives less than ``min_end_prob``, or continuing through positions
   where a lower bound of the end token's probability makes not stopping less likely than
-  ``min_continue_prob`` (run past end-of-text);
-- it was not streamed: many tokens arrived in one burst (see ``scoring.latency``).
+  ``min_continue_prob`` (run past end-of-text).
+
+Whether an answer was streamed is judged per round, not per answer (``scoring.aggregate``):
+an honest engine under load sometimes coalesces a whole short answer into one chunk.
 
 Defaults are first margins from ``shared/facts/verification-margins.md`` (honest
 bf16-vs-fp32 drift: mean 5e-3, max 3e-2; int8: mean 4e-2, max 0.3), kept until the
@@ -56,7 +58,6 @@ class ResponseEvidence:
     logprobs_requested: bool = True
     end_token_ids: frozenset[int] = frozenset()  # the model's end-of-text ids; empty: end checks off
     end_checks: bool = True  # False when the request set ignore_eos or its own stop sequences
-    streamed: bool = True  # from the arrival times: False when the answer came in one burst
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,6 @@ def check(evidence: ResponseEvidence, params: FidelityParams = FidelityParams())
         reasons.append(f"{len(implausible)} token(s) the model would not produce at temperature {evidence.temperature:g}, first at position {implausible[0]}")
 
     reasons += _end_reasons(evidence, params)
-    if not evidence.streamed:
-        reasons.append(f"all {n} tokens arrived in one burst: buffered, not streamed")
 
     deltas = [abs(t.reported_logprob - t.reference_logprob) for t in evidence.tokens if t.reported_logprob is not None]
     if evidence.logprobs_requested and n and len(deltas) < n:

@@ -60,7 +60,7 @@ async def _judge(target: Target, challenge: Challenge, body: dict[str, Any], res
     speed = measure(result.timing) if result.timing.arrivals else None
     async with verifying:
         try:
-            verdict = await verify(reference, body, result.response, streamed=speed.streamed if speed else True)
+            verdict = await verify(reference, body, result.response)
         except ReferenceError as exc:
             # Our engine failed, not the miner: the answer counts for speed but is not judged.
             log.warning("could not verify uid %s: %s", target.uid, exc)

@@ -94,9 +94,8 @@ class ReferenceEngine:
         return [{int(tid): (entry["logprob"], entry["rank"]) for tid, entry in position.items()} for position in positions]
 
 
-async def verify(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse, params: FidelityParams = FidelityParams(), streamed: bool = True) -> Verdict:
-    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine;
-    ``streamed`` is what the arrival times said (``scoring.latency``)."""
+async def verify(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse, params: FidelityParams = FidelityParams()) -> Verdict:
+    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine."""
     prompt_ids = await reference.prompt_ids(request["messages"])
     if response.prompt_token_ids is not None and response.prompt_token_ids != prompt_ids:
         return Verdict(passed=False, reasons=("the miner's prompt tokens differ from the reference tokenization of the conversation",))
@@ -118,6 +117,5 @@ async def verify(reference: ReferenceEngine, request: dict[str, Any], response: 
         logprobs_requested=bool(request.get("logprobs")),
         end_token_ids=reference.end_token_ids,
         end_checks=not (request.get("ignore_eos") or request.get("stop") or request.get("stop_token_ids")),
-        streamed=streamed,
     )
     return check(evidence, params)

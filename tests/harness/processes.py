@@ -105,3 +105,10 @@ def start_miner(args: list[str], port: int, tmp: Path, env: Optional[dict[str, s
     """`slmnet miner` with ``args`` (network, wallet, model, engine flags) on ``port``."""
     cmd = [sys.executable, "-m", "neurons.cli", "miner", "--host", "127.0.0.1", "--port", str(port), *args]
     return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"miner-{port}.log", env=env)
+
+
+def start_adversary(upstream: str, mode: str, tmp: Path) -> Server:
+    """A tampering engine (``tests.harness.adversary``) in front of ``upstream``."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.harness.adversary", "--upstream", upstream, "--mode", mode, "--port", str(port)]
+    return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"adversary-{mode}-{port}.log")

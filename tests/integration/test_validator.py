@@ -1,4 +1,11 @@
-"""`slmnet validator` on a localnet: two honest miners and one that serves other weights under the declared name."""
+"""`slmnet validator` on a localnet against two honest miners and eight adversarial ones.
+
+Every miner is a real `slmnet miner` process declaring the tiny seed-0 model. The
+cheats: one attached to an engine with other weights (seed 1), one to an engine with
+perturbed seed-0 weights, and six attached to a tampering proxy in front of the honest
+engine (``tests.harness.adversary``): invented logprobs, cut answers, buffered bursts,
+over-reported usage, slow, flaky.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +16,24 @@ import subprocess
 import sys
 import time
 
+import aiohttp
 import pytest
 
 import chain
 from miner.models.tiny import build_tiny
+from tests.harness.adversary import perturbed_copy
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import engine_env, free_port, start_miner, start_vllm
+from tests.harness.processes import engine_env, free_port, start_adversary, start_miner, start_vllm
 from validator import models as model_list
+from validator.rounds import Target, run_round
+from validator.verify import ReferenceEngine
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
+HONEST = ("honest1", "honest2")
+FIDELITY_CHEATS = ("other-model", "perturbed", "invent-logprobs", "cut", "burst", "over-report")
+UNDERPERFORMERS = ("slow", "flaky")
+PROXIED = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
 
 
 def test_the_repo_model_list_matches_the_tiny_model_we_build(tmp_path):
@@ -26,13 +41,15 @@ def test_the_repo_model_list_matches_the_tiny_model_we_build(tmp_path):
     assert supported.weights_sha256 == build_tiny(tmp_path / "s0", seed=0)
 
 
-def test_validator_pays_honest_miners_and_zeroes_the_one_serving_other_weights(tmp_path):
-    build_tiny(tmp_path / "s0", seed=0)
-    build_tiny(tmp_path / "s1", seed=1)
-    honest_engine = start_vllm(tmp_path / "s0", MODEL, tmp_path)
-    cheat_engine = start_vllm(tmp_path / "s1", MODEL, tmp_path)  # other weights, answering to the declared name
-    net = make_localnet(tmp_path)
-    names = ["honest1", "honest2", "cheat", "validator"]
+@pytest.fixture(scope="module")
+def subnet(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("subnet")
+    build_tiny(tmp / "s0", seed=0)
+    build_tiny(tmp / "s1", seed=1)
+    perturbed_copy(tmp / "s0", tmp / "s0-noise", "noise", 1e-2)
+    engines = {name: start_vllm(tmp / folder, MODEL, tmp) for name, folder in (("honest", "s0"), ("other-model", "s1"), ("perturbed", "s0-noise"))}
+    net = make_localnet(tmp)
+    names = [*HONEST, *FIDELITY_CHEATS, *UNDERPERFORMERS, "validator"]
     wallets = {name: net.wallet(name) for name in names}
 
     async def register() -> dict[str, int]:
@@ -43,42 +60,55 @@ def test_validator_pays_honest_miners_and_zeroes_the_one_serving_other_weights(t
 
     uids = asyncio.run(register())
     net.stake(wallets["validator"], 2000)
-    miners = []
+    servers = list(engines.values())
     try:
-        honest_engine.wait_healthy()
-        cheat_engine.wait_healthy()
-        for name, engine in (("honest1", honest_engine), ("honest2", honest_engine), ("cheat", cheat_engine)):
+        for engine in engines.values():
+            engine.wait_healthy()
+        upstream = {name: engines["honest"].url for name in HONEST}
+        upstream.update({name: engines[name].url for name in ("other-model", "perturbed")})
+        for mode in PROXIED:
+            servers.append(proxy := start_adversary(engines["honest"].url, mode, tmp))
+            proxy.wait_healthy(timeout=60)
+            upstream[mode] = proxy.url
+        miners = {}
+        for name, url in upstream.items():
             args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", name,
-                    "--model", str(tmp_path / "s0"), "--engine-url", engine.url, "--capacity", "4", "--metagraph-interval", "1"]
-            miners.append(start_miner(args, free_port(), tmp_path))
-        for miner in miners:
+                    "--model", str(tmp / "s0"), "--engine-url", url, "--capacity", "4", "--metagraph-interval", "1"]
+            servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
+        for miner in miners.values():
             miner.wait_healthy(timeout=120)
-
-        args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "validator",
-                "--state-dir", str(tmp_path / "validator"), "--reference", f"{MODEL}={honest_engine.url}", "--challenges-per-miner", "6",
-                "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "3"]
-        done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=600, env=engine_env(tmp_path))
-        assert done.returncode == 0, done.stderr[-3000:]
+        yield {"tmp": tmp, "net": net, "wallets": wallets, "uids": uids, "engines": engines, "miners": miners}
     finally:
-        for server in [*miners, honest_engine, cheat_engine]:
+        for server in reversed(servers):
             server.stop()
 
-    rounds = [json.loads(line) for line in (tmp_path / "validator" / "rounds.jsonl").read_text().splitlines()]
-    assert len(rounds) == 3 and all(r["miners"] == 3 for r in rounds)
-    assert all(uids["cheat"] in r["fidelity_failed"] for r in rounds)
-    assert not any(uids["honest1"] in r["fidelity_failed"] or uids["honest2"] in r["fidelity_failed"] for r in rounds)
-    db = sqlite3.connect(tmp_path / "validator" / "validator.sqlite")
-    verified = db.execute("SELECT hotkey, SUM(passed), COUNT(*) FROM results WHERE outcome = 'ok' GROUP BY hotkey").fetchall()
-    by_hotkey = {hotkey: (passed, count) for hotkey, passed, count in verified}
-    for name in ("honest1", "honest2"):
-        passed, count = by_hotkey[wallets[name].hotkey.ss58_address]
-        assert passed == count == 18  # every honest answer verified and passed
-    assert by_hotkey[wallets["cheat"].hotkey.ss58_address][0] < 18
+
+def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flaky_below(subnet):
+    tmp, net, uids, wallets = subnet["tmp"], subnet["net"], subnet["uids"], subnet["wallets"]
+    state = tmp / "validator"
+    args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "validator",
+            "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engines']['honest'].url}", "--challenges-per-miner", "6",
+            "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "3"]
+    done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=900, env=engine_env(tmp))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rounds = [json.loads(line) for line in (state / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 3 and all(r["miners"] == 10 for r in rounds)
+    ever_failed = {uid for r in rounds for uid in r["fidelity_failed"]}
+    assert ever_failed == {uids[name] for name in FIDELITY_CHEATS}  # every cheat caught, nobody else flagged
+    for name in ("other-model", "perturbed", "invent-logprobs", "over-report"):  # these cheat on every answer
+        assert all(uids[name] in r["fidelity_failed"] for r in rounds), name
+
+    db = sqlite3.connect(state / "validator.sqlite")
+    verified = dict(db.execute("SELECT hotkey, SUM(passed) = COUNT(*) FROM results WHERE outcome = 'ok' AND passed IS NOT NULL GROUP BY hotkey").fetchall())
+    assert all(verified[wallets[name].hotkey.ss58_address] for name in (*HONEST, "slow"))
     (weights_json,) = db.execute("SELECT weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
     weights = {int(uid): w for uid, w in json.loads(weights_json).items()}
-    assert set(weights) == {uids["honest1"], uids["honest2"]}
+    assert not {uids[name] for name in FIDELITY_CHEATS} & {uid for uid, w in weights.items() if w > 0}
+    lowest_honest = min(weights[uids[name]] for name in HONEST)
+    assert all(weights.get(uids[name], 0.0) < lowest_honest for name in UNDERPERFORMERS), weights
 
-    # The chain agrees once an epoch has run: incentive to the honest miners, none to the cheat.
+    # The chain agrees once an epoch has run: the honest miners out-earn every adversary.
     async def incentive() -> dict[int, float]:
         async with chain.connect(net.network) as c:
             return {n.uid: n.incentive for n in (await c.metagraph(1)).neurons}
@@ -86,4 +116,28 @@ def test_validator_pays_honest_miners_and_zeroes_the_one_serving_other_weights(t
     deadline = time.monotonic() + 30
     while (paid := asyncio.run(incentive()))[uids["honest1"]] == 0 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert paid[uids["honest1"]] > 0 and paid[uids["honest2"]] > 0 and paid[uids["cheat"]] == 0
+    assert min(paid[uids[name]] for name in HONEST) > max(paid[uids[name]] for name in (*FIDELITY_CHEATS, *UNDERPERFORMERS))
+    assert all(paid[uids[name]] == 0 for name in FIDELITY_CHEATS)
+
+
+def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
+    """Ten rounds of 50 challenges to each honest miner, through the validator's own round code."""
+    wallets, uids, miners = subnet["wallets"], subnet["uids"], subnet["miners"]
+    targets = [Target(uids[name], wallets[name].hotkey.ss58_address, miners[name].url, MODEL, 4) for name in HONEST]
+    ends = model_list.load().get(MODEL).end_token_ids
+
+    async def rounds() -> tuple[list, set]:
+        results, flagged = [], set()
+        async with aiohttp.ClientSession() as session:
+            references = {MODEL: ReferenceEngine(session, subnet["engines"]["honest"].url, MODEL, ends)}
+            for seed in range(10):
+                report = await run_round(session, wallets["validator"].hotkey, 1000 + seed, targets, references, challenges_per_miner=50)
+                results += report.results
+                flagged |= report.fidelity_failed
+        return results, flagged
+
+    results, flagged = asyncio.run(rounds())
+    assert len(results) == 1000
+    assert not flagged  # no round zeroed an honest miner (buffering included)
+    problems = [(r.uid, r.family, r.outcome.kind, r.reasons, r.detail) for r in results if r.outcome.kind != "ok" or not r.outcome.fidelity_passed]
+    assert not problems, problems[:5]

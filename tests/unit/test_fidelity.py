@@ -139,11 +139,6 @@ def test_going_on_through_many_likely_ends_fails_and_through_a_few_passes():
     assert not verdict.passed and "continues this far" in verdict.reasons[0]
 
 
-def test_a_buffered_burst_fails():
-    verdict = check(_evidence(_greedy_response(), streamed=False))
-    assert not verdict.passed and "one burst" in verdict.reasons[0]
-
-
 @given(st.integers(0, 10_000), st.sampled_from([0.3, 0.7, 1.0, 1.3]), st.sampled_from([1.0, 0.95, 0.9]))
 def test_honestly_sampled_responses_pass(seed, temperature, top_p):
     rng = random.Random(seed)

@@ -30,6 +30,16 @@ def test_a_buffered_burst_gains_no_throughput_and_is_flagged():
     assert measure(StreamTiming(sent=0.0, arrivals=(0.5,), tokens=(4,))).streamed  # short answers can arrive in one read
 
 
+def test_a_round_of_buffered_answers_is_a_fidelity_failure_but_an_occasional_burst_is_not():
+    def burst(tokens: int = 40) -> Outcome:
+        return Outcome("ok", fidelity_passed=True, correct=None, speed=measure(StreamTiming(sent=0.0, arrivals=(1.0,), tokens=(tokens,))))
+
+    streamed = Outcome("ok", fidelity_passed=True, correct=None, speed=measure(_stream(0.1, 0.01, 40)))
+    assert summarize([burst()] * 5 + [streamed]).fidelity_failed  # a buffering miner
+    assert not summarize([burst()] + [streamed] * 9).fidelity_failed  # an honest engine that coalesced once under load
+    assert not summarize([burst(tokens=8)] * 6).fidelity_failed  # short answers honestly arrive in one read
+
+
 def test_timings_that_cannot_happen_are_refused():
     with pytest.raises(ValueError):
         StreamTiming(sent=1.0, arrivals=(0.5,), tokens=(1,))

@@ -1,0 +1,38 @@
+"""Errors of the gateway, each with the HTTP status and code its callers receive.
+
+The request-level ones share the miner's ``HttpError`` base (same OpenAI error body):
+
+HttpError
+├── BadRequest, ModelNotFound, PayloadTooLarge    (the miner's: 400, 404, 413)
+├── InvalidApiKey       401 missing, unknown or revoked key
+├── RateLimited         429 over requests or tokens per minute (Retry-After)
+├── QuotaExceeded       429 the key's token quota is used up (no Retry-After: it does not refill)
+├── NoMinerAvailable    503 no healthy miner serves the model right now (Retry-After)
+└── UpstreamFailed      502 every miner tried failed before the first token
+"""
+
+from __future__ import annotations
+
+from miner.errors import BadRequest, HttpError, ModelNotFound, PayloadTooLarge
+
+__all__ = ["BadRequest", "HttpError", "InvalidApiKey", "ModelNotFound", "NoMinerAvailable", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "UpstreamFailed"]
+
+
+class InvalidApiKey(HttpError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class RateLimited(HttpError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class QuotaExceeded(HttpError):
+    status, type, code = 429, "insufficient_quota", "insufficient_quota"
+
+
+class NoMinerAvailable(HttpError):
+    status, type, code = 503, "server_error", "no_miner_available"
+
+
+class UpstreamFailed(HttpError):
+    status, type, code = 502, "server_error", "upstream_failed"
