@@ -7,9 +7,13 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.slmnet-installed
 
-.PHONY: install test clean-venv
+.PHONY: install browser test clean-venv
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# The dashboard test drives Debian's chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 # The order matters on CPU machines: the local CPU build of torch first (otherwise
 # pip pulls gigabytes of CUDA packages), then the lock with --no-deps (it leaves out
@@ -21,7 +25,7 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	$(PIP) install --quiet --no-deps -r requirements/cpu.lock
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -c "import vllm, bittensor, chain"
+	$(PY) -c "import vllm, bittensor, chain, limits, playwright.sync_api, openai"
 	touch $(STAMP)
 
 test: install

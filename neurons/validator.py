@@ -47,22 +47,33 @@ def _model_folder(source: str, cache: Path) -> str:
     return source
 
 
+def model_pairs(flag: str, items: list[str], models) -> list[tuple[str, str]]:
+    """``ID=VALUE`` flag values, each ID from the model list."""
+    pairs = []
+    for item in items:
+        model_id, sep, value = item.partition("=")
+        if not sep or not value or models.get(model_id) is None:
+            raise CliError(f"{flag} {item!r}: expected ID=VALUE with an ID from the model list ({', '.join(m.id for m in models.models)})")
+        pairs.append((model_id, value))
+    return pairs
+
+
+def load_model_list(path: str | None):
+    from validator import models as model_list
+
+    try:
+        return model_list.load(Path(path)) if path else model_list.load()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def build_config(args: argparse.Namespace):
     from miner.engine import EngineSpec
     from miner.models.prepare import default_cache_dir
-    from validator import models as model_list
     from validator.service import ValidatorConfig
 
-    try:
-        models = model_list.load(Path(args.model_list)) if args.model_list else model_list.load()
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-    references = []
-    for item in args.reference:
-        model_id, sep, url = item.partition("=")
-        if not sep or models.get(model_id) is None:
-            raise CliError(f"--reference {item!r}: expected ID=URL with an ID from the model list ({', '.join(m.id for m in models.models)})")
-        references.append((model_id, url.rstrip("/")))
+    models = load_model_list(args.model_list)
+    references = [(model_id, url.rstrip("/")) for model_id, url in model_pairs("--reference", args.reference, models)]
     engines = []
     for model_id in args.serve_reference:
         supported = models.get(model_id)

@@ -112,6 +112,12 @@ class Validator:
         targets = eligible_targets(graph, self.config.models, self.keypair.ss58_address)
         ready = {model: ref for model, ref in references.items() if ref is not None}
         report = await run_round(session, self.keypair, seed, targets, ready, self.config.challenges_per_miner, self.config.per_miner_concurrency, timeouts=self.config.timeouts)
+        for uid, hotkey, passed, reasons in self.store.take_organic(round_index):
+            # A user's answer that failed verification (sampled by our gateway) counts like a failed challenge.
+            if not passed and uid in report.scores and graph.uid(uid).hotkey == hotkey:
+                log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
+                report.scores[uid] = 0.0
+                report.fidelity_failed.add(uid)
         standings = self.apply(round_index, graph, report)
         effective = self.effective(standings, round_index + 1)
         rows = [

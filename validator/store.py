@@ -1,5 +1,8 @@
 """The validator's state in SQLite (WAL): standings per miner, and every round's results.
 
+Organic results come from the gateway (``record_organic``, another process on the same
+file): verdicts on sampled user answers, folded into the next round by ``take_organic``.
+
 A standing is keyed by hotkey: a uid re-registered by someone else starts from zero.
 Each round is written in one transaction, so a validator killed at any moment restarts
 with the standings of the last complete round.
@@ -23,13 +26,17 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_by_uid ON results (uid, round);
 CREATE TABLE IF NOT EXISTS weights (block INTEGER PRIMARY KEY, weights TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS organic (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
+    passed INTEGER NOT NULL, reasons TEXT, taken_in_round INTEGER
+);
 """
 
 
 class Store:
     def __init__(self, path: Path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -64,3 +71,15 @@ class Store:
     def last_weights(self) -> Optional[tuple[int, dict[int, float]]]:
         row = self.db.execute("SELECT block, weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
         return (row[0], {int(k): v for k, v in json.loads(row[1]).items()}) if row else None
+
+    def record_organic(self, time: float, uid: int, hotkey: str, model: str, passed: bool, reasons: str) -> None:
+        self.db.execute("INSERT INTO organic (time, uid, hotkey, model, passed, reasons) VALUES (?, ?, ?, ?, ?, ?)", (time, uid, hotkey, model, int(passed), reasons or None))
+
+    def take_organic(self, round_index: int) -> list[tuple[int, str, bool, str]]:
+        """Organic verdicts not yet folded into a round, marked as taken by ``round_index``:
+        (uid, hotkey, passed, reasons)."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            rows = self.db.execute("SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE taken_in_round IS NULL").fetchall()
+            self.db.execute("UPDATE organic SET taken_in_round = ? WHERE taken_in_round IS NULL", (round_index,))
+        return [(uid, hotkey, bool(passed), reasons) for uid, hotkey, passed, reasons in rows]

@@ -9,8 +9,8 @@ answers under its declared model, signed and on the localnet like any other.
 Modes: ``invent-logprobs`` (plausible-looking logprobs instead of the model's),
 ``cut`` (stops after a third of ``max_tokens`` and calls it ``stop``), ``burst``
 (buffers the whole answer, then sends it at once), ``over-report`` (usage claims more
-completion tokens than sent), ``slow`` (3 s before the first chunk, 150 ms before
-each one after: a miner on hardware far below the subnet's), ``flaky`` (every other request fails with a 500).
+completion tokens than sent), ``slow`` (3 s before the first chunk, then 150 ms per
+token: a miner on hardware far below the subnet's), ``flaky`` (every other request fails with a 500).
 Serving another model or perturbed weights needs no proxy: the miner attaches to an
 engine loaded with those weights (``perturbed_copy`` makes them).
 
@@ -114,7 +114,7 @@ class Adversary:
                 elif self.mode == "cut" and sent >= cut_at:
                     break  # the rest is never generated for the caller: pretend the model ended here
                 elif self.mode == "slow":
-                    await asyncio.sleep(0.15)
+                    await asyncio.sleep(0.15 * max(1, _tokens(event)))
                 sent += _tokens(event)
                 if self.mode == "burst":
                     held.append(_sse(event))

@@ -1,0 +1,192 @@
+"""What the gateway adds: latency over calling the upstream directly, at fixed request rates.
+
+A fast local upstream stands in for miners (one process, answers at once: a short
+completion streamed in 8 chunks, or whole), so only the gateway is measured. The gateway
+runs in its own process with everything a real request goes through: API key lookup,
+per-key limits, body validation, prompt tokens counted with the model's tokenizer,
+routing, a btauth/1 signature per upstream call, SSE relaying, tokens counted on the
+answer, the SQLite ledger. The load generator (a third process) sends requests open-loop
+at each rate for ``--seconds`` and measures each one to its last byte, first straight to
+the upstream, then through the gateway, alternating rates so drift hits both alike.
+
+    python bench/gateway_overhead.py [--rates 100,500,1000] [--seconds 5] [--json]
+
+On a 2-core machine the three processes share the cores: the figures include that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import free_port  # noqa: E402
+
+MODEL = "slmnet/tiny-qwen2-s0"
+WORDS = ["Paris", " is", " the", " capital", " of", " France", ".", ""]
+
+
+def _serve_upstream(port: int) -> None:
+    """The stand-in miner: answers every completion at once."""
+    import uvloop
+
+    def chunk(i: int, word: str, finish=None) -> bytes:
+        event = {"id": "up", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+                 "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": finish, "token_ids": [100 + i],
+                              "logprobs": {"content": [{"token": word, "logprob": -0.1, "top_logprobs": []}]}}]}
+        return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+    stream_body = b"".join(chunk(i, w, "stop" if i == len(WORDS) - 1 else None) for i, w in enumerate(WORDS)) + b"data: [DONE]\n\n"
+    whole = {"id": "up", "object": "chat.completion", "created": 0, "model": MODEL,
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}}
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response(whole)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for part in stream_body.split(b"\n\n")[:-1]:
+            await response.write(part + b"\n\n")
+        await response.write_eof()
+        return response
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/health", health)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str) -> None:
+    """The real gateway app, routed to the stand-in as one miner of large capacity."""
+    import bittensor as bt
+    import uvloop
+
+    from gateway.router import MinerView, Router
+    from gateway.server import GatewayState, create_app
+    from gateway.store import Store
+    from gateway.tokens import TokenCounter
+
+    keypair = bt.Keypair.create_from_mnemonic(bt.Keypair.generate_mnemonic())
+    router = Router(explore=0.05)
+    router.update_from_chain([MinerView(1, keypair.ss58_address, upstream, MODEL, capacity=100_000, incentive=1.0)])
+    state = GatewayState(store=Store(Path(db)), router=router, counters={MODEL: TokenCounter(tokenizer)}, keypair=keypair)
+    uvloop.install()
+    web.run_app(create_app(state), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def _load(url: str, key: str, rate: float, seconds: float, stream: bool) -> tuple[list[float], int]:
+    """Open-loop load: request i leaves at i / rate; returns latencies (s) and the error count."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "stream": stream}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    latencies, errors = [], 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one(at: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            started = time.perf_counter()
+            try:
+                async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+                        return
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - started)
+
+        begin = time.perf_counter() + 0.2
+        await asyncio.gather(*(one(begin + i / rate) for i in range(int(rate * seconds))))
+    return latencies, errors
+
+
+def _measure(url: str, key: str, rate: float, seconds: float, stream: bool) -> dict:
+    import uvloop
+
+    latencies, errors = uvloop.run(_load(url, key, rate, seconds, stream))
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
+    return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "ok": len(latencies), "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 500.0, 1000.0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--max-rate-steps", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0])
+    parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
+    args = parser.parse_args()
+
+    from gateway.store import Store
+    from miner.models.tiny import build_tiny
+
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        build_tiny(tmp / "tiny", seed=0)
+        key, _ = Store(tmp / "gateway.sqlite").create_key("bench")
+        upstream_port, gateway_port = free_port(), free_port()
+        upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
+        processes = [spawn.Process(target=_serve_upstream, args=(upstream_port,), daemon=True),
+                     spawn.Process(target=_serve_gateway, args=(gateway_port, upstream_url, str(tmp / "gateway.sqlite"), str(tmp / "tiny")), daemon=True)]
+        for p in processes:
+            p.start()
+        try:
+            time.sleep(8)  # imports (transformers, bittensor) in the gateway process
+            for stream in (False, True):  # warm both paths
+                _measure(gateway_url, key, 50, 1, stream)
+                _measure(upstream_url, key, 50, 1, stream)
+            rows = []
+            for stream in (False, True):
+                for rate in args.rates:
+                    direct = _measure(upstream_url, key, rate, args.seconds, stream)
+                    through = _measure(gateway_url, key, rate, args.seconds, stream)
+                    rows.append({"stream": stream, "rate": rate, "direct": direct, "gateway": through,
+                                 "added_p50_ms": through["p50_ms"] - direct["p50_ms"], "added_p99_ms": through["p99_ms"] - direct["p99_ms"]})
+            held = 0.0
+            for rate in args.max_rate_steps:
+                through = _measure(gateway_url, key, rate, args.seconds, False)
+                if through["errors"] or through["p99_ms"] >= 10.0:
+                    break
+                held = rate
+        finally:
+            for p in processes:
+                p.terminate()
+                p.join()
+
+    print("| stream | rate rps | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms | added p50 ms | added p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stream']} | {r['rate']:.0f} | {r['direct']['p50_ms']:.2f} | {r['direct']['p99_ms']:.2f} | {r['gateway']['p50_ms']:.2f} | "
+              f"{r['gateway']['p99_ms']:.2f} | {r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['gateway']['errors']} |")
+    print(f"\nhighest rate held with gateway p99 < 10 ms (non-streaming): {held:.0f} rps")
+    figures = {"max_rate_p99_under_10ms_rps": held}
+    for r in rows:
+        tag = f"{'stream' if r['stream'] else 'whole'}_{r['rate']:.0f}rps"
+        figures[f"added_p50_ms_{tag}"] = r["added_p50_ms"]
+        figures[f"added_p99_ms_{tag}"] = r["added_p99_ms"]
+        figures[f"gateway_to_direct_p50_ratio_{tag}"] = r["gateway"]["p50_ms"] / r["direct"]["p50_ms"]
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Routing: which miner gets a request, and in which order the others are tried after it.
+
+Candidates are the miners whose on-chain declaration names the requested model, that
+answer ``/health``, whose circuit breaker is closed (or half-open for one trial) and that
+have a free slot (requests in flight below declared capacity). Each gets a weight
+
+    (incentive + INCENTIVE_FLOOR) × reliability² × speed × headroom
+
+- incentive: the miner's on-chain incentive, normalized over the candidates (the
+  validators' judgement: fidelity, quality, speed over many rounds); the floor lets an
+  unproven miner be picked at all;
+- reliability: 1 − EWMA of its error rate at this gateway;
+- speed: ½ best TTFT / its TTFT + ½ its tokens/s / best tokens/s, both EWMAs of what this
+  gateway measured (1 until measured: new miners are not punished for being new);
+- headroom: 1 − in flight / capacity.
+
+The first pick is random in proportion to weight (load spreads, no herd on one miner);
+with probability ``explore`` it is instead uniform among the candidates, so new miners
+earn a live record. The rest follow by weight, for failover. A breaker opens after
+``BREAKER_FAILURES`` consecutive failures, for a cooldown that doubles up to
+``BREAKER_MAX_COOLDOWN_S``; after it one trial request is let through (half-open).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+EWMA_ALPHA = 0.2
+INCENTIVE_FLOOR = 0.02
+BREAKER_FAILURES = 3
+BREAKER_COOLDOWN_S = 5.0
+BREAKER_MAX_COOLDOWN_S = 300.0
+
+
+@dataclass
+class MinerView:
+    """What the gateway knows about one miner: from the chain, and from its own traffic."""
+
+    uid: int
+    hotkey: str
+    url: str
+    model: str
+    capacity: int
+    incentive: float = 0.0
+    healthy: bool = True
+    ttft: Optional[float] = None  # EWMA seconds
+    tokens_per_s: Optional[float] = None  # EWMA
+    error_rate: float = 0.0  # EWMA of 0/1
+    in_flight: int = 0
+    requests: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    open_until: float = 0.0
+    cooldown: float = BREAKER_COOLDOWN_S
+    trial_in_flight: bool = False
+    history: list[tuple[float, Optional[float], Optional[float], float]] = field(default_factory=list)  # (time, ttft, tok/s, errors)
+
+    def breaker(self, now: float) -> str:
+        if self.consecutive_failures < BREAKER_FAILURES:
+            return "closed"
+        return "open" if now < self.open_until or self.trial_in_flight else "half-open"
+
+    def success(self, ttft: Optional[float], tokens_per_s: Optional[float]) -> None:
+        self.requests += 1
+        self.error_rate *= 1 - EWMA_ALPHA
+        if ttft is not None:
+            self.ttft = ttft if self.ttft is None else EWMA_ALPHA * ttft + (1 - EWMA_ALPHA) * self.ttft
+        if tokens_per_s is not None:
+            self.tokens_per_s = tokens_per_s if self.tokens_per_s is None else EWMA_ALPHA * tokens_per_s + (1 - EWMA_ALPHA) * self.tokens_per_s
+        self.consecutive_failures, self.cooldown, self.trial_in_flight = 0, BREAKER_COOLDOWN_S, False
+
+    def failure(self, now: float) -> None:
+        self.requests += 1
+        self.errors += 1
+        self.error_rate = EWMA_ALPHA + (1 - EWMA_ALPHA) * self.error_rate
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= BREAKER_FAILURES:
+            if self.trial_in_flight:  # the half-open trial failed too: wait longer
+                self.cooldown = min(BREAKER_MAX_COOLDOWN_S, self.cooldown * 2)
+            self.open_until = now + self.cooldown
+            self.trial_in_flight = False
+
+
+class Router:
+    def __init__(self, explore: float = 0.05, rng: Optional[random.Random] = None):
+        self.miners: dict[int, MinerView] = {}
+        self.explore = explore
+        self.rng = rng or random.Random()
+
+    def update_from_chain(self, views: list[MinerView]) -> None:
+        """Replace the chain-derived fields; keep what traffic taught us about miners still there."""
+        fresh = {}
+        for view in views:
+            old = self.miners.get(view.uid)
+            if old is not None and old.hotkey == view.hotkey:
+                old.url, old.model, old.capacity, old.incentive = view.url, view.model, view.capacity, view.incentive
+                fresh[view.uid] = old
+            else:
+                fresh[view.uid] = view
+        self.miners = fresh
+
+    def models(self) -> dict[str, list[MinerView]]:
+        """Model id → healthy miners serving it."""
+        served: dict[str, list[MinerView]] = {}
+        now = time.monotonic()
+        for m in self.miners.values():
+            if m.healthy and m.breaker(now) != "open":
+                served.setdefault(m.model, []).append(m)
+        return served
+
+    def weight(self, miner: MinerView, candidates: list[MinerView]) -> float:
+        total_incentive = sum(c.incentive for c in candidates) or 1.0
+        ttfts = [c.ttft for c in candidates if c.ttft]
+        rates = [c.tokens_per_s for c in candidates if c.tokens_per_s]
+        parts = []
+        if miner.ttft and ttfts:
+            parts.append(min(ttfts) / miner.ttft)
+        if miner.tokens_per_s and rates:
+            parts.append(miner.tokens_per_s / max(rates))
+        speed = sum(parts) / len(parts) if parts else 1.0
+        headroom = max(0.0, 1.0 - miner.in_flight / max(1, miner.capacity))
+        return (miner.incentive / total_incentive + INCENTIVE_FLOOR) * (1.0 - miner.error_rate) ** 2 * speed * headroom
+
+    def candidates(self, model: str) -> list[MinerView]:
+        """The miners to try for ``model``, in order (empty when none can take it now)."""
+        now = time.monotonic()
+        pool = [m for m in self.miners.values() if m.model == model and m.healthy and m.breaker(now) != "open" and m.in_flight < m.capacity]
+        if not pool:
+            return []
+        weights = {m.uid: self.weight(m, pool) for m in pool}
+        ranked = sorted(pool, key=lambda m: weights[m.uid], reverse=True)
+        if self.rng.random() < self.explore:
+            first = self.rng.choice(pool)
+        else:
+            first = self.rng.choices(ranked, weights=[max(weights[m.uid], 1e-9) for m in ranked])[0]
+        return [first] + [m for m in ranked if m is not first]
+
+    def snapshot(self) -> None:
+        """Append each miner's live figures to its history (for the dashboard's charts)."""
+        now = time.time()
+        for m in self.miners.values():
+            m.history.append((now, m.ttft, m.tokens_per_s, m.error_rate))
+            del m.history[:-360]

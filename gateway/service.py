@@ -1,0 +1,161 @@
+"""Running a gateway: chain sync, miner health, organic verification, the HTTP server.
+
+Three loops beside the server: the metagraph (every ``sync_interval`` s: miners with an
+endpoint and a declaration of a supported model, their capacity and incentive), each
+miner's unsigned ``/health`` (every ``health_interval`` s), and a snapshot of the live
+figures for the dashboard's charts. A gateway that cannot reach the chain at start exits
+with the reason; one that loses it later keeps routing on the last metagraph it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import aiohttp
+import bittensor as bt
+from aiohttp import web
+
+import chain
+from gateway.router import MinerView, Router
+from gateway.server import GatewaySettings, GatewayState, create_app
+from gateway.store import Store
+from gateway.tokens import TokenCounter
+from validator.models import ModelList
+from validator.store import Store as ValidatorStore
+from validator.verify import ReferenceEngine, ReferenceError, collect, verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    network: str
+    netuid: int
+    wallet_path: str
+    wallet_name: str
+    wallet_hotkey: str
+    host: str
+    port: int
+    db: Path
+    models: ModelList
+    tokenizers: dict[str, str]  # model id → folder with its tokenizer
+    references: tuple[tuple[str, str], ...] = ()  # (model id, reference engine URL) for organic verification
+    validator_db: Optional[Path] = None  # the validator's SQLite, where organic verdicts go
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    explore: float = 0.05
+    sync_interval: float = 12.0
+    health_interval: float = 5.0
+
+
+class GatewayStartupError(Exception):
+    """The gateway cannot start; the message says why."""
+
+
+def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -> list[MinerView]:
+    total = sum(n.incentive for n in graph.neurons) or 1.0
+    views = []
+    for n in graph.neurons:
+        if n.hotkey == own_hotkey or n.endpoint is None or n.model is None:
+            continue
+        supported = models.get(n.model.model)
+        if supported is not None and supported.accepts(n.model):
+            views.append(MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total))
+    return views
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.wallet = bt.Wallet(config.wallet_name, config.wallet_hotkey, path=config.wallet_path)
+        self.store = Store(config.db)
+        interrupted = self.store.mark_interrupted()
+        if interrupted:
+            log.warning("%s request(s) were in flight when the gateway last stopped; kept in the ledger as 'interrupted'", interrupted)
+        counters = {model: TokenCounter(folder) for model, folder in config.tokenizers.items()}
+        self.state = GatewayState(store=self.store, router=Router(explore=config.explore), counters=counters, keypair=self.wallet.hotkey, settings=config.settings)
+        self.references: dict[str, str] = dict(config.references)
+        self.validator_store = ValidatorStore(config.validator_db) if config.validator_db else None
+        if self.references:
+            self.state.verifier = self.verify_organic
+        self.app = create_app(self.state)
+
+    async def verify_organic(self, miner: MinerView, body: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        """Verify one user's answer like a challenge; the verdict goes to the dashboard and the validator."""
+        url = self.references.get(miner.model)
+        if url is None:
+            return
+        supported = self.config.models.get(miner.model)
+        reference = ReferenceEngine(self.state.session, url, miner.model, supported.end_token_ids if supported else ())
+        try:
+            verdict = await verify(reference, body, collect(events))
+        except ReferenceError as exc:
+            log.warning("organic verification skipped: %s", exc)
+            return
+        passed, checked = self.app["fidelity"].get(miner.uid, (0, 0))
+        self.app["fidelity"][miner.uid] = (passed + verdict.passed, checked + 1)
+        if not verdict.passed:
+            log.warning("uid %s failed verification on a user's answer: %s", miner.uid, "; ".join(verdict.reasons))
+        if self.validator_store is not None:
+            self.validator_store.record_organic(time.time(), miner.uid, miner.hotkey, miner.model, verdict.passed, "; ".join(verdict.reasons))
+
+    async def sync(self, net: chain.Chain) -> None:
+        graph = await net.metagraph(self.config.netuid)
+        self.state.router.update_from_chain(views_from(graph, self.config.models, self.wallet.hotkey.ss58_address))
+
+    async def _sync_loop(self, net: chain.Chain) -> None:
+        while True:
+            await asyncio.sleep(self.config.sync_interval)
+            try:
+                await self.sync(net)
+            except Exception as exc:  # the chain may come back; keep routing on what we have
+                log.warning("metagraph sync failed, keeping the last one: %s", exc)
+
+    async def _health_loop(self, session: aiohttp.ClientSession) -> None:
+        async def probe(miner: MinerView) -> None:
+            try:
+                async with session.get(miner.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    miner.healthy = response.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                miner.healthy = False
+
+        while True:
+            await asyncio.gather(*(probe(m) for m in list(self.state.router.miners.values())))
+            self.state.router.snapshot()
+            await asyncio.sleep(self.config.health_interval)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with chain.connect(self.config.network) as net:
+            try:
+                await net.uid_of(self.config.netuid, self.wallet.hotkey.ss58_address)
+            except chain.NotRegistered as exc:
+                raise GatewayStartupError(f"{exc}; miners answer registered validators only: register the gateway's hotkey first") from exc
+            await self.sync(net)
+            runner = web.AppRunner(self.app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, self.config.host, self.config.port).start()
+            log.info("gateway on http://%s:%s: %s miners, models %s", self.config.host, self.config.port, len(self.state.router.miners), sorted(self.state.router.models()))
+            health_session = aiohttp.ClientSession()
+            tasks = [asyncio.create_task(self._sync_loop(net)), asyncio.create_task(self._health_loop(health_session))]
+            try:
+                await stop.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await health_session.close()
+                await runner.cleanup()
+                self.store.close()
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await Gateway(config).run(stop)

@@ -1,0 +1,33 @@
+"""Counting tokens with each model's own tokenizer: the gateway never trusts a miner's count.
+
+Prompt tokens are the chat template's rendering of the conversation (with the generation
+prompt), as the engine feeds it; completion tokens are the delivered text re-encoded,
+plus one for the end-of-text token when the answer ended with ``stop`` (the engine counts
+it too). Re-encoding text can differ from the sampled ids by a token where a word was
+split unusually; that is the price of not trusting the miner, and it is charged in the
+user's favour as often as not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+
+class TokenCounter:
+    def __init__(self, folder: Union[str, Path]):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+
+    def prompt(self, messages: Optional[list[dict[str, Any]]] = None, prompt: Union[str, list, None] = None) -> int:
+        if messages is not None:
+            return len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        if isinstance(prompt, str):
+            return len(self.tokenizer.encode(prompt, add_special_tokens=False))
+        if prompt and isinstance(prompt[0], int):
+            return len(prompt)
+        return sum(self.prompt(prompt=p) for p in prompt or [])
+
+    def completion(self, text: str, finish_reason: Optional[str]) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False)) + (1 if finish_reason == "stop" else 0)

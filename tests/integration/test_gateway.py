@@ -1,0 +1,239 @@
+"""`slmnet gateway` on a localnet in front of real miners, used through the official OpenAI client.
+
+Four miners declare the tiny model: two attached to the engine directly, two behind a
+slow tampering engine (3 s, then 150 ms a token), so a stream lasts long enough to kill its miner
+in the middle. The kill tests run last: they take miners away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+import chain
+from miner.models.tiny import build_tiny
+from tests.harness.localnet import make_localnet
+from tests.harness.processes import Server, engine_env, free_port, start_adversary, start_miner, start_vllm
+
+pytestmark = pytest.mark.slow
+MODEL = "slmnet/tiny-qwen2-s0"
+MINERS = ("fast1", "fast2", "slow1", "slow2")
+ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
+
+
+def slmnet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "neurons.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def subnet(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gateway")
+    build_tiny(tmp / "s0", seed=0)
+    engine = start_vllm(tmp / "s0", MODEL, tmp)
+    net = make_localnet(tmp)
+    wallets = {name: net.wallet(name) for name in (*MINERS, "gateway")}
+
+    async def register() -> dict[str, int]:
+        async with chain.connect(net.network) as c:
+            for wallet in wallets.values():
+                (await c.register(wallet, 1)).raise_for_failure()
+            return {name: await c.uid_of(1, w.hotkey.ss58_address) for name, w in wallets.items()}
+
+    uids = asyncio.run(register())
+    net.stake(wallets["gateway"], 2000)
+    servers = [engine]
+    try:
+        engine.wait_healthy()
+        servers.append(slow := start_adversary(engine.url, "slow", tmp))
+        slow.wait_healthy(timeout=60)
+        miners = {}
+        for name in MINERS:
+            args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", name, "--model", str(tmp / "s0"),
+                    "--engine-url", slow.url if name.startswith("slow") else engine.url, "--capacity", "8", "--metagraph-interval", "1"]
+            servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
+        for miner in miners.values():
+            miner.wait_healthy(timeout=120)
+        db = tmp / "gateway.sqlite"
+        key = slmnet("keys", "create", "tester", "--db", str(db), "--json")
+        assert key.returncode == 0, key.stderr
+        port = free_port()
+        args = ["gateway", "--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "gateway",
+                "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}", "--reference", f"{MODEL}={engine.url}",
+                "--verify-share", "1", "--validator-db", str(tmp / "validator.sqlite"), "--sync-interval", "1", "--stall-timeout", "3"]
+        gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
+        servers.append(gateway)
+        gateway.wait_healthy(timeout=120)
+        yield {"tmp": tmp, "db": db, "url": gateway.url, "key": json.loads(key.stdout)["key"], "uids": uids, "miners": miners, "gateway": gateway}
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def client(subnet, key=None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=subnet["url"] + "/v1", api_key=key or subnet["key"], max_retries=0, timeout=120)
+
+
+def post(subnet, path: str, body: bytes, key: str | None = None) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(subnet["url"] + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key or subnet['key']}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def ledger(subnet, request_id: str) -> tuple:
+    db = sqlite3.connect(subnet["db"])
+    return db.execute("SELECT status, prompt_tokens, completion_tokens, failovers FROM usage WHERE request_id = ?", (request_id,)).fetchone()
+
+
+def test_models_lists_the_served_model_and_auto(subnet):
+    ids = {m.id for m in client(subnet).models.list().data}
+    assert ids == {MODEL, "auto"}
+
+
+def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by_the_gateway(subnet):
+    c = client(subnet)
+    whole = c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=12, temperature=0)
+    completion = whole.parse()
+    assert completion.choices[0].message.content and completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage.completion_tokens > 0 and completion.usage.prompt_tokens > 0
+    assert whole.headers["x-request-id"] and float(whole.headers["x-slmnet-overhead-ms"]) >= 0
+    status, prompt_tokens, completion_tokens, failovers = ledger(subnet, whole.headers["x-request-id"])
+    assert (status, prompt_tokens, completion_tokens, failovers) == ("ok", completion.usage.prompt_tokens, completion.usage.completion_tokens, 0)
+
+    chunks = list(c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Count to five."}], max_tokens=24, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 5  # really streamed, chunk by chunk
+    assert all(ch.model == MODEL for ch in chunks)  # 'auto' resolved to the model that answered
+
+    text_completion = c.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert text_completion.choices[0].text and text_completion.usage.completion_tokens > 0
+
+
+def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
+    with pytest.raises(openai.AuthenticationError) as bad_key:
+        client(subnet, key="slm-not-a-key").chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert bad_key.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client(subnet).chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    assert unknown.value.body["code"] == "model_not_found"
+    status, headers, body = post(subnet, "/v1/chat/completions", b"{not json")
+    assert (status, body["error"]["code"]) == (400, "invalid_json") and headers["X-Request-Id"]
+    status, _, body = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [], "temperature": 9}).encode())
+    assert status == 400 and "messages" in body["error"]["message"] and "temperature" in body["error"]["message"]
+    status, _, body = post(subnet, "/v1/chat/completions", b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}')
+    assert (status, body["error"]["code"]) == (413, "payload_too_large")
+
+
+def test_request_limits_hold_under_concurrency_and_say_when_to_retry(subnet):
+    key = json.loads(slmnet("keys", "create", "limited", "--db", str(subnet["db"]), "--rpm", "4", "--json").stdout)["key"]
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+
+    async def burst() -> list:
+        return await asyncio.gather(*(asyncio.to_thread(post, subnet, "/v1/chat/completions", body, key) for _ in range(10)))
+
+    statuses = sorted(status for status, _, _ in asyncio.run(burst()))
+    assert statuses == [200] * 4 + [429] * 6
+    status, headers, error = post(subnet, "/v1/chat/completions", body, key)
+    assert status == 429 and error["error"]["code"] == "rate_limit_requests" and int(headers["Retry-After"]) >= 1
+
+    quota_key = json.loads(slmnet("keys", "create", "quota", "--db", str(subnet["db"]), "--quota", "60", "--json").stdout)["key"]
+    first = post(subnet, "/v1/chat/completions", body, quota_key)
+    assert first[0] == 200
+    status, _, error = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60}).encode(), quota_key)
+    assert status == 429 and error["error"]["code"] == "insufficient_quota"
+    revoked = slmnet("keys", "revoke", "quota", "--db", str(subnet["db"]))
+    assert revoked.returncode == 0
+    assert post(subnet, "/v1/chat/completions", body, quota_key)[2]["error"]["code"] == "api_key_revoked"
+    usage = json.loads(slmnet("keys", "usage", "limited", "--db", str(subnet["db"]), "--json").stdout)
+    assert usage["requests"] == 4 and usage["completion_tokens"] > 0
+
+
+def test_sampled_user_answers_are_verified_into_the_validators_scores(subnet):
+    client(subnet).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=16)
+    deadline = time.monotonic() + 30
+    rows = []
+    while time.monotonic() < deadline and not rows:
+        rows = sqlite3.connect(subnet["tmp"] / "validator.sqlite").execute("SELECT uid, passed FROM organic").fetchall() if (subnet["tmp"] / "validator.sqlite").exists() else []
+        time.sleep(0.5)
+    assert rows and all(passed == 1 for _, passed in rows)  # honest miners pass on real traffic too
+
+
+def test_dashboard_shows_the_leaderboard_and_streams_in_the_playground(subnet):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(subnet["url"] + "/")
+        page.wait_for_function("document.querySelectorAll('#board tbody tr').length >= 4")
+        assert MODEL in page.inner_text("#board")
+        page.fill("#key", subnet["key"])
+        page.click("#send")
+        page.wait_for_function("document.getElementById('meta').textContent.includes('tokens')", timeout=60_000)
+        assert page.inner_text("#answer").strip()
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        browser.close()
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def _kill(subnet, uid: int) -> None:
+    name = next(n for n, u in subnet["uids"].items() if u == uid)
+    os.killpg(subnet["miners"][name].process.pid, signal.SIGKILL)
+
+
+def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet):
+    slow_uids = {subnet["uids"]["slow1"], subnet["uids"]["slow2"]}
+    c = client(subnet)
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=48, temperature=0, stream=True,
+               stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    for _ in range(40):  # the router spreads requests: wait for one that lands on a slow miner
+        stream = c.chat.completions.with_raw_response.create(**ask)
+        first_miner = int(stream.headers["x-slmnet-miner-uid"].split(",")[0])
+        chunks = stream.parse()
+        if first_miner in slow_uids:
+            break
+        list(chunks)
+    else:
+        pytest.fail("no request was routed to a slow miner")
+    events, before_kill = [], None
+    for chunk in chunks:
+        events.append(chunk)
+        if before_kill is None and sum(1 for e in events if e.choices and e.choices[0].delta.content) >= 3:
+            before_kill = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+            _kill(subnet, first_miner)
+    text = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
+    finish = [e.choices[0].finish_reason for e in events if e.choices and e.choices[0].finish_reason]
+    assert before_kill and text.startswith(before_kill) and len(text) > len(before_kill) + 20  # went on after the kill
+    assert finish == ["length"] and events[-1].usage is not None  # ended normally: no error event, usage, [DONE]
+    request_id = stream.headers["x-request-id"]
+    assert ledger(subnet, request_id)[3] == 1  # one failover in the ledger
+    metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
+    assert 'slmnet_gateway_failovers_total{phase="mid_stream"}' in metrics
+
+
+def test_a_miner_killed_before_the_first_token_costs_the_user_nothing(subnet):
+    _kill(subnet, subnet["uids"]["fast1"])
+    c = client(subnet)
+    for _ in range(12):
+        answer = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6)
+        assert answer.choices[0].message.content is not None
+    metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
+    assert 'slmnet_gateway_miner_errors_total{kind="connection",uid="%d"}' % subnet["uids"]["fast1"] in metrics

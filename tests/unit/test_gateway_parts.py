@@ -1,0 +1,116 @@
+"""The gateway's routing, per-key limits and ledger, without a network."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+from gateway.errors import QuotaExceeded, RateLimited
+from gateway.limits import KeyLimits
+from gateway.router import BREAKER_FAILURES, MinerView, Router
+from gateway.store import Store
+
+MODEL = "m"
+
+
+def _router(*views: MinerView, explore: float = 0.0) -> Router:
+    router = Router(explore=explore, rng=random.Random(1))
+    router.update_from_chain(list(views))
+    return router
+
+
+def test_routing_prefers_paid_fast_reliable_miners_but_spreads_load():
+    good = MinerView(1, "h1", "u1", MODEL, 8, incentive=0.6)
+    slow = MinerView(2, "h2", "u2", MODEL, 8, incentive=0.3)
+    shaky = MinerView(3, "h3", "u3", MODEL, 8, incentive=0.1)
+    other = MinerView(4, "h4", "u4", "other-model", 8, incentive=0.9)
+    router = _router(good, slow, shaky, other)
+    good.success(0.1, 100.0)
+    slow.success(0.8, 20.0)
+    shaky.success(0.1, 100.0)
+    shaky.error_rate = 0.5
+    firsts = Counter(router.candidates(MODEL)[0].uid for _ in range(2000))
+    assert firsts[1] > firsts[2] > 0 and firsts[1] > firsts[3] > 0 and 4 not in firsts
+    assert {m.uid for m in router.candidates(MODEL)} == {1, 2, 3}  # every candidate stays in line for failover
+
+
+def test_a_breaker_opens_after_repeated_failures_and_lets_one_trial_through_after_the_cooldown():
+    miner = MinerView(1, "h", "u", MODEL, 4)
+    router = _router(miner)
+    for _ in range(BREAKER_FAILURES):
+        miner.failure(now=100.0)
+    assert miner.breaker(100.0) == "open" and miner.breaker(100.0 + miner.cooldown + 0.1) == "half-open"
+    miner.open_until = 0.0  # the cooldown has passed
+    assert router.candidates(MODEL) == [miner]
+    miner.trial_in_flight = True
+    assert miner.breaker(1e12) == "open"  # one trial at a time
+    miner.failure(now=200.0)
+    assert miner.cooldown > 5.0  # the failed trial doubles the wait
+    miner.success(0.1, 50.0)
+    assert miner.breaker(200.0) == "closed"
+
+
+def test_a_full_miner_is_skipped_and_a_rejoined_hotkey_starts_fresh():
+    full = MinerView(1, "h1", "u1", MODEL, 2, in_flight=2)
+    free = MinerView(2, "h2", "u2", MODEL, 2)
+    router = _router(full, free)
+    assert [m.uid for m in router.candidates(MODEL)] == [2]
+    free.success(0.2, 10.0)
+    router.update_from_chain([MinerView(1, "h1", "u1", MODEL, 2), MinerView(2, "new-hotkey", "u2", MODEL, 2)])
+    assert router.miners[2].ttft is None  # uid 2 changed hands: nothing of the old record carries over
+
+
+def test_limits_stay_exact_under_concurrency(tmp_path):
+    store = Store(tmp_path / "g.sqlite")
+    _, key = store.create_key("k", rpm=5, tpm=None, quota_tokens=None)
+    limits = KeyLimits(store)
+
+    async def attempt() -> str:
+        try:
+            await limits.admit(key, 10)
+            return "ok"
+        except RateLimited as exc:
+            assert int(exc.headers["Retry-After"]) >= 1
+            return "limited"
+
+    async def many() -> list[str]:
+        return await asyncio.gather(*(attempt() for _ in range(20)))
+
+    assert Counter(asyncio.run(many())) == {"ok": 5, "limited": 15}
+
+
+def test_quota_reserves_requests_in_flight_and_settles_to_counted_tokens(tmp_path):
+    store = Store(tmp_path / "g.sqlite")
+    _, key = store.create_key("k", quota_tokens=100)
+    limits = KeyLimits(store)
+
+    async def run() -> None:
+        first = await limits.admit(key, 60)
+        with pytest.raises(QuotaExceeded):
+            await limits.admit(key, 60)  # 60 reserved + 60 > 100, though nothing is used yet
+        limits.settle(first, 20)
+        second = await limits.admit(key, 60)  # 20 used + 60 ≤ 100
+        limits.settle(second, 30)
+        assert limits.remaining_quota(key) == 50
+
+    asyncio.run(run())
+
+
+def test_the_ledger_keeps_open_requests_with_their_tokens_when_the_gateway_dies(tmp_path):
+    path = tmp_path / "g.sqlite"
+    store = Store(path)
+    _, key = store.create_key("k")
+    store.open_request("r1", key.id, MODEL, prompt_tokens=12)
+    store.progress("r1", 7)
+    store.open_request("r2", key.id, MODEL, prompt_tokens=5)
+    store.close_request("r2", "ok", 9, 1, [(1, "h1", 4), (2, "h2", 5)])
+    store.close()  # the process dies here, r1 still streaming
+
+    reopened = Store(path)
+    assert reopened.mark_interrupted() == 1
+    assert reopened.usage(key.id) == {"requests": 2, "prompt_tokens": 17, "completion_tokens": 16, "failovers": 1}
+    assert reopened.miner_tokens() == {1: 4, 2: 5}
+    assert reopened.lookup("slm-wrong") is None
