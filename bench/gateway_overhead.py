@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -75,15 +76,15 @@ def _serve_upstream(port: int) -> None:
 
 def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str) -> None:
     """The real gateway app, routed to the stand-in as one miner of large capacity."""
-    import bittensor as bt
     import uvloop
+    from bittensor.sp_core import Keypair
 
     from gateway.router import MinerView, Router
     from gateway.server import GatewayState, create_app
     from gateway.store import Store
     from gateway.tokens import TokenCounter
 
-    keypair = bt.Keypair.create_from_mnemonic(bt.Keypair.generate_mnemonic())
+    keypair = Keypair.create_from_uri("//slmnet-bench")
     router = Router(explore=0.05)
     router.update_from_chain([MinerView(1, keypair.ss58_address, upstream, MODEL, capacity=100_000, incentive=1.0)])
     state = GatewayState(store=Store(Path(db)), router=router, counters={MODEL: TokenCounter(tokenizer)}, keypair=keypair)
@@ -127,6 +128,21 @@ def _measure(url: str, key: str, rate: float, seconds: float, stream: bool) -> d
     return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "ok": len(latencies), "errors": errors}
 
 
+def wait_ready(url: str, process: multiprocessing.Process, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if not process.is_alive():
+            raise SystemExit(f"the gateway process exited with {process.exitcode}")
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after {timeout:g} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 500.0, 1000.0])
@@ -150,7 +166,7 @@ def main() -> None:
         for p in processes:
             p.start()
         try:
-            time.sleep(8)  # imports (transformers, bittensor) in the gateway process
+            wait_ready(gateway_url + "/health", processes[1])  # imports (transformers, bittensor) take seconds
             for stream in (False, True):  # warm both paths
                 _measure(gateway_url, key, 50, 1, stream)
                 _measure(upstream_url, key, 50, 1, stream)

@@ -31,7 +31,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import bittensor as bt  # noqa: E402
+from bittensor.sp_core import Keypair  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bench._common import free_port, model_or_tiny, start_engine, stop, stream_chat  # noqa: E402
@@ -76,7 +76,7 @@ async def time_rounds(args: argparse.Namespace, url: str, model_id: str, tmp: Pa
     port = free_port()
     replay = multiprocessing.get_context("spawn").Process(target=_serve_replay, args=(str(tmp / "answers.json"), port, args.miner_tokens_per_s), daemon=True)
     replay.start()
-    keypair = bt.Keypair.create_from_mnemonic(bt.Keypair.generate_mnemonic())
+    keypair = Keypair.create_from_uri("//slmnet-bench")
     supported = model_list.load().get(model_id)
     rows = []
     try:

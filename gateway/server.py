@@ -167,6 +167,7 @@ class Generation:
     parts: list[list[Any]] = field(default_factory=list)  # [uid, hotkey, text chars at start]
     failovers: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)  # raw events of the first miner (organic verification)
+    usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
 
     def upstream_body(self) -> dict[str, Any]:
         body = {k: v for k, v in self.body.items() if k not in ("stream", "stream_options", "n")}
@@ -196,20 +197,27 @@ async def _miner_events(state: GatewayState, miner: MinerView, body: dict[str, A
                 raise ClientRejected(response.status, await response.read())
             if response.status != 200:
                 raise MinerFailed(f"http_{response.status}", (await response.text())[:200])
+            loop = asyncio.get_running_loop()
             stream = sse_events(response)
-            while True:
-                wait = state.settings.stall_timeout if got_tokens() else state.settings.first_token_timeout
-                try:
-                    event = await asyncio.wait_for(stream.__anext__(), wait)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
-                    raise MinerFailed("stalled", f"no chunk within {wait:g} s") from None
-                if "error" in event:
-                    raise MinerFailed("error_event", str(event["error"].get("message", event["error"]))[:200])
-                finished = finished or any(c.get("finish_reason") for c in event.get("choices") or [])
-                yield event
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            wait = state.settings.first_token_timeout
+            # One deadline, moved on at every event (a timer reschedule; wait_for per event cost 20 µs each).
+            async with asyncio.timeout(wait) as deadline:
+                while True:
+                    try:
+                        event = await stream.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    if "error" in event:
+                        raise MinerFailed("error_event", str(event["error"].get("message", event["error"]))[:200])
+                    finished = finished or any(c.get("finish_reason") for c in event.get("choices") or [])
+                    # The deadline must not run while the user's side is written: suspend it around the yield.
+                    deadline.reschedule(None)
+                    yield event
+                    wait = state.settings.stall_timeout if got_tokens() else state.settings.first_token_timeout
+                    deadline.reschedule(loop.time() + wait)
+    except TimeoutError as exc:
+        raise MinerFailed("stalled", f"no chunk within {wait:g} s") from exc
+    except (aiohttp.ClientError, ValueError) as exc:
         raise MinerFailed("connection", f"{type(exc).__name__}: {exc}") from exc
     if not finished:
         raise MinerFailed("incomplete", "the stream ended without a finish_reason")
@@ -352,7 +360,7 @@ class Relay:
         return self.response
 
     async def _finish(self) -> web.StreamResponse:
-        usage = _usage(self.state, self.gen, self.request["prompt_tokens"])
+        usage = self.gen.usage = _usage(self.state, self.gen, self.request["prompt_tokens"])
         if self.user_stream:
             if self.response is None:  # finished without a single token
                 await self._start_stream()
@@ -418,7 +426,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         status = "client_gone"
         raise
     finally:
-        usage = _usage(state, generation, prompt_tokens)
+        usage = generation.usage or _usage(state, generation, prompt_tokens)
         state.limits.settle(reservation, usage["total_tokens"])
         state.store.close_request(request_id, status, usage["completion_tokens"], generation.failovers, _parts(state, generation))
         state.metrics.tokens.labels("prompt").inc(prompt_tokens)
@@ -450,6 +458,9 @@ def _usage(state: GatewayState, generation: Generation, prompt_tokens: int) -> d
 
 def _parts(state: GatewayState, generation: Generation) -> list[tuple[int, str, int]]:
     """Completion tokens per miner that produced part of the text."""
+    if len(generation.parts) == 1 and generation.usage is not None:
+        uid, hotkey, _ = generation.parts[0]
+        return [(uid, hotkey, generation.usage["completion_tokens"])]
     counter = state.counters[generation.model]
     parts = []
     for index, (uid, hotkey, start) in enumerate(generation.parts):

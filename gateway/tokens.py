@@ -19,15 +19,19 @@ class TokenCounter:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.fast = self.tokenizer.backend_tokenizer  # the Rust tokenizer: ~20 µs a call where the wrapper takes ~300
+
+    def _count(self, text: str) -> int:
+        return len(self.fast.encode(text, add_special_tokens=False).ids)
 
     def prompt(self, messages: Optional[list[dict[str, Any]]] = None, prompt: Union[str, list, None] = None) -> int:
         if messages is not None:
-            return len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+            return self._count(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         if isinstance(prompt, str):
-            return len(self.tokenizer.encode(prompt, add_special_tokens=False))
+            return self._count(prompt)
         if prompt and isinstance(prompt[0], int):
             return len(prompt)
         return sum(self.prompt(prompt=p) for p in prompt or [])
 
     def completion(self, text: str, finish_reason: Optional[str]) -> int:
-        return len(self.tokenizer.encode(text, add_special_tokens=False)) + (1 if finish_reason == "stop" else 0)
+        return self._count(text) + (1 if finish_reason == "stop" else 0)
