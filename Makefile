@@ -1,5 +1,6 @@
 # slmnet — one entry point for setting up and testing.
 #   make test    create .venv, install every pinned dependency, run the test suite
+#   make demo    the same environment, then `slmnet up`: the whole subnet on this machine
 #   make install only the environment (re-run: skips what is already installed)
 PYTHON ?= python3
 VENV   := .venv
@@ -7,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.slmnet-installed
 
-.PHONY: install browser test clean-venv
+.PHONY: install browser test demo clean-venv
 
 install: $(STAMP) browser
 
@@ -30,6 +31,9 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 
 test: install
 	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) -m neurons.cli up --dir ./slmnet-up
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,6 +22,7 @@ log = logging.getLogger("slmnet")
 
 from neurons import gateway as gateway_cli
 from neurons import miner as miner_cli
+from neurons import up as up_cli
 from neurons import validator as validator_cli
 from neurons.common import CliError, add_chain_flags
 
@@ -267,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     miner_cli.add_parser(groups)
     validator_cli.add_parser(groups)
     gateway_cli.add_parser(groups)
+    up_cli.add_parser(groups)
     return parser
 
 

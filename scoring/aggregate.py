@@ -8,8 +8,10 @@ Units: every score is in [0, 1]. A round score is
   miner was under its declared capacity count against it);
 - quality: the share of checkable tasks answered correctly (a property of the declared
   model as much as of the miner: routing by weight sends users to better models);
-- speed: half TTFT, half throughput, each relative to the best miner of the round
-  (best p50 TTFT / own p50 TTFT; own p30 tokens/s / best p30 tokens/s).
+- speed: half TTFT, half throughput, each relative to the best miner of the round that
+  serves the same model (best p50 TTFT / own p50 TTFT; own p30 tokens/s / best p30
+  tokens/s): a miner serving a larger, better model is not beaten on speed by one serving
+  a tiny model; the quality term is where the model choice pays.
 
 Any fidelity failure (the answer did not come from the declared model) zeroes the miner
 and keeps it at zero for ``ban_rounds`` rounds. So does buffering: in one round, at least
@@ -92,13 +94,19 @@ def summarize(outcomes: Sequence[Outcome]) -> RoundStats:
     )
 
 
-def round_scores(stats: Mapping[int, RoundStats]) -> dict[int, float]:
-    """Each miner's score for the round (uid → [0, 1]); speed is relative to the round's best."""
-    ttfts = [s.ttft_p50 for s in stats.values() if s.ttft_p50 and not s.fidelity_failed]
-    rates = [s.tokens_per_s_p30 for s in stats.values() if s.tokens_per_s_p30 and not s.fidelity_failed]
-    best_ttft, best_rate = (min(ttfts) if ttfts else None), (max(rates) if rates else None)
+def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, str]] = None) -> dict[int, float]:
+    """Each miner's score for the round (uid → [0, 1]); speed is relative to the round's best
+    miner of the same model (``models``: uid → model id; all one group when omitted)."""
+    models = models or {}
+    best: dict[Optional[str], tuple[Optional[float], Optional[float]]] = {}
+    for group in {models.get(uid) for uid in stats}:
+        peers = [s for uid, s in stats.items() if models.get(uid) == group and not s.fidelity_failed]
+        ttfts = [s.ttft_p50 for s in peers if s.ttft_p50]
+        rates = [s.tokens_per_s_p30 for s in peers if s.tokens_per_s_p30]
+        best[group] = (min(ttfts) if ttfts else None, max(rates) if rates else None)
     scores = {}
     for uid, s in stats.items():
+        best_ttft, best_rate = best[models.get(uid)]
         if s.fidelity_failed or not s.sent or not s.answered:
             scores[uid] = 0.0
             continue

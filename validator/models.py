@@ -19,6 +19,7 @@ class SupportedModel:
     weights_sha256: Optional[str]
     max_context: int
     end_token_ids: tuple[int, ...] = ()  # where the model ends a turn: the verifier's end-of-text checks
+    reward: float = 1.0  # multiplies a miner's round score: the subnet's say in which models it wants served
 
     def accepts(self, declaration: ModelDeclaration) -> bool:
         """A miner's declaration names this model (and, where both give one, the same weights)."""
@@ -39,7 +40,7 @@ class ModelList:
 def load(path: Path = DEFAULT_LIST) -> ModelList:
     try:
         raw = json.loads(Path(path).read_text())
-        models = tuple(SupportedModel(m["id"], m["source"], m.get("weights_sha256"), int(m["max_context"]), tuple(int(t) for t in m.get("end_token_ids", ()))) for m in raw["models"])
+        models = tuple(SupportedModel(m["id"], m["source"], m.get("weights_sha256"), int(m["max_context"]), tuple(int(t) for t in m.get("end_token_ids", ())), float(m.get("reward", 1.0))) for m in raw["models"])
         return ModelList(int(raw["version"]), models)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a model list: {exc}") from exc

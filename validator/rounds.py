@@ -103,5 +103,5 @@ async def run_round(session: aiohttp.ClientSession, keypair: Any, seed: int, tar
         stats[target.uid] = summarize([r.outcome for r in results])
         if stats[target.uid].fidelity_failed:
             report.fidelity_failed.add(target.uid)
-    report.scores = round_scores(stats)
+    report.scores = round_scores(stats, {t.uid: t.model for t in eligible})
     return report

@@ -112,6 +112,8 @@ class Validator:
         targets = eligible_targets(graph, self.config.models, self.keypair.ss58_address)
         ready = {model: ref for model, ref in references.items() if ref is not None}
         report = await run_round(session, self.keypair, seed, targets, ready, self.config.challenges_per_miner, self.config.per_miner_concurrency, timeouts=self.config.timeouts)
+        models = {t.uid: t.model for t in targets}
+        report.scores = {uid: score * self.config.models.get(models[uid]).reward for uid, score in report.scores.items()}
         for uid, hotkey, passed, reasons in self.store.take_organic(round_index):
             # A user's answer that failed verification (sampled by our gateway) counts like a failed challenge.
             if not passed and uid in report.scores and graph.uid(uid).hotkey == hotkey:

@@ -75,6 +75,14 @@ def test_faster_correct_reliable_miners_score_higher_and_a_cheat_scores_zero():
     assert round_scores({7: RoundStats(0, 3, False, None, None, None)}) == {7: 0.0}
 
 
+def test_speed_is_compared_among_miners_of_the_same_model_so_a_better_model_wins_on_quality():
+    big = summarize([_ok(0.5, 0.05, correct=0.6)] * 4)  # a real model: slower, often right
+    tiny = summarize([_ok(0.02, 0.002, correct=0.0)] * 4)  # a tiny model: fast, never right
+    by_model = round_scores({1: big, 2: tiny}, {1: "smollm2", 2: "tiny"})
+    assert by_model[1] > by_model[2]
+    assert round_scores({1: big, 2: tiny})[1] < by_model[1]  # compared across models, the big one's speed would sink it
+
+
 def test_a_fidelity_failure_zeroes_the_miner_for_the_ban_period():
     standing = Standing()
     for r in range(20):

@@ -1,0 +1,33 @@
+"""`slmnet up --smoke`: the whole subnet on this machine, end to end, with a real model.
+
+Localnet, two miners serving SmolLM2-135M-Instruct, one serving the tiny model, a
+validator with its reference engines and a gateway, each a separate process; it passes
+when the chain's incentive ranks both SmolLM2 miners above the tiny one and the gateway
+answers a question, and it leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(2400)
+def test_slmnet_up_smoke_ranks_smollm2_above_tiny_and_answers_through_the_gateway(tmp_path):
+    before = {p.pid for p in psutil.process_iter()}
+    done = subprocess.run([sys.executable, "-m", "neurons.cli", "up", "--smoke", "--dir", str(tmp_path / "up"), "--timeout", "2000"],
+                          capture_output=True, text=True, timeout=2300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["model"] == "slmnet/SmolLM2-135M-Instruct-Q4_1" and result["answer"].strip()
+    assert min(result["incentive"]["smollm2-a"], result["incentive"]["smollm2-b"]) > result["incentive"]["tiny"]
+    assert result["memory_gib"] < 12
+    leftovers = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before and str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers
+    print(json.dumps(result))
