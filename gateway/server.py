@@ -47,6 +47,7 @@ OVERHEAD_HEADER = "x-slmnet-overhead-ms"
 MINER_HEADER = "x-slmnet-miner-uid"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STATIC = Path(__file__).with_name("static")
+BUSY_RETRY_S = 0.25
 PROGRESS_INTERVAL_S = 1.0  # how often the ledger learns the tokens streamed so far
 
 
@@ -58,6 +59,7 @@ class GatewaySettings:
     first_token_timeout: float = 15.0
     stall_timeout: float = 10.0
     default_max_tokens: int = 512
+    busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
     verify_share: float = 0.0  # share of organic answers sent to the verifier
 
 
@@ -314,9 +316,16 @@ class Relay:
 
     async def run(self) -> web.StreamResponse:
         tried: set[int] = set()
-        failures = []
+        failures: list[tuple[str, bool]] = []  # (what happened, whether it was only a full miner)
+        busy_until = time.monotonic() + self.state.settings.busy_wait
         while len(tried) < self.state.settings.max_attempts and self.gen.finish_reason is None:
             candidates = [m for m in self.state.router.candidates(self.gen.model) if m.uid not in tried]
+            if not candidates and failures and all(busy for _, busy in failures) and time.monotonic() < busy_until:
+                # Every miner was at its limit: wait for a free slot rather than fail the user.
+                await asyncio.sleep(BUSY_RETRY_S)
+                tried.clear()
+                failures.clear()
+                continue
             if not candidates:
                 break
             miner = candidates[0]
@@ -331,10 +340,10 @@ class Relay:
                 miner.success(None, None)
                 if not self.gen.text and not self.user_stream_started:
                     return web.Response(body=exc.body, status=exc.status, headers={"Content-Type": "application/json", **self._headers()})
-                failures.append(f"uid {miner.uid} refused the continuation: HTTP {exc.status} {exc.body[:200]!r}")
+                failures.append((f"uid {miner.uid} refused the continuation: HTTP {exc.status} {exc.body[:200]!r}", False))
                 break
             except MinerFailed as exc:
-                failures.append(f"uid {miner.uid}: {exc}")
+                failures.append((f"uid {miner.uid}: {exc}", exc.busy))
                 log.warning("miner uid %s failed on request %s (%s); %s", miner.uid, self.request["request_id"], exc, "continuing on another" if self.gen.text else "retrying")
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
                 if not exc.busy:
@@ -348,10 +357,10 @@ class Relay:
             return await self._fail(failures)
         return await self._finish()
 
-    async def _fail(self, failures: list[str]) -> web.StreamResponse:
-        detail = "; ".join(failures) or "no miner could take the request"
+    async def _fail(self, failures: list[tuple[str, bool]]) -> web.StreamResponse:
+        detail = "; ".join(what for what, _ in failures) or "no miner could take the request"
         if self.response is None:
-            if not failures:
+            if all(busy for _, busy in failures):
                 raise NoMinerAvailable(f"every miner serving '{self.gen.model}' is busy or down; retry shortly", headers={"Retry-After": "2"})
             raise UpstreamFailed(f"no miner could answer ({detail})")
         error = error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed")

@@ -65,7 +65,8 @@ def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -
             continue
         supported = models.get(n.model.model)
         if supported is not None and supported.accepts(n.model):
-            views.append(MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total))
+            # Not routed to until its /health answers 200 (the health loop probes new miners at once).
+            views.append(MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, healthy=False))
     return views
 
 

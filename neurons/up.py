@@ -37,6 +37,12 @@ SMOLLM2 = "slmnet/SmolLM2-135M-Instruct-Q4_1"
 TINY = "slmnet/tiny-qwen2-s0"
 MARKER = ".slmnet-up"  # a folder holding this was made by `slmnet up`: safe to reset
 QUESTION = "What is the capital of France?"
+# No torch.compile: four engines compiling a 30-layer model at once took over 10 minutes on
+# 2 cores (measured); eager engines are healthy in about a minute and decode fast enough.
+EAGER = "--enforce-eager"
+# KV cache per engine: 256 MiB holds ~5600 SmolLM2 tokens (46 KB each in fp32), enough for
+# the demo's concurrency; the 1 GiB minimum of VLLM_CPU_KVCACHE_SPACE put four engines over 12 GiB.
+KV_BYTES = str(256 * 2**20)
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -76,7 +82,8 @@ class Subnet:
         self.root = root
         self.port = port
         self.procs: list[Proc] = []
-        self.env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+        self.env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        self.env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
         self.uids: dict[str, int] = {}
         self.began = time.monotonic()
 
@@ -143,16 +150,18 @@ class Subnet:
         engine_url = f"http://127.0.0.1:{engine_port}"
         self.start(Proc("engine-smollm2", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2), "--served-model-name", SMOLLM2,
                                            "--dtype", "float32", "--host", "127.0.0.1", "--port", str(engine_port), "--max-model-len", "4096",
-                                           "--disable-uvicorn-access-log"], health=engine_url + "/health"))
+                                           "--disable-uvicorn-access-log", EAGER, "--kv-cache-memory-bytes", KV_BYTES], health=engine_url + "/health"))
         for name in ("smollm2-a", "smollm2-b"):
             port = free_port()
             self.start(Proc(f"miner-{name}", [*slmnet, "miner", *self.chain_flags(name), "--model", str(smollm2), "--engine-url", engine_url, "--port", str(port),
                                               "--capacity", "4"], health=f"http://127.0.0.1:{port}/health"))
         port = free_port()
         self.start(Proc("miner-tiny", [*slmnet, "miner", *self.chain_flags("tiny"), "--model", str(tiny), "--dtype", "float32", "--port", str(port),
-                                       "--capacity", "4", "--max-model-len", "2048"], health=f"http://127.0.0.1:{port}/health"))
+                                       "--capacity", "4", "--max-model-len", "2048", f"--engine-arg={EAGER}",
+                                       f"--engine-arg=--kv-cache-memory-bytes={KV_BYTES}"], health=f"http://127.0.0.1:{port}/health"))
         self.start(Proc("validator", [*slmnet, "validator", *self.chain_flags("validator"), "--state-dir", str(self.root / "validator"),
-                                      "--serve-reference", SMOLLM2, "--serve-reference", TINY, "--dtype", "float32", "--challenges-per-miner", "6",
+                                      "--serve-reference", SMOLLM2, "--serve-reference", TINY, "--dtype", "float32", f"--engine-arg={EAGER}",
+                                      f"--engine-arg=--kv-cache-memory-bytes={KV_BYTES}", "--challenges-per-miner", "6",
                                       "--round-interval", "5", "--weights-interval", "1"], ready_check=self._validator_progress))
         self.start(Proc("gateway", [*slmnet, "gateway", *self.chain_flags("validator"), "--port", str(self.port), "--db", str(self.root / "gateway.sqlite"),
                                     "--sync-interval", "3"], health=f"http://127.0.0.1:{self.port}/health"))
@@ -208,13 +217,15 @@ class Subnet:
         return asyncio.run(read())
 
     def memory_gib(self) -> float:
+        """Proportional set size of every process we started and their children: shared pages
+        (torch's libraries, mapped by a dozen processes) counted once, as the machine pays them."""
         import psutil
 
         total = 0
         for p in self.procs:
             try:
                 parent = psutil.Process(p.process.pid)
-                total += sum(proc.memory_info().rss for proc in [parent, *parent.children(recursive=True)])
+                total += sum(proc.memory_full_info().pss for proc in [parent, *parent.children(recursive=True)])
             except psutil.NoSuchProcess:
                 pass
         return total / 2**30
@@ -247,11 +258,14 @@ class Subnet:
         return [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 
     def ask(self, key: str) -> tuple[str, str]:
-        body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 48, "temperature": 0}).encode()
+        body = json.dumps({"model": SMOLLM2, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 48, "temperature": 0}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/chat/completions", data=body, method="POST",
                                          headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=300) as response:
-            answer = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise CliError(f"the gateway answered {exc.code}: {exc.read()[:500].decode(errors='replace')}") from exc
         return answer["model"], answer["choices"][0]["message"]["content"]
 
 

@@ -14,11 +14,12 @@ Units: every score is in [0, 1]. A round score is
   a tiny model; the quality term is where the model choice pays.
 
 Any fidelity failure (the answer did not come from the declared model) zeroes the miner
-and keeps it at zero for ``ban_rounds`` rounds. So does buffering: in one round, at least
+and keeps it at zero for ``ban_rounds`` rounds. A buffered round — at least
 ``BUFFERED_MIN_ANSWERS`` answers long enough to judge, and at least ``BUFFERED_SHARE`` of
-them, arrived in one burst. Judged per round because an honest engine under load
-coalesces a short answer into one chunk now and then (measured: 39 of 1000 honest answers
-on 2 busy vCPUs); a miner that buffers does it to every answer. Standing is an EMA of round scores,
+them, arrived in one burst — scores 0 for that round, without the ban: an honest engine
+under load coalesces an answer into one chunk now and then (39 of 1000 honest answers on
+2 busy vCPUs; every answer of a freshly started engine while three others compiled
+beside it), while a miner that buffers does it every round and so never earns standing. Standing is an EMA of round scores,
 scaled by ``min(1, rounds / min_rounds)`` so a new miner earns full weight only after
 enough samples.
 """
@@ -51,10 +52,11 @@ class Outcome:
 class RoundStats:
     answered: int
     sent: int
-    fidelity_failed: bool  # an answer failed verification, or the round's answers were buffered
+    fidelity_failed: bool  # an answer failed verification
     quality: Optional[float]
     ttft_p50: Optional[float]
     tokens_per_s_p30: Optional[float]
+    buffered: bool = False  # the round's answers came in bursts: the round scores 0
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,11 @@ def summarize(outcomes: Sequence[Outcome]) -> RoundStats:
     return RoundStats(
         answered=len(answered),
         sent=len(outcomes),
-        fidelity_failed=buffered or any(o.fidelity_passed is False for o in outcomes),
+        fidelity_failed=any(o.fidelity_passed is False for o in outcomes),
         quality=statistics.fmean(correct) if correct else None,
         ttft_p50=statistics.median(s.ttft for s in speeds) if speeds else None,
         tokens_per_s_p30=quantile([s.tokens_per_s for s in speeds], THROUGHPUT_QUANTILE) if speeds else None,
+        buffered=buffered,
     )
 
 
@@ -100,14 +103,14 @@ def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, 
     models = models or {}
     best: dict[Optional[str], tuple[Optional[float], Optional[float]]] = {}
     for group in {models.get(uid) for uid in stats}:
-        peers = [s for uid, s in stats.items() if models.get(uid) == group and not s.fidelity_failed]
+        peers = [s for uid, s in stats.items() if models.get(uid) == group and not (s.fidelity_failed or s.buffered)]
         ttfts = [s.ttft_p50 for s in peers if s.ttft_p50]
         rates = [s.tokens_per_s_p30 for s in peers if s.tokens_per_s_p30]
         best[group] = (min(ttfts) if ttfts else None, max(rates) if rates else None)
     scores = {}
     for uid, s in stats.items():
         best_ttft, best_rate = best[models.get(uid)]
-        if s.fidelity_failed or not s.sent or not s.answered:
+        if s.fidelity_failed or s.buffered or not s.sent or not s.answered:
             scores[uid] = 0.0
             continue
         speed_parts = []

@@ -2,7 +2,8 @@
 
 All miners serving a model get the same challenges (drawn from the round seed), so
 their speeds are compared on equal work. Each miner sees at most ``per_miner`` requests
-at once and never more than its declared capacity; the reference engine verifies at
+at once and never more than half its declared capacity (the other half stays free for
+users: a validator that filled a miner made the gateway's requests meet 429s); the reference engine verifies at
 most ``verify_concurrency`` answers at once.
 """
 
@@ -52,6 +53,7 @@ class RoundReport:
     results: list[Result] = field(default_factory=list)
     scores: dict[int, float] = field(default_factory=dict)
     fidelity_failed: set[int] = field(default_factory=set)
+    buffered: set[int] = field(default_factory=set)  # answers came in bursts: score 0 this round
 
 
 async def _judge(target: Target, challenge: Challenge, body: dict[str, Any], result: QueryResult, reference: ReferenceEngine, verifying: asyncio.Semaphore) -> Result:
@@ -75,7 +77,7 @@ async def _judge(target: Target, challenge: Challenge, body: dict[str, Any], res
 async def _challenge_miner(session: aiohttp.ClientSession, keypair: Any, target: Target, challenges: list[Challenge], reference: ReferenceEngine,
                            verifying: asyncio.Semaphore, per_miner: int, timeouts: Timeouts) -> list[Result]:
     client = MinerClient(session, target.url, keypair, target.hotkey)
-    slots = asyncio.Semaphore(max(1, min(per_miner, target.capacity)))
+    slots = asyncio.Semaphore(max(1, min(per_miner, target.capacity // 2)))
 
     async def one(challenge: Challenge) -> Result:
         body = challenge.request(target.model)
@@ -103,5 +105,8 @@ async def run_round(session: aiohttp.ClientSession, keypair: Any, seed: int, tar
         stats[target.uid] = summarize([r.outcome for r in results])
         if stats[target.uid].fidelity_failed:
             report.fidelity_failed.add(target.uid)
+        if stats[target.uid].buffered:
+            log.warning("uid %s (%s) sent this round's answers in bursts (buffered, not streamed): round score 0", target.uid, target.hotkey)
+            report.buffered.add(target.uid)
     report.scores = round_scores(stats, {t.uid: t.model for t in eligible})
     return report

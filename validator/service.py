@@ -129,7 +129,7 @@ class Validator:
             for r in report.results
         ]
         summary = {"round": round_index, "block": graph.block, "seed": str(seed), "miners": len(targets), "scores": report.scores,
-                   "fidelity_failed": sorted(report.fidelity_failed), "effective": effective, "duration_s": time.time() - started}
+                   "fidelity_failed": sorted(report.fidelity_failed), "buffered": sorted(report.buffered), "effective": effective, "duration_s": time.time() - started}
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows)
         self._log(summary, report)
         return effective, graph.tempo

@@ -30,14 +30,16 @@ def test_a_buffered_burst_gains_no_throughput_and_is_flagged():
     assert measure(StreamTiming(sent=0.0, arrivals=(0.5,), tokens=(4,))).streamed  # short answers can arrive in one read
 
 
-def test_a_round_of_buffered_answers_is_a_fidelity_failure_but_an_occasional_burst_is_not():
+def test_a_round_of_buffered_answers_scores_zero_but_an_occasional_burst_does_not():
     def burst(tokens: int = 40) -> Outcome:
         return Outcome("ok", fidelity_passed=True, correct=None, speed=measure(StreamTiming(sent=0.0, arrivals=(1.0,), tokens=(tokens,))))
 
     streamed = Outcome("ok", fidelity_passed=True, correct=None, speed=measure(_stream(0.1, 0.01, 40)))
-    assert summarize([burst()] * 5 + [streamed]).fidelity_failed  # a buffering miner
-    assert not summarize([burst()] + [streamed] * 9).fidelity_failed  # an honest engine that coalesced once under load
-    assert not summarize([burst(tokens=8)] * 6).fidelity_failed  # short answers honestly arrive in one read
+    buffering = summarize([burst()] * 5 + [streamed])
+    assert buffering.buffered and not buffering.fidelity_failed  # scores 0 for the round, no ban
+    assert round_scores({1: buffering, 2: summarize([streamed] * 6)}) == {1: 0.0, 2: pytest.approx(1.0)}
+    assert not summarize([burst()] + [streamed] * 9).buffered  # an honest engine that coalesced once under load
+    assert not summarize([burst(tokens=8)] * 6).buffered  # short answers honestly arrive in one read
 
 
 def test_timings_that_cannot_happen_are_refused():
