@@ -318,7 +318,8 @@ class Relay:
         tried: set[int] = set()
         failures: list[tuple[str, bool]] = []  # (what happened, whether it was only a full miner)
         busy_until = time.monotonic() + self.state.settings.busy_wait
-        while len(tried) < self.state.settings.max_attempts and self.gen.finish_reason is None:
+        attempts = 0  # miners that took the request (a 429 is not an attempt)
+        while attempts < self.state.settings.max_attempts and self.gen.finish_reason is None:
             candidates = [m for m in self.state.router.candidates(self.gen.model) if m.uid not in tried]
             if not candidates and failures and all(busy for _, busy in failures) and time.monotonic() < busy_until:
                 # Every miner was at its limit: wait for a free slot rather than fail the user.
@@ -344,13 +345,18 @@ class Relay:
                 break
             except MinerFailed as exc:
                 failures.append((f"uid {miner.uid}: {exc}", exc.busy))
+                if exc.busy:  # full: nothing was produced, nothing is held against it
+                    self.gen.parts.pop()
+                    continue
+                attempts += 1
                 log.warning("miner uid %s failed on request %s (%s); %s", miner.uid, self.request["request_id"], exc, "continuing on another" if self.gen.text else "retrying")
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
-                if not exc.busy:
-                    miner.failure(time.monotonic())
+                miner.failure(time.monotonic())
                 if self.gen.text:
                     self.gen.failovers += 1
                 self.state.metrics.failovers.labels("mid_stream" if self.gen.text else "before_first_token").inc()
+            else:
+                attempts += 1
             finally:
                 miner.in_flight -= 1
         if self.gen.finish_reason is None:
