@@ -98,13 +98,13 @@ class Subnet:
         if self.root.exists():
             if not (self.root / MARKER).exists() and any(self.root.iterdir()):
                 raise CliError(f"{self.root} exists and was not made by `slmnet up`; pick another --dir")
-            for child in ("chain", "wallets", "validator", "logs", "gateway.sqlite", "gateway.sqlite-wal", "gateway.sqlite-shm", "engine-tmp"):
+            for child in ("chain", "wallets", "validator", "logs", "gateway.sqlite", "gateway.sqlite-wal", "gateway.sqlite-shm"):
                 path = self.root / child
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         (self.root / "logs").mkdir(parents=True)
-        (self.root / "engine-tmp").mkdir()
         (self.root / MARKER).write_text("made by slmnet up\n")
-        self.env["TMPDIR"] = str(self.root / "engine-tmp")
+        # TMPDIR stays the system's: vLLM puts its zmq IPC sockets there, and a path under a
+        # deep --dir passed the 107-character limit of a Unix socket path (engine start failed).
 
     def setup_chain(self) -> None:
         import bittensor as bt
