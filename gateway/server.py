@@ -321,8 +321,8 @@ class Relay:
         attempts = 0  # miners that took the request (a 429 is not an attempt)
         while attempts < self.state.settings.max_attempts and self.gen.finish_reason is None:
             candidates = [m for m in self.state.router.candidates(self.gen.model) if m.uid not in tried]
-            if not candidates and failures and all(busy for _, busy in failures) and time.monotonic() < busy_until:
-                # Every miner was at its limit: wait for a free slot rather than fail the user.
+            if not candidates and all(busy for _, busy in failures) and time.monotonic() < busy_until and self.state.router.models().get(self.gen.model):
+                # Every miner is at its limit (here or by its own 429): wait for a free slot rather than fail the user.
                 await asyncio.sleep(BUSY_RETRY_S)
                 tried.clear()
                 failures.clear()
@@ -446,7 +446,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         state.store.close_request(request_id, status, usage["completion_tokens"], generation.failovers, _parts(state, generation))
         state.metrics.tokens.labels("prompt").inc(prompt_tokens)
         state.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
-        if status == "ok" and generation.events and not generation.failovers and state.verifier and state.rng.random() < state.settings.verify_share:
+        # Chat answers from one miner are verified (the verifier teacher-forces a conversation).
+        if status == "ok" and chat and generation.events and not generation.failovers and state.verifier and state.rng.random() < state.settings.verify_share:
             miner = state.router.miners.get(generation.parts[0][0])
             if miner is not None:
                 task = asyncio.create_task(state.verifier(miner, _first_body(generation), generation.events))

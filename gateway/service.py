@@ -98,6 +98,9 @@ class Gateway:
         except ReferenceError as exc:
             log.warning("organic verification skipped: %s", exc)
             return
+        except Exception:  # a background task: log what went wrong instead of losing it
+            log.exception("organic verification of uid %s failed", miner.uid)
+            return
         passed, checked = self.app["fidelity"].get(miner.uid, (0, 0))
         self.app["fidelity"][miner.uid] = (passed + verdict.passed, checked + 1)
         if not verdict.passed:
