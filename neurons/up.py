@@ -330,13 +330,14 @@ def cmd_up(args: argparse.Namespace) -> None:
                 time.sleep(1)
             outcome, reason = 0, "stopped"
             return
+        validator = next(p for p in subnet.procs if p.name == "validator")
         with console.status("waiting for the validator's weights to rank the SmolLM2 miners above the tiny one") as status:
             while True:
                 subnet.poll()
                 if (dead := subnet.failed()) is not None:
                     raise CliError(f"{dead.name} exited:\n{_log_tail(dead.log)}")
                 paid = subnet.incentives()
-                status.update(f"incentive: {', '.join(f'{n} {v:.3f}' for n, v in paid.items() if n != 'validator')}  ({subnet.procs[3].note})")
+                status.update(f"incentive: {', '.join(f'{n} {v:.3f}' for n, v in paid.items() if n != 'validator')}  (validator: {validator.note})")
                 if min(paid["smollm2-a"], paid["smollm2-b"]) > paid["tiny"]:
                     break
                 if time.monotonic() > deadline or stopping["signal"] is not None:
@@ -352,8 +353,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     finally:
         console.print(f"stopping {len(subnet.procs)} processes…")
         left = subnet.stop()
-        if left:
-            outcome, reason = 1, f"processes left behind: {left}"
         console.print(f"stopped ({reason or 'failed'}); logs in {root / 'logs'}")
+        if left:  # worse than any earlier failure: say it even if it hides that one (the logs keep it)
+            raise CliError(f"processes left behind after stopping: {left}")
     if outcome:
         raise CliError(reason)
