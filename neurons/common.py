@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-from typing import Awaitable
+import urllib.error
+import urllib.request
+from typing import Awaitable, Optional
 
 
 class CliError(Exception):
@@ -26,6 +28,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 2.0) -> Optional[int]:
+    """The HTTP status of a GET (error statuses included), or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def run_service(service: Awaitable[None], *expected: type[BaseException]) -> None:

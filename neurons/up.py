@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from neurons.common import CliError, free_port
+from neurons.common import CliError, free_port, http_status
 
 NETUID = 1
 SMOLLM2 = "slmnet/SmolLM2-135M-Instruct-Q4_1"
@@ -65,16 +65,6 @@ class Proc:
     state: str = "starting"
     note: str = ""
     started: float = field(default_factory=time.monotonic)
-
-
-def _get(url: str, timeout: float = 1.0) -> Optional[int]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 class Subnet:
@@ -185,7 +175,7 @@ class Subnet:
                 proc.state, proc.note = "exited", f"exit {code}: see {proc.log}"
                 continue
             if proc.health is not None:
-                status = _get(proc.health)
+                status = http_status(proc.health, timeout=1.0)
                 proc.state = "ready" if status == 200 else "starting"
                 proc.note = "" if status == 200 else f"{time.monotonic() - proc.started:.0f} s"
             elif proc.ready_check is not None:
@@ -282,7 +272,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     console = Console(stderr=True)
     root = Path(args.dir).expanduser().resolve()
     port = free_port() if args.smoke else args.port
-    if _get(f"http://127.0.0.1:{port}/health") is not None:
+    if http_status(f"http://127.0.0.1:{port}/health", timeout=1.0) is not None:
         raise CliError(f"port {port} is taken; pass --port")
     subnet = Subnet(root, port)
     stopping = {"signal": None}

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from neurons.common import http_status
+
 STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~70 s warm, ~100 s with empty caches
 
 
@@ -35,16 +37,6 @@ def engine_env(tmp: Path) -> dict[str, str]:
         os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp),
         VLLM_CACHE_ROOT=str(ENGINE_CACHE / "vllm"), TORCHINDUCTOR_CACHE_DIR=str(ENGINE_CACHE / "inductor"),
     )
-
-
-def http_status(url: str, timeout: float = 2.0) -> Optional[int]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def health_json(url: str) -> dict:

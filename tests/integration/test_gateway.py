@@ -23,7 +23,6 @@ from pathlib import Path
 import openai
 import pytest
 
-import chain
 from miner.models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import Server, engine_env, free_port, start_adversary, start_miner, start_vllm
@@ -44,15 +43,7 @@ def subnet(tmp_path_factory):
     build_tiny(tmp / "s0", seed=0)
     engine = start_vllm(tmp / "s0", MODEL, tmp)
     net = make_localnet(tmp)
-    wallets = {name: net.wallet(name) for name in (*MINERS, "gateway")}
-
-    async def register() -> dict[str, int]:
-        async with chain.connect(net.network) as c:
-            for wallet in wallets.values():
-                (await c.register(wallet, 1)).raise_for_failure()
-            return {name: await c.uid_of(1, w.hotkey.ss58_address) for name, w in wallets.items()}
-
-    uids = asyncio.run(register())
+    wallets, uids = net.register((*MINERS, "gateway"))
     net.stake(wallets["gateway"], 2000)
     servers = [engine]
     try:
@@ -61,8 +52,7 @@ def subnet(tmp_path_factory):
         slow.wait_healthy(timeout=60)
         miners = {}
         for name in MINERS:
-            args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", name, "--model", str(tmp / "s0"),
-                    "--engine-url", slow.url if name.startswith("slow") else engine.url, "--capacity", "8", "--metagraph-interval", "1"]
+            args = [*net.flags(name), "--model", str(tmp / "s0"), "--engine-url", slow.url if name.startswith("slow") else engine.url, "--capacity", "8", "--metagraph-interval", "1"]
             servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
         for miner in miners.values():
             miner.wait_healthy(timeout=120)
@@ -70,8 +60,7 @@ def subnet(tmp_path_factory):
         key = slmnet("keys", "create", "tester", "--db", str(db), "--json")
         assert key.returncode == 0, key.stderr
         port = free_port()
-        args = ["gateway", "--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "gateway",
-                "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}", "--reference", f"{MODEL}={engine.url}",
+        args = ["gateway", *net.flags("gateway"), "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}", "--reference", f"{MODEL}={engine.url}",
                 "--verify-share", "1", "--validator-db", str(tmp / "validator.sqlite"), "--sync-interval", "1", "--stall-timeout", "3",
                 "--max-attempts", "4"]
         gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))

@@ -51,15 +51,7 @@ def subnet(tmp_path_factory):
     engines = {name: start_vllm(tmp / folder, MODEL, tmp) for name, folder in (("honest", "s0"), ("other-model", "s1"), ("perturbed", "s0-noise"))}
     net = make_localnet(tmp)
     names = [*HONEST, *FIDELITY_CHEATS, *BUFFERING, *UNDERPERFORMERS, "validator"]
-    wallets = {name: net.wallet(name) for name in names}
-
-    async def register() -> dict[str, int]:
-        async with chain.connect(net.network) as c:
-            for wallet in wallets.values():
-                (await c.register(wallet, 1)).raise_for_failure()
-            return {name: await c.uid_of(1, w.hotkey.ss58_address) for name, w in wallets.items()}
-
-    uids = asyncio.run(register())
+    wallets, uids = net.register(names)
     net.stake(wallets["validator"], 2000)
     servers = list(engines.values())
     try:
@@ -73,8 +65,7 @@ def subnet(tmp_path_factory):
             upstream[mode] = proxy.url
         miners = {}
         for name, url in upstream.items():
-            args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", name,
-                    "--model", str(tmp / "s0"), "--engine-url", url, "--capacity", "4", "--metagraph-interval", "1"]
+            args = [*net.flags(name), "--model", str(tmp / "s0"), "--engine-url", url, "--capacity", "4", "--metagraph-interval", "1"]
             servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
         for miner in miners.values():
             miner.wait_healthy(timeout=120)
@@ -87,8 +78,7 @@ def subnet(tmp_path_factory):
 def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flaky_below(subnet):
     tmp, net, uids, wallets = subnet["tmp"], subnet["net"], subnet["uids"], subnet["wallets"]
     state = tmp / "validator"
-    args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "validator",
-            "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engines']['honest'].url}", "--challenges-per-miner", "6",
+    args = [*net.flags("validator"), "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engines']['honest'].url}", "--challenges-per-miner", "6",
             "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "3"]
     done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=900, env=engine_env(tmp))
     assert done.returncode == 0, done.stderr[-3000:]
