@@ -111,18 +111,23 @@ class Router:
                 served.setdefault(m.model, []).append(m)
         return served
 
-    def weight(self, miner: MinerView, candidates: list[MinerView]) -> float:
-        total_incentive = sum(c.incentive for c in candidates) or 1.0
-        ttfts = [c.ttft for c in candidates if c.ttft]
-        rates = [c.tokens_per_s for c in candidates if c.tokens_per_s]
-        parts = []
-        if miner.ttft and ttfts:
-            parts.append(min(ttfts) / miner.ttft)
-        if miner.tokens_per_s and rates:
-            parts.append(miner.tokens_per_s / max(rates))
-        speed = sum(parts) / len(parts) if parts else 1.0
-        headroom = max(0.0, 1.0 - miner.in_flight / max(1, miner.capacity))
-        return (miner.incentive / total_incentive + INCENTIVE_FLOOR) * (1.0 - miner.error_rate) ** 2 * speed * headroom
+    @staticmethod
+    def weights(pool: list[MinerView]) -> dict[int, float]:
+        """Each candidate's routing weight (uid → weight); the pool's totals are taken once."""
+        total_incentive = sum(m.incentive for m in pool) or 1.0
+        best_ttft = min((m.ttft for m in pool if m.ttft), default=None)
+        best_rate = max((m.tokens_per_s for m in pool if m.tokens_per_s), default=None)
+        weights = {}
+        for m in pool:
+            parts = []
+            if m.ttft and best_ttft:
+                parts.append(best_ttft / m.ttft)
+            if m.tokens_per_s and best_rate:
+                parts.append(m.tokens_per_s / best_rate)
+            speed = sum(parts) / len(parts) if parts else 1.0
+            headroom = max(0.0, 1.0 - m.in_flight / max(1, m.capacity))
+            weights[m.uid] = (m.incentive / total_incentive + INCENTIVE_FLOOR) * (1.0 - m.error_rate) ** 2 * speed * headroom
+        return weights
 
     def candidates(self, model: str) -> list[MinerView]:
         """The miners to try for ``model``, in order (empty when none can take it now)."""
@@ -130,7 +135,7 @@ class Router:
         pool = [m for m in self.miners.values() if m.model == model and m.healthy and m.breaker(now) != "open" and m.in_flight < m.capacity]
         if not pool:
             return []
-        weights = {m.uid: self.weight(m, pool) for m in pool}
+        weights = self.weights(pool)
         ranked = sorted(pool, key=lambda m: weights[m.uid], reverse=True)
         if self.rng.random() < self.explore:
             first = self.rng.choice(pool)

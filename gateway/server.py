@@ -171,17 +171,20 @@ class Generation:
     events: list[dict[str, Any]] = field(default_factory=list)  # raw events of the first miner (organic verification)
     usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
 
-    def upstream_body(self) -> dict[str, Any]:
+    def upstream_body(self, from_start: bool = False) -> dict[str, Any]:
+        """What the next miner is sent: the continuation of the text so far, or (``from_start``)
+        the first miner's request, which its answer is verified against."""
+        text, used = ("", 0) if from_start else (self.text, self.upstream_tokens)
         body = {k: v for k, v in self.body.items() if k not in ("stream", "stream_options", "n")}
-        body.update(model=self.model, stream=True, stream_options={"include_usage": True}, return_token_ids=True, max_tokens=self.max_tokens - self.upstream_tokens)
+        body.update(model=self.model, stream=True, stream_options={"include_usage": True}, return_token_ids=True, max_tokens=self.max_tokens - used)
         if self.chat:
             body["logprobs"] = True  # always, as challenges do: miners cannot tell users from validators
             body.pop("max_completion_tokens", None)
-            if self.text:
-                body["messages"] = [*self.body["messages"], {"role": "assistant", "content": self.text}]
+            if text:
+                body["messages"] = [*self.body["messages"], {"role": "assistant", "content": text}]
                 body.update(continue_final_message=True, add_generation_prompt=False)
-        elif self.text:
-            body["prompt"] = self.body["prompt"] + self.text
+        elif text:
+            body["prompt"] = self.body["prompt"] + text
         return body
 
 
@@ -310,10 +313,6 @@ class Relay:
         produced = self.gen.upstream_tokens - tokens_before
         miner.success(first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
 
-    @property
-    def user_stream_started(self) -> bool:
-        return self.response is not None
-
     async def run(self) -> web.StreamResponse:
         tried: set[int] = set()
         failures: list[tuple[str, bool]] = []  # (what happened, whether it was only a full miner)
@@ -339,7 +338,7 @@ class Relay:
             except ClientRejected as exc:
                 # The engine refused the request itself (too long a prompt, a bad option): the same everywhere.
                 miner.success(None, None)
-                if not self.gen.text and not self.user_stream_started:
+                if not self.gen.text and self.response is None:
                     return web.Response(body=exc.body, status=exc.status, headers={"Content-Type": "application/json", **self._headers()})
                 failures.append((f"uid {miner.uid} refused the continuation: HTTP {exc.status} {exc.body[:200]!r}", False))
                 break
@@ -423,7 +422,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if not chat and not isinstance(body["prompt"], str):
         raise BadRequest("the gateway takes a single string prompt on /v1/completions", "unsupported_prompt")
     counter = state.counters[model]
-    prompt_tokens = counter.prompt(messages=body.get("messages"), prompt=body.get("prompt"))
+    prompt_tokens = counter.prompt(messages=body.get("messages"), prompt=body.get("prompt", ""))
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
     request_id = request["request_id"]
@@ -450,19 +449,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if status == "ok" and chat and generation.events and not generation.failovers and state.verifier and state.rng.random() < state.settings.verify_share:
             miner = state.router.miners.get(generation.parts[0][0])
             if miner is not None:
-                task = asyncio.create_task(state.verifier(miner, _first_body(generation), generation.events))
+                task = asyncio.create_task(state.verifier(miner, generation.upstream_body(from_start=True), generation.events))
                 state.background.add(task)
                 task.add_done_callback(state.background.discard)
-
-
-def _first_body(generation: Generation) -> dict[str, Any]:
-    """The body the first miner was sent (no continuation): what its answer is verified against."""
-    saved = generation.text, generation.upstream_tokens
-    generation.text, generation.upstream_tokens = "", 0
-    try:
-        return generation.upstream_body()
-    finally:
-        generation.text, generation.upstream_tokens = saved
 
 
 def _usage(state: GatewayState, generation: Generation, prompt_tokens: int) -> dict[str, int]:

@@ -58,16 +58,11 @@ class GatewayStartupError(Exception):
 
 
 def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -> list[MinerView]:
+    """A routing view of each miner serving a supported model, with its share of the incentive.
+    Not routed to until its /health answers 200 (the health loop probes new miners at once)."""
     total = sum(n.incentive for n in graph.neurons) or 1.0
-    views = []
-    for n in graph.neurons:
-        if n.hotkey == own_hotkey or n.endpoint is None or n.model is None:
-            continue
-        supported = models.get(n.model.model)
-        if supported is not None and supported.accepts(n.model):
-            # Not routed to until its /health answers 200 (the health loop probes new miners at once).
-            views.append(MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, healthy=False))
-    return views
+    return [MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, healthy=False)
+            for n in models.serving(graph.neurons, own_hotkey)]
 
 
 class Gateway:

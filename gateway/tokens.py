@@ -11,7 +11,7 @@ user's favour as often as not.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 
 class TokenCounter:
@@ -24,14 +24,11 @@ class TokenCounter:
     def _count(self, text: str) -> int:
         return len(self.fast.encode(text, add_special_tokens=False).ids)
 
-    def prompt(self, messages: Optional[list[dict[str, Any]]] = None, prompt: Union[str, list, None] = None) -> int:
+    def prompt(self, messages: Optional[list[dict[str, Any]]] = None, prompt: str = "") -> int:
+        """A conversation as the chat template renders it, or a text prompt (the gateway takes one string)."""
         if messages is not None:
             return self._count(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        if isinstance(prompt, str):
-            return self._count(prompt)
-        if prompt and isinstance(prompt[0], int):
-            return len(prompt)
-        return sum(self.prompt(prompt=p) for p in prompt or [])
+        return self._count(prompt)
 
     def completion(self, text: str, finish_reason: Optional[str]) -> int:
         return self._count(text) + (1 if finish_reason == "stop" else 0)

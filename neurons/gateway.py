@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from neurons.common import CliError, add_chain_flags, run_service
-from neurons.validator import _model_folder, load_model_list, model_pairs
+from neurons.validator import model_folder, load_model_list, model_pairs
 
 DEFAULT_DB = "~/.slmnet/gateway.sqlite"
 
@@ -113,7 +113,7 @@ def build_config(args: argparse.Namespace):
     models = load_model_list(args.model_list)
     tokenizers = dict(model_pairs("--tokenizer", args.tokenizer, models))
     if not tokenizers:
-        tokenizers = {m.id: _model_folder(m.source, default_cache_dir()) for m in models.models}
+        tokenizers = {m.id: model_folder(m.source, default_cache_dir()) for m in models.models}
     references = tuple((model_id, url.rstrip("/")) for model_id, url in model_pairs("--reference", args.reference, models))
     if not 0 <= args.verify_share <= 1:
         raise CliError("--verify-share is a share: 0 to 1")

@@ -121,10 +121,10 @@ class Subnet:
 
     def models(self) -> tuple[Path, Path]:
         from miner.models.prepare import default_cache_dir, prepare
-        from neurons.validator import _model_folder
+        from neurons.validator import model_folder
 
         smollm2, _ = prepare("smollm2-135m", default_cache_dir())
-        tiny = Path(_model_folder("tiny:0", default_cache_dir()))
+        tiny = Path(model_folder("tiny:0", default_cache_dir()))
         return smollm2, tiny
 
     def start(self, proc: Proc) -> None:

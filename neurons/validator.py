@@ -27,7 +27,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_validator, log_level=logging.INFO)
 
 
-def _model_folder(source: str, cache: Path) -> str:
+def model_folder(source: str, cache: Path) -> str:
     """A local folder (or hub id) for a model-list source: tiny:SEED is built, prepared:NAME prepared."""
     from miner.models.manifest import ModelManifest
     from miner.models.prepare import PrepareError, prepare
@@ -79,7 +79,7 @@ def build_config(args: argparse.Namespace):
         supported = models.get(model_id)
         if supported is None:
             raise CliError(f"--serve-reference {model_id!r} is not in the model list")
-        folder = _model_folder(supported.source, default_cache_dir())
+        folder = model_folder(supported.source, default_cache_dir())
         engines.append(EngineSpec(model=folder, served_name=model_id, port=free_port(), dtype=args.dtype, max_model_len=min(supported.max_context, 4096),
                                   extra_args=tuple(args.engine_arg)))
     if not references and not engines:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
+from chain.views import NeuronView
 from protocol.commitment import ModelDeclaration
 
 DEFAULT_LIST = Path(__file__).with_name("subnet_models.json")
@@ -35,6 +36,12 @@ class ModelList:
 
     def get(self, model_id: str) -> Optional[SupportedModel]:
         return next((m for m in self.models if m.id == model_id), None)
+
+    def serving(self, neurons: Iterable[NeuronView], own_hotkey: str) -> list[NeuronView]:
+        """The miners to call: other hotkeys with an endpoint and a declaration this list accepts
+        (what validators challenge and gateways route to)."""
+        return [n for n in neurons if n.hotkey != own_hotkey and n.endpoint is not None and n.model is not None
+                and (supported := self.get(n.model.model)) is not None and supported.accepts(n.model)]
 
 
 def load(path: Path = DEFAULT_LIST) -> ModelList:

@@ -68,17 +68,6 @@ class ValidatorMetrics:
         self.score = Gauge("slmnet_validator_effective_score", "Effective standing per miner", ["uid"], registry=self.registry)
 
 
-def eligible_targets(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -> list[Target]:
-    targets = []
-    for n in graph.neurons:
-        if n.hotkey == own_hotkey or n.endpoint is None or n.model is None:
-            continue
-        supported = models.get(n.model.model)
-        if supported is not None and supported.accepts(n.model):
-            targets.append(Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity))
-    return targets
-
-
 class Validator:
     def __init__(self, config: ValidatorConfig):
         self.config = config
@@ -109,7 +98,7 @@ class Validator:
         graph = await net.metagraph(self.config.netuid)
         seed = round_seed(await net.block_hash(), self.keypair.ss58_address, round_index)
         started = time.time()
-        targets = eligible_targets(graph, self.config.models, self.keypair.ss58_address)
+        targets = [Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity) for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)]
         ready = {model: ref for model, ref in references.items() if ref is not None}
         report = await run_round(session, self.keypair, seed, targets, ready, self.config.challenges_per_miner, self.config.per_miner_concurrency, timeouts=self.config.timeouts)
         models = {t.uid: t.model for t in targets}
