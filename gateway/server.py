@@ -161,6 +161,7 @@ class Generation:
     body: dict[str, Any]  # the user's request, validated
     model: str  # the model actually served
     max_tokens: int
+    prompt_tokens: int  # counted with the model's tokenizer
     text: str = ""
     upstream_tokens: int = 0  # tokens the miners sent (for the budget of a continuation)
     finish_reason: Optional[str] = None
@@ -374,7 +375,7 @@ class Relay:
         return self.response
 
     async def _finish(self) -> web.StreamResponse:
-        usage = self.gen.usage = _usage(self.state, self.gen, self.request["prompt_tokens"])
+        usage = self.gen.usage = _usage(self.state, self.gen)
         if self.user_stream:
             if self.response is None:  # finished without a single token
                 await self._start_stream()
@@ -426,9 +427,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
     request_id = request["request_id"]
-    request["prompt_tokens"] = prompt_tokens
     state.store.open_request(request_id, key.id, model, prompt_tokens)
-    generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens)
+    generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
     overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
     state.metrics.overhead.observe(overhead_ms / 1000)
     status = "failed"
@@ -440,25 +440,32 @@ async def completions(request: web.Request) -> web.StreamResponse:
         status = "client_gone"
         raise
     finally:
-        usage = generation.usage or _usage(state, generation, prompt_tokens)
+        usage = generation.usage or _usage(state, generation)
         state.limits.settle(reservation, usage["total_tokens"])
         state.store.close_request(request_id, status, usage["completion_tokens"], generation.failovers, _parts(state, generation))
         state.metrics.tokens.labels("prompt").inc(prompt_tokens)
         state.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
-        # Chat answers from one miner are verified (the verifier teacher-forces a conversation).
-        if status == "ok" and chat and generation.events and not generation.failovers and state.verifier and state.rng.random() < state.settings.verify_share:
-            miner = state.router.miners.get(generation.parts[0][0])
-            if miner is not None:
-                task = asyncio.create_task(state.verifier(miner, generation.upstream_body(from_start=True), generation.events))
-                state.background.add(task)
-                task.add_done_callback(state.background.discard)
+        if status == "ok":
+            _maybe_verify(state, generation)
 
 
-def _usage(state: GatewayState, generation: Generation, prompt_tokens: int) -> dict[str, int]:
-    """Usage counted with the model's tokenizer (never the miner's count).
-    """
+def _maybe_verify(state: GatewayState, generation: Generation) -> None:
+    """Send a sampled share of chat answers that one miner wrote whole to the verifier (in the
+    background); the verifier teacher-forces a conversation, so text completions are left out."""
+    if not (generation.chat and generation.events and not generation.failovers and state.verifier):
+        return
+    miner = state.router.miners.get(generation.parts[0][0])
+    if miner is None or state.rng.random() >= state.settings.verify_share:
+        return
+    task = asyncio.create_task(state.verifier(miner, generation.upstream_body(from_start=True), generation.events))
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
+
+
+def _usage(state: GatewayState, generation: Generation) -> dict[str, int]:
+    """Usage counted with the model's tokenizer (never the miner's count)."""
     completion = state.counters[generation.model].completion(generation.text, generation.finish_reason)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
+    return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion, "total_tokens": generation.prompt_tokens + completion}
 
 
 def _parts(state: GatewayState, generation: Generation) -> list[tuple[int, str, int]]:
