@@ -35,7 +35,7 @@ from miner.models.tiny import build_tiny  # noqa: E402
 from tests.harness.adversary import perturbed_copy  # noqa: E402
 from validator import models as model_list  # noqa: E402
 from validator.challenges import generate  # noqa: E402
-from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
+from validator.verify import ReferenceEngine, Vocabulary, collect, verify  # noqa: E402
 
 MODEL = "slmnet/tiny-qwen2-s0"
 END_TOKEN_IDS = model_list.load().get(MODEL).end_token_ids
@@ -45,9 +45,9 @@ def start(folder: Path, tmp: Path, dtype: str = "float32") -> tuple[subprocess.P
     return start_engine(folder, MODEL, tmp, dtype=dtype)
 
 
-async def answer_and_verify(url: str, reference_url: str, concurrency: int, challenges) -> list:
+async def answer_and_verify(url: str, reference_url: str, vocabulary: Vocabulary, concurrency: int, challenges) -> list:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        reference = ReferenceEngine(session, reference_url, MODEL, END_TOKEN_IDS)
+        reference = ReferenceEngine(session, reference_url, MODEL, vocabulary, END_TOKEN_IDS)
         slots = asyncio.Semaphore(concurrency)
 
         async def one(challenge):
@@ -82,6 +82,7 @@ def main() -> None:
         tmp = Path(name)
         build_tiny(tmp / "s0", seed=0)
         reference, reference_url = start(tmp / "s0", tmp)
+        vocabulary = Vocabulary(tmp / "s0")
         try:
             for variant in args.variants:
                 print(f"  {variant} …", file=sys.stderr)
@@ -99,7 +100,7 @@ def main() -> None:
                     folder = tmp / "s1"
                 engine, url = start(folder, tmp, dtype)
                 try:
-                    rows.append(summarize(variant, asyncio.run(answer_and_verify(url, reference_url, concurrency, challenges))))
+                    rows.append(summarize(variant, asyncio.run(answer_and_verify(url, reference_url, vocabulary, concurrency, challenges))))
                 finally:
                     stop(engine)
         finally:

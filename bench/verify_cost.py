@@ -38,7 +38,7 @@ from bench._common import free_port, model_or_tiny, start_engine, stop, stream_c
 from validator import models as model_list  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.rounds import Target, run_round  # noqa: E402
-from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
+from validator.verify import ReferenceEngine, Vocabulary, collect, verify  # noqa: E402
 
 ROUND_SEED = 404
 
@@ -67,7 +67,7 @@ def _serve_replay(answers_path: str, port: int, tokens_per_s: float) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-async def time_rounds(args: argparse.Namespace, url: str, model_id: str, tmp: Path) -> list[dict]:
+async def time_rounds(args: argparse.Namespace, url: str, model: Path, model_id: str, tmp: Path) -> list[dict]:
     """Record honest answers to the round's challenges, then run rounds against simulated miners."""
     challenges = generate(ROUND_SEED, args.round_challenges)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -82,7 +82,7 @@ async def time_rounds(args: argparse.Namespace, url: str, model_id: str, tmp: Pa
     try:
         await asyncio.sleep(3)  # the replay server's start
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session:
-            references = {model_id: ReferenceEngine(session, url, model_id, supported.end_token_ids if supported else ())}
+            references = {model_id: ReferenceEngine(session, url, model_id, Vocabulary(model), supported.end_token_ids if supported else ())}
             for miners in args.miners:
                 targets = [Target(uid, keypair.ss58_address, f"http://127.0.0.1:{port}/m{uid}", model_id, 4) for uid in range(miners)]
                 started = time.perf_counter()
@@ -97,10 +97,10 @@ async def time_rounds(args: argparse.Namespace, url: str, model_id: str, tmp: Pa
     return rows
 
 
-async def run(args: argparse.Namespace, url: str, model_id: str) -> list[dict]:
+async def run(args: argparse.Namespace, url: str, model: Path, model_id: str) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        reference = ReferenceEngine(session, url, model_id)
+        reference = ReferenceEngine(session, url, model_id, Vocabulary(model))
         for challenge in generate(seed=args.seed, count=args.challenges):
             body = {**challenge.request(model_id), "max_tokens": args.max_tokens, "ignore_eos": True}
             started = time.perf_counter()
@@ -131,8 +131,8 @@ def main() -> None:
         print("starting the engine (about a minute on 2 cores)", file=sys.stderr)
         engine, url = start_engine(model, manifest.id, tmp, max_model_len=2048, kv_gib=2)
         try:
-            rows = asyncio.run(run(args, url, manifest.id))
-            round_rows = asyncio.run(time_rounds(args, url, manifest.id, tmp)) if args.miners else []
+            rows = asyncio.run(run(args, url, model, manifest.id))
+            round_rows = asyncio.run(time_rounds(args, url, model, manifest.id, tmp)) if args.miners else []
         finally:
             stop(engine)
 

@@ -63,6 +63,24 @@ class MinerView:
             return "closed"
         return "open" if now < self.open_until or self.trial_in_flight else "half-open"
 
+    def available(self, now: float) -> bool:
+        """Whether a request may go to it now: healthy, breaker not open, a free slot."""
+        return self.healthy and self.breaker(now) != "open" and self.in_flight < self.capacity
+
+    def take(self, now: float) -> bool:
+        """Count a request in flight; True when it is the breaker's half-open trial."""
+        trial = self.breaker(now) == "half-open"
+        self.trial_in_flight = self.trial_in_flight or trial
+        self.in_flight += 1
+        return trial
+
+    def release(self, trial: bool) -> None:
+        """The request ended, however it ended (success, failure, a 429, the user hanging up):
+        its slot is free, and so is the trial it was, so the breaker can never stay open for good."""
+        self.in_flight -= 1
+        if trial:
+            self.trial_in_flight = False
+
     def success(self, ttft: Optional[float], tokens_per_s: Optional[float]) -> None:
         self.requests += 1
         self.error_rate *= 1 - EWMA_ALPHA
@@ -132,7 +150,7 @@ class Router:
     def candidates(self, model: str) -> list[MinerView]:
         """The miners to try for ``model``, in order (empty when none can take it now)."""
         now = time.monotonic()
-        pool = [m for m in self.miners.values() if m.model == model and m.healthy and m.breaker(now) != "open" and m.in_flight < m.capacity]
+        pool = [m for m in self.miners.values() if m.model == model and m.available(now)]
         if not pool:
             return []
         weights = self.weights(pool)

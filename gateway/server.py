@@ -19,14 +19,16 @@ event and no ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Union
 
 import aiohttp
 from aiohttp import web
@@ -37,13 +39,18 @@ from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, 
 from gateway.limits import KeyLimits
 from gateway.router import MinerView, Router
 from gateway.store import Store
-from gateway.tokens import TokenCounter
-from miner.client import MinerClient, sse_events
-from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, describe_validation_error, error_body
+from gateway.tokens import TextBinding, TokenCounter
+from miner.client import MinerClient, miner_chunks
+from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, error_body, json_depth
+from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
+from protocol.sse import StreamViolation
 
 log = logging.getLogger(__name__)
 
 OVERHEAD_HEADER = "x-slmnet-overhead-ms"
+LEDGER_ID_HEADER = "x-slmnet-request-id"  # the gateway's own id for the request (the ledger's key)
+CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's X-Request-Id we echo: printable, no spaces, bounded
+MAX_JSON_DEPTH = 32
 MINER_HEADER = "x-slmnet-miner-uid"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STATIC = Path(__file__).with_name("static")
@@ -84,9 +91,10 @@ class GatewayState:
     keypair: Any
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    verifier: Optional[Callable[[MinerView, dict[str, Any], list[dict[str, Any]]], Awaitable[None]]] = None  # organic verification
+    verifier: Optional[Callable[[MinerView, dict[str, Any], StreamFold], Awaitable[None]]] = None  # organic verification
     session: Optional[aiohttp.ClientSession] = None
     limits: Optional[KeyLimits] = None
+    contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
     rng: random.Random = field(default_factory=random.Random)
     background: set = field(default_factory=set)
 
@@ -97,18 +105,16 @@ class MinerFailed(Exception):
         self.kind, self.detail, self.busy = kind, detail, busy
 
 
-class ClientRejected(Exception):
-    """The engine refused the request itself (4xx other than 429): the user's problem, not the miner's."""
-
-    def __init__(self, status: int, body: bytes):
-        super().__init__(f"HTTP {status}")
-        self.status, self.body = status, body
+class ClientGone(Exception):
+    """The user hung up: the request ends, the upstream request with it; nobody's failure."""
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    request["request_id"] = request_id
+    """Request ids, and every error as one OpenAI error body: ours with its status, anything else a 500."""
+    request_id = request["request_id"] = uuid.uuid4().hex  # the ledger's key: never the client's
+    client_id = request.headers.get("X-Request-Id", "")
+    request["echo_id"] = client_id if CLIENT_ID.fullmatch(client_id) else request_id
     state: GatewayState = request.app["state"]
     try:
         response = await handler(request)
@@ -116,10 +122,20 @@ async def errors_middleware(request: web.Request, handler: Callable) -> web.Stre
         response = _error_response(PayloadTooLarge(f"request body over {state.settings.max_body_bytes} bytes"), request)
     except HttpError as exc:
         response = _error_response(exc, request)
+    except web.HTTPException:
+        raise  # aiohttp's own (404 for an unknown path, 405): answered by aiohttp
+    except Exception:
+        log.exception("unexpected error on %s %s (request %s)", request.method, request.path, request_id)
+        body = error_body(f"internal error in the gateway; quote request id {request_id}", "server_error", "internal_error")
+        response = web.json_response(body, status=500)
     if not response.prepared:
-        response.headers["X-Request-Id"] = request_id
+        response.headers.update(request_headers(request))
     state.metrics.requests.labels(request.path if request.path.startswith("/v1/") else "other", str(response.status)).inc()
     return response
+
+
+def request_headers(request: web.Request) -> dict[str, str]:
+    return {"X-Request-Id": request["echo_id"], LEDGER_ID_HEADER: request["request_id"]}
 
 
 def _error_response(exc: HttpError, request: web.Request) -> web.Response:
@@ -169,7 +185,7 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     parts: list[list[Any]] = field(default_factory=list)  # [uid, hotkey, text chars at start]
     failovers: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)  # raw events of the first miner (organic verification)
+    first_answer: Optional[StreamFold] = None  # the first miner's whole answer, as it sent it (organic verification)
     usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
 
     def upstream_body(self, from_start: bool = False) -> dict[str, Any]:
@@ -189,44 +205,37 @@ class Generation:
         return body
 
 
-async def _miner_events(state: GatewayState, miner: MinerView, body: dict[str, Any], got_tokens: Callable[[], bool]) -> AsyncIterator[dict[str, Any]]:
-    """Events of one miner's stream; MinerFailed when it fails, stalls or ends without finishing."""
+async def _miner_events(state: GatewayState, miner: MinerView, body: dict[str, Any], fold: StreamFold, got_tokens: Callable[[], bool]) -> AsyncIterator[Chunk]:
+    """One miner's chunks, validated and folded into ``fold``; MinerFailed for anything the miner
+    did wrong: an error status (any: the gateway sent a request it validated), a stream that
+    breaks the protocol or reports an error, a stall in any phase, a disconnect, no finish."""
     client = MinerClient(state.session, miner.url, state.keypair, miner.hotkey)
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=state.settings.connect_timeout, sock_read=state.settings.first_token_timeout)
-    finished = False
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=state.settings.connect_timeout)
+    wait = state.settings.first_token_timeout
+    loop = asyncio.get_running_loop()
     try:
-        async with client.post(path, body, timeout=timeout) as response:
-            if response.status == 429:
-                raise MinerFailed("busy", (await response.text())[:200], busy=True)
-            if 400 <= response.status < 500 and response.status not in (401, 403, 404, 408):
-                raise ClientRejected(response.status, await response.read())
-            if response.status != 200:
-                raise MinerFailed(f"http_{response.status}", (await response.text())[:200])
-            loop = asyncio.get_running_loop()
-            stream = sse_events(response)
-            wait = state.settings.first_token_timeout
-            # One deadline, moved on at every event (a timer reschedule; wait_for per event cost 20 µs each).
-            async with asyncio.timeout(wait) as deadline:
-                while True:
-                    try:
-                        event = await stream.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    if "error" in event:
-                        raise MinerFailed("error_event", str(event["error"].get("message", event["error"]))[:200])
-                    finished = finished or any(c.get("finish_reason") for c in event.get("choices") or [])
-                    # The deadline must not run while the user's side is written: suspend it around the yield.
-                    deadline.reschedule(None)
-                    yield event
-                    wait = state.settings.stall_timeout if got_tokens() else state.settings.first_token_timeout
-                    deadline.reschedule(loop.time() + wait)
+        # One deadline, moved on at every chunk (a timer reschedule; wait_for per event cost 20 µs each).
+        async with asyncio.timeout(wait) as deadline:
+            async with client.post(path, body, timeout=timeout) as response:
+                if response.status != 200:
+                    raise MinerFailed("busy" if response.status == 429 else f"http_{response.status}", (await response.text(errors="replace"))[:200], busy=response.status == 429)
+                async with contextlib.aclosing(miner_chunks(response, fold)) as chunks:
+                    async for chunk in chunks:
+                        # The deadline must not run while the user's side is written: suspend it around the yield.
+                        deadline.reschedule(None)
+                        yield chunk
+                        wait = state.settings.stall_timeout if got_tokens() else state.settings.first_token_timeout
+                        deadline.reschedule(loop.time() + wait)
+        fold.close(require_done=False)
     except TimeoutError as exc:
-        raise MinerFailed("stalled", f"no chunk within {wait:g} s") from exc
-    except (aiohttp.ClientError, ValueError) as exc:
+        raise MinerFailed("stalled", f"no token within {wait:g} s" if not got_tokens() else f"no chunk within {wait:g} s") from exc
+    except StreamViolation as exc:
+        raise MinerFailed("violation", exc.reason) from exc
+    except aiohttp.ClientError as exc:
         raise MinerFailed("connection", f"{type(exc).__name__}: {exc}") from exc
-    if not finished:
-        raise MinerFailed("incomplete", "the stream ended without a finish_reason")
+    if fold.error is not None:
+        raise MinerFailed("error_event", fold.error[:200])
 
 
 class Relay:
@@ -241,75 +250,96 @@ class Relay:
         self.id = ("chatcmpl-" if generation.chat else "cmpl-") + request["request_id"]
         self.last_progress = time.monotonic()
 
-    def _user_event(self, event: dict[str, Any], continuing: bool) -> Optional[dict[str, Any]]:
+    def _user_choice(self, choice: Union[ChatChunkChoice, TextChunkChoice], continuing: bool) -> dict[str, Any]:
+        """A miner's choice as the user's chunk carries it: only what the user asked for, rebuilt from the validated model."""
         body = self.gen.body
-        choices = []
-        for choice in event.get("choices") or []:
-            choice = dict(choice)
-            if not body.get("return_token_ids"):
-                choice.pop("token_ids", None)
-            if self.gen.chat and not body.get("logprobs"):
-                choice.pop("logprobs", None)
-            if not self.gen.chat and body.get("logprobs") is None:
-                choice.pop("logprobs", None)
-            if continuing and self.gen.chat and "delta" in choice:
-                choice["delta"] = {k: v for k, v in choice["delta"].items() if k != "role"}
-            choices.append(choice)
-        if not choices:
-            return None  # the usage chunk: replaced by the gateway's own count at the end
-        out = {"id": self.id, "object": "chat.completion.chunk" if self.gen.chat else "text_completion", "created": self.created, "model": self.gen.model, "choices": choices}
-        if body.get("return_token_ids") and event.get("prompt_token_ids") is not None and not continuing:
-            out["prompt_token_ids"] = event["prompt_token_ids"]
+        if isinstance(choice, ChatChunkChoice):
+            delta = choice.delta.model_dump(exclude_none=True)
+            if continuing:
+                delta.pop("role", None)
+            logprobs = choice.logprobs.model_dump() if body.get("logprobs") and choice.logprobs is not None else None
+            out: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+        else:
+            logprobs = choice.logprobs.model_dump() if body.get("logprobs") is not None and choice.logprobs is not None else None
+            out = {"index": 0, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+        if body.get("return_token_ids"):
+            out["token_ids"] = choice.token_ids
         return out
 
+    def _user_event(self, chunk: Chunk, continuing: bool) -> Optional[dict[str, Any]]:
+        if not chunk.choices:
+            return None  # the usage chunk: replaced by the gateway's own count at the end
+        out = {"id": self.id, "object": self._chunk_object, "created": self.created, "model": self.gen.model,
+               "choices": [self._user_choice(c, continuing) for c in chunk.choices]}
+        if self.gen.body.get("return_token_ids") and chunk.prompt_token_ids is not None and not continuing:
+            out["prompt_token_ids"] = chunk.prompt_token_ids
+        return out
+
+    @property
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.gen.chat else "text_completion"
+
     def _headers(self) -> dict[str, str]:
-        headers = {"X-Request-Id": self.request["request_id"], OVERHEAD_HEADER: f"{self.overhead_ms:.3f}"}
+        headers = {**request_headers(self.request), OVERHEAD_HEADER: f"{self.overhead_ms:.3f}"}
         if self.gen.parts:
             headers[MINER_HEADER] = ",".join(str(uid) for uid, _, _ in self.gen.parts)  # the miners that answered, in turn
         return headers
 
     async def _start_stream(self) -> None:
         self.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self._headers()})
-        await self.response.prepare(self.request)
+        try:
+            await self.response.prepare(self.request)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGone() from exc
 
-    async def _write(self, event: dict[str, Any]) -> None:
-        await self.response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+    async def _write(self, event: dict[str, Any], raw: bytes = b"") -> None:
+        try:
+            await self.response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" + raw if event else raw)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGone() from exc
 
-    def _absorb(self, event: dict[str, Any]) -> None:
-        for choice in event.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content") if self.gen.chat else choice.get("text")
+    def _absorb(self, chunk: Chunk, binding: TextBinding) -> None:
+        for choice in chunk.choices:
+            piece = choice.delta.content if isinstance(choice, ChatChunkChoice) else choice.text
+            binding.feed(choice.token_ids or [], piece)  # StreamViolation: the user must not read text its ids do not spell
             self.gen.text += piece or ""
-            ids = choice.get("token_ids") or []
+            ids = choice.token_ids or []
             self.gen.token_ids += ids
             self.gen.upstream_tokens += len(ids) if ids else (1 if piece else 0)
-            if self.gen.chat:
-                self.gen.logprobs += (choice.get("logprobs") or {}).get("content") or []
-            if choice.get("finish_reason"):
-                self.gen.finish_reason = choice["finish_reason"]
+            if isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:
+                self.gen.logprobs += [entry.model_dump() for entry in choice.logprobs.content or []]
+            if choice.finish_reason:
+                self.gen.finish_reason = choice.finish_reason
 
     async def _from(self, miner: MinerView) -> None:
-        """Stream ``miner``'s answer into the user's; MinerFailed / ClientRejected escape."""
+        """Stream ``miner``'s answer into the user's; MinerFailed and ClientGone escape."""
         continuing = bool(self.gen.parts) and bool(self.gen.text)
         body = self.gen.upstream_body()
+        fold = StreamFold(chat=self.gen.chat, max_tokens=body["max_tokens"], logprobs=bool(body.get("logprobs")))
         sent = time.monotonic()
         first_token_at = None
         tokens_before = self.gen.upstream_tokens
         self.gen.parts.append([miner.uid, miner.hotkey, len(self.gen.text)])
-        async for event in _miner_events(self.state, miner, body, lambda: first_token_at is not None):
-            if not self.gen.failovers and len(self.gen.parts) == 1:
-                self.gen.events.append(event)
-            self._absorb(event)
-            if first_token_at is None and self.gen.upstream_tokens > tokens_before:
-                first_token_at = time.monotonic()
-                self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
-                if self.user_stream and self.response is None:
-                    await self._start_stream()
-            user_event = self._user_event(event, continuing)
-            if user_event is not None and self.user_stream and self.response is not None:
-                await self._write(user_event)
-            if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
-                self.last_progress = time.monotonic()
-                self.state.store.progress(self.request["request_id"], self.state.counters[self.gen.model].completion(self.gen.text, None))
+        binding = TextBinding(self.state.counters[self.gen.model])
+        async with contextlib.aclosing(_miner_events(self.state, miner, body, fold, lambda: first_token_at is not None)) as chunks:
+            async for chunk in chunks:
+                try:
+                    self._absorb(chunk, binding)
+                except StreamViolation as exc:
+                    raise MinerFailed("violation", exc.reason) from exc
+                if first_token_at is None and self.gen.upstream_tokens > tokens_before:
+                    first_token_at = time.monotonic()
+                    self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
+                    if self.user_stream and self.response is None:
+                        await self._start_stream()
+                user_event = self._user_event(chunk, continuing)
+                if user_event is not None and self.user_stream and self.response is not None:
+                    await self._write(user_event)
+                if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
+                    self.last_progress = time.monotonic()
+                    self.state.store.progress(self.request["request_id"], self.state.counters[self.gen.model].completion(self.gen.text, None))
+        if len(self.gen.parts) == 1:
+            self.gen.first_answer = fold
         elapsed = time.monotonic() - sent
         produced = self.gen.upstream_tokens - tokens_before
         miner.success(first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
@@ -319,32 +349,28 @@ class Relay:
         failures: list[tuple[str, bool]] = []  # (what happened, whether it was only a full miner)
         busy_until = time.monotonic() + self.state.settings.busy_wait
         attempts = 0  # miners that took the request (a 429 is not an attempt)
+        order: list[MinerView] = []  # the router's order, drawn once and walked: a retry goes to the next best, not to a new draw
         while attempts < self.state.settings.max_attempts and self.gen.finish_reason is None:
-            candidates = [m for m in self.state.router.candidates(self.gen.model) if m.uid not in tried]
-            if not candidates and all(busy for _, busy in failures) and time.monotonic() < busy_until and self.state.router.models().get(self.gen.model):
+            if not order:
+                order = [m for m in self.state.router.candidates(self.gen.model) if m.uid not in tried]
+            if not order and all(busy for _, busy in failures) and time.monotonic() < busy_until and self.state.router.models().get(self.gen.model):
                 # Every miner is at its limit (here or by its own 429): wait for a free slot rather than fail the user.
                 await asyncio.sleep(BUSY_RETRY_S)
                 tried.clear()
                 failures.clear()
                 continue
-            if not candidates:
+            if not order:
                 break
-            miner = candidates[0]
+            miner = order.pop(0)
+            if not miner.available(time.monotonic()):
+                continue  # its breaker opened, or it filled up, since the order was drawn
             tried.add(miner.uid)
-            if miner.breaker(time.monotonic()) == "half-open":
-                miner.trial_in_flight = True
-            miner.in_flight += 1
+            trial = miner.take(time.monotonic())
             try:
                 await self._from(miner)
-            except ClientRejected as exc:
-                # The engine refused the request itself (too long a prompt, a bad option): the same everywhere.
-                miner.success(None, None)
-                if not self.gen.text and self.response is None:
-                    return web.Response(body=exc.body, status=exc.status, headers={"Content-Type": "application/json", **self._headers()})
-                failures.append((f"uid {miner.uid} refused the continuation: HTTP {exc.status} {exc.body[:200]!r}", False))
-                break
             except MinerFailed as exc:
-                failures.append((f"uid {miner.uid}: {exc}", exc.busy))
+                # What the miner said goes to the log only: users never read a miner's own words.
+                failures.append((f"uid {miner.uid}: {exc.kind}", exc.busy))
                 if exc.busy:  # full: nothing was produced, nothing is held against it
                     self.gen.parts.pop()
                     continue
@@ -352,13 +378,16 @@ class Relay:
                 log.warning("miner uid %s failed on request %s (%s); %s", miner.uid, self.request["request_id"], exc, "continuing on another" if self.gen.text else "retrying")
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
                 miner.failure(time.monotonic())
+                if self.gen.upstream_tokens >= self.gen.max_tokens:
+                    self.gen.finish_reason = "length"  # it failed after the last token it was owed: the answer is whole
+                    break
                 if self.gen.text:
                     self.gen.failovers += 1
                 self.state.metrics.failovers.labels("mid_stream" if self.gen.text else "before_first_token").inc()
             else:
                 attempts += 1
             finally:
-                miner.in_flight -= 1
+                miner.release(trial)
         if self.gen.finish_reason is None:
             return await self._fail(failures)
         return await self._finish()
@@ -369,8 +398,11 @@ class Relay:
             if all(busy for _, busy in failures):
                 raise NoMinerAvailable(f"every miner serving '{self.gen.model}' is busy or down; retry shortly", headers={"Retry-After": "2"})
             raise UpstreamFailed(f"no miner could answer ({detail})")
-        error = error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed")
-        await self._write(error)
+        # The OpenAI stream convention for a failed answer: a last chunk with finish_reason "error", then the error event.
+        last = {"id": self.id, "object": self._chunk_object, "created": self.created, "model": self.gen.model,
+                "choices": [{"index": 0, **({"delta": {}} if self.gen.chat else {"text": ""}), "logprobs": None, "finish_reason": "error"}]}
+        await self._write(last)
+        await self._write(error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed"))
         await self.response.write_eof()
         return self.response
 
@@ -379,10 +411,8 @@ class Relay:
         if self.user_stream:
             if self.response is None:  # finished without a single token
                 await self._start_stream()
-            if (self.gen.body.get("stream_options") or {}).get("include_usage"):
-                await self._write({"id": self.id, "object": "chat.completion.chunk" if self.gen.chat else "text_completion", "created": self.created,
-                                   "model": self.gen.model, "choices": [], "usage": usage})
-            await self.response.write(b"data: [DONE]\n\n")
+            final = {"id": self.id, "object": self._chunk_object, "created": self.created, "model": self.gen.model, "choices": [], "usage": usage}
+            await self._write(final if (self.gen.body.get("stream_options") or {}).get("include_usage") else {}, b"data: [DONE]\n\n")
             await self.response.write_eof()
             return self.response
         if self.gen.chat:
@@ -400,16 +430,16 @@ class Relay:
         return web.json_response(payload, headers=self._headers())
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
-    state: GatewayState = request.app["state"]
-    started = time.monotonic()
-    if request.content_length is not None and request.content_length > state.settings.max_body_bytes:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {state.settings.max_body_bytes}-byte limit")
-    key = _authenticate(request, state)
+async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[str, Any], str]:
+    """(chat?, the request as the gateway forwards it, the model to serve); BadRequest naming the field."""
     try:
         raw = await request.json()
+    except RecursionError as exc:
+        raise BadRequest(f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_json") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from exc
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise BadRequest(f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
     wire = REQUEST_MODELS[request.path]
     try:
         parsed = wire.model_validate(raw)
@@ -419,12 +449,31 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise BadRequest("n > 1 is not supported: send n requests", "unsupported_n")
     model = _resolve_model(parsed.model, state.router, state.counters)
     chat = wire is ChatCompletionRequest
-    body = parsed.model_dump(exclude_unset=True, mode="json")
-    if not chat and not isinstance(body["prompt"], str):
+    # Only the fields slmnet knows and has checked go on; the rest (and the user's own tag) stay here.
+    body = {k: v for k, v in parsed.model_dump(exclude_unset=True, mode="json").items() if k in wire.model_fields and k != "user"}
+    if chat:
+        try:
+            body["messages"] = [m.plain(i) for i, m in enumerate(parsed.messages)]
+        except ContentNotSupported as exc:
+            raise BadRequest(str(exc), "unsupported_content") from exc
+    elif not isinstance(body["prompt"], str):
         raise BadRequest("the gateway takes a single string prompt on /v1/completions", "unsupported_prompt")
+    return chat, body, model
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state: GatewayState = request.app["state"]
+    started = time.monotonic()
+    if request.content_length is not None and request.content_length > state.settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {state.settings.max_body_bytes}-byte limit")
+    key = _authenticate(request, state)
+    chat, body, model = await _parse(request, state)
     counter = state.counters[model]
     prompt_tokens = counter.prompt(messages=body.get("messages"), prompt=body.get("prompt", ""))
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
+    context = state.contexts.get(model)
+    if context is not None and prompt_tokens + max_tokens > context:
+        raise BadRequest(f"{prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed {model}'s context of {context} tokens", "context_length_exceeded")
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
     request_id = request["request_id"]
     state.store.open_request(request_id, key.id, model, prompt_tokens)
@@ -432,13 +481,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
     overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
     state.metrics.overhead.observe(overhead_ms / 1000)
     status = "failed"
+    relay = Relay(request, state, generation, overhead_ms)
     try:
-        response = await Relay(request, state, generation, overhead_ms).run()
+        response = await relay.run()
         status = "ok" if generation.finish_reason else "cut"
         return response
-    except asyncio.CancelledError:
-        status = "client_gone"
-        raise
+    except (ClientGone, asyncio.CancelledError) as exc:
+        # The user hung up: the upstream request was closed with the stream; the tokens so far are charged.
+        status = "cancelled"
+        log.info("client went away on request %s after %s characters", request_id, len(generation.text))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return relay.response or web.Response(status=499)
     finally:
         usage = generation.usage or _usage(state, generation)
         state.limits.settle(reservation, usage["total_tokens"])
@@ -452,12 +506,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
 def _maybe_verify(state: GatewayState, generation: Generation) -> None:
     """Send a sampled share of chat answers that one miner wrote whole to the verifier (in the
     background); the verifier teacher-forces a conversation, so text completions are left out."""
-    if not (generation.chat and generation.events and not generation.failovers and state.verifier):
+    if not (generation.chat and generation.first_answer is not None and not generation.failovers and state.verifier):
         return
     miner = state.router.miners.get(generation.parts[0][0])
     if miner is None or state.rng.random() >= state.settings.verify_share:
         return
-    task = asyncio.create_task(state.verifier(miner, generation.upstream_body(from_start=True), generation.events))
+    task = asyncio.create_task(state.verifier(miner, generation.upstream_body(from_start=True), generation.first_answer))
     state.background.add(task)
     task.add_done_callback(state.background.discard)
 

@@ -28,7 +28,8 @@ from gateway.store import Store
 from gateway.tokens import TokenCounter
 from validator.models import ModelList
 from validator.store import Store as ValidatorStore
-from validator.verify import ReferenceEngine, ReferenceError, collect, verify
+from protocol.responses import StreamFold
+from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, Vocabulary, verify
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +75,25 @@ class Gateway:
         if interrupted:
             log.warning("%s request(s) were in flight when the gateway last stopped; kept in the ledger as 'interrupted'", interrupted)
         counters = {model: TokenCounter(folder) for model, folder in config.tokenizers.items()}
-        self.state = GatewayState(store=self.store, router=Router(explore=config.explore), counters=counters, keypair=self.wallet.hotkey, settings=config.settings)
+        self.state = GatewayState(store=self.store, router=Router(explore=config.explore), counters=counters, keypair=self.wallet.hotkey, settings=config.settings,
+                                  contexts={m.id: m.max_context for m in config.models.models})
         self.references: dict[str, str] = dict(config.references)
+        self.vocabularies = {model: Vocabulary(config.tokenizers[model]) for model in self.references if model in config.tokenizers}
         self.validator_store = ValidatorStore(config.validator_db) if config.validator_db else None
         if self.references:
             self.state.verifier = self.verify_organic
         self.app = create_app(self.state)
 
-    async def verify_organic(self, miner: MinerView, body: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    async def verify_organic(self, miner: MinerView, body: dict[str, Any], answer: StreamFold) -> None:
         """Verify one user's answer like a challenge; the verdict goes to the dashboard and the validator."""
-        url = self.references.get(miner.model)
-        if url is None:
+        url, vocabulary = self.references.get(miner.model), self.vocabularies.get(miner.model)
+        if url is None or vocabulary is None:
             return
         supported = self.config.models.get(miner.model)
-        reference = ReferenceEngine(self.state.session, url, miner.model, supported.end_token_ids if supported else ())
+        reference = ReferenceEngine(self.state.session, url, miner.model, vocabulary, supported.end_token_ids if supported else (),
+                                    max_context=supported.max_context if supported else 1 << 30)
         try:
-            verdict = await verify(reference, body, collect(events))
+            verdict = await verify(reference, body, MinerResponse.from_fold(answer))
         except ReferenceError as exc:
             log.warning("organic verification skipped: %s", exc)
             return
@@ -124,8 +128,11 @@ class Gateway:
                 miner.healthy = False
 
         while True:
-            await asyncio.gather(*(probe(m) for m in list(self.state.router.miners.values())))
-            self.state.router.snapshot()
+            try:
+                await asyncio.gather(*(probe(m) for m in list(self.state.router.miners.values())))
+                self.state.router.snapshot()
+            except Exception:  # a bug here must not stop health checks for good: log it, go on at the next tick
+                log.exception("health round failed")
             await asyncio.sleep(self.config.health_interval)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -32,3 +32,36 @@ class TokenCounter:
 
     def completion(self, text: str, finish_reason: Optional[str]) -> int:
         return self._count(text) + (1 if finish_reason == "stop" else 0)
+
+
+class TextBinding:
+    """The text a miner's token ids spell, followed id by id as its stream arrives: a chunk whose
+    text is not what its ids spell (or an id the model does not have) is a ``StreamViolation``
+    before the user sees it. The ids are detokenized with the Rust tokenizer's ``DecodeStream``
+    (≈ 1.3 µs an id), the incremental decoder vLLM itself streams with: an honest miner's text
+    is the decoder's text, or a prefix of it (held-back bytes of an unfinished character, text
+    held back while it might start a ``stop`` string)."""
+
+    def __init__(self, counter: TokenCounter):
+        from tokenizers.decoders import DecodeStream
+
+        self.fast = counter.fast
+        self.vocab_size = counter.fast.get_vocab_size(with_added_tokens=True)
+        self.stream = DecodeStream(skip_special_tokens=True)
+        self.spelled = ""  # what the ids so far spell
+        self.shown = 0  # characters of it the miner has shown
+
+    def feed(self, token_ids: list[int], piece: Optional[str]) -> None:
+        from protocol.sse import StreamViolation
+
+        for token_id in token_ids:
+            if not 0 <= token_id < self.vocab_size:
+                raise StreamViolation(f"token id {token_id} is outside the model's vocabulary of {self.vocab_size}")
+            try:
+                self.spelled += self.stream.step(self.fast, token_id) or ""
+            except Exception as exc:  # the Rust decoder's own error types are not exported
+                raise StreamViolation(f"token id {token_id} cannot be detokenized: {exc}") from exc
+        if piece:
+            if self.spelled[self.shown:self.shown + len(piece)] != piece:
+                raise StreamViolation("the text is not what the token ids spell")
+            self.shown += len(piece)

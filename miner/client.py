@@ -13,6 +13,9 @@ from typing import Any, AsyncIterator, Optional
 import aiohttp
 import bittensor as bt
 
+from protocol.responses import Chunk, StreamFold
+from protocol.sse import SseLimits, StreamViolation, sse_data
+
 
 def signed_headers(keypair: Any, receiver: str, method: str, path: str, body: bytes = b"", nonce_ns: Optional[int] = None) -> dict[str, str]:
     headers = bt.http_auth.sign(keypair, method=method, path=path, body=body, receiver_ss58=receiver, nonce_ns=nonce_ns)
@@ -22,13 +25,26 @@ def signed_headers(keypair: Any, receiver: str, method: str, path: str, body: by
 
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """The JSON events of a server-sent-event stream, as they arrive, read to the end of the
-    body (not just to ``[DONE]``): a caller that stops early hangs up before the server has
-    finished the request, and would meet its own request still counted in flight."""
-    async for line in response.content:
-        data = line.strip().removeprefix(b"data: ")
-        if data and data != b"[DONE]":
+    """The JSON events of a stream from an engine we run ourselves (benches, harness), as they
+    arrive, read to the end of the body (not just to ``[DONE]``): a caller that stops early hangs
+    up before the server has finished the request, and would meet its own request still counted
+    in flight. A miner's stream is read with ``miner_chunks`` instead."""
+    async for data in sse_data(response.content.iter_any()):
+        if data != "[DONE]":
             yield json.loads(data)
+
+
+async def miner_chunks(response: aiohttp.ClientResponse, fold: StreamFold, limits: SseLimits = SseLimits()) -> AsyncIterator[Chunk]:
+    """A miner's completion stream, each chunk validated and folded into ``fold`` as it arrives,
+    read to the end of the body; ``StreamViolation`` the moment the miner breaks the protocol
+    (wrong content type, bad event, too big, tokens past the end…). The caller checks
+    ``fold.close()`` when it ends."""
+    if response.content_type != "text/event-stream":
+        raise StreamViolation(f"a stream answered with Content-Type {response.content_type!r}")
+    async for data in sse_data(response.content.iter_any(), limits):
+        chunk = fold.add(data)
+        if chunk is not None:
+            yield chunk
 
 
 class MinerClient:

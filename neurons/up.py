@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from miner.engine import EngineSpec
 from neurons.common import CliError, free_port, http_status
 
 NETUID = 1
@@ -136,11 +137,10 @@ class Subnet:
 
     def launch(self, smollm2: Path, tiny: Path) -> None:
         slmnet = [sys.executable, "-m", "neurons.cli"]
-        engine_port = free_port()
-        engine_url = f"http://127.0.0.1:{engine_port}"
-        self.start(Proc("engine-smollm2", [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2), "--served-model-name", SMOLLM2,
-                                           "--dtype", "float32", "--host", "127.0.0.1", "--port", str(engine_port), "--max-model-len", "4096",
-                                           "--disable-uvicorn-access-log", EAGER, "--kv-cache-memory-bytes", KV_BYTES], health=engine_url + "/health"))
+        engine = EngineSpec(model=str(smollm2), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096,
+                            extra_args=(EAGER, "--kv-cache-memory-bytes", KV_BYTES))
+        engine_url = engine.url
+        self.start(Proc("engine-smollm2", engine.command(), health=engine_url + "/health"))
         for name in ("smollm2-a", "smollm2-b"):
             port = free_port()
             self.start(Proc(f"miner-{name}", [*slmnet, "miner", *self.chain_flags(name), "--model", str(smollm2), "--engine-url", engine_url, "--port", str(port),

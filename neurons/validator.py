@@ -15,6 +15,8 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default="~/.slmnet/validator", help="SQLite state, rounds.jsonl, wandb runs")
     p.add_argument("--model-list", default=None, help="the subnet's model list (default: the one in the repo)")
     p.add_argument("--reference", action="append", default=[], metavar="ID=URL", help="attach to a running reference vLLM server for model ID (repeatable)")
+    p.add_argument("--tokenizer", action="append", default=[], metavar="ID=DIR",
+                   help="folder with model ID's tokenizer, which binds a miner's text to its token ids (default: the engine's folder, or the model list's source)")
     p.add_argument("--serve-reference", action="append", default=[], metavar="ID", help="start a reference engine for model ID from the model list (repeatable)")
     p.add_argument("--dtype", default="auto", help="vLLM --dtype of started reference engines")
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument for started engines (repeatable)")
@@ -84,9 +86,15 @@ def build_config(args: argparse.Namespace):
                                   extra_args=tuple(args.engine_arg)))
     if not references and not engines:
         raise CliError("give at least one --reference ID=URL or --serve-reference ID")
+    tokenizers = {spec.served_name: spec.model for spec in engines}
+    tokenizers.update(model_pairs("--tokenizer", args.tokenizer, models))
+    for model_id, _ in references:
+        if model_id not in tokenizers:
+            tokenizers[model_id] = model_folder(models.get(model_id).source, default_cache_dir())
     return ValidatorConfig(
         network=args.network, netuid=args.netuid, wallet_path=str(Path(args.wallet_path).expanduser()), wallet_name=args.wallet_name,
-        wallet_hotkey=args.wallet_hotkey, state_dir=Path(args.state_dir).expanduser(), models=models, references=tuple(references), engines=tuple(engines),
+        wallet_hotkey=args.wallet_hotkey, state_dir=Path(args.state_dir).expanduser(), models=models, tokenizers=tuple(tokenizers.items()),
+        references=tuple(references), engines=tuple(engines),
         challenges_per_miner=args.challenges_per_miner, round_interval=args.round_interval, weights_interval_blocks=args.weights_interval,
         metrics_port=args.metrics_port, wandb_project=args.wandb_project, max_rounds=args.max_rounds,
     )

@@ -19,10 +19,41 @@ class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+MAX_SEED = 2**63 - 1  # engines keep the seed in 64 bits
+
+
+class ContentNotSupported(ValueError):
+    """A message part slmnet's text models cannot take (an image, audio…); ``param`` names it."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+class ContentPart(OpenAIModel):
+    type: str = Field(max_length=64)
+    text: Optional[str] = None
+
+
 class ChatMessage(OpenAIModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[dict[str, Any]], None] = None
-    name: Optional[str] = None
+    content: Union[str, list[ContentPart], None] = None
+    name: Optional[str] = Field(default=None, max_length=256)
+
+    def plain(self, index: int) -> dict[str, Any]:
+        """The message with its content as one string (text parts joined, null as empty):
+        what a text model's chat template takes. ContentNotSupported for any other part."""
+        content = self.content
+        if isinstance(content, list):
+            for number, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise ContentNotSupported(f"messages.{index}.content.{number}: a '{part.type}' part; slmnet's models take text parts only",
+                                              f"messages.{index}.content.{number}.type")
+            content = "".join(part.text or "" for part in content)
+        message: dict[str, Any] = {"role": self.role, "content": content or ""}
+        if self.name is not None:
+            message["name"] = self.name
+        return message
 
 
 class StreamOptions(OpenAIModel):
@@ -32,23 +63,31 @@ class StreamOptions(OpenAIModel):
 class SamplingFields(OpenAIModel):
     """The fields chat and text completions share."""
 
-    model: str = Field(min_length=1)
-    max_tokens: Optional[int] = Field(default=None, ge=1)
+    model: str = Field(min_length=1, max_length=256)
+    frequency_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    max_tokens: Optional[int] = Field(default=None, ge=1, le=1 << 20)
     n: int = Field(default=1, ge=1, le=8)
-    seed: Optional[int] = None
-    stop: Union[str, list[str], None] = None
+    presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
+    seed: Optional[int] = Field(default=None, ge=-MAX_SEED - 1, le=MAX_SEED)
+    stop: Union[str, list[str], None] = Field(default=None, max_length=16)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     temperature: Optional[float] = Field(default=None, ge=0, le=2)
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
+    user: Optional[str] = Field(default=None, max_length=256, description="Kept by the gateway, never sent to a miner")
+    # vLLM's sampling extensions, same names
+    top_k: Optional[int] = Field(default=None, ge=-1, le=1 << 20, description="-1 or 0: no top-k")
+    min_p: Optional[float] = Field(default=None, ge=0, le=1)
+    repetition_penalty: Optional[float] = Field(default=None, gt=0, le=2)
+    ignore_eos: Optional[bool] = Field(default=None, description="Generate max_tokens tokens whatever the model's end")
     # slmnet additions (vLLM names them the same)
     return_token_ids: Optional[bool] = Field(default=None, description="Return the prompt's and the completion's token ids; verification needs them")
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
     logprobs: Optional[bool] = None
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
+    max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=1 << 20)
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
     @model_validator(mode="after")
@@ -74,6 +113,17 @@ REQUEST_MODELS: dict[str, type[SamplingFields]] = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
 }
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects, counted without recursion."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        item, d = level.pop()
+        if isinstance(item, (dict, list)):
+            depth = max(depth, d)
+            level.extend((child, d + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return depth
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -13,13 +13,20 @@ Units: every score is in [0, 1]. A round score is
   tokens/s): a miner serving a larger, better model is not beaten on speed by one serving
   a tiny model; the quality term is where the model choice pays.
 
-Any fidelity failure (the answer did not come from the declared model) zeroes the miner
-and keeps it at zero for ``ban_rounds`` rounds. A buffered round — at least
-``BUFFERED_MIN_ANSWERS`` answers long enough to judge, and at least ``BUFFERED_SHARE`` of
-them, arrived in one burst — scores 0 for that round, without the ban: an honest engine
-under load coalesces an answer into one chunk now and then (39 of 1000 honest answers on
-2 busy vCPUs; every answer of a freshly started engine while three others compiled
-beside it), while a miner that buffers does it every round and so never earns standing. Standing is an EMA of round scores,
+Any fidelity failure (the answer did not come from the declared model, or the miner sent
+something that cannot be verified) zeroes the miner and keeps it at zero for
+``ban_rounds`` rounds. Outcomes the validator could not judge because its own reference
+failed (``unverified``) count neither for nor against the miner: a round of nothing else
+leaves its standing as it was.
+
+Buffering (holding the answer back and sending it in one burst) is judged per miner over
+its last ``BUFFERED_WINDOW`` answers long enough to judge, across rounds: it buffers when
+at least ``BUFFERED_MIN_JUDGED`` are known and at least ``BUFFERED_SHARE`` of them came in
+one burst. A buffering miner scores 0 for the round and its standing starts again from
+zero (no ban: an honest miner flagged by bad luck recovers). Calibration in
+``docs/calibration.md``: honest engines under load send 3.9% of answers as bursts; the
+rule flags such a miner with probability below 2.3e-6 per round, and a miner that buffers
+everything as soon as it has 4 judged answers. Standing is an EMA of round scores,
 scaled by ``min(1, rounds / min_rounds)`` so a new miner earns full weight only after
 enough samples.
 """
@@ -34,15 +41,16 @@ from scoring.latency import BURST_MIN_TOKENS, Speed, quantile
 
 QUALITY_SHARE = 0.5
 THROUGHPUT_QUANTILE = 0.3  # a low percentile: a miner is as fast as its slow answers
-BUFFERED_SHARE = 0.5
-BUFFERED_MIN_ANSWERS = 3
+BUFFERED_WINDOW = 24
+BUFFERED_MIN_JUDGED = 4
+BUFFERED_SHARE = 0.9
 
 
 @dataclass(frozen=True)
 class Outcome:
     """One challenge sent to one miner."""
 
-    kind: Literal["ok", "error", "timeout", "refused"]  # refused: 429 while under declared capacity
+    kind: Literal["ok", "error", "timeout", "refused", "unverified"]  # refused: 429 under declared capacity; unverified: our reference failed
     fidelity_passed: Optional[bool] = None  # None when it was not verified
     correct: Optional[float] = None  # 0..1 for a checkable task, None for an open prompt
     speed: Optional[Speed] = None
@@ -56,7 +64,7 @@ class RoundStats:
     quality: Optional[float]
     ttft_p50: Optional[float]
     tokens_per_s_p30: Optional[float]
-    buffered: bool = False  # the round's answers came in bursts: the round scores 0
+    buffered: bool = False  # the miner's recent answers came in bursts: the round scores 0
 
 
 @dataclass(frozen=True)
@@ -79,27 +87,41 @@ class Standing:
         return self.ema * min(1.0, self.rounds / params.min_rounds)
 
 
-def summarize(outcomes: Sequence[Outcome]) -> RoundStats:
-    answered = [o for o in outcomes if o.kind == "ok"]
+def judged_streamed(outcome: Outcome) -> Optional[bool]:
+    """Whether an answer long enough to judge was streamed (None: not judged)."""
+    speed = outcome.speed
+    return speed.streamed if outcome.kind == "ok" and speed is not None and speed.tokens >= BURST_MIN_TOKENS else None
+
+
+def buffers(streamed: Sequence[bool]) -> bool:
+    """Whether a miner buffers, from its judged answers' streamed flags, oldest first."""
+    recent = streamed[-BUFFERED_WINDOW:]
+    bursts = sum(not s for s in recent)
+    return len(recent) >= BUFFERED_MIN_JUDGED and bursts >= BUFFERED_SHARE * len(recent)
+
+
+def summarize(outcomes: Sequence[Outcome], history: Sequence[bool] = ()) -> RoundStats:
+    """One miner's round; ``history``: the streamed flags of its judged answers in earlier rounds, oldest first."""
+    counted = [o for o in outcomes if o.kind != "unverified"]
+    answered = [o for o in counted if o.kind == "ok"]
     correct = [o.correct for o in answered if o.correct is not None]
     speeds = [o.speed for o in answered if o.speed is not None]
-    judged = [s for s in speeds if s.tokens >= BURST_MIN_TOKENS]
-    bursts = sum(not s.streamed for s in judged)
-    buffered = bursts >= BUFFERED_MIN_ANSWERS and bursts >= BUFFERED_SHARE * len(judged)
+    judged = [flag for o in answered if (flag := judged_streamed(o)) is not None]
     return RoundStats(
         answered=len(answered),
-        sent=len(outcomes),
+        sent=len(counted),
         fidelity_failed=any(o.fidelity_passed is False for o in outcomes),
         quality=statistics.fmean(correct) if correct else None,
         ttft_p50=statistics.median(s.ttft for s in speeds) if speeds else None,
         tokens_per_s_p30=quantile([s.tokens_per_s for s in speeds], THROUGHPUT_QUANTILE) if speeds else None,
-        buffered=buffered,
+        buffered=buffers([*history, *judged]),
     )
 
 
 def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, str]] = None) -> dict[int, float]:
     """Each miner's score for the round (uid → [0, 1]); speed is relative to the round's best
-    miner of the same model (``models``: uid → model id; all one group when omitted)."""
+    miner of the same model (``models``: uid → model id; all one group when omitted). A miner
+    with nothing counted this round (every answer unverified) gets no score: its standing stays."""
     models = models or {}
     best: dict[Optional[str], tuple[Optional[float], Optional[float]]] = {}
     for group in {models.get(uid) for uid in stats}:
@@ -110,7 +132,9 @@ def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, 
     scores = {}
     for uid, s in stats.items():
         best_ttft, best_rate = best[models.get(uid)]
-        if s.fidelity_failed or s.buffered or not s.sent or not s.answered:
+        if not s.sent and not s.fidelity_failed:
+            continue
+        if s.fidelity_failed or s.buffered or not s.answered:
             scores[uid] = 0.0
             continue
         speed_parts = []
@@ -125,12 +149,14 @@ def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, 
     return scores
 
 
-def update(standing: Standing, score: float, fidelity_failed: bool, round_index: int, params: AggregationParams) -> Standing:
+def update(standing: Standing, score: float, fidelity_failed: bool, round_index: int, params: AggregationParams, buffered: bool = False) -> Standing:
     """The standing after one more round."""
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"round score {score} is outside [0, 1]")
     if fidelity_failed:
         return Standing(ema=0.0, rounds=0, banned_until=round_index + params.ban_rounds)
+    if buffered:
+        return Standing(ema=0.0, rounds=0, banned_until=standing.banned_until)
     if round_index < standing.banned_until:
         return standing
     return replace(standing, ema=params.alpha * score + (1 - params.alpha) * standing.ema, rounds=standing.rounds + 1)

@@ -1,9 +1,12 @@
 """Asking one miner one challenge: a signed streamed request, every chunk's arrival timed.
 
-Timeouts are explicit: connecting, the first byte (``ttft_timeout``), and the whole
-answer (``total_timeout``). The outcome kinds match ``scoring.aggregate.Outcome``: a 429
-counts against the miner only when it was under its declared capacity, which the
-validator guarantees by never sending more than that at once.
+Timeouts are explicit: connecting, the first token (``ttft``: bytes that carry no token,
+such as comments dripped to keep a socket alive, do not count), and the whole answer
+(``total``). The outcome kinds match ``scoring.aggregate.Outcome``: a 429 counts against
+the miner only when it was under its declared capacity, which the validator guarantees
+by never sending more than that at once. A stream that breaks the protocol (see
+``protocol.responses``) is ``violation``: the answer cannot be verified because of what the
+miner sent, which the round scores as a fidelity failure.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Any, Optional
 
 import aiohttp
 
-from miner.client import MinerClient, sse_events
+from miner.client import MinerClient, miner_chunks
+from protocol.responses import StreamFold
+from protocol.sse import StreamViolation
 from scoring.latency import StreamTiming
-from validator.verify import MinerResponse, collect
+from validator.verify import MinerResponse
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Timeouts:
 
 @dataclass
 class QueryResult:
-    kind: str  # "ok" | "error" | "timeout" | "refused"
+    kind: str  # "ok" | "error" | "timeout" | "refused" | "violation"
     response: Optional[MinerResponse] = None
     timing: Optional[StreamTiming] = None
     detail: str = ""
@@ -37,27 +42,33 @@ class QueryResult:
 
 async def ask(client: MinerClient, body: dict[str, Any], timeouts: Timeouts) -> QueryResult:
     """Send ``body`` (streaming) and collect the answer with the arrival time of each token chunk."""
-    timeout = aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.ttft)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
+    fold = StreamFold(chat=True, max_tokens=int(body["max_tokens"]), logprobs=bool(body.get("logprobs")))
     sent = time.monotonic()
-    events, arrivals, counts = [], [], []
+    arrivals, counts = [], []
+    loop = asyncio.get_running_loop()
     try:
-        async with client.post("/v1/chat/completions", body, timeout=timeout) as response:
-            if response.status == 429:
-                return QueryResult("refused", detail=(await response.text())[:300])
-            if response.status != 200:
-                return QueryResult("error", detail=f"HTTP {response.status}: {(await response.text())[:300]}")
-            async for event in sse_events(response):
-                arrived = time.monotonic()
-                events.append(event)
-                tokens = sum(len(c.get("token_ids") or []) for c in event.get("choices") or [])
-                if tokens:
-                    arrivals.append(arrived)
-                    counts.append(tokens)
-    except asyncio.TimeoutError:
-        return QueryResult("timeout", detail=f"no answer within the limits ({timeouts.ttft:g} s to a byte, {timeouts.total:g} s in all)")
-    except (aiohttp.ClientError, ValueError) as exc:
+        async with asyncio.timeout(timeouts.ttft) as deadline:
+            async with client.post("/v1/chat/completions", body, timeout=timeout) as response:
+                if response.status == 429:
+                    return QueryResult("refused", detail=f"HTTP 429: {(await response.text(errors='replace'))[:300]}")
+                if response.status != 200:
+                    return QueryResult("error", detail=f"HTTP {response.status}: {(await response.text(errors='replace'))[:300]}")
+                async for chunk in miner_chunks(response, fold):
+                    tokens = sum(len(c.token_ids or []) for c in chunk.choices)
+                    if tokens:
+                        if not arrivals:
+                            deadline.reschedule(loop.time() + timeouts.total - (time.monotonic() - sent))
+                        arrivals.append(time.monotonic())
+                        counts.append(tokens)
+        fold.close()
+    except StreamViolation as exc:
+        return QueryResult("violation", detail=exc.reason)
+    except TimeoutError:
+        return QueryResult("timeout", detail=f"no answer within the limits ({timeouts.ttft:g} s to the first token, {timeouts.total:g} s in all)")
+    except aiohttp.ClientError as exc:
         return QueryResult("error", detail=f"{type(exc).__name__}: {exc}")
-    answer = collect(events)
+    answer = MinerResponse.from_fold(fold)
     if answer.error is not None:
-        return QueryResult("error", response=answer, detail=answer.error)
+        return QueryResult("error", response=answer, detail=f"the miner's stream reported an error: {answer.error[:300]}")
     return QueryResult("ok", response=answer, timing=StreamTiming(sent, tuple(arrivals), tuple(counts)))

@@ -15,23 +15,24 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import aiohttp
 import bittensor as bt
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 import chain
 from miner.engine import Engine, EngineSpec
-from scoring.aggregate import AggregationParams, Standing, update
+from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, update
 from scoring.weights import to_weights
 from validator.challenges import round_seed
 from validator.models import ModelList
 from validator.query import Timeouts
 from validator.rounds import RoundReport, Target, run_round
 from validator.store import Store
-from validator.verify import ReferenceEngine
+from validator.verify import ReferenceEngine, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ValidatorConfig:
     wallet_hotkey: str
     state_dir: Path
     models: ModelList
+    tokenizers: tuple[tuple[str, str], ...] = ()  # (model id, folder with its tokenizer): ids and text are bound with it
     references: tuple[tuple[str, str], ...] = ()  # (model id, URL of a running reference engine)
     engines: tuple[EngineSpec, ...] = ()  # reference engines to start and supervise
     challenges_per_miner: int = 8
@@ -86,7 +88,7 @@ class Validator:
         for uid, score in report.scores.items():
             hotkey = graph.uid(uid).hotkey
             _, standing = standings.get(hotkey, (uid, Standing()))
-            standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, self.config.aggregation))
+            standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, self.config.aggregation, uid in report.buffered))
         return standings
 
     def effective(self, standings: dict[str, tuple[int, Standing]], round_index: int) -> dict[int, float]:
@@ -95,12 +97,13 @@ class Validator:
     async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[dict[int, float], int]:
         """Run, store and log one round; returns the effective standings and the subnet's tempo."""
         round_index = self.store.last_round() + 1
-        graph = await net.metagraph(self.config.netuid)
-        seed = round_seed(await net.block_hash(), self.keypair.ss58_address, round_index)
+        graph = await on_chain("reading the metagraph", lambda: net.metagraph(self.config.netuid))
+        seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index)
         started = time.time()
         targets = [Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity) for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)]
         ready = {model: ref for model, ref in references.items() if ref is not None}
-        report = await run_round(session, self.keypair, seed, targets, ready, self.config.challenges_per_miner, self.config.per_miner_concurrency, timeouts=self.config.timeouts)
+        report = await run_round(session, self.keypair, seed, targets, ready, self.config.challenges_per_miner, self.config.per_miner_concurrency,
+                                 timeouts=self.config.timeouts, history=self.store.recent_streamed(BUFFERED_WINDOW))
         models = {t.uid: t.model for t in targets}
         report.scores = {uid: score * self.config.models.get(models[uid]).reward for uid, score in report.scores.items()}
         for uid, hotkey, passed, reasons in self.store.take_organic(round_index):
@@ -114,7 +117,8 @@ class Validator:
         rows = [
             (round_index, r.uid, r.hotkey, r.family, r.outcome.kind, None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed),
              "; ".join(r.reasons) or r.detail or None, r.outcome.correct, r.outcome.speed.ttft if r.outcome.speed else None,
-             r.outcome.speed.tokens_per_s if r.outcome.speed else None, r.outcome.speed.tokens if r.outcome.speed else None)
+             r.outcome.speed.tokens_per_s if r.outcome.speed else None, r.outcome.speed.tokens if r.outcome.speed else None,
+             None if r.streamed is None else int(r.streamed))
             for r in report.results
         ]
         summary = {"round": round_index, "block": graph.block, "seed": str(seed), "miners": len(targets), "scores": report.scores,
@@ -140,7 +144,7 @@ class Validator:
                  {u: round(s, 3) for u, s in summary["scores"].items()}, summary["fidelity_failed"])
 
     async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float], tempo: int) -> Optional[dict[int, float]]:
-        block = await net.block()
+        block = await on_chain("reading the block", net.block)
         last = self.store.last_weights()
         interval = self.config.weights_interval_blocks or tempo
         if last is not None and block - last[0] < interval:
@@ -150,7 +154,7 @@ class Validator:
             log.info("no miner has a positive standing yet; no weights set")
             return None
         try:
-            (await net.set_weights(self.wallet, self.config.netuid, weights)).raise_for_failure()
+            (await on_chain("setting weights", lambda: net.set_weights(self.wallet, self.config.netuid, weights))).raise_for_failure()
         except chain.RateLimited as exc:
             log.info("weights rate-limited, will retry: %s", exc)
             return None
@@ -174,21 +178,24 @@ class Validator:
         # One engine per model id: started and supervised here, or attached to.
         engines = {spec.served_name: Engine(url=spec.url, spec=spec) for spec in self.config.engines}
         engines.update({model: Engine(url=url) for model, url in self.config.references})
+        vocabularies = {model: Vocabulary(folder) for model, folder in self.config.tokenizers}
+        missing = sorted(set(engines) - set(vocabularies))
+        if missing:
+            raise ValidatorStartupError(f"no tokenizer for {', '.join(missing)}: give --tokenizer ID=DIR")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.network) as net:
             try:
                 await net.uid_of(self.config.netuid, self.keypair.ss58_address)
             except chain.NotRegistered as exc:
                 raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
             self._start_wandb()
-            tasks = [asyncio.create_task(e.run(session)) for e in engines.values()]
+            tasks = [asyncio.create_task(supervise(f"reference engine {name}", lambda e=e: e.run(session))) for name, e in engines.items()]
             metrics_runner = await self._serve_metrics()
             try:
                 while not stop.is_set():
                     began = time.monotonic()
-                    references = {name: self._reference(session, name, e.url) for name, e in engines.items() if e.ready}
+                    references = {name: self._reference(session, name, e.url, vocabularies[name]) for name, e in engines.items() if e.ready}
                     if references:
-                        effective, tempo = await self.one_round(net, session, references)
-                        await self.maybe_set_weights(net, effective, tempo)
+                        await self._round_and_weights(net, session, references)
                         if self.config.max_rounds is not None and self.store.last_round() + 1 >= self.config.max_rounds:
                             break
                     else:
@@ -207,9 +214,25 @@ class Validator:
                     self._wandb.finish()
                 self.store.close()
 
-    def _reference(self, session: aiohttp.ClientSession, model: str, url: str) -> ReferenceEngine:
+    async def _round_and_weights(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> None:
+        """One round and a weights attempt; a failure is logged and the loop goes on to the next round."""
+        try:
+            effective, tempo = await self.one_round(net, session, references)
+        except chain.ChainLayerError as exc:
+            log.error("round skipped: the chain failed after retries: %s", exc)
+            return
+        except Exception:
+            log.exception("round failed; the next one starts on schedule")
+            return
+        try:
+            await self.maybe_set_weights(net, effective, tempo)
+        except chain.ChainLayerError as exc:
+            log.error("weights not set this round: the chain failed after retries: %s", exc)
+
+    def _reference(self, session: aiohttp.ClientSession, model: str, url: str, vocabulary: Vocabulary) -> ReferenceEngine:
         supported = self.config.models.get(model)
-        return ReferenceEngine(session, url, model, end_token_ids=supported.end_token_ids if supported else ())
+        return ReferenceEngine(session, url, model, vocabulary, end_token_ids=supported.end_token_ids if supported else (),
+                               max_context=supported.max_context if supported else 1 << 30)
 
     async def _serve_metrics(self) -> Optional[web.AppRunner]:
         if self.config.metrics_port is None:
@@ -228,6 +251,35 @@ class Validator:
 
 class ValidatorStartupError(Exception):
     """The validator cannot start; the message says what to do."""
+
+
+CHAIN_ATTEMPTS = 5
+T = TypeVar("T")
+
+
+async def on_chain(what: str, call: Callable[[], Awaitable[T]], attempts: int = CHAIN_ATTEMPTS) -> T:
+    """``call()``, retried with exponential backoff (0.5 s doubling, 15 s at most) while the chain
+    is unreachable; the last NetworkError is raised when every attempt failed."""
+    retrying = AsyncRetrying(retry=retry_if_exception_type(chain.NetworkError), wait=wait_exponential(multiplier=0.5, max=15),
+                             stop=stop_after_attempt(attempts), reraise=True,
+                             before_sleep=lambda state: log.warning("%s failed (%s), attempt %s of %s; retrying", what, state.outcome.exception(), state.attempt_number, attempts))
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity reraises")
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]], restart_after: float = 1.0) -> None:
+    """Run a background task for good: when it dies (or returns), log it and start it again."""
+    while True:
+        try:
+            await run()
+            log.error("%s stopped; restarting it", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s died; restarting it", name)
+        await asyncio.sleep(restart_after)
 
 
 async def run_validator(config: ValidatorConfig) -> None:

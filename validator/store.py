@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS standings (hotkey TEXT PRIMARY KEY, uid INTEGER NOT N
 CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, seed TEXT NOT NULL, block INTEGER NOT NULL, started REAL NOT NULL, summary TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     round INTEGER NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, family TEXT NOT NULL, outcome TEXT NOT NULL,
-    passed INTEGER, reasons TEXT, correct REAL, ttft REAL, tokens_per_s REAL, tokens INTEGER
+    passed INTEGER, reasons TEXT, correct REAL, ttft REAL, tokens_per_s REAL, tokens INTEGER, streamed INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_by_uid ON results (uid, round);
 CREATE TABLE IF NOT EXISTS weights (block INTEGER PRIMARY KEY, weights TEXT NOT NULL);
@@ -40,6 +40,8 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "streamed" not in {row[1] for row in self.db.execute("PRAGMA table_info(results)")}:
+            self.db.execute("ALTER TABLE results ADD COLUMN streamed INTEGER")  # state written before buffering was judged across rounds
 
     def close(self) -> None:
         self.db.close()
@@ -58,11 +60,21 @@ class Store:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, json.dumps(summary)))
-            self.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
+            self.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
             self.db.executemany(
                 "INSERT INTO standings VALUES (?, ?, ?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET uid=excluded.uid, ema=excluded.ema, rounds=excluded.rounds, banned_until=excluded.banned_until",
                 [(hotkey, uid, s.ema, s.rounds, s.banned_until) for hotkey, (uid, s) in standings.items()],
             )
+
+    def recent_streamed(self, limit: int) -> dict[str, list[bool]]:
+        """Hotkey → whether each of its last ``limit`` judged answers was streamed, oldest first."""
+        rows = self.db.execute(
+            "SELECT hotkey, streamed FROM (SELECT hotkey, streamed, round, ROW_NUMBER() OVER (PARTITION BY hotkey ORDER BY round DESC, rowid DESC) AS n "
+            "FROM results WHERE streamed IS NOT NULL) WHERE n <= ? ORDER BY round, n DESC", (limit,))
+        recent: dict[str, list[bool]] = {}
+        for hotkey, streamed in rows:
+            recent.setdefault(hotkey, []).append(bool(streamed))
+        return recent
 
     def save_weights(self, block: int, weights: dict[int, float]) -> None:
         with self.db:

@@ -6,19 +6,30 @@ reference engine for ``prompt_logprobs`` over the whole sequence in one prefill 
 the cost of reading the answer, not of writing it. The per-token evidence goes to
 ``scoring.fidelity.check``. Nothing the miner says about the prompt is trusted: a
 prompt tokenized differently (another template or tokenizer) fails on its own.
+
+Before the reference engine sees anything, the answer is bound to its ids with the
+model's own tokenizer (``Vocabulary``): every id must exist and fit the context, and
+the text the miner showed must be the detokenization of those ids. What the grader and
+the user read is then what the verifier checked. The only difference allowed is the one
+an honest engine makes: a stream holds back the bytes of an unfinished UTF-8 character at
+the end (the full decode shows them as U+FFFD), and a ``stop`` string ends the text
+before the tokens that spelled it.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
 
 import aiohttp
 
+from protocol.responses import StreamFold
 from scoring.fidelity import FidelityParams, ResponseEvidence, TokenEvidence, Verdict, check
 
 TOP_K = 5  # reference logprobs per position: 20 cost 2.7× the verification time (0.244 vs 0.100 of generation) for no check that needs them
+HELD_BACK = "\ufffd"  # what a full decode shows for bytes a stream holds back
 
 
 class ReferenceError(Exception):
@@ -27,7 +38,7 @@ class ReferenceError(Exception):
 
 @dataclass
 class MinerResponse:
-    """What a validator collected from one streamed answer (see ``collect``)."""
+    """What a validator collected from one streamed answer (see ``from_fold``)."""
 
     prompt_token_ids: Optional[list[int]] = None
     token_ids: list[int] = field(default_factory=list)
@@ -37,39 +48,63 @@ class MinerResponse:
     completion_tokens: Optional[int] = None
     error: Optional[str] = None  # an error event ended the stream
 
+    @classmethod
+    def from_fold(cls, fold: StreamFold) -> "MinerResponse":
+        reported: list[Optional[float]] = [entry.logprob for entry in fold.logprobs]
+        return cls(prompt_token_ids=fold.prompt_token_ids, token_ids=list(fold.token_ids), reported_logprobs=reported + [None] * (len(fold.token_ids) - len(reported)),
+                   text=fold.text, finish_reason=fold.finish_reason, completion_tokens=fold.usage.completion_tokens if fold.usage else None, error=fold.error)
 
-def collect(events: Iterable[dict[str, Any]]) -> MinerResponse:
-    """Fold the SSE events of a chat completion stream (``n`` = 1) into a MinerResponse."""
-    response = MinerResponse()
+
+def collect(events: Iterable[dict[str, Any]], max_tokens: int = 1 << 20) -> MinerResponse:
+    """Fold already-decoded events of a chat completion stream (``n`` = 1) into a MinerResponse;
+    StreamViolation when they break the protocol."""
+    fold = StreamFold(chat=True, max_tokens=max_tokens)
     for event in events:
-        if "error" in event:
-            response.error = str(event["error"].get("message", event["error"]))
-            continue
-        if event.get("prompt_token_ids") is not None:
-            response.prompt_token_ids = list(event["prompt_token_ids"])
-        if event.get("usage"):
-            response.completion_tokens = event["usage"].get("completion_tokens")
-        for choice in event.get("choices") or []:
-            ids = choice.get("token_ids") or []
-            logprobs = ((choice.get("logprobs") or {}).get("content")) or []
-            response.token_ids += ids
-            reported = [entry.get("logprob") for entry in logprobs]
-            # Chunks carry one logprob entry per token; pad when a miner sends fewer.
-            response.reported_logprobs += reported + [None] * (len(ids) - len(reported))
-            response.text += (choice.get("delta") or {}).get("content") or ""
-            if choice.get("finish_reason"):
-                response.finish_reason = choice["finish_reason"]
-    return response
+        fold.add(json.dumps(event))
+    return MinerResponse.from_fold(fold)
+
+
+class Vocabulary:
+    """The reference model's tokenizer, loaded locally: which ids exist and what text they spell."""
+
+    def __init__(self, folder: Union[str, Path]):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.size = len(self.tokenizer)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text an engine shows for ``token_ids`` (special tokens skipped, as vLLM does by default)."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+def binding_reasons(vocabulary: Vocabulary, prompt_length: int, max_context: int, response: MinerResponse, stop: Union[str, list[str], None]) -> list[str]:
+    """Why the answer's ids and text do not belong together (empty: they do)."""
+    outside = [i for i in response.token_ids if i >= vocabulary.size]
+    if outside:
+        return [f"{len(outside)} token id(s) outside the model's vocabulary of {vocabulary.size} (first {outside[0]})"]
+    if prompt_length + len(response.token_ids) > max_context:
+        return [f"{prompt_length} prompt + {len(response.token_ids)} completion tokens exceed the model's context of {max_context}"]
+    decoded = vocabulary.decode(response.token_ids)
+    if decoded.startswith(response.text):
+        rest = decoded[len(response.text):]
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if not rest.strip(HELD_BACK) or any(rest.startswith(s) for s in stops):
+            return []
+    return [f"the text is not the detokenization of the token ids (they spell {decoded[:60]!r}, the miner showed {response.text[:60]!r})"]
 
 
 class ReferenceEngine:
-    """The validator's own vLLM server for one model."""
+    """The validator's own vLLM server for one model, and that model's tokenizer."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, model: str, end_token_ids: Iterable[int] = (), timeout: float = 120.0):
+    def __init__(self, session: aiohttp.ClientSession, url: str, model: str, vocabulary: Vocabulary, end_token_ids: Iterable[int] = (),
+                 max_context: int = 1 << 30, timeout: float = 120.0):
         self.session = session
         self.url = url.rstrip("/")
         self.model = model
+        self.vocabulary = vocabulary
         self.end_token_ids = frozenset(end_token_ids)  # from the model list; empty turns the end checks off
+        self.max_context = max_context
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -90,18 +125,37 @@ class ReferenceEngine:
         """For each completion position: token id → (logprob, rank) for the top-K and the actual token."""
         body = {"model": self.model, "prompt": prompt_ids + completion_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": TOP_K}
         payload = await self._post("/v1/completions", body)
-        positions = payload["choices"][0]["prompt_logprobs"][len(prompt_ids):]
-        return [{int(tid): (entry["logprob"], entry["rank"]) for tid, entry in position.items()} for position in positions]
+        try:
+            positions = payload["choices"][0]["prompt_logprobs"][len(prompt_ids):]
+            return [{int(tid): (entry["logprob"], entry["rank"]) for tid, entry in position.items()} for position in positions]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ReferenceError(f"reference engine at {self.url} sent prompt_logprobs this validator cannot read: {exc!r}") from exc
+
+
+def _given(request: dict[str, Any], name: str, default: float) -> float:
+    """A sampling field as the engine reads it: absent and null both mean the default."""
+    value = request.get(name)
+    return default if value is None else value
+
+
+def _failed(reason: str) -> Verdict:
+    return Verdict(passed=False, reasons=(reason,))
 
 
 async def verify(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse, params: FidelityParams = FidelityParams()) -> Verdict:
-    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine."""
+    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine.
+    ReferenceError when the reference itself fails: then nothing is known about the miner."""
     prompt_ids = await reference.prompt_ids(request["messages"])
     if response.prompt_token_ids is not None and response.prompt_token_ids != prompt_ids:
-        return Verdict(passed=False, reasons=("the miner's prompt tokens differ from the reference tokenization of the conversation",))
+        return _failed("the miner's prompt tokens differ from the reference tokenization of the conversation")
     if response.error is not None or response.finish_reason is None:
-        return Verdict(passed=False, reasons=(f"the stream did not complete: {response.error or 'no finish_reason'}",))
+        return _failed(f"the stream did not complete: {response.error or 'no finish_reason'}")
+    broken = binding_reasons(reference.vocabulary, len(prompt_ids), reference.max_context, response, request.get("stop"))
+    if broken:
+        return _failed(broken[0])
     scores = await reference.score(prompt_ids, response.token_ids) if response.token_ids else []
+    if len(scores) != len(response.token_ids) or any(token_id not in position for token_id, position in zip(response.token_ids, scores)):
+        raise ReferenceError("the reference engine scored other positions than it was given")
     tokens = []
     for token_id, reported, position in zip(response.token_ids, response.reported_logprobs, scores):
         logprob, rank = position[token_id]
@@ -112,8 +166,8 @@ async def verify(reference: ReferenceEngine, request: dict[str, Any], response: 
         finish_reason=response.finish_reason,
         max_tokens=request.get("max_tokens") or request.get("max_completion_tokens") or len(tokens),
         reported_completion_tokens=response.completion_tokens,
-        temperature=float(request.get("temperature", 1.0)),
-        top_p=float(request.get("top_p", 1.0)),
+        temperature=float(_given(request, "temperature", 1.0)),
+        top_p=float(_given(request, "top_p", 1.0)),
         logprobs_requested=bool(request.get("logprobs")),
         end_token_ids=reference.end_token_ids,
         end_checks=not (request.get("ignore_eos") or request.get("stop") or request.get("stop_token_ids")),

@@ -14,7 +14,17 @@ token: a miner on hardware far below the subnet's), ``flaky`` (every other reque
 Serving another model or perturbed weights needs no proxy: the miner attaches to an
 engine loaded with those weights (``perturbed_copy`` makes them).
 
-    python -m tests.harness.adversary --upstream URL --mode MODE --port PORT
+Hostile modes attack the validator and the gateway rather than cheat on the model
+(``HOSTILE``): a JSON list as an event, an error event whose ``error`` is a bare string,
+token ids outside the vocabulary under honest text, text that is not what the ids spell
+(HTML), every request refused with a 400 whose message is HTML and script, a 1 MiB event,
+an endless stream, a slow drip of comments and no token, an HTML page as the stream,
+bytes that are not UTF-8, every token id sent twice, an event after ``[DONE]``.
+
+One process serves every mode: a miner attached to ``URL/MODE`` gets that mode (or
+``--mode`` for paths without one).
+
+    python -m tests.harness.adversary --upstream URL [--mode MODE] --port PORT
 """
 
 from __future__ import annotations
@@ -33,7 +43,11 @@ from aiohttp import web
 
 from miner.client import sse_events
 
-MODES = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
+CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
+HOSTILE = ("list-event", "string-error", "bad-ids", "html-text", "refuse-html", "oversized-event", "endless", "drip", "html-page", "bad-utf8",
+           "double-ids", "after-done")
+MODES = CHEATS + HOSTILE
+HOSTILE_TEXT = "<script>alert('pwned')</script><b>BUY $SCAM</b>"
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 
 
@@ -59,7 +73,7 @@ def perturbed_copy(source: Path, out: Path, kind: str = "noise", amount: float =
     return out
 
 
-def _sse(event: dict[str, Any]) -> bytes:
+def _sse(event: Any) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
@@ -68,9 +82,9 @@ def _tokens(event: dict[str, Any]) -> int:
 
 
 class Adversary:
-    def __init__(self, upstream: str, mode: str):
+    def __init__(self, upstream: str, mode: str | None):
         self.upstream = upstream.rstrip("/")
-        self.mode = mode
+        self.default_mode = mode
         self.requests = itertools.count()
         self.rng = random.Random(0)
         self.session: aiohttp.ClientSession
@@ -83,15 +97,20 @@ class Adversary:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        if request.path == "/v1/chat/completions" and request.method == "POST":
-            return await self.tamper(request, json.loads(body))
-        async with self.session.request(request.method, self.upstream + request.path_qs, data=body or None,
+        first, _, rest = request.path_qs.lstrip("/").partition("/")
+        mode, path = (first, "/" + rest) if first in MODES else (self.default_mode, request.path_qs)
+        if path.split("?")[0] in ("/v1/chat/completions", "/v1/completions") and request.method == "POST":
+            if mode in HOSTILE:
+                return await self.attack(request, mode, path, json.loads(body))
+            if path == "/v1/chat/completions" and mode is not None:
+                return await self.tamper(request, mode, json.loads(body))
+        async with self.session.request(request.method, self.upstream + path, data=body or None,
                                         headers={"Content-Type": request.headers.get("Content-Type", "application/json")}) as upstream:
             headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             return web.Response(body=await upstream.read(), status=upstream.status, headers=headers)
 
-    async def tamper(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        if self.mode == "flaky" and next(self.requests) % 2 == 0:
+    async def tamper(self, request: web.Request, mode: str, body: dict[str, Any]) -> web.StreamResponse:
+        if mode == "flaky" and next(self.requests) % 2 == 0:
             return web.json_response({"error": {"message": "engine hiccup", "type": "server_error"}}, status=500)
         if not body.get("stream"):
             async with self.session.post(self.upstream + request.path, json=body) as upstream:
@@ -101,26 +120,26 @@ class Adversary:
         cut_at = max(2, int(body.get("max_tokens") or 48) // 3)
         sent, held = 0, []
         async with self.session.post(self.upstream + request.path, json=body) as upstream:
-            if self.mode == "slow":
+            if mode == "slow":
                 await asyncio.sleep(3.0)
             async for event in sse_events(upstream):
-                if self.mode == "invent-logprobs":
+                if mode == "invent-logprobs":
                     for choice in event.get("choices") or []:
                         for entry in (choice.get("logprobs") or {}).get("content") or []:
                             entry["logprob"] = -self.rng.uniform(0.01, 0.3)
-                elif self.mode == "over-report" and event.get("usage"):
+                elif mode == "over-report" and event.get("usage"):
                     event["usage"]["completion_tokens"] += 7
                     event["usage"]["total_tokens"] += 7
-                elif self.mode == "cut" and sent >= cut_at:
+                elif mode == "cut" and sent >= cut_at:
                     break  # the rest is never generated for the caller: pretend the model ended here
-                elif self.mode == "slow":
+                elif mode == "slow":
                     await asyncio.sleep(0.15 * max(1, _tokens(event)))
                 sent += _tokens(event)
-                if self.mode == "burst":
+                if mode == "burst":
                     held.append(_sse(event))
                 else:
                     await response.write(_sse(event))
-        if self.mode == "cut" and sent >= cut_at:
+        if mode == "cut" and sent >= cut_at:
             base = {"id": "cut", "object": "chat.completion.chunk", "model": body.get("model")}
             await response.write(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -130,10 +149,64 @@ class Adversary:
         return response
 
 
+    async def attack(self, request: web.Request, mode: str, path: str, body: dict[str, Any]) -> web.StreamResponse:
+        """A hostile answer to a completion request: what the mode says, around the honest engine's stream."""
+        if mode == "refuse-html":
+            message = f"<html><body>{HOSTILE_TEXT}</body></html>"
+            return web.json_response({"error": {"message": message, "type": "invalid_request_error", "code": 400}}, status=400)
+        if mode == "html-page":
+            return web.Response(text=f"<html><body>{HOSTILE_TEXT}</body></html>", content_type="text/html")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        if mode == "drip":
+            for _ in range(600):  # a comment every half second, and never a token
+                await response.write(b": still thinking\n\n")
+                await asyncio.sleep(0.5)
+            return response
+        sent = 0
+        async with self.session.post(self.upstream + path, json={**body, "stream": True}) as upstream:
+            async for event in sse_events(upstream):
+                sent += 1
+                await response.write(self._hostile_event(mode, event, sent))
+        if mode == "endless":
+            base = {"id": "x", "object": "chat.completion.chunk", "model": body.get("model")}
+            for _ in range(100_000):
+                await response.write(_sse({**base, "choices": [{"index": 0, "delta": {"content": "more "}, "token_ids": [42], "finish_reason": None}]}))
+        await response.write(b"data: [DONE]\n\n")
+        if mode == "after-done":
+            await response.write(b"data: [DONE]\n\n" + _sse({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": HOSTILE_TEXT}}]}))
+        await response.write_eof()
+        return response
+
+    def _hostile_event(self, mode: str, event: dict[str, Any], sent: int) -> bytes:
+        """One event of the honest stream as ``mode`` sends it (the third event carries the attack where it is one event)."""
+        choices = event.get("choices") or []
+        if mode == "list-event" and sent == 3:
+            return _sse([event]) + _sse(event)  # type: ignore[arg-type]
+        if mode == "string-error" and sent == 3:
+            return _sse({"error": HOSTILE_TEXT})
+        if mode == "oversized-event" and sent == 3:
+            return _sse({**event, "padding": "x" * (1 << 20)})
+        if mode == "bad-utf8" and sent == 3:
+            return b"data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"\xff\xfe\"}}]}\n\n"
+        for choice in choices:
+            if mode == "bad-ids" and choice.get("token_ids"):
+                choice["token_ids"] = [10**6 + t for t in choice["token_ids"]]
+            elif mode == "html-text" and (choice.get("delta") or {}).get("content"):
+                choice["delta"]["content"] = HOSTILE_TEXT
+            elif mode == "html-text" and choice.get("text"):
+                choice["text"] = HOSTILE_TEXT
+            elif mode == "double-ids" and choice.get("token_ids"):
+                choice["token_ids"] = choice["token_ids"] * 2
+            elif mode == "endless":
+                choice["finish_reason"] = None
+        return _sse(event)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, help="the real engine's URL")
-    parser.add_argument("--mode", required=True, choices=MODES)
+    parser.add_argument("--mode", default=None, choices=MODES, help="the mode for paths that do not name one")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     adversary = Adversary(args.upstream, args.mode)

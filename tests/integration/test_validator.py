@@ -22,11 +22,11 @@ import pytest
 import chain
 from miner.models.tiny import build_tiny
 from tests.harness.adversary import perturbed_copy
-from tests.harness.localnet import make_localnet
+from tests.harness.localnet import FAST, make_localnet
 from tests.harness.processes import engine_env, free_port, start_adversary, start_miner, start_vllm
 from validator import models as model_list
 from validator.rounds import Target, run_round
-from validator.verify import ReferenceEngine
+from validator.verify import ReferenceEngine, Vocabulary
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -78,7 +78,8 @@ def subnet(tmp_path_factory):
 def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flaky_below(subnet):
     tmp, net, uids, wallets = subnet["tmp"], subnet["net"], subnet["uids"], subnet["wallets"]
     state = tmp / "validator"
-    args = [*net.flags("validator"), "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engines']['honest'].url}", "--challenges-per-miner", "6",
+    args = [*net.flags("validator"), "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engines']['honest'].url}", "--tokenizer", f"{MODEL}={tmp / 's0'}",
+            "--challenges-per-miner", "6",
             "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "3"]
     done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=900, env=engine_env(tmp))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -87,7 +88,9 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
     assert len(rounds) == 3 and all(r["miners"] == 10 for r in rounds)
     ever_failed = {uid for r in rounds for uid in r["fidelity_failed"]}
     assert ever_failed == {uids[name] for name in FIDELITY_CHEATS}  # every cheat caught, nobody else flagged
-    assert all(set(r["buffered"]) == {uids["burst"]} for r in rounds)  # the buffering miner, every round, and nobody else
+    # The buffering miner, judged over its answers across rounds: caught by the second round at the latest (4 long answers), nobody else ever.
+    assert {uid for r in rounds for uid in r["buffered"]} == {uids["burst"]}
+    assert all(uids["burst"] in r["buffered"] for r in rounds[1:])
     for name in ("other-model", "perturbed", "invent-logprobs", "over-report"):  # these cheat on every answer
         assert all(uids[name] in r["fidelity_failed"] for r in rounds), name
 
@@ -101,13 +104,20 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
     assert all(weights.get(uids[name], 0.0) < lowest_honest for name in UNDERPERFORMERS), weights
 
     # The chain agrees once an epoch has run: the honest miners out-earn every adversary.
+    async def block() -> int:
+        async with chain.connect(net.network) as c:
+            return await c.block()
+
     async def incentive() -> dict[int, float]:
         async with chain.connect(net.network) as c:
             return {n.uid: n.incentive for n in (await c.metagraph(1)).neurons}
 
+    # Wait for an epoch after the last weights were set (an earlier one may have used an earlier round's weights).
+    (last_weights_block,) = db.execute("SELECT MAX(block) FROM weights").fetchone()
     deadline = time.monotonic() + 30
-    while (paid := asyncio.run(incentive()))[uids["honest1"]] == 0 and time.monotonic() < deadline:
+    while asyncio.run(block()) <= last_weights_block + FAST["tempo"] + 2 and time.monotonic() < deadline:
         time.sleep(0.5)
+    paid = asyncio.run(incentive())
     assert min(paid[uids[name]] for name in HONEST) > max(paid[uids[name]] for name in (*FIDELITY_CHEATS, *BUFFERING, *UNDERPERFORMERS))
     assert all(paid[uids[name]] == 0 for name in (*FIDELITY_CHEATS, *BUFFERING))
 
@@ -117,11 +127,12 @@ def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
     wallets, uids, miners = subnet["wallets"], subnet["uids"], subnet["miners"]
     targets = [Target(uids[name], wallets[name].hotkey.ss58_address, miners[name].url, MODEL, 4) for name in HONEST]
     ends = model_list.load().get(MODEL).end_token_ids
+    vocabulary = Vocabulary(subnet["tmp"] / "s0")
 
     async def rounds() -> tuple[list, set]:
         results, flagged = [], set()
         async with aiohttp.ClientSession() as session:
-            references = {MODEL: ReferenceEngine(session, subnet["engines"]["honest"].url, MODEL, ends)}
+            references = {MODEL: ReferenceEngine(session, subnet["engines"]["honest"].url, MODEL, vocabulary, ends)}
             for seed in range(10):
                 report = await run_round(session, wallets["validator"].hotkey, 1000 + seed, targets, references, challenges_per_miner=50)
                 results += report.results
@@ -129,6 +140,8 @@ def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
         return results, flagged
 
     results, flagged = asyncio.run(rounds())
+    judged = [r.streamed for r in results if r.streamed is not None]
+    print(f"honest answers judged for buffering: {len(judged)}, sent as one burst: {judged.count(False)}")  # the calibration figure (docs/calibration.md)
     assert len(results) == 1000
     assert not flagged  # no round zeroed an honest miner
     problems = [(r.uid, r.family, r.outcome.kind, r.reasons, r.detail) for r in results if r.outcome.kind != "ok" or not r.outcome.fidelity_passed]

@@ -10,7 +10,7 @@ from miner.models.tiny import build_tiny
 from tests.harness.processes import start_vllm
 from validator import models as model_list
 from validator.challenges import generate
-from validator.verify import MinerResponse, ReferenceEngine, collect, verify
+from validator.verify import MinerResponse, ReferenceEngine, Vocabulary, collect, verify
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -25,7 +25,7 @@ def reference(tmp_path_factory):
     engine = start_vllm(tmp / "s0", MODEL, tmp)
     try:
         engine.wait_healthy()
-        yield engine.url, tmp
+        yield engine.url, tmp, Vocabulary(tmp / "s0")
     finally:
         engine.stop()
 
@@ -53,14 +53,22 @@ def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerRespon
             logprobs.append(float(step[token]))
             ids = torch.cat([ids, torch.tensor([[token]])], 1)
     completion = ids[0, prompt.shape[1]:].tolist()
-    return MinerResponse(prompt_token_ids=prompt[0].tolist(), token_ids=completion, reported_logprobs=logprobs, finish_reason="length", completion_tokens=len(completion))
+    return MinerResponse(prompt_token_ids=prompt[0].tolist(), token_ids=completion, reported_logprobs=logprobs, text=tokenizer.decode(completion, skip_special_tokens=True),
+                         finish_reason="length", completion_tokens=len(completion))
+
+
+def _keep(response: MinerResponse, vocabulary: Vocabulary, kept: list[int], **changes) -> MinerResponse:
+    """``response`` with only the tokens at positions ``kept``, its text their detokenization: a consistent forgery."""
+    ids = [response.token_ids[i] for i in kept]
+    return MinerResponse(**{**vars(response), "token_ids": ids, "reported_logprobs": [response.reported_logprobs[i] for i in kept],
+                            "text": vocabulary.decode(ids), "completion_tokens": len(ids), **changes})
 
 
 async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
-    url, _ = reference
+    url, _, vocabulary = reference
     finishes = []
     async with aiohttp.ClientSession() as session:
-        engine = ReferenceEngine(session, url, MODEL, ENDS)
+        engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
         challenges = generate(seed=2026, count=24)
         for challenge in challenges:
             body = challenge.request(MODEL)
@@ -76,10 +84,10 @@ async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
 async def test_running_past_the_end_or_cutting_before_it_fails(reference):
     """Greedy challenges where the model ends early: a miner that goes on (ignore_eos, the end
     token dropped) or stops sooner without the end token is caught."""
-    url, _ = reference
+    url, _, vocabulary = reference
     caught = 0
     async with aiohttp.ClientSession() as session:
-        engine = ReferenceEngine(session, url, MODEL, ENDS)
+        engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
         for challenge in generate(seed=5, count=40):
             body = {**challenge.request(MODEL), "temperature": 0.0}
             honest = await _stream(session, url, body)
@@ -88,11 +96,9 @@ async def test_running_past_the_end_or_cutting_before_it_fails(reference):
             assert (await verify(engine, body, honest)).passed
             went_on = await _stream(session, url, {**body, "ignore_eos": True})
             kept = [i for i, t in enumerate(went_on.token_ids) if t not in ENDS]
-            past = MinerResponse(**{**vars(went_on), "token_ids": [went_on.token_ids[i] for i in kept],
-                                    "reported_logprobs": [went_on.reported_logprobs[i] for i in kept], "completion_tokens": len(kept)})
+            past = _keep(went_on, vocabulary, kept)
             past_verdict = await verify(engine, body, past)
-            cut = MinerResponse(**{**vars(honest), "token_ids": honest.token_ids[:-2], "reported_logprobs": honest.reported_logprobs[:-2],
-                                   "completion_tokens": len(honest.token_ids) - 2})
+            cut = _keep(honest, vocabulary, list(range(len(honest.token_ids) - 2)))
             cut_verdict = await verify(engine, body, cut)
             assert not past_verdict.passed, past_verdict
             assert not cut_verdict.passed and "cut short" in " ".join(cut_verdict.reasons)
@@ -101,26 +107,26 @@ async def test_running_past_the_end_or_cutting_before_it_fails(reference):
 
 
 async def test_another_model_behind_the_declared_name_fails(reference):
-    url, tmp = reference
+    url, tmp, vocabulary = reference
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Reverse the string 'harbor'."}], "max_tokens": 24, "temperature": 0, "logprobs": True}
     substituted = _substitute(tmp / "s1", body["messages"], 24)
     async with aiohttp.ClientSession() as session:
-        verdict = await verify(ReferenceEngine(session, url, MODEL, ENDS), body, substituted)
+        verdict = await verify(ReferenceEngine(session, url, MODEL, vocabulary, ENDS), body, substituted)
     assert not verdict.passed
     assert verdict.implausible_tokens > 0 and any("nats from the reference" in r for r in verdict.reasons)
 
 
 async def test_invented_logprobs_cut_answers_lied_counts_and_foreign_prompts_fail(reference):
-    url, _ = reference
+    url, _, vocabulary = reference
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Sort 5, 2, 9."}], "max_tokens": 20, "temperature": 0.7, "seed": 1,
             "logprobs": True, "return_token_ids": True, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
     async with aiohttp.ClientSession() as session:
-        engine = ReferenceEngine(session, url, MODEL, ENDS)
+        engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
         honest = await _stream(session, url, body)
         assert (await verify(engine, body, honest)).passed
 
         invented = MinerResponse(**{**vars(honest), "reported_logprobs": [-0.05] * len(honest.token_ids)})
-        cut = MinerResponse(**{**vars(honest), "token_ids": honest.token_ids[:-4], "reported_logprobs": honest.reported_logprobs[:-4], "completion_tokens": 16})
+        cut = _keep(honest, vocabulary, list(range(len(honest.token_ids) - 4)))
         inflated = MinerResponse(**{**vars(honest), "completion_tokens": 40})
         foreign = MinerResponse(**{**vars(honest), "prompt_token_ids": honest.prompt_token_ids[1:]})
         verdicts = {name: await verify(engine, body, r) for name, r in [("invented", invented), ("cut", cut), ("inflated", inflated), ("foreign", foreign)]}
@@ -129,3 +135,22 @@ async def test_invented_logprobs_cut_answers_lied_counts_and_foreign_prompts_fai
     assert "usage reports 40" in " ".join(verdicts["inflated"].reasons)
     assert "prompt tokens differ" in " ".join(verdicts["foreign"].reasons)
     assert not any(v.passed for v in verdicts.values())
+
+
+async def test_text_is_bound_to_the_ids_and_ids_to_the_vocabulary(reference):
+    """What a user reads and the grader grades is what the verifier checked; ids the model has not got
+    fail on the miner, without the reference engine being asked (it would refuse them)."""
+    url, _, vocabulary = reference
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 12, "temperature": 0.7, "seed": 3,
+            "logprobs": True, "return_token_ids": True, "stream": True, "ignore_eos": True}
+    async with aiohttp.ClientSession() as session:
+        honest = await _stream(session, url, body)
+        engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
+        relabelled = MinerResponse(**{**vars(honest), "text": "The answer is 4."})
+        outside = MinerResponse(**{**vars(honest), "token_ids": [*honest.token_ids[:-1], vocabulary.size + 7]})
+        short_context = ReferenceEngine(session, url, MODEL, vocabulary, ENDS, max_context=len(honest.prompt_token_ids) + 4)
+        assert (await verify(engine, body, honest)).passed
+        verdicts = [await verify(engine, body, relabelled), await verify(engine, body, outside), await verify(short_context, body, honest)]
+    assert "not the detokenization" in verdicts[0].reasons[0]
+    assert "outside the model's vocabulary" in verdicts[1].reasons[0]
+    assert "exceed the model's context" in verdicts[2].reasons[0]

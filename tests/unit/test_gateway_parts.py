@@ -45,12 +45,24 @@ def test_a_breaker_opens_after_repeated_failures_and_lets_one_trial_through_afte
     assert miner.breaker(100.0) == "open" and miner.breaker(100.0 + miner.cooldown + 0.1) == "half-open"
     miner.open_until = 0.0  # the cooldown has passed
     assert router.candidates(MODEL) == [miner]
-    miner.trial_in_flight = True
+    assert miner.take(now=150.0)  # the half-open trial
     assert miner.breaker(1e12) == "open"  # one trial at a time
     miner.failure(now=200.0)
+    miner.release(True)
     assert miner.cooldown > 5.0  # the failed trial doubles the wait
     miner.success(0.1, 50.0)
     assert miner.breaker(200.0) == "closed"
+
+
+def test_a_trial_that_ends_without_a_verdict_frees_the_breaker():
+    """A half-open trial that met a 429 or a user who hung up: neither success nor failure, and the breaker must not stay open."""
+    miner = MinerView(1, "h", "u", MODEL, 4)
+    for _ in range(BREAKER_FAILURES):
+        miner.failure(now=100.0)
+    trial = miner.take(now=100.0 + miner.cooldown + 0.1)
+    assert trial and miner.breaker(1e12) == "open"
+    miner.release(trial)
+    assert miner.breaker(1e12) == "half-open" and miner.in_flight == 0  # the next request may try again
 
 
 def test_a_full_miner_is_skipped_and_a_rejoined_hotkey_starts_fresh():

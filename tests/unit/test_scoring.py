@@ -30,16 +30,40 @@ def test_a_buffered_burst_gains_no_throughput_and_is_flagged():
     assert measure(StreamTiming(sent=0.0, arrivals=(0.5,), tokens=(4,))).streamed  # short answers can arrive in one read
 
 
-def test_a_round_of_buffered_answers_scores_zero_but_an_occasional_burst_does_not():
-    def burst(tokens: int = 40) -> Outcome:
-        return Outcome("ok", fidelity_passed=True, correct=None, speed=measure(StreamTiming(sent=0.0, arrivals=(1.0,), tokens=(tokens,))))
+def _burst(tokens: int = 40) -> Outcome:
+    return Outcome("ok", fidelity_passed=True, correct=None, speed=measure(StreamTiming(sent=0.0, arrivals=(1.0,), tokens=(tokens,))))
 
-    streamed = Outcome("ok", fidelity_passed=True, correct=None, speed=measure(_stream(0.1, 0.01, 40)))
-    buffering = summarize([burst()] * 5 + [streamed])
+
+STREAMED = Outcome("ok", fidelity_passed=True, correct=None, speed=measure(_stream(0.1, 0.01, 40)))
+
+
+def test_a_miner_that_buffers_scores_zero_and_starts_again_but_an_occasional_burst_does_not():
+    buffering = summarize([_burst()] * 6)
     assert buffering.buffered and not buffering.fidelity_failed  # scores 0 for the round, no ban
-    assert round_scores({1: buffering, 2: summarize([streamed] * 6)}) == {1: 0.0, 2: pytest.approx(1.0)}
-    assert not summarize([burst()] + [streamed] * 9).buffered  # an honest engine that coalesced once under load
-    assert not summarize([burst(tokens=8)] * 6).buffered  # short answers honestly arrive in one read
+    assert round_scores({1: buffering, 2: summarize([STREAMED] * 6)}) == {1: 0.0, 2: pytest.approx(1.0)}
+    earned = Standing(ema=0.6, rounds=12)
+    assert update(earned, 0.0, False, 13, PARAMS, buffered=True).effective(PARAMS, 14) == 0.0  # what it earned while buffering is gone
+    assert update(earned, 0.0, False, 13, PARAMS, buffered=True).banned_until < 14  # but it is not banned
+    assert not summarize([_burst()] + [STREAMED] * 9).buffered  # an honest engine that coalesced once under load
+    assert not summarize([_burst(tokens=8)] * 6).buffered  # short answers honestly arrive in one read
+
+
+def test_buffering_is_judged_across_rounds_not_per_round():
+    # Two long answers this round are too few to judge alone; with the earlier rounds' bursts they are not.
+    assert not summarize([_burst()] * 2).buffered
+    assert summarize([_burst()] * 2, history=[False, False]).buffered
+    # A burst-heavy round after a long record of streaming is not buffering.
+    assert not summarize([_burst()] * 3, history=[True] * 21).buffered
+    # Only the last 24 judged answers count: a miner that starts buffering is caught within a bounded number of answers.
+    assert summarize([_burst()] * 22, history=[True] * 200).buffered
+
+
+def test_unverified_answers_count_neither_for_nor_against():
+    unverified = Outcome("unverified")
+    assert round_scores({1: summarize([unverified] * 4)}) == {}  # no score: the standing stays as it was
+    mixed = summarize([unverified] * 3 + [STREAMED])
+    assert (mixed.sent, mixed.answered) == (1, 1)
+    assert round_scores({1: mixed}) == {1: pytest.approx(0.5 + 0.5 * 1.0)}  # open prompt only: speed stands in for quality
 
 
 def test_timings_that_cannot_happen_are_refused():

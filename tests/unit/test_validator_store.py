@@ -9,7 +9,7 @@ import pytest
 from scoring.aggregate import Standing
 from validator.store import Store
 
-ROW = (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24)
+ROW = (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1)
 
 
 def test_standings_and_rounds_survive_a_restart(tmp_path):
@@ -31,3 +31,14 @@ def test_a_round_that_fails_half_way_changes_nothing(tmp_path):
     assert store.standings()["5Miner"] == (1, Standing(0.3, 1, -1))
     assert store.last_round() == 0
     assert store.db.execute("SELECT COUNT(*) FROM results").fetchone() == (1,)
+
+
+def test_buffering_evidence_is_kept_per_miner_across_rounds_and_restarts(tmp_path):
+    store = Store(tmp_path / "v.sqlite")
+    for round_index, flags in enumerate(([1, 0], [0, None, 0])):
+        rows = [(*ROW[:11], flag) for flag in flags] + [(round_index, 2, "5Other", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1)]
+        store.save_round(round_index, 42, 100, 1.0, {}, {}, [(*row[:0], round_index, *row[1:]) for row in rows])
+    store.close()
+    again = Store(tmp_path / "v.sqlite")
+    assert again.recent_streamed(24) == {"5Miner": [True, False, False, False], "5Other": [True, True]}
+    assert again.recent_streamed(2)["5Miner"] == [False, False]  # the newest two, oldest first

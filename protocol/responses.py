@@ -1,0 +1,205 @@
+"""What comes back from a miner, as wire models: stream chunks, usage, error events, and their fold.
+
+Every field the validator or the gateway relies on is typed and range-checked where it
+enters; fields nobody reads (``system_fingerprint``, vLLM's ``stop_reason``…) are dropped,
+so nothing a miner adds reaches a user. ``parse_event`` turns one SSE data string into a
+model or raises ``StreamViolation``; ``StreamFold`` folds the events of one answer and
+enforces what holds across events (one kind of chunk, ``n`` = 1, no token after the end,
+no more token ids than asked for, one logprob entry per token id, ``[DONE]`` last).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.sse import StreamViolation
+
+MAX_TOKEN_ID = 2**31 - 1
+FinishReason = Literal["stop", "length"]  # what an engine serving slmnet's requests ends with (no tools)
+
+
+class MinerWireModel(BaseModel):
+    """Base of every model of a miner's output: unknown fields are dropped, never passed on."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TopLogprob(MinerWireModel):
+    token: str = Field(max_length=1024)
+    logprob: float = Field(le=1e-4, allow_inf_nan=False)  # ≤ 0 up to float rounding; vLLM writes -inf as -9999.0
+    bytes: Optional[list[int]] = Field(default=None, max_length=1024)
+
+
+class LogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, max_length=20)
+
+
+class ChoiceLogprobs(MinerWireModel):
+    content: Optional[list[LogprobEntry]] = None
+
+
+class Delta(MinerWireModel):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class Usage(MinerWireModel):
+    prompt_tokens: int = Field(ge=0, le=MAX_TOKEN_ID)
+    completion_tokens: int = Field(ge=0, le=MAX_TOKEN_ID)
+    total_tokens: int = Field(ge=0, le=MAX_TOKEN_ID)
+
+
+class ChunkChoice(MinerWireModel):
+    index: Literal[0] = Field(description="slmnet asks for n = 1")
+    finish_reason: Optional[FinishReason] = None
+    token_ids: Optional[list[int]] = Field(default=None, description="the tokens this chunk adds (return_token_ids)")
+
+
+class ChatChunkChoice(ChunkChoice):
+    delta: Delta
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class TextLogprobs(MinerWireModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+    top_logprobs: Optional[list[Optional[dict[str, float]]]] = None
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class TextChunkChoice(ChunkChoice):
+    text: str = ""
+    logprobs: Optional[TextLogprobs] = None
+
+
+class CompletionChunk(MinerWireModel):
+    id: str = Field(default="", max_length=256)
+    created: int = 0
+    model: str = Field(default="", max_length=256)
+    usage: Optional[Usage] = None
+    prompt_token_ids: Optional[list[int]] = None
+
+
+class ChatCompletionChunk(CompletionChunk):
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChatChunkChoice] = Field(max_length=1)
+
+
+class TextCompletionChunk(CompletionChunk):
+    object: Literal["text_completion"]
+    choices: list[TextChunkChoice] = Field(max_length=1)
+
+
+class ErrorDetail(MinerWireModel):
+    message: str = Field(max_length=4096)
+    type: Optional[str] = Field(default=None, max_length=256)
+    code: Union[str, int, None] = None
+
+
+class ErrorEvent(MinerWireModel):
+    """An engine's own report that the answer failed (vLLM sends one instead of more chunks)."""
+
+    error: ErrorDetail
+
+
+Chunk = Union[ChatCompletionChunk, TextCompletionChunk]
+Event = Union[ChatCompletionChunk, TextCompletionChunk, ErrorEvent]
+DONE = "[DONE]"
+
+
+def parse_event(data: str, chat: bool) -> Event:
+    """One SSE data string of a chat (``chat``) or text completion stream; StreamViolation if it is not one."""
+    try:
+        raw = json.loads(data)
+    except RecursionError as exc:
+        raise StreamViolation("an event is nested too deeply") from exc
+    except ValueError as exc:
+        raise StreamViolation(f"an event is not JSON: {data[:80]!r}") from exc
+    if not isinstance(raw, dict):
+        raise StreamViolation(f"an event is a JSON {type(raw).__name__}, not an object")
+    wire = ErrorEvent if "error" in raw else ChatCompletionChunk if chat else TextCompletionChunk
+    try:
+        return wire.model_validate(raw)
+    except (ValidationError, RecursionError) as exc:
+        raise StreamViolation(f"an event is not a valid {wire.__name__}: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
+    return type(exc).__name__
+
+
+class StreamFold:
+    """One answer (``n`` = 1) built from its events, checking what must hold across them.
+
+    ``max_tokens`` bounds the token ids (an endless stream fails as soon as it passes it);
+    ``logprobs`` says whether one logprob entry per token id was asked for.
+    """
+
+    def __init__(self, chat: bool, max_tokens: int, logprobs: bool = False):
+        self.chat, self.max_tokens, self.logprobs_asked = chat, max_tokens, logprobs
+        self.prompt_token_ids: Optional[list[int]] = None
+        self.token_ids: list[int] = []
+        self.logprobs: list[LogprobEntry] = []  # chat: one entry per token id
+        self.text = ""
+        self.finish_reason: Optional[str] = None
+        self.usage: Optional[Usage] = None
+        self.error: Optional[str] = None  # the miner's own error event (its message: for logs, never for users)
+        self.done = False  # [DONE] arrived
+
+    def add(self, data: str) -> Optional[Chunk]:
+        """Fold in one event's data; the chunk (None for [DONE] and error events). StreamViolation on any breach."""
+        if self.done:
+            raise StreamViolation("an event came after [DONE]")
+        if data == DONE:
+            self.done = True
+            return None
+        event = parse_event(data, self.chat)
+        if self.error is not None:
+            raise StreamViolation("an event came after an error event")
+        if isinstance(event, ErrorEvent):
+            self.error = event.error.message
+            return None
+        if event.prompt_token_ids is not None:
+            if self.prompt_token_ids is not None or self.token_ids:
+                raise StreamViolation("prompt_token_ids came twice or after the answer began")
+            self.prompt_token_ids = event.prompt_token_ids
+        if event.usage is not None:
+            self.usage = event.usage
+        for choice in event.choices:
+            self._choice(choice)
+        return event
+
+    def _choice(self, choice: Union[ChatChunkChoice, TextChunkChoice]) -> None:
+        ids = choice.token_ids or []
+        piece = choice.delta.content if isinstance(choice, ChatChunkChoice) else choice.text
+        if self.finish_reason is not None and (ids or piece):
+            raise StreamViolation("tokens came after the finish_reason")
+        if any(not 0 <= i <= MAX_TOKEN_ID for i in ids):
+            raise StreamViolation("a token id is negative or too large")
+        self.token_ids += ids
+        if len(self.token_ids) > self.max_tokens:
+            raise StreamViolation(f"more token ids than max_tokens ({self.max_tokens})")
+        self.text += piece or ""
+        if isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:
+            self.logprobs += choice.logprobs.content or []
+        if choice.finish_reason is not None:
+            self.finish_reason = choice.finish_reason
+
+    def close(self, require_done: bool = True) -> None:
+        """The stream ended: StreamViolation unless the answer is whole and consistent."""
+        if self.error is not None:
+            return  # an engine that reports its failure is not a protocol breach; the caller decides
+        if self.finish_reason is None:
+            raise StreamViolation("the stream ended without a finish_reason")
+        if require_done and not self.done:
+            raise StreamViolation("the stream ended without [DONE]")
+        if self.chat and self.logprobs_asked and len(self.logprobs) != len(self.token_ids):
+            raise StreamViolation(f"{len(self.logprobs)} logprob entries for {len(self.token_ids)} token ids")
+        if self.usage is not None and self.usage.total_tokens != self.usage.prompt_tokens + self.usage.completion_tokens:
+            raise StreamViolation("usage.total_tokens is not prompt_tokens + completion_tokens")

@@ -1,0 +1,210 @@
+"""Hostile miners: each a real `slmnet miner` attached to a hostile engine (``tests.harness.adversary``).
+
+One honest miner and one miner per hostile mode, all declaring the tiny seed-0 model on a
+localnet. The real `slmnet validator` runs two rounds against them: it keeps running,
+names each breach, and pays every hostile miner nothing. Then the real `slmnet gateway`
+routes ordinary user requests among all of them, picking the first miner uniformly
+(``--explore 1``) so that hostile miners really are tried: every user gets a whole answer,
+none a 5xx or a word a miner wrote beside the honest text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import chain
+from miner.models.tiny import build_tiny
+from tests.harness.adversary import HOSTILE, HOSTILE_TEXT
+from tests.harness.localnet import make_localnet
+from tests.harness.processes import Server, engine_env, free_port, start_adversary, start_miner, start_vllm
+
+pytestmark = pytest.mark.slow
+MODEL = "slmnet/tiny-qwen2-s0"
+# What the validator records for each hostile miner: the breach, in its own words.
+BREACH = {
+    "list-event": "JSON list", "string-error": "not a valid ErrorEvent", "bad-ids": "outside the model's vocabulary",
+    "html-text": "not the detokenization", "refuse-html": "HTTP 400", "oversized-event": "event is over", "endless": "more token ids than max_tokens",
+    "drip": "first token", "html-page": "without a finish_reason", "bad-utf8": "not UTF-8", "double-ids": "more token ids than max_tokens|logprob entries for",
+    "after-done": r"after \[DONE\]",
+}
+NOT_FIDELITY = ("refuse-html", "drip")  # an error status and a timeout: unpaid, but not a verdict on the model
+
+
+@pytest.fixture(scope="module")
+def subnet(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile")
+    build_tiny(tmp / "s0", seed=0)
+    engine = start_vllm(tmp / "s0", MODEL, tmp)
+    net = make_localnet(tmp)
+    wallets, uids = net.register(("honest", *HOSTILE, "validator"))
+    net.stake(wallets["validator"], 2000)
+    servers = [engine]
+    try:
+        engine.wait_healthy()
+        servers.append(hostile := start_adversary(engine.url, None, tmp))
+        hostile.wait_healthy(timeout=60)
+        miners = {}
+        for name in ("honest", *HOSTILE):
+            url = engine.url if name == "honest" else f"{hostile.url}/{name}"
+            args = [*net.flags(name), "--model", str(tmp / "s0"), "--engine-url", url, "--capacity", "8", "--metagraph-interval", "1"]
+            servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
+        for miner in miners.values():
+            miner.wait_healthy(timeout=180)
+        yield {"tmp": tmp, "net": net, "uids": uids, "engine": engine, "miners": miners, "servers": servers}
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def test_the_validator_survives_every_hostile_miner_names_each_breach_and_pays_them_nothing(subnet):
+    tmp, net, uids = subnet["tmp"], subnet["net"], subnet["uids"]
+    state = tmp / "validator"
+    args = [*net.flags("validator"), "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engine'].url}", "--tokenizer", f"{MODEL}={tmp / 's0'}",
+            "--challenges-per-miner", "4", "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "2"]
+    done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=600, env=engine_env(tmp))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]  # no miner reached past the validation into the code
+
+    rounds = [json.loads(line) for line in (state / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 2 and all(r["miners"] == 1 + len(HOSTILE) for r in rounds)
+    fidelity_failed = {uid for r in rounds for uid in r["fidelity_failed"]}
+    assert fidelity_failed == {uids[name] for name in HOSTILE if name not in NOT_FIDELITY}
+
+    db = sqlite3.connect(state / "validator.sqlite")
+    for name in HOSTILE:
+        reasons = [r for (r,) in db.execute("SELECT reasons FROM results WHERE uid = ?", (uids[name],))]
+        assert reasons and all(r and re.search(BREACH[name], r) for r in reasons), (name, reasons[:2])
+    honest = db.execute("SELECT COUNT(*), SUM(passed) FROM results WHERE uid = ?", (uids["honest"],)).fetchone()
+    assert honest == (8, 8)
+    (weights_json,) = db.execute("SELECT weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
+    weights = {int(uid): w for uid, w in json.loads(weights_json).items() if w > 0}
+    assert weights == {uids["honest"]: pytest.approx(1.0)}
+
+
+def _gateway(subnet) -> tuple[str, str, str]:
+    tmp, net = subnet["tmp"], subnet["net"]
+    db = tmp / "gateway.sqlite"
+    created = subprocess.run([sys.executable, "-m", "neurons.cli", "keys", "create", "user", "--db", str(db), "--json"], capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    port = free_port()
+    args = ["gateway", *net.flags("validator"), "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}", "--sync-interval", "1",
+            "--explore", "1", "--first-token-timeout", "3", "--stall-timeout", "3"]
+    gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
+    subnet["servers"].append(gateway)
+    gateway.wait_healthy(timeout=120)
+    deadline = time.monotonic() + 30  # the health loop probes every miner before it routes to one
+    while len(json.loads(urllib.request.urlopen(gateway.url + "/api/leaderboard").read())["miners"]) < 1 + len(HOSTILE) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return gateway.url, json.loads(created.stdout)["key"], str(db)
+
+
+@pytest.fixture(scope="module")
+def gateway(subnet):
+    return _gateway(subnet)
+
+
+def _post(url: str, key: str, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def _incentive_paid(subnet) -> dict[int, float]:
+    async def read() -> dict[int, float]:
+        async with chain.connect(subnet["net"].network) as c:
+            return {n.uid: n.incentive for n in (await c.metagraph(1)).neurons}
+
+    return asyncio.run(read())
+
+
+def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
+    url, key, _ = gateway
+    deadline = time.monotonic() + 30  # the validator's weights reach incentive at the next epoch
+    while _incentive_paid(subnet)[subnet["uids"]["honest"]] == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    asks = []
+    for i in range(24):
+        if i % 4 == 3:
+            asks.append(("/v1/completions", {"model": MODEL, "prompt": f"Once upon a time {i}", "max_tokens": 24}))
+        else:
+            asks.append(("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": f"Tell me about the number {i}."}], "max_tokens": 24,
+                                                  "stream": i % 4 == 1, "temperature": 0.7}))
+    answers = [_post(url, key, path, json.dumps(body).encode()) for path, body in asks]
+    assert [status for status, _, _ in answers] == [200] * len(asks), [(s, b[:200]) for s, _, b in answers if s != 200]
+    for (path, body), (_, headers, raw) in zip(asks, answers):
+        text = raw.decode()
+        assert "<script" not in text and HOSTILE_TEXT not in text and "BUY" not in text
+        if body.get("stream"):
+            assert text.rstrip().endswith("data: [DONE]") and '"finish_reason":"error"' not in text
+        else:
+            choice = json.loads(raw)["choices"][0]
+            assert choice["finish_reason"] in ("stop", "length") and (choice.get("text") or choice.get("message", {}).get("content"))
+    metrics = urllib.request.urlopen(url + "/metrics").read().decode()
+    failed = {int(uid) for uid in re.findall(r'slmnet_gateway_miner_errors_total\{kind="[a-z_0-9]+",uid="(\d+)"\}', metrics)}
+    assert len(failed & {subnet["uids"][name] for name in HOSTILE}) >= 6  # the hostile miners were really tried
+    assert subnet["uids"]["honest"] not in failed
+
+
+def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
+    url, key, _ = gateway
+    cases = {
+        "deep": (b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "metadata": ' % MODEL.encode() + b"[" * 5000 + b"]" * 5000 + b"}",
+                 "invalid_json"),
+        "image": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(),
+                  "unsupported_content"),
+        "penalty": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 9}).encode(), "presence_penalty"),
+        "seed": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "seed": 10**30}).encode(), "seed"),
+        "context": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}).encode(), "context"),
+    }
+    for name, (body, expected) in cases.items():
+        status, headers, raw = _post(url, key, "/v1/chat/completions", body)
+        error = json.loads(raw)["error"]
+        assert status == 400 and expected in (error["code"] + error["message"]), (name, status, raw[:300])
+    parts = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "system", "content": None},
+                                                            {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]}]}
+    status, _, raw = _post(url, key, "/v1/chat/completions", json.dumps(parts).encode())
+    assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"]
+
+
+def test_a_reused_request_id_is_echoed_but_each_request_keeps_its_own_ledger_row(gateway):
+    url, key, db = gateway
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    first, second = (_post(url, key, "/v1/chat/completions", body, {"X-Request-Id": "client-retry-1"}) for _ in range(2))
+    assert first[0] == second[0] == 200
+    assert first[1]["X-Request-Id"] == second[1]["X-Request-Id"] == "client-retry-1"
+    ours = {first[1]["x-slmnet-request-id"], second[1]["x-slmnet-request-id"]}
+    rows = sqlite3.connect(db).execute(f"SELECT status FROM usage WHERE request_id IN ({','.join('?' * len(ours))})", tuple(ours)).fetchall()
+    assert len(ours) == 2 and rows == [("ok",), ("ok",)]
+
+
+def test_a_user_who_hangs_up_mid_stream_is_charged_for_what_was_sent_and_the_row_says_cancelled(gateway):
+    url, key, db = gateway
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400, "stream": True,
+                       "ignore_eos": True}).encode()
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    response = urllib.request.urlopen(request, timeout=60)
+    ledger_id = response.headers["x-slmnet-request-id"]
+    response.read(2000)
+    response.close()  # the user goes away with most of the answer still to come
+    deadline, row = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        row = sqlite3.connect(db).execute("SELECT status, completion_tokens FROM usage WHERE request_id = ?", (ledger_id,)).fetchone()
+        if row and row[0] != "open":
+            break
+        time.sleep(0.3)
+    assert row[0] == "cancelled" and 0 < row[1] < 400
