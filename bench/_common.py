@@ -16,10 +16,10 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miner.client import sse_events  # noqa: E402
-from miner.engine import EngineSpec  # noqa: E402
-from miner.models.manifest import ModelManifest  # noqa: E402
-from miner.models.tiny import build_tiny  # noqa: E402
+from btauth.client import sse_events  # noqa: E402
+from engine import EngineSpec  # noqa: E402
+from models.manifest import ModelManifest  # noqa: E402
+from models.tiny import build_tiny  # noqa: E402
 
 
 def model_or_tiny(model: str | None, tmp: Path) -> tuple[Path, ModelManifest]:

@@ -31,9 +31,9 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import start_engine, stop, stream_chat  # noqa: E402
-from miner.models.tiny import build_tiny  # noqa: E402
+from models.tiny import build_tiny  # noqa: E402
 from tests.harness.adversary import perturbed_copy  # noqa: E402
-from validator import models as model_list  # noqa: E402
+from models import subnet as model_list  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.verify import ReferenceEngine, Vocabulary, collect, verify  # noqa: E402
 

@@ -152,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from gateway.store import Store
-    from miner.models.tiny import build_tiny
+    from models.tiny import build_tiny
 
     spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:

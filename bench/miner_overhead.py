@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import chain  # noqa: E402
 from chain.localnet import admin  # noqa: E402
 from bench._common import free_port, model_or_tiny, stop, wait_healthy  # noqa: E402
-from miner.client import signed_headers  # noqa: E402
-from miner.engine import EngineSpec  # noqa: E402
-from miner.models.manifest import ModelManifest  # noqa: E402
+from btauth.client import signed_headers  # noqa: E402
+from engine import EngineSpec  # noqa: E402
+from models.manifest import ModelManifest  # noqa: E402
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, keypair, receiver: str) -> tuple[float, float, int, float]:

@@ -35,7 +35,7 @@ from bittensor.sp_core import Keypair  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bench._common import free_port, model_or_tiny, start_engine, stop, stream_chat  # noqa: E402
-from validator import models as model_list  # noqa: E402
+from models import subnet as model_list  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.rounds import Target, run_round  # noqa: E402
 from validator.verify import ReferenceEngine, Vocabulary, collect, verify  # noqa: E402

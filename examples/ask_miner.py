@@ -19,7 +19,7 @@ import bittensor as bt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miner.client import MinerClient, sse_events  # noqa: E402
+from btauth.client import MinerClient, sse_events  # noqa: E402
 
 
 async def ask(args: argparse.Namespace) -> int:

@@ -1,9 +1,9 @@
 """Errors of the gateway, each with the HTTP status and code its callers receive.
 
-The request-level ones share the miner's ``HttpError`` base (same OpenAI error body):
+The request-level ones share ``protocol.errors.HttpError`` (the same OpenAI error body as the miner's):
 
 HttpError
-├── BadRequest, ModelNotFound, PayloadTooLarge    (the miner's: 400, 404, 413)
+├── BadRequest, ModelNotFound, PayloadTooLarge    (shared: 400, 404, 413)
 ├── InvalidApiKey       401 missing, unknown or revoked key
 ├── RateLimited         429 over requests or tokens per minute (Retry-After)
 ├── QuotaExceeded       429 the key's token quota is used up (no Retry-After: it does not refill)
@@ -13,7 +13,7 @@ HttpError
 
 from __future__ import annotations
 
-from miner.errors import BadRequest, HttpError, ModelNotFound, PayloadTooLarge
+from protocol.errors import BadRequest, HttpError, ModelNotFound, PayloadTooLarge
 
 __all__ = ["BadRequest", "HttpError", "InvalidApiKey", "ModelNotFound", "NoMinerAvailable", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "UpstreamFailed"]
 

@@ -40,8 +40,9 @@ from gateway.limits import KeyLimits
 from gateway.router import MinerView, Router
 from gateway.store import Store
 from gateway.tokens import TextBinding, TokenCounter
-from miner.client import MinerClient, miner_chunks
-from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, error_body, json_depth
+from btauth.client import MinerClient, miner_chunks
+from protocol.errors import error_body
+from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
 from protocol.sse import StreamViolation
 
@@ -140,7 +141,7 @@ def request_headers(request: web.Request) -> dict[str, str]:
 
 def _error_response(exc: HttpError, request: web.Request) -> web.Response:
     log.info("refused %s %s: %s %s (request %s)", request.method, request.path, exc.status, exc.message, request.get("request_id"))
-    return web.json_response(error_body(exc.message, exc.type, exc.code), status=exc.status, headers=exc.headers)
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
 
 
 def _authenticate(request: web.Request, state: GatewayState):

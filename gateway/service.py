@@ -26,7 +26,7 @@ from gateway.router import MinerView, Router
 from gateway.server import GatewaySettings, GatewayState, create_app
 from gateway.store import Store
 from gateway.tokens import TokenCounter
-from validator.models import ModelList
+from models.subnet import ModelList
 from validator.store import Store as ValidatorStore
 from protocol.responses import StreamFold
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, Vocabulary, verify

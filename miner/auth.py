@@ -13,21 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-import bittensor as bt
-
+from btauth.server import AuthFailed, SignatureCheck
 from chain import MetagraphView
 from miner.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
-
-_AUTH_CODES = {
-    bt.http_auth.MalformedAuth: "auth_missing",
-    bt.http_auth.WrongReceiver: "auth_wrong_receiver",
-    bt.http_auth.StaleRequest: "auth_stale",
-    bt.http_auth.ReplayedRequest: "auth_replayed",
-    bt.http_auth.BadSignature: "auth_bad_signature",
-}
-
 
 @dataclass(frozen=True)
 class Sender:
@@ -45,8 +35,7 @@ class Gatekeeper:
     def __init__(self, self_hotkey: str, min_stake: float):
         self.self_hotkey = self_hotkey
         self.min_stake = min_stake
-        # Nonces must outlive the SDK's freshness window (10 s back, 2 s ahead).
-        self.nonces = bt.http_auth.InMemoryNonceStore(retention=60.0)
+        self.signatures = SignatureCheck(self_hotkey)
         self._senders: dict[str, Sender] = {}
         self.netuid: Optional[int] = None
         self.block: Optional[int] = None
@@ -58,16 +47,15 @@ class Gatekeeper:
     def check(self, headers: Mapping[str, str], body: bytes, method: str, path: str) -> Sender:
         """The sender of a request; Unauthorized (401) or Forbidden (403) with the reason."""
         try:
-            caller = bt.http_auth.verify(headers, body, method=method, path=path, self_hotkey_ss58=self.self_hotkey, nonce_store=self.nonces)
-        except bt.http_auth.AuthError as exc:
-            code = next((c for kind, c in _AUTH_CODES.items() if isinstance(exc, kind)), "auth_failed")
-            raise Unauthorized(f"btauth/1: {exc}", code=code) from exc
-        sender = self._senders.get(caller.hotkey_ss58)
+            hotkey = self.signatures.sender(headers, body, method, path)
+        except AuthFailed as exc:
+            raise Unauthorized(str(exc), code=exc.code) from exc
+        sender = self._senders.get(hotkey)
         if sender is None:
-            raise Forbidden(f"hotkey {caller.hotkey_ss58} is not registered on subnet {self.netuid}", code="sender_not_registered")
+            raise Forbidden(f"hotkey {hotkey} is not registered on subnet {self.netuid}", code="sender_not_registered")
         if not sender.validator_permit and sender.stake < self.min_stake:
             raise Forbidden(
-                f"hotkey {caller.hotkey_ss58} (uid {sender.uid}) has {sender.stake:g} TAO of stake and no validator permit; "
+                f"hotkey {hotkey} (uid {sender.uid}) has {sender.stake:g} TAO of stake and no validator permit; "
                 f"this miner requires a permit or {self.min_stake:g} TAO",
                 code="sender_not_staked",
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from miner.engine import EngineSpec
+from engine import EngineSpec
 
 
 @dataclass(frozen=True)

@@ -1,39 +1,23 @@
 """Errors of the miner, each with the HTTP status and error code a caller receives.
 
+protocol.errors.HttpError    one request refused (BadRequest 400, ModelNotFound 404, PayloadTooLarge 413 are shared)
+├── Unauthorized             401 missing, forged, stale, replayed or misaddressed btauth/1
+├── Forbidden                403 a valid signature from a hotkey that may not call this miner
+├── Overloaded               429 over the per-caller or global in-flight limit (Retry-After)
+└── EngineUnavailable        503 the vLLM engine is down or starting
 MinerError
-├── HttpError                one request refused; ``status`` and ``code`` go on the wire
-│   ├── BadRequest           400 malformed JSON or fields
-│   ├── Unauthorized         401 missing, forged, stale, replayed or misaddressed btauth/1
-│   ├── Forbidden            403 a valid signature from a hotkey that may not call this miner
-│   ├── ModelNotFound        404 a model other than the served one
-│   ├── PayloadTooLarge      413 a body over the size limit
-│   ├── Overloaded           429 over the per-caller or global in-flight limit (Retry-After)
-│   └── EngineUnavailable    503 the vLLM engine is down or starting
 └── StartupError             the miner cannot start (hotkey not registered, engine mismatch)
 """
 
 from __future__ import annotations
 
+from protocol.errors import BadRequest, HttpError, ModelNotFound, PayloadTooLarge
+
+__all__ = ["BadRequest", "EngineUnavailable", "Forbidden", "HttpError", "MinerError", "ModelNotFound", "Overloaded", "PayloadTooLarge", "StartupError", "Unauthorized"]
+
 
 class MinerError(Exception):
-    """Base of every error the miner raises."""
-
-
-class HttpError(MinerError):
-    status = 500
-    type = "server_error"
-    code = "internal_error"
-
-    def __init__(self, message: str, code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        self.headers = headers or {}
-
-
-class BadRequest(HttpError):
-    status, type, code = 400, "invalid_request_error", "invalid_request"
+    """Base of the miner's own errors that are not answers to one request."""
 
 
 class Unauthorized(HttpError):
@@ -42,14 +26,6 @@ class Unauthorized(HttpError):
 
 class Forbidden(HttpError):
     status, type, code = 403, "permission_error", "forbidden"
-
-
-class ModelNotFound(HttpError):
-    status, type, code = 404, "invalid_request_error", "model_not_found"
-
-
-class PayloadTooLarge(HttpError):
-    status, type, code = 413, "invalid_request_error", "payload_too_large"
 
 
 class Overloaded(HttpError):

@@ -23,12 +23,12 @@ from pydantic import ValidationError
 
 from chain import Chain
 from miner.auth import Sender
-from miner.engine import Engine
+from engine import Engine
 from miner.errors import BadRequest, EngineUnavailable, HttpError, ModelNotFound, PayloadTooLarge
 from miner.metrics import MinerMetrics
 from miner.state import STATE, MinerState
 from miner.sync import metagraph_ctx
-from protocol.openai import REQUEST_MODELS, describe_validation_error, error_body
+from protocol.openai import REQUEST_MODELS, describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     except HttpError as exc:
         log.info("refused %s %s from %s: %s %s (request %s)", request.method, request.path, request.remote, exc.status, exc.message, request_id)
         state.metrics.refusals.labels(exc.code).inc()
-        response = web.json_response(error_body(exc.message, exc.type, exc.code), status=exc.status, headers=exc.headers)
+        response = web.json_response(exc.body(), status=exc.status, headers=exc.headers)
     response.headers.setdefault("X-Request-Id", request_id)
     if not response.prepared:
         state.metrics.requests.labels(request.path, str(response.status)).inc()
@@ -207,7 +207,7 @@ async def _relay_stream(request: web.Request, state: MinerState, upstream: aioht
     except EngineUnavailable as exc:
         # The status line is gone already: end the stream with an error event the
         # caller can tell from a normal end (no [DONE]).
-        await response.write(b"data: " + json.dumps(error_body(exc.message, exc.type, exc.code)).encode() + b"\n\n")
+        await response.write(b"data: " + json.dumps(exc.body()).encode() + b"\n\n")
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         log.info("caller went away mid-stream (request %s); the engine request is aborted", request["request_id"])
         return response

@@ -16,7 +16,7 @@ import chain
 from miner.admission import Admission
 from miner.auth import Gatekeeper
 from miner.config import MinerConfig
-from miner.engine import Engine
+from engine import Engine
 from miner.errors import StartupError
 from miner.metrics import MinerMetrics
 from miner.server import create_app

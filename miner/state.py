@@ -11,7 +11,7 @@ from aiohttp import web
 from miner.admission import Admission
 from miner.auth import Gatekeeper
 from miner.config import MinerConfig
-from miner.engine import Engine
+from engine import Engine
 from miner.metrics import MinerMetrics
 from protocol.commitment import ModelDeclaration
 

@@ -168,7 +168,7 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> None:
-    from miner.models.tiny import build_tiny
+    from models.tiny import build_tiny
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
@@ -181,7 +181,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> None:
 def cmd_models_prepare(args: argparse.Namespace) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from miner.models.prepare import STEPS, PrepareError, default_cache_dir, prepare
+    from models.prepare import STEPS, PrepareError, default_cache_dir, prepare
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     # A bar on a terminal; nothing but the result in CI and pipes.

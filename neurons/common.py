@@ -7,6 +7,7 @@ import asyncio
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Awaitable, Optional
 
 
@@ -50,4 +51,35 @@ def run_service(service: Awaitable[None], *expected: type[BaseException]) -> Non
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(service)
     except expected as exc:
+        raise CliError(str(exc)) from exc
+
+
+def model_pairs(flag: str, items: list[str], models) -> list[tuple[str, str]]:
+    """``ID=VALUE`` flag values, each ID from the model list."""
+    pairs = []
+    for item in items:
+        model_id, sep, value = item.partition("=")
+        if not sep or not value or models.get(model_id) is None:
+            raise CliError(f"{flag} {item!r}: expected ID=VALUE with an ID from the model list ({', '.join(m.id for m in models.models)})")
+        pairs.append((model_id, value))
+    return pairs
+
+
+def load_model_list(path: str | None):
+    from models import subnet as model_list
+
+    try:
+        return model_list.load(Path(path)) if path else model_list.load()
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def model_folder(source: str, cache: Path) -> str:
+    """``models.prepare.model_folder``, its PrepareError as a CliError."""
+    from models.prepare import PrepareError
+    from models.prepare import model_folder as folder_of
+
+    try:
+        return folder_of(source, cache)
+    except PrepareError as exc:
         raise CliError(str(exc)) from exc

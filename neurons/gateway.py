@@ -8,8 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags, run_service
-from neurons.validator import model_folder, load_model_list, model_pairs
+from neurons.common import CliError, add_chain_flags, load_model_list, model_folder, model_pairs, run_service
 
 DEFAULT_DB = "~/.slmnet/gateway.sqlite"
 
@@ -108,7 +107,7 @@ def cmd_keys_usage(args: argparse.Namespace) -> None:
 def build_config(args: argparse.Namespace):
     from gateway.server import GatewaySettings
     from gateway.service import GatewayConfig
-    from miner.models.prepare import default_cache_dir
+    from models.prepare import default_cache_dir
 
     models = load_model_list(args.model_list)
     tokenizers = dict(model_pairs("--tokenizer", args.tokenizer, models))

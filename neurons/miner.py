@@ -36,8 +36,8 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
 
 def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple[str, str, Optional[str], Optional[str], Optional[int]]:
     """(what the engine loads, declared id, revision, weights sha256, max context) for ``--model``."""
-    from miner.models.manifest import ModelManifest
-    from miner.models.prepare import PREPARED
+    from models.manifest import ModelManifest
+    from models.prepare import PREPARED
 
     path = Path(model).expanduser()
     if not path.is_dir() and model in PREPARED:
@@ -57,8 +57,8 @@ def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple
 
 def build_config(args: argparse.Namespace) -> "MinerConfig":
     from miner.config import MinerConfig
-    from miner.engine import EngineSpec
-    from miner.models.prepare import default_cache_dir
+    from engine import EngineSpec
+    from models.prepare import default_cache_dir
 
     source, model_id, revision, digest, manifest_context = resolve_model(args.model, args.revision, default_cache_dir())
     max_context = args.max_model_len or manifest_context or 2048

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from miner.engine import EngineSpec
+from engine import EngineSpec
 from neurons.common import CliError, free_port, http_status
 
 NETUID = 1
@@ -121,8 +121,8 @@ class Subnet:
         admin.stake(self.root / "chain", wallets["validator"].coldkeypub.ss58_address, wallets["validator"].hotkey.ss58_address, 2000)
 
     def models(self) -> tuple[Path, Path]:
-        from miner.models.prepare import default_cache_dir, prepare
-        from neurons.validator import model_folder
+        from models.prepare import default_cache_dir, prepare
+        from neurons.common import model_folder
 
         smollm2, _ = prepare("smollm2-135m", default_cache_dir())
         tiny = Path(model_folder("tiny:0", default_cache_dir()))

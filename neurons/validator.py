@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags, free_port, run_service
+from neurons.common import CliError, add_chain_flags, free_port, load_model_list, model_folder, model_pairs, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -29,49 +29,9 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_validator, log_level=logging.INFO)
 
 
-def model_folder(source: str, cache: Path) -> str:
-    """A local folder (or hub id) for a model-list source: tiny:SEED is built, prepared:NAME prepared."""
-    from miner.models.manifest import ModelManifest
-    from miner.models.prepare import PrepareError, prepare
-    from miner.models.tiny import build_tiny
-
-    kind, _, value = source.partition(":")
-    if kind == "tiny":
-        folder = cache / "models" / f"tiny-s{value}"
-        if ModelManifest.read(folder) is None:
-            build_tiny(folder, seed=int(value))
-        return str(folder)
-    if kind == "prepared":
-        try:
-            return str(prepare(value, cache)[0])
-        except PrepareError as exc:
-            raise CliError(str(exc)) from exc
-    return source
-
-
-def model_pairs(flag: str, items: list[str], models) -> list[tuple[str, str]]:
-    """``ID=VALUE`` flag values, each ID from the model list."""
-    pairs = []
-    for item in items:
-        model_id, sep, value = item.partition("=")
-        if not sep or not value or models.get(model_id) is None:
-            raise CliError(f"{flag} {item!r}: expected ID=VALUE with an ID from the model list ({', '.join(m.id for m in models.models)})")
-        pairs.append((model_id, value))
-    return pairs
-
-
-def load_model_list(path: str | None):
-    from validator import models as model_list
-
-    try:
-        return model_list.load(Path(path)) if path else model_list.load()
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
-
-
 def build_config(args: argparse.Namespace):
-    from miner.engine import EngineSpec
-    from miner.models.prepare import default_cache_dir
+    from engine import EngineSpec
+    from models.prepare import default_cache_dir
     from validator.service import ValidatorConfig
 
     models = load_model_list(args.model_list)

@@ -1,4 +1,4 @@
-"""OpenAI-compatible request models and error bodies, as miners and the gateway accept them.
+"""OpenAI-compatible request models, as miners and the gateway accept them (error bodies: ``protocol.errors``).
 
 Fields follow the OpenAI reference order; the engine (vLLM) accepts many more, so
 unknown fields are allowed and passed through untouched. Only what slmnet itself
@@ -133,8 +133,3 @@ def describe_validation_error(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
-
-
-def error_body(message: str, type_: str, code: Union[str, int, None] = None, param: Optional[str] = None) -> dict[str, Any]:
-    """The OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

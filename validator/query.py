@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import aiohttp
 
-from miner.client import MinerClient, miner_chunks
+from btauth.client import MinerClient, miner_chunks
 from protocol.responses import StreamFold
 from protocol.sse import StreamViolation
 from scoring.latency import StreamTiming

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import aiohttp
 
-from miner.client import MinerClient
+from btauth.client import MinerClient
 from scoring.aggregate import Outcome, judged_streamed, round_scores, summarize
 from scoring.latency import measure
 from validator.challenges import Challenge, generate, grade

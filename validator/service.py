@@ -24,11 +24,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 import chain
-from miner.engine import Engine, EngineSpec
+from engine import Engine, EngineSpec
 from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, update
 from scoring.weights import to_weights
 from validator.challenges import round_seed
-from validator.models import ModelList
+from models.subnet import ModelList
 from validator.query import Timeouts
 from validator.rounds import RoundReport, Target, run_round
 from validator.store import Store

@@ -41,7 +41,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from miner.client import sse_events
+from btauth.client import sse_events
 
 CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
 HOSTILE = ("list-event", "string-error", "bad-ids", "html-text", "refuse-html", "oversized-event", "endless", "drip", "html-page", "bad-utf8",

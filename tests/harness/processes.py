@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from miner.engine import EngineSpec
+from engine import EngineSpec
 from neurons.common import http_status
 
 STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~70 s warm, ~100 s with empty caches

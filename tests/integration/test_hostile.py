@@ -23,7 +23,7 @@ import urllib.request
 import pytest
 
 import chain
-from miner.models.tiny import build_tiny
+from models.tiny import build_tiny
 from tests.harness.adversary import HOSTILE, HOSTILE_TEXT
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import Server, engine_env, free_port, start_adversary, start_miner, start_vllm

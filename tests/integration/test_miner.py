@@ -14,8 +14,8 @@ import bittensor as bt
 import pytest
 
 import chain
-from miner.client import MinerClient, signed_headers
-from miner.models.tiny import build_tiny
+from btauth.client import MinerClient, signed_headers
+from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import free_port, health_json, start_miner, start_vllm
 from tests.harness.sse import read_sse

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 import chain
-from miner.client import MinerClient
-from miner.models.tiny import build_tiny
+from btauth.client import MinerClient
+from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import STARTUP_TIMEOUT, engine_env, free_port, health_json, start_miner
 from tests.harness.sse import read_sse

@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from miner.models.manifest import ModelManifest
-from miner.models.tiny import build_tiny
+from models.manifest import ModelManifest
+from models.tiny import build_tiny
 from tests.harness.processes import start_vllm
 
 

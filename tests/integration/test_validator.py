@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 
 import chain
-from miner.models.tiny import build_tiny
+from models.tiny import build_tiny
 from tests.harness.adversary import perturbed_copy
 from tests.harness.localnet import FAST, make_localnet
 from tests.harness.processes import engine_env, free_port, start_adversary, start_miner, start_vllm
-from validator import models as model_list
+from models import subnet as model_list
 from validator.rounds import Target, run_round
 from validator.verify import ReferenceEngine, Vocabulary
 

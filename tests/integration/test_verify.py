@@ -5,10 +5,10 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from miner.client import sse_events
-from miner.models.tiny import build_tiny
+from btauth.client import sse_events
+from models.tiny import build_tiny
 from tests.harness.processes import start_vllm
-from validator import models as model_list
+from models import subnet as model_list
 from validator.challenges import generate
 from validator.verify import MinerResponse, ReferenceEngine, Vocabulary, collect, verify
 

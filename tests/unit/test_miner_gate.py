@@ -8,7 +8,7 @@ from bittensor.wallets import Keypair
 from chain import MetagraphView, NeuronView
 from miner.admission import Admission
 from miner.auth import Gatekeeper
-from miner.client import signed_headers
+from btauth.client import signed_headers
 from miner.errors import Forbidden, Overloaded, Unauthorized
 
 MINER, VALIDATOR, WHALE, MINNOW = (Keypair.create_from_uri(f"//{name}") for name in ("Miner", "Validator", "Whale", "Minnow"))

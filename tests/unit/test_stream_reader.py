@@ -99,7 +99,7 @@ def test_fields_a_miner_adds_are_dropped():
 
 def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
     from gateway.tokens import TextBinding, TokenCounter
-    from miner.models.tiny import build_tiny
+    from models.tiny import build_tiny
 
     build_tiny(tmp_path / "s0", seed=0)
     counter = TokenCounter(tmp_path / "s0")

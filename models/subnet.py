@@ -1,4 +1,4 @@
-"""The subnet's model list (``validator/subnet_models.json``, versioned in the repo)."""
+"""The subnet's model list (``models/subnet_models.json``, versioned in the repo)."""
 
 from __future__ import annotations
 

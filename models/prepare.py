@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from miner.models.manifest import ModelManifest, weights_sha256
+from models.manifest import ModelManifest, weights_sha256
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,20 @@ def _complete(out: Path) -> Optional[ModelManifest]:
     if manifest is None or weights_sha256(out) != manifest.weights_sha256:
         return None
     return manifest
+
+
+def model_folder(source: str, cache: Path) -> str:
+    """A local folder (or hub id) for a model-list source: tiny:SEED is built, prepared:NAME prepared.
+    PrepareError when a prepared model cannot be made here."""
+    from models.manifest import ModelManifest
+    from models.tiny import build_tiny
+
+    kind, _, value = source.partition(":")
+    if kind == "tiny":
+        folder = cache / "models" / f"tiny-s{value}"
+        if ModelManifest.read(folder) is None:
+            build_tiny(folder, seed=int(value))
+        return str(folder)
+    if kind == "prepared":
+        return str(prepare(value, cache)[0])  # PrepareError says what is missing
+    return source

@@ -13,7 +13,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-from miner.models.manifest import ModelManifest, weights_sha256
+from models.manifest import ModelManifest, weights_sha256
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

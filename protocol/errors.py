@@ -1,0 +1,47 @@
+"""HTTP errors every slmnet server answers with, and the one OpenAI error body they all use.
+
+HttpError                   one request refused; ``status``, ``type`` and ``code`` go on the wire
+├── BadRequest              400 malformed JSON or fields
+├── ModelNotFound           404 a model that is not served here
+└── PayloadTooLarge         413 a body over the size limit
+
+Each role adds its own (``miner/errors.py``, ``gateway/errors.py``) on this base, so one
+middleware per server turns any of them into the same body.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+
+def error_body(message: str, type_: str, code: Union[str, int, None] = None, param: Optional[str] = None) -> dict[str, Any]:
+    """The OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class HttpError(Exception):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.code)
+
+
+class BadRequest(HttpError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class ModelNotFound(HttpError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class PayloadTooLarge(HttpError):
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
