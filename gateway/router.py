@@ -56,6 +56,7 @@ class MinerView:
     open_until: float = 0.0
     cooldown: float = BREAKER_COOLDOWN_S
     trial_in_flight: bool = False
+    sampled: int = 0  # answers put in the organic outbox for a validator to verify
     history: list[tuple[float, Optional[float], Optional[float], float]] = field(default_factory=list)  # (time, ttft, tok/s, errors)
 
     def breaker(self, now: float) -> str:

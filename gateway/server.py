@@ -68,7 +68,7 @@ class GatewaySettings:
     stall_timeout: float = 10.0
     default_max_tokens: int = 512
     busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
-    verify_share: float = 0.0  # share of organic answers sent to the verifier
+    verify_share: float = 0.0  # share of chat answers put in the organic outbox for a validator to verify
 
 
 class GatewayMetrics:
@@ -92,7 +92,6 @@ class GatewayState:
     keypair: Any
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    verifier: Optional[Callable[[MinerView, dict[str, Any], StreamFold], Awaitable[None]]] = None  # organic verification
     session: Optional[aiohttp.ClientSession] = None
     limits: Optional[KeyLimits] = None
     contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
@@ -501,20 +500,22 @@ async def completions(request: web.Request) -> web.StreamResponse:
         state.metrics.tokens.labels("prompt").inc(prompt_tokens)
         state.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
         if status == "ok":
-            _maybe_verify(state, generation)
+            _maybe_sample(state, generation)
 
 
-def _maybe_verify(state: GatewayState, generation: Generation) -> None:
-    """Send a sampled share of chat answers that one miner wrote whole to the verifier (in the
-    background); the verifier teacher-forces a conversation, so text completions are left out."""
-    if not (generation.chat and generation.first_answer is not None and not generation.failovers and state.verifier):
+def _maybe_sample(state: GatewayState, generation: Generation) -> None:
+    """Put a sampled share of chat answers that one miner wrote whole in the organic outbox, for a
+    validator to verify like a challenge (it teacher-forces a conversation: text completions are left out)."""
+    answer = generation.first_answer
+    if not (generation.chat and answer is not None and not generation.failovers and state.settings.verify_share):
         return
     miner = state.router.miners.get(generation.parts[0][0])
     if miner is None or state.rng.random() >= state.settings.verify_share:
         return
-    task = asyncio.create_task(state.verifier(miner, generation.upstream_body(from_start=True), generation.first_answer))
-    state.background.add(task)
-    task.add_done_callback(state.background.discard)
+    state.store.record_sample(miner.uid, miner.hotkey, generation.model, generation.upstream_body(from_start=True), {
+        "prompt_token_ids": answer.prompt_token_ids, "token_ids": answer.token_ids, "logprobs": [entry.logprob for entry in answer.logprobs],
+        "text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.usage.completion_tokens if answer.usage else None})
+    miner.sampled += 1
 
 
 def _usage(state: GatewayState, generation: Generation) -> dict[str, int]:
@@ -558,16 +559,14 @@ async def metrics(request: web.Request) -> web.Response:
 async def leaderboard(request: web.Request) -> web.Response:
     """What the dashboard shows: every miner the gateway knows, with its live figures and history."""
     state: GatewayState = request.app["state"]
-    fidelity = request.app.get("fidelity", {})
     rows = []
     for m in sorted(state.router.miners.values(), key=lambda m: -m.incentive):
-        passed, checked = fidelity.get(m.uid, (0, 0))
         rows.append({"uid": m.uid, "hotkey": m.hotkey, "model": m.model, "incentive": m.incentive, "healthy": m.healthy,
                      "breaker": m.breaker(time.monotonic()), "ttft_s": m.ttft, "tokens_per_s": m.tokens_per_s, "requests": m.requests,
                      "errors": m.errors, "error_rate": m.error_rate, "in_flight": m.in_flight, "capacity": m.capacity,
-                     "fidelity_pass_rate": passed / checked if checked else None, "verified": checked,
+                     "sampled": m.sampled,
                      "history": [{"t": t, "ttft_s": a, "tokens_per_s": b, "error_rate": c} for t, a, b, c in m.history]})
-    return web.json_response({"miners": rows, "models": sorted(state.router.models())})
+    return web.json_response({"miners": rows, "models": sorted(state.router.models()), "organic_share": state.settings.verify_share})
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:
@@ -577,7 +576,6 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 def create_app(state: GatewayState) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=state.settings.max_body_bytes)
     app["state"] = state
-    app["fidelity"] = {}
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)

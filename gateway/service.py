@@ -1,4 +1,4 @@
-"""Running a gateway: chain sync, miner health, organic verification, the HTTP server.
+"""Running a gateway: chain sync, miner health, the organic outbox, the HTTP server.
 
 Three loops beside the server: the metagraph (every ``sync_interval`` s: miners with an
 endpoint and a declaration of a supported model, their capacity and incentive), each
@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
 
 import aiohttp
 import bittensor as bt
@@ -27,9 +25,6 @@ from gateway.server import GatewaySettings, GatewayState, create_app
 from gateway.store import Store
 from gateway.tokens import TokenCounter
 from models.subnet import ModelList
-from validator.store import Store as ValidatorStore
-from protocol.responses import StreamFold
-from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, Vocabulary, verify
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +41,6 @@ class GatewayConfig:
     db: Path
     models: ModelList
     tokenizers: dict[str, str]  # model id → folder with its tokenizer
-    references: tuple[tuple[str, str], ...] = ()  # (model id, reference engine URL) for organic verification
-    validator_db: Optional[Path] = None  # the validator's SQLite, where organic verdicts go
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     explore: float = 0.05
     sync_interval: float = 12.0
@@ -77,35 +70,12 @@ class Gateway:
         counters = {model: TokenCounter(folder) for model, folder in config.tokenizers.items()}
         self.state = GatewayState(store=self.store, router=Router(explore=config.explore), counters=counters, keypair=self.wallet.hotkey, settings=config.settings,
                                   contexts={m.id: m.max_context for m in config.models.models})
-        self.references: dict[str, str] = dict(config.references)
-        self.vocabularies = {model: Vocabulary(config.tokenizers[model]) for model in self.references if model in config.tokenizers}
-        self.validator_store = ValidatorStore(config.validator_db) if config.validator_db else None
-        if self.references:
-            self.state.verifier = self.verify_organic
+        if config.settings.verify_share:
+            log.info("organic samples: %.0f%% of chat answers go to the outbox in %s for a validator (slmnet validator --organic-from)",
+                     100 * config.settings.verify_share, config.db)
+        else:
+            log.info("organic verification is off (--verify-share 0): no user answer is handed to a validator")
         self.app = create_app(self.state)
-
-    async def verify_organic(self, miner: MinerView, body: dict[str, Any], answer: StreamFold) -> None:
-        """Verify one user's answer like a challenge; the verdict goes to the dashboard and the validator."""
-        url, vocabulary = self.references.get(miner.model), self.vocabularies.get(miner.model)
-        if url is None or vocabulary is None:
-            return
-        supported = self.config.models.get(miner.model)
-        reference = ReferenceEngine(self.state.session, url, miner.model, vocabulary, supported.end_token_ids if supported else (),
-                                    max_context=supported.max_context if supported else 1 << 30)
-        try:
-            verdict = await verify(reference, body, MinerResponse.from_fold(answer))
-        except ReferenceError as exc:
-            log.warning("organic verification skipped: %s", exc)
-            return
-        except Exception:  # a background task: log what went wrong instead of losing it
-            log.exception("organic verification of uid %s failed", miner.uid)
-            return
-        passed, checked = self.app["fidelity"].get(miner.uid, (0, 0))
-        self.app["fidelity"][miner.uid] = (passed + verdict.passed, checked + 1)
-        if not verdict.passed:
-            log.warning("uid %s failed verification on a user's answer: %s", miner.uid, "; ".join(verdict.reasons))
-        if self.validator_store is not None:
-            self.validator_store.record_organic(time.time(), miner.uid, miner.hotkey, miner.model, verdict.passed, "; ".join(verdict.reasons))
 
     async def sync(self, net: chain.Chain) -> None:
         graph = await net.metagraph(self.config.netuid)

@@ -6,17 +6,23 @@ the request is admitted (status ``open``), brought up to date while tokens strea
 closed at the end, plus one row per miner that produced part of the answer (a failover
 splits one answer between miners). A gateway killed mid-request leaves its ``open`` rows
 with the tokens counted so far; the next start marks them ``interrupted``.
+
+The organic outbox (``organic_samples``) holds a sampled share of user answers exactly as
+one miner sent them, with the request it answered: a validator reads it (``slmnet
+validator --organic-from`` this file, read-only), verifies each with its own reference
+engines and scores the miner. The gateway only writes; it never verifies.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -29,6 +35,10 @@ CREATE TABLE IF NOT EXISTS usage (
     started REAL NOT NULL, finished REAL
 );
 CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key_id);
+CREATE TABLE IF NOT EXISTS organic_samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
+    request TEXT NOT NULL, answer TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage_by_miner (
     request_id TEXT NOT NULL REFERENCES usage(request_id), miner_uid INTEGER NOT NULL, miner_hotkey TEXT NOT NULL, completion_tokens INTEGER NOT NULL
 );
@@ -128,3 +138,8 @@ class Store:
 
     def miner_tokens(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT miner_uid, SUM(completion_tokens) FROM usage_by_miner GROUP BY miner_uid").fetchall())
+
+    def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: dict[str, Any]) -> None:
+        """One user answer for the validator to verify: the request a miner got, and what it sent back."""
+        self.db.execute("INSERT INTO organic_samples (time, uid, hotkey, model, request, answer) VALUES (?, ?, ?, ?, ?, ?)",
+                        (time.time(), uid, hotkey, model, json.dumps(request), json.dumps(answer)))

@@ -22,9 +22,8 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--model-list", default=None, help="the subnet's model list (default: the one in the repo)")
     p.add_argument("--tokenizer", action="append", default=[], metavar="ID=DIR",
                    help="count tokens for model ID with the tokenizer in DIR (repeatable; default: every model of the list, built or prepared into the cache)")
-    p.add_argument("--reference", action="append", default=[], metavar="ID=URL", help="reference engine for verifying sampled user answers (repeatable)")
-    p.add_argument("--verify-share", type=float, default=0.05, help="share of user answers verified (needs --reference)")
-    p.add_argument("--validator-db", default=None, help="the validator's SQLite (its --state-dir/validator.sqlite): organic verdicts enter its scores")
+    p.add_argument("--verify-share", type=float, default=0.05,
+                   help="share of chat answers put in the organic outbox (this gateway's --db) for a validator to verify: slmnet validator --organic-from DB")
     p.add_argument("--explore", type=float, default=0.05, help="share of requests routed uniformly, so new miners earn a record")
     p.add_argument("--max-attempts", type=int, default=3, help="miners tried per request, failovers included")
     p.add_argument("--first-token-timeout", type=float, default=15.0, help="seconds to the first token before trying another miner")
@@ -113,15 +112,14 @@ def build_config(args: argparse.Namespace):
     tokenizers = dict(model_pairs("--tokenizer", args.tokenizer, models))
     if not tokenizers:
         tokenizers = {m.id: model_folder(m.source, default_cache_dir()) for m in models.models}
-    references = tuple((model_id, url.rstrip("/")) for model_id, url in model_pairs("--reference", args.reference, models))
     if not 0 <= args.verify_share <= 1:
         raise CliError("--verify-share is a share: 0 to 1")
     settings = GatewaySettings(max_attempts=args.max_attempts, first_token_timeout=args.first_token_timeout, stall_timeout=args.stall_timeout,
-                               verify_share=args.verify_share if references else 0.0)
+                               verify_share=args.verify_share)
     return GatewayConfig(
         network=args.network, netuid=args.netuid, wallet_path=str(Path(args.wallet_path).expanduser()), wallet_name=args.wallet_name,
         wallet_hotkey=args.wallet_hotkey, host=args.host, port=args.port, db=Path(args.db).expanduser(), models=models, tokenizers=tokenizers,
-        references=references, validator_db=Path(args.validator_db).expanduser() if args.validator_db else None, settings=settings,
+        settings=settings,
         explore=args.explore, sync_interval=args.sync_interval,
     )
 

@@ -152,7 +152,8 @@ class Subnet:
         self.start(Proc("validator", [*slmnet, "validator", *self.chain_flags("validator"), "--state-dir", str(self.root / "validator"),
                                       "--serve-reference", SMOLLM2, "--serve-reference", TINY, "--dtype", "float32", f"--engine-arg={EAGER}",
                                       f"--engine-arg=--kv-cache-memory-bytes={KV_BYTES}", "--challenges-per-miner", "6",
-                                      "--round-interval", "5", "--weights-interval", "1"], ready_check=self._validator_progress))
+                                      "--round-interval", "5", "--weights-interval", "1", "--organic-from", str(self.root / "gateway.sqlite")],
+                        ready_check=self._validator_progress))
         self.start(Proc("gateway", [*slmnet, "gateway", *self.chain_flags("validator"), "--port", str(self.port), "--db", str(self.root / "gateway.sqlite"),
                                     "--sync-interval", "3"], health=f"http://127.0.0.1:{self.port}/health"))
 

@@ -25,6 +25,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-interval", type=int, default=None, help="blocks between weight settings (default: the tempo)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this loopback port")
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
+    p.add_argument("--organic-from", default=None, metavar="DB", help="a gateway's --db: verify the user answers it samples (its organic outbox) each round")
     p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds in the state (smoke runs)")
     p.set_defaults(func=cmd_validator, log_level=logging.INFO)
 
@@ -57,6 +58,7 @@ def build_config(args: argparse.Namespace):
         references=tuple(references), engines=tuple(engines),
         challenges_per_miner=args.challenges_per_miner, round_interval=args.round_interval, weights_interval_blocks=args.weights_interval,
         metrics_port=args.metrics_port, wandb_project=args.wandb_project, max_rounds=args.max_rounds,
+        organic_from=Path(args.organic_from).expanduser() if args.organic_from else None,
     )
 
 

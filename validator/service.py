@@ -29,6 +29,7 @@ from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, upda
 from scoring.weights import to_weights
 from validator.challenges import round_seed
 from models.subnet import ModelList
+from validator.organic import Outbox, verify_samples
 from validator.query import Timeouts
 from validator.rounds import RoundReport, Target, run_round
 from validator.store import Store
@@ -58,6 +59,7 @@ class ValidatorConfig:
     metrics_port: Optional[int] = None  # Prometheus on loopback
     wandb_project: Optional[str] = None  # online wandb; offline runs are written under state_dir
     max_rounds: Optional[int] = None  # stop after this many rounds (tests, smoke runs)
+    organic_from: Optional[Path] = None  # a gateway's SQLite: its organic outbox of user answers to verify
 
 
 class ValidatorMetrics:
@@ -78,6 +80,7 @@ class Validator:
         self.wallet = bt.Wallet(config.wallet_name, config.wallet_hotkey, path=config.wallet_path)
         self.keypair = self.wallet.hotkey
         self.journal = config.state_dir / "rounds.jsonl"
+        self.outbox = Outbox(config.organic_from) if config.organic_from else None
         self._wandb: Any = None
 
     def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> dict[str, tuple[int, Standing]]:
@@ -106,6 +109,8 @@ class Validator:
                                  timeouts=self.config.timeouts, history=self.store.recent_streamed(BUFFERED_WINDOW))
         models = {t.uid: t.model for t in targets}
         report.scores = {uid: score * self.config.models.get(models[uid]).reward for uid, score in report.scores.items()}
+        if self.outbox is not None:
+            await verify_samples(self.outbox, self.store, ready)
         for uid, hotkey, passed, reasons in self.store.take_organic(round_index):
             # A user's answer that failed verification (sampled by our gateway) counts like a failed challenge.
             if not passed and uid in report.scores and graph.uid(uid).hotkey == hotkey:

@@ -1,7 +1,8 @@
 """The validator's state in SQLite (WAL): standings per miner, and every round's results.
 
-Organic results come from the gateway (``record_organic``, another process on the same
-file): verdicts on sampled user answers, folded into the next round by ``take_organic``.
+Organic results are the validator's own verdicts on user answers a gateway handed over
+(``validator.organic``): ``record_organic`` writes them, ``take_organic`` folds them into the
+next round; ``organic_cursor`` is how far into each gateway's outbox the validator has read.
 
 A standing is keyed by hotkey: a uid re-registered by someone else starts from zero.
 Each round is written in one transaction, so a validator killed at any moment restarts
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS organic (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
     passed INTEGER NOT NULL, reasons TEXT, taken_in_round INTEGER
 );
+CREATE TABLE IF NOT EXISTS organic_cursor (source TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
 """
 
 
@@ -95,3 +97,11 @@ class Store:
             rows = self.db.execute("SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE taken_in_round IS NULL").fetchall()
             self.db.execute("UPDATE organic SET taken_in_round = ? WHERE taken_in_round IS NULL", (round_index,))
         return [(uid, hotkey, bool(passed), reasons) for uid, hotkey, passed, reasons in rows]
+
+    def organic_cursor(self, source: str) -> int:
+        """The id of the last sample read from the outbox at ``source`` (0: none yet)."""
+        row = self.db.execute("SELECT last_id FROM organic_cursor WHERE source = ?", (source,)).fetchone()
+        return row[0] if row else 0
+
+    def set_organic_cursor(self, source: str, last_id: int) -> None:
+        self.db.execute("INSERT INTO organic_cursor VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET last_id = excluded.last_id", (source, last_id))

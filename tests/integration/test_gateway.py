@@ -20,16 +20,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 
+from models import subnet as model_list
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import Server, engine_env, free_port, start_adversary, start_miner, start_vllm
+from validator.organic import Outbox, verify_samples
+from validator.store import Store
+from validator.verify import ReferenceEngine, Vocabulary
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
 MINERS = ("fast1", "fast2", "slow1", "slow2")
+ENDS = model_list.load().get(MODEL).end_token_ids
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
 
 
@@ -60,13 +66,13 @@ def subnet(tmp_path_factory):
         key = slmnet("keys", "create", "tester", "--db", str(db), "--json")
         assert key.returncode == 0, key.stderr
         port = free_port()
-        args = ["gateway", *net.flags("gateway"), "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}", "--reference", f"{MODEL}={engine.url}",
-                "--verify-share", "1", "--validator-db", str(tmp / "validator.sqlite"), "--sync-interval", "1", "--stall-timeout", "3",
+        args = ["gateway", *net.flags("gateway"), "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}",
+                "--verify-share", "1", "--sync-interval", "1", "--stall-timeout", "3",
                 "--max-attempts", "4"]
         gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
         servers.append(gateway)
         gateway.wait_healthy(timeout=120)
-        yield {"tmp": tmp, "db": db, "url": gateway.url, "key": json.loads(key.stdout)["key"], "uids": uids, "miners": miners, "gateway": gateway}
+        yield {"tmp": tmp, "db": db, "url": gateway.url, "engine": engine, "key": json.loads(key.stdout)["key"], "uids": uids, "miners": miners, "gateway": gateway}
     finally:
         for server in reversed(servers):
             server.stop()
@@ -156,14 +162,22 @@ def test_request_limits_hold_under_concurrency_and_say_when_to_retry(subnet):
     assert usage["requests"] == 4 and usage["completion_tokens"] > 0
 
 
-def test_sampled_user_answers_are_verified_into_the_validators_scores(subnet):
+def test_sampled_user_answers_are_handed_to_the_validator_and_verified_there(subnet):
+    """The gateway only writes its outbox; the validator reads it and verifies with its own reference."""
     client(subnet).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=16)
-    deadline = time.monotonic() + 30
-    rows = []
-    while time.monotonic() < deadline and not rows:
-        rows = sqlite3.connect(subnet["tmp"] / "validator.sqlite").execute("SELECT uid, passed FROM organic").fetchall() if (subnet["tmp"] / "validator.sqlite").exists() else []
-        time.sleep(0.5)
-    assert rows and all(passed == 1 for _, passed in rows)  # honest miners pass on real traffic too
+    outbox = Outbox(subnet["db"])
+    assert outbox.after(0, 100)  # --verify-share 1: every whole chat answer is sampled
+    store = Store(subnet["tmp"] / "validator.sqlite")
+
+    async def verify_outbox() -> tuple[int, int]:
+        async with aiohttp.ClientSession() as session:
+            references = {MODEL: ReferenceEngine(session, subnet["engine"].url, MODEL, Vocabulary(subnet["tmp"] / "s0"), ENDS)}
+            return await verify_samples(outbox, store, references), await verify_samples(outbox, store, references)
+
+    first, again = asyncio.run(verify_outbox())
+    rows = store.take_organic(round_index=0)
+    assert first >= 1 and again == 0  # each sample is verified once: the cursor is in the validator's store
+    assert len(rows) == first and all(passed for _, _, passed, _ in rows)  # honest miners pass on real traffic too
 
 
 def test_dashboard_shows_the_leaderboard_and_streams_in_the_playground(subnet):

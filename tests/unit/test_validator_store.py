@@ -42,3 +42,25 @@ def test_buffering_evidence_is_kept_per_miner_across_rounds_and_restarts(tmp_pat
     again = Store(tmp_path / "v.sqlite")
     assert again.recent_streamed(24) == {"5Miner": [True, False, False, False], "5Other": [True, True]}
     assert again.recent_streamed(2)["5Miner"] == [False, False]  # the newest two, oldest first
+
+
+async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_across_restarts(tmp_path):
+    from gateway.store import Store as GatewayStore
+    from validator.organic import Outbox, verify_samples
+
+    gateway = GatewayStore(tmp_path / "gateway.sqlite")
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    answer = {"prompt_token_ids": [1, 2], "token_ids": [5, 6], "logprobs": [-0.1], "text": "ab", "finish_reason": "length", "completion_tokens": 2}
+    for uid in (3, 4):
+        gateway.record_sample(uid, f"5Hot{uid}", "m", request, answer)
+    outbox = Outbox(tmp_path / "gateway.sqlite")
+    samples = outbox.after(0, 10)
+    assert [(s.uid, s.request, s.answer.token_ids, s.answer.reported_logprobs) for s in samples] == [(3, request, [5, 6], [-0.1, None]), (4, request, [5, 6], [-0.1, None])]
+    assert Outbox(tmp_path / "no-gateway-yet.sqlite").after(0, 10) == []
+
+    store = Store(tmp_path / "v.sqlite")
+    assert await verify_samples(outbox, store, references={}) == 0  # no reference for the model here: nothing held for or against
+    store.close()
+    gateway.record_sample(5, "5Hot5", "m", request, answer)
+    again = Store(tmp_path / "v.sqlite")
+    assert [s.uid for s in outbox.after(again.organic_cursor(str(outbox.path)), 10)] == [5]  # a restart neither skips nor repeats one
