@@ -80,7 +80,8 @@ def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str) -> None:
     from bittensor.sp_core import Keypair
 
     from gateway.router import MinerView, Router
-    from gateway.server import GatewayState, create_app
+    from gateway.server import create_app
+    from gateway.state import GatewayState
     from gateway.store import Store
     from gateway.tokens import TokenCounter
 

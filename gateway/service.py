@@ -21,7 +21,8 @@ from aiohttp import web
 
 import chain
 from gateway.router import MinerView, Router
-from gateway.server import GatewaySettings, GatewayState, create_app
+from gateway.server import create_app
+from gateway.state import GatewaySettings, GatewayState
 from gateway.store import Store
 from gateway.tokens import TokenCounter
 from models.subnet import ModelList

@@ -11,7 +11,7 @@ user's favour as often as not.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 
 class TokenCounter:

@@ -11,7 +11,6 @@ so the file is located through the distribution's metadata and never imported.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import shutil
 from dataclasses import dataclass

@@ -104,7 +104,7 @@ def cmd_keys_usage(args: argparse.Namespace) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from gateway.server import GatewaySettings
+    from gateway.state import GatewaySettings
     from gateway.service import GatewayConfig
     from models.prepare import default_cache_dir
 

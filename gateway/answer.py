@@ -1,0 +1,114 @@
+"""One user's answer: what it holds while miners build it, and how the user is shown it.
+
+Every chunk the user gets is rebuilt from the validated wire models field by field (only
+what the user asked for: logprobs, token ids), so nothing a miner adds reaches a user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
+
+
+@dataclass
+class Generation:
+    """One user request's answer as it is built, possibly by several miners in turn."""
+
+    chat: bool
+    body: dict[str, Any]  # the user's request, validated
+    model: str  # the model actually served
+    max_tokens: int
+    prompt_tokens: int  # counted with the model's tokenizer
+    text: str = ""
+    upstream_tokens: int = 0  # tokens the miners sent (for the budget of a continuation)
+    finish_reason: Optional[str] = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    parts: list[list[Any]] = field(default_factory=list)  # [uid, hotkey, text chars at start]
+    failovers: int = 0
+    first_answer: Optional[StreamFold] = None  # the first miner's whole answer, as it sent it (organic verification)
+    usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
+
+    def upstream_body(self, from_start: bool = False) -> dict[str, Any]:
+        """What the next miner is sent: the continuation of the text so far, or (``from_start``)
+        the first miner's request, which its answer is verified against."""
+        text, used = ("", 0) if from_start else (self.text, self.upstream_tokens)
+        body = {k: v for k, v in self.body.items() if k not in ("stream", "stream_options", "n")}
+        body.update(model=self.model, stream=True, stream_options={"include_usage": True}, return_token_ids=True, max_tokens=self.max_tokens - used)
+        if self.chat:
+            body["logprobs"] = True  # always, as challenges do: miners cannot tell users from validators
+            body.pop("max_completion_tokens", None)
+            if text:
+                body["messages"] = [*self.body["messages"], {"role": "assistant", "content": text}]
+                body.update(continue_final_message=True, add_generation_prompt=False)
+        elif text:
+            body["prompt"] = self.body["prompt"] + text
+        return body
+
+
+@dataclass(frozen=True)
+class Head:
+    """What every part of one answer to one user carries: its id, creation time, and the generation."""
+
+    id: str
+    created: int
+    gen: Generation
+
+    @property
+    def chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.gen.chat else "text_completion"
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.gen.model, "choices": choices, **extra}
+
+
+def user_choice(head: Head, choice: Union[ChatChunkChoice, TextChunkChoice], continuing: bool) -> dict[str, Any]:
+    """A miner's choice as the user's chunk carries it."""
+    body = head.gen.body
+    if isinstance(choice, ChatChunkChoice):
+        delta = choice.delta.model_dump(exclude_none=True)
+        if continuing:
+            delta.pop("role", None)
+        logprobs = choice.logprobs.model_dump() if body.get("logprobs") and choice.logprobs is not None else None
+        out: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+    else:
+        logprobs = choice.logprobs.model_dump() if body.get("logprobs") is not None and choice.logprobs is not None else None
+        out = {"index": 0, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
+    if body.get("return_token_ids"):
+        out["token_ids"] = choice.token_ids
+    return out
+
+
+def user_chunk(head: Head, chunk: Chunk, continuing: bool) -> Optional[dict[str, Any]]:
+    """The user's chunk for a miner's (None for the usage chunk: the gateway's own count replaces it at the end)."""
+    if not chunk.choices:
+        return None
+    extra = {}
+    if head.gen.body.get("return_token_ids") and chunk.prompt_token_ids is not None and not continuing:
+        extra["prompt_token_ids"] = chunk.prompt_token_ids
+    return head.chunk([user_choice(head, c, continuing) for c in chunk.choices], **extra)
+
+
+def usage_chunk(head: Head, usage: dict[str, int]) -> dict[str, Any]:
+    return head.chunk([], usage=usage)
+
+
+def error_chunk(head: Head) -> dict[str, Any]:
+    """The OpenAI stream convention for an answer that failed: a last chunk with finish_reason "error"."""
+    return head.chunk([{"index": 0, **({"delta": {}} if head.gen.chat else {"text": ""}), "logprobs": None, "finish_reason": "error"}])
+
+
+def whole_completion(head: Head, usage: dict[str, int]) -> dict[str, Any]:
+    """The answer as one (non-streamed) completion object."""
+    gen = head.gen
+    if gen.chat:
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": gen.text}, "finish_reason": gen.finish_reason,
+                                  "logprobs": {"content": gen.logprobs} if gen.body.get("logprobs") else None}
+    else:
+        choice = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
+    if gen.body.get("return_token_ids"):
+        choice["token_ids"] = gen.token_ids
+    return {"id": head.id, "object": "chat.completion" if gen.chat else "text_completion", "created": head.created, "model": gen.model,
+            "choices": [choice], "usage": usage}

@@ -1,0 +1,229 @@
+"""One request's answer, built across miners: failover before and after the first token, and the user's response.
+
+The HTTP status is held until the first token: a miner that fails before it is replaced
+by the next candidate of the order the router drew, up to ``max_attempts``. A miner that
+dies, stalls or breaks the protocol after tokens went out is replaced too: the next miner
+serving the same model continues the same generation from the text already sent (an
+assistant prefix with ``continue_final_message``; the text prompt plus that text for
+``/v1/completions``), with the tokens left of ``max_tokens``, and the user's stream goes
+on without a break. When no miner can continue, the stream ends with ``finish_reason``
+``"error"``, an OpenAI error event and no ``[DONE]``. Each chunk's text is bound to its
+token ids before the user sees it; the user's chunks are rebuilt from the validated
+models (``gateway.shaping``), so nothing a miner adds reaches the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, Optional
+
+import aiohttp
+from aiohttp import web
+
+from gateway.errors import NoMinerAvailable, UpstreamFailed
+from gateway.router import MinerView
+from gateway.answer import Generation, Head, error_chunk, usage_chunk, user_chunk, whole_completion
+from gateway.state import OVERHEAD_HEADER, MINER_HEADER, GatewayState, request_headers
+from gateway.tokens import TextBinding
+from gateway.upstream import MinerFailed, miner_events
+from protocol.errors import error_body
+from protocol.responses import ChatChunkChoice, Chunk, StreamFold
+from protocol.sse import StreamViolation
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+BUSY_RETRY_S = 0.25
+PROGRESS_INTERVAL_S = 1.0  # how often the ledger learns the tokens streamed so far
+
+
+class ClientGone(Exception):
+    """The user hung up: the request ends, the upstream request with it; nobody's failure."""
+
+
+class Relay:
+    """Runs one request across miners and writes the user's answer (streamed or whole)."""
+
+    def __init__(self, request: web.Request, state: GatewayState, generation: Generation, overhead_ms: float):
+        self.request, self.state, self.gen = request, state, generation
+        self.overhead_ms = overhead_ms  # sent as OVERHEAD_HEADER
+        self.user_stream = bool(generation.body.get("stream"))
+        self.response: Optional[web.StreamResponse] = None
+        self.head = Head(("chatcmpl-" if generation.chat else "cmpl-") + request["request_id"], int(time.time()), generation)
+        self.last_progress = time.monotonic()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {**request_headers(self.request), OVERHEAD_HEADER: f"{self.overhead_ms:.3f}"}
+        if self.gen.parts:
+            headers[MINER_HEADER] = ",".join(str(uid) for uid, _, _ in self.gen.parts)  # the miners that answered, in turn
+        return headers
+
+    async def _start_stream(self) -> None:
+        self.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self._headers()})
+        try:
+            await self.response.prepare(self.request)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGone() from exc
+
+    async def _write(self, event: dict[str, Any], raw: bytes = b"") -> None:
+        try:
+            await self.response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" + raw if event else raw)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGone() from exc
+
+    def _absorb(self, chunk: Chunk, binding: TextBinding) -> None:
+        for choice in chunk.choices:
+            piece = choice.delta.content if isinstance(choice, ChatChunkChoice) else choice.text
+            binding.feed(choice.token_ids or [], piece)  # StreamViolation: the user must not read text its ids do not spell
+            self.gen.text += piece or ""
+            ids = choice.token_ids or []
+            self.gen.token_ids += ids
+            self.gen.upstream_tokens += len(ids) if ids else (1 if piece else 0)
+            if isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:
+                self.gen.logprobs += [entry.model_dump() for entry in choice.logprobs.content or []]
+            if choice.finish_reason:
+                self.gen.finish_reason = choice.finish_reason
+
+    async def _from(self, miner: MinerView) -> None:
+        """Stream ``miner``'s answer into the user's; MinerFailed and ClientGone escape."""
+        continuing = bool(self.gen.parts) and bool(self.gen.text)
+        body = self.gen.upstream_body()
+        fold = StreamFold(chat=self.gen.chat, max_tokens=body["max_tokens"], logprobs=bool(body.get("logprobs")))
+        sent = time.monotonic()
+        first_token_at = None
+        tokens_before = self.gen.upstream_tokens
+        self.gen.parts.append([miner.uid, miner.hotkey, len(self.gen.text)])
+        binding = TextBinding(self.state.counters[self.gen.model])
+        async with contextlib.aclosing(miner_events(self.state, miner, body, fold, lambda: first_token_at is not None)) as chunks:
+            async for chunk in chunks:
+                try:
+                    self._absorb(chunk, binding)
+                except StreamViolation as exc:
+                    raise MinerFailed("violation", exc.reason) from exc
+                if first_token_at is None and self.gen.upstream_tokens > tokens_before:
+                    first_token_at = time.monotonic()
+                    self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
+                    if self.user_stream and self.response is None:
+                        await self._start_stream()
+                user_event = user_chunk(self.head, chunk, continuing)
+                if user_event is not None and self.user_stream and self.response is not None:
+                    await self._write(user_event)
+                if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
+                    self.last_progress = time.monotonic()
+                    self.state.store.progress(self.request["request_id"], self.state.counters[self.gen.model].completion(self.gen.text, None))
+        if len(self.gen.parts) == 1:
+            self.gen.first_answer = fold
+        elapsed = time.monotonic() - sent
+        produced = self.gen.upstream_tokens - tokens_before
+        miner.success(first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
+
+    async def run(self) -> web.StreamResponse:
+        tried: set[int] = set()
+        failures: list[tuple[str, bool]] = []  # (what happened, whether it was only a full miner)
+        busy_until = time.monotonic() + self.state.settings.busy_wait
+        attempts = 0  # miners that took the request (a 429 is not an attempt)
+        order: list[MinerView] = []  # the router's order, drawn once and walked: a retry goes to the next best, not to a new draw
+        while attempts < self.state.settings.max_attempts and self.gen.finish_reason is None:
+            if not order:
+                order = [m for m in self.state.router.candidates(self.gen.model) if m.uid not in tried]
+            if not order and all(busy for _, busy in failures) and time.monotonic() < busy_until and self.state.router.models().get(self.gen.model):
+                # Every miner is at its limit (here or by its own 429): wait for a free slot rather than fail the user.
+                await asyncio.sleep(BUSY_RETRY_S)
+                tried.clear()
+                failures.clear()
+                continue
+            if not order:
+                break
+            miner = order.pop(0)
+            if not miner.available(time.monotonic()):
+                continue  # its breaker opened, or it filled up, since the order was drawn
+            tried.add(miner.uid)
+            trial = miner.take(time.monotonic())
+            try:
+                await self._from(miner)
+            except MinerFailed as exc:
+                # What the miner said goes to the log only: users never read a miner's own words.
+                failures.append((f"uid {miner.uid}: {exc.kind}", exc.busy))
+                if exc.busy:  # full: nothing was produced, nothing is held against it
+                    self.gen.parts.pop()
+                    continue
+                attempts += 1
+                log.warning("miner uid %s failed on request %s (%s); %s", miner.uid, self.request["request_id"], exc, "continuing on another" if self.gen.text else "retrying")
+                self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
+                miner.failure(time.monotonic())
+                if self.gen.upstream_tokens >= self.gen.max_tokens:
+                    self.gen.finish_reason = "length"  # it failed after the last token it was owed: the answer is whole
+                    break
+                if self.gen.text:
+                    self.gen.failovers += 1
+                self.state.metrics.failovers.labels("mid_stream" if self.gen.text else "before_first_token").inc()
+            else:
+                attempts += 1
+            finally:
+                miner.release(trial)
+        if self.gen.finish_reason is None:
+            return await self._fail(failures)
+        return await self._finish()
+
+    async def _fail(self, failures: list[tuple[str, bool]]) -> web.StreamResponse:
+        detail = "; ".join(what for what, _ in failures) or "no miner could take the request"
+        if self.response is None:
+            if all(busy for _, busy in failures):
+                raise NoMinerAvailable(f"every miner serving '{self.gen.model}' is busy or down; retry shortly", headers={"Retry-After": "2"})
+            raise UpstreamFailed(f"no miner could answer ({detail})")
+        # The OpenAI stream convention for a failed answer: a last chunk with finish_reason "error", then the error event.
+        await self._write(error_chunk(self.head))
+        await self._write(error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed"))
+        await self.response.write_eof()
+        return self.response
+
+    async def _finish(self) -> web.StreamResponse:
+        usage = self.gen.usage = usage_of(self.state, self.gen)
+        if self.user_stream:
+            if self.response is None:  # finished without a single token
+                await self._start_stream()
+            final = usage_chunk(self.head, usage) if (self.gen.body.get("stream_options") or {}).get("include_usage") else {}
+            await self._write(final, b"data: [DONE]\n\n")
+            await self.response.write_eof()
+            return self.response
+        payload = whole_completion(self.head, usage)
+        return web.json_response(payload, headers=self._headers())
+
+
+def maybe_sample(state: GatewayState, generation: Generation) -> None:
+    """Put a sampled share of chat answers that one miner wrote whole in the organic outbox, for a
+    validator to verify like a challenge (it teacher-forces a conversation: text completions are left out)."""
+    answer = generation.first_answer
+    if not (generation.chat and answer is not None and not generation.failovers and state.settings.verify_share):
+        return
+    miner = state.router.miners.get(generation.parts[0][0])
+    if miner is None or state.rng.random() >= state.settings.verify_share:
+        return
+    state.store.record_sample(miner.uid, miner.hotkey, generation.model, generation.upstream_body(from_start=True), {
+        "prompt_token_ids": answer.prompt_token_ids, "token_ids": answer.token_ids, "logprobs": [entry.logprob for entry in answer.logprobs],
+        "text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.usage.completion_tokens if answer.usage else None})
+    miner.sampled += 1
+
+
+def usage_of(state: GatewayState, generation: Generation) -> dict[str, int]:
+    """Usage counted with the model's tokenizer (never the miner's count)."""
+    completion = state.counters[generation.model].completion(generation.text, generation.finish_reason)
+    return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion, "total_tokens": generation.prompt_tokens + completion}
+
+
+def parts_of(state: GatewayState, generation: Generation) -> list[tuple[int, str, int]]:
+    """Completion tokens per miner that produced part of the text."""
+    if len(generation.parts) == 1 and generation.usage is not None:
+        uid, hotkey, _ = generation.parts[0]
+        return [(uid, hotkey, generation.usage["completion_tokens"])]
+    counter = state.counters[generation.model]
+    parts = []
+    for index, (uid, hotkey, start) in enumerate(generation.parts):
+        end = generation.parts[index + 1][2] if index + 1 < len(generation.parts) else len(generation.text)
+        last = index == len(generation.parts) - 1
+        parts.append((uid, hotkey, counter.completion(generation.text[start:end], generation.finish_reason if last else None)))
+    return [p for p in parts if p[2] or p == parts[-1]]

@@ -1,0 +1,66 @@
+"""The gateway's per-process state: settings, metrics, stores, router, and the ids every response carries."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.limits import KeyLimits
+from gateway.router import Router
+from gateway.store import Store
+from gateway.tokens import TokenCounter
+
+OVERHEAD_HEADER = "x-slmnet-overhead-ms"
+LEDGER_ID_HEADER = "x-slmnet-request-id"  # the gateway's own id for the request (the ledger's key)
+MINER_HEADER = "x-slmnet-miner-uid"
+CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's X-Request-Id we echo: printable, no spaces, bounded
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    max_body_bytes: int = 1 << 20
+    max_attempts: int = 3
+    connect_timeout: float = 2.0
+    first_token_timeout: float = 15.0
+    stall_timeout: float = 10.0
+    default_max_tokens: int = 512
+    busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
+    verify_share: float = 0.0  # share of chat answers put in the organic outbox for a validator to verify
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("slmnet_gateway_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
+        self.ttft = Histogram("slmnet_gateway_miner_ttft_seconds", "Time to first token per miner", ["uid"], registry=self.registry,
+                              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.miner_errors = Counter("slmnet_gateway_miner_errors", "Miner failures by kind", ["uid", "kind"], registry=self.registry)
+        self.failovers = Counter("slmnet_gateway_failovers", "Requests moved to another miner", ["phase"], registry=self.registry)
+        self.overhead = Histogram("slmnet_gateway_overhead_seconds", "Time the gateway itself added", registry=self.registry,
+                                  buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
+        self.tokens = Counter("slmnet_gateway_tokens", "Tokens counted with the model's tokenizer", ["kind"], registry=self.registry)
+
+
+@dataclass
+class GatewayState:
+    store: Store
+    router: Router
+    counters: dict[str, TokenCounter]  # model id → tokenizer
+    keypair: Any
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    session: Optional[aiohttp.ClientSession] = None
+    limits: Optional[KeyLimits] = None
+    contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
+    rng: random.Random = field(default_factory=random.Random)
+    background: set = field(default_factory=set)
+
+
+def request_headers(request: web.Request) -> dict[str, str]:
+    return {"X-Request-Id": request["echo_id"], LEDGER_ID_HEADER: request["request_id"]}

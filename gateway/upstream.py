@@ -1,0 +1,60 @@
+"""Calling one miner: a signed streamed request, its chunks validated as they arrive, every failure a MinerFailed.
+
+Every completion is streamed from the miner (whatever the user asked), signed with the
+gateway's hotkey. One deadline covers the connection, the headers and the first token
+(``first_token_timeout``: bytes that carry no token do not count), then each chunk
+(``stall_timeout``); it is suspended while the caller writes to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Callable
+
+import aiohttp
+
+from btauth.client import MinerClient, miner_chunks
+from gateway.router import MinerView
+from gateway.state import GatewayState
+from protocol.responses import Chunk, StreamFold
+from protocol.sse import StreamViolation
+
+
+class MinerFailed(Exception):
+    def __init__(self, kind: str, detail: str, busy: bool = False):
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail, self.busy = kind, detail, busy
+
+
+async def miner_events(state: GatewayState, miner: MinerView, body: dict[str, Any], fold: StreamFold, got_tokens: Callable[[], bool]) -> AsyncIterator[Chunk]:
+    """One miner's chunks, validated and folded into ``fold``; MinerFailed for anything the miner
+    did wrong: an error status (any: the gateway sent a request it validated), a stream that
+    breaks the protocol or reports an error, a stall in any phase, a disconnect, no finish."""
+    client = MinerClient(state.session, miner.url, state.keypair, miner.hotkey)
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=state.settings.connect_timeout)
+    wait = state.settings.first_token_timeout
+    loop = asyncio.get_running_loop()
+    try:
+        # One deadline, moved on at every chunk (a timer reschedule; wait_for per event cost 20 µs each).
+        async with asyncio.timeout(wait) as deadline:
+            async with client.post(path, body, timeout=timeout) as response:
+                if response.status != 200:
+                    raise MinerFailed("busy" if response.status == 429 else f"http_{response.status}", (await response.text(errors="replace"))[:200], busy=response.status == 429)
+                async with contextlib.aclosing(miner_chunks(response, fold)) as chunks:
+                    async for chunk in chunks:
+                        # The deadline must not run while the user's side is written: suspend it around the yield.
+                        deadline.reschedule(None)
+                        yield chunk
+                        wait = state.settings.stall_timeout if got_tokens() else state.settings.first_token_timeout
+                        deadline.reschedule(loop.time() + wait)
+        fold.close(require_done=False)
+    except TimeoutError as exc:
+        raise MinerFailed("stalled", f"no token within {wait:g} s" if not got_tokens() else f"no chunk within {wait:g} s") from exc
+    except StreamViolation as exc:
+        raise MinerFailed("violation", exc.reason) from exc
+    except aiohttp.ClientError as exc:
+        raise MinerFailed("connection", f"{type(exc).__name__}: {exc}") from exc
+    if fold.error is not None:
+        raise MinerFailed("error_event", fold.error[:200])
