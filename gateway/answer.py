@@ -31,6 +31,15 @@ class Generation:
     first_answer: Optional[StreamFold] = None  # the first miner's whole answer, as it sent it (organic verification)
     usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
 
+    def mark(self) -> tuple[int, int, int]:
+        """Where the answer stands before a miner adds to it (for ``rewind``)."""
+        return self.upstream_tokens, len(self.token_ids), len(self.logprobs)
+
+    def rewind(self, mark: tuple[int, int, int]) -> None:
+        """Forget what a failed miner produced that the user never saw (ids whose text had not appeared yet)."""
+        self.upstream_tokens = mark[0]
+        del self.token_ids[mark[1]:], self.logprobs[mark[2]:]
+
     def upstream_body(self, from_start: bool = False) -> dict[str, Any]:
         """What the next miner is sent: the continuation of the text so far, or (``from_start``)
         the first miner's request, which its answer is verified against."""

@@ -143,9 +143,12 @@ class Relay:
                 continue  # its breaker opened, or it filled up, since the order was drawn
             tried.add(miner.uid)
             trial = miner.take(time.monotonic())
+            produced = self.gen.mark()
             try:
                 await self._from(miner)
             except MinerFailed as exc:
+                if not self.gen.text:
+                    self.gen.rewind(produced)  # nothing reached the user: the next miner starts afresh, with every token
                 # What the miner said goes to the log only: users never read a miner's own words.
                 failures.append((f"uid {miner.uid}: {exc.kind}", exc.busy))
                 if exc.busy:  # full: nothing was produced, nothing is held against it

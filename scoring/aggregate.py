@@ -24,9 +24,10 @@ its last ``BUFFERED_WINDOW`` answers long enough to judge, across rounds: it buf
 at least ``BUFFERED_MIN_JUDGED`` are known and at least ``BUFFERED_SHARE`` of them came in
 one burst. A buffering miner scores 0 for the round and its standing starts again from
 zero (no ban: an honest miner flagged by bad luck recovers). Calibration in
-``docs/calibration.md``: honest engines under load send 3.9% of answers as bursts; the
-rule flags such a miner with probability below 2.3e-6 per round, and a miner that buffers
-everything as soon as it has 4 judged answers. Standing is an EMA of round scores,
+``docs/calibration.md``: an honest engine read by a busy validator looks like a burst in
+up to 16% of its answers (the validator's own loop stalls, and chunks pile up in the
+socket; measured with answers of 16+ tokens); the rule flags such a miner with probability
+below 2e-5 a round, and a miner that buffers everything as soon as it has 6 judged answers. Standing is an EMA of round scores,
 scaled by ``min(1, rounds / min_rounds)`` so a new miner earns full weight only after
 enough samples.
 """
@@ -42,7 +43,7 @@ from scoring.latency import BURST_MIN_TOKENS, Speed, quantile
 QUALITY_SHARE = 0.5
 THROUGHPUT_QUANTILE = 0.3  # a low percentile: a miner is as fast as its slow answers
 BUFFERED_WINDOW = 24
-BUFFERED_MIN_JUDGED = 4
+BUFFERED_MIN_JUDGED = 6
 BUFFERED_SHARE = 0.9
 
 

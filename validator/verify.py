@@ -18,6 +18,7 @@ before the tokens that spelled it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +111,12 @@ class ReferenceEngine:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             async with self.session.post(self.url + path, json=body, timeout=self.timeout) as response:
-                payload = await response.json(content_type=None)
+                raw = await response.read()
                 if response.status != 200:
-                    raise ReferenceError(f"reference engine answered {response.status} to {path}: {json.dumps(payload)[:300]}")
-                return payload
+                    raise ReferenceError(f"reference engine answered {response.status} to {path}: {raw[:300]!r}")
+            # prompt_logprobs for a long answer are ~1 MB of JSON: parsed off the event loop, so the
+            # arrival times of the miners' streams read meanwhile stay true.
+            return await asyncio.to_thread(json.loads, raw)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise ReferenceError(f"reference engine at {self.url} failed on {path}: {exc}") from exc
 
@@ -150,7 +153,7 @@ async def verify(reference: ReferenceEngine, request: dict[str, Any], response: 
         return _failed("the miner's prompt tokens differ from the reference tokenization of the conversation")
     if response.error is not None or response.finish_reason is None:
         return _failed(f"the stream did not complete: {response.error or 'no finish_reason'}")
-    broken = binding_reasons(reference.vocabulary, len(prompt_ids), reference.max_context, response, request.get("stop"))
+    broken = await asyncio.to_thread(binding_reasons, reference.vocabulary, len(prompt_ids), reference.max_context, response, request.get("stop"))
     if broken:
         return _failed(broken[0])
     scores = await reference.score(prompt_ids, response.token_ids) if response.token_ids else []
@@ -172,4 +175,4 @@ async def verify(reference: ReferenceEngine, request: dict[str, Any], response: 
         end_token_ids=reference.end_token_ids,
         end_checks=not (request.get("ignore_eos") or request.get("stop") or request.get("stop_token_ids")),
     )
-    return check(evidence, params)
+    return await asyncio.to_thread(check, evidence, params)

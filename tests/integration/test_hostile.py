@@ -177,7 +177,9 @@ def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
     parts = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "system", "content": None},
                                                             {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]}]}
     status, _, raw = _post(url, key, "/v1/chat/completions", json.dumps(parts).encode())
-    assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"]
+    choice = json.loads(raw)["choices"][0]
+    # Answered (the random tiny model may spend 8 tokens on bytes of unfinished characters: the text can be empty).
+    assert status == 200 and isinstance(choice["message"]["content"], str) and choice["finish_reason"] in ("stop", "length")
 
 
 def test_a_reused_request_id_is_echoed_but_each_request_keeps_its_own_ledger_row(gateway):
