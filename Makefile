@@ -2,13 +2,14 @@
 #   make test    create .venv, install every pinned dependency, run the test suite
 #   make demo    the same environment, then `slmnet up`: the whole subnet on this machine
 #   make install only the environment (re-run: skips what is already installed)
+#   make lint    ruff: lint and format check (make test runs it first)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.slmnet-installed
 
-.PHONY: install browser test demo clean-venv
+.PHONY: install browser lint test demo clean-venv
 
 install: $(STAMP) browser
 
@@ -29,8 +30,12 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	$(PY) -c "import vllm, bittensor, chain, limits, playwright.sync_api, openai"
 	touch $(STAMP)
 
-test: install
+test: install lint
 	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 demo: install
 	$(PY) -m neurons.cli up --dir ./slmnet-up

@@ -63,9 +63,13 @@ def summarize(name: str, verdicts: list) -> dict:
     means = [v.mean_abs_dlp for v in verdicts if v.mean_abs_dlp is not None]
     maxes = [v.max_abs_dlp for v in verdicts if v.max_abs_dlp is not None]
     return {
-        "variant": name, "answers": len(verdicts), "pass_rate": sum(v.passed for v in verdicts) / len(verdicts),
-        "mean_abs_dlp": statistics.fmean(means) if means else None, "worst_answer_mean_abs_dlp": max(means) if means else None,
-        "max_abs_dlp": max(maxes) if maxes else None, "implausible_share": sum(v.implausible_tokens > 0 for v in verdicts) / len(verdicts),
+        "variant": name,
+        "answers": len(verdicts),
+        "pass_rate": sum(v.passed for v in verdicts) / len(verdicts),
+        "mean_abs_dlp": statistics.fmean(means) if means else None,
+        "worst_answer_mean_abs_dlp": max(means) if means else None,
+        "max_abs_dlp": max(maxes) if maxes else None,
+        "implausible_share": sum(v.implausible_tokens > 0 for v in verdicts) / len(verdicts),
     }
 
 
@@ -112,8 +116,10 @@ def main() -> None:
     print("| variant | answers | pass rate | mean abs Δlp | worst answer mean | max abs Δlp | answers with an implausible token |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['answers']} | {r['pass_rate']:.2f} | {fmt(r['mean_abs_dlp'], '.2e')} | {fmt(r['worst_answer_mean_abs_dlp'], '.2e')} "
-              f"| {fmt(r['max_abs_dlp'], '.2e')} | {r['implausible_share']:.2f} |")
+        print(
+            f"| {r['variant']} | {r['answers']} | {r['pass_rate']:.2f} | {fmt(r['mean_abs_dlp'], '.2e')} | {fmt(r['worst_answer_mean_abs_dlp'], '.2e')} "
+            f"| {fmt(r['max_abs_dlp'], '.2e')} | {r['implausible_share']:.2f} |"
+        )
     if args.json:
         print(json.dumps({"model": MODEL, "challenges": args.challenges, "variants": rows}))
 

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import statistics
 import sys
 import tempfile
 import time
@@ -43,15 +42,32 @@ def _serve_upstream(port: int) -> None:
     import uvloop
 
     def chunk(i: int, word: str, finish=None) -> bytes:
-        event = {"id": "up", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-                 "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": finish, "token_ids": [100 + i],
-                              "logprobs": {"content": [{"token": word, "logprob": -0.1, "top_logprobs": []}]}}]}
+        event = {
+            "id": "up",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": word},
+                    "finish_reason": finish,
+                    "token_ids": [100 + i],
+                    "logprobs": {"content": [{"token": word, "logprob": -0.1, "top_logprobs": []}]},
+                }
+            ],
+        }
         return b"data: " + json.dumps(event).encode() + b"\n\n"
 
     stream_body = b"".join(chunk(i, w, "stop" if i == len(WORDS) - 1 else None) for i, w in enumerate(WORDS)) + b"data: [DONE]\n\n"
-    whole = {"id": "up", "object": "chat.completion", "created": 0, "model": MODEL,
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}, "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}}
+    whole = {
+        "id": "up",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20},
+    }
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -95,11 +111,14 @@ def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str) -> None:
 
 async def _load(url: str, key: str, rate: float, seconds: float, stream: bool) -> tuple[list[float], int]:
     """Open-loop load: request i leaves at i / rate; returns latencies (s) and the error count."""
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "stream": stream}).encode()
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "stream": stream}
+    ).encode()
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     latencies, errors = [], 0
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one(at: float) -> None:
             nonlocal errors
             await asyncio.sleep(max(0.0, at - time.perf_counter()))
@@ -162,8 +181,10 @@ def main() -> None:
         key, _ = Store(tmp / "gateway.sqlite").create_key("bench")
         upstream_port, gateway_port = free_port(), free_port()
         upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
-        processes = [spawn.Process(target=_serve_upstream, args=(upstream_port,), daemon=True),
-                     spawn.Process(target=_serve_gateway, args=(gateway_port, upstream_url, str(tmp / "gateway.sqlite"), str(tmp / "tiny")), daemon=True)]
+        processes = [
+            spawn.Process(target=_serve_upstream, args=(upstream_port,), daemon=True),
+            spawn.Process(target=_serve_gateway, args=(gateway_port, upstream_url, str(tmp / "gateway.sqlite"), str(tmp / "tiny")), daemon=True),
+        ]
         for p in processes:
             p.start()
         try:
@@ -176,8 +197,16 @@ def main() -> None:
                 for rate in args.rates:
                     direct = _measure(upstream_url, key, rate, args.seconds, stream)
                     through = _measure(gateway_url, key, rate, args.seconds, stream)
-                    rows.append({"stream": stream, "rate": rate, "direct": direct, "gateway": through,
-                                 "added_p50_ms": through["p50_ms"] - direct["p50_ms"], "added_p99_ms": through["p99_ms"] - direct["p99_ms"]})
+                    rows.append(
+                        {
+                            "stream": stream,
+                            "rate": rate,
+                            "direct": direct,
+                            "gateway": through,
+                            "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
+                            "added_p99_ms": through["p99_ms"] - direct["p99_ms"],
+                        }
+                    )
             held = 0.0
             for rate in args.max_rate_steps:
                 through = _measure(gateway_url, key, rate, args.seconds, False)
@@ -192,8 +221,10 @@ def main() -> None:
     print("| stream | rate rps | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms | added p50 ms | added p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['stream']} | {r['rate']:.0f} | {r['direct']['p50_ms']:.2f} | {r['direct']['p99_ms']:.2f} | {r['gateway']['p50_ms']:.2f} | "
-              f"{r['gateway']['p99_ms']:.2f} | {r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['gateway']['errors']} |")
+        print(
+            f"| {r['stream']} | {r['rate']:.0f} | {r['direct']['p50_ms']:.2f} | {r['direct']['p99_ms']:.2f} | {r['gateway']['p50_ms']:.2f} | "
+            f"{r['gateway']['p99_ms']:.2f} | {r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['gateway']['errors']} |"
+        )
     print(f"\nhighest rate held with gateway p99 < 10 ms (non-streaming): {held:.0f} rps")
     figures = {"max_rate_p99_under_10ms_rps": held}
     for r in rows:

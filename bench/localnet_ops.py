@@ -74,7 +74,15 @@ async def run(neurons: int, ops: int, workdir: Path) -> dict:
     figures = {"neurons": neurons, "ops": ops}
     for name, sdk, bare in (("write", sdk_write, bare_write), ("metagraph", sdk_read, bare_read)):
         (sdk_p50, sdk_p99), (bare_p50, bare_p99) = _ms(sdk), _ms(bare)
-        figures.update({f"{name}_sdk_p50_ms": sdk_p50, f"{name}_sdk_p99_ms": sdk_p99, f"{name}_bare_p50_ms": bare_p50, f"{name}_bare_p99_ms": bare_p99, f"{name}_sdk_over_bare_ratio": sdk_p50 / bare_p50})
+        figures.update(
+            {
+                f"{name}_sdk_p50_ms": sdk_p50,
+                f"{name}_sdk_p99_ms": sdk_p99,
+                f"{name}_bare_p50_ms": bare_p50,
+                f"{name}_bare_p99_ms": bare_p99,
+                f"{name}_sdk_over_bare_ratio": sdk_p50 / bare_p50,
+            }
+        )
     return figures
 
 

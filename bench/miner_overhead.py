@@ -77,8 +77,15 @@ async def level(session, url: str, body: bytes, keypair, receiver: str, concurre
 
 async def measure(args, engine_url: str, miner_url: str, model_id: str, keypair, receiver: str, label: str) -> list[dict]:
     body = json.dumps(
-        {"model": model_id, "messages": [{"role": "user", "content": "Write a short story about a lighthouse."}], "max_tokens": args.max_tokens, "ignore_eos": True,
-         "temperature": 0.7, "stream": True, "return_token_ids": True}
+        {
+            "model": model_id,
+            "messages": [{"role": "user", "content": "Write a short story about a lighthouse."}],
+            "max_tokens": args.max_tokens,
+            "ignore_eos": True,
+            "temperature": 0.7,
+            "stream": True,
+            "return_token_ids": True,
+        }
     ).encode()
     rows = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -106,12 +113,31 @@ async def measure(args, engine_url: str, miner_url: str, model_id: str, keypair,
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ["upstream", "concurrency", "direct tok/s", "miner tok/s", "throughput ratio", "direct TTFT p50 ms", "miner TTFT p50 ms", "added TTFT p50 ms", "miner's own work p50 ms"]
+    header = [
+        "upstream",
+        "concurrency",
+        "direct tok/s",
+        "miner tok/s",
+        "throughput ratio",
+        "direct TTFT p50 ms",
+        "miner TTFT p50 ms",
+        "added TTFT p50 ms",
+        "miner's own work p50 ms",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
-        cells = [r["upstream"], r["concurrency"], f"{r['direct_tokens_per_s']:.0f}", f"{r['miner_tokens_per_s']:.0f}", f"{r['throughput_ratio']:.3f}",
-                 f"{r['direct_ttft_p50_ms']:.2f}", f"{r['miner_ttft_p50_ms']:.2f}", f"{r['added_ttft_p50_ms']:+.2f}", f"{r['miner_own_p50_ms']:.3f}"]
+        cells = [
+            r["upstream"],
+            r["concurrency"],
+            f"{r['direct_tokens_per_s']:.0f}",
+            f"{r['miner_tokens_per_s']:.0f}",
+            f"{r['throughput_ratio']:.3f}",
+            f"{r['direct_ttft_p50_ms']:.2f}",
+            f"{r['miner_ttft_p50_ms']:.2f}",
+            f"{r['added_ttft_p50_ms']:+.2f}",
+            f"{r['miner_own_p50_ms']:.3f}",
+        ]
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
@@ -130,8 +156,12 @@ def serve_fake(port: int, model_id: str, token_ms: float) -> None:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for i in range(max_tokens):
-            event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model_id,
-                     "choices": [{"index": 0, "delta": {"content": " word"}, "logprobs": None, "finish_reason": None, "token_ids": [100 + i]}]}
+            event = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "model": model_id,
+                "choices": [{"index": 0, "delta": {"content": " word"}, "logprobs": None, "finish_reason": None, "token_ids": [100 + i]}],
+            }
             await response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
             await asyncio.sleep(token_ms / 1000)
         await response.write(b"data: [DONE]\n\n")
@@ -147,9 +177,34 @@ def serve_fake(port: int, model_id: str, token_ms: float) -> None:
 def start_miner(tmp: Path, model: Path, engine_url: str, log) -> tuple[subprocess.Popen, str]:
     port = free_port()
     miner = subprocess.Popen(
-        [sys.executable, "-m", "neurons.cli", "miner", "--network", f"localnet:{tmp / 'chain'}", "--netuid", "1", "--wallet-path", str(tmp / "wallets"),
-         "--wallet-name", "miner", "--model", str(model), "--engine-url", engine_url, "--host", "127.0.0.1", "--port", str(port), "--capacity", "64"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path(__file__).resolve().parents[1],
+        [
+            sys.executable,
+            "-m",
+            "neurons.cli",
+            "miner",
+            "--network",
+            f"localnet:{tmp / 'chain'}",
+            "--netuid",
+            "1",
+            "--wallet-path",
+            str(tmp / "wallets"),
+            "--wallet-name",
+            "miner",
+            "--model",
+            str(model),
+            "--engine-url",
+            engine_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--capacity",
+            "64",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, miner, timeout=120)

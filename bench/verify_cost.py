@@ -89,8 +89,16 @@ async def time_rounds(args: argparse.Namespace, url: str, model: Path, model_id:
                 report = await run_round(session, keypair, ROUND_SEED, targets, references, args.round_challenges)
                 elapsed = time.perf_counter() - started
                 verified = [r for r in report.results if r.outcome.fidelity_passed is not None]
-                rows.append({"miners": miners, "answers": len(report.results), "round_s": elapsed, "verified": len(verified),
-                             "passed": sum(bool(r.outcome.fidelity_passed) for r in verified), "answers_per_s": len(report.results) / elapsed})
+                rows.append(
+                    {
+                        "miners": miners,
+                        "answers": len(report.results),
+                        "round_s": elapsed,
+                        "verified": len(verified),
+                        "passed": sum(bool(r.outcome.fidelity_passed) for r in verified),
+                        "answers_per_s": len(report.results) / elapsed,
+                    }
+                )
     finally:
         replay.terminate()
         replay.join()
@@ -139,15 +147,21 @@ def main() -> None:
     generate_s, verify_s = sum(r["generate_s"] for r in rows), sum(r["verify_s"] for r in rows)
     ratios = [r["verify_s"] / r["generate_s"] for r in rows]
     figures = {
-        "model": manifest.id, "challenges": len(rows), "tokens_per_answer": statistics.median(r["tokens"] for r in rows),
-        "generate_p50_ms": statistics.median(r["generate_s"] for r in rows) * 1000, "verify_p50_ms": statistics.median(r["verify_s"] for r in rows) * 1000,
-        "verify_to_generate_ratio": verify_s / generate_s, "per_answer_ratio_p90": statistics.quantiles(ratios, n=10)[-1] if len(ratios) > 1 else ratios[0],
+        "model": manifest.id,
+        "challenges": len(rows),
+        "tokens_per_answer": statistics.median(r["tokens"] for r in rows),
+        "generate_p50_ms": statistics.median(r["generate_s"] for r in rows) * 1000,
+        "verify_p50_ms": statistics.median(r["verify_s"] for r in rows) * 1000,
+        "verify_to_generate_ratio": verify_s / generate_s,
+        "per_answer_ratio_p90": statistics.quantiles(ratios, n=10)[-1] if len(ratios) > 1 else ratios[0],
         "all_honest_passed": all(r["passed"] for r in rows),
     }
     print("| model | answers | tokens each | generate p50 ms | verify p50 ms | verify / generate | p90 per answer | honest passed |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {figures['model']} | {figures['challenges']} | {figures['tokens_per_answer']:.0f} | {figures['generate_p50_ms']:.1f} | {figures['verify_p50_ms']:.1f} "
-          f"| {figures['verify_to_generate_ratio']:.3f} | {figures['per_answer_ratio_p90']:.3f} | {figures['all_honest_passed']} |")
+    print(
+        f"| {figures['model']} | {figures['challenges']} | {figures['tokens_per_answer']:.0f} | {figures['generate_p50_ms']:.1f} | {figures['verify_p50_ms']:.1f} "
+        f"| {figures['verify_to_generate_ratio']:.3f} | {figures['per_answer_ratio_p90']:.3f} | {figures['all_honest_passed']} |"
+    )
     print()
     print("| simulated miners | answers | round s | answers / s | verified | passed |")
     print("|---|---|---|---|---|---|")

@@ -25,8 +25,14 @@ from btauth.client import MinerClient, sse_events  # noqa: E402
 async def ask(args: argparse.Namespace) -> int:
     wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=str(Path(args.wallet_path).expanduser()))
     body = {
-        "model": args.model, "messages": [{"role": "user", "content": args.question}], "max_tokens": args.max_tokens, "temperature": 0,
-        "stream": True, "stream_options": {"include_usage": True}, "logprobs": True, "return_token_ids": True,
+        "model": args.model,
+        "messages": [{"role": "user", "content": args.question}],
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "logprobs": True,
+        "return_token_ids": True,
     }
     token_ids, logprobs, usage = [], [], None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:

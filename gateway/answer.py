@@ -38,7 +38,7 @@ class Generation:
     def rewind(self, mark: tuple[int, int, int]) -> None:
         """Forget what a failed miner produced that the user never saw (ids whose text had not appeared yet)."""
         self.upstream_tokens = mark[0]
-        del self.token_ids[mark[1]:], self.logprobs[mark[2]:]
+        del self.token_ids[mark[1] :], self.logprobs[mark[2] :]
 
     def upstream_body(self, from_start: bool = False) -> dict[str, Any]:
         """What the next miner is sent: the continuation of the text so far, or (``from_start``)
@@ -113,11 +113,21 @@ def whole_completion(head: Head, usage: dict[str, int]) -> dict[str, Any]:
     """The answer as one (non-streamed) completion object."""
     gen = head.gen
     if gen.chat:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": gen.text}, "finish_reason": gen.finish_reason,
-                                  "logprobs": {"content": gen.logprobs} if gen.body.get("logprobs") else None}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": gen.text},
+            "finish_reason": gen.finish_reason,
+            "logprobs": {"content": gen.logprobs} if gen.body.get("logprobs") else None,
+        }
     else:
         choice = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
     if gen.body.get("return_token_ids"):
         choice["token_ids"] = gen.token_ids
-    return {"id": head.id, "object": "chat.completion" if gen.chat else "text_completion", "created": head.created, "model": gen.model,
-            "choices": [choice], "usage": usage}
+    return {
+        "id": head.id,
+        "object": "chat.completion" if gen.chat else "text_completion",
+        "created": head.created,
+        "model": gen.model,
+        "choices": [choice],
+        "usage": usage,
+    }

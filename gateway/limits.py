@@ -45,13 +45,19 @@ class KeyLimits:
         if key.rpm is not None:
             item = RateLimitItemPerMinute(key.rpm)
             if not await self.windows.hit(item, "requests", str(key.id)):
-                raise RateLimited(f"over {key.rpm} requests per minute for this key", "rate_limit_requests", {"Retry-After": await self._retry_after(item, "requests", str(key.id))})
+                raise RateLimited(
+                    f"over {key.rpm} requests per minute for this key",
+                    "rate_limit_requests",
+                    {"Retry-After": await self._retry_after(item, "requests", str(key.id))},
+                )
         if key.tpm is not None:
             if tokens > key.tpm:
                 raise RateLimited(f"this request may use {tokens} tokens, more than the key's {key.tpm} per minute; lower max_tokens", "rate_limit_tokens")
             item = RateLimitItemPerMinute(key.tpm)
             if not await self.windows.hit(item, "tokens", str(key.id), cost=tokens):
-                raise RateLimited(f"over {key.tpm} tokens per minute for this key", "rate_limit_tokens", {"Retry-After": await self._retry_after(item, "tokens", str(key.id))})
+                raise RateLimited(
+                    f"over {key.tpm} tokens per minute for this key", "rate_limit_tokens", {"Retry-After": await self._retry_after(item, "tokens", str(key.id))}
+                )
         if key.quota_tokens is not None:
             used = self.used.setdefault(key.id, self.store.tokens_used(key.id))
             reserved = self.reserved.get(key.id, 0)

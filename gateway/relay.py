@@ -155,7 +155,13 @@ class Relay:
                     self.gen.parts.pop()
                     continue
                 attempts += 1
-                log.warning("miner uid %s failed on request %s (%s); %s", miner.uid, self.request["request_id"], exc, "continuing on another" if self.gen.text else "retrying")
+                log.warning(
+                    "miner uid %s failed on request %s (%s); %s",
+                    miner.uid,
+                    self.request["request_id"],
+                    exc,
+                    "continuing on another" if self.gen.text else "retrying",
+                )
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
                 miner.failure(time.monotonic())
                 if self.gen.upstream_tokens >= self.gen.max_tokens:
@@ -206,9 +212,20 @@ def maybe_sample(state: GatewayState, generation: Generation) -> None:
     miner = state.router.miners.get(generation.parts[0][0])
     if miner is None or state.rng.random() >= state.settings.verify_share:
         return
-    state.store.record_sample(miner.uid, miner.hotkey, generation.model, generation.upstream_body(from_start=True), {
-        "prompt_token_ids": answer.prompt_token_ids, "token_ids": answer.token_ids, "logprobs": [entry.logprob for entry in answer.logprobs],
-        "text": answer.text, "finish_reason": answer.finish_reason, "completion_tokens": answer.usage.completion_tokens if answer.usage else None})
+    state.store.record_sample(
+        miner.uid,
+        miner.hotkey,
+        generation.model,
+        generation.upstream_body(from_start=True),
+        {
+            "prompt_token_ids": answer.prompt_token_ids,
+            "token_ids": answer.token_ids,
+            "logprobs": [entry.logprob for entry in answer.logprobs],
+            "text": answer.text,
+            "finish_reason": answer.finish_reason,
+            "completion_tokens": answer.usage.completion_tokens if answer.usage else None,
+        },
+    )
     miner.sampled += 1
 
 

@@ -189,11 +189,25 @@ async def leaderboard(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     rows = []
     for m in sorted(state.router.miners.values(), key=lambda m: -m.incentive):
-        rows.append({"uid": m.uid, "hotkey": m.hotkey, "model": m.model, "incentive": m.incentive, "healthy": m.healthy,
-                     "breaker": m.breaker(time.monotonic()), "ttft_s": m.ttft, "tokens_per_s": m.tokens_per_s, "requests": m.requests,
-                     "errors": m.errors, "error_rate": m.error_rate, "in_flight": m.in_flight, "capacity": m.capacity,
-                     "sampled": m.sampled,
-                     "history": [{"t": t, "ttft_s": a, "tokens_per_s": b, "error_rate": c} for t, a, b, c in m.history]})
+        rows.append(
+            {
+                "uid": m.uid,
+                "hotkey": m.hotkey,
+                "model": m.model,
+                "incentive": m.incentive,
+                "healthy": m.healthy,
+                "breaker": m.breaker(time.monotonic()),
+                "ttft_s": m.ttft,
+                "tokens_per_s": m.tokens_per_s,
+                "requests": m.requests,
+                "errors": m.errors,
+                "error_rate": m.error_rate,
+                "in_flight": m.in_flight,
+                "capacity": m.capacity,
+                "sampled": m.sampled,
+                "history": [{"t": t, "ttft_s": a, "tokens_per_s": b, "error_rate": c} for t, a, b, c in m.history],
+            }
+        )
     return web.json_response({"miners": rows, "models": sorted(state.router.models()), "organic_share": state.settings.verify_share})
 
 

@@ -56,8 +56,10 @@ def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -
     """A routing view of each miner serving a supported model, with its share of the incentive.
     Not routed to until its /health answers 200 (the health loop probes new miners at once)."""
     total = sum(n.incentive for n in graph.neurons) or 1.0
-    return [MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, healthy=False)
-            for n in models.serving(graph.neurons, own_hotkey)]
+    return [
+        MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, healthy=False)
+        for n in models.serving(graph.neurons, own_hotkey)
+    ]
 
 
 class Gateway:
@@ -69,11 +71,20 @@ class Gateway:
         if interrupted:
             log.warning("%s request(s) were in flight when the gateway last stopped; kept in the ledger as 'interrupted'", interrupted)
         counters = {model: TokenCounter(folder) for model, folder in config.tokenizers.items()}
-        self.state = GatewayState(store=self.store, router=Router(explore=config.explore), counters=counters, keypair=self.wallet.hotkey, settings=config.settings,
-                                  contexts={m.id: m.max_context for m in config.models.models})
+        self.state = GatewayState(
+            store=self.store,
+            router=Router(explore=config.explore),
+            counters=counters,
+            keypair=self.wallet.hotkey,
+            settings=config.settings,
+            contexts={m.id: m.max_context for m in config.models.models},
+        )
         if config.settings.verify_share:
-            log.info("organic samples: %.0f%% of chat answers go to the outbox in %s for a validator (slmnet validator --organic-from)",
-                     100 * config.settings.verify_share, config.db)
+            log.info(
+                "organic samples: %.0f%% of chat answers go to the outbox in %s for a validator (slmnet validator --organic-from)",
+                100 * config.settings.verify_share,
+                config.db,
+            )
         else:
             log.info("organic verification is off (--verify-share 0): no user answer is handed to a validator")
         self.app = create_app(self.state)
@@ -116,7 +127,13 @@ class Gateway:
             runner = web.AppRunner(self.app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, self.config.host, self.config.port).start()
-            log.info("gateway on http://%s:%s: %s miners, models %s", self.config.host, self.config.port, len(self.state.router.miners), sorted(self.state.router.models()))
+            log.info(
+                "gateway on http://%s:%s: %s miners, models %s",
+                self.config.host,
+                self.config.port,
+                len(self.state.router.miners),
+                sorted(self.state.router.models()),
+            )
             health_session = aiohttp.ClientSession()
             tasks = [asyncio.create_task(self._sync_loop(net)), asyncio.create_task(self._health_loop(health_session))]
             try:

@@ -38,12 +38,21 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("slmnet_gateway_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=self.registry)
-        self.ttft = Histogram("slmnet_gateway_miner_ttft_seconds", "Time to first token per miner", ["uid"], registry=self.registry,
-                              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.ttft = Histogram(
+            "slmnet_gateway_miner_ttft_seconds",
+            "Time to first token per miner",
+            ["uid"],
+            registry=self.registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
         self.miner_errors = Counter("slmnet_gateway_miner_errors", "Miner failures by kind", ["uid", "kind"], registry=self.registry)
         self.failovers = Counter("slmnet_gateway_failovers", "Requests moved to another miner", ["phase"], registry=self.registry)
-        self.overhead = Histogram("slmnet_gateway_overhead_seconds", "Time the gateway itself added", registry=self.registry,
-                                  buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05))
+        self.overhead = Histogram(
+            "slmnet_gateway_overhead_seconds",
+            "Time the gateway itself added",
+            registry=self.registry,
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+        )
         self.tokens = Counter("slmnet_gateway_tokens", "Tokens counted with the model's tokenizer", ["kind"], registry=self.registry)
 
 

@@ -79,8 +79,10 @@ class Store:
     def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None, quota_tokens: Optional[int] = None) -> tuple[str, ApiKey]:
         """A new key: the plaintext (shown once) and its record."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        cursor = self.db.execute("INSERT INTO api_keys (name, prefix, hash, created, rpm, tpm, quota_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (name, key[:12], hash_key(key), time.time(), rpm, tpm, quota_tokens))
+        cursor = self.db.execute(
+            "INSERT INTO api_keys (name, prefix, hash, created, rpm, tpm, quota_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, key[:12], hash_key(key), time.time(), rpm, tpm, quota_tokens),
+        )
         return key, self.key_by_id(cursor.lastrowid)
 
     def _key(self, where: str, value: object) -> Optional[ApiKey]:
@@ -113,13 +115,17 @@ class Store:
         return used
 
     def usage(self, key_id: int) -> dict[str, int]:
-        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(failovers), 0) "
-                              "FROM usage WHERE key_id = ?", (key_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(failovers), 0) FROM usage WHERE key_id = ?",
+            (key_id,),
+        ).fetchone()
         return dict(zip(("requests", "prompt_tokens", "completion_tokens", "failovers"), row))
 
     def open_request(self, request_id: str, key_id: int, model: str, prompt_tokens: int) -> None:
-        self.db.execute("INSERT INTO usage (request_id, key_id, model, status, prompt_tokens, started) VALUES (?, ?, ?, 'open', ?, ?)",
-                        (request_id, key_id, model, prompt_tokens, time.time()))
+        self.db.execute(
+            "INSERT INTO usage (request_id, key_id, model, status, prompt_tokens, started) VALUES (?, ?, ?, 'open', ?, ?)",
+            (request_id, key_id, model, prompt_tokens, time.time()),
+        )
 
     def progress(self, request_id: str, completion_tokens: int) -> None:
         self.db.execute("UPDATE usage SET completion_tokens = ? WHERE request_id = ?", (completion_tokens, request_id))
@@ -128,8 +134,10 @@ class Store:
         """Final counts, and ``parts``: (miner uid, hotkey, completion tokens) per miner that answered."""
         with self.db:
             self.db.execute("BEGIN")
-            self.db.execute("UPDATE usage SET status = ?, completion_tokens = ?, failovers = ?, finished = ? WHERE request_id = ?",
-                            (status, completion_tokens, failovers, time.time(), request_id))
+            self.db.execute(
+                "UPDATE usage SET status = ?, completion_tokens = ?, failovers = ?, finished = ? WHERE request_id = ?",
+                (status, completion_tokens, failovers, time.time(), request_id),
+            )
             self.db.executemany("INSERT INTO usage_by_miner VALUES (?, ?, ?, ?)", [(request_id, uid, hotkey, n) for uid, hotkey, n in parts])
 
     def mark_interrupted(self) -> int:
@@ -141,5 +149,7 @@ class Store:
 
     def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: dict[str, Any]) -> None:
         """One user answer for the validator to verify: the request a miner got, and what it sent back."""
-        self.db.execute("INSERT INTO organic_samples (time, uid, hotkey, model, request, answer) VALUES (?, ?, ?, ?, ?, ?)",
-                        (time.time(), uid, hotkey, model, json.dumps(request), json.dumps(answer)))
+        self.db.execute(
+            "INSERT INTO organic_samples (time, uid, hotkey, model, request, answer) VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), uid, hotkey, model, json.dumps(request), json.dumps(answer)),
+        )

@@ -62,6 +62,6 @@ class TextBinding:
             except Exception as exc:  # the Rust decoder's own error types are not exported
                 raise StreamViolation(f"token id {token_id} cannot be detokenized: {exc}") from exc
         if piece:
-            if self.spelled[self.shown:self.shown + len(piece)] != piece:
+            if self.spelled[self.shown : self.shown + len(piece)] != piece:
                 raise StreamViolation("the text is not what the token ids spell")
             self.shown += len(piece)

@@ -41,7 +41,11 @@ async def miner_events(state: GatewayState, miner: MinerView, body: dict[str, An
         async with asyncio.timeout(wait) as deadline:
             async with client.post(path, body, timeout=timeout) as response:
                 if response.status != 200:
-                    raise MinerFailed("busy" if response.status == 429 else f"http_{response.status}", (await response.text(errors="replace"))[:200], busy=response.status == 429)
+                    raise MinerFailed(
+                        "busy" if response.status == 429 else f"http_{response.status}",
+                        (await response.text(errors="replace"))[:200],
+                        busy=response.status == 429,
+                    )
                 async with contextlib.aclosing(miner_chunks(response, fold)) as chunks:
                     async for chunk in chunks:
                         # The deadline must not run while the user's side is written: suspend it around the yield.

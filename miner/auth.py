@@ -19,6 +19,7 @@ from miner.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Sender:
     """An authenticated, permitted caller."""

@@ -13,7 +13,18 @@ from __future__ import annotations
 
 from protocol.errors import BadRequest, HttpError, ModelNotFound, PayloadTooLarge
 
-__all__ = ["BadRequest", "EngineUnavailable", "Forbidden", "HttpError", "MinerError", "ModelNotFound", "Overloaded", "PayloadTooLarge", "StartupError", "Unauthorized"]
+__all__ = [
+    "BadRequest",
+    "EngineUnavailable",
+    "Forbidden",
+    "HttpError",
+    "MinerError",
+    "ModelNotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "StartupError",
+    "Unauthorized",
+]
 
 
 class MinerError(Exception):

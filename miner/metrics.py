@@ -14,8 +14,16 @@ class MinerMetrics:
         self.requests = Counter("slmnet_miner_requests", "Requests answered, by route and status", ["route", "status"], registry=r)
         self.refusals = Counter("slmnet_miner_refusals", "Requests refused, by error code", ["code"], registry=r)
         self.in_flight = Gauge("slmnet_miner_in_flight", "Requests being served now", registry=r)
-        self.ttfb = Histogram("slmnet_miner_time_to_first_byte_seconds", "From request received to the engine's first bytes sent on", ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.duration = Histogram("slmnet_miner_request_seconds", "From request received to the last byte sent", ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttfb = Histogram(
+            "slmnet_miner_time_to_first_byte_seconds",
+            "From request received to the engine's first bytes sent on",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "slmnet_miner_request_seconds", "From request received to the last byte sent", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.stream_events = Counter("slmnet_miner_stream_events", "SSE events passed through (about one per generated token)", registry=r)
         self.completion_tokens = Counter("slmnet_miner_completion_tokens", "Completion tokens reported in usage by the engine", registry=r)
         self.engine_up = Gauge("slmnet_miner_engine_up", "1 when the engine answers its health probe", registry=r)

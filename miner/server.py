@@ -37,8 +37,6 @@ OVERHEAD_HEADER = "X-Slmnet-Miner-Overhead-Ms"  # ms from request received to re
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-
-
 # --- errors -----------------------------------------------------------------------------
 
 

@@ -90,7 +90,14 @@ async def run_miner(config: MinerConfig, stop: asyncio.Event | None = None) -> N
         await web.TCPSite(runner, config.host, config.port).start()
         log.warning(
             "miner uid %s (%s) serves %s on %s:%s, announced as %s:%s; engine %s",
-            state.uid, hotkey, config.model_id, config.host, config.port, config.external_ip, config.port, config.upstream,
+            state.uid,
+            hotkey,
+            config.model_id,
+            config.host,
+            config.port,
+            config.external_ip,
+            config.port,
+            config.upstream,
         )
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()

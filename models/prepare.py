@@ -103,7 +103,9 @@ def prepare(name: str, cache_dir: Path, on_step: Callable[[str], None] = lambda 
         del model.config.quantization_config
     model.save_pretrained(partial, safe_serialization=True)
     on_step(STEPS[4])
-    manifest = ModelManifest(id=spec.model_id, revision=f"{spec.distribution}-{spec.version}", weights_sha256=weights_sha256(partial), max_context=spec.max_context)
+    manifest = ModelManifest(
+        id=spec.model_id, revision=f"{spec.distribution}-{spec.version}", weights_sha256=weights_sha256(partial), max_context=spec.max_context
+    )
     manifest.write(partial)
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)

@@ -40,14 +40,31 @@ class ModelList:
     def serving(self, neurons: Iterable[NeuronView], own_hotkey: str) -> list[NeuronView]:
         """The miners to call: other hotkeys with an endpoint and a declaration this list accepts
         (what validators challenge and gateways route to)."""
-        return [n for n in neurons if n.hotkey != own_hotkey and n.endpoint is not None and n.model is not None
-                and (supported := self.get(n.model.model)) is not None and supported.accepts(n.model)]
+        return [
+            n
+            for n in neurons
+            if n.hotkey != own_hotkey
+            and n.endpoint is not None
+            and n.model is not None
+            and (supported := self.get(n.model.model)) is not None
+            and supported.accepts(n.model)
+        ]
 
 
 def load(path: Path = DEFAULT_LIST) -> ModelList:
     try:
         raw = json.loads(Path(path).read_text())
-        models = tuple(SupportedModel(m["id"], m["source"], m.get("weights_sha256"), int(m["max_context"]), tuple(int(t) for t in m.get("end_token_ids", ())), float(m.get("reward", 1.0))) for m in raw["models"])
+        models = tuple(
+            SupportedModel(
+                m["id"],
+                m["source"],
+                m.get("weights_sha256"),
+                int(m["max_context"]),
+                tuple(int(t) for t in m.get("end_token_ids", ())),
+                float(m.get("reward", 1.0)),
+            )
+            for m in raw["models"]
+        )
         return ModelList(int(raw["version"]), models)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a model list: {exc}") from exc

@@ -60,7 +60,9 @@ def build_tokenizer(spec: TinySpec):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -105,5 +107,3 @@ def build_tiny(out: Path, seed: int = 0, spec: TinySpec = TinySpec()) -> str:
     digest = weights_sha256(out)
     ModelManifest(id=f"slmnet/tiny-qwen2-s{seed}", revision=None, weights_sha256=digest, max_context=spec.max_context).write(out)
     return digest
-
-

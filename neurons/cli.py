@@ -17,14 +17,13 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-log = logging.getLogger("slmnet")
-
-
 from neurons import gateway as gateway_cli
 from neurons import miner as miner_cli
 from neurons import up as up_cli
 from neurons import validator as validator_cli
 from neurons.common import CliError, add_chain_flags
+
+log = logging.getLogger("slmnet")
 
 
 def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], None]) -> None:
@@ -44,11 +43,15 @@ def cmd_localnet_init(args: argparse.Namespace) -> None:
         info = admin.init(Path(args.dir), netuid=args.netuid, tempo=args.tempo, block_time=args.block_time)
     except (FileExistsError, ValueError) as exc:
         raise CliError(str(exc)) from exc
-    _emit(args, info, lambda: print(
-        f"localnet created in {info['dir']}: subnet {info['netuid']}, tempo {info['tempo']} blocks, "
-        f"{info['block_time']} s per block\nowner coldkey {info['owner_coldkey']} (wallet 'owner' in {info['dir']}/wallets)\n"
-        f"use it with --network localnet:{info['dir']}"
-    ))
+    _emit(
+        args,
+        info,
+        lambda: print(
+            f"localnet created in {info['dir']}: subnet {info['netuid']}, tempo {info['tempo']} blocks, "
+            f"{info['block_time']} s per block\nowner coldkey {info['owner_coldkey']} (wallet 'owner' in {info['dir']}/wallets)\n"
+            f"use it with --network localnet:{info['dir']}"
+        ),
+    )
 
 
 def cmd_localnet_fund(args: argparse.Namespace) -> None:
@@ -118,8 +121,17 @@ def _print_status(graph: Any) -> None:
         table.add_column(column, justify="right" if column not in ("hotkey", "endpoint", "model") else "left")
     for n in graph.neurons:
         table.add_row(
-            str(n.uid), n.hotkey[:10] + "…", f"{n.stake:,.2f}", "✓" if n.validator_permit else "", f"{n.ip}:{n.port}" if n.ip else "-",
-            n.model.model if n.model else "-", f"{n.incentive:.4f}", f"{n.consensus:.4f}", f"{n.trust:.4f}", f"{n.dividends:.4f}", f"{n.emission:.4f}",
+            str(n.uid),
+            n.hotkey[:10] + "…",
+            f"{n.stake:,.2f}",
+            "✓" if n.validator_permit else "",
+            f"{n.ip}:{n.port}" if n.ip else "-",
+            n.model.model if n.model else "-",
+            f"{n.incentive:.4f}",
+            f"{n.consensus:.4f}",
+            f"{n.trust:.4f}",
+            f"{n.dividends:.4f}",
+            f"{n.emission:.4f}",
         )
     # A pipe gets the whole table, not one cut to 80 columns.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
@@ -136,7 +148,13 @@ def cmd_wallet_create(args: argparse.Namespace) -> None:
         raise CliError(f"wallet {args.name}/{args.hotkey} already exists in {path}")
     # No password: for development networks only (the README says so).
     wallet = bt.wallets.create(args.name, args.hotkey, path=str(path), use_password=False, on_mnemonic=lambda *_: None)
-    payload = {"name": args.name, "hotkey": args.hotkey, "path": str(path), "coldkey_ss58": wallet.coldkeypub.ss58_address, "hotkey_ss58": wallet.hotkey.ss58_address}
+    payload = {
+        "name": args.name,
+        "hotkey": args.hotkey,
+        "path": str(path),
+        "coldkey_ss58": wallet.coldkeypub.ss58_address,
+        "hotkey_ss58": wallet.hotkey.ss58_address,
+    }
     _emit(args, payload, lambda: print(f"wallet {args.name}/{args.hotkey} in {path}\ncoldkey {payload['coldkey_ss58']}\nhotkey  {payload['hotkey_ss58']}"))
 
 
@@ -185,7 +203,9 @@ def cmd_models_prepare(args: argparse.Namespace) -> None:
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     # A bar on a terminal; nothing but the result in CI and pipes.
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), disable=args.json or not sys.stderr.isatty(), console=Console(stderr=True)) as progress:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), disable=args.json or not sys.stderr.isatty(), console=Console(stderr=True)
+    ) as progress:
         task = progress.add_task(f"preparing {args.name}", total=len(STEPS))
 
         def on_step(step: str) -> None:
@@ -196,8 +216,16 @@ def cmd_models_prepare(args: argparse.Namespace) -> None:
         except PrepareError as exc:
             raise CliError(str(exc)) from exc
         progress.update(task, completed=len(STEPS))
-    payload = {"path": str(out), "id": manifest.id, "revision": manifest.revision, "weights_sha256": manifest.weights_sha256, "max_context": manifest.max_context}
-    _emit(args, payload, lambda: print(f"{manifest.id} in {out}\nweights sha256 {manifest.weights_sha256}\nserve it with: slmnet miner --model {args.name} ..."))
+    payload = {
+        "path": str(out),
+        "id": manifest.id,
+        "revision": manifest.revision,
+        "weights_sha256": manifest.weights_sha256,
+        "max_context": manifest.max_context,
+    }
+    _emit(
+        args, payload, lambda: print(f"{manifest.id} in {out}\nweights sha256 {manifest.weights_sha256}\nserve it with: slmnet miner --model {args.name} ...")
+    )
 
 
 # --- parser ---------------------------------------------------------------------------
@@ -274,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else getattr(args, "log_level", logging.WARNING), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else getattr(args, "log_level", logging.WARNING), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         args.func(args)
     except CliError as exc:

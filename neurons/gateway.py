@@ -14,16 +14,27 @@ DEFAULT_DB = "~/.slmnet/gateway.sqlite"
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser("gateway", help="the OpenAI-compatible API: keys, routing to the best miners, failover", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = groups.add_parser(
+        "gateway", help="the OpenAI-compatible API: keys, routing to the best miners, failover", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_chain_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite file: API keys and the usage ledger")
     p.add_argument("--model-list", default=None, help="the subnet's model list (default: the one in the repo)")
-    p.add_argument("--tokenizer", action="append", default=[], metavar="ID=DIR",
-                   help="count tokens for model ID with the tokenizer in DIR (repeatable; default: every model of the list, built or prepared into the cache)")
-    p.add_argument("--verify-share", type=float, default=0.05,
-                   help="share of chat answers put in the organic outbox (this gateway's --db) for a validator to verify: slmnet validator --organic-from DB")
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="ID=DIR",
+        help="count tokens for model ID with the tokenizer in DIR (repeatable; default: every model of the list, built or prepared into the cache)",
+    )
+    p.add_argument(
+        "--verify-share",
+        type=float,
+        default=0.05,
+        help="share of chat answers put in the organic outbox (this gateway's --db) for a validator to verify: slmnet validator --organic-from DB",
+    )
     p.add_argument("--explore", type=float, default=0.05, help="share of requests routed uniformly, so new miners earn a record")
     p.add_argument("--max-attempts", type=int, default=3, help="miners tried per request, failovers included")
     p.add_argument("--first-token-timeout", type=float, default=15.0, help="seconds to the first token before trying another miner")
@@ -62,8 +73,16 @@ def _key_or_fail(store, ref: str):
 
 
 def _describe(key) -> dict:
-    return {"id": key.id, "name": key.name, "prefix": key.prefix, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created)),
-            "revoked": key.revoked is not None, "rpm": key.rpm, "tpm": key.tpm, "quota_tokens": key.quota_tokens}
+    return {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(key.created)),
+        "revoked": key.revoked is not None,
+        "rpm": key.rpm,
+        "tpm": key.tpm,
+        "quota_tokens": key.quota_tokens,
+    }
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
@@ -82,8 +101,16 @@ def cmd_keys_list(args: argparse.Namespace) -> None:
 
     table = Table("id", "name", "prefix", "created", "rpm", "tpm", "quota", "state")
     for r in rows:
-        table.add_row(str(r["id"]), r["name"], r["prefix"] + "…", r["created"], str(r["rpm"] or "-"), str(r["tpm"] or "-"), str(r["quota_tokens"] or "-"),
-                      "revoked" if r["revoked"] else "active")
+        table.add_row(
+            str(r["id"]),
+            r["name"],
+            r["prefix"] + "…",
+            r["created"],
+            str(r["rpm"] or "-"),
+            str(r["tpm"] or "-"),
+            str(r["quota_tokens"] or "-"),
+            "revoked" if r["revoked"] else "active",
+        )
     Console().print(table)
 
 
@@ -98,9 +125,12 @@ def cmd_keys_usage(args: argparse.Namespace) -> None:
     store = _store(args)
     key = _key_or_fail(store, args.key)
     usage = store.usage(key.id)
-    print(json.dumps({**_describe(key), **usage}) if args.json else
-          f"key {key.id} '{key.name}': {usage['requests']} requests, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens, "
-          f"{usage['failovers']} failovers" + (f", quota {key.quota_tokens}" if key.quota_tokens else ""))
+    print(
+        json.dumps({**_describe(key), **usage})
+        if args.json
+        else f"key {key.id} '{key.name}': {usage['requests']} requests, {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion tokens, "
+        f"{usage['failovers']} failovers" + (f", quota {key.quota_tokens}" if key.quota_tokens else "")
+    )
 
 
 def build_config(args: argparse.Namespace):
@@ -114,13 +144,23 @@ def build_config(args: argparse.Namespace):
         tokenizers = {m.id: model_folder(m.source, default_cache_dir()) for m in models.models}
     if not 0 <= args.verify_share <= 1:
         raise CliError("--verify-share is a share: 0 to 1")
-    settings = GatewaySettings(max_attempts=args.max_attempts, first_token_timeout=args.first_token_timeout, stall_timeout=args.stall_timeout,
-                               verify_share=args.verify_share)
+    settings = GatewaySettings(
+        max_attempts=args.max_attempts, first_token_timeout=args.first_token_timeout, stall_timeout=args.stall_timeout, verify_share=args.verify_share
+    )
     return GatewayConfig(
-        network=args.network, netuid=args.netuid, wallet_path=str(Path(args.wallet_path).expanduser()), wallet_name=args.wallet_name,
-        wallet_hotkey=args.wallet_hotkey, host=args.host, port=args.port, db=Path(args.db).expanduser(), models=models, tokenizers=tokenizers,
+        network=args.network,
+        netuid=args.netuid,
+        wallet_path=str(Path(args.wallet_path).expanduser()),
+        wallet_name=args.wallet_name,
+        wallet_hotkey=args.wallet_hotkey,
+        host=args.host,
+        port=args.port,
+        db=Path(args.db).expanduser(),
+        models=models,
+        tokenizers=tokenizers,
         settings=settings,
-        explore=args.explore, sync_interval=args.sync_interval,
+        explore=args.explore,
+        sync_interval=args.sync_interval,
     )
 
 

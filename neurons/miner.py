@@ -23,7 +23,9 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     engine.add_argument("--engine-port", type=int, default=0, help="loopback port for the started engine (0: any free port)")
     engine.add_argument("--dtype", default="auto", help="vLLM --dtype (float32 on CPU, bfloat16 on GPU)")
     engine.add_argument("--max-model-len", type=int, default=None, help="vLLM --max-model-len, also the declared max context")
-    engine.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument, repeatable (e.g. --engine-arg=--gpu-memory-utilization=0.9)")
+    engine.add_argument(
+        "--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument, repeatable (e.g. --engine-arg=--gpu-memory-utilization=0.9)"
+    )
     engine.add_argument("--engine-log", default=None, help="append the engine's output to this file")
     limits = p.add_argument_group("admission")
     limits.add_argument("--capacity", type=int, default=16, help="requests in flight at once (declared on chain)")
@@ -55,7 +57,7 @@ def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple
     return model, model, revision, None, None
 
 
-def build_config(args: argparse.Namespace) -> "MinerConfig":
+def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (imported inside: heavy)
     from miner.config import MinerConfig
     from engine import EngineSpec
     from models.prepare import default_cache_dir
@@ -65,15 +67,35 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":
     engine = None
     if args.engine_url is None:
         engine = EngineSpec(
-            model=source, served_name=model_id, port=args.engine_port or free_port(), revision=revision if source == model_id else None,
-            dtype=args.dtype, max_model_len=max_context, extra_args=tuple(args.engine_arg), log_path=Path(args.engine_log) if args.engine_log else None,
+            model=source,
+            served_name=model_id,
+            port=args.engine_port or free_port(),
+            revision=revision if source == model_id else None,
+            dtype=args.dtype,
+            max_model_len=max_context,
+            extra_args=tuple(args.engine_arg),
+            log_path=Path(args.engine_log) if args.engine_log else None,
         )
     try:
         return MinerConfig(
-            network=args.network, netuid=args.netuid, wallet_path=str(Path(args.wallet_path).expanduser()), wallet_name=args.wallet_name,
-            wallet_hotkey=args.wallet_hotkey, port=args.port, host=args.host, external_ip=args.external_ip, engine=engine, engine_url=args.engine_url,
-            model_id=model_id, revision=revision, weights_sha256=digest, max_context=max_context, capacity=args.capacity,
-            max_in_flight_per_caller=args.max_in_flight_per_caller or args.capacity, min_stake=args.min_stake, max_body_bytes=args.max_body_bytes,
+            network=args.network,
+            netuid=args.netuid,
+            wallet_path=str(Path(args.wallet_path).expanduser()),
+            wallet_name=args.wallet_name,
+            wallet_hotkey=args.wallet_hotkey,
+            port=args.port,
+            host=args.host,
+            external_ip=args.external_ip,
+            engine=engine,
+            engine_url=args.engine_url,
+            model_id=model_id,
+            revision=revision,
+            weights_sha256=digest,
+            max_context=max_context,
+            capacity=args.capacity,
+            max_in_flight_per_caller=args.max_in_flight_per_caller or args.capacity,
+            min_stake=args.min_stake,
+            max_body_bytes=args.max_body_bytes,
             metagraph_interval=args.metagraph_interval,
         )
     except ValueError as exc:

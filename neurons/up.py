@@ -47,7 +47,9 @@ KV_BYTES = str(256 * 2**20)
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser("up", help="run the whole subnet on this machine: localnet, 3 miners, validator, gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = groups.add_parser(
+        "up", help="run the whole subnet on this machine: localnet, 3 miners, validator, gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dir", default="./slmnet-up", help="all state and logs (reset at each start)")
     p.add_argument("--port", type=int, default=8000, help="the gateway's port")
     p.add_argument("--smoke", action="store_true", help="wait for weights and one answer through the gateway, then stop (exit 0 on success)")
@@ -137,25 +139,95 @@ class Subnet:
 
     def launch(self, smollm2: Path, tiny: Path) -> None:
         slmnet = [sys.executable, "-m", "neurons.cli"]
-        engine = EngineSpec(model=str(smollm2), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096,
-                            extra_args=(EAGER, "--kv-cache-memory-bytes", KV_BYTES))
+        engine = EngineSpec(
+            model=str(smollm2),
+            served_name=SMOLLM2,
+            port=free_port(),
+            dtype="float32",
+            max_model_len=4096,
+            extra_args=(EAGER, "--kv-cache-memory-bytes", KV_BYTES),
+        )
         engine_url = engine.url
         self.start(Proc("engine-smollm2", engine.command(), health=engine_url + "/health"))
         for name in ("smollm2-a", "smollm2-b"):
             port = free_port()
-            self.start(Proc(f"miner-{name}", [*slmnet, "miner", *self.chain_flags(name), "--model", str(smollm2), "--engine-url", engine_url, "--port", str(port),
-                                              "--capacity", "4"], health=f"http://127.0.0.1:{port}/health"))
+            self.start(
+                Proc(
+                    f"miner-{name}",
+                    [*slmnet, "miner", *self.chain_flags(name), "--model", str(smollm2), "--engine-url", engine_url, "--port", str(port), "--capacity", "4"],
+                    health=f"http://127.0.0.1:{port}/health",
+                )
+            )
         port = free_port()
-        self.start(Proc("miner-tiny", [*slmnet, "miner", *self.chain_flags("tiny"), "--model", str(tiny), "--dtype", "float32", "--port", str(port),
-                                       "--capacity", "4", "--max-model-len", "2048", f"--engine-arg={EAGER}",
-                                       f"--engine-arg=--kv-cache-memory-bytes={KV_BYTES}"], health=f"http://127.0.0.1:{port}/health"))
-        self.start(Proc("validator", [*slmnet, "validator", *self.chain_flags("validator"), "--state-dir", str(self.root / "validator"),
-                                      "--serve-reference", SMOLLM2, "--serve-reference", TINY, "--dtype", "float32", f"--engine-arg={EAGER}",
-                                      f"--engine-arg=--kv-cache-memory-bytes={KV_BYTES}", "--challenges-per-miner", "6",
-                                      "--round-interval", "5", "--weights-interval", "1", "--organic-from", str(self.root / "gateway.sqlite")],
-                        ready_check=self._validator_progress))
-        self.start(Proc("gateway", [*slmnet, "gateway", *self.chain_flags("validator"), "--port", str(self.port), "--db", str(self.root / "gateway.sqlite"),
-                                    "--sync-interval", "3"], health=f"http://127.0.0.1:{self.port}/health"))
+        self.start(
+            Proc(
+                "miner-tiny",
+                [
+                    *slmnet,
+                    "miner",
+                    *self.chain_flags("tiny"),
+                    "--model",
+                    str(tiny),
+                    "--dtype",
+                    "float32",
+                    "--port",
+                    str(port),
+                    "--capacity",
+                    "4",
+                    "--max-model-len",
+                    "2048",
+                    f"--engine-arg={EAGER}",
+                    f"--engine-arg=--kv-cache-memory-bytes={KV_BYTES}",
+                ],
+                health=f"http://127.0.0.1:{port}/health",
+            )
+        )
+        self.start(
+            Proc(
+                "validator",
+                [
+                    *slmnet,
+                    "validator",
+                    *self.chain_flags("validator"),
+                    "--state-dir",
+                    str(self.root / "validator"),
+                    "--serve-reference",
+                    SMOLLM2,
+                    "--serve-reference",
+                    TINY,
+                    "--dtype",
+                    "float32",
+                    f"--engine-arg={EAGER}",
+                    f"--engine-arg=--kv-cache-memory-bytes={KV_BYTES}",
+                    "--challenges-per-miner",
+                    "6",
+                    "--round-interval",
+                    "5",
+                    "--weights-interval",
+                    "1",
+                    "--organic-from",
+                    str(self.root / "gateway.sqlite"),
+                ],
+                ready_check=self._validator_progress,
+            )
+        )
+        self.start(
+            Proc(
+                "gateway",
+                [
+                    *slmnet,
+                    "gateway",
+                    *self.chain_flags("validator"),
+                    "--port",
+                    str(self.port),
+                    "--db",
+                    str(self.root / "gateway.sqlite"),
+                    "--sync-interval",
+                    "3",
+                ],
+                health=f"http://127.0.0.1:{self.port}/health",
+            )
+        )
 
     def _validator_progress(self) -> Optional[str]:
         db = self.root / "validator" / "validator.sqlite"
@@ -250,8 +322,12 @@ class Subnet:
 
     def ask(self, key: str) -> tuple[str, str]:
         body = json.dumps({"model": SMOLLM2, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 48, "temperature": 0}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/chat/completions", data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/chat/completions",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=300) as response:
                 answer = json.loads(response.read())
@@ -309,11 +385,13 @@ def cmd_up(args: argparse.Namespace) -> None:
         key, _ = Store(root / "gateway.sqlite").create_key("slmnet-up")
         url = f"http://127.0.0.1:{port}"
         if not args.smoke:
-            console.print(f"\n[bold]slmnet is up[/] ({time.monotonic() - subnet.began:.0f} s, {subnet.memory_gib():.1f} GiB in all)\n"
-                          f"  gateway  {url}  (dashboard at {url}/)\n  API key  {key}\n"
-                          f"  try      curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-                          f"-d '{{\"model\": \"auto\", \"messages\": [{{\"role\": \"user\", \"content\": \"{QUESTION}\"}}]}}'\n"
-                          f"  logs     {root / 'logs'}\nCtrl-C stops everything.")
+            console.print(
+                f"\n[bold]slmnet is up[/] ({time.monotonic() - subnet.began:.0f} s, {subnet.memory_gib():.1f} GiB in all)\n"
+                f"  gateway  {url}  (dashboard at {url}/)\n  API key  {key}\n"
+                f"  try      curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+                f'-d \'{{"model": "auto", "messages": [{{"role": "user", "content": "{QUESTION}"}}]}}\'\n'
+                f"  logs     {root / 'logs'}\nCtrl-C stops everything."
+            )
             while stopping["signal"] is None:
                 subnet.poll()
                 if (dead := subnet.failed()) is not None:
@@ -336,8 +414,18 @@ def cmd_up(args: argparse.Namespace) -> None:
                 time.sleep(2)
         model, answer = subnet.ask(key)
         elapsed = time.monotonic() - subnet.began
-        print(json.dumps({"question": QUESTION, "model": model, "answer": answer, "incentive": paid, "seconds_to_answer": round(elapsed, 1),
-                          "memory_gib": round(subnet.memory_gib(), 2)}))
+        print(
+            json.dumps(
+                {
+                    "question": QUESTION,
+                    "model": model,
+                    "answer": answer,
+                    "incentive": paid,
+                    "seconds_to_answer": round(elapsed, 1),
+                    "memory_gib": round(subnet.memory_gib(), 2),
+                }
+            )
+        )
         if not answer.strip():
             raise CliError("the gateway answered with empty text")
         outcome, reason = 0, "smoke test passed"

@@ -10,14 +10,23 @@ from neurons.common import CliError, add_chain_flags, free_port, load_model_list
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser("validator", help="challenge miners, verify by teacher forcing, score, set weights", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = groups.add_parser(
+        "validator", help="challenge miners, verify by teacher forcing, score, set weights", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_chain_flags(p)
     p.add_argument("--state-dir", default="~/.slmnet/validator", help="SQLite state, rounds.jsonl, wandb runs")
     p.add_argument("--model-list", default=None, help="the subnet's model list (default: the one in the repo)")
     p.add_argument("--reference", action="append", default=[], metavar="ID=URL", help="attach to a running reference vLLM server for model ID (repeatable)")
-    p.add_argument("--tokenizer", action="append", default=[], metavar="ID=DIR",
-                   help="folder with model ID's tokenizer, which binds a miner's text to its token ids (default: the engine's folder, or the model list's source)")
-    p.add_argument("--serve-reference", action="append", default=[], metavar="ID", help="start a reference engine for model ID from the model list (repeatable)")
+    p.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="ID=DIR",
+        help="folder with model ID's tokenizer, which binds a miner's text to its token ids (default: the engine's folder, or the model list's source)",
+    )
+    p.add_argument(
+        "--serve-reference", action="append", default=[], metavar="ID", help="start a reference engine for model ID from the model list (repeatable)"
+    )
     p.add_argument("--dtype", default="auto", help="vLLM --dtype of started reference engines")
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument for started engines (repeatable)")
     p.add_argument("--challenges-per-miner", type=int, default=8, help="challenges each miner gets per round")
@@ -43,8 +52,16 @@ def build_config(args: argparse.Namespace):
         if supported is None:
             raise CliError(f"--serve-reference {model_id!r} is not in the model list")
         folder = model_folder(supported.source, default_cache_dir())
-        engines.append(EngineSpec(model=folder, served_name=model_id, port=free_port(), dtype=args.dtype, max_model_len=min(supported.max_context, 4096),
-                                  extra_args=tuple(args.engine_arg)))
+        engines.append(
+            EngineSpec(
+                model=folder,
+                served_name=model_id,
+                port=free_port(),
+                dtype=args.dtype,
+                max_model_len=min(supported.max_context, 4096),
+                extra_args=tuple(args.engine_arg),
+            )
+        )
     if not references and not engines:
         raise CliError("give at least one --reference ID=URL or --serve-reference ID")
     tokenizers = {spec.served_name: spec.model for spec in engines}
@@ -53,11 +70,22 @@ def build_config(args: argparse.Namespace):
         if model_id not in tokenizers:
             tokenizers[model_id] = model_folder(models.get(model_id).source, default_cache_dir())
     return ValidatorConfig(
-        network=args.network, netuid=args.netuid, wallet_path=str(Path(args.wallet_path).expanduser()), wallet_name=args.wallet_name,
-        wallet_hotkey=args.wallet_hotkey, state_dir=Path(args.state_dir).expanduser(), models=models, tokenizers=tuple(tokenizers.items()),
-        references=tuple(references), engines=tuple(engines),
-        challenges_per_miner=args.challenges_per_miner, round_interval=args.round_interval, weights_interval_blocks=args.weights_interval,
-        metrics_port=args.metrics_port, wandb_project=args.wandb_project, max_rounds=args.max_rounds,
+        network=args.network,
+        netuid=args.netuid,
+        wallet_path=str(Path(args.wallet_path).expanduser()),
+        wallet_name=args.wallet_name,
+        wallet_hotkey=args.wallet_hotkey,
+        state_dir=Path(args.state_dir).expanduser(),
+        models=models,
+        tokenizers=tuple(tokenizers.items()),
+        references=tuple(references),
+        engines=tuple(engines),
+        challenges_per_miner=args.challenges_per_miner,
+        round_interval=args.round_interval,
+        weights_interval_blocks=args.weights_interval,
+        metrics_port=args.metrics_port,
+        wandb_project=args.wandb_project,
+        max_rounds=args.max_rounds,
         organic_from=Path(args.organic_from).expanduser() if args.organic_from else None,
     )
 

@@ -47,8 +47,10 @@ class ChatMessage(OpenAIModel):
         if isinstance(content, list):
             for number, part in enumerate(content):
                 if part.type != "text" or part.text is None:
-                    raise ContentNotSupported(f"messages.{index}.content.{number}: a '{part.type}' part; slmnet's models take text parts only",
-                                              f"messages.{index}.content.{number}.type")
+                    raise ContentNotSupported(
+                        f"messages.{index}.content.{number}: a '{part.type}' part; slmnet's models take text parts only",
+                        f"messages.{index}.content.{number}.type",
+                    )
             content = "".join(part.text or "" for part in content)
         message: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.name is not None:

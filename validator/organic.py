@@ -49,7 +49,9 @@ class Outbox:
             return []
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
         try:
-            rows = db.execute("SELECT id, uid, hotkey, model, request, answer FROM organic_samples WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+            rows = db.execute(
+                "SELECT id, uid, hotkey, model, request, answer FROM organic_samples WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
+            ).fetchall()
         except sqlite3.OperationalError as exc:  # a gateway older than the outbox, or a file that is not a gateway's
             log.warning("no organic outbox in %s: %s", self.path, exc)
             return []
@@ -61,8 +63,14 @@ class Outbox:
 def _answer(raw: dict[str, Any]) -> MinerResponse:
     ids = list(raw.get("token_ids") or [])
     logprobs = list(raw.get("logprobs") or [])
-    return MinerResponse(prompt_token_ids=raw.get("prompt_token_ids"), token_ids=ids, reported_logprobs=logprobs + [None] * (len(ids) - len(logprobs)),
-                         text=raw.get("text") or "", finish_reason=raw.get("finish_reason"), completion_tokens=raw.get("completion_tokens"))
+    return MinerResponse(
+        prompt_token_ids=raw.get("prompt_token_ids"),
+        token_ids=ids,
+        reported_logprobs=logprobs + [None] * (len(ids) - len(logprobs)),
+        text=raw.get("text") or "",
+        finish_reason=raw.get("finish_reason"),
+        completion_tokens=raw.get("completion_tokens"),
+    )
 
 
 async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, ReferenceEngine], limit: int = SAMPLES_PER_ROUND) -> int:

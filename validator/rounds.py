@@ -67,7 +67,9 @@ class RoundReport:
     buffered: set[int] = field(default_factory=set)  # recent answers came in bursts: score 0, standing from zero
 
 
-async def _judge(target: Target, challenge: Challenge, body: dict[str, Any], result: QueryResult, reference: ReferenceEngine, verifying: asyncio.Semaphore) -> Result:
+async def _judge(
+    target: Target, challenge: Challenge, body: dict[str, Any], result: QueryResult, reference: ReferenceEngine, verifying: asyncio.Semaphore
+) -> Result:
     if result.kind == "violation":
         log.warning("uid %s (%s) broke the protocol on %s: %s", target.uid, target.hotkey, challenge.family, result.detail)
         return Result(target.uid, target.hotkey, challenge.family, Outcome("error", fidelity_passed=False), (f"unverifiable: {result.detail}",))
@@ -89,8 +91,16 @@ async def _judge(target: Target, challenge: Challenge, body: dict[str, Any], res
     return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons)
 
 
-async def _challenge_miner(session: aiohttp.ClientSession, keypair: Any, target: Target, challenges: list[Challenge], reference: ReferenceEngine,
-                           verifying: asyncio.Semaphore, per_miner: int, timeouts: Timeouts) -> list[Result]:
+async def _challenge_miner(
+    session: aiohttp.ClientSession,
+    keypair: Any,
+    target: Target,
+    challenges: list[Challenge],
+    reference: ReferenceEngine,
+    verifying: asyncio.Semaphore,
+    per_miner: int,
+    timeouts: Timeouts,
+) -> list[Result]:
     client = MinerClient(session, target.url, keypair, target.hotkey)
     slots = asyncio.Semaphore(max(1, min(per_miner, target.capacity // 2)))
 
@@ -107,9 +117,18 @@ async def _challenge_miner(session: aiohttp.ClientSession, keypair: Any, target:
     return list(await asyncio.gather(*(one(c) for c in challenges)))
 
 
-async def run_round(session: aiohttp.ClientSession, keypair: Any, seed: int, targets: list[Target], references: Mapping[str, ReferenceEngine],
-                    challenges_per_miner: int, per_miner: int = 4, verify_concurrency: int = 4, timeouts: Optional[Timeouts] = None,
-                    history: Optional[Mapping[str, Sequence[bool]]] = None) -> RoundReport:
+async def run_round(
+    session: aiohttp.ClientSession,
+    keypair: Any,
+    seed: int,
+    targets: list[Target],
+    references: Mapping[str, ReferenceEngine],
+    challenges_per_miner: int,
+    per_miner: int = 4,
+    verify_concurrency: int = 4,
+    timeouts: Optional[Timeouts] = None,
+    history: Optional[Mapping[str, Sequence[bool]]] = None,
+) -> RoundReport:
     """Query, verify and score every target; miners whose model has no reference are skipped.
     ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first."""
     timeouts = timeouts or Timeouts()

@@ -103,10 +103,21 @@ class Validator:
         graph = await on_chain("reading the metagraph", lambda: net.metagraph(self.config.netuid))
         seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index)
         started = time.time()
-        targets = [Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity) for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)]
+        targets = [
+            Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity) for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)
+        ]
         ready = {model: ref for model, ref in references.items() if ref is not None}
-        report = await run_round(session, self.keypair, seed, targets, ready, self.config.challenges_per_miner, self.config.per_miner_concurrency,
-                                 timeouts=self.config.timeouts, history=self.store.recent_streamed(BUFFERED_WINDOW))
+        report = await run_round(
+            session,
+            self.keypair,
+            seed,
+            targets,
+            ready,
+            self.config.challenges_per_miner,
+            self.config.per_miner_concurrency,
+            timeouts=self.config.timeouts,
+            history=self.store.recent_streamed(BUFFERED_WINDOW),
+        )
         models = {t.uid: t.model for t in targets}
         report.scores = {uid: score * self.config.models.get(models[uid]).reward for uid, score in report.scores.items()}
         if self.outbox is not None:
@@ -120,14 +131,33 @@ class Validator:
         standings = self.apply(round_index, graph, report)
         effective = self.effective(standings, round_index + 1)
         rows = [
-            (round_index, r.uid, r.hotkey, r.family, r.outcome.kind, None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed),
-             "; ".join(r.reasons) or r.detail or None, r.outcome.correct, r.outcome.speed.ttft if r.outcome.speed else None,
-             r.outcome.speed.tokens_per_s if r.outcome.speed else None, r.outcome.speed.tokens if r.outcome.speed else None,
-             None if r.streamed is None else int(r.streamed))
+            (
+                round_index,
+                r.uid,
+                r.hotkey,
+                r.family,
+                r.outcome.kind,
+                None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed),
+                "; ".join(r.reasons) or r.detail or None,
+                r.outcome.correct,
+                r.outcome.speed.ttft if r.outcome.speed else None,
+                r.outcome.speed.tokens_per_s if r.outcome.speed else None,
+                r.outcome.speed.tokens if r.outcome.speed else None,
+                None if r.streamed is None else int(r.streamed),
+            )
             for r in report.results
         ]
-        summary = {"round": round_index, "block": graph.block, "seed": str(seed), "miners": len(targets), "scores": report.scores,
-                   "fidelity_failed": sorted(report.fidelity_failed), "buffered": sorted(report.buffered), "effective": effective, "duration_s": time.time() - started}
+        summary = {
+            "round": round_index,
+            "block": graph.block,
+            "seed": str(seed),
+            "miners": len(targets),
+            "scores": report.scores,
+            "fidelity_failed": sorted(report.fidelity_failed),
+            "buffered": sorted(report.buffered),
+            "effective": effective,
+            "duration_s": time.time() - started,
+        }
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows)
         self._log(summary, report)
         return effective, graph.tempo
@@ -143,10 +173,21 @@ class Validator:
         for uid, value in summary["effective"].items():
             self.metrics.score.labels(str(uid)).set(value)
         if self._wandb is not None:
-            self._wandb.log({"round": summary["round"], "miners": summary["miners"], "fidelity_failed": len(summary["fidelity_failed"]),
-                             **{f"effective/{uid}": v for uid, v in summary["effective"].items()}})
-        log.info("round %s: %s miners, scores %s, fidelity failures %s", summary["round"], summary["miners"],
-                 {u: round(s, 3) for u, s in summary["scores"].items()}, summary["fidelity_failed"])
+            self._wandb.log(
+                {
+                    "round": summary["round"],
+                    "miners": summary["miners"],
+                    "fidelity_failed": len(summary["fidelity_failed"]),
+                    **{f"effective/{uid}": v for uid, v in summary["effective"].items()},
+                }
+            )
+        log.info(
+            "round %s: %s miners, scores %s, fidelity failures %s",
+            summary["round"],
+            summary["miners"],
+            {u: round(s, 3) for u, s in summary["scores"].items()},
+            summary["fidelity_failed"],
+        )
 
     async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float], tempo: int) -> Optional[dict[int, float]]:
         block = await on_chain("reading the block", net.block)
@@ -175,9 +216,13 @@ class Validator:
         import wandb
 
         mode = "online" if self.config.wandb_project else "offline"
-        self._wandb = wandb.init(project=self.config.wandb_project or "slmnet-validator", mode=mode, dir=str(self.config.state_dir),
-                                 config={"netuid": self.config.netuid, "hotkey": self.keypair.ss58_address, "models": self.config.models.version},
-                                 settings=wandb.Settings(silent=True))
+        self._wandb = wandb.init(
+            project=self.config.wandb_project or "slmnet-validator",
+            mode=mode,
+            dir=str(self.config.state_dir),
+            config={"netuid": self.config.netuid, "hotkey": self.keypair.ss58_address, "models": self.config.models.version},
+            settings=wandb.Settings(silent=True),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         # One engine per model id: started and supervised here, or attached to.
@@ -236,8 +281,14 @@ class Validator:
 
     def _reference(self, session: aiohttp.ClientSession, model: str, url: str, vocabulary: Vocabulary) -> ReferenceEngine:
         supported = self.config.models.get(model)
-        return ReferenceEngine(session, url, model, vocabulary, end_token_ids=supported.end_token_ids if supported else (),
-                               max_context=supported.max_context if supported else 1 << 30)
+        return ReferenceEngine(
+            session,
+            url,
+            model,
+            vocabulary,
+            end_token_ids=supported.end_token_ids if supported else (),
+            max_context=supported.max_context if supported else 1 << 30,
+        )
 
     async def _serve_metrics(self) -> Optional[web.AppRunner]:
         if self.config.metrics_port is None:
@@ -265,9 +316,13 @@ T = TypeVar("T")
 async def on_chain(what: str, call: Callable[[], Awaitable[T]], attempts: int = CHAIN_ATTEMPTS) -> T:
     """``call()``, retried with exponential backoff (0.5 s doubling, 15 s at most) while the chain
     is unreachable; the last NetworkError is raised when every attempt failed."""
-    retrying = AsyncRetrying(retry=retry_if_exception_type(chain.NetworkError), wait=wait_exponential(multiplier=0.5, max=15),
-                             stop=stop_after_attempt(attempts), reraise=True,
-                             before_sleep=lambda state: log.warning("%s failed (%s), attempt %s of %s; retrying", what, state.outcome.exception(), state.attempt_number, attempts))
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(chain.NetworkError),
+        wait=wait_exponential(multiplier=0.5, max=15),
+        stop=stop_after_attempt(attempts),
+        reraise=True,
+        before_sleep=lambda state: log.warning("%s failed (%s), attempt %s of %s; retrying", what, state.outcome.exception(), state.attempt_number, attempts),
+    )
     async for attempt in retrying:
         with attempt:
             return await call()

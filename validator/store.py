@@ -56,8 +56,16 @@ class Store:
         (value,) = self.db.execute("SELECT COALESCE(MAX(round), -1) FROM rounds").fetchone()
         return int(value)
 
-    def save_round(self, round_index: int, seed: int, block: int, started: float, summary: dict[str, Any],
-                   standings: dict[str, tuple[int, Standing]], results: Iterable[tuple]) -> None:
+    def save_round(
+        self,
+        round_index: int,
+        seed: int,
+        block: int,
+        started: float,
+        summary: dict[str, Any],
+        standings: dict[str, tuple[int, Standing]],
+        results: Iterable[tuple],
+    ) -> None:
         """The round, its results and the new standings, all or nothing."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -72,7 +80,9 @@ class Store:
         """Hotkey → whether each of its last ``limit`` judged answers was streamed, oldest first."""
         rows = self.db.execute(
             "SELECT hotkey, streamed FROM (SELECT hotkey, streamed, round, ROW_NUMBER() OVER (PARTITION BY hotkey ORDER BY round DESC, rowid DESC) AS n "
-            "FROM results WHERE streamed IS NOT NULL) WHERE n <= ? ORDER BY round, n DESC", (limit,))
+            "FROM results WHERE streamed IS NOT NULL) WHERE n <= ? ORDER BY round, n DESC",
+            (limit,),
+        )
         recent: dict[str, list[bool]] = {}
         for hotkey, streamed in rows:
             recent.setdefault(hotkey, []).append(bool(streamed))
@@ -87,7 +97,10 @@ class Store:
         return (row[0], {int(k): v for k, v in json.loads(row[1]).items()}) if row else None
 
     def record_organic(self, time: float, uid: int, hotkey: str, model: str, passed: bool, reasons: str) -> None:
-        self.db.execute("INSERT INTO organic (time, uid, hotkey, model, passed, reasons) VALUES (?, ?, ?, ?, ?, ?)", (time, uid, hotkey, model, int(passed), reasons or None))
+        self.db.execute(
+            "INSERT INTO organic (time, uid, hotkey, model, passed, reasons) VALUES (?, ?, ?, ?, ?, ?)",
+            (time, uid, hotkey, model, int(passed), reasons or None),
+        )
 
     def take_organic(self, round_index: int) -> list[tuple[int, str, bool, str]]:
         """Organic verdicts not yet folded into a round, marked as taken by ``round_index``:

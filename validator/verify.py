@@ -52,8 +52,15 @@ class MinerResponse:
     @classmethod
     def from_fold(cls, fold: StreamFold) -> "MinerResponse":
         reported: list[Optional[float]] = [entry.logprob for entry in fold.logprobs]
-        return cls(prompt_token_ids=fold.prompt_token_ids, token_ids=list(fold.token_ids), reported_logprobs=reported + [None] * (len(fold.token_ids) - len(reported)),
-                   text=fold.text, finish_reason=fold.finish_reason, completion_tokens=fold.usage.completion_tokens if fold.usage else None, error=fold.error)
+        return cls(
+            prompt_token_ids=fold.prompt_token_ids,
+            token_ids=list(fold.token_ids),
+            reported_logprobs=reported + [None] * (len(fold.token_ids) - len(reported)),
+            text=fold.text,
+            finish_reason=fold.finish_reason,
+            completion_tokens=fold.usage.completion_tokens if fold.usage else None,
+            error=fold.error,
+        )
 
 
 def collect(events: Iterable[dict[str, Any]], max_tokens: int = 1 << 20) -> MinerResponse:
@@ -88,7 +95,7 @@ def binding_reasons(vocabulary: Vocabulary, prompt_length: int, max_context: int
         return [f"{prompt_length} prompt + {len(response.token_ids)} completion tokens exceed the model's context of {max_context}"]
     decoded = vocabulary.decode(response.token_ids)
     if decoded.startswith(response.text):
-        rest = decoded[len(response.text):]
+        rest = decoded[len(response.text) :]
         stops = [stop] if isinstance(stop, str) else stop or []
         if not rest.strip(HELD_BACK) or any(rest.startswith(s) for s in stops):
             return []
@@ -98,8 +105,16 @@ def binding_reasons(vocabulary: Vocabulary, prompt_length: int, max_context: int
 class ReferenceEngine:
     """The validator's own vLLM server for one model, and that model's tokenizer."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, model: str, vocabulary: Vocabulary, end_token_ids: Iterable[int] = (),
-                 max_context: int = 1 << 30, timeout: float = 120.0):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        model: str,
+        vocabulary: Vocabulary,
+        end_token_ids: Iterable[int] = (),
+        max_context: int = 1 << 30,
+        timeout: float = 120.0,
+    ):
         self.session = session
         self.url = url.rstrip("/")
         self.model = model
@@ -129,7 +144,7 @@ class ReferenceEngine:
         body = {"model": self.model, "prompt": prompt_ids + completion_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": TOP_K}
         payload = await self._post("/v1/completions", body)
         try:
-            positions = payload["choices"][0]["prompt_logprobs"][len(prompt_ids):]
+            positions = payload["choices"][0]["prompt_logprobs"][len(prompt_ids) :]
             return [{int(tid): (entry["logprob"], entry["rank"]) for tid, entry in position.items()} for position in positions]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ReferenceError(f"reference engine at {self.url} sent prompt_logprobs this validator cannot read: {exc!r}") from exc

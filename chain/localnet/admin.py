@@ -32,9 +32,7 @@ def init(directory: Path, *, netuid: int = 1, tempo: int = 20, block_time: float
     directory = Path(directory)
     if (directory / store.DB_NAME).exists():
         raise FileExistsError(f"a localnet already exists at {directory}")
-    owner = bt.wallets.create(
-        OWNER_WALLET, "default", path=str(directory / "wallets"), use_password=False, overwrite=True, on_mnemonic=lambda *_: None
-    )
+    owner = bt.wallets.create(OWNER_WALLET, "default", path=str(directory / "wallets"), use_password=False, overwrite=True, on_mnemonic=lambda *_: None)
     genesis = store.Genesis(
         genesis_hash=codec.hex_hash(secrets.token_bytes(32)),
         genesis_time=time.time(),

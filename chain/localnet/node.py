@@ -128,7 +128,9 @@ class LocalnetSubstrate:
             rows = conn.execute("SELECT * FROM extrinsics WHERE block = ? ORDER BY idx", (number,)).fetchall()
             return {
                 "header": {"number": number, "hash": _hash_of_block(genesis, number), "parentHash": _hash_of_block(genesis, number - 1) if number else None},
-                "extrinsics": [{"extrinsic_hash": r["hash"], "address": r["signer"], "call": {"call_module": r["module"], "call_function": r["function"]}} for r in rows],
+                "extrinsics": [
+                    {"extrinsic_hash": r["hash"], "address": r["signer"], "call": {"call_module": r["module"], "call_function": r["function"]}} for r in rows
+                ],
             }
 
         return await self._read(read)
@@ -227,7 +229,9 @@ class LocalnetSubstrate:
         extrinsic = self._signed(call, keypair, nonce, period)
         return extrinsic.encode(), extrinsic.hash
 
-    async def submit(self, call, keypair, *, nonce: Optional[int] = None, period: Optional[int] = 64, wait_for_inclusion: bool = True, wait_for_finalization: bool = True) -> ExtrinsicResult:
+    async def submit(
+        self, call, keypair, *, nonce: Optional[int] = None, period: Optional[int] = 64, wait_for_inclusion: bool = True, wait_for_finalization: bool = True
+    ) -> ExtrinsicResult:
         if nonce is None:
             nonce = await self.account_next_index(keypair.ss58_address)
         return await self._submit_extrinsic(self._signed(call, keypair, nonce, period or 0))
@@ -239,7 +243,17 @@ class LocalnetSubstrate:
             return _pool_rejection(f"Invalid Transaction: {exc}")
         return await self._submit_extrinsic(parsed)
 
-    async def prepare(self, call, *, address: str, crypto_type: int = 1, nonce: Optional[int] = None, period: Optional[int] = 64, tip: int = 0, metadata_hash: Optional[bytes] = None) -> UnsignedExtrinsic:
+    async def prepare(
+        self,
+        call,
+        *,
+        address: str,
+        crypto_type: int = 1,
+        nonce: Optional[int] = None,
+        period: Optional[int] = 64,
+        tip: int = 0,
+        metadata_hash: Optional[bytes] = None,
+    ) -> UnsignedExtrinsic:
         genesis = self._require()[1]
         if nonce is None:
             nonce = await self.account_next_index(address)
@@ -265,7 +279,9 @@ class LocalnetSubstrate:
             included_in_signed_data=b"",
         )
 
-    async def submit_signature(self, unsigned: UnsignedExtrinsic, signature: bytes | str, *, wait_for_inclusion: bool = True, wait_for_finalization: bool = True) -> ExtrinsicResult:
+    async def submit_signature(
+        self, unsigned: UnsignedExtrinsic, signature: bytes | str, *, wait_for_inclusion: bool = True, wait_for_finalization: bool = True
+    ) -> ExtrinsicResult:
         raw = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else bytes(signature)
         era = unsigned.era["period"] if isinstance(unsigned.era, dict) else 0
         return await self._submit_extrinsic(codec.Extrinsic(unsigned.call_data, unsigned.address, unsigned.nonce, int(era), raw))
@@ -289,7 +305,9 @@ class LocalnetSubstrate:
 
     async def _submit_extrinsic(self, extrinsic: codec.Extrinsic) -> ExtrinsicResult:
         conn, genesis = self._require()
-        payload = codec.signing_payload(extrinsic.call_data, signer=extrinsic.signer, nonce=extrinsic.nonce, era=extrinsic.era, genesis_hash=genesis.genesis_hash)
+        payload = codec.signing_payload(
+            extrinsic.call_data, signer=extrinsic.signer, nonce=extrinsic.nonce, era=extrinsic.era, genesis_hash=genesis.genesis_hash
+        )
         if not _signature_ok(payload, extrinsic.signature, extrinsic.signer):
             log.warning("rejected extrinsic from %s: bad signature", extrinsic.signer)
             return _pool_rejection("Invalid Transaction: Transaction has a bad signature")
@@ -346,7 +364,17 @@ class LocalnetSubstrate:
         outcome_event = {"module_id": "System", "event_id": "ExtrinsicSuccess" if error is None else "ExtrinsicFailed", "attributes": {}}
         conn.execute(
             "INSERT INTO extrinsics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (extrinsic.hash, block, idx, extrinsic.signer, module, function, int(error is None), codec.to_json(error), codec.to_json(ctx.events + [outcome_event])),
+            (
+                extrinsic.hash,
+                block,
+                idx,
+                extrinsic.signer,
+                module,
+                function,
+                int(error is None),
+                codec.to_json(error),
+                codec.to_json(ctx.events + [outcome_event]),
+            ),
         )
         if inner is not None:
             rejected = self._verify_and_apply(conn, block, inner)
@@ -356,7 +384,9 @@ class LocalnetSubstrate:
 
     def _verify_and_apply(self, conn: sqlite3.Connection, block: int, extrinsic: codec.Extrinsic) -> Optional[str]:
         genesis = self._require()[1]
-        payload = codec.signing_payload(extrinsic.call_data, signer=extrinsic.signer, nonce=extrinsic.nonce, era=extrinsic.era, genesis_hash=genesis.genesis_hash)
+        payload = codec.signing_payload(
+            extrinsic.call_data, signer=extrinsic.signer, nonce=extrinsic.nonce, era=extrinsic.era, genesis_hash=genesis.genesis_hash
+        )
         if not _signature_ok(payload, extrinsic.signature, extrinsic.signer):
             return "bad signature"
         return self._apply(conn, block, extrinsic)
@@ -403,4 +433,12 @@ def _result_of(row: sqlite3.Row, genesis: store.Genesis) -> ExtrinsicResult:
         return ExtrinsicResult(success=True, message="Success", block_hash=block_hash, extrinsic_id=extrinsic_id, fee=Balance.from_rao(0), events=events)
     error = codec.from_json(row["error"])
     text = " ".join(error.get("docs") or [error["name"]])
-    return ExtrinsicResult(success=False, message=text, block_hash=block_hash, extrinsic_id=extrinsic_id, fee=Balance.from_rao(0), events=events, error=ChainError(text, error["name"]))
+    return ExtrinsicResult(
+        success=False,
+        message=text,
+        block_hash=block_hash,
+        extrinsic_id=extrinsic_id,
+        fee=Balance.from_rao(0),
+        events=events,
+        error=ChainError(text, error["name"]),
+    )

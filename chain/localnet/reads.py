@@ -178,7 +178,14 @@ def _column(name: str, convert: Callable[[sqlite3.Row], Any]) -> Reader:
 STORAGE[("SubtensorModule", "LastUpdate")] = _column("LastUpdate", lambda r: int(r["last_update"]))
 STORAGE[("SubtensorModule", "ValidatorPermit")] = _column("ValidatorPermit", lambda r: bool(r["validator_permit"]))
 STORAGE[("SubtensorModule", "Active")] = _column("Active", lambda r: True)
-for _item, _score in {"Incentive": "incentive", "Dividends": "dividends", "Consensus": "consensus", "Trust": "trust", "Rank": "rank", "ValidatorTrust": "validator_trust"}.items():
+for _item, _score in {
+    "Incentive": "incentive",
+    "Dividends": "dividends",
+    "Consensus": "consensus",
+    "Trust": "trust",
+    "Rank": "rank",
+    "ValidatorTrust": "validator_trust",
+}.items():
     STORAGE[("SubtensorModule", _item)] = _column(_item, lambda r, s=_score: _u16(codec.from_json(r["scores"]).get(s, 0.0)))
 
 
@@ -202,12 +209,18 @@ def _uids_map(conn, block, params):
 
 @storage_map("SubtensorModule", "Weights")
 def _weights_map(conn, block, params):
-    return [(int(r["uid"]), _u16_row(codec.from_json(r["weights"]))) for r in runtime.neurons(conn, int(params[0]) % GLOBAL_MAX_SUBNET_COUNT) if r["weights"] != "[]"]
+    return [
+        (int(r["uid"]), _u16_row(codec.from_json(r["weights"])))
+        for r in runtime.neurons(conn, int(params[0]) % GLOBAL_MAX_SUBNET_COUNT)
+        if r["weights"] != "[]"
+    ]
 
 
 @storage_map("SubtensorModule", "Bonds")
 def _bonds_map(conn, block, params):
-    return [(int(r["uid"]), _u16_row(codec.from_json(r["bonds"]))) for r in runtime.neurons(conn, int(params[0]) % GLOBAL_MAX_SUBNET_COUNT) if r["bonds"] != "[]"]
+    return [
+        (int(r["uid"]), _u16_row(codec.from_json(r["bonds"]))) for r in runtime.neurons(conn, int(params[0]) % GLOBAL_MAX_SUBNET_COUNT) if r["bonds"] != "[]"
+    ]
 
 
 def _subnet_column(key: str) -> Reader:
@@ -229,7 +242,10 @@ MAPS[("SubtensorModule", "TokenSymbol")] = _subnet_column("symbol")
 
 @storage_map("SubtensorModule", "SubnetworkN")
 def _subnetwork_n_map(conn, block, params):
-    return [(int(r["netuid"]), int(r["n"])) for r in conn.execute("SELECT s.netuid, COUNT(n.uid) AS n FROM subnets s LEFT JOIN neurons n USING (netuid) GROUP BY s.netuid")]
+    return [
+        (int(r["netuid"]), int(r["n"]))
+        for r in conn.execute("SELECT s.netuid, COUNT(n.uid) AS n FROM subnets s LEFT JOIN neurons n USING (netuid) GROUP BY s.netuid")
+    ]
 
 
 @storage_map("Commitments", "CommitmentOf")

@@ -455,14 +455,7 @@ def legacy_commit_hash(hotkey_public_key: bytes, netuid: int, uids: list[int], v
     def vec_u16(items: list[int]) -> bytes:
         return _compact(len(items)) + b"".join(int(i).to_bytes(2, "little") for i in items)
 
-    encoded = (
-        hotkey_public_key
-        + int(netuid).to_bytes(2, "little")
-        + vec_u16(uids)
-        + vec_u16(values)
-        + vec_u16(salt)
-        + int(version_key).to_bytes(8, "little")
-    )
+    encoded = hotkey_public_key + int(netuid).to_bytes(2, "little") + vec_u16(uids) + vec_u16(values) + vec_u16(salt) + int(version_key).to_bytes(8, "little")
     return blake2b(encoded, digest_size=32).digest()
 
 

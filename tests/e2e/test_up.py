@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_slmnet_up_smoke_ranks_smollm2_above_tiny_and_answers_through_the_gateway(tmp_path):
     before = {p.pid for p in psutil.process_iter()}
-    done = subprocess.run([sys.executable, "-m", "neurons.cli", "up", "--smoke", "--dir", str(tmp_path / "up"), "--timeout", "2000"],
-                          capture_output=True, text=True, timeout=2300)
+    done = subprocess.run(
+        [sys.executable, "-m", "neurons.cli", "up", "--smoke", "--dir", str(tmp_path / "up"), "--timeout", "2000"], capture_output=True, text=True, timeout=2300
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["model"] == "slmnet/SmolLM2-135M-Instruct-Q4_1" and result["answer"].strip()

@@ -44,8 +44,20 @@ from aiohttp import web
 from btauth.client import sse_events
 
 CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
-HOSTILE = ("list-event", "string-error", "bad-ids", "html-text", "refuse-html", "oversized-event", "endless", "drip", "html-page", "bad-utf8",
-           "double-ids", "after-done")
+HOSTILE = (
+    "list-event",
+    "string-error",
+    "bad-ids",
+    "html-text",
+    "refuse-html",
+    "oversized-event",
+    "endless",
+    "drip",
+    "html-page",
+    "bad-utf8",
+    "double-ids",
+    "after-done",
+)
 MODES = CHEATS + HOSTILE
 HOSTILE_TEXT = "<script>alert('pwned')</script><b>BUY $SCAM</b>"
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
@@ -104,8 +116,9 @@ class Adversary:
                 return await self.attack(request, mode, path, json.loads(body))
             if path == "/v1/chat/completions" and mode is not None:
                 return await self.tamper(request, mode, json.loads(body))
-        async with self.session.request(request.method, self.upstream + path, data=body or None,
-                                        headers={"Content-Type": request.headers.get("Content-Type", "application/json")}) as upstream:
+        async with self.session.request(
+            request.method, self.upstream + path, data=body or None, headers={"Content-Type": request.headers.get("Content-Type", "application/json")}
+        ) as upstream:
             headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             return web.Response(body=await upstream.read(), status=upstream.status, headers=headers)
 
@@ -148,7 +161,6 @@ class Adversary:
         await response.write_eof()
         return response
 
-
     async def attack(self, request: web.Request, mode: str, path: str, body: dict[str, Any]) -> web.StreamResponse:
         """A hostile answer to a completion request: what the mode says, around the honest engine's stream."""
         if mode == "refuse-html":
@@ -174,7 +186,9 @@ class Adversary:
                 await response.write(_sse({**base, "choices": [{"index": 0, "delta": {"content": "more "}, "token_ids": [42], "finish_reason": None}]}))
         await response.write(b"data: [DONE]\n\n")
         if mode == "after-done":
-            await response.write(b"data: [DONE]\n\n" + _sse({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": HOSTILE_TEXT}}]}))
+            await response.write(
+                b"data: [DONE]\n\n" + _sse({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": HOSTILE_TEXT}}]})
+            )
         await response.write_eof()
         return response
 
@@ -188,7 +202,7 @@ class Adversary:
         if mode == "oversized-event" and sent == 3:
             return _sse({**event, "padding": "x" * (1 << 20)})
         if mode == "bad-utf8" and sent == 3:
-            return b"data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"\xff\xfe\"}}]}\n\n"
+            return b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n'
         for choice in choices:
             if mode == "bad-ids" and choice.get("token_ids"):
                 choice["token_ids"] = [10**6 + t for t in choice["token_ids"]]

@@ -35,8 +35,12 @@ ENGINE_CACHE = Path(tempfile.gettempdir()) / "slmnet-test-engine-cache"
 def engine_env(tmp: Path) -> dict[str, str]:
     """The environment the CPU engine needs here: offline, a small KV cache, a shared compile cache."""
     return dict(
-        os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", TMPDIR=str(tmp),
-        VLLM_CACHE_ROOT=str(ENGINE_CACHE / "vllm"), TORCHINDUCTOR_CACHE_DIR=str(ENGINE_CACHE / "inductor"),
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        TMPDIR=str(tmp),
+        VLLM_CACHE_ROOT=str(ENGINE_CACHE / "vllm"),
+        TORCHINDUCTOR_CACHE_DIR=str(ENGINE_CACHE / "inductor"),
     )
 
 

@@ -58,7 +58,17 @@ def subnet(tmp_path_factory):
         slow.wait_healthy(timeout=60)
         miners = {}
         for name in MINERS:
-            args = [*net.flags(name), "--model", str(tmp / "s0"), "--engine-url", slow.url if name.startswith("slow") else engine.url, "--capacity", "8", "--metagraph-interval", "1"]
+            args = [
+                *net.flags(name),
+                "--model",
+                str(tmp / "s0"),
+                "--engine-url",
+                slow.url if name.startswith("slow") else engine.url,
+                "--capacity",
+                "8",
+                "--metagraph-interval",
+                "1",
+            ]
             servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
         for miner in miners.values():
             miner.wait_healthy(timeout=120)
@@ -66,13 +76,37 @@ def subnet(tmp_path_factory):
         key = slmnet("keys", "create", "tester", "--db", str(db), "--json")
         assert key.returncode == 0, key.stderr
         port = free_port()
-        args = ["gateway", *net.flags("gateway"), "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}",
-                "--verify-share", "1", "--sync-interval", "1", "--stall-timeout", "3",
-                "--max-attempts", "4"]
+        args = [
+            "gateway",
+            *net.flags("gateway"),
+            "--port",
+            str(port),
+            "--db",
+            str(db),
+            "--tokenizer",
+            f"{MODEL}={tmp / 's0'}",
+            "--verify-share",
+            "1",
+            "--sync-interval",
+            "1",
+            "--stall-timeout",
+            "3",
+            "--max-attempts",
+            "4",
+        ]
         gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
         servers.append(gateway)
         gateway.wait_healthy(timeout=120)
-        yield {"tmp": tmp, "db": db, "url": gateway.url, "engine": engine, "key": json.loads(key.stdout)["key"], "uids": uids, "miners": miners, "gateway": gateway}
+        yield {
+            "tmp": tmp,
+            "db": db,
+            "url": gateway.url,
+            "engine": engine,
+            "key": json.loads(key.stdout)["key"],
+            "uids": uids,
+            "miners": miners,
+            "gateway": gateway,
+        }
     finally:
         for server in reversed(servers):
             server.stop()
@@ -83,8 +117,9 @@ def client(subnet, key=None) -> openai.OpenAI:
 
 
 def post(subnet, path: str, body: bytes, key: str | None = None) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(subnet["url"] + path, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key or subnet['key']}"})
+    request = urllib.request.Request(
+        subnet["url"] + path, data=body, method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {key or subnet['key']}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, dict(response.headers), json.loads(response.read())
@@ -112,8 +147,16 @@ def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by
     status, prompt_tokens, completion_tokens, failovers = ledger(subnet, whole.headers["x-slmnet-request-id"])
     assert (status, prompt_tokens, completion_tokens, failovers) == ("ok", completion.usage.prompt_tokens, completion.usage.completion_tokens, 0)
 
-    chunks = list(c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Count to five."}], max_tokens=24, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "Count to five."}],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 5  # really streamed, chunk by chunk
@@ -153,7 +196,9 @@ def test_request_limits_hold_under_concurrency_and_say_when_to_retry(subnet):
     quota_key = json.loads(slmnet("keys", "create", "quota", "--db", str(subnet["db"]), "--quota", "60", "--json").stdout)["key"]
     first = post(subnet, "/v1/chat/completions", body, quota_key)
     assert first[0] == 200
-    status, _, error = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60}).encode(), quota_key)
+    status, _, error = post(
+        subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60}).encode(), quota_key
+    )
     assert status == 429 and error["error"]["code"] == "insufficient_quota"
     revoked = slmnet("keys", "revoke", "quota", "--db", str(subnet["db"]))
     assert revoked.returncode == 0
@@ -240,8 +285,15 @@ def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet):
             _kill(subnet, subnet["uids"][name])
     slow_uids = {subnet["uids"]["slow1"], subnet["uids"]["slow2"]}
     c = client(subnet)
-    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=48, temperature=0, stream=True,
-               stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    ask = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
     for _ in range(5):
         stream = c.chat.completions.with_raw_response.create(**ask)
         first_miner = int(stream.headers["x-slmnet-miner-uid"].split(",")[-1])  # the one streaming (a dead one tried first is listed before it)

@@ -32,9 +32,17 @@ pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
 # What the validator records for each hostile miner: the breach, in its own words.
 BREACH = {
-    "list-event": "JSON list", "string-error": "not a valid ErrorEvent", "bad-ids": "outside the model's vocabulary",
-    "html-text": "not the detokenization", "refuse-html": "HTTP 400", "oversized-event": "event is over", "endless": "more token ids than max_tokens",
-    "drip": "first token", "html-page": "without a finish_reason", "bad-utf8": "not UTF-8", "double-ids": "more token ids than max_tokens|logprob entries for",
+    "list-event": "JSON list",
+    "string-error": "not a valid ErrorEvent",
+    "bad-ids": "outside the model's vocabulary",
+    "html-text": "not the detokenization",
+    "refuse-html": "HTTP 400",
+    "oversized-event": "event is over",
+    "endless": "more token ids than max_tokens",
+    "drip": "first token",
+    "html-page": "without a finish_reason",
+    "bad-utf8": "not UTF-8",
+    "double-ids": "more token ids than max_tokens|logprob entries for",
     "after-done": r"after \[DONE\]",
 }
 NOT_FIDELITY = ("refuse-html", "drip")  # an error status and a timeout: unpaid, but not a verdict on the model
@@ -69,8 +77,23 @@ def subnet(tmp_path_factory):
 def test_the_validator_survives_every_hostile_miner_names_each_breach_and_pays_them_nothing(subnet):
     tmp, net, uids = subnet["tmp"], subnet["net"], subnet["uids"]
     state = tmp / "validator"
-    args = [*net.flags("validator"), "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engine'].url}", "--tokenizer", f"{MODEL}={tmp / 's0'}",
-            "--challenges-per-miner", "4", "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "2"]
+    args = [
+        *net.flags("validator"),
+        "--state-dir",
+        str(state),
+        "--reference",
+        f"{MODEL}={subnet['engine'].url}",
+        "--tokenizer",
+        f"{MODEL}={tmp / 's0'}",
+        "--challenges-per-miner",
+        "4",
+        "--round-interval",
+        "1",
+        "--weights-interval",
+        "1",
+        "--max-rounds",
+        "2",
+    ]
     done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=600, env=engine_env(tmp))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]  # no miner reached past the validation into the code
@@ -94,11 +117,29 @@ def test_the_validator_survives_every_hostile_miner_names_each_breach_and_pays_t
 def _gateway(subnet) -> tuple[str, str, str]:
     tmp, net = subnet["tmp"], subnet["net"]
     db = tmp / "gateway.sqlite"
-    created = subprocess.run([sys.executable, "-m", "neurons.cli", "keys", "create", "user", "--db", str(db), "--json"], capture_output=True, text=True, timeout=120)
+    created = subprocess.run(
+        [sys.executable, "-m", "neurons.cli", "keys", "create", "user", "--db", str(db), "--json"], capture_output=True, text=True, timeout=120
+    )
     assert created.returncode == 0, created.stderr
     port = free_port()
-    args = ["gateway", *net.flags("validator"), "--port", str(port), "--db", str(db), "--tokenizer", f"{MODEL}={tmp / 's0'}", "--sync-interval", "1",
-            "--explore", "1", "--first-token-timeout", "3", "--stall-timeout", "3"]
+    args = [
+        "gateway",
+        *net.flags("validator"),
+        "--port",
+        str(port),
+        "--db",
+        str(db),
+        "--tokenizer",
+        f"{MODEL}={tmp / 's0'}",
+        "--sync-interval",
+        "1",
+        "--explore",
+        "1",
+        "--first-token-timeout",
+        "3",
+        "--stall-timeout",
+        "3",
+    ]
     gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
     subnet["servers"].append(gateway)
     gateway.wait_healthy(timeout=120)
@@ -114,8 +155,9 @@ def gateway(subnet):
 
 
 def _post(url: str, key: str, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    request = urllib.request.Request(url + path, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}", **(headers or {})})
+    request = urllib.request.Request(
+        url + path, data=body, method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, dict(response.headers), response.read()
@@ -141,8 +183,18 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
         if i % 4 == 3:
             asks.append(("/v1/completions", {"model": MODEL, "prompt": f"Once upon a time {i}", "max_tokens": 24}))
         else:
-            asks.append(("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": f"Tell me about the number {i}."}], "max_tokens": 24,
-                                                  "stream": i % 4 == 1, "temperature": 0.7}))
+            asks.append(
+                (
+                    "/v1/chat/completions",
+                    {
+                        "model": MODEL,
+                        "messages": [{"role": "user", "content": f"Tell me about the number {i}."}],
+                        "max_tokens": 24,
+                        "stream": i % 4 == 1,
+                        "temperature": 0.7,
+                    },
+                )
+            )
     answers = [_post(url, key, path, json.dumps(body).encode()) for path, body in asks]
     assert [status for status, _, _ in answers] == [200] * len(asks), [(s, b[:200]) for s, _, b in answers if s != 200]
     for (path, body), (_, headers, raw) in zip(asks, answers):
@@ -162,10 +214,14 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
 def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
     url, key, _ = gateway
     cases = {
-        "deep": (b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "metadata": ' % MODEL.encode() + b"[" * 5000 + b"]" * 5000 + b"}",
-                 "invalid_json"),
-        "image": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(),
-                  "unsupported_content"),
+        "deep": (
+            b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "metadata": ' % MODEL.encode() + b"[" * 5000 + b"]" * 5000 + b"}",
+            "invalid_json",
+        ),
+        "image": (
+            json.dumps({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}).encode(),
+            "unsupported_content",
+        ),
         "penalty": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 9}).encode(), "presence_penalty"),
         "seed": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "seed": 10**30}).encode(), "seed"),
         "context": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}).encode(), "context"),
@@ -174,8 +230,11 @@ def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
         status, headers, raw = _post(url, key, "/v1/chat/completions", body)
         error = json.loads(raw)["error"]
         assert status == 400 and expected in (error["code"] + error["message"]), (name, status, raw[:300])
-    parts = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "system", "content": None},
-                                                            {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]}]}
+    parts = {
+        "model": MODEL,
+        "max_tokens": 8,
+        "messages": [{"role": "system", "content": None}, {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]}],
+    }
     status, _, raw = _post(url, key, "/v1/chat/completions", json.dumps(parts).encode())
     choice = json.loads(raw)["choices"][0]
     # Answered (the random tiny model may spend 8 tokens on bytes of unfinished characters: the text can be empty).
@@ -195,10 +254,12 @@ def test_a_reused_request_id_is_echoed_but_each_request_keeps_its_own_ledger_row
 
 def test_a_user_who_hangs_up_mid_stream_is_charged_for_what_was_sent_and_the_row_says_cancelled(gateway):
     url, key, db = gateway
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400, "stream": True,
-                       "ignore_eos": True}).encode()
-    request = urllib.request.Request(url + "/v1/chat/completions", data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400, "stream": True, "ignore_eos": True}
+    ).encode()
+    request = urllib.request.Request(
+        url + "/v1/chat/completions", data=body, method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    )
     response = urllib.request.urlopen(request, timeout=60)
     ledger_id = response.headers["x-slmnet-request-id"]
     response.read(2000)

@@ -71,7 +71,19 @@ def test_cli_creates_funds_stakes_and_reports(tmp_path):
     wallet = json.loads(made.stdout)
     assert slmnet(tmp_path, "localnet", "fund", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--tao", "50").returncode == 0
 
-    flags = ["--network", f"localnet:{directory}", "--netuid", "1", "--wallet-path", str(tmp_path / "w"), "--wallet-name", "val", "--wallet-hotkey", "hk", "--json"]
+    flags = [
+        "--network",
+        f"localnet:{directory}",
+        "--netuid",
+        "1",
+        "--wallet-path",
+        str(tmp_path / "w"),
+        "--wallet-name",
+        "val",
+        "--wallet-hotkey",
+        "hk",
+        "--json",
+    ]
     registered = slmnet(tmp_path, "register", *flags)
     assert registered.returncode == 0, registered.stderr
     assert json.loads(registered.stdout) == {"netuid": 1, "uid": 0, "hotkey": wallet["hotkey_ss58"]}
@@ -80,7 +92,9 @@ def test_cli_creates_funds_stakes_and_reports(tmp_path):
     assert broke.returncode == 0
     unpaid = slmnet(tmp_path, "register", *flags[:6], "--wallet-name", "broke", "--wallet-hotkey", "hk")
     assert unpaid.returncode == 1 and "Registration costs 1.0 TAO; the coldkey has 0.0 TAO" in unpaid.stderr
-    staked = slmnet(tmp_path, "localnet", "stake", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--hotkey", wallet["hotkey_ss58"], "--tao", "20", "--json")
+    staked = slmnet(
+        tmp_path, "localnet", "stake", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--hotkey", wallet["hotkey_ss58"], "--tao", "20", "--json"
+    )
     assert staked.returncode == 0, staked.stderr
     assert json.loads(staked.stdout)["stake_tao"] == 20
 
@@ -92,7 +106,9 @@ def test_cli_creates_funds_stakes_and_reports(tmp_path):
     table = slmnet(tmp_path, "localnet", "status", "--dir", directory)
     assert table.returncode == 0 and wallet["hotkey_ss58"][:10] in table.stdout
 
-    overdrawn = slmnet(tmp_path, "localnet", "stake", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--hotkey", wallet["hotkey_ss58"], "--tao", "1000")
+    overdrawn = slmnet(
+        tmp_path, "localnet", "stake", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--hotkey", wallet["hotkey_ss58"], "--tao", "1000"
+    )
     assert overdrawn.returncode == 1 and "TAO free" in overdrawn.stderr
     missing = slmnet(tmp_path, "localnet", "status", "--dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no localnet" in missing.stderr

@@ -128,7 +128,9 @@ async def test_miner_without_permit_cannot_set_weights(localnet, subnet):
 async def test_bad_signature_is_rejected_and_leaves_state_intact(localnet, subnet):
     c, validators, miners = subnet
     victim = miners[0]
-    call = bt.calls.SubtensorModule.serve_axon(netuid=localnet.netuid, version=1, ip=0x7F000001, port=9999, ip_type=4, protocol=4, placeholder1=0, placeholder2=0)
+    call = bt.calls.SubtensorModule.serve_axon(
+        netuid=localnet.netuid, version=1, ip=0x7F000001, port=9999, ip_type=4, protocol=4, placeholder1=0, placeholder2=0
+    )
     unsigned = await c.client.prepare_call(call, address=victim.hotkey.ss58_address)
     forged = validators[0].hotkey.sign(unsigned.payload)  # signed by someone else
     before = await snapshot(c, localnet.netuid)
@@ -174,7 +176,9 @@ async def test_commit_reveal_subnet_records_timelocked_commits(localnet, subnet)
     assert 0 not in weights  # sealed until the drand round, which never comes offline
     # plain weights are refused while commit-reveal is on
     direct = await c.client.submit_call(
-        bt.calls.SubtensorModule.set_mechanism_weights(netuid=localnet.netuid, mecid=0, dests=[2], weights=[65535], version_key=0), validators[1], signer="hotkey"
+        bt.calls.SubtensorModule.set_mechanism_weights(netuid=localnet.netuid, mecid=0, dests=[2], weights=[65535], version_key=0),
+        validators[1],
+        signer="hotkey",
     )
     assert not direct.success and direct.error.name == "CommitRevealEnabled"
 

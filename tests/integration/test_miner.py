@@ -102,7 +102,10 @@ async def test_chat_and_text_completions_report_usage_and_token_ids(subnet):
         c = client(session, subnet, subnet.validators[0])
         async with c.post("/v1/chat/completions", {**CHAT, "max_tokens": 5, "ignore_eos": True, "return_token_ids": True}) as response:
             chat = await response.json()
-        async with c.post("/v1/completions", {"model": MODEL, "prompt": "Reverse the list [1, 2, 3]", "max_tokens": 4, "ignore_eos": True, "logprobs": 1, "return_token_ids": True}) as response:
+        async with c.post(
+            "/v1/completions",
+            {"model": MODEL, "prompt": "Reverse the list [1, 2, 3]", "max_tokens": 4, "ignore_eos": True, "logprobs": 1, "return_token_ids": True},
+        ) as response:
             text = await response.json()
     assert chat["usage"]["completion_tokens"] == 5 and len(chat["choices"][0]["token_ids"]) == 5
     assert chat["usage"]["prompt_tokens"] == len(chat["prompt_token_ids"])

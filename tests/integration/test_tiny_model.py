@@ -46,7 +46,15 @@ def test_vllm_serves_the_tiny_model_deterministically(tmp_path):
     server = start_vllm(model, "slmnet/tiny-qwen2-s0", tmp_path)
     try:
         server.wait_healthy()
-        body = {"model": "slmnet/tiny-qwen2-s0", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 2, "ignore_eos": True}
+        body = {
+            "model": "slmnet/tiny-qwen2-s0",
+            "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+            "max_tokens": 8,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "ignore_eos": True,
+        }
         first = _post(f"{server.url}/v1/chat/completions", body)
         second = _post(f"{server.url}/v1/chat/completions", body)
         tokens = first["choices"][0]["logprobs"]["content"]

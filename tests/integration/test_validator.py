@@ -78,9 +78,23 @@ def subnet(tmp_path_factory):
 def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flaky_below(subnet):
     tmp, net, uids, wallets = subnet["tmp"], subnet["net"], subnet["uids"], subnet["wallets"]
     state = tmp / "validator"
-    args = [*net.flags("validator"), "--state-dir", str(state), "--reference", f"{MODEL}={subnet['engines']['honest'].url}", "--tokenizer", f"{MODEL}={tmp / 's0'}",
-            "--challenges-per-miner", "8",
-            "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "3"]
+    args = [
+        *net.flags("validator"),
+        "--state-dir",
+        str(state),
+        "--reference",
+        f"{MODEL}={subnet['engines']['honest'].url}",
+        "--tokenizer",
+        f"{MODEL}={tmp / 's0'}",
+        "--challenges-per-miner",
+        "8",
+        "--round-interval",
+        "1",
+        "--weights-interval",
+        "1",
+        "--max-rounds",
+        "3",
+    ]
     done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=900, env=engine_env(tmp))
     assert done.returncode == 0, done.stderr[-3000:]
 

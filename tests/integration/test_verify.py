@@ -52,16 +52,30 @@ def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerRespon
             token = int(step.argmax())
             logprobs.append(float(step[token]))
             ids = torch.cat([ids, torch.tensor([[token]])], 1)
-    completion = ids[0, prompt.shape[1]:].tolist()
-    return MinerResponse(prompt_token_ids=prompt[0].tolist(), token_ids=completion, reported_logprobs=logprobs, text=tokenizer.decode(completion, skip_special_tokens=True),
-                         finish_reason="length", completion_tokens=len(completion))
+    completion = ids[0, prompt.shape[1] :].tolist()
+    return MinerResponse(
+        prompt_token_ids=prompt[0].tolist(),
+        token_ids=completion,
+        reported_logprobs=logprobs,
+        text=tokenizer.decode(completion, skip_special_tokens=True),
+        finish_reason="length",
+        completion_tokens=len(completion),
+    )
 
 
 def _keep(response: MinerResponse, vocabulary: Vocabulary, kept: list[int], **changes) -> MinerResponse:
     """``response`` with only the tokens at positions ``kept``, its text their detokenization: a consistent forgery."""
     ids = [response.token_ids[i] for i in kept]
-    return MinerResponse(**{**vars(response), "token_ids": ids, "reported_logprobs": [response.reported_logprobs[i] for i in kept],
-                            "text": vocabulary.decode(ids), "completion_tokens": len(ids), **changes})
+    return MinerResponse(
+        **{
+            **vars(response),
+            "token_ids": ids,
+            "reported_logprobs": [response.reported_logprobs[i] for i in kept],
+            "text": vocabulary.decode(ids),
+            "completion_tokens": len(ids),
+            **changes,
+        }
+    )
 
 
 async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
@@ -118,8 +132,18 @@ async def test_another_model_behind_the_declared_name_fails(reference):
 
 async def test_invented_logprobs_cut_answers_lied_counts_and_foreign_prompts_fail(reference):
     url, _, vocabulary = reference
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Sort 5, 2, 9."}], "max_tokens": 20, "temperature": 0.7, "seed": 1,
-            "logprobs": True, "return_token_ids": True, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Sort 5, 2, 9."}],
+        "max_tokens": 20,
+        "temperature": 0.7,
+        "seed": 1,
+        "logprobs": True,
+        "return_token_ids": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
     async with aiohttp.ClientSession() as session:
         engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
         honest = await _stream(session, url, body)
@@ -141,8 +165,17 @@ async def test_text_is_bound_to_the_ids_and_ids_to_the_vocabulary(reference):
     """What a user reads and the grader grades is what the verifier checked; ids the model has not got
     fail on the miner, without the reference engine being asked (it would refuse them)."""
     url, _, vocabulary = reference
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 12, "temperature": 0.7, "seed": 3,
-            "logprobs": True, "return_token_ids": True, "stream": True, "ignore_eos": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+        "max_tokens": 12,
+        "temperature": 0.7,
+        "seed": 3,
+        "logprobs": True,
+        "return_token_ids": True,
+        "stream": True,
+        "ignore_eos": True,
+    }
     async with aiohttp.ClientSession() as session:
         honest = await _stream(session, url, body)
         engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -119,7 +118,9 @@ def test_with_known_end_tokens_cutting_running_past_and_ending_early_each_fail()
 
     unlikely = _distribution(random.Random(5))
     unlikely[EOS] = -30.0
-    early = check(_evidence(tokens + [_token(unlikely, EOS)], finish_reason="stop", max_tokens=64, reported_completion_tokens=11, temperature=0.7, end_token_ids=ENDS))
+    early = check(
+        _evidence(tokens + [_token(unlikely, EOS)], finish_reason="stop", max_tokens=64, reported_completion_tokens=11, temperature=0.7, end_token_ids=ENDS)
+    )
     assert not early.passed and any("ended early" in r for r in early.reasons)
     # The same ending without the model's end ids, or when the caller asked for its own stops, is not judged.
     assert check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS, end_checks=False)).passed

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 from protocol.responses import StreamFold, parse_event
 from protocol.sse import SseDecoder, SseLimits, StreamViolation
 
-STREAM = (b": keep-alive comment\r\n"
-          b"data: {\"a\": 1}\r\n\r\n"
-          b"data:{\"b\": 2}\n\n"
-          b"event: ignored\nid: 7\ndata: {\"c\":\ndata: 3}\r\r"
-          b"data: [DONE]\n\n"
-          b"data: {\"half\": tru")  # a cut last event is dropped, as the spec says
+STREAM = (
+    b": keep-alive comment\r\n"
+    b'data: {"a": 1}\r\n\r\n'
+    b'data:{"b": 2}\n\n'
+    b'event: ignored\nid: 7\ndata: {"c":\ndata: 3}\r\r'
+    b"data: [DONE]\n\n"
+    b'data: {"half": tru'
+)  # a cut last event is dropped, as the spec says
 
 
 def _decode(chunks: list[bytes], limits: SseLimits = SseLimits()) -> list[str]:
@@ -58,30 +60,42 @@ def _fold(*events: str, max_tokens: int = 8) -> StreamFold:
 
 
 def test_an_honest_stream_folds_into_one_answer():
-    usage = json.dumps({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-                        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}, "system_fingerprint": "vllm"})
+    usage = json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+            "system_fingerprint": "vllm",
+        }
+    )
     fold = _fold(_chunk([], "", prompt_token_ids=[1, 2, 3]), _chunk([5, 6], "ab"), _chunk([7], "c", "length"), usage, "[DONE]")
     assert (fold.prompt_token_ids, fold.token_ids, fold.text, fold.finish_reason, fold.usage.completion_tokens) == ([1, 2, 3], [5, 6, 7], "abc", "length", 3)
     assert len(fold.logprobs) == 3
 
 
-@pytest.mark.parametrize("events, reason", [
-    (["[1, 2]"], "JSON list"),
-    (['{"error": "boom"}'], "ErrorEvent"),
-    (["{not json"], "not JSON"),
-    (["[" * 5000 + "]" * 5000], "nested too deeply|JSON list"),
-    ([_chunk([1], "a").replace('"index": 0', '"index": 1')], "index"),
-    ([_chunk([-4], "a")], "negative"),
-    ([_chunk([1] * 9, "a")], "more token ids than max_tokens"),
-    ([_chunk([1], "a", "stop"), _chunk([2], "b")], "after the finish_reason"),
-    ([_chunk([1], "a", "stop"), "[DONE]", "[DONE]"], "after \\[DONE\\]"),
-    ([_chunk([1], "a", "stop"), "[DONE]", _chunk([], "")], "after \\[DONE\\]"),
-    ([_chunk([1], "a", "stop")], "without \\[DONE\\]"),
-    ([_chunk([1], "a")], "without a finish_reason"),
-    ([_chunk([1, 2], "a", "stop").replace('{"token": "t", "logprob": -0.5, "bytes": [116], "top_logprobs": []}, ', "", 1), "[DONE]"], "logprob entries"),
-    ([_chunk([1], "a", "tool_calls"), "[DONE]"], "finish_reason"),
-    ([_chunk([1], "a", "stop").replace("-0.5", "NaN"), "[DONE]"], "logprob"),
-])
+@pytest.mark.parametrize(
+    "events, reason",
+    [
+        (["[1, 2]"], "JSON list"),
+        (['{"error": "boom"}'], "ErrorEvent"),
+        (["{not json"], "not JSON"),
+        (["[" * 5000 + "]" * 5000], "nested too deeply|JSON list"),
+        ([_chunk([1], "a").replace('"index": 0', '"index": 1')], "index"),
+        ([_chunk([-4], "a")], "negative"),
+        ([_chunk([1] * 9, "a")], "more token ids than max_tokens"),
+        ([_chunk([1], "a", "stop"), _chunk([2], "b")], "after the finish_reason"),
+        ([_chunk([1], "a", "stop"), "[DONE]", "[DONE]"], "after \\[DONE\\]"),
+        ([_chunk([1], "a", "stop"), "[DONE]", _chunk([], "")], "after \\[DONE\\]"),
+        ([_chunk([1], "a", "stop")], "without \\[DONE\\]"),
+        ([_chunk([1], "a")], "without a finish_reason"),
+        ([_chunk([1, 2], "a", "stop").replace('{"token": "t", "logprob": -0.5, "bytes": [116], "top_logprobs": []}, ', "", 1), "[DONE]"], "logprob entries"),
+        ([_chunk([1], "a", "tool_calls"), "[DONE]"], "finish_reason"),
+        ([_chunk([1], "a", "stop").replace("-0.5", "NaN"), "[DONE]"], "logprob"),
+    ],
+)
 def test_every_breach_is_a_violation_with_its_reason(events, reason):
     with pytest.raises(StreamViolation, match=reason):
         _fold(*events)
@@ -106,7 +120,7 @@ def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
     ids = counter.fast.encode("Paris is the capital of France.", add_special_tokens=False).ids
     honest = TextBinding(counter)
     for n in range(1, len(ids) + 1):  # one id a chunk, its text what the full decode adds (another algorithm than the binding's)
-        honest.feed([ids[n - 1]], counter.fast.decode(ids[:n])[len(counter.fast.decode(ids[:n - 1])):])
+        honest.feed([ids[n - 1]], counter.fast.decode(ids[:n])[len(counter.fast.decode(ids[: n - 1])) :])
     assert honest.spelled == "Paris is the capital of France." and honest.shown == len(honest.spelled)
     shown = TextBinding(counter)
     shown.feed(ids, "Paris is")  # a prefix: what an engine shows while it holds text back

@@ -55,7 +55,10 @@ async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_ac
         gateway.record_sample(uid, f"5Hot{uid}", "m", request, answer)
     outbox = Outbox(tmp_path / "gateway.sqlite")
     samples = outbox.after(0, 10)
-    assert [(s.uid, s.request, s.answer.token_ids, s.answer.reported_logprobs) for s in samples] == [(3, request, [5, 6], [-0.1, None]), (4, request, [5, 6], [-0.1, None])]
+    assert [(s.uid, s.request, s.answer.token_ids, s.answer.reported_logprobs) for s in samples] == [
+        (3, request, [5, 6], [-0.1, None]),
+        (4, request, [5, 6], [-0.1, None]),
+    ]
     assert Outbox(tmp_path / "no-gateway-yet.sqlite").after(0, 10) == []
 
     store = Store(tmp_path / "v.sqlite")

@@ -21,8 +21,14 @@ __all__ = ["Challenge", "generate", "grade", "round_seed", "FAMILY_WEIGHTS"]
 
 # Share of each family in a round: mostly checkable tasks, a quarter open prompts.
 FAMILY_WEIGHTS = {
-    "arithmetic": 0.12, "reverse_string": 0.1, "sort_numbers": 0.1, "count_letter": 0.08, "json_format": 0.1,
-    "uppercase": 0.08, "multi_turn": 0.12, "open_prompt": 0.3,
+    "arithmetic": 0.12,
+    "reverse_string": 0.1,
+    "sort_numbers": 0.1,
+    "count_letter": 0.08,
+    "json_format": 0.1,
+    "uppercase": 0.08,
+    "multi_turn": 0.12,
+    "open_prompt": 0.3,
 }
 TEMPERATURES = (0.0, 0.0, 0.3, 0.6, 0.7, 1.0)
 TOP_PS = (1.0, 1.0, 0.95, 0.9)

@@ -19,7 +19,11 @@ WORDS = (
     "falcon velvet cobalt saddle prairie beacon quartz willow ember lagoon summit cricket anchor mosaic"
 ).split()
 NAMES = "Ada Bram Chiara Dmitri Esme Farid Greta Hiro Ines Jonas Kaia Luca Mireille Nikhil Oona Pavel".split()
-TOPICS = "the sea at night|a city waking up|an old library|learning to ride a bicycle|a storm over the mountains|a robot that gardens|the first day of spring".split("|")
+TOPICS = (
+    "the sea at night|a city waking up|an old library|learning to ride a bicycle|a storm over the mountains|a robot that gardens|the first day of spring".split(
+        "|"
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,7 @@ def count_letter(rng: random.Random) -> Task:
 def json_format(rng: random.Random) -> Task:
     name, age, city = rng.choice(NAMES), rng.randint(18, 90), rng.choice(WORDS).capitalize() + "ville"
     prompt = (
-        f"Return a JSON object with the keys \"name\", \"age\" and \"city\" for {name}, who is {age} years old and lives in {city}. "
-        "Reply with the JSON object only."
+        f'Return a JSON object with the keys "name", "age" and "city" for {name}, who is {age} years old and lives in {city}. Reply with the JSON object only.'
     )
     return Task("json_format", ({"role": "user", "content": prompt},), Answer("json", {"name": name, "age": age, "city": city}))
 
@@ -98,7 +101,9 @@ def multi_turn(rng: random.Random) -> Task:
 
 
 def open_prompt(rng: random.Random) -> Task:
-    template = rng.choice(["Write a short poem about {t}.", "Tell a very short story about {t}.", "Describe {t} in three sentences.", "What comes to mind when you think of {t}?"])
+    template = rng.choice(
+        ["Write a short poem about {t}.", "Tell a very short story about {t}.", "Describe {t} in three sentences.", "What comes to mind when you think of {t}?"]
+    )
     messages: tuple[dict, ...] = ({"role": "user", "content": template.format(t=rng.choice(TOPICS))},)
     if rng.random() < 0.3:
         messages = ({"role": "system", "content": "You are a helpful, concise assistant."}, *messages)
