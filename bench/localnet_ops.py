@@ -24,7 +24,7 @@ import bittensor as bt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import chain  # noqa: E402
-from chain.localnet import admin, reads, runtime, store  # noqa: E402
+from chain.localnet import admin, reads, registry, runtime, store  # noqa: E402
 
 
 def _ms(samples: list[float]) -> tuple[float, float]:
@@ -62,7 +62,7 @@ async def run(neurons: int, ops: int, workdir: Path) -> dict:
         params = {"netuid": 1, "version": 1, "ip": 0x7F000001, "port": 20_000 + i, "ip_type": 4, "protocol": 4}
         t = time.perf_counter()
         with store.write(conn):
-            runtime.serve_axon(runtime.Context(conn, 1, []), hotkey, params)
+            registry.serve_axon(runtime.Context(conn, 1, []), hotkey, params)
         bare_write.append(time.perf_counter() - t)
     for _ in range(ops):
         t = time.perf_counter()

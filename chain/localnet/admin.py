@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bittensor as bt
 
-from . import codec, runtime, store
+from . import codec, epoch, runtime, store
 from .store import RAO_PER_TAO
 
 OWNER_WALLET = "owner"
@@ -101,7 +101,7 @@ def stake(directory: Path, coldkey: str, hotkey: str, tao: float, netuid: int | 
             runtime.set_account(conn, coldkey, free - rao, nonce)
             runtime.add_stake(conn, hotkey, coldkey, subnets[0], rao)
             for s in subnets:
-                runtime.refresh_validator_permits(conn, s)
+                epoch.refresh_validator_permits(conn, s)
             return runtime.hotkey_stake(conn, subnets[0])[hotkey]
     finally:
         conn.close()

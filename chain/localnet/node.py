@@ -27,7 +27,7 @@ from bittensor.sp_core import ss58_decode
 from Crypto.Cipher import ChaCha20_Poly1305
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
-from . import codec, reads, runtime, store
+from . import codec, epoch, reads, runtime, store
 from .runtime import Context, DispatchError
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class LocalnetSubstrate:
         def work() -> T:
             with self._lock:
                 head = store.current_block(genesis)
-                if runtime.pending_epochs(conn, head):
+                if epoch.pending_epochs(conn, head):
                     with store.write(conn):
-                        runtime.catch_up(conn, head)
+                        epoch.catch_up(conn, head)
                 with store.snapshot(conn):
                     return fn(conn, head)
 
@@ -319,7 +319,7 @@ class LocalnetSubstrate:
         def work() -> ExtrinsicResult | str:
             with self._lock, store.write(conn):
                 block = store.current_block(genesis)
-                runtime.catch_up(conn, block)
+                epoch.catch_up(conn, block)
                 outcome = self._apply(conn, block, extrinsic)
                 if isinstance(outcome, str):
                     return outcome

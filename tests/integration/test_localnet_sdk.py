@@ -186,7 +186,7 @@ async def test_commit_reveal_subnet_records_timelocked_commits(localnet, subnet)
 async def test_salted_commit_is_revealed_after_the_reveal_period(localnet, subnet):
     from bittensor.sp_core import ss58_decode
 
-    from chain.localnet.runtime import legacy_commit_hash
+    from chain.localnet.weights import legacy_commit_hash
 
     c, validators, _ = subnet
     admin.set_hyperparameter(localnet.dir, localnet.netuid, "commit_reveal_weights_enabled", True)
