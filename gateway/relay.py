@@ -119,7 +119,7 @@ class Relay:
             self.gen.first_answer = fold
         elapsed = time.monotonic() - sent
         produced = self.gen.upstream_tokens - tokens_before
-        miner.success(first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
+        self.state.router.succeeded(miner, first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
 
     async def run(self) -> web.StreamResponse:
         tried: set[int] = set()
@@ -139,10 +139,10 @@ class Relay:
             if not order:
                 break
             miner = order.pop(0)
-            if not miner.available(time.monotonic()):
+            trial = self.state.router.take(miner)
+            if trial is None:
                 continue  # its breaker opened, or it filled up, since the order was drawn
             tried.add(miner.uid)
-            trial = miner.take(time.monotonic())
             produced = self.gen.mark()
             try:
                 await self._from(miner)
@@ -163,7 +163,7 @@ class Relay:
                     "continuing on another" if self.gen.text else "retrying",
                 )
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
-                miner.failure(time.monotonic())
+                self.state.router.failed(miner)
                 if self.gen.upstream_tokens >= self.gen.max_tokens:
                     self.gen.finish_reason = "length"  # it failed after the last token it was owed: the answer is whole
                     break
@@ -173,7 +173,7 @@ class Relay:
             else:
                 attempts += 1
             finally:
-                miner.release(trial)
+                self.state.router.release(miner, trial)
         if self.gen.finish_reason is None:
             return await self._fail(failures)
         return await self._finish()

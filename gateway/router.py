@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 EWMA_ALPHA = 0.2
 INCENTIVE_FLOOR = 0.02
@@ -104,10 +104,32 @@ class MinerView:
 
 
 class Router:
-    def __init__(self, explore: float = 0.05, rng: Optional[random.Random] = None):
+    """The miners a gateway knows and every request's bookkeeping on them; ``clock`` (seconds,
+    monotonic) and ``rng`` are injected, so routing and breakers can be replayed in tests."""
+
+    def __init__(self, explore: float = 0.05, rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic):
         self.miners: dict[int, MinerView] = {}
         self.explore = explore
         self.rng = rng or random.Random()
+        self.clock = clock
+
+    def take(self, miner: MinerView) -> Optional[bool]:
+        """A request goes to ``miner``: None when it cannot take one now (its breaker opened or it filled
+        up since the order was drawn), else whether this request is its breaker's half-open trial."""
+        now = self.clock()
+        return miner.take(now) if miner.available(now) else None
+
+    def release(self, miner: MinerView, trial: bool) -> None:
+        miner.release(trial)
+
+    def succeeded(self, miner: MinerView, ttft: Optional[float], tokens_per_s: Optional[float]) -> None:
+        miner.success(ttft, tokens_per_s)
+
+    def failed(self, miner: MinerView) -> None:
+        miner.failure(self.clock())
+
+    def breaker(self, miner: MinerView) -> str:
+        return miner.breaker(self.clock())
 
     def update_from_chain(self, views: list[MinerView]) -> None:
         """Replace the chain-derived fields; keep what traffic taught us about miners still there."""
@@ -124,7 +146,7 @@ class Router:
     def models(self) -> dict[str, list[MinerView]]:
         """Model id → healthy miners serving it."""
         served: dict[str, list[MinerView]] = {}
-        now = time.monotonic()
+        now = self.clock()
         for m in self.miners.values():
             if m.healthy and m.breaker(now) != "open":
                 served.setdefault(m.model, []).append(m)
@@ -150,7 +172,7 @@ class Router:
 
     def candidates(self, model: str) -> list[MinerView]:
         """The miners to try for ``model``, in order (empty when none can take it now)."""
-        now = time.monotonic()
+        now = self.clock()
         pool = [m for m in self.miners.values() if m.model == model and m.available(now)]
         if not pool:
             return []

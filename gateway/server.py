@@ -196,7 +196,7 @@ async def leaderboard(request: web.Request) -> web.Response:
                 "model": m.model,
                 "incentive": m.incentive,
                 "healthy": m.healthy,
-                "breaker": m.breaker(time.monotonic()),
+                "breaker": state.router.breaker(m),
                 "ttft_s": m.ttft,
                 "tokens_per_s": m.tokens_per_s,
                 "requests": m.requests,
