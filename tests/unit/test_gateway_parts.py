@@ -65,6 +65,24 @@ def test_a_trial_that_ends_without_a_verdict_frees_the_breaker():
     assert miner.breaker(1e12) == "half-open" and miner.in_flight == 0  # the next request may try again
 
 
+def test_the_router_keeps_each_requests_books_on_its_own_clock():
+    now = [1000.0]
+    router = Router(explore=0.0, rng=random.Random(1), clock=lambda: now[0])
+    miner = MinerView(1, "h", "u", MODEL, 1)
+    router.update_from_chain([miner])
+    for _ in range(BREAKER_FAILURES):
+        trial = router.take(miner)
+        router.failed(miner)
+        router.release(miner, trial)
+    assert router.breaker(miner) == "open" and router.candidates(MODEL) == [] and router.take(miner) is None
+    now[0] += miner.cooldown + 0.1  # the cooldown passes on the router's clock, not the machine's
+    assert router.breaker(miner) == "half-open" and router.take(miner) is True
+    assert router.take(miner) is None  # one slot (capacity 1), one trial
+    router.succeeded(miner, 0.2, 40.0)
+    router.release(miner, True)
+    assert router.breaker(miner) == "closed" and miner.in_flight == 0
+
+
 def test_a_full_miner_is_skipped_and_a_rejoined_hotkey_starts_fresh():
     full = MinerView(1, "h1", "u1", MODEL, 2, in_flight=2)
     free = MinerView(2, "h2", "u2", MODEL, 2)
