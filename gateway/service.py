@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import bittensor as bt
 from aiohttp import web
 
 import chain
+from chain import ChainConfig
 from gateway.router import MinerView, Router
 from gateway.server import create_app
 from gateway.state import GatewaySettings, GatewayState
@@ -32,11 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    network: str
-    netuid: int
-    wallet_path: str
-    wallet_name: str
-    wallet_hotkey: str
+    chain: ChainConfig  # network, netuid, wallet
     host: str
     port: int
     db: Path
@@ -65,7 +61,7 @@ def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -
 class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
-        self.wallet = bt.Wallet(config.wallet_name, config.wallet_hotkey, path=config.wallet_path)
+        self.wallet = config.chain.wallet()
         self.store = Store(config.db)
         interrupted = self.store.mark_interrupted()
         if interrupted:
@@ -90,7 +86,7 @@ class Gateway:
         self.app = create_app(self.state)
 
     async def sync(self, net: chain.Chain) -> None:
-        graph = await net.metagraph(self.config.netuid)
+        graph = await net.metagraph(self.config.chain.netuid)
         self.state.router.update_from_chain(views_from(graph, self.config.models, self.wallet.hotkey.ss58_address))
 
     async def _sync_loop(self, net: chain.Chain) -> None:
@@ -118,9 +114,9 @@ class Gateway:
             await asyncio.sleep(self.config.health_interval)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with chain.connect(self.config.network) as net:
+        async with chain.connect(self.config.chain.network) as net:
             try:
-                await net.uid_of(self.config.netuid, self.wallet.hotkey.ss58_address)
+                await net.uid_of(self.config.chain.netuid, self.wallet.hotkey.ss58_address)
             except chain.NotRegistered as exc:
                 raise GatewayStartupError(f"{exc}; miners answer registered validators only: register the gateway's hotkey first") from exc
             await self.sync(net)

@@ -5,16 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from chain import ChainConfig
 from engine import EngineSpec
 
 
 @dataclass(frozen=True)
 class MinerConfig:
-    network: str
-    netuid: int
-    wallet_path: str
-    wallet_name: str
-    wallet_hotkey: str
+    chain: ChainConfig  # network, netuid, wallet
     port: int
     host: str = "0.0.0.0"
     external_ip: str = "127.0.0.1"  # the address announced on chain

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import aiohttp
-import bittensor as bt
 from aiohttp import web
 
 import chain
@@ -28,11 +27,11 @@ log = logging.getLogger(__name__)
 
 
 def load_hotkey_wallet(config: MinerConfig) -> Any:
-    wallet = bt.Wallet(config.wallet_name, config.wallet_hotkey, path=config.wallet_path)
+    wallet = config.chain.wallet()
     try:
         wallet.hotkey  # noqa: B018 - loads the keyfile, so a missing one fails here
     except Exception as exc:  # the SDK raises several types for missing/unreadable keyfiles
-        raise StartupError(f"cannot load hotkey {config.wallet_name}/{config.wallet_hotkey} from {config.wallet_path}: {exc}") from exc
+        raise StartupError(f"cannot load hotkey {config.chain.wallet_name}/{config.chain.wallet_hotkey} from {config.chain.wallet_path}: {exc}") from exc
     return wallet
 
 
@@ -75,11 +74,11 @@ async def run_miner(config: MinerConfig, stop: asyncio.Event | None = None) -> N
     """Serve until ``stop`` is set (or SIGINT/SIGTERM). StartupError / ChainLayerError when it cannot start."""
     wallet = load_hotkey_wallet(config)
     hotkey = wallet.hotkey.ss58_address
-    async with chain.connect(config.network) as net:
+    async with chain.connect(config.chain.network) as net:
         try:
-            await net.uid_of(config.netuid, hotkey)
+            await net.uid_of(config.chain.netuid, hotkey)
         except chain.NotRegistered as exc:
-            raise StartupError(f"{exc}; register the hotkey on subnet {config.netuid} first") from exc
+            raise StartupError(f"{exc}; register the hotkey on subnet {config.chain.netuid} first") from exc
         max_context = config.max_context
         if config.engine_url is not None:
             max_context = await attached_max_context(config.upstream, config.model_id, config.engine_wait) or max_context

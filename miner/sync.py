@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 async def refresh(state: MinerState, chain: Chain, wallet: Any) -> list[str]:
     """One pass: read the metagraph, swap it into the gate, re-publish what differs; returns the writes."""
-    graph = await chain.metagraph(state.config.netuid)
+    graph = await chain.metagraph(state.config.chain.netuid)
     state.gate.update(graph)
     neuron = graph.by_hotkey(state.hotkey)
     state.uid = neuron.uid if neuron else None

@@ -24,6 +24,16 @@ def add_chain_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--wallet-hotkey", default="default", help="hotkey name")
 
 
+def chain_config(args: argparse.Namespace):
+    """The chain and wallet every role's config holds, from the flags ``add_chain_flags`` added."""
+    from chain import ChainConfig
+
+    try:
+        return ChainConfig(args.network, args.netuid, str(Path(args.wallet_path).expanduser()), args.wallet_name, args.wallet_hotkey)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
 def free_port() -> int:
     """A free TCP port on loopback, for an engine started behind a miner or validator."""
     with socket.socket() as s:

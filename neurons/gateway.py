@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags, load_model_list, model_folder, model_pairs, run_service
+from neurons.common import CliError, add_chain_flags, chain_config, load_model_list, model_folder, model_pairs, run_service
 
 DEFAULT_DB = "~/.slmnet/gateway.sqlite"
 
@@ -148,11 +148,7 @@ def build_config(args: argparse.Namespace):
         max_attempts=args.max_attempts, first_token_timeout=args.first_token_timeout, stall_timeout=args.stall_timeout, verify_share=args.verify_share
     )
     return GatewayConfig(
-        network=args.network,
-        netuid=args.netuid,
-        wallet_path=str(Path(args.wallet_path).expanduser()),
-        wallet_name=args.wallet_name,
-        wallet_hotkey=args.wallet_hotkey,
+        chain=chain_config(args),
         host=args.host,
         port=args.port,
         db=Path(args.db).expanduser(),

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from neurons.common import CliError, add_chain_flags, free_port, run_service
+from neurons.common import CliError, add_chain_flags, chain_config, free_port, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -78,11 +78,7 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (impo
         )
     try:
         return MinerConfig(
-            network=args.network,
-            netuid=args.netuid,
-            wallet_path=str(Path(args.wallet_path).expanduser()),
-            wallet_name=args.wallet_name,
-            wallet_hotkey=args.wallet_hotkey,
+            chain=chain_config(args),
             port=args.port,
             host=args.host,
             external_ip=args.external_ip,

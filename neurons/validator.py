@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags, free_port, load_model_list, model_folder, model_pairs, run_service
+from neurons.common import CliError, add_chain_flags, chain_config, free_port, load_model_list, model_folder, model_pairs, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -70,11 +70,7 @@ def build_config(args: argparse.Namespace):
         if model_id not in tokenizers:
             tokenizers[model_id] = model_folder(models.get(model_id).source, default_cache_dir())
     return ValidatorConfig(
-        network=args.network,
-        netuid=args.netuid,
-        wallet_path=str(Path(args.wallet_path).expanduser()),
-        wallet_name=args.wallet_name,
-        wallet_hotkey=args.wallet_hotkey,
+        chain=chain_config(args),
         state_dir=Path(args.state_dir).expanduser(),
         models=models,
         tokenizers=tuple(tokenizers.items()),

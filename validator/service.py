@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import aiohttp
-import bittensor as bt
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 import chain
+from chain import ChainConfig
 from engine import Engine, EngineSpec
 from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, update
 from scoring.weights import to_weights
@@ -40,11 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ValidatorConfig:
-    network: str
-    netuid: int
-    wallet_path: str
-    wallet_name: str
-    wallet_hotkey: str
+    chain: ChainConfig  # network, netuid, wallet
     state_dir: Path
     models: ModelList
     tokenizers: tuple[tuple[str, str], ...] = ()  # (model id, folder with its tokenizer): ids and text are bound with it
@@ -77,7 +73,7 @@ class Validator:
         self.config = config
         self.store = Store(config.state_dir / "validator.sqlite")
         self.metrics = ValidatorMetrics()
-        self.wallet = bt.Wallet(config.wallet_name, config.wallet_hotkey, path=config.wallet_path)
+        self.wallet = config.chain.wallet()
         self.keypair = self.wallet.hotkey
         self.journal = config.state_dir / "rounds.jsonl"
         self.outbox = Outbox(config.organic_from) if config.organic_from else None
@@ -100,7 +96,7 @@ class Validator:
     async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[dict[int, float], int]:
         """Run, store and log one round; returns the effective standings and the subnet's tempo."""
         round_index = self.store.last_round() + 1
-        graph = await on_chain("reading the metagraph", lambda: net.metagraph(self.config.netuid))
+        graph = await on_chain("reading the metagraph", lambda: net.metagraph(self.config.chain.netuid))
         seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index)
         started = time.time()
         targets = [
@@ -200,7 +196,7 @@ class Validator:
             log.info("no miner has a positive standing yet; no weights set")
             return None
         try:
-            (await on_chain("setting weights", lambda: net.set_weights(self.wallet, self.config.netuid, weights))).raise_for_failure()
+            (await on_chain("setting weights", lambda: net.set_weights(self.wallet, self.config.chain.netuid, weights))).raise_for_failure()
         except chain.RateLimited as exc:
             log.info("weights rate-limited, will retry: %s", exc)
             return None
@@ -220,7 +216,7 @@ class Validator:
             project=self.config.wandb_project or "slmnet-validator",
             mode=mode,
             dir=str(self.config.state_dir),
-            config={"netuid": self.config.netuid, "hotkey": self.keypair.ss58_address, "models": self.config.models.version},
+            config={"netuid": self.config.chain.netuid, "hotkey": self.keypair.ss58_address, "models": self.config.models.version},
             settings=wandb.Settings(silent=True),
         )
 
@@ -232,9 +228,9 @@ class Validator:
         missing = sorted(set(engines) - set(vocabularies))
         if missing:
             raise ValidatorStartupError(f"no tokenizer for {', '.join(missing)}: give --tokenizer ID=DIR")
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.network) as net:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
             try:
-                await net.uid_of(self.config.netuid, self.keypair.ss58_address)
+                await net.uid_of(self.config.chain.netuid, self.keypair.ss58_address)
             except chain.NotRegistered as exc:
                 raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
             self._start_wandb()
