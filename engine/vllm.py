@@ -12,7 +12,6 @@ own distribution), in its own process group so a stop takes its workers with it.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 import aiohttp
+
+from engine.process import Child
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Engine:
     probe_interval: float = 1.0
     state: str = "starting"
     restarts: int = 0
-    _process: Optional[asyncio.subprocess.Process] = None
+    _child: Optional[Child] = None
 
     @property
     def ready(self) -> bool:
@@ -103,10 +104,10 @@ class Engine:
         backoff = 1.0
         try:
             while True:
-                if self.spec is not None and (self._process is None or self._process.returncode is not None):
-                    if self._process is not None:
-                        _signal_group(self._process.pid, signal.SIGKILL)  # workers it left behind
-                        log.warning("engine exited with %s; restarting in %.0f s", self._process.returncode, backoff)
+                if self.spec is not None and (self._child is None or self._child.returncode is not None):
+                    if self._child is not None:
+                        self._child.signal_group(signal.SIGKILL)  # workers it left behind
+                        log.warning("engine exited with %s; restarting in %.0f s", self._child.returncode, backoff)
                         self.state = "down"
                         await asyncio.sleep(backoff)
                         backoff = min(backoff * 2, 30.0)
@@ -135,37 +136,11 @@ class Engine:
         assert self.spec is not None
         log.info("starting engine: %s", " ".join(self.spec.command()))
         env = dict(os.environ, **dict(self.spec.env))
-        out = open(self.spec.log_path, "ab") if self.spec.log_path else asyncio.subprocess.DEVNULL
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                *self.spec.command(), env=env, stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
-            )
-        finally:
-            if self.spec.log_path:
-                out.close()
+        self._child = Child(self.spec.command(), self.spec.log_path, env, append=True, die_with_parent=True)
         self.state = "starting"
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop a supervised engine and its process group (SIGTERM, then SIGKILL)."""
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), grace)
-        except asyncio.TimeoutError:
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the miner dies, even by SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
+        child, self._child = self._child, None
+        if child is not None and child.returncode is None:
+            await asyncio.to_thread(child.stop, grace)

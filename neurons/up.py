@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 import urllib.error
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from engine import EngineSpec
+from engine import Child, EngineSpec, stop_all
 from neurons.common import CliError, free_port, http_status
 
 NETUID = 1
@@ -63,7 +62,7 @@ class Proc:
     cmd: list[str]
     health: Optional[str] = None  # URL whose 200 means ready
     ready_check: Optional[Callable[[], Optional[str]]] = None  # returns a note once ready, None before
-    process: Optional[subprocess.Popen] = None
+    child: Optional[Child] = None
     log: Optional[Path] = None
     state: str = "starting"
     note: str = ""
@@ -132,9 +131,8 @@ class Subnet:
 
     def start(self, proc: Proc) -> None:
         proc.log = self.root / "logs" / f"{proc.name}.log"
-        with open(proc.log, "w") as log:
-            proc.process = subprocess.Popen(proc.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        proc.started = time.monotonic()
+        proc.child = Child(proc.cmd, proc.log, self.env)
+        proc.started = proc.child.started
         self.procs.append(proc)
 
     def launch(self, smollm2: Path, tiny: Path) -> None:
@@ -243,7 +241,7 @@ class Subnet:
 
     def poll(self) -> None:
         for proc in self.procs:
-            code = proc.process.poll()
+            code = proc.child.returncode
             if code is not None:
                 proc.state, proc.note = "exited", f"exit {code}: see {proc.log}"
                 continue
@@ -266,7 +264,7 @@ class Subnet:
             table.add_column(column)
         colors = {"ready": "green", "starting": "yellow", "exited": "red"}
         for p in self.procs:
-            table.add_row(p.name, str(p.process.pid), f"[{colors[p.state]}]{p.state}[/]", p.note)
+            table.add_row(p.name, str(p.child.pid), f"[{colors[p.state]}]{p.state}[/]", p.note)
         return table
 
     def incentives(self) -> dict[str, float]:
@@ -287,7 +285,7 @@ class Subnet:
         total = 0
         for p in self.procs:
             try:
-                parent = psutil.Process(p.process.pid)
+                parent = psutil.Process(p.child.pid)
                 total += sum(proc.memory_full_info().pss for proc in [parent, *parent.children(recursive=True)])
             except psutil.NoSuchProcess:
                 pass
@@ -300,23 +298,10 @@ class Subnet:
         family = []
         for p in self.procs:
             try:
-                family += [p.process.pid, *(c.pid for c in psutil.Process(p.process.pid).children(recursive=True))]
+                family += [p.child.pid, *(c.pid for c in psutil.Process(p.child.pid).children(recursive=True))]
             except psutil.NoSuchProcess:
                 pass
-        for p in self.procs:
-            if p.process.poll() is None:
-                os.killpg(p.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        for p in self.procs:
-            try:
-                p.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(p.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.process.wait()
+        stop_all([p.child for p in self.procs], grace=60)
         time.sleep(0.5)
         return [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 

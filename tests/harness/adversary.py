@@ -35,8 +35,9 @@ import itertools
 import json
 import random
 import shutil
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import aiohttp
 from aiohttp import web
@@ -97,7 +98,7 @@ class Adversary:
     def __init__(self, upstream: str, mode: str | None):
         self.upstream = upstream.rstrip("/")
         self.default_mode = mode
-        self.requests = itertools.count()
+        self.requests: defaultdict[str, Iterator[int]] = defaultdict(itertools.count)  # per mode: one process serves them all
         self.rng = random.Random(0)
         self.session: aiohttp.ClientSession
 
@@ -123,7 +124,7 @@ class Adversary:
             return web.Response(body=await upstream.read(), status=upstream.status, headers=headers)
 
     async def tamper(self, request: web.Request, mode: str, body: dict[str, Any]) -> web.StreamResponse:
-        if mode == "flaky" and next(self.requests) % 2 == 0:
+        if mode == "flaky" and next(self.requests[mode]) % 2 == 0:
             return web.json_response({"error": {"message": "engine hiccup", "type": "server_error"}}, status=500)
         if not body.get("stream"):
             async with self.session.post(self.upstream + request.path, json=body) as upstream:

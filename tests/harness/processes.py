@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from engine import EngineSpec
+from engine import Child, EngineSpec
 from neurons.common import http_status
 
 STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~70 s warm, ~100 s with empty caches
@@ -53,41 +52,29 @@ def health_json(url: str) -> dict:
 
 
 class Server:
-    """A child process with a log file; ``wait_healthy`` polls ``url/health`` for a 200."""
+    """A child process (``engine.Child``) with a log file; ``wait_healthy`` polls ``url/health`` for a 200."""
 
     def __init__(self, cmd: list[str], url: str, log_path: Path, env: Optional[dict[str, str]] = None):
         self.url = url
         self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.process = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.child = Child(cmd, log_path, env)
+        self.process = self.child.process
 
     def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text()[-chars:]
+        return self.child.log_tail(chars)
 
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while http_status(self.url + "/health") != 200:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.process.args[:4]} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.child.returncode is not None:
+                raise RuntimeError(f"{self.process.args[:4]} exited with {self.child.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not healthy after {timeout:g} s:\n{self.log_tail()}")
             time.sleep(1)
 
     def stop(self, grace: float = 60.0) -> int:
         """SIGTERM, then SIGKILL to the whole process group; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # anything it left in its group
-        except ProcessLookupError:
-            pass
-        self._log.close()
-        return self.process.returncode
+        return self.child.stop(grace)
 
 
 def start_vllm(model: Path, served_name: str, tmp: Path, max_model_len: int = 1024) -> Server:
@@ -107,3 +94,39 @@ def start_adversary(upstream: str, mode: Optional[str], tmp: Path) -> Server:
     port = free_port()
     cmd = [sys.executable, "-m", "tests.harness.adversary", "--upstream", upstream, "--port", str(port), *(["--mode", mode] if mode else [])]
     return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"adversary-{mode or 'any'}-{port}.log")
+
+
+def start_miners(net, upstream: dict[str, str], model: Path, tmp: Path, servers: list[Server], capacity: int = 8) -> dict[str, Server]:
+    """A real `slmnet miner` per wallet name of ``net``, attached to the engine at ``upstream[name]``
+    and declaring the model in ``model``; each is added to ``servers`` (for the caller's cleanup)
+    as it starts, and all are healthy on return."""
+    miners = {}
+    for name, url in upstream.items():
+        args = [*net.flags(name), "--model", str(model), "--engine-url", url, "--capacity", str(capacity), "--metagraph-interval", "1"]
+        servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
+    for miner in miners.values():
+        miner.wait_healthy(timeout=180)
+    return miners
+
+
+def create_key(db: Path, name: str, *flags: str) -> str:
+    """A new API key from `slmnet keys create` (the key itself, shown once)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "neurons.cli", "keys", "create", name, "--db", str(db), "--json", *flags], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"keys create failed: {done.stderr}")
+    return json.loads(done.stdout)["key"]
+
+
+def start_gateway(net, wallet: str, db: Path, tokenizer: str, tmp: Path, *flags: str) -> Server:
+    """`slmnet gateway` on a free port with ``wallet``'s hotkey, the ledger in ``db``, healthy."""
+    port = free_port()
+    args = ["gateway", *net.flags(wallet), "--port", str(port), "--db", str(db), "--tokenizer", tokenizer, "--sync-interval", "1", *flags]
+    gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
+    try:
+        gateway.wait_healthy(timeout=120)
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway

@@ -27,7 +27,7 @@ import pytest
 from models import subnet as model_list
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import Server, engine_env, free_port, start_adversary, start_miner, start_vllm
+from tests.harness.processes import create_key, start_adversary, start_gateway, start_miners, start_vllm
 from validator.organic import Outbox, verify_samples
 from validator.store import Store
 from validator.verify import ReferenceEngine, Vocabulary
@@ -56,53 +56,18 @@ def subnet(tmp_path_factory):
         engine.wait_healthy()
         servers.append(slow := start_adversary(engine.url, "slow", tmp))
         slow.wait_healthy(timeout=60)
-        miners = {}
-        for name in MINERS:
-            args = [
-                *net.flags(name),
-                "--model",
-                str(tmp / "s0"),
-                "--engine-url",
-                slow.url if name.startswith("slow") else engine.url,
-                "--capacity",
-                "8",
-                "--metagraph-interval",
-                "1",
-            ]
-            servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
-        for miner in miners.values():
-            miner.wait_healthy(timeout=120)
+        upstream = {name: slow.url if name.startswith("slow") else engine.url for name in MINERS}
+        miners = start_miners(net, upstream, tmp / "s0", tmp, servers)
         db = tmp / "gateway.sqlite"
-        key = slmnet("keys", "create", "tester", "--db", str(db), "--json")
-        assert key.returncode == 0, key.stderr
-        port = free_port()
-        args = [
-            "gateway",
-            *net.flags("gateway"),
-            "--port",
-            str(port),
-            "--db",
-            str(db),
-            "--tokenizer",
-            f"{MODEL}={tmp / 's0'}",
-            "--verify-share",
-            "1",
-            "--sync-interval",
-            "1",
-            "--stall-timeout",
-            "3",
-            "--max-attempts",
-            "4",
-        ]
-        gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
+        key = create_key(db, "tester")
+        gateway = start_gateway(net, "gateway", db, f"{MODEL}={tmp / 's0'}", tmp, "--verify-share", "1", "--stall-timeout", "3", "--max-attempts", "4")
         servers.append(gateway)
-        gateway.wait_healthy(timeout=120)
         yield {
             "tmp": tmp,
             "db": db,
             "url": gateway.url,
             "engine": engine,
-            "key": json.loads(key.stdout)["key"],
+            "key": key,
             "uids": uids,
             "miners": miners,
             "gateway": gateway,

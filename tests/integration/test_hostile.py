@@ -26,7 +26,7 @@ import chain
 from models.tiny import build_tiny
 from tests.harness.adversary import HOSTILE, HOSTILE_TEXT
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import Server, engine_env, free_port, start_adversary, start_miner, start_vllm
+from tests.harness.processes import create_key, engine_env, start_adversary, start_gateway, start_miners, start_vllm
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -61,13 +61,8 @@ def subnet(tmp_path_factory):
         engine.wait_healthy()
         servers.append(hostile := start_adversary(engine.url, None, tmp))
         hostile.wait_healthy(timeout=60)
-        miners = {}
-        for name in ("honest", *HOSTILE):
-            url = engine.url if name == "honest" else f"{hostile.url}/{name}"
-            args = [*net.flags(name), "--model", str(tmp / "s0"), "--engine-url", url, "--capacity", "8", "--metagraph-interval", "1"]
-            servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
-        for miner in miners.values():
-            miner.wait_healthy(timeout=180)
+        upstream = {name: engine.url if name == "honest" else f"{hostile.url}/{name}" for name in ("honest", *HOSTILE)}
+        miners = start_miners(net, upstream, tmp / "s0", tmp, servers)
         yield {"tmp": tmp, "net": net, "uids": uids, "engine": engine, "miners": miners, "servers": servers}
     finally:
         for server in reversed(servers):
@@ -117,36 +112,13 @@ def test_the_validator_survives_every_hostile_miner_names_each_breach_and_pays_t
 def _gateway(subnet) -> tuple[str, str, str]:
     tmp, net = subnet["tmp"], subnet["net"]
     db = tmp / "gateway.sqlite"
-    created = subprocess.run(
-        [sys.executable, "-m", "neurons.cli", "keys", "create", "user", "--db", str(db), "--json"], capture_output=True, text=True, timeout=120
-    )
-    assert created.returncode == 0, created.stderr
-    port = free_port()
-    args = [
-        "gateway",
-        *net.flags("validator"),
-        "--port",
-        str(port),
-        "--db",
-        str(db),
-        "--tokenizer",
-        f"{MODEL}={tmp / 's0'}",
-        "--sync-interval",
-        "1",
-        "--explore",
-        "1",
-        "--first-token-timeout",
-        "3",
-        "--stall-timeout",
-        "3",
-    ]
-    gateway = Server([sys.executable, "-m", "neurons.cli", *args], f"http://127.0.0.1:{port}", tmp / "gateway.log", env=engine_env(tmp))
+    key = create_key(db, "user")
+    gateway = start_gateway(net, "validator", db, f"{MODEL}={tmp / 's0'}", tmp, "--explore", "1", "--first-token-timeout", "3", "--stall-timeout", "3")
     subnet["servers"].append(gateway)
-    gateway.wait_healthy(timeout=120)
     deadline = time.monotonic() + 30  # the health loop probes every miner before it routes to one
     while len(json.loads(urllib.request.urlopen(gateway.url + "/api/leaderboard").read())["miners"]) < 1 + len(HOSTILE) and time.monotonic() < deadline:
         time.sleep(0.5)
-    return gateway.url, json.loads(created.stdout)["key"], str(db)
+    return gateway.url, key, str(db)
 
 
 @pytest.fixture(scope="module")

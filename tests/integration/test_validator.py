@@ -23,7 +23,7 @@ import chain
 from models.tiny import build_tiny
 from tests.harness.adversary import perturbed_copy
 from tests.harness.localnet import FAST, make_localnet
-from tests.harness.processes import engine_env, free_port, start_adversary, start_miner, start_vllm
+from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm
 from models import subnet as model_list
 from validator.rounds import Target, run_round
 from validator.verify import ReferenceEngine, Vocabulary
@@ -59,16 +59,10 @@ def subnet(tmp_path_factory):
             engine.wait_healthy()
         upstream = {name: engines["honest"].url for name in HONEST}
         upstream.update({name: engines[name].url for name in ("other-model", "perturbed")})
-        for mode in PROXIED:
-            servers.append(proxy := start_adversary(engines["honest"].url, mode, tmp))
-            proxy.wait_healthy(timeout=60)
-            upstream[mode] = proxy.url
-        miners = {}
-        for name, url in upstream.items():
-            args = [*net.flags(name), "--model", str(tmp / "s0"), "--engine-url", url, "--capacity", "4", "--metagraph-interval", "1"]
-            servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
-        for miner in miners.values():
-            miner.wait_healthy(timeout=120)
+        servers.append(proxy := start_adversary(engines["honest"].url, None, tmp))  # one process, the mode named by each miner's engine URL
+        proxy.wait_healthy(timeout=60)
+        upstream.update({mode: f"{proxy.url}/{mode}" for mode in PROXIED})
+        miners = start_miners(net, upstream, tmp / "s0", tmp, servers, capacity=4)
         yield {"tmp": tmp, "net": net, "wallets": wallets, "uids": uids, "engines": engines, "miners": miners}
     finally:
         for server in reversed(servers):
