@@ -2,8 +2,8 @@
 
 Every completion is streamed from the miner (whatever the user asked), signed with the
 gateway's hotkey. One deadline covers the connection, the headers and the first token
-(``first_token_timeout``: bytes that carry no token do not count), then each chunk
-(``stall_timeout``); it is suspended while the caller writes to the user.
+(``first_token_timeout``), then the time between tokens (``stall_timeout``): bytes and
+chunks that carry no token do not move it; it is suspended while the caller writes to the user.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ async def miner_events(state: GatewayState, miner: MinerView, body: dict[str, An
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=state.settings.connect_timeout)
     wait = state.settings.first_token_timeout
     loop = asyncio.get_running_loop()
+    progress_at, tokens = loop.time(), 0  # when the miner last sent a token: chunks without one (a drip of empty deltas) buy it no time
     try:
-        # One deadline, moved on at every chunk (a timer reschedule; wait_for per event cost 20 µs each).
+        # One deadline, moved on when tokens arrive (a timer reschedule; wait_for per event cost 20 µs each).
         async with asyncio.timeout(wait) as deadline:
             async with client.post(path, body, timeout=timeout) as response:
                 if response.status != 200:
@@ -51,8 +52,10 @@ async def miner_events(state: GatewayState, miner: MinerView, body: dict[str, An
                         # The deadline must not run while the user's side is written: suspend it around the yield.
                         deadline.reschedule(None)
                         yield chunk
+                        if len(fold.token_ids) > tokens:
+                            tokens, progress_at = len(fold.token_ids), loop.time()  # after the user's write: its time is not the miner's
                         wait = state.settings.stall_timeout if got_tokens() else state.settings.first_token_timeout
-                        deadline.reschedule(loop.time() + wait)
+                        deadline.reschedule(progress_at + wait)
         fold.close(require_done=False)
     except TimeoutError as exc:
         raise MinerFailed("stalled", f"no token within {wait:g} s" if not got_tokens() else f"no chunk within {wait:g} s") from exc

@@ -18,7 +18,7 @@ Hostile modes attack the validator and the gateway rather than cheat on the mode
 (``HOSTILE``): a JSON list as an event, an error event whose ``error`` is a bare string,
 token ids outside the vocabulary under honest text, text that is not what the ids spell
 (HTML), every request refused with a 400 whose message is HTML and script, a 1 MiB event,
-an endless stream, a slow drip of comments and no token, an HTML page as the stream,
+an endless stream, a slow drip of comments and no token, a drip of valid empty chunks, an HTML page as the stream,
 bytes that are not UTF-8, every token id sent twice, an event after ``[DONE]``.
 
 One process serves every mode: a miner attached to ``URL/MODE`` gets that mode (or
@@ -46,6 +46,7 @@ from btauth.client import sse_events
 
 CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
 HOSTILE = (
+    "empty-drip",
     "list-event",
     "string-error",
     "bad-ids",
@@ -116,24 +117,24 @@ class Adversary:
             if mode in HOSTILE:
                 return await self.attack(request, mode, path, json.loads(body))
             if path == "/v1/chat/completions" and mode is not None:
-                return await self.tamper(request, mode, json.loads(body))
+                return await self.tamper(request, mode, path, json.loads(body))
         async with self.session.request(
             request.method, self.upstream + path, data=body or None, headers={"Content-Type": request.headers.get("Content-Type", "application/json")}
         ) as upstream:
             headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
             return web.Response(body=await upstream.read(), status=upstream.status, headers=headers)
 
-    async def tamper(self, request: web.Request, mode: str, body: dict[str, Any]) -> web.StreamResponse:
+    async def tamper(self, request: web.Request, mode: str, path: str, body: dict[str, Any]) -> web.StreamResponse:
         if mode == "flaky" and next(self.requests[mode]) % 2 == 0:
             return web.json_response({"error": {"message": "engine hiccup", "type": "server_error"}}, status=500)
         if not body.get("stream"):
-            async with self.session.post(self.upstream + request.path, json=body) as upstream:
+            async with self.session.post(self.upstream + path, json=body) as upstream:
                 return web.Response(body=await upstream.read(), status=upstream.status, content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         cut_at = max(2, int(body.get("max_tokens") or 48) // 3)
         sent, held = 0, []
-        async with self.session.post(self.upstream + request.path, json=body) as upstream:
+        async with self.session.post(self.upstream + path, json=body) as upstream:
             if mode == "slow":
                 await asyncio.sleep(3.0)
             async for event in sse_events(upstream):
@@ -171,6 +172,21 @@ class Adversary:
             return web.Response(text=f"<html><body>{HOSTILE_TEXT}</body></html>", content_type="text/html")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
+        if mode == "empty-drip":
+            for _ in range(600):  # valid chunks with nothing in them, every half second, and never a token
+                await response.write(
+                    _sse(
+                        {
+                            "id": "x",
+                            "object": "chat.completion.chunk",
+                            "created": 0,
+                            "model": body.get("model"),
+                            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}],
+                        }
+                    )
+                )
+                await asyncio.sleep(0.5)
+            return response
         if mode == "drip":
             for _ in range(600):  # a comment every half second, and never a token
                 await response.write(b": still thinking\n\n")

@@ -40,12 +40,13 @@ BREACH = {
     "oversized-event": "event is over",
     "endless": "more token ids than max_tokens",
     "drip": "first token",
+    "empty-drip": "first token",
     "html-page": "without a finish_reason",
     "bad-utf8": "not UTF-8",
     "double-ids": "more token ids than max_tokens|logprob entries for",
     "after-done": r"after \[DONE\]",
 }
-NOT_FIDELITY = ("refuse-html", "drip")  # an error status and a timeout: unpaid, but not a verdict on the model
+NOT_FIDELITY = ("refuse-html", "drip", "empty-drip")  # an error status and timeouts: unpaid, but not a verdict on the model
 
 
 @pytest.fixture(scope="module")
