@@ -13,6 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tokenizers.decoders import DecodeStream
+
+from protocol.sse import StreamViolation
+
 
 class TokenCounter:
     def __init__(self, folder: Union[str, Path]):
@@ -43,8 +47,6 @@ class TextBinding:
     held back while it might start a ``stop`` string)."""
 
     def __init__(self, counter: TokenCounter):
-        from tokenizers.decoders import DecodeStream
-
         self.fast = counter.fast
         self.vocab_size = counter.fast.get_vocab_size(with_added_tokens=True)
         self.stream = DecodeStream(skip_special_tokens=True)
@@ -52,8 +54,6 @@ class TextBinding:
         self.shown = 0  # characters of it the miner has shown
 
     def feed(self, token_ids: list[int], piece: Optional[str]) -> None:
-        from protocol.sse import StreamViolation
-
         for token_id in token_ids:
             if not 0 <= token_id < self.vocab_size:
                 raise StreamViolation(f"token id {token_id} is outside the model's vocabulary of {self.vocab_size}")

@@ -12,6 +12,7 @@ counts neither for nor against the miner.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -75,7 +76,8 @@ def _answer(raw: dict[str, Any]) -> MinerResponse:
 
 async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, ReferenceEngine], limit: int = SAMPLES_PER_ROUND) -> int:
     """Verify the samples not yet read and record their verdicts; returns how many were judged."""
-    samples = outbox.after(store.organic_cursor(str(outbox.path)), limit)
+    # Another process's SQLite file, maybe on a slow disk: read off the event loop, which times miners' streams.
+    samples = await asyncio.to_thread(outbox.after, store.organic_cursor(str(outbox.path)), limit)
     judged = 0
     for sample in samples:
         reference = references.get(sample.model)
