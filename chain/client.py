@@ -84,6 +84,21 @@ class Chain:
             raise NotRegistered(f"hotkey {hotkey} is not registered on subnet {netuid} of {self.network}")
         return int(uid)
 
+    async def weights_version(self, netuid: int) -> int:
+        """The subnet's ``WeightsVersionKey``: weights with an older version key are refused."""
+        value = await self._reading(self.client.query(("SubtensorModule", "WeightsVersionKey"), [netuid]))
+        return int(value or 0)
+
+    async def registration_cost(self, netuid: int) -> float:
+        """TAO a burned registration on ``netuid`` costs now (it moves with demand)."""
+        rao = await self._reading(self.client.query(("SubtensorModule", "Burn"), [netuid]))
+        return int(rao or 0) / views.RAO_PER_TAO
+
+    async def free_balance(self, coldkey: str) -> float:
+        """A coldkey's free TAO."""
+        balance = await self._reading(self.client.balances.balance(coldkey))
+        return balance.rao / views.RAO_PER_TAO
+
     async def _reading(self, awaitable: Any) -> Any:
         try:
             return await awaitable

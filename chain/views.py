@@ -53,9 +53,16 @@ class MetagraphView:
     tempo: int
     blocks_since_epoch: int
     neurons: tuple[NeuronView, ...]
+    owner_hotkey: Optional[str] = None  # the subnet owner's hotkey: its commitment names the model list
 
     def by_hotkey(self, hotkey: str) -> Optional[NeuronView]:
         return next((n for n in self.neurons if n.hotkey == hotkey), None)
+
+    @property
+    def owner_commitment(self) -> Optional[str]:
+        """What the owner's hotkey committed (None when it is not registered or committed nothing)."""
+        owner = self.by_hotkey(self.owner_hotkey) if self.owner_hotkey else None
+        return owner.commitment if owner else None
 
     def uid(self, uid: int) -> NeuronView:
         if not 0 <= uid < len(self.neurons):
@@ -110,4 +117,5 @@ def from_sdk(graph: bt.Metagraph) -> MetagraphView:
         tempo=graph.tempo,
         blocks_since_epoch=graph.blocks_since_last_step,
         neurons=tuple(neurons),
+        owner_hotkey=graph.owner_hotkey or None,
     )

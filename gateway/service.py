@@ -25,7 +25,7 @@ from gateway.server import create_app
 from gateway.state import GatewaySettings, GatewayState
 from gateway.store import Store
 from gateway.tokens import TokenCounter
-from models.subnet import ModelList
+from models.subnet import ModelList, ModelListMismatch, check_on_chain
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,11 @@ class Gateway:
                 await net.uid_of(self.config.chain.netuid, self.wallet.hotkey.ss58_address)
             except chain.NotRegistered as exc:
                 raise GatewayStartupError(f"{exc}; miners answer registered validators only: register the gateway's hotkey first") from exc
+            try:
+                if warning := await check_on_chain(net, self.config.chain.netuid, self.config.models):
+                    log.warning(warning)
+            except ModelListMismatch as exc:
+                raise GatewayStartupError(str(exc)) from exc
             await self.sync(net)
             runner = web.AppRunner(self.app, access_log=None)
             await runner.setup()

@@ -15,6 +15,7 @@ class MinerConfig:
     port: int
     host: str = "0.0.0.0"
     external_ip: str = "127.0.0.1"  # the address announced on chain
+    external_port: Optional[int] = None  # the port announced on chain (default: port); for hosts behind a port mapping
     engine: Optional[EngineSpec] = None  # start and supervise this engine ...
     engine_url: Optional[str] = None  # ... or attach to a running one
     model_id: str = ""  # the declared model; the engine serves it under this name
@@ -29,6 +30,10 @@ class MinerConfig:
     engine_timeout: float = 300.0  # seconds without a byte from the engine before giving up
     engine_wait: float = 600.0  # seconds to wait for an attached engine at start
 
+    @property
+    def announced_port(self) -> int:
+        return self.external_port or self.port
+
     def __post_init__(self) -> None:
         if (self.engine is None) == (self.engine_url is None):
             raise ValueError("give either engine flags (--engine-model ...) or --engine-url, not both and not neither")
@@ -37,6 +42,8 @@ class MinerConfig:
         for name in ("capacity", "max_in_flight_per_caller", "max_body_bytes", "max_context"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.external_port is not None and not 0 < self.external_port < 65536:
+            raise ValueError(f"external port {self.external_port} is not a TCP port")
         if self.min_stake < 0 or self.metagraph_interval <= 0:
             raise ValueError("min_stake must be >= 0 and metagraph_interval > 0")
 

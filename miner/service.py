@@ -95,7 +95,7 @@ async def run_miner(config: MinerConfig, stop: asyncio.Event | None = None) -> N
             config.host,
             config.port,
             config.external_ip,
-            config.port,
+            config.announced_port,
             config.upstream,
         )
         stop = stop or asyncio.Event()

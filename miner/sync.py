@@ -21,7 +21,7 @@ async def refresh(state: MinerState, chain: Chain, wallet: Any) -> list[str]:
     state.gate.update(graph)
     neuron = graph.by_hotkey(state.hotkey)
     state.uid = neuron.uid if neuron else None
-    return await reconcile(chain, wallet, graph, state.config.external_ip, state.config.port, state.declaration)
+    return await reconcile(chain, wallet, graph, state.config.external_ip, state.config.announced_port, state.declaration)
 
 
 async def _loop(state: MinerState, chain: Chain, wallet: Any) -> None:

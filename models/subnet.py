@@ -1,7 +1,10 @@
-"""The subnet's model list (``models/subnet_models.json``, versioned in the repo)."""
+"""The subnet's model lists (``models/lists/NETWORK.json``, versioned in the repo) and the
+hash of a list that the subnet owner publishes on chain, so every validator and gateway of
+a subnet pays for and routes to the same models."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +13,9 @@ from typing import Iterable, Optional
 from chain.views import NeuronView
 from protocol.commitment import ModelDeclaration
 
-DEFAULT_LIST = Path(__file__).with_name("subnet_models.json")
+LISTS = Path(__file__).with_name("lists")
+DEFAULT_LIST = LISTS / "localnet.json"
+COMMITMENT_PREFIX = "slmnet-models"  # the owner's commitment: slmnet-models:VERSION:SHA256
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class SupportedModel:
     max_context: int
     end_token_ids: tuple[int, ...] = ()  # where the model ends a turn: the verifier's end-of-text checks
     reward: float = 1.0  # multiplies a miner's round score: the subnet's say in which models it wants served
+    revision: Optional[str] = None  # the hub commit, for a Hugging Face id
 
     def accepts(self, declaration: ModelDeclaration) -> bool:
         """A miner's declaration names this model (and, where both give one, the same weights)."""
@@ -28,11 +34,22 @@ class SupportedModel:
             return False
         return not (self.weights_sha256 and declaration.weights_sha256 and declaration.weights_sha256 != self.weights_sha256)
 
+    @property
+    def from_hub(self) -> bool:
+        return ":" not in self.source
+
+    @property
+    def pinned(self) -> bool:
+        """Its weights are fixed: a hash, and a hub revision where it comes from the hub."""
+        return bool(self.weights_sha256) and (self.revision is not None or not self.from_hub)
+
 
 @dataclass(frozen=True)
 class ModelList:
     version: int
     models: tuple[SupportedModel, ...]
+    digest: str = ""  # sha256 of the list's canonical JSON: what the owner publishes
+    path: Optional[Path] = None
 
     def get(self, model_id: str) -> Optional[SupportedModel]:
         return next((m for m in self.models if m.id == model_id), None)
@@ -50,6 +67,35 @@ class ModelList:
             and supported.accepts(n.model)
         ]
 
+    @property
+    def commitment(self) -> str:
+        return f"{COMMITMENT_PREFIX}:{self.version}:{self.digest}"
+
+    def unpinned(self) -> list[str]:
+        return [m.id for m in self.models if not m.pinned]
+
+
+@dataclass(frozen=True)
+class Published:
+    """The list the subnet owner published on chain."""
+
+    version: int
+    digest: str
+
+
+class ModelListMismatch(Exception):
+    """The local model list is not the one the subnet owner published."""
+
+
+def for_network(network: str) -> Path:
+    """The repo's list for a network: finney, test, or localnet (also any local node)."""
+    name = network if network in ("finney", "test") else "localnet"
+    return LISTS / f"{name}.json"
+
+
+def canonical(raw: dict) -> bytes:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
 
 def load(path: Path = DEFAULT_LIST) -> ModelList:
     try:
@@ -62,9 +108,44 @@ def load(path: Path = DEFAULT_LIST) -> ModelList:
                 int(m["max_context"]),
                 tuple(int(t) for t in m.get("end_token_ids", ())),
                 float(m.get("reward", 1.0)),
+                m.get("revision"),
             )
             for m in raw["models"]
         )
-        return ModelList(int(raw["version"]), models)
+        return ModelList(int(raw["version"]), models, hashlib.sha256(canonical(raw)).hexdigest(), Path(path))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a model list: {exc}") from exc
+
+
+def dump(raw: dict) -> str:
+    """A list's JSON as the repo keeps it: one model per line, so a diff shows which changed."""
+    head = {k: v for k, v in raw.items() if k != "models"}
+    lines = ",\n".join(f"    {json.dumps(m, ensure_ascii=False)}" for m in raw["models"])
+    inner = json.dumps(head, indent=2, ensure_ascii=False)[:-2]
+    return f'{inner},\n  "models": [\n{lines}\n  ]\n}}\n'
+
+
+def parse_published(text: Optional[str]) -> Optional[Published]:
+    """The owner's commitment as a published list, or None when it is not one."""
+    parts = (text or "").split(":")
+    if len(parts) != 3 or parts[0] != COMMITMENT_PREFIX or not parts[1].isdigit() or len(parts[2]) != 64:
+        return None
+    return Published(int(parts[1]), parts[2])
+
+
+def check_published(models: ModelList, published: Optional[Published], network: str) -> Optional[str]:
+    """ModelListMismatch when the chain wants another list; a warning when it names none."""
+    if published is None:
+        return f"the owner of this subnet on {network} has published no model list: using {models.path} (version {models.version}) unchecked"
+    if published.digest != models.digest:
+        raise ModelListMismatch(
+            f"the model list {models.path} (version {models.version}, sha256 {models.digest[:12]}…) is not the one the subnet owner published "
+            f"(version {published.version}, sha256 {published.digest[:12]}…): update slmnet (git pull && make install) or pass the published list with --model-list"
+        )
+    return None
+
+
+async def check_on_chain(net, netuid: int, models: ModelList) -> Optional[str]:
+    """``check_published`` against what the subnet's owner committed on ``net`` (a chain.Chain)."""
+    graph = await net.metagraph(netuid)
+    return check_published(models, parse_published(graph.owner_commitment), net.network)

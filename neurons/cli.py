@@ -8,154 +8,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
 from rich.console import Console
-from rich.table import Table
 
 from neurons import gateway as gateway_cli
 from neurons import miner as miner_cli
 from neurons import up as up_cli
 from neurons import validator as validator_cli
-from neurons.common import CliError, add_chain_flags
+from neurons import doctor as doctor_cli
+from neurons import localnet as localnet_cli
+from neurons import owner as owner_cli
+from neurons.common import CliError, add_chain_flags, emit
+from protocol.version import VERSION_KEY, __version__
 
 log = logging.getLogger("slmnet")
-
-
-def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], None]) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, sort_keys=True))
-    else:
-        human()
-
-
-# --- localnet -------------------------------------------------------------------------
-
-
-def cmd_localnet_init(args: argparse.Namespace) -> None:
-    from chain.localnet import admin
-
-    try:
-        info = admin.init(Path(args.dir), netuid=args.netuid, tempo=args.tempo, block_time=args.block_time)
-    except (FileExistsError, ValueError) as exc:
-        raise CliError(str(exc)) from exc
-    _emit(
-        args,
-        info,
-        lambda: print(
-            f"localnet created in {info['dir']}: subnet {info['netuid']}, tempo {info['tempo']} blocks, "
-            f"{info['block_time']} s per block\nowner coldkey {info['owner_coldkey']} (wallet 'owner' in {info['dir']}/wallets)\n"
-            f"use it with --network localnet:{info['dir']}"
-        ),
-    )
-
-
-def cmd_localnet_fund(args: argparse.Namespace) -> None:
-    from chain.localnet import LocalnetMissing, admin
-
-    try:
-        free = admin.fund(Path(args.dir), args.coldkey, args.tao)
-    except (LocalnetMissing, ValueError) as exc:
-        raise CliError(str(exc)) from exc
-    payload = {"coldkey": args.coldkey, "free_tao": free / 1e9}
-    _emit(args, payload, lambda: print(f"{args.coldkey} now holds {free / 1e9:g} TAO"))
-
-
-def cmd_localnet_stake(args: argparse.Namespace) -> None:
-    from chain.localnet import LocalnetMissing, admin
-
-    try:
-        total = admin.stake(Path(args.dir), args.coldkey, args.hotkey, args.tao, netuid=args.netuid)
-    except (LocalnetMissing, ValueError) as exc:
-        raise CliError(str(exc)) from exc
-    payload = {"hotkey": args.hotkey, "stake_tao": total / 1e9}
-    _emit(args, payload, lambda: print(f"{args.hotkey} now has {total / 1e9:g} TAO of stake"))
-
-
-def cmd_localnet_status(args: argparse.Namespace) -> None:
-    import chain
-
-    async def read() -> chain.MetagraphView:
-        async with chain.connect(f"localnet:{args.dir}") as c:
-            return await c.metagraph(args.netuid)
-
-    try:
-        graph = asyncio.run(read())
-    except chain.ChainLayerError as exc:
-        raise CliError(str(exc)) from exc
-    payload = {
-        "netuid": graph.netuid,
-        "block": graph.block,
-        "tempo": graph.tempo,
-        "blocks_since_epoch": graph.blocks_since_epoch,
-        "neurons": [
-            {
-                "uid": n.uid,
-                "hotkey": n.hotkey,
-                "coldkey": n.coldkey,
-                "stake": n.stake,
-                "validator_permit": n.validator_permit,
-                "ip": n.ip,
-                "port": n.port,
-                "model": n.model.model if n.model else None,
-                "incentive": n.incentive,
-                "consensus": n.consensus,
-                "trust": n.trust,
-                "dividends": n.dividends,
-                "emission": n.emission,
-                "last_update": n.last_update,
-            }
-            for n in graph.neurons
-        ],
-    }
-    _emit(args, payload, lambda: _print_status(graph))
-
-
-def _print_status(graph: Any) -> None:
-    table = Table(title=f"subnet {graph.netuid} · block {graph.block} · tempo {graph.tempo} · {graph.blocks_since_epoch} blocks since epoch")
-    for column in ("uid", "hotkey", "stake τ", "vpermit", "endpoint", "model", "incentive", "consensus", "trust", "dividends", "emission"):
-        table.add_column(column, justify="right" if column not in ("hotkey", "endpoint", "model") else "left")
-    for n in graph.neurons:
-        table.add_row(
-            str(n.uid),
-            n.hotkey[:10] + "…",
-            f"{n.stake:,.2f}",
-            "✓" if n.validator_permit else "",
-            f"{n.ip}:{n.port}" if n.ip else "-",
-            n.model.model if n.model else "-",
-            f"{n.incentive:.4f}",
-            f"{n.consensus:.4f}",
-            f"{n.trust:.4f}",
-            f"{n.dividends:.4f}",
-            f"{n.emission:.4f}",
-        )
-    # A pipe gets the whole table, not one cut to 80 columns.
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
-
-
-# --- wallets --------------------------------------------------------------------------
-
-
-def cmd_wallet_create(args: argparse.Namespace) -> None:
-    import bittensor as bt
-
-    path = Path(args.path).expanduser()
-    if (path / args.name / "hotkeys" / args.hotkey).exists():
-        raise CliError(f"wallet {args.name}/{args.hotkey} already exists in {path}")
-    # No password: for development networks only (the README says so).
-    wallet = bt.wallets.create(args.name, args.hotkey, path=str(path), use_password=False, on_mnemonic=lambda *_: None)
-    payload = {
-        "name": args.name,
-        "hotkey": args.hotkey,
-        "path": str(path),
-        "coldkey_ss58": wallet.coldkeypub.ss58_address,
-        "hotkey_ss58": wallet.hotkey.ss58_address,
-    }
-    _emit(args, payload, lambda: print(f"wallet {args.name}/{args.hotkey} in {path}\ncoldkey {payload['coldkey_ss58']}\nhotkey  {payload['hotkey_ss58']}"))
 
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -164,22 +33,38 @@ def cmd_register(args: argparse.Namespace) -> None:
     import chain
 
     wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=str(Path(args.wallet_path).expanduser()))
+    hotkey = wallet.hotkey.ss58_address
 
     async def register() -> int:
         async with chain.connect(args.network) as c:
             try:
-                return await c.uid_of(args.netuid, wallet.hotkey.ss58_address)
+                return await c.uid_of(args.netuid, hotkey)
             except chain.NotRegistered:
                 pass
+            cost, balance = await c.registration_cost(args.netuid), await c.free_balance(wallet.coldkeypub.ss58_address)
+            _confirm_burn(
+                args,
+                f"registering {hotkey} on subnet {args.netuid} of {args.network} burns {cost:g} TAO from coldkey {args.wallet_name} (it holds {balance:g} TAO)",
+            )
             (await c.register(wallet, args.netuid)).raise_for_failure()
-            return await c.uid_of(args.netuid, wallet.hotkey.ss58_address)
+            return await c.uid_of(args.netuid, hotkey)
 
     try:
         uid = asyncio.run(register())
     except chain.ChainLayerError as exc:
         raise CliError(str(exc)) from exc
-    payload = {"netuid": args.netuid, "uid": uid, "hotkey": wallet.hotkey.ss58_address}
-    _emit(args, payload, lambda: print(f"hotkey {payload['hotkey']} is uid {uid} on subnet {args.netuid}"))
+    payload = {"netuid": args.netuid, "uid": uid, "hotkey": hotkey}
+    emit(args, payload, lambda: print(f"hotkey {hotkey} is uid {uid} on subnet {args.netuid}"))
+
+
+def _confirm_burn(args: argparse.Namespace, what: str) -> None:
+    """Go on with --yes or a "y" typed at a terminal; anything else stops before TAO is spent."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(f"{what}; pass --yes to go ahead (stdin is not a terminal to ask on)")
+    if input(f"{what}. Go ahead? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise CliError("not registered: cancelled")
 
 
 # --- models ---------------------------------------------------------------------------
@@ -193,7 +78,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> None:
         raise CliError(f"{out} is not empty")
     digest = build_tiny(out, seed=args.seed)
     payload = {"path": str(out), "seed": args.seed, "weights_sha256": digest}
-    _emit(args, payload, lambda: print(f"tiny model (seed {args.seed}) in {out}\nweights sha256 {digest}"))
+    emit(args, payload, lambda: print(f"tiny model (seed {args.seed}) in {out}\nweights sha256 {digest}"))
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> None:
@@ -223,9 +108,7 @@ def cmd_models_prepare(args: argparse.Namespace) -> None:
         "weights_sha256": manifest.weights_sha256,
         "max_context": manifest.max_context,
     }
-    _emit(
-        args, payload, lambda: print(f"{manifest.id} in {out}\nweights sha256 {manifest.weights_sha256}\nserve it with: slmnet miner --model {args.name} ...")
-    )
+    emit(args, payload, lambda: print(f"{manifest.id} in {out}\nweights sha256 {manifest.weights_sha256}\nserve it with: slmnet miner --model {args.name} ..."))
 
 
 # --- parser ---------------------------------------------------------------------------
@@ -234,53 +117,19 @@ def cmd_models_prepare(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slmnet", description="slmnet: small language models on Bittensor")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("--version", action="version", version=f"slmnet {__version__} (weights version key {VERSION_KEY})")
     groups = parser.add_subparsers(dest="group", required=True)
 
-    localnet = groups.add_parser("localnet", help="the embedded one-machine chain").add_subparsers(dest="command", required=True)
-    init = localnet.add_parser("init", help="create a localnet in a folder")
-    init.add_argument("--dir", required=True, help="folder for the chain state")
-    init.add_argument("--netuid", type=int, default=1, help="the subnet to create (default 1)")
-    init.add_argument("--tempo", type=int, default=20, help="blocks between epochs (default 20)")
-    init.add_argument("--block-time", type=float, default=0.25, help="seconds per block (default 0.25)")
-    init.add_argument("--json", action="store_true", help="print JSON")
-    init.set_defaults(func=cmd_localnet_init)
-
-    fund = localnet.add_parser("fund", help="credit TAO to a coldkey")
-    fund.add_argument("--dir", required=True)
-    fund.add_argument("--coldkey", required=True, help="SS58 address")
-    fund.add_argument("--tao", type=float, required=True)
-    fund.add_argument("--json", action="store_true", help="print JSON")
-    fund.set_defaults(func=cmd_localnet_fund)
-
-    stake = localnet.add_parser("stake", help="stake a coldkey's TAO on a registered hotkey it owns")
-    stake.add_argument("--dir", required=True)
-    stake.add_argument("--coldkey", required=True, help="SS58 address of the owner")
-    stake.add_argument("--hotkey", required=True, help="SS58 address of the registered hotkey")
-    stake.add_argument("--tao", type=float, required=True)
-    stake.add_argument("--netuid", type=int, default=None, help="only this subnet (default: where the hotkey is registered)")
-    stake.add_argument("--json", action="store_true", help="print JSON")
-    stake.set_defaults(func=cmd_localnet_stake)
-
-    status = localnet.add_parser("status", help="the metagraph as a table")
-    status.add_argument("--dir", required=True)
-    status.add_argument("--netuid", type=int, default=1)
-    status.add_argument("--json", action="store_true", help="print JSON with a `neurons` list")
-    status.set_defaults(func=cmd_localnet_status)
-
-    wallet = groups.add_parser("wallet", help="wallets").add_subparsers(dest="command", required=True)
-    create = wallet.add_parser("create", help="create a coldkey + hotkey without a password (development networks)")
-    create.add_argument("--path", required=True, help="wallets folder")
-    create.add_argument("--name", required=True, help="wallet (coldkey) name")
-    create.add_argument("--hotkey", required=True, help="hotkey name")
-    create.add_argument("--json", action="store_true", help="print JSON")
-    create.set_defaults(func=cmd_wallet_create)
+    localnet_cli.add_parsers(groups)
 
     register = groups.add_parser("register", help="register a hotkey on a subnet (burned registration, paid by its coldkey); no-op when registered")
     add_chain_flags(register)
+    register.add_argument("--yes", action="store_true", help="do not ask before burning the registration cost")
     register.add_argument("--json", action="store_true", help="print JSON")
     register.set_defaults(func=cmd_register)
 
-    models = groups.add_parser("models", help="prepare models").add_subparsers(dest="command", required=True)
+    models = groups.add_parser("models", help="prepare and pin models").add_subparsers(dest="command", required=True)
+    owner_cli.add_parsers(groups, models)
     tiny = models.add_parser("tiny", help="build a tiny random Qwen2 model with an offline-trained tokenizer")
     tiny.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     tiny.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical weights")
@@ -297,14 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     validator_cli.add_parser(groups)
     gateway_cli.add_parser(groups)
     up_cli.add_parser(groups)
+    doctor_cli.add_parser(groups)
     return parser
 
 
+def setup_logging(args: argparse.Namespace) -> None:
+    """-v, else --log-level, else the command's default; --log-file beside stderr."""
+    if args.verbose:
+        level = logging.DEBUG
+    elif getattr(args, "log_level", None):
+        level = getattr(logging, args.log_level.upper())
+    else:
+        level = getattr(args, "default_log_level", logging.WARNING)
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if getattr(args, "log_file", None):
+        path = Path(args.log_file).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else getattr(args, "log_level", logging.WARNING), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_role_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.role_flags = rest
+    setup_logging(args)
     try:
         args.func(args)
     except CliError as exc:

@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Awaitable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 
 class CliError(Exception):
     """A failure to report to the user as one line."""
 
 
+def emit(args: argparse.Namespace, payload: Any, human: Callable[[], None]) -> None:
+    """``payload`` as JSON with ``--json``, else what ``human`` prints."""
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        human()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def add_chain_flags(parser: argparse.ArgumentParser) -> None:
+    """The chain and wallet flags every role shares, and its logging flags."""
+    logs = parser.add_argument_group("logging")
+    logs.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="log level (default: info for the roles, warning otherwise)")
+    logs.add_argument("--log-file", default=None, help="also append the log to this file")
     group = parser.add_argument_group("chain and wallet")
     group.add_argument("--network", default="finney", help="finney | test | local | ws://host:port | localnet:DIR")
     group.add_argument("--netuid", type=int, required=True, help="the subnet")
@@ -75,11 +91,12 @@ def model_pairs(flag: str, items: list[str], models) -> list[tuple[str, str]]:
     return pairs
 
 
-def load_model_list(path: str | None):
+def load_model_list(path: str | None, network: str):
+    """``--model-list`` when given, else the repo's list for the network."""
     from models import subnet as model_list
 
     try:
-        return model_list.load(Path(path)) if path else model_list.load()
+        return model_list.load(Path(path).expanduser() if path else model_list.for_network(network))
     except ValueError as exc:
         raise CliError(str(exc)) from exc
 

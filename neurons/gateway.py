@@ -21,7 +21,9 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--db", default=DEFAULT_DB, help="SQLite file: API keys and the usage ledger")
-    p.add_argument("--model-list", default=None, help="the subnet's model list (default: the one in the repo)")
+    p.add_argument(
+        "--model-list", default=None, help="the subnet's model list (default: models/lists/NETWORK.json; it must match the hash the owner published)"
+    )
     p.add_argument(
         "--tokenizer",
         action="append",
@@ -40,7 +42,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--first-token-timeout", type=float, default=15.0, help="seconds to the first token before trying another miner")
     p.add_argument("--stall-timeout", type=float, default=10.0, help="seconds without a chunk mid-stream before continuing on another miner")
     p.add_argument("--sync-interval", type=float, default=12.0, help="seconds between metagraph reads")
-    p.set_defaults(func=cmd_gateway, log_level=logging.INFO)
+    p.set_defaults(func=cmd_gateway, default_log_level=logging.INFO)
 
     keys = groups.add_parser("keys", help="the gateway's API keys").add_subparsers(dest="command", required=True)
     create = keys.add_parser("create", help="create a key (printed once; only its hash is stored)")
@@ -138,8 +140,11 @@ def build_config(args: argparse.Namespace):
     from gateway.service import GatewayConfig
     from models.prepare import default_cache_dir
 
-    models = load_model_list(args.model_list)
+    models = load_model_list(args.model_list, args.network)
     tokenizers = dict(model_pairs("--tokenizer", args.tokenizer, models))
+    for model_id, folder in tokenizers.items():
+        if not (Path(folder).expanduser() / "tokenizer_config.json").is_file():
+            raise CliError(f"--tokenizer {model_id}={folder}: no tokenizer there (a model folder with tokenizer_config.json)")
     if not tokenizers:
         tokenizers = {m.id: model_folder(m.source, default_cache_dir()) for m in models.models}
     if not 0 <= args.verify_share <= 1:

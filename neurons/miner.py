@@ -18,6 +18,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8091, help="port of the miner's HTTP endpoint")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--external-ip", default="127.0.0.1", help="IPv4 address announced on chain (your public address on a real network)")
+    p.add_argument("--external-port", type=int, default=None, help="port announced on chain, where a port mapping forwards to --port (default: --port)")
     engine = p.add_argument_group("engine", "start and supervise a vLLM server on loopback, or attach to one with --engine-url")
     engine.add_argument("--engine-url", default=None, help="attach to this running vLLM OpenAI server (it must serve the declared model id)")
     engine.add_argument("--engine-port", type=int, default=0, help="loopback port for the started engine (0: any free port)")
@@ -33,7 +34,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     limits.add_argument("--min-stake", type=float, default=1000.0, help="TAO a caller without a validator permit must hold")
     limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
     p.add_argument("--metagraph-interval", type=float, default=12.0, help="seconds between metagraph refreshes")
-    p.set_defaults(func=cmd_miner, log_level=logging.INFO)
+    p.set_defaults(func=cmd_miner, default_log_level=logging.INFO)
 
 
 def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple[str, str, Optional[str], Optional[str], Optional[int]]:
@@ -82,6 +83,7 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (impo
             port=args.port,
             host=args.host,
             external_ip=args.external_ip,
+            external_port=args.external_port,
             engine=engine,
             engine_url=args.engine_url,
             model_id=model_id,

@@ -15,7 +15,9 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     )
     add_chain_flags(p)
     p.add_argument("--state-dir", default="~/.slmnet/validator", help="SQLite state, rounds.jsonl, wandb runs")
-    p.add_argument("--model-list", default=None, help="the subnet's model list (default: the one in the repo)")
+    p.add_argument(
+        "--model-list", default=None, help="the subnet's model list (default: models/lists/NETWORK.json; it must match the hash the owner published)"
+    )
     p.add_argument("--reference", action="append", default=[], metavar="ID=URL", help="attach to a running reference vLLM server for model ID (repeatable)")
     p.add_argument(
         "--tokenizer",
@@ -36,7 +38,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
     p.add_argument("--organic-from", default=None, metavar="DB", help="a gateway's --db: verify the user answers it samples (its organic outbox) each round")
     p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds in the state (smoke runs)")
-    p.set_defaults(func=cmd_validator, log_level=logging.INFO)
+    p.set_defaults(func=cmd_validator, default_log_level=logging.INFO)
 
 
 def build_config(args: argparse.Namespace):
@@ -44,7 +46,7 @@ def build_config(args: argparse.Namespace):
     from models.prepare import default_cache_dir
     from validator.service import ValidatorConfig
 
-    models = load_model_list(args.model_list)
+    models = load_model_list(args.model_list, args.network)
     references = [(model_id, url.rstrip("/")) for model_id, url in model_pairs("--reference", args.reference, models)]
     engines = []
     for model_id in args.serve_reference:

@@ -28,7 +28,8 @@ from engine import Engine, EngineSpec
 from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, update
 from scoring.weights import to_weights
 from validator.challenges import round_seed
-from models.subnet import ModelList
+from models.subnet import ModelList, ModelListMismatch, check_on_chain
+from protocol.version import VERSION_KEY, __version__
 from validator.organic import Outbox, verify_samples
 from validator.query import Timeouts
 from validator.rounds import RoundReport, Target, run_round
@@ -118,31 +119,10 @@ class Validator:
         report.scores = {uid: score * self.config.models.get(models[uid]).reward for uid, score in report.scores.items()}
         if self.outbox is not None:
             await verify_samples(self.outbox, self.store, ready)
-        for uid, hotkey, passed, reasons in self.store.take_organic(round_index):
-            # A user's answer that failed verification (sampled by our gateway) counts like a failed challenge.
-            if not passed and uid in report.scores and graph.uid(uid).hotkey == hotkey:
-                log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
-                report.scores[uid] = 0.0
-                report.fidelity_failed.add(uid)
+        self._organic_verdicts(round_index, graph, report)
         standings = self.apply(round_index, graph, report)
         effective = self.effective(standings, round_index + 1)
-        rows = [
-            (
-                round_index,
-                r.uid,
-                r.hotkey,
-                r.family,
-                r.outcome.kind,
-                None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed),
-                "; ".join(r.reasons) or r.detail or None,
-                r.outcome.correct,
-                r.outcome.speed.ttft if r.outcome.speed else None,
-                r.outcome.speed.tokens_per_s if r.outcome.speed else None,
-                r.outcome.speed.tokens if r.outcome.speed else None,
-                None if r.streamed is None else int(r.streamed),
-            )
-            for r in report.results
-        ]
+        rows = [_result_row(round_index, r) for r in report.results]
         summary = {
             "round": round_index,
             "block": graph.block,
@@ -157,6 +137,14 @@ class Validator:
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows)
         self._log(summary, report)
         return effective, graph.tempo
+
+    def _organic_verdicts(self, round_index: int, graph, report: RoundReport) -> None:
+        """A user's answer that failed verification (sampled by our gateway) counts like a failed challenge."""
+        for uid, hotkey, passed, reasons in self.store.take_organic(round_index):
+            if not passed and uid in report.scores and graph.uid(uid).hotkey == hotkey:
+                log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
+                report.scores[uid] = 0.0
+                report.fidelity_failed.add(uid)
 
     def _log(self, summary: dict[str, Any], report: RoundReport) -> None:
         with self.journal.open("a") as f:
@@ -196,7 +184,7 @@ class Validator:
             log.info("no miner has a positive standing yet; no weights set")
             return None
         try:
-            (await on_chain("setting weights", lambda: net.set_weights(self.wallet, self.config.chain.netuid, weights))).raise_for_failure()
+            (await on_chain("setting weights", lambda: net.set_weights(self.wallet, self.config.chain.netuid, weights, VERSION_KEY))).raise_for_failure()
         except chain.RateLimited as exc:
             log.info("weights rate-limited, will retry: %s", exc)
             return None
@@ -233,6 +221,7 @@ class Validator:
                 await net.uid_of(self.config.chain.netuid, self.keypair.ss58_address)
             except chain.NotRegistered as exc:
                 raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
+            await self._check_subnet(net)
             self._start_wandb()
             tasks = [asyncio.create_task(supervise(f"reference engine {name}", lambda e=e: e.run(session))) for name, e in engines.items()]
             metrics_runner = await self._serve_metrics()
@@ -259,6 +248,21 @@ class Validator:
                 if self._wandb is not None:
                     self._wandb.finish()
                 self.store.close()
+
+    async def _check_subnet(self, net: chain.Chain) -> None:
+        """Refuse to start with a model list or a version the subnet does not accept."""
+        netuid = self.config.chain.netuid
+        required = await on_chain("reading the weights version", lambda: net.weights_version(netuid))
+        if VERSION_KEY < required:
+            raise ValidatorStartupError(
+                f"subnet {netuid} requires version key {required}; this is slmnet {__version__} (key {VERSION_KEY}): upgrade with `git pull && make install`"
+            )
+        try:
+            warning = await on_chain("reading the model list's hash", lambda: check_on_chain(net, netuid, self.config.models))
+        except ModelListMismatch as exc:
+            raise ValidatorStartupError(str(exc)) from exc
+        if warning:
+            log.warning(warning)
 
     async def _round_and_weights(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> None:
         """One round and a weights attempt; a failure is logged and the loop goes on to the next round."""
@@ -346,3 +350,13 @@ async def run_validator(config: ValidatorConfig) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     (config.state_dir / "config.json").write_text(json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=2))
     await Validator(config).run(stop)
+
+
+def _result_row(round_index: int, r) -> tuple:
+    """One challenge's result as the store's ``results`` row."""
+    speed = r.outcome.speed
+    fidelity = None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed)
+    detail = "; ".join(r.reasons) or r.detail or None
+    streamed = None if r.streamed is None else int(r.streamed)
+    timing = (speed.ttft, speed.tokens_per_s, speed.tokens) if speed else (None, None, None)
+    return (round_index, r.uid, r.hotkey, r.family, r.outcome.kind, fidelity, detail, r.outcome.correct, *timing, streamed)

@@ -15,20 +15,16 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 
-import bittensor_core
 from bittensor._transport.contract import CallBytes, UnsignedExtrinsic
 from bittensor.balance import Balance
 from bittensor.result import ChainError, ExtrinsicResult
 from bittensor.sp_core import ss58_decode
-from Crypto.Cipher import ChaCha20_Poly1305
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
-from . import codec, epoch, reads, runtime, store
-from .runtime import Context, DispatchError
+from . import codec, epoch, pool, reads, runtime, store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,7 +105,7 @@ class LocalnetSubstrate:
         number = head if block is None else int(block)
         if number > head or number < 0:
             return None
-        return _hash_of_block(genesis, number)
+        return pool.hash_of_block(genesis, number)
 
     async def block_time(self) -> float:
         return self._require()[1].block_time
@@ -127,7 +123,11 @@ class LocalnetSubstrate:
                 return None
             rows = conn.execute("SELECT * FROM extrinsics WHERE block = ? ORDER BY idx", (number,)).fetchall()
             return {
-                "header": {"number": number, "hash": _hash_of_block(genesis, number), "parentHash": _hash_of_block(genesis, number - 1) if number else None},
+                "header": {
+                    "number": number,
+                    "hash": pool.hash_of_block(genesis, number),
+                    "parentHash": pool.hash_of_block(genesis, number - 1) if number else None,
+                },
                 "extrinsics": [
                     {"extrinsic_hash": r["hash"], "address": r["signer"], "call": {"call_module": r["module"], "call_function": r["function"]}} for r in rows
                 ],
@@ -142,7 +142,7 @@ class LocalnetSubstrate:
             number = int(block_hash.removeprefix("0x")[:16], 16)
         except ValueError:
             return None
-        return number if _hash_of_block(genesis, number) == block_hash else None
+        return number if pool.hash_of_block(genesis, number) == block_hash else None
 
     async def query(self, module: str, storage_function: str, params: Optional[list] = None, block_hash: Optional[str] = None) -> Any:
         if (module, storage_function) == ("MevShield", "NextKey"):
@@ -182,7 +182,7 @@ class LocalnetSubstrate:
         while True:
             head = store.current_block(genesis)
             for number in range(last + 1, head + 1):
-                yield {"header": {"number": number, "hash": _hash_of_block(genesis, number)}}
+                yield {"header": {"number": number, "hash": pool.hash_of_block(genesis, number)}}
             last = head
             await asyncio.sleep(genesis.block_time / 2)
 
@@ -240,7 +240,7 @@ class LocalnetSubstrate:
         try:
             parsed = codec.Extrinsic.decode(extrinsic.data)
         except ValueError as exc:
-            return _pool_rejection(f"Invalid Transaction: {exc}")
+            return pool.rejection(f"Invalid Transaction: {exc}")
         return await self._submit_extrinsic(parsed)
 
     async def prepare(
@@ -291,7 +291,7 @@ class LocalnetSubstrate:
 
         def read(conn: sqlite3.Connection, head: int) -> Optional[ExtrinsicResult]:
             row = conn.execute("SELECT * FROM extrinsics WHERE hash = ? AND block = ?", (extrinsic_hash, number)).fetchone()
-            return None if row is None else _result_of(row, self._require()[1])
+            return None if row is None else pool.result_of(row, self._require()[1])
 
         return await self._read(read)
 
@@ -305,140 +305,21 @@ class LocalnetSubstrate:
 
     async def _submit_extrinsic(self, extrinsic: codec.Extrinsic) -> ExtrinsicResult:
         conn, genesis = self._require()
-        payload = codec.signing_payload(
-            extrinsic.call_data, signer=extrinsic.signer, nonce=extrinsic.nonce, era=extrinsic.era, genesis_hash=genesis.genesis_hash
-        )
-        if not _signature_ok(payload, extrinsic.signature, extrinsic.signer):
-            log.warning("rejected extrinsic from %s: bad signature", extrinsic.signer)
-            return _pool_rejection("Invalid Transaction: Transaction has a bad signature")
-        try:
-            codec.decode_call(extrinsic.call_data)
-        except ValueError as exc:
-            return _pool_rejection(f"Invalid Transaction: {exc}")
+        if (rejected := pool.admit(extrinsic, genesis)) is not None:
+            return pool.rejection(rejected)
 
         def work() -> ExtrinsicResult | str:
             with self._lock, store.write(conn):
                 block = store.current_block(genesis)
                 epoch.catch_up(conn, block)
-                outcome = self._apply(conn, block, extrinsic)
+                outcome = pool.apply(conn, genesis, self._mev_key, block, extrinsic)
                 if isinstance(outcome, str):
                     return outcome
                 row = conn.execute("SELECT * FROM extrinsics WHERE hash = ?", (extrinsic.hash,)).fetchone()
-                return _result_of(row, genesis)
+                return pool.result_of(row, genesis)
 
         outcome = await asyncio.to_thread(work)
         if isinstance(outcome, str):
             log.warning("rejected extrinsic from %s: %s", extrinsic.signer, outcome)
-            return _pool_rejection(outcome)
+            return pool.rejection(outcome)
         return outcome
-
-    def _apply(self, conn: sqlite3.Connection, block: int, extrinsic: codec.Extrinsic) -> Optional[str]:
-        """Apply one extrinsic in ``block``; a pool rejection message, or None once recorded."""
-        free, nonce = runtime.account(conn, extrinsic.signer)
-        if extrinsic.nonce < nonce:
-            return "Invalid Transaction: Transaction is outdated (stale nonce)"
-        if extrinsic.nonce > nonce:
-            return "Invalid Transaction: Transaction will be valid in the future (nonce too high)"
-        if conn.execute("SELECT 1 FROM extrinsics WHERE hash = ?", (extrinsic.hash,)).fetchone():
-            return "Invalid Transaction: Transaction Already Imported"
-        runtime.set_account(conn, extrinsic.signer, free, nonce + 1)
-        module, function, params = codec.decode_call(extrinsic.call_data)
-        ctx = Context(conn=conn, block=block, events=[])
-        inner: Optional[codec.Extrinsic] = None
-        conn.execute("SAVEPOINT dispatch")
-        try:
-            if (module, function) == ("MevShield", "submit_encrypted"):
-                inner = self._decrypt(params["ciphertext"])
-                ctx.emit("MevShield", "EncryptedSubmitted", who=extrinsic.signer)
-            else:
-                runtime.dispatch(ctx, extrinsic.signer, module, function, params)
-            error = None
-            conn.execute("RELEASE dispatch")
-        except DispatchError as exc:
-            conn.execute("ROLLBACK TO dispatch")
-            conn.execute("RELEASE dispatch")
-            log.info("extrinsic %s.%s from %s failed: %s", module, function, extrinsic.signer, exc)
-            error = {"type": "Module", "name": exc.name, "docs": [exc.docs]}
-            ctx.events = []
-        idx = conn.execute("SELECT COUNT(*) FROM extrinsics WHERE block = ?", (block,)).fetchone()[0]
-        outcome_event = {"module_id": "System", "event_id": "ExtrinsicSuccess" if error is None else "ExtrinsicFailed", "attributes": {}}
-        conn.execute(
-            "INSERT INTO extrinsics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                extrinsic.hash,
-                block,
-                idx,
-                extrinsic.signer,
-                module,
-                function,
-                int(error is None),
-                codec.to_json(error),
-                codec.to_json(ctx.events + [outcome_event]),
-            ),
-        )
-        if inner is not None:
-            rejected = self._verify_and_apply(conn, block, inner)
-            if rejected:
-                log.warning("shielded inner extrinsic from %s dropped: %s", inner.signer, rejected)
-        return None
-
-    def _verify_and_apply(self, conn: sqlite3.Connection, block: int, extrinsic: codec.Extrinsic) -> Optional[str]:
-        genesis = self._require()[1]
-        payload = codec.signing_payload(
-            extrinsic.call_data, signer=extrinsic.signer, nonce=extrinsic.nonce, era=extrinsic.era, genesis_hash=genesis.genesis_hash
-        )
-        if not _signature_ok(payload, extrinsic.signature, extrinsic.signer):
-            return "bad signature"
-        return self._apply(conn, block, extrinsic)
-
-    def _decrypt(self, blob: bytes) -> codec.Extrinsic:
-        """Open a MEV-shield carrier: [key_hash 16][u16 kem_len][kem_ct][nonce 24][aead_ct]."""
-        assert self._mev_key is not None
-        try:
-            blob = bytes(blob)
-            kem_len = int.from_bytes(blob[16:18], "little")
-            kem_ct = blob[18 : 18 + kem_len]
-            nonce = blob[18 + kem_len : 18 + kem_len + 24]
-            sealed = blob[18 + kem_len + 24 :]
-            key = self._mev_key.decapsulate(kem_ct)
-            plain = ChaCha20_Poly1305.new(key=key, nonce=nonce).decrypt_and_verify(sealed[:-16], sealed[-16:])
-            return codec.Extrinsic.decode(plain)
-        except (ValueError, KeyError) as exc:
-            raise DispatchError("DecryptionFailed", f"The shielded payload could not be decrypted: {exc}") from exc
-
-
-def _signature_ok(payload: bytes, signature: bytes, signer: str) -> bool:
-    try:
-        return bool(bittensor_core.verify(payload, signature, signer))
-    except Exception:  # malformed address or signature bytes: not a valid signature
-        return False
-
-
-def _hash_of_block(genesis: store.Genesis, number: int) -> str:
-    """32 bytes: the block number (8, big-endian) then 24 bytes bound to this chain's genesis,
-    so a hash maps back to its number without a search."""
-    digest = blake2b(f"{genesis.genesis_hash}:{number}".encode(), digest_size=24).hexdigest()
-    return f"0x{number:016x}{digest}"
-
-
-def _pool_rejection(message: str) -> ExtrinsicResult:
-    return ExtrinsicResult(success=False, message=message, error=ChainError(message))
-
-
-def _result_of(row: sqlite3.Row, genesis: store.Genesis) -> ExtrinsicResult:
-    block_hash = _hash_of_block(genesis, int(row["block"]))
-    extrinsic_id = f"{row['block']}-{row['idx']:04d}"
-    events = codec.from_json(row["events"])
-    if row["success"]:
-        return ExtrinsicResult(success=True, message="Success", block_hash=block_hash, extrinsic_id=extrinsic_id, fee=Balance.from_rao(0), events=events)
-    error = codec.from_json(row["error"])
-    text = " ".join(error.get("docs") or [error["name"]])
-    return ExtrinsicResult(
-        success=False,
-        message=text,
-        block_hash=block_hash,
-        extrinsic_id=extrinsic_id,
-        fee=Balance.from_rao(0),
-        events=events,
-        error=ChainError(text, error["name"]),
-    )

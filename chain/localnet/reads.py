@@ -301,6 +301,11 @@ def _metagraph(conn, block, params):
         return [_u16(s.get(name, 0.0)) for s in scores]
 
     stake = [stakes.get(r["hotkey"], 0) for r in rows]
+    return {**_subnet_fields(netuid, block, hp, state, len(rows)), **_neuron_fields(rows, score, [int(s.get("emission", 0)) for s in scores], stake)}
+
+
+def _subnet_fields(netuid: int, block: int, hp: dict, state: dict, num_uids: int) -> dict:
+    """The subnet-wide half of ``get_metagraph``: identity, hyperparameters, epoch position."""
     return {
         "netuid": netuid,
         "name": list(state["name"].encode()),
@@ -319,7 +324,7 @@ def _metagraph(conn, block, params):
         "tao_in": 0,
         "alpha_in_emission": hp["emission_per_block"],
         "moving_price": {"bits": 0},
-        "num_uids": len(rows),
+        "num_uids": num_uids,
         "max_uids": hp["max_uids"],
         "kappa": hp["kappa"],
         "min_allowed_weights": hp["min_allowed_weights"],
@@ -329,6 +334,12 @@ def _metagraph(conn, block, params):
         "max_validators": hp["max_allowed_validators"],
         "immunity_period": hp["immunity_period"],
         "commit_reveal_weights_enabled": hp["commit_reveal_weights_enabled"],
+    }
+
+
+def _neuron_fields(rows: list, score: Callable[[str], list[int]], emission: list[int], stake: list[int]) -> dict:
+    """The per-uid half of ``get_metagraph``: one list per field, in uid order."""
+    return {
         "hotkeys": [r["hotkey"] for r in rows],
         "coldkeys": [r["coldkey"] for r in rows],
         "identities": [None for _ in rows],
@@ -337,7 +348,7 @@ def _metagraph(conn, block, params):
         "validator_permit": [bool(r["validator_permit"]) for r in rows],
         "pruning_score": score("pruning_score"),
         "last_update": [int(r["last_update"]) for r in rows],
-        "emission": [int(s.get("emission", 0)) for s in scores],
+        "emission": emission,
         "dividends": score("dividends"),
         "incentives": score("incentive"),
         "consensus": score("consensus"),

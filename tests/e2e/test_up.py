@@ -2,8 +2,9 @@
 
 Localnet, two miners serving SmolLM2-135M-Instruct, one serving the tiny model, a
 validator with its reference engines and a gateway, each a separate process; it passes
-when the chain's incentive ranks both SmolLM2 miners above the tiny one and the gateway
-answers a question, and it leaves no process behind.
+when the gateway answers a question, the chain's incentive then ranks both SmolLM2 miners
+above the tiny one, `slmnet doctor` passes on every role with its own flags, and it leaves
+no process behind.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def test_slmnet_up_smoke_ranks_smollm2_above_tiny_and_answers_through_the_gatewa
     assert result["model"] == "slmnet/SmolLM2-135M-Instruct-Q4_1" and result["answer"].strip()
     assert min(result["incentive"]["smollm2-a"], result["incentive"]["smollm2-b"]) > result["incentive"]["tiny"]
     assert result["memory_gib"] < 12
+    assert result["doctor"] and not any(result["doctor"].values()), result["doctor"]  # slmnet doctor passes on every role, with its own flags
     leftovers = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before and str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert not leftovers
     print(json.dumps(result))

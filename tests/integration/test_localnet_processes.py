@@ -56,7 +56,9 @@ def test_two_processes_writing_at_once_lose_nothing(localnet, tmp_path):
 
 
 def slmnet(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "neurons.cli", *args], env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "neurons.cli", *args], env=_env(tmp_path), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
 
 
 def test_cli_creates_funds_stakes_and_reports(tmp_path):
@@ -84,13 +86,15 @@ def test_cli_creates_funds_stakes_and_reports(tmp_path):
         "hk",
         "--json",
     ]
-    registered = slmnet(tmp_path, "register", *flags)
+    unconfirmed = slmnet(tmp_path, "register", *flags)  # no terminal to ask on, no --yes: nothing burned
+    assert unconfirmed.returncode == 1 and "burns 1 TAO from coldkey val (it holds 50 TAO); pass --yes" in unconfirmed.stderr, unconfirmed.stderr
+    registered = slmnet(tmp_path, "register", *flags, "--yes")
     assert registered.returncode == 0, registered.stderr
     assert json.loads(registered.stdout) == {"netuid": 1, "uid": 0, "hotkey": wallet["hotkey_ss58"]}
     assert json.loads(slmnet(tmp_path, "register", *flags).stdout)["uid"] == 0  # already registered: nothing paid twice
     broke = slmnet(tmp_path, "wallet", "create", "--path", str(tmp_path / "w"), "--name", "broke", "--hotkey", "hk", "--json")
     assert broke.returncode == 0
-    unpaid = slmnet(tmp_path, "register", *flags[:6], "--wallet-name", "broke", "--wallet-hotkey", "hk")
+    unpaid = slmnet(tmp_path, "register", *flags[:6], "--wallet-name", "broke", "--wallet-hotkey", "hk", "--yes")
     assert unpaid.returncode == 1 and "Registration costs 1.0 TAO; the coldkey has 0.0 TAO" in unpaid.stderr
     staked = slmnet(
         tmp_path, "localnet", "stake", "--dir", directory, "--coldkey", wallet["coldkey_ss58"], "--hotkey", wallet["hotkey_ss58"], "--tao", "20", "--json"

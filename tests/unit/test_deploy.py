@@ -1,0 +1,61 @@
+"""The systemd units and the pm2 file under deploy/ start what `slmnet` accepts: each unit
+parses, its ExecStart (with the variables of its env file) parses with slmnet's own parser
+as the role it names, and so does every pm2 app's command line."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from neurons.cli import build_parser
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ROLES = ("miner", "validator", "gateway")
+
+
+def _env(path: Path) -> dict[str, str]:
+    """An EnvironmentFile as systemd reads it: KEY=VALUE lines, whole-line # comments only."""
+    pairs = (line.partition("=") for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    return {k.strip(): v for k, sep, v in pairs if sep}
+
+
+def _parses_as(role: str, argv: list[str]) -> None:
+    args, rest = build_parser().parse_known_args(argv)
+    assert args.group == role and not rest, (role, rest)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_systemd_unit_runs_the_role_with_flags_slmnet_accepts(role):
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str
+    unit.read(DEPLOY / "systemd" / f"slmnet-{role}.service")
+    assert {"Unit", "Service", "Install"} <= set(unit.sections())
+    service = unit["Service"]
+    assert service["Restart"] == "always" and service["KillSignal"] == "SIGTERM"
+    env_file = service["EnvironmentFile"]
+    assert env_file == f"/etc/slmnet/{role}.env"
+    env = _env(DEPLOY / "systemd" / f"{role}.env")
+    used = set(re.findall(r"\$\{(\w+)\}", service["ExecStart"]))
+    assert used <= set(env), f"{role}.env lacks {used - set(env)}"
+    argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], service["ExecStart"]))
+    assert argv[0].endswith("/.venv/bin/slmnet")
+    _parses_as(role, argv[1:])
+
+
+def test_pm2_ecosystem_runs_every_role_with_flags_slmnet_accepts():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: pm2 files are JavaScript")
+    script = f"console.log(JSON.stringify(require({json.dumps(str(DEPLOY / 'pm2' / 'ecosystem.config.js'))})))"
+    apps = json.loads(subprocess.run([node, "-e", script], capture_output=True, text=True, check=True, timeout=30).stdout)["apps"]
+    assert sorted(a["name"] for a in apps) == sorted(f"slmnet-{r}" for r in ROLES)
+    for app in apps:
+        assert app["script"].endswith("/.venv/bin/slmnet") and app["interpreter"] == "none" and app["autorestart"]
+        _parses_as(app["name"].removeprefix("slmnet-"), app["args"])
