@@ -8,29 +8,39 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.slmnet-installed
+# Where the CPU build of torch comes from when no local wheel is on this machine's pip
+# find-links (PyPI's torch is a CUDA build of several GB).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install browser lint test demo clean-venv
+.PHONY: install browser python-version lint test demo clean-venv
 
-install: $(STAMP) browser
+# The engine and every pin; `make test` adds the browser its dashboard test drives.
+install: $(STAMP)
+
+python-version:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || \
+		{ echo "slmnet needs Python 3.11 (the engine and the lock are built for it); found: $$($(PYTHON) --version 2>&1). Run: make PYTHON=python3.11 $(MAKECMDGOALS)"; exit 1; }
 
 # The dashboard test drives Debian's chromium through Playwright (no browser download).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
-# The order matters on CPU machines: the local CPU build of torch first (otherwise
-# pip pulls gigabytes of CUDA packages), then the lock with --no-deps (it leaves out
-# torchvision/torchaudio/torchcodec, which break `import vllm`, and the 1 GB triton
-# that the CPU engine never uses), then slmnet itself in editable mode.
-$(STAMP): requirements/cpu.lock pyproject.toml
+# The order matters on CPU machines: the CPU build of torch first (a local wheel when
+# pip's find-links hold one, else the PyTorch CPU index; PyPI's would pull gigabytes of
+# CUDA packages), then the lock with --no-deps (it holds torch's own dependencies and
+# leaves out torchvision/torchaudio/torchcodec, which break `import vllm`, and the 1 GB
+# triton that the CPU engine never uses), then slmnet itself in editable mode.
+$(STAMP): requirements/cpu.lock pyproject.toml | python-version
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet --no-deps --no-index torch==2.13.0 2>/dev/null || \
+		$(PIP) install --quiet --no-deps --index-url $(TORCH_CPU_INDEX) torch==2.13.0
 	$(PIP) install --quiet --no-deps -r requirements/cpu.lock
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -c "import vllm, bittensor, chain, limits, playwright.sync_api, openai"
 	touch $(STAMP)
 
-test: install lint
+test: install browser lint
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
