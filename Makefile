@@ -12,18 +12,20 @@ STAMP  := $(VENV)/.slmnet-installed
 # find-links (PyPI's torch is a CUDA build of several GB).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install browser python-version lint test demo clean-venv
+.PHONY: install system-packages python-version lint test demo clean-venv
 
-# The engine and every pin; `make test` adds the browser its dashboard test drives.
+# The engine and every pin; `make test` adds the system packages its tests start.
 install: $(STAMP)
 
 python-version:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || \
 		{ echo "slmnet needs Python 3.11 (the engine and the lock are built for it); found: $$($(PYTHON) --version 2>&1). Run: make PYTHON=python3.11 $(MAKECMDGOALS)"; exit 1; }
 
-# The dashboard test drives Debian's chromium through Playwright (no browser download).
-browser:
-	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+# The tests' system services, from Debian: chromium for the dashboard test (driven by
+# Playwright, no browser download) and redis-server for the gateway's shared limits.
+system-packages:
+	@command -v chromium >/dev/null && command -v redis-server >/dev/null || \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium redis-server)
 
 # The order matters on CPU machines: the CPU build of torch first (a local wheel when
 # pip's find-links hold one, else the PyTorch CPU index; PyPI's would pull gigabytes of
@@ -40,7 +42,7 @@ $(STAMP): requirements/cpu.lock pyproject.toml | python-version
 	$(PY) -c "import vllm, bittensor, chain, limits, playwright.sync_api, openai"
 	touch $(STAMP)
 
-test: install browser lint
+test: install system-packages lint
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)

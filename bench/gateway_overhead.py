@@ -9,7 +9,7 @@ answer, the SQLite ledger. The load generator (a third process) sends requests o
 at each rate for ``--seconds`` and measures each one to its last byte, first straight to
 the upstream, then through the gateway, alternating rates so drift hits both alike.
 
-    python bench/gateway_overhead.py [--rates 100,500,1000] [--seconds 5] [--json]
+    python bench/gateway_overhead.py [--rates 100,500,1000] [--seconds 5] [--workers N] [--json]
 
 On a 2-core machine the three processes share the cores: the figures include that.
 """
@@ -20,6 +20,8 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,23 +92,25 @@ def _serve_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str) -> None:
-    """The real gateway app, routed to the stand-in as one miner of large capacity."""
+def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str, redis_url: str | None = None, worker: str = "") -> None:
+    """The real gateway app, routed to the stand-in as one miner of large capacity; with
+    ``redis_url`` one of several workers on the port, its limits in Redis."""
     import uvloop
     from bittensor.sp_core import Keypair
 
     from gateway.router import MinerView, Router
     from gateway.server import create_app
-    from gateway.state import GatewayState
+    from gateway.state import GatewaySettings, GatewayState
     from gateway.store import Store
     from gateway.tokens import TokenCounter
 
     keypair = Keypair.create_from_uri("//slmnet-bench")
     router = Router(explore=0.05)
     router.update_from_chain([MinerView(1, keypair.ss58_address, upstream, MODEL, capacity=100_000, incentive=1.0)])
-    state = GatewayState(store=Store(Path(db)), router=router, counters={MODEL: TokenCounter(tokenizer)}, keypair=keypair)
+    settings = GatewaySettings(redis_url=redis_url, worker=worker)
+    state = GatewayState(store=Store(Path(db)), router=router, counters={MODEL: TokenCounter(tokenizer)}, keypair=keypair, settings=settings)
     uvloop.install()
-    web.run_app(create_app(state), host="127.0.0.1", port=port, print=None, access_log=None)
+    web.run_app(create_app(state), host="127.0.0.1", port=port, print=None, access_log=None, reuse_port=bool(worker))
 
 
 async def _load(url: str, key: str, rate: float, seconds: float, stream: bool) -> tuple[list[float], int]:
@@ -168,56 +172,78 @@ def main() -> None:
     parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 500.0, 1000.0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--max-rate-steps", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0])
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes on the port; above 1 their limits are in a redis-server the bench starts")
     parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:
+        rows, held = _run(args, Path(tmp_name))
+    _report(rows, held, args.json, args.workers)
 
+
+def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
+    """The stand-in upstream and a gateway in front of it as processes; each rate direct, then
+    through the gateway; then the highest rate the gateway holds with p99 under 10 ms."""
     from gateway.store import Store
     from models.tiny import build_tiny
 
     spawn = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        build_tiny(tmp / "tiny", seed=0)
-        key, _ = Store(tmp / "gateway.sqlite").create_key("bench")
-        upstream_port, gateway_port = free_port(), free_port()
-        upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
-        processes = [
-            spawn.Process(target=_serve_upstream, args=(upstream_port,), daemon=True),
-            spawn.Process(target=_serve_gateway, args=(gateway_port, upstream_url, str(tmp / "gateway.sqlite"), str(tmp / "tiny")), daemon=True),
-        ]
+    build_tiny(tmp / "tiny", seed=0)
+    # Limits that never bind but are checked on every request (in Redis with workers, as deployed).
+    key, _ = Store(tmp / "gateway.sqlite").create_key("bench", rpm=10**7, tpm=10**9)
+    upstream_port, gateway_port = free_port(), free_port()
+    upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
+    redis = _redis(tmp) if args.workers > 1 else None
+    gateway_args = (gateway_port, upstream_url, str(tmp / "gateway.sqlite"), str(tmp / "tiny"))
+    workers = [("", None)] if redis is None else [(f"w{i}", redis[1]) for i in range(args.workers)]
+    processes = [spawn.Process(target=_serve_upstream, args=(upstream_port,), daemon=True)]
+    processes += [spawn.Process(target=_serve_gateway, args=(*gateway_args, url, name), daemon=True) for name, url in workers]
+    for p in processes:
+        p.start()
+    try:
+        for p in processes[1:]:
+            wait_ready(gateway_url + "/health", p)  # imports (transformers, bittensor) take seconds
+        for stream in (False, True):  # warm both paths
+            _measure(gateway_url, key, 50, 1, stream)
+            _measure(upstream_url, key, 50, 1, stream)
+        rows = []
+        for stream in (False, True):
+            for rate in args.rates:
+                direct = _measure(upstream_url, key, rate, args.seconds, stream)
+                through = _measure(gateway_url, key, rate, args.seconds, stream)
+                added = {"added_p50_ms": through["p50_ms"] - direct["p50_ms"], "added_p99_ms": through["p99_ms"] - direct["p99_ms"]}
+                rows.append({"stream": stream, "rate": rate, "direct": direct, "gateway": through, **added})
+        held = 0.0
+        for rate in args.max_rate_steps:
+            through = _measure(gateway_url, key, rate, args.seconds, False)
+            if through["errors"] or through["p99_ms"] >= 10.0:
+                break
+            held = rate
+        return rows, held
+    finally:
         for p in processes:
-            p.start()
-        try:
-            wait_ready(gateway_url + "/health", processes[1])  # imports (transformers, bittensor) take seconds
-            for stream in (False, True):  # warm both paths
-                _measure(gateway_url, key, 50, 1, stream)
-                _measure(upstream_url, key, 50, 1, stream)
-            rows = []
-            for stream in (False, True):
-                for rate in args.rates:
-                    direct = _measure(upstream_url, key, rate, args.seconds, stream)
-                    through = _measure(gateway_url, key, rate, args.seconds, stream)
-                    rows.append(
-                        {
-                            "stream": stream,
-                            "rate": rate,
-                            "direct": direct,
-                            "gateway": through,
-                            "added_p50_ms": through["p50_ms"] - direct["p50_ms"],
-                            "added_p99_ms": through["p99_ms"] - direct["p99_ms"],
-                        }
-                    )
-            held = 0.0
-            for rate in args.max_rate_steps:
-                through = _measure(gateway_url, key, rate, args.seconds, False)
-                if through["errors"] or through["p99_ms"] >= 10.0:
-                    break
-                held = rate
-        finally:
-            for p in processes:
-                p.terminate()
-                p.join()
+            p.terminate()
+            p.join()
+        if redis is not None:
+            redis[0].terminate()
+            redis[0].wait()
 
+
+def _redis(tmp: Path):
+    """A redis-server on a free port for the workers' limits: (process, URL)."""
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("redis-server did not start")
+
+
+def _report(rows: list[dict], held: float, as_json: bool, workers: int = 1) -> None:
+    print(f"gateway workers: {workers}" + (" (limits in Redis)" if workers > 1 else " (limits in memory)"))
     print("| stream | rate rps | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms | added p50 ms | added p99 ms | errors |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -226,13 +252,13 @@ def main() -> None:
             f"{r['gateway']['p99_ms']:.2f} | {r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['gateway']['errors']} |"
         )
     print(f"\nhighest rate held with gateway p99 < 10 ms (non-streaming): {held:.0f} rps")
-    figures = {"max_rate_p99_under_10ms_rps": held}
+    figures = {"workers": workers, "max_rate_p99_under_10ms_rps": held}
     for r in rows:
         tag = f"{'stream' if r['stream'] else 'whole'}_{r['rate']:.0f}rps"
         figures[f"added_p50_ms_{tag}"] = r["added_p50_ms"]
         figures[f"added_p99_ms_{tag}"] = r["added_p99_ms"]
         figures[f"gateway_to_direct_p50_ratio_{tag}"] = r["gateway"]["p50_ms"] / r["direct"]["p50_ms"]
-    if args.json:
+    if as_json:
         print(json.dumps(figures))
 
 

@@ -26,7 +26,7 @@ class Generation:
     finish_reason: Optional[str] = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
-    parts: list[list[Any]] = field(default_factory=list)  # [uid, hotkey, text chars at start]
+    parts: list[list[Any]] = field(default_factory=list)  # [uid, hotkey, text chars at start, tokens at start]
     failovers: int = 0
     first_answer: Optional[StreamFold] = None  # the first miner's whole answer, as it sent it (organic verification)
     usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete

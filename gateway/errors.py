@@ -6,8 +6,9 @@ HttpError
 ├── BadRequest, ModelNotFound, PayloadTooLarge    (shared: 400, 404, 413)
 ├── InvalidApiKey       401 missing, unknown or revoked key
 ├── RateLimited         429 over requests or tokens per minute (Retry-After)
-├── QuotaExceeded       429 the key's token quota is used up (no Retry-After: it does not refill)
+├── QuotaExceeded       402 the key's token quota is used up (not retryable: it refills only with its period)
 ├── NoMinerAvailable    503 no healthy miner serves the model right now (Retry-After)
+├── LimitsUnavailable   503 the shared rate-limit store (Redis) does not answer: fail closed (Retry-After)
 └── UpstreamFailed      502 every miner tried failed before the first token
 """
 
@@ -15,7 +16,18 @@ from __future__ import annotations
 
 from protocol.errors import BadRequest, HttpError, ModelNotFound, PayloadTooLarge
 
-__all__ = ["BadRequest", "HttpError", "InvalidApiKey", "ModelNotFound", "NoMinerAvailable", "PayloadTooLarge", "QuotaExceeded", "RateLimited", "UpstreamFailed"]
+__all__ = [
+    "BadRequest",
+    "HttpError",
+    "InvalidApiKey",
+    "LimitsUnavailable",
+    "ModelNotFound",
+    "NoMinerAvailable",
+    "PayloadTooLarge",
+    "QuotaExceeded",
+    "RateLimited",
+    "UpstreamFailed",
+]
 
 
 class InvalidApiKey(HttpError):
@@ -27,7 +39,11 @@ class RateLimited(HttpError):
 
 
 class QuotaExceeded(HttpError):
-    status, type, code = 429, "insufficient_quota", "insufficient_quota"
+    status, type, code = 402, "insufficient_quota", "insufficient_quota"
+
+
+class LimitsUnavailable(HttpError):
+    status, type, code = 503, "server_error", "limits_unavailable"
 
 
 class NoMinerAvailable(HttpError):

@@ -1,6 +1,8 @@
 """One request's answer, built across miners: failover before and after the first token, and the user's response.
 
-The HTTP status is held until the first token: a miner that fails before it is replaced
+The HTTP status is held until the first token (a stream that waits longer than
+``keepalive_s`` starts with 200 and SSE comments instead, which keep proxies from closing
+it; after that a failure ends it in-band): a miner that fails before it is replaced
 by the next candidate of the order the router drew, up to ``max_attempts``. A miner that
 dies, stalls or breaks the protocol after tokens went out is replaced too: the next miner
 serving the same model continues the same generation from the text already sent (an
@@ -55,11 +57,12 @@ class Relay:
         self.response: Optional[web.StreamResponse] = None
         self.head = Head(("chatcmpl-" if generation.chat else "cmpl-") + request["request_id"], int(time.time()), generation)
         self.last_progress = time.monotonic()
+        self.first_token = asyncio.Event()  # a token reached the user's answer: keep-alives stop
 
     def _headers(self) -> dict[str, str]:
         headers = {**request_headers(self.request), OVERHEAD_HEADER: f"{self.overhead_ms:.3f}"}
         if self.gen.parts:
-            headers[MINER_HEADER] = ",".join(str(uid) for uid, _, _ in self.gen.parts)  # the miners that answered, in turn
+            headers[MINER_HEADER] = ",".join(str(part[0]) for part in self.gen.parts)  # the miners that answered, in turn
         return headers
 
     async def _start_stream(self) -> None:
@@ -96,7 +99,7 @@ class Relay:
         sent = time.monotonic()
         first_token_at = None
         tokens_before = self.gen.upstream_tokens
-        self.gen.parts.append([miner.uid, miner.hotkey, len(self.gen.text)])
+        self.gen.parts.append([miner.uid, miner.hotkey, len(self.gen.text), self.gen.upstream_tokens])
         binding = TextBinding(self.state.counters[self.gen.model])
         async with contextlib.aclosing(miner_events(self.state, miner, body, fold, lambda: first_token_at is not None)) as chunks:
             async for chunk in chunks:
@@ -106,6 +109,7 @@ class Relay:
                     raise MinerFailed("violation", exc.reason) from exc
                 if first_token_at is None and self.gen.upstream_tokens > tokens_before:
                     first_token_at = time.monotonic()
+                    self.first_token.set()
                     self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
                     if self.user_stream and self.response is None:
                         await self._start_stream()
@@ -114,14 +118,40 @@ class Relay:
                     await self._write(user_event)
                 if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
                     self.last_progress = time.monotonic()
-                    self.state.store.progress(self.request["request_id"], self.state.counters[self.gen.model].completion(self.gen.text, None))
+                    self.state.store.progress(self.request["request_id"], completion_tokens(self.gen))
         if len(self.gen.parts) == 1:
             self.gen.first_answer = fold
         elapsed = time.monotonic() - sent
         produced = self.gen.upstream_tokens - tokens_before
         self.state.router.succeeded(miner, first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
 
+    async def _keepalive(self) -> None:
+        """While a stream waits for its first token, an SSE comment every ``keepalive_s``: proxies and
+        clients with idle timeouts keep the connection. Once it is sent the status is 200: a failure
+        after it ends the stream with finish_reason "error" and an error event."""
+        interval = self.state.settings.keepalive_s
+        while not self.first_token.is_set():
+            try:
+                await asyncio.wait_for(self.first_token.wait(), interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                if self.response is None:
+                    await self._start_stream()
+                await self.response.write(b": keep-alive\n\n")
+            except (ClientGone, ConnectionResetError, aiohttp.ClientConnectionResetError):
+                return  # the relay finds out at its next write
+
     async def run(self) -> web.StreamResponse:
+        keepalive = asyncio.create_task(self._keepalive()) if self.user_stream and self.state.settings.keepalive_s > 0 else None
+        try:
+            return await self._run()
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
+
+    async def _run(self) -> web.StreamResponse:
         tried: set[int] = set()
         failures: list[tuple[str, bool]] = []  # (what happened, whether it was only a full miner)
         busy_until = time.monotonic() + self.state.settings.busy_wait
@@ -179,6 +209,7 @@ class Relay:
         return await self._finish()
 
     async def _fail(self, failures: list[tuple[str, bool]]) -> web.StreamResponse:
+        self.first_token.set()  # no keep-alive from here on
         detail = "; ".join(what for what, _ in failures) or "no miner could take the request"
         if self.response is None:
             if all(busy for _, busy in failures):
@@ -191,6 +222,7 @@ class Relay:
         return self.response
 
     async def _finish(self) -> web.StreamResponse:
+        self.first_token.set()
         usage = self.gen.usage = usage_of(self.state, self.gen)
         if self.user_stream:
             if self.response is None:  # finished without a single token
@@ -229,21 +261,23 @@ def maybe_sample(state: GatewayState, generation: Generation) -> None:
     miner.sampled += 1
 
 
+def completion_tokens(generation: Generation) -> int:
+    """The answer's tokens: its token ids, each bound to the text it spells with the model's
+    tokenizer before the user saw it (never the miner's own count), at most ``max_tokens`` —
+    so a request is never charged more than it reserved. (Re-tokenizing the text would not
+    do: text does not tokenize back to the ids that made it, and can count more.)"""
+    return min(generation.upstream_tokens, generation.max_tokens)
+
+
 def usage_of(state: GatewayState, generation: Generation) -> dict[str, int]:
-    """Usage counted with the model's tokenizer (never the miner's count)."""
-    completion = state.counters[generation.model].completion(generation.text, generation.finish_reason)
+    completion = completion_tokens(generation)
     return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion, "total_tokens": generation.prompt_tokens + completion}
 
 
 def parts_of(state: GatewayState, generation: Generation) -> list[tuple[int, str, int]]:
-    """Completion tokens per miner that produced part of the text."""
-    if len(generation.parts) == 1 and generation.usage is not None:
-        uid, hotkey, _ = generation.parts[0]
-        return [(uid, hotkey, generation.usage["completion_tokens"])]
-    counter = state.counters[generation.model]
+    """Completion tokens per miner that produced part of the answer."""
     parts = []
-    for index, (uid, hotkey, start) in enumerate(generation.parts):
-        end = generation.parts[index + 1][2] if index + 1 < len(generation.parts) else len(generation.text)
-        last = index == len(generation.parts) - 1
-        parts.append((uid, hotkey, counter.completion(generation.text[start:end], generation.finish_reason if last else None)))
+    for index, (uid, hotkey, _, start) in enumerate(generation.parts):
+        end = generation.parts[index + 1][3] if index + 1 < len(generation.parts) else completion_tokens(generation)
+        parts.append((uid, hotkey, max(0, min(end, generation.max_tokens) - start)))
     return [p for p in parts if p[2] or p == parts[-1]]

@@ -45,6 +45,7 @@ class MinerView:
     model: str
     capacity: int
     incentive: float = 0.0
+    max_context: int = 0  # declared on chain: the longest prompt + completion it takes
     healthy: bool = True
     ttft: Optional[float] = None  # EWMA seconds
     tokens_per_s: Optional[float] = None  # EWMA

@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, NoMinerAvailable, PayloadTooLarge
+from gateway.errors import BadRequest, HttpError, InvalidApiKey, LimitsUnavailable, ModelNotFound, NoMinerAvailable, PayloadTooLarge
 from gateway.limits import KeyLimits
 from gateway.answer import Generation
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
@@ -34,6 +34,20 @@ from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSup
 log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 32
+# OpenAI fields that change what an answer is: dropping them would answer another question, so they are refused.
+# Others the gateway does not know (metadata, store, service_tier, user, …) are dropped: they never reach a miner.
+REFUSED_FIELDS = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "logit_bias",
+    "audio",
+    "modalities",
+    "prediction",
+)
 STATIC = Path(__file__).with_name("static")
 
 
@@ -62,6 +76,41 @@ async def errors_middleware(request: web.Request, handler: Callable) -> web.Stre
     return response
 
 
+CORS_HEADERS = "Authorization, Content-Type, X-Request-Id"
+EXPOSED = "X-Request-Id, x-slmnet-request-id, x-slmnet-miner-uid, x-slmnet-overhead-ms, Retry-After, x-ratelimit-limit-requests, \
+x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origins = request.app["state"].settings.cors_origins
+    origin = request.headers.get("Origin")
+    if not origin or not origins:
+        return None
+    return "*" if "*" in origins else origin if origin in origins else None
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """CORS for browser apps on the configured origins (--cors-origin), on every answer, errors included.
+    A streamed response gets its headers in the relay before it is prepared."""
+    request["cors"] = {}
+    if (origin := _allowed_origin(request)) is not None:
+        request["cors"] = {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": EXPOSED, "Vary": "Origin"}
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.update(request["cors"])
+    return response
+
+
+async def preflight(request: web.Request) -> web.Response:
+    if _allowed_origin(request) is None:
+        return web.json_response(
+            error_body("this origin may not call the API (the gateway's --cors-origin)", "invalid_request_error", "origin_not_allowed"), status=403
+        )
+    methods = {"Access-Control-Allow-Methods": "GET, POST, OPTIONS", "Access-Control-Allow-Headers": CORS_HEADERS, "Access-Control-Max-Age": "600"}
+    return web.Response(status=204, headers=methods)
+
+
 def _error_response(exc: HttpError, request: web.Request) -> web.Response:
     log.info("refused %s %s: %s %s (request %s)", request.method, request.path, exc.status, exc.message, request.get("request_id"))
     return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
@@ -76,6 +125,8 @@ def _authenticate(request: web.Request, state: GatewayState):
         raise InvalidApiKey("unknown API key")
     if key.revoked is not None:
         raise InvalidApiKey("this API key was revoked", "api_key_revoked")
+    if key.expires is not None and key.expires <= time.time():
+        raise InvalidApiKey(f"this API key expired at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(key.expires))}", "api_key_expired")
     return key
 
 
@@ -103,6 +154,8 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from exc
     if json_depth(raw) > MAX_JSON_DEPTH:
         raise BadRequest(f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
+    if isinstance(raw, dict) and (refused := [name for name in REFUSED_FIELDS if raw.get(name) not in (None, [], {})]):
+        raise BadRequest(f"not supported by slmnet: {', '.join(refused)} (the models are served without tools or constrained output)", "unsupported_parameter")
     wire = REQUEST_MODELS[request.path]
     try:
         parsed = wire.model_validate(raw)
@@ -138,6 +191,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if context is not None and prompt_tokens + max_tokens > context:
         raise BadRequest(f"{prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed {model}'s context of {context} tokens", "context_length_exceeded")
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
+    request["ratelimit"] = reservation.headers
     request_id = request["request_id"]
     state.store.open_request(request_id, key.id, model, prompt_tokens)
     generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
@@ -158,7 +212,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return relay.response or web.Response(status=499)
     finally:
         usage = generation.usage or usage_of(state, generation)
-        state.limits.settle(reservation, usage["total_tokens"])
+        try:
+            await state.limits.settle(reservation, usage["total_tokens"])
+        except Exception as exc:  # Redis gone after admission: the ledger keeps the tokens; the shared counter misses them
+            log.error("could not settle request %s's quota in the limits store: %s", request_id, exc)
         state.store.close_request(request_id, status, usage["completion_tokens"], generation.failovers, parts_of(state, generation))
         state.metrics.tokens.labels("prompt").inc(prompt_tokens)
         state.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
@@ -166,13 +223,76 @@ async def completions(request: web.Request) -> web.StreamResponse:
             maybe_sample(state, generation)
 
 
+def _model_entry(state: GatewayState, model: str, miners: list) -> dict[str, Any]:
+    """A model as OpenAI lists it, with what slmnet knows: its context, and live figures from its miners."""
+    context = state.contexts.get(model)
+    declared = max((m.max_context for m in miners), default=0) or context
+    ttfts = sorted(m.ttft for m in miners if m.ttft is not None)
+    speeds = sorted(m.tokens_per_s for m in miners if m.tokens_per_s is not None)
+    return {
+        "id": model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "slmnet",
+        "context_length": context,
+        "max_completion_tokens": min(context or declared, declared or context) - 1 if (context or declared) else None,
+        "miners": len(miners),
+        "p50_ttft_s": ttfts[len(ttfts) // 2] if ttfts else None,
+        "p50_tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
+    }
+
+
 async def list_models(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
+    _authenticate(request, state)
     served = state.router.models()
-    data = [{"id": model, "object": "model", "created": 0, "owned_by": "slmnet", "miners": len(miners)} for model, miners in sorted(served.items())]
+    data = [_model_entry(state, model, miners) for model, miners in sorted(served.items())]
     if served:
         data.append({"id": "auto", "object": "model", "created": 0, "owned_by": "slmnet", "miners": sum(len(m) for m in served.values())})
     return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state: GatewayState = request.app["state"]
+    _authenticate(request, state)
+    model = request.match_info["model"]
+    if model not in state.counters:
+        raise ModelNotFound(f"model '{model}' is not served on this subnet; GET /v1/models lists the models")
+    return web.json_response(_model_entry(state, model, state.router.models().get(model, [])))
+
+
+async def own_key(request: web.Request) -> web.Response:
+    """The caller's own key: its limits, what is left of them now, its usage and quota."""
+    state: GatewayState = request.app["state"]
+    key = _authenticate(request, state)
+    now = time.time()
+    left = await _limits_call(state.limits.window_remaining(key))
+    body = {
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "expires": key.expires,
+        "limits": {"requests_per_minute": key.rpm, "tokens_per_minute": key.tpm, "quota_tokens": key.quota_tokens, "quota_period_s": key.quota_period},
+        "remaining": {
+            "requests_this_minute": left["requests"],
+            "tokens_this_minute": left["tokens"],
+            "quota_tokens": await _limits_call(state.limits.remaining_quota(key)),
+        },
+        "quota_resets_at": key.period_end(now),
+        "usage": state.store.usage(key.id),
+        "usage_this_period": state.store.tokens_used(key.id, since=key.period_start(now)),
+    }
+    return web.json_response(body)
+
+
+async def _limits_call(call):
+    """A read of the limits store; LimitsUnavailable when Redis does not answer."""
+    try:
+        return await call
+    except Exception as exc:
+        if isinstance(exc, HttpError):
+            raise
+        raise LimitsUnavailable(f"the rate-limit store does not answer ({type(exc).__name__}); retry shortly", headers={"Retry-After": "2"}) from exc
 
 
 async def health(request: web.Request) -> web.Response:
@@ -216,11 +336,14 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 def create_app(state: GatewayState) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=state.settings.max_body_bytes)
+    app = web.Application(middlewares=[cors_middleware, errors_middleware], client_max_size=state.settings.max_body_bytes)
     app["state"] = state
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_get("/v1/key", own_key)
+    app.router.add_route("OPTIONS", "/v1/{tail:.*}", preflight)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/leaderboard", leaderboard)
@@ -231,13 +354,15 @@ def create_app(state: GatewayState) -> web.Application:
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
             state.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         if state.limits is None:
-            state.limits = KeyLimits(state.store)
+            state.limits = KeyLimits(state.store, state.settings.redis_url)
 
     async def close_session(app: web.Application) -> None:
         for task in list(state.background):
             task.cancel()
         if state.session is not None:
             await state.session.close()
+        if state.limits is not None:
+            await state.limits.close()
 
     app.on_startup.append(open_session)
     app.on_cleanup.append(close_session)

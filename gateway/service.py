@@ -42,6 +42,17 @@ class GatewayConfig:
     explore: float = 0.05
     sync_interval: float = 12.0
     health_interval: float = 5.0
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); above 1 the limits must be in Redis
+    recover_ledger: bool = True  # mark requests a killed gateway left open as interrupted (once, before workers start)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if self.workers > 1 and not self.settings.redis_url:
+            raise ValueError(
+                f"--workers {self.workers} needs --redis URL: each worker would keep its own per-key windows and quotas, "
+                f"letting a key through {self.workers} times its limits"
+            )
 
 
 class GatewayStartupError(Exception):
@@ -53,7 +64,7 @@ def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -
     Not routed to until its /health answers 200 (the health loop probes new miners at once)."""
     total = sum(n.incentive for n in graph.neurons) or 1.0
     return [
-        MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, healthy=False)
+        MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, max_context=n.model.max_context, healthy=False)
         for n in models.serving(graph.neurons, own_hotkey)
     ]
 
@@ -63,9 +74,8 @@ class Gateway:
         self.config = config
         self.wallet = config.chain.wallet()
         self.store = Store(config.db)
-        interrupted = self.store.mark_interrupted()
-        if interrupted:
-            log.warning("%s request(s) were in flight when the gateway last stopped; kept in the ledger as 'interrupted'", interrupted)
+        if config.recover_ledger:
+            recover_ledger(self.store)
         counters = {model: TokenCounter(folder) for model, folder in config.tokenizers.items()}
         self.state = GatewayState(
             store=self.store,
@@ -127,7 +137,7 @@ class Gateway:
             await self.sync(net)
             runner = web.AppRunner(self.app, access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, self.config.host, self.config.port).start()
+            await web.TCPSite(runner, self.config.host, self.config.port, reuse_port=self.config.workers > 1).start()
             log.info(
                 "gateway on http://%s:%s: %s miners, models %s",
                 self.config.host,
@@ -146,6 +156,12 @@ class Gateway:
                 await health_session.close()
                 await runner.cleanup()
                 self.store.close()
+
+
+def recover_ledger(store: Store) -> None:
+    interrupted = store.mark_interrupted()
+    if interrupted:
+        log.warning("%s request(s) were in flight when the gateway last stopped; kept in the ledger as 'interrupted'", interrupted)
 
 
 async def run_gateway(config: GatewayConfig) -> None:

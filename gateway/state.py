@@ -19,6 +19,7 @@ from gateway.tokens import TokenCounter
 OVERHEAD_HEADER = "x-slmnet-overhead-ms"
 LEDGER_ID_HEADER = "x-slmnet-request-id"  # the gateway's own id for the request (the ledger's key)
 MINER_HEADER = "x-slmnet-miner-uid"
+WORKER_HEADER = "x-slmnet-worker"
 CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's X-Request-Id we echo: printable, no spaces, bounded
 
 
@@ -32,6 +33,10 @@ class GatewaySettings:
     default_max_tokens: int = 512
     busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
     verify_share: float = 0.0  # share of chat answers put in the organic outbox for a validator to verify
+    redis_url: Optional[str] = None  # per-key windows and quotas shared by every worker and host; None: in this process
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
+    keepalive_s: float = 10.0  # an SSE comment this often while a stream waits for its first token (0: none)
+    worker: str = ""  # this process's name among --workers (sent as x-slmnet-worker), "" when it is the only one
 
 
 class GatewayMetrics:
@@ -72,4 +77,8 @@ class GatewayState:
 
 
 def request_headers(request: web.Request) -> dict[str, str]:
-    return {"X-Request-Id": request["echo_id"], LEDGER_ID_HEADER: request["request_id"]}
+    """What every response carries: the request ids, and the key's x-ratelimit-* once admitted."""
+    headers = {"X-Request-Id": request["echo_id"], LEDGER_ID_HEADER: request["request_id"], **request.get("ratelimit", {}), **request.get("cors", {})}
+    if worker := request.app["state"].settings.worker:
+        headers[WORKER_HEADER] = worker
+    return headers

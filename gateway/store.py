@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS usage (
     prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0, failovers INTEGER NOT NULL DEFAULT 0,
     started REAL NOT NULL, finished REAL
 );
-CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key_id);
+CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage (key_id, started);
 CREATE TABLE IF NOT EXISTS organic_samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
     request TEXT NOT NULL, answer TEXT NOT NULL
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS usage_by_miner (
 );
 """
 KEY_PREFIX = "slm-"
+KEY_COLUMNS = "id, name, prefix, created, revoked, rpm, tpm, quota_tokens, quota_period, expires"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,16 @@ class ApiKey:
     revoked: Optional[float]
     rpm: Optional[int]  # requests per minute; None: unlimited
     tpm: Optional[int]  # tokens per minute (prompt + max_tokens, reserved at admission)
-    quota_tokens: Optional[int]  # tokens for the key's lifetime (counted tokens)
+    quota_tokens: Optional[int]  # tokens per quota period, or for the key's lifetime (counted tokens)
+    quota_period: Optional[int] = None  # seconds; the quota refills at each multiple of it (UTC); None: lifetime
+    expires: Optional[float] = None  # unix time after which the key is refused
+
+    def period_start(self, now: float) -> float:
+        """When the key's current quota period began (0: a lifetime quota counts everything)."""
+        return (now // self.quota_period) * self.quota_period if self.quota_period else 0.0
+
+    def period_end(self, now: float) -> Optional[float]:
+        return self.period_start(now) + self.quota_period if self.quota_period else None
 
 
 def hash_key(key: str) -> str:
@@ -70,23 +80,42 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        self._migrate()
 
     def close(self) -> None:
         self.db.close()
 
     # keys
 
-    def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None, quota_tokens: Optional[int] = None) -> tuple[str, ApiKey]:
-        """A new key: the plaintext (shown once) and its record."""
+    def _migrate(self) -> None:
+        """Columns added since the first schema (quota periods, expiry), added to every database
+        that lacks them: a new one, or one made by an older gateway."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(api_keys)")}
+        for column, kind in (("quota_period", "INTEGER"), ("expires", "REAL")):
+            if column not in have:
+                self.db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
+
+    def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None, quota_tokens: Optional[int] = None, **more) -> tuple[str, ApiKey]:
+        """A new key: the plaintext (shown once) and its record; ``more``: quota_period, expires."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         cursor = self.db.execute(
-            "INSERT INTO api_keys (name, prefix, hash, created, rpm, tpm, quota_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (name, key[:12], hash_key(key), time.time(), rpm, tpm, quota_tokens),
+            "INSERT INTO api_keys (name, prefix, hash, created, rpm, tpm, quota_tokens, quota_period, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, key[:12], hash_key(key), time.time(), rpm, tpm, quota_tokens, more.get("quota_period"), more.get("expires")),
         )
         return key, self.key_by_id(cursor.lastrowid)
 
+    def update_key(self, key_id: int, **fields) -> ApiKey:
+        """Change a key's limits or expiry (rpm, tpm, quota_tokens, quota_period, expires; None lifts one)."""
+        unknown = set(fields) - {"rpm", "tpm", "quota_tokens", "quota_period", "expires"}
+        if unknown:
+            raise ValueError(f"not a key setting: {sorted(unknown)}")
+        if fields:
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            self.db.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))
+        return self.key_by_id(key_id)
+
     def _key(self, where: str, value: object) -> Optional[ApiKey]:
-        row = self.db.execute(f"SELECT id, name, prefix, created, revoked, rpm, tpm, quota_tokens FROM api_keys WHERE {where} = ?", (value,)).fetchone()
+        row = self.db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE {where} = ?", (value,)).fetchone()
         return ApiKey(*row) if row else None
 
     def key_by_id(self, key_id: int) -> Optional[ApiKey]:
@@ -97,7 +126,7 @@ class Store:
         return self._key("hash", hash_key(key))
 
     def keys(self) -> list[ApiKey]:
-        return [ApiKey(*row) for row in self.db.execute("SELECT id, name, prefix, created, revoked, rpm, tpm, quota_tokens FROM api_keys ORDER BY id")]
+        return [ApiKey(*row) for row in self.db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id")]
 
     def find_key(self, ref: str) -> Optional[ApiKey]:
         """A key by id, name or prefix (what `slmnet keys` accepts)."""
@@ -110,9 +139,10 @@ class Store:
 
     # ledger
 
-    def tokens_used(self, key_id: int) -> int:
-        (used,) = self.db.execute("SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage WHERE key_id = ?", (key_id,)).fetchone()
-        return used
+    def tokens_used(self, key_id: int, since: float = 0.0) -> int:
+        """Counted tokens of the key's requests started at or after ``since``."""
+        row = self.db.execute("SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage WHERE key_id = ? AND started >= ?", (key_id, since))
+        return row.fetchone()[0]
 
     def usage(self, key_id: int) -> dict[str, int]:
         row = self.db.execute(

@@ -34,9 +34,6 @@ class TokenCounter:
             return self._count(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return self._count(prompt)
 
-    def completion(self, text: str, finish_reason: Optional[str]) -> int:
-        return self._count(text) + (1 if finish_reason == "stop" else 0)
-
 
 class TextBinding:
     """The text a miner's token ids spell, followed id by id as its stream arrives: a chunk whose

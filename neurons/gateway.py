@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from neurons.common import CliError, add_chain_flags, chain_config, load_model_list, model_folder, model_pairs, run_service
 
@@ -42,23 +44,65 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--first-token-timeout", type=float, default=15.0, help="seconds to the first token before trying another miner")
     p.add_argument("--stall-timeout", type=float, default=10.0, help="seconds without a chunk mid-stream before continuing on another miner")
     p.add_argument("--sync-interval", type=float, default=12.0, help="seconds between metagraph reads")
+    p.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT); above 1 needs --redis")
+    p.add_argument("--redis", default=None, metavar="URL", help="redis://host:port/db: per-key windows and quotas shared by every worker and host")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="a browser origin allowed to call the API (repeatable; * for any)")
+    p.add_argument("--keepalive", type=float, default=10.0, help="seconds between SSE comments while a stream waits for its first token (0: none)")
     p.set_defaults(func=cmd_gateway, default_log_level=logging.INFO)
 
     keys = groups.add_parser("keys", help="the gateway's API keys").add_subparsers(dest="command", required=True)
     create = keys.add_parser("create", help="create a key (printed once; only its hash is stored)")
     create.add_argument("name")
-    create.add_argument("--rpm", type=int, default=None, help="requests per minute (default: unlimited)")
-    create.add_argument("--tpm", type=int, default=None, help="tokens per minute, prompt + max_tokens (default: unlimited)")
-    create.add_argument("--quota", type=int, default=None, help="tokens for the key's lifetime (default: unlimited)")
+    update = keys.add_parser("update", help="change a key's limits, quota or expiry (0 or 'none' lifts a limit)")
+    update.add_argument("key", help="id, name or prefix")
+    for sub, default in ((create, None), (update, KEEP)):
+        sub.add_argument("--rpm", type=_limit, default=default, help="requests per minute (default: unlimited)")
+        sub.add_argument("--tpm", type=_limit, default=default, help="tokens per minute, prompt + max_tokens (default: unlimited)")
+        sub.add_argument("--quota", type=_limit, default=default, help="tokens per quota period (default: unlimited)")
+        sub.add_argument("--quota-period", type=_period, default=default, help="day | week | month (30 days) | SECONDS | lifetime (the default)")
+        sub.add_argument("--expires", type=_expiry, default=default, help="YYYY-MM-DD (UTC), +DAYSd, or never (the default)")
     listing = keys.add_parser("list", help="every key: name, prefix, limits, state")
     revoke = keys.add_parser("revoke", help="revoke a key by id, name or prefix")
     revoke.add_argument("key")
     usage = keys.add_parser("usage", help="a key's requests and tokens")
     usage.add_argument("key")
-    for sub, func in ((create, cmd_keys_create), (listing, cmd_keys_list), (revoke, cmd_keys_revoke), (usage, cmd_keys_usage)):
+    for sub, func in ((create, cmd_keys_create), (update, cmd_keys_update), (listing, cmd_keys_list), (revoke, cmd_keys_revoke), (usage, cmd_keys_usage)):
         sub.add_argument("--db", default=DEFAULT_DB, help="the gateway's SQLite file")
         sub.add_argument("--json", action="store_true", help="print JSON")
         sub.set_defaults(func=func)
+
+
+KEEP = object()  # `keys update`: the flag was not given, the setting stays
+PERIODS = {"day": 86400, "week": 7 * 86400, "month": 30 * 86400}
+
+
+def _limit(text: str) -> Optional[int]:
+    if text.lower() in ("0", "none", "unlimited"):
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a limit is a positive number, or 0/none for unlimited")
+    return value
+
+
+def _period(text: str) -> Optional[int]:
+    if text.lower() in ("lifetime", "none", "0"):
+        return None
+    seconds = PERIODS.get(text.lower()) or int(text)
+    if seconds < 60:
+        raise argparse.ArgumentTypeError("a quota period is day, week, month or at least 60 seconds")
+    return seconds
+
+
+def _expiry(text: str) -> Optional[float]:
+    if text.lower() in ("never", "none"):
+        return None
+    if text.startswith("+") and text.endswith("d"):
+        return time.time() + float(text[1:-1]) * 86400
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%d"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("an expiry is YYYY-MM-DD (UTC), +DAYSd or never") from exc
 
 
 def _store(args: argparse.Namespace):
@@ -84,13 +128,26 @@ def _describe(key) -> dict:
         "rpm": key.rpm,
         "tpm": key.tpm,
         "quota_tokens": key.quota_tokens,
+        "quota_period_s": key.quota_period,
+        "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(key.expires)) if key.expires else None,
     }
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
     store = _store(args)
-    secret, key = store.create_key(args.name, args.rpm, args.tpm, args.quota)
+    secret, key = store.create_key(args.name, args.rpm, args.tpm, args.quota, quota_period=args.quota_period, expires=args.expires)
     print(json.dumps({"key": secret, **_describe(key)}) if args.json else f"{secret}\n(key {key.id} '{key.name}': shown once, only its hash is stored)")
+
+
+def cmd_keys_update(args: argparse.Namespace) -> None:
+    store = _store(args)
+    key = _key_or_fail(store, args.key)
+    names = {"rpm": "rpm", "tpm": "tpm", "quota": "quota_tokens", "quota_period": "quota_period", "expires": "expires"}
+    changes = {column: getattr(args, flag) for flag, column in names.items() if getattr(args, flag) is not KEEP}
+    if not changes:
+        raise CliError("nothing to change: give --rpm, --tpm, --quota, --quota-period or --expires")
+    key = store.update_key(key.id, **changes)
+    print(json.dumps(_describe(key)) if args.json else f"key {key.id} '{key.name}' updated: {', '.join(f'{k}={v}' for k, v in changes.items())}")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
@@ -137,7 +194,6 @@ def cmd_keys_usage(args: argparse.Namespace) -> None:
 
 def build_config(args: argparse.Namespace):
     from gateway.state import GatewaySettings
-    from gateway.service import GatewayConfig
     from models.prepare import default_cache_dir
 
     models = load_model_list(args.model_list, args.network)
@@ -150,8 +206,25 @@ def build_config(args: argparse.Namespace):
     if not 0 <= args.verify_share <= 1:
         raise CliError("--verify-share is a share: 0 to 1")
     settings = GatewaySettings(
-        max_attempts=args.max_attempts, first_token_timeout=args.first_token_timeout, stall_timeout=args.stall_timeout, verify_share=args.verify_share
+        max_attempts=args.max_attempts,
+        first_token_timeout=args.first_token_timeout,
+        stall_timeout=args.stall_timeout,
+        verify_share=args.verify_share,
+        redis_url=args.redis,
+        cors_origins=tuple(args.cors_origin),
+        keepalive_s=args.keepalive,
     )
+    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise CliError(f"--redis {args.redis!r}: expected redis://host:port/db, rediss://… or unix://path")
+    try:
+        return _config(args, models, tokenizers, settings)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _config(args: argparse.Namespace, models, tokenizers: dict[str, str], settings):
+    from gateway.service import GatewayConfig
+
     return GatewayConfig(
         chain=chain_config(args),
         host=args.host,
@@ -162,6 +235,8 @@ def build_config(args: argparse.Namespace):
         settings=settings,
         explore=args.explore,
         sync_interval=args.sync_interval,
+        workers=args.workers,
+        recover_ledger=args.workers == 1,
     )
 
 
@@ -169,4 +244,13 @@ def cmd_gateway(args: argparse.Namespace) -> None:
     import chain
     from gateway.service import GatewayStartupError, run_gateway
 
-    run_service(run_gateway(build_config(args)), GatewayStartupError, chain.ChainLayerError)
+    config = build_config(args)
+    if config.workers > 1:
+        from gateway.workers import WorkersFailed, run_workers
+
+        try:
+            run_workers(config)
+        except WorkersFailed as exc:
+            raise CliError(str(exc)) from exc
+        return
+    run_service(run_gateway(config), GatewayStartupError, chain.ChainLayerError)

@@ -130,3 +130,37 @@ def start_gateway(net, wallet: str, db: Path, tokenizer: str, tmp: Path, *flags:
         gateway.stop()
         raise
     return gateway
+
+
+class RedisServer:
+    """A real ``redis-server`` (Debian's package, which the Makefile installs) on a free loopback
+    port, no persistence; ``stop`` and ``start`` again on the same port, for outage tests."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.tmp = tmp
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.child: Optional[Child] = None
+        self.start()
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.tmp)]
+        self.child = Child(cmd, self.tmp / f"redis-{self.port}.log", None)
+        deadline = time.monotonic() + 20
+        while not self.ping():
+            if self.child.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.child.log_tail()}")
+            time.sleep(0.1)
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop(5)
+            self.child = None

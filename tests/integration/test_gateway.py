@@ -27,7 +27,7 @@ import pytest
 from models import subnet as model_list
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import create_key, start_adversary, start_gateway, start_miners, start_vllm
+from tests.harness.processes import RedisServer, create_key, start_adversary, start_gateway, start_miners, start_vllm
 from validator.organic import Outbox, verify_samples
 from validator.store import Store
 from validator.verify import ReferenceEngine, Vocabulary
@@ -37,6 +37,7 @@ MODEL = "slmnet/tiny-qwen2-s0"
 MINERS = ("fast1", "fast2", "slow1", "slow2")
 ENDS = model_list.load().get(MODEL).end_token_ids
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
+ORIGIN = "https://app.example"
 
 
 def slmnet(*args: str) -> subprocess.CompletedProcess:
@@ -60,9 +61,12 @@ def subnet(tmp_path_factory):
         miners = start_miners(net, upstream, tmp / "s0", tmp, servers)
         db = tmp / "gateway.sqlite"
         key = create_key(db, "tester")
-        gateway = start_gateway(net, "gateway", db, f"{MODEL}={tmp / 's0'}", tmp, "--verify-share", "1", "--stall-timeout", "3", "--max-attempts", "4")
+        flags = ("--verify-share", "1", "--stall-timeout", "3", "--max-attempts", "4", "--cors-origin", ORIGIN)
+        gateway = start_gateway(net, "gateway", db, f"{MODEL}={tmp / 's0'}", tmp, *flags)
         servers.append(gateway)
         yield {
+            "net": net,
+            "servers": servers,
             "tmp": tmp,
             "db": db,
             "url": gateway.url,
@@ -81,15 +85,15 @@ def client(subnet, key=None) -> openai.OpenAI:
     return openai.OpenAI(base_url=subnet["url"] + "/v1", api_key=key or subnet["key"], max_retries=0, timeout=120)
 
 
-def post(subnet, path: str, body: bytes, key: str | None = None) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(
-        subnet["url"] + path, data=body, method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {key or subnet['key']}"}
-    )
+def post(subnet, path: str, body: bytes | None, key: str | None = None, method: str = "POST", **headers: str) -> tuple[int, dict, dict]:
+    """One request on a fresh connection (so a multi-worker gateway's kernel can pick any worker)."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key or subnet['key']}", **headers}
+    request = urllib.request.Request(subnet["url"] + path, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
+            return response.status, dict(response.headers), json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read())
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
 
 
 def ledger(subnet, request_id: str) -> tuple:
@@ -142,6 +146,11 @@ def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
     assert (status, body["error"]["code"]) == (400, "invalid_json") and headers["X-Request-Id"]
     status, _, body = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [], "temperature": 9}).encode())
     assert status == 400 and "messages" in body["error"]["message"] and "temperature" in body["error"]["message"]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    status, _, body = post(
+        subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": tools}).encode()
+    )
+    assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "tools" in body["error"]["message"]
     status, _, body = post(subnet, "/v1/chat/completions", b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}')
     assert (status, body["error"]["code"]) == (413, "payload_too_large")
 
@@ -164,12 +173,119 @@ def test_request_limits_hold_under_concurrency_and_say_when_to_retry(subnet):
     status, _, error = post(
         subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60}).encode(), quota_key
     )
-    assert status == 429 and error["error"]["code"] == "insufficient_quota"
+    assert status == 402 and error["error"]["code"] == "insufficient_quota"  # not a retryable 429: it refills only with its period
     revoked = slmnet("keys", "revoke", "quota", "--db", str(subnet["db"]))
     assert revoked.returncode == 0
     assert post(subnet, "/v1/chat/completions", body, quota_key)[2]["error"]["code"] == "api_key_revoked"
     usage = json.loads(slmnet("keys", "usage", "limited", "--db", str(subnet["db"]), "--json").stdout)
     assert usage["requests"] == 4 and usage["completion_tokens"] > 0
+
+
+def test_rate_limit_headers_own_key_model_metadata_and_key_updates_as_openai_clients_expect(subnet):
+    db = str(subnet["db"])
+    made = json.loads(
+        slmnet("keys", "create", "headers", "--db", db, "--rpm", "50", "--tpm", "100000", "--quota", "5000", "--quota-period", "day", "--json").stdout
+    )
+    c = client(subnet, made["key"])
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    whole = c.chat.completions.with_raw_response.create(**ask)
+    assert whole.headers["x-ratelimit-limit-requests"] == "50" and whole.headers["x-ratelimit-remaining-requests"] == "49"
+    assert whole.headers["x-ratelimit-limit-tokens"] == "100000" and int(whole.headers["x-ratelimit-remaining-tokens"]) < 100000
+    assert whole.headers["x-ratelimit-reset-requests"].endswith("s") and int(whole.headers["x-slmnet-quota-remaining-tokens"]) < 5000
+    streamed = c.chat.completions.with_raw_response.create(**ask, stream=True)
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "48"
+    list(streamed.parse())
+
+    status, _, mine = post(subnet, "/v1/key", None, made["key"], method="GET")
+    assert status == 200 and mine["limits"] == {"requests_per_minute": 50, "tokens_per_minute": 100000, "quota_tokens": 5000, "quota_period_s": 86400}
+    assert mine["remaining"]["requests_this_minute"] == 48 and mine["usage"]["requests"] == 2
+    assert mine["remaining"]["quota_tokens"] == 5000 - mine["usage_this_period"] and mine["quota_resets_at"] > time.time()
+
+    model = c.models.retrieve(MODEL)
+    assert model.context_length == 2048 and 0 < model.max_completion_tokens < 2048 and model.miners >= 1
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-5")
+    with pytest.raises(openai.AuthenticationError):  # a typo in the key is never a 200, on any /v1 path
+        client(subnet, "slm-typo").models.list()
+    assert post(subnet, "/v1/key", None, "slm-typo", method="GET")[0] == 401
+
+    assert slmnet("keys", "update", "headers", "--db", db, "--rpm", "1").returncode == 0  # the next request sees it, in a fresh window
+    status, headers, _ = post(subnet, "/v1/chat/completions", json.dumps(ask).encode(), made["key"])
+    assert status == 200 and headers["x-ratelimit-limit-requests"] == "1" and headers["x-ratelimit-remaining-requests"] == "0"
+    status, headers, error = post(subnet, "/v1/chat/completions", json.dumps(ask).encode(), made["key"])
+    assert status == 429 and error["error"]["code"] == "rate_limit_requests" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert slmnet("keys", "update", "headers", "--db", db, "--expires", "2000-01-01").returncode == 0
+    with pytest.raises(openai.AuthenticationError) as expired:
+        c.chat.completions.create(**ask)
+    assert expired.value.body["code"] == "api_key_expired"
+
+
+def test_browsers_on_allowed_origins_get_cors_and_others_do_not(subnet):
+    status, headers, _ = post(subnet, "/v1/chat/completions", None, method="OPTIONS", Origin=ORIGIN, **{"Access-Control-Request-Method": "POST"})
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == ORIGIN and "Authorization" in headers["Access-Control-Allow-Headers"]
+    status, headers, _ = post(subnet, "/v1/models", None, method="GET", Origin=ORIGIN)
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == ORIGIN and "x-ratelimit-remaining-requests" in headers["Access-Control-Expose-Headers"]
+    status, headers, _ = post(subnet, "/v1/models", None, "slm-typo", method="GET", Origin=ORIGIN)
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == ORIGIN  # the browser app can read the error too
+    status, headers, _ = post(subnet, "/v1/models", None, method="GET", Origin="https://evil.example")
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
+    assert post(subnet, "/v1/chat/completions", None, method="OPTIONS", Origin="https://evil.example")[0] == 403
+
+
+@pytest.fixture(scope="module")
+def workers(subnet):
+    """A second gateway on the same miners: two worker processes on one port, limits in a real redis-server."""
+    tmp = subnet["tmp"] / "workers"
+    tmp.mkdir()
+    redis = RedisServer(tmp)
+    subnet["servers"].append(redis)
+    db = tmp / "gateway.sqlite"
+    key = create_key(db, "tester")
+    flags = ("--workers", "2", "--redis", redis.url, "--keepalive", "0.5", "--max-attempts", "4")
+    gateway = start_gateway(subnet["net"], "gateway", db, f"{MODEL}={subnet['tmp'] / 's0'}", tmp, *flags)
+    subnet["servers"].append(gateway)
+    return {**subnet, "url": gateway.url, "db": db, "key": key, "redis": redis, "gateway": gateway}
+
+
+def test_workers_without_redis_refuse_to_start(subnet):
+    refused = slmnet("gateway", *subnet["net"].flags("gateway"), "--workers", "2", "--tokenizer", f"{MODEL}={subnet['tmp'] / 's0'}")
+    assert refused.returncode == 1 and "--workers 2 needs --redis URL" in refused.stderr
+
+
+def test_limits_and_quotas_are_exact_across_two_workers(workers):
+    db = str(workers["db"])
+    limited = json.loads(slmnet("keys", "create", "rpm", "--db", db, "--rpm", "6", "--json").stdout)["key"]
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+
+    async def burst(key: str, payload: bytes, n: int) -> list:
+        return await asyncio.gather(*(asyncio.to_thread(post, workers, "/v1/chat/completions", payload, key) for _ in range(n)))
+
+    answers = asyncio.run(burst(limited, body, 20))
+    assert sorted(status for status, _, _ in answers) == [200] * 6 + [429] * 14
+    assert {headers["x-slmnet-worker"] for _, headers, _ in answers} == {"w0", "w1"}  # both workers answered (each alone would let 6 through)
+
+    # The quota never overshoots across workers: what admitted requests used stays within it (each alone would allow it twice).
+    quota = json.loads(slmnet("keys", "create", "quota", "--db", db, "--quota", "200", "--json").stdout)["key"]
+    ask = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "ignore_eos": True}).encode()
+    answers = asyncio.run(burst(quota, ask, 12))
+    used = [answer["usage"]["total_tokens"] for status, _, answer in answers if status == 200]
+    refused = [answer["error"]["code"] for status, _, answer in answers if status == 402]
+    assert len(used) + len(refused) == 12 and refused and set(refused) == {"insufficient_quota"}
+    assert sum(used) <= 200 and len(used) >= 3  # each reserves prompt + 30 (about 50) and is charged at most that
+
+
+def test_redis_down_fails_closed_and_the_gateway_recovers_when_it_returns(workers):
+    key = json.loads(slmnet("keys", "create", "outage", "--db", str(workers["db"]), "--rpm", "100", "--json").stdout)["key"]
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    assert post(workers, "/v1/chat/completions", body, key)[0] == 200
+    workers["redis"].stop()
+    status, headers, error = post(workers, "/v1/chat/completions", body, key)
+    assert status == 503 and error["error"]["code"] == "limits_unavailable" and headers["Retry-After"]
+    workers["redis"].start()
+    deadline = time.monotonic() + 30
+    while (status := post(workers, "/v1/chat/completions", body, key)[0]) != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert status == 200
 
 
 def test_sampled_user_answers_are_handed_to_the_validator_and_verified_there(subnet):
@@ -190,8 +306,12 @@ def test_sampled_user_answers_are_handed_to_the_validator_and_verified_there(sub
     assert len(rows) == first and all(passed for _, _, passed, _ in rows)  # honest miners pass on real traffic too
 
 
-def test_dashboard_shows_the_leaderboard_and_streams_in_the_playground(subnet):
+@pytest.mark.parametrize("setup", ["one process", "two workers"])
+def test_dashboard_shows_the_leaderboard_and_streams_in_the_playground(setup, request):
     from playwright.sync_api import sync_playwright
+
+    subnet = request.getfixturevalue("subnet" if setup == "one process" else "workers")
+    shot = ARTIFACTS / f"dashboard-{setup.replace(' ', '-')}.png"
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -204,9 +324,9 @@ def test_dashboard_shows_the_leaderboard_and_streams_in_the_playground(subnet):
         page.click("#send")
         page.wait_for_function("document.getElementById('meta').textContent.includes('tokens')", timeout=60_000)
         assert page.inner_text("#answer").strip()
-        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
 
 
 def _kill(subnet, uid: int) -> None:
@@ -285,3 +405,15 @@ def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet):
     assert ledger(subnet, request_id)[3] == 1  # one failover in the ledger
     metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
     assert 'slmnet_gateway_failovers_total{phase="mid_stream"}' in metrics
+
+
+def test_a_stream_waiting_for_its_first_token_gets_keepalive_comments(workers):
+    """After the kill tests only a slow miner is left (3 s to its first token); the gateway with
+    --keepalive 0.5 sends SSE comments meanwhile, and the answer then streams as usual."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}).encode()
+    request = urllib.request.Request(workers["url"] + "/v1/chat/completions", data=body, method="POST", headers={"Authorization": f"Bearer {workers['key']}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        lines = [line.decode().strip() for line in response if line.strip()]
+    first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {"))
+    assert first_data >= 2 and all(line == ": keep-alive" for line in lines[:first_data])
+    assert lines[-1] == "data: [DONE]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -121,10 +122,10 @@ def test_quota_reserves_requests_in_flight_and_settles_to_counted_tokens(tmp_pat
         first = await limits.admit(key, 60)
         with pytest.raises(QuotaExceeded):
             await limits.admit(key, 60)  # 60 reserved + 60 > 100, though nothing is used yet
-        limits.settle(first, 20)
+        await limits.settle(first, 20)
         second = await limits.admit(key, 60)  # 20 used + 60 ≤ 100
-        limits.settle(second, 30)
-        assert limits.remaining_quota(key) == 50
+        await limits.settle(second, 30)
+        assert await limits.remaining_quota(key) == 50
 
     asyncio.run(run())
 
@@ -144,3 +145,37 @@ def test_the_ledger_keeps_open_requests_with_their_tokens_when_the_gateway_dies(
     assert reopened.usage(key.id) == {"requests": 2, "prompt_tokens": 17, "completion_tokens": 16, "failovers": 1}
     assert reopened.miner_tokens() == {1: 4, 2: 5}
     assert reopened.lookup("slm-wrong") is None
+
+
+def test_a_quota_period_refills_at_its_boundary_and_counts_only_its_own_requests(tmp_path):
+    store = Store(tmp_path / "g.sqlite")
+    _, key = store.create_key("k", quota_tokens=100, quota_period=86400)
+    day = 20_000 * 86400.0
+    assert key.period_start(day + 5) == day and key.period_end(day + 5) == day + 86400
+    assert key.period_start(day - 1) == day - 86400  # the second before belongs to yesterday
+    store.open_request("old", key.id, MODEL, 70)
+    store.db.execute("UPDATE usage SET started = ? WHERE request_id = 'old'", (time.time() - 2 * 86400,))
+    store.open_request("new", key.id, MODEL, 20)
+    assert store.tokens_used(key.id) == 90 and store.tokens_used(key.id, since=key.period_start(time.time())) == 20
+
+    async def remaining() -> int:
+        return await KeyLimits(store).remaining_quota(key)
+
+    assert asyncio.run(remaining()) == 80  # the tokens of two days ago do not count against today
+
+
+def test_a_database_made_before_quota_periods_gains_the_columns_and_keeps_its_keys(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.executescript(
+        "CREATE TABLE api_keys (id INTEGER PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, "
+        "created REAL NOT NULL, revoked REAL, rpm INTEGER, tpm INTEGER, quota_tokens INTEGER);"
+        "INSERT INTO api_keys (name, prefix, hash, created, rpm) VALUES ('old', 'slm-old', 'abc', 1.0, 7);"
+    )
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "old.sqlite")
+    (old,) = store.keys()
+    assert (old.name, old.rpm, old.quota_period, old.expires) == ("old", 7, None, None)
+    assert store.update_key(old.id, expires=123.0, rpm=None).expires == 123.0 and store.key_by_id(old.id).rpm is None
