@@ -9,7 +9,7 @@ answer, the SQLite ledger. The load generator (a third process) sends requests o
 at each rate for ``--seconds`` and measures each one to its last byte, first straight to
 the upstream, then through the gateway, alternating rates so drift hits both alike.
 
-    python bench/gateway_overhead.py [--rates 100,500,1000] [--seconds 5] [--workers N] [--json]
+    python bench/gateway_overhead.py [--rates 100,500,1000] [--seconds 5] [--workers N] [--vs litellm] [--json]
 
 On a 2-core machine the three processes share the cores: the figures include that.
 """
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--max-rate-steps", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0])
     parser.add_argument("--workers", type=int, default=1, help="gateway processes on the port; above 1 their limits are in a redis-server the bench starts")
+    parser.add_argument("--vs", choices=["litellm"], default=None, help="also measure the LiteLLM proxy in front of the same upstream (installed on first use)")
     parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:
@@ -199,18 +200,34 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
     processes += [spawn.Process(target=_serve_gateway, args=(*gateway_args, url, name), daemon=True) for name, url in workers]
     for p in processes:
         p.start()
+    litellm = None
     try:
+        if args.vs == "litellm":
+            from bench import _litellm
+
+            litellm_port = free_port()
+            litellm = _litellm.start(upstream_url, MODEL, litellm_port, tmp)
+            litellm_url = f"http://127.0.0.1:{litellm_port}"
         for p in processes[1:]:
             wait_ready(gateway_url + "/health", p)  # imports (transformers, bittensor) take seconds
         for stream in (False, True):  # warm both paths
             _measure(gateway_url, key, 50, 1, stream)
             _measure(upstream_url, key, 50, 1, stream)
+            if litellm is not None:
+                _measure(litellm_url, _litellm.MASTER_KEY, 20, 1, stream)
         rows = []
         for stream in (False, True):
             for rate in args.rates:
                 direct = _measure(upstream_url, key, rate, args.seconds, stream)
                 through = _measure(gateway_url, key, rate, args.seconds, stream)
                 added = {"added_p50_ms": through["p50_ms"] - direct["p50_ms"], "added_p99_ms": through["p99_ms"] - direct["p99_ms"]}
+                if litellm is not None:
+                    other = _measure(litellm_url, _litellm.MASTER_KEY, rate, args.seconds, stream)
+                    added |= {
+                        "litellm": other,
+                        "litellm_added_p50_ms": other["p50_ms"] - direct["p50_ms"],
+                        "litellm_added_p99_ms": other["p99_ms"] - direct["p99_ms"],
+                    }
                 rows.append({"stream": stream, "rate": rate, "direct": direct, "gateway": through, **added})
         held = 0.0
         for rate in args.max_rate_steps:
@@ -223,9 +240,10 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
         for p in processes:
             p.terminate()
             p.join()
-        if redis is not None:
-            redis[0].terminate()
-            redis[0].wait()
+        for server in (redis[0] if redis else None, litellm):
+            if server is not None:
+                server.terminate()
+                server.wait()
 
 
 def _redis(tmp: Path):
@@ -244,13 +262,19 @@ def _redis(tmp: Path):
 
 def _report(rows: list[dict], held: float, as_json: bool, workers: int = 1) -> None:
     print(f"gateway workers: {workers}" + (" (limits in Redis)" if workers > 1 else " (limits in memory)"))
-    print("| stream | rate rps | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms | added p50 ms | added p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    vs = any("litellm" in r for r in rows)
+    extra = " LiteLLM added p50 ms | LiteLLM added p99 ms | LiteLLM errors | LiteLLM / slmnet added p50 |" if vs else ""
+    print("| stream | rate rps | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms | added p50 ms | added p99 ms | errors |" + extra)
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if vs else ""))
     for r in rows:
-        print(
+        line = (
             f"| {r['stream']} | {r['rate']:.0f} | {r['direct']['p50_ms']:.2f} | {r['direct']['p99_ms']:.2f} | {r['gateway']['p50_ms']:.2f} | "
             f"{r['gateway']['p99_ms']:.2f} | {r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['gateway']['errors']} |"
         )
+        if "litellm" in r:
+            ratio = r["litellm_added_p50_ms"] / r["added_p50_ms"] if r["added_p50_ms"] > 0 else float("nan")
+            line += f" {r['litellm_added_p50_ms']:.2f} | {r['litellm_added_p99_ms']:.2f} | {r['litellm']['errors']} | {ratio:.1f} |"
+        print(line)
     print(f"\nhighest rate held with gateway p99 < 10 ms (non-streaming): {held:.0f} rps")
     figures = {"workers": workers, "max_rate_p99_under_10ms_rps": held}
     for r in rows:
@@ -258,6 +282,9 @@ def _report(rows: list[dict], held: float, as_json: bool, workers: int = 1) -> N
         figures[f"added_p50_ms_{tag}"] = r["added_p50_ms"]
         figures[f"added_p99_ms_{tag}"] = r["added_p99_ms"]
         figures[f"gateway_to_direct_p50_ratio_{tag}"] = r["gateway"]["p50_ms"] / r["direct"]["p50_ms"]
+        if "litellm" in r:
+            figures[f"litellm_added_p50_ms_{tag}"] = r["litellm_added_p50_ms"]
+            figures[f"litellm_to_gateway_added_p50_ratio_{tag}"] = r["litellm_added_p50_ms"] / r["added_p50_ms"] if r["added_p50_ms"] > 0 else None
     if as_json:
         print(json.dumps(figures))
 

@@ -1,3 +1,6 @@
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from tests.harness.localnet import Localnet, make_localnet
@@ -12,3 +15,27 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def localnet(tmp_path) -> Localnet:
     return make_localnet(tmp_path)
+
+
+@dataclass(frozen=True)
+class TinyEngine:
+    url: str
+    folder: Path  # the tiny seed-0 model it serves
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory) -> TinyEngine:
+    """One vLLM engine serving the tiny seed-0 model as slmnet/tiny-qwen2-s0, shared by every
+    module that only asks it questions (each start costs ~70 s on 2 cores). Modules that kill
+    or change an engine start their own."""
+    from models.tiny import build_tiny
+    from tests.harness.processes import start_vllm
+
+    tmp = tmp_path_factory.mktemp("tiny-engine")
+    build_tiny(tmp / "s0", seed=0)
+    server = start_vllm(tmp / "s0", "slmnet/tiny-qwen2-s0", tmp)
+    try:
+        server.wait_healthy()
+        yield TinyEngine(server.url, tmp / "s0")
+    finally:
+        server.stop()

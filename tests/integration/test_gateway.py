@@ -27,7 +27,7 @@ import pytest
 from models import subnet as model_list
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import RedisServer, create_key, start_adversary, start_gateway, start_miners, start_vllm
+from tests.harness.processes import RedisServer, create_key, start_adversary, start_gateway, start_miners
 from validator.organic import Outbox, verify_samples
 from validator.store import Store
 from validator.verify import ReferenceEngine, Vocabulary
@@ -45,16 +45,15 @@ def slmnet(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def subnet(tmp_path_factory):
+def subnet(tmp_path_factory, tiny_engine):
     tmp = tmp_path_factory.mktemp("gateway")
     build_tiny(tmp / "s0", seed=0)
-    engine = start_vllm(tmp / "s0", MODEL, tmp)
+    engine = tiny_engine
     net = make_localnet(tmp)
     wallets, uids = net.register((*MINERS, "gateway"))
     net.stake(wallets["gateway"], 2000)
-    servers = [engine]
+    servers = []
     try:
-        engine.wait_healthy()
         servers.append(slow := start_adversary(engine.url, "slow", tmp))
         slow.wait_healthy(timeout=60)
         upstream = {name: slow.url if name.startswith("slow") else engine.url for name in MINERS}

@@ -26,7 +26,7 @@ import chain
 from models.tiny import build_tiny
 from tests.harness.adversary import HOSTILE, HOSTILE_TEXT
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import create_key, engine_env, start_adversary, start_gateway, start_miners, start_vllm
+from tests.harness.processes import create_key, engine_env, start_adversary, start_gateway, start_miners
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -50,16 +50,15 @@ NOT_FIDELITY = ("refuse-html", "drip", "empty-drip")  # an error status and time
 
 
 @pytest.fixture(scope="module")
-def subnet(tmp_path_factory):
+def subnet(tmp_path_factory, tiny_engine):
     tmp = tmp_path_factory.mktemp("hostile")
     build_tiny(tmp / "s0", seed=0)
-    engine = start_vllm(tmp / "s0", MODEL, tmp)
+    engine = tiny_engine
     net = make_localnet(tmp)
     wallets, uids = net.register(("honest", *HOSTILE, "validator"))
     net.stake(wallets["validator"], 2000)
-    servers = [engine]
+    servers = []
     try:
-        engine.wait_healthy()
         servers.append(hostile := start_adversary(engine.url, None, tmp))
         hostile.wait_healthy(timeout=60)
         upstream = {name: engine.url if name == "honest" else f"{hostile.url}/{name}" for name in ("honest", *HOSTILE)}

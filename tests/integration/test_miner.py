@@ -17,7 +17,7 @@ import chain
 from btauth.client import MinerClient, signed_headers
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import free_port, health_json, start_miner, start_vllm
+from tests.harness.processes import free_port, health_json, start_miner
 from tests.harness.sse import read_sse
 
 pytestmark = pytest.mark.slow
@@ -40,10 +40,10 @@ class Subnet:
 
 
 @pytest.fixture(scope="module")
-def subnet(tmp_path_factory):
+def subnet(tmp_path_factory, tiny_engine):
     tmp = tmp_path_factory.mktemp("miner")
     digest = build_tiny(tmp / "tiny", seed=0)
-    engine = start_vllm(tmp / "tiny", MODEL, tmp)  # starts now; the chain is set up meanwhile
+    engine = tiny_engine
     net = make_localnet(tmp)
     miner, unstaked, outsider = net.wallet("miner"), net.wallet("unstaked"), net.wallet("outsider")
     validators = [net.wallet(f"validator{i}") for i in range(3)]
@@ -60,16 +60,12 @@ def subnet(tmp_path_factory):
     args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "miner", "--model", str(tmp / "tiny")]
     args += ["--engine-url", engine.url, "--capacity", str(CAPACITY), "--max-in-flight-per-caller", str(PER_CALLER)]
     args += ["--max-body-bytes", str(BODY_LIMIT), "--metagraph-interval", "1"]
+    miner_process = start_miner(args, port, tmp)
     try:
-        engine.wait_healthy()
-        miner_process = start_miner(args, port, tmp)
-        try:
-            miner_process.wait_healthy(timeout=120)
-            yield Subnet(net.network, str(net.wallets_dir), miner, validators, unstaked, outsider, miner_process.url, engine.url, digest)
-        finally:
-            assert miner_process.stop() == 0, miner_process.log_tail()
+        miner_process.wait_healthy(timeout=120)
+        yield Subnet(net.network, str(net.wallets_dir), miner, validators, unstaked, outsider, miner_process.url, engine.url, digest)
     finally:
-        engine.stop()
+        assert miner_process.stop() == 0, miner_process.log_tail()
 
 
 def client(session: aiohttp.ClientSession, subnet: Subnet, sender: bt.Wallet) -> MinerClient:

@@ -9,7 +9,6 @@ import pytest
 
 from models.manifest import ModelManifest
 from models.tiny import build_tiny
-from tests.harness.processes import start_vllm
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
@@ -40,26 +39,20 @@ def _post(url: str, body: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_vllm_serves_the_tiny_model_deterministically(tmp_path):
-    model = tmp_path / "m"
-    build_tiny(model, seed=0)
-    server = start_vllm(model, "slmnet/tiny-qwen2-s0", tmp_path)
-    try:
-        server.wait_healthy()
-        body = {
-            "model": "slmnet/tiny-qwen2-s0",
-            "messages": [{"role": "user", "content": "What is 2 + 2?"}],
-            "max_tokens": 8,
-            "temperature": 0,
-            "logprobs": True,
-            "top_logprobs": 2,
-            "ignore_eos": True,
-        }
-        first = _post(f"{server.url}/v1/chat/completions", body)
-        second = _post(f"{server.url}/v1/chat/completions", body)
-        tokens = first["choices"][0]["logprobs"]["content"]
-        assert len(tokens) == 8 and first["usage"]["completion_tokens"] == 8
-        assert all(t["logprob"] <= 0 for t in tokens)
-        assert [t["logprob"] for t in tokens] == [t["logprob"] for t in second["choices"][0]["logprobs"]["content"]]
-    finally:
-        server.stop()
+def test_vllm_serves_the_tiny_model_deterministically(tiny_engine):
+    server = tiny_engine
+    body = {
+        "model": "slmnet/tiny-qwen2-s0",
+        "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "ignore_eos": True,
+    }
+    first = _post(f"{server.url}/v1/chat/completions", body)
+    second = _post(f"{server.url}/v1/chat/completions", body)
+    tokens = first["choices"][0]["logprobs"]["content"]
+    assert len(tokens) == 8 and first["usage"]["completion_tokens"] == 8
+    assert all(t["logprob"] <= 0 for t in tokens)
+    assert [t["logprob"] for t in tokens] == [t["logprob"] for t in second["choices"][0]["logprobs"]["content"]]

@@ -43,12 +43,12 @@ def test_the_repo_model_list_matches_the_tiny_model_we_build(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def subnet(tmp_path_factory):
+def subnet(tmp_path_factory, tiny_engine):
     tmp = tmp_path_factory.mktemp("subnet")
     build_tiny(tmp / "s0", seed=0)
     build_tiny(tmp / "s1", seed=1)
     perturbed_copy(tmp / "s0", tmp / "s0-noise", "noise", 1e-2)
-    engines = {name: start_vllm(tmp / folder, MODEL, tmp) for name, folder in (("honest", "s0"), ("other-model", "s1"), ("perturbed", "s0-noise"))}
+    engines = {name: start_vllm(tmp / folder, MODEL, tmp) for name, folder in (("other-model", "s1"), ("perturbed", "s0-noise"))}
     net = make_localnet(tmp)
     names = [*HONEST, *FIDELITY_CHEATS, *BUFFERING, *UNDERPERFORMERS, "validator"]
     wallets, uids = net.register(names)
@@ -57,6 +57,7 @@ def subnet(tmp_path_factory):
     try:
         for engine in engines.values():
             engine.wait_healthy()
+        engines["honest"] = tiny_engine
         upstream = {name: engines["honest"].url for name in HONEST}
         upstream.update({name: engines[name].url for name in ("other-model", "perturbed")})
         servers.append(proxy := start_adversary(engines["honest"].url, None, tmp))  # one process, the mode named by each miner's engine URL

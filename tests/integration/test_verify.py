@@ -7,7 +7,6 @@ import pytest
 
 from btauth.client import sse_events
 from models.tiny import build_tiny
-from tests.harness.processes import start_vllm
 from models import subnet as model_list
 from validator.challenges import generate
 from validator.verify import MinerResponse, ReferenceEngine, Vocabulary, collect, verify
@@ -18,16 +17,11 @@ ENDS = model_list.load().get(MODEL).end_token_ids
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, tiny_engine):
     tmp = tmp_path_factory.mktemp("verify")
     build_tiny(tmp / "s0", seed=0)
     build_tiny(tmp / "s1", seed=1)  # the same architecture and tokenizer, other weights
-    engine = start_vllm(tmp / "s0", MODEL, tmp)
-    try:
-        engine.wait_healthy()
-        yield engine.url, tmp, Vocabulary(tmp / "s0")
-    finally:
-        engine.stop()
+    return tiny_engine.url, tmp, Vocabulary(tmp / "s0")
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict) -> MinerResponse:
