@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-VERSION = "1.110.2"
+VERSION = "1.80.0"  # the newest whose proxy extra installs from PyPI (1.106+ need a litellm-proxy package that is not published)
 MASTER_KEY = "sk-slmnet-bench"
 
 

@@ -39,11 +39,24 @@ MODEL = "slmnet/tiny-qwen2-s0"
 WORDS = ["Paris", " is", " the", " capital", " of", " France", ".", ""]
 
 
-def _serve_upstream(port: int) -> None:
+def _pieces(tokenizer: str, text: str) -> list[tuple[int, str]]:
+    """(token id, the text it adds) for ``text`` in the tiny model's tokenizer: what an honest
+    engine streams, so the gateway's check that text is what its ids spell passes."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    ids = tok.encode(text, add_special_tokens=False)
+    texts = [tok.decode(ids[: i + 1]) for i in range(len(ids))]
+    return [(ids[i], texts[i][len(texts[i - 1]) if i else 0 :]) for i in range(len(ids))]
+
+
+def _serve_upstream(port: int, tokenizer: str) -> None:
     """The stand-in miner: answers every completion at once."""
     import uvloop
 
-    def chunk(i: int, word: str, finish=None) -> bytes:
+    pieces = _pieces(tokenizer, "".join(WORDS))
+
+    def chunk(token_id: int, word: str, finish=None) -> bytes:
         event = {
             "id": "up",
             "object": "chat.completion.chunk",
@@ -54,21 +67,21 @@ def _serve_upstream(port: int) -> None:
                     "index": 0,
                     "delta": {"content": word},
                     "finish_reason": finish,
-                    "token_ids": [100 + i],
+                    "token_ids": [token_id],
                     "logprobs": {"content": [{"token": word, "logprob": -0.1, "top_logprobs": []}]},
                 }
             ],
         }
         return b"data: " + json.dumps(event).encode() + b"\n\n"
 
-    stream_body = b"".join(chunk(i, w, "stop" if i == len(WORDS) - 1 else None) for i, w in enumerate(WORDS)) + b"data: [DONE]\n\n"
+    stream_body = b"".join(chunk(t, w, "length" if i == len(pieces) - 1 else None) for i, (t, w) in enumerate(pieces)) + b"data: [DONE]\n\n"
     whole = {
         "id": "up",
         "object": "chat.completion",
         "created": 0,
         "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": len(pieces), "total_tokens": 12 + len(pieces)},
     }
 
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -196,7 +209,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
     redis = _redis(tmp) if args.workers > 1 else None
     gateway_args = (gateway_port, upstream_url, str(tmp / "gateway.sqlite"), str(tmp / "tiny"))
     workers = [("", None)] if redis is None else [(f"w{i}", redis[1]) for i in range(args.workers)]
-    processes = [spawn.Process(target=_serve_upstream, args=(upstream_port,), daemon=True)]
+    processes = [spawn.Process(target=_serve_upstream, args=(upstream_port, str(tmp / "tiny")), daemon=True)]
     processes += [spawn.Process(target=_serve_gateway, args=(*gateway_args, url, name), daemon=True) for name, url in workers]
     for p in processes:
         p.start()
