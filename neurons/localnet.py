@@ -36,35 +36,30 @@ def cmd_localnet_init(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_localnet_fund(args: argparse.Namespace) -> None:
+def _admin(power: str, *args, **kwargs):
+    """One of ``chain.localnet.admin``'s powers; a missing localnet or a bad value as a CliError."""
     from chain.localnet import LocalnetMissing, admin
 
     try:
-        free = admin.fund(Path(args.dir), args.coldkey, args.tao)
+        return getattr(admin, power)(*args, **kwargs)
     except (LocalnetMissing, ValueError) as exc:
         raise CliError(str(exc)) from exc
+
+
+def cmd_localnet_fund(args: argparse.Namespace) -> None:
+    free = _admin("fund", Path(args.dir), args.coldkey, args.tao)
     payload = {"coldkey": args.coldkey, "free_tao": free / 1e9}
     emit(args, payload, lambda: print(f"{args.coldkey} now holds {free / 1e9:g} TAO"))
 
 
 def cmd_localnet_stake(args: argparse.Namespace) -> None:
-    from chain.localnet import LocalnetMissing, admin
-
-    try:
-        total = admin.stake(Path(args.dir), args.coldkey, args.hotkey, args.tao, netuid=args.netuid)
-    except (LocalnetMissing, ValueError) as exc:
-        raise CliError(str(exc)) from exc
+    total = _admin("stake", Path(args.dir), args.coldkey, args.hotkey, args.tao, netuid=args.netuid)
     payload = {"hotkey": args.hotkey, "stake_tao": total / 1e9}
     emit(args, payload, lambda: print(f"{args.hotkey} now has {total / 1e9:g} TAO of stake"))
 
 
 def cmd_localnet_set(args: argparse.Namespace) -> None:
-    from chain.localnet import LocalnetMissing, admin
-
-    try:
-        admin.set_hyperparameter(Path(args.dir), args.netuid, args.name, args.value)
-    except (LocalnetMissing, ValueError) as exc:
-        raise CliError(str(exc)) from exc
+    _admin("set_hyperparameter", Path(args.dir), args.netuid, args.name, args.value)
     print(f"subnet {args.netuid}: {args.name} = {args.value}")
 
 
