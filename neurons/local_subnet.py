@@ -11,6 +11,7 @@ reference engine per model, and a gateway with the validator's hotkey.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -242,18 +243,24 @@ class Subnet:
         return total / 2**30
 
     def stop(self) -> list[int]:
-        """SIGTERM to every process group, SIGKILL after 60 s; returns pids still alive after."""
+        """SIGTERM to every process group, SIGKILL after 60 s; then every descendant still shutting
+        down (vLLM's engine core and workers outlive their API server by seconds) gets 15 s, and
+        SIGKILL after. Returns the pids still alive after all that."""
         import psutil
 
         family = []
         for p in self.procs:
             try:
-                family += [p.child.pid, *(c.pid for c in psutil.Process(p.child.pid).children(recursive=True))]
+                family += [psutil.Process(p.child.pid), *psutil.Process(p.child.pid).children(recursive=True)]
             except psutil.NoSuchProcess:
                 pass
         stop_all([p.child for p in self.procs], grace=60)
-        time.sleep(0.5)
-        return [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        _, alive = psutil.wait_procs(family, timeout=15)
+        for straggler in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                straggler.kill()
+        _, alive = psutil.wait_procs(alive, timeout=5)
+        return [p.pid for p in alive if _running(p)]
 
     def elapsed(self) -> float:
         return time.monotonic() - self.began
@@ -274,3 +281,12 @@ class Subnet:
                 if exc.code != 503 or time.monotonic() > give_up:
                     raise CliError(f"the gateway answered {exc.code}: {exc.read()[:500].decode(errors='replace')}") from exc
                 time.sleep(min(2.0, float(exc.headers.get("Retry-After") or 1)))
+
+
+def _running(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
