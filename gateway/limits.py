@@ -33,9 +33,13 @@ from gateway.errors import LimitsUnavailable, QuotaExceeded, RateLimited
 from gateway.store import ApiKey, Store
 
 QUOTA_PREFIX = "slmnet:quota"
-# KEYS[1] the key's counter for this period; ARGV: tokens, quota, seconds to keep it, the ledger's usage to start from.
+# KEYS[1] the key's counter for this period; ARGV: tokens, quota, seconds to keep it, the ledger's usage to start
+# from ("" when not read: a counter that does not exist yet answers UNSEEDED, and the caller reads the ledger once).
 RESERVE = """
-redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[4] == '' then return 'UNSEEDED' end
+  redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[3])
+end
 local used = tonumber(redis.call('GET', KEYS[1]))
 if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 - used end
 return redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -71,10 +75,7 @@ class KeyLimits:
 
     async def admit(self, key: ApiKey, tokens: int) -> Reservation:
         """Charge one request of at most ``tokens``; RateLimited, QuotaExceeded or LimitsUnavailable."""
-        try:
-            return await self._admit(key, tokens)
-        except (StorageError, RedisError, OSError) as exc:
-            raise LimitsUnavailable(f"the rate-limit store does not answer ({type(exc).__name__}); retry shortly", headers={"Retry-After": "2"}) from exc
+        return await _guarded(self._admit(key, tokens))
 
     async def _admit(self, key: ApiKey, tokens: int) -> Reservation:
         headers: dict[str, str] = {}
@@ -110,8 +111,9 @@ class KeyLimits:
         if self.redis is not None:
             counter = f"{QUOTA_PREFIX}:{key.id}:{int(start)}"
             keep = int((end or now + 400 * 86400) - now) + 3600
-            seeded = self.store.tokens_used(key.id, since=start)  # the ledger's figure, used only when Redis has none yet
-            total = await self._reserve(keys=[counter], args=[tokens, key.quota_tokens, keep, seeded])
+            total = await self._reserve(keys=[counter], args=[tokens, key.quota_tokens, keep, ""])
+            if total == b"UNSEEDED":  # the period's first request anywhere: start from the ledger (one SQLite read)
+                total = await self._reserve(keys=[counter], args=[tokens, key.quota_tokens, keep, self.store.tokens_used(key.id, since=start)])
             if total < 0:
                 raise QuotaExceeded(self._exhausted(key, -1 - total, tokens, end))
             reservation.tokens, reservation.counter = tokens, counter
@@ -144,6 +146,9 @@ class KeyLimits:
 
     async def remaining_quota(self, key: ApiKey) -> Optional[int]:
         """What the key may still spend in this period (None: no quota)."""
+        return await _guarded(self._remaining_quota(key))
+
+    async def _remaining_quota(self, key: ApiKey) -> Optional[int]:
         if key.quota_tokens is None:
             return None
         start = key.period_start(time.time())
@@ -155,7 +160,18 @@ class KeyLimits:
 
     async def window_remaining(self, key: ApiKey) -> dict[str, Optional[int]]:
         """Requests and tokens left in the key's current minute (None: unlimited)."""
+        return await _guarded(self._window_remaining(key))
+
+    async def _window_remaining(self, key: ApiKey) -> dict[str, Optional[int]]:
         left: dict[str, Optional[int]] = {}
         for kind, limit in (("requests", key.rpm), ("tokens", key.tpm)):
             left[kind] = None if limit is None else (await self.windows.get_window_stats(RateLimitItemPerMinute(limit), kind, str(key.id))).remaining
         return left
+
+
+async def _guarded(call):
+    """A call on the limits store; LimitsUnavailable (503, fail closed) when Redis does not answer."""
+    try:
+        return await call
+    except (StorageError, RedisError, OSError) as exc:
+        raise LimitsUnavailable(f"the rate-limit store does not answer ({type(exc).__name__}); retry shortly", headers={"Retry-After": "2"}) from exc

@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from gateway.errors import BadRequest, HttpError, InvalidApiKey, LimitsUnavailable, ModelNotFound, NoMinerAvailable, PayloadTooLarge
+from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, NoMinerAvailable, PayloadTooLarge
 from gateway.limits import KeyLimits
 from gateway.answer import Generation
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
@@ -266,7 +266,7 @@ async def own_key(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     key = _authenticate(request, state)
     now = time.time()
-    left = await _limits_call(state.limits.window_remaining(key))
+    left = await state.limits.window_remaining(key)
     body = {
         "id": key.id,
         "name": key.name,
@@ -276,23 +276,13 @@ async def own_key(request: web.Request) -> web.Response:
         "remaining": {
             "requests_this_minute": left["requests"],
             "tokens_this_minute": left["tokens"],
-            "quota_tokens": await _limits_call(state.limits.remaining_quota(key)),
+            "quota_tokens": await state.limits.remaining_quota(key),
         },
         "quota_resets_at": key.period_end(now),
         "usage": state.store.usage(key.id),
         "usage_this_period": state.store.tokens_used(key.id, since=key.period_start(now)),
     }
     return web.json_response(body)
-
-
-async def _limits_call(call):
-    """A read of the limits store; LimitsUnavailable when Redis does not answer."""
-    try:
-        return await call
-    except Exception as exc:
-        if isinstance(exc, HttpError):
-            raise
-        raise LimitsUnavailable(f"the rate-limit store does not answer ({type(exc).__name__}); retry shortly", headers={"Retry-After": "2"}) from exc
 
 
 async def health(request: web.Request) -> web.Response:
