@@ -25,7 +25,7 @@ from gateway.server import create_app
 from gateway.state import GatewaySettings, GatewayState
 from gateway.store import Store
 from gateway.tokens import TokenCounter
-from models.subnet import ModelList, ModelListMismatch, check_on_chain
+from models.subnet import ModelList, ModelListMismatch, check_graph
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ class Gateway:
         self.app = create_app(self.state)
 
     async def sync(self, net: chain.Chain) -> None:
-        graph = await net.metagraph(self.config.chain.netuid)
+        self.route(await net.metagraph(self.config.chain.netuid))
+
+    def route(self, graph: chain.MetagraphView) -> None:
         self.state.router.update_from_chain(views_from(graph, self.config.models, self.wallet.hotkey.ss58_address))
 
     async def _sync_loop(self, net: chain.Chain) -> None:
@@ -129,12 +131,13 @@ class Gateway:
                 await net.uid_of(self.config.chain.netuid, self.wallet.hotkey.ss58_address)
             except chain.NotRegistered as exc:
                 raise GatewayStartupError(f"{exc}; miners answer registered validators only: register the gateway's hotkey first") from exc
+            graph = await net.metagraph(self.config.chain.netuid)
             try:
-                if warning := await check_on_chain(net, self.config.chain.netuid, self.config.models):
+                if warning := check_graph(graph, self.config.models, net.network):
                     log.warning(warning)
             except ModelListMismatch as exc:
                 raise GatewayStartupError(str(exc)) from exc
-            await self.sync(net)
+            self.route(graph)
             runner = web.AppRunner(self.app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, self.config.host, self.config.port, reuse_port=self.config.workers > 1).start()

@@ -145,7 +145,6 @@ def check_published(models: ModelList, published: Optional[Published], network: 
     return None
 
 
-async def check_on_chain(net, netuid: int, models: ModelList) -> Optional[str]:
-    """``check_published`` against what the subnet's owner committed on ``net`` (a chain.Chain)."""
-    graph = await net.metagraph(netuid)
-    return check_published(models, parse_published(graph.owner_commitment), net.network)
+def check_graph(graph, models: ModelList, network: str) -> Optional[str]:
+    """``check_published`` against what the subnet's owner committed, as a metagraph (chain.MetagraphView) shows it."""
+    return check_published(models, parse_published(graph.owner_commitment), network)

@@ -21,18 +21,17 @@ from neurons import validator as validator_cli
 from neurons import doctor as doctor_cli
 from neurons import localnet as localnet_cli
 from neurons import owner as owner_cli
-from neurons.common import CliError, add_chain_flags, emit
+from neurons.common import CliError, add_chain_flags, chain_config, emit
 from protocol.version import VERSION_KEY, __version__
 
 log = logging.getLogger("slmnet")
 
 
 def cmd_register(args: argparse.Namespace) -> None:
-    import bittensor as bt
 
     import chain
 
-    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=str(Path(args.wallet_path).expanduser()))
+    wallet = chain_config(args).wallet()
     hotkey = wallet.hotkey.ss58_address
 
     async def register() -> int:

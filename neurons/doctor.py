@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
 
-from neurons.common import CliError, http_status
+from neurons.common import CliError, chain_config, http_status
 
 ROLES = ("miner", "validator", "gateway")
 PINS = {"bittensor": "11.3.0", "vllm": "0.32.0"}  # what pyproject.toml pins: every neuron must run the same engine
@@ -107,14 +107,13 @@ def _gpu(role: str, network: str) -> Check:
 
 
 def _wallet(args: argparse.Namespace):
-    import bittensor as bt
 
     path = Path(args.wallet_path).expanduser()
     hotkey_file = path / args.wallet_name / "hotkeys" / args.wallet_hotkey
     if not hotkey_file.exists():
         fix = f"slmnet wallet create --path {path} --name {args.wallet_name} --hotkey {args.wallet_hotkey} (or btcli wallet create)"
         return None, Check("wallet", False, f"no hotkey file {hotkey_file}", fix)
-    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=str(path))
+    wallet = chain_config(args).wallet()
     return wallet, Check("wallet", True, f"{args.wallet_name}/{args.wallet_hotkey}: hotkey {wallet.hotkey.ss58_address}")
 
 
@@ -137,7 +136,7 @@ async def _on_chain(role: str, args: argparse.Namespace, wallet) -> list[Check]:
             checks.append(Check("registered", True, f"uid {me.uid}"))
             checks.append(_standing(role, args, me))
             if role != "miner":
-                checks.append(await _model_list(net, args, subnet))
+                checks.append(_model_list(graph, args, subnet))
             if role == "validator":
                 checks.append(await _version(net, args.netuid))
             return checks
@@ -154,10 +153,10 @@ def _standing(role: str, args: argparse.Namespace, me) -> Check:
     return Check("permit", ok, detail, f"miners answer callers with a validator permit or 1000 TAO staked: stake on this hotkey ({stake})")
 
 
-async def _model_list(net, args: argparse.Namespace, subnet) -> Check:
+def _model_list(graph, args: argparse.Namespace, subnet) -> Check:
     try:
         models = subnet.load(Path(args.model_list).expanduser() if args.model_list else subnet.for_network(args.network))
-        warning = await subnet.check_on_chain(net, args.netuid, models)
+        warning = subnet.check_graph(graph, models, args.network)
     except (ValueError, subnet.ModelListMismatch) as exc:
         return Check("model list", False, str(exc), "git pull && make install, or --model-list with the list the owner published")
     if warning:

@@ -13,7 +13,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags, emit
+from neurons.common import CliError, add_chain_flags, chain_config, emit
 
 
 def add_parsers(groups: argparse._SubParsersAction, models: argparse._SubParsersAction) -> None:
@@ -33,7 +33,6 @@ def add_parsers(groups: argparse._SubParsersAction, models: argparse._SubParsers
 
 
 def cmd_publish_models(args: argparse.Namespace) -> None:
-    import bittensor as bt
 
     import chain
     from models import subnet
@@ -44,7 +43,7 @@ def cmd_publish_models(args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from exc
     if unpinned := models.unpinned():
         raise CliError(f"{args.file} has unpinned models (no revision or weights sha256): {', '.join(unpinned)}; run `slmnet models pin ID --list {args.file}`")
-    wallet = bt.Wallet(args.wallet_name, args.wallet_hotkey, path=str(Path(args.wallet_path).expanduser()))
+    wallet = chain_config(args).wallet()
     hotkey = wallet.hotkey.ss58_address
 
     async def publish() -> int:

@@ -28,7 +28,7 @@ from engine import Engine, EngineSpec
 from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, update
 from scoring.weights import to_weights
 from validator.challenges import round_seed
-from models.subnet import ModelList, ModelListMismatch, check_on_chain
+from models.subnet import ModelList, ModelListMismatch, check_graph
 from protocol.version import VERSION_KEY, __version__
 from validator.organic import Outbox, verify_samples
 from validator.query import Timeouts
@@ -258,7 +258,8 @@ class Validator:
                 f"subnet {netuid} requires version key {required}; this is slmnet {__version__} (key {VERSION_KEY}): upgrade with `git pull && make install`"
             )
         try:
-            warning = await on_chain("reading the model list's hash", lambda: check_on_chain(net, netuid, self.config.models))
+            graph = await on_chain("reading the metagraph", lambda: net.metagraph(netuid))
+            warning = check_graph(graph, self.config.models, net.network)
         except ModelListMismatch as exc:
             raise ValidatorStartupError(str(exc)) from exc
         if warning:
