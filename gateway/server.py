@@ -226,7 +226,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
 def _model_entry(state: GatewayState, model: str, miners: list) -> dict[str, Any]:
     """A model as OpenAI lists it, with what slmnet knows: its context, and live figures from its miners."""
     context = state.contexts.get(model)
-    declared = max((m.max_context for m in miners), default=0) or context
+    # The most a request can use: the list's context, and the largest any of its miners declares (a miner bounds only itself).
+    bounds = [c for c in (context, max((m.max_context for m in miners), default=0)) if c]
     ttfts = sorted(m.ttft for m in miners if m.ttft is not None)
     speeds = sorted(m.tokens_per_s for m in miners if m.tokens_per_s is not None)
     return {
@@ -235,7 +236,7 @@ def _model_entry(state: GatewayState, model: str, miners: list) -> dict[str, Any
         "created": 0,
         "owned_by": "slmnet",
         "context_length": context,
-        "max_completion_tokens": min(context or declared, declared or context) - 1 if (context or declared) else None,
+        "max_completion_tokens": min(bounds) - 1 if bounds else None,
         "miners": len(miners),
         "p50_ttft_s": ttfts[len(ttfts) // 2] if ttfts else None,
         "p50_tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
