@@ -47,6 +47,7 @@ def _cpu_build() -> bool:
 # split on the CPU build (which needs a step budget of a whole context); GPU generators have
 # offsets, so the official build keeps chunking.
 CPU_BUILD = _cpu_build()
+SAMPLER = "engine.sampling:VerifiableSampler"
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class EngineSpec:
     extra_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()  # added to the environment of the engine only
     log_path: Optional[Path] = None
+    verifiable_sampling: bool = True  # seeded requests sampled through engine.sampling (what validators check)
 
     @property
     def url(self) -> str:
@@ -76,6 +78,8 @@ class EngineSpec:
             cmd += ["--max-model-len", str(self.max_model_len)]
             if CPU_BUILD:
                 cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(self.max_model_len, 2048))]
+        if self.verifiable_sampling:
+            cmd += ["--logits-processors", SAMPLER]
         return cmd + list(self.extra_args)
 
 
