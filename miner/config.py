@@ -21,6 +21,7 @@ class MinerConfig:
     model_id: str = ""  # the declared model; the engine serves it under this name
     revision: Optional[str] = None
     weights_sha256: Optional[str] = None
+    dtype: str = "float32"  # declared: what the engine computes in
     max_context: int = 2048
     capacity: int = 16  # declared; also the global in-flight limit
     max_in_flight_per_caller: int = 16

@@ -56,7 +56,12 @@ async def attached_max_context(url: str, model_id: str, wait: float) -> int:
 
 def build_state(config: MinerConfig, hotkey: str, max_context: int) -> MinerState:
     declaration = ModelDeclaration(
-        model=config.model_id, revision=config.revision, weights_sha256=config.weights_sha256, max_context=max_context, capacity=config.capacity
+        model=config.model_id,
+        revision=config.revision,
+        weights_sha256=config.weights_sha256,
+        max_context=max_context,
+        capacity=config.capacity,
+        dtype=config.dtype,
     )
     engine = Engine(url=config.upstream, spec=config.engine)
     return MinerState(

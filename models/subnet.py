@@ -27,10 +27,11 @@ class SupportedModel:
     end_token_ids: tuple[int, ...] = ()  # where the model ends a turn: the verifier's end-of-text checks
     reward: float = 1.0  # multiplies a miner's round score: the subnet's say in which models it wants served
     revision: Optional[str] = None  # the hub commit, for a Hugging Face id
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")  # the serving dtypes this model is paid for
 
     def accepts(self, declaration: ModelDeclaration) -> bool:
-        """A miner's declaration names this model (and, where both give one, the same weights)."""
-        if declaration.model != self.id:
+        """A miner's declaration names this model in a paid dtype (and, where both give one, the same weights)."""
+        if declaration.model != self.id or declaration.dtype not in self.dtypes:
             return False
         return not (self.weights_sha256 and declaration.weights_sha256 and declaration.weights_sha256 != self.weights_sha256)
 
@@ -109,6 +110,7 @@ def load(path: Path = DEFAULT_LIST) -> ModelList:
                 tuple(int(t) for t in m.get("end_token_ids", ())),
                 float(m.get("reward", 1.0)),
                 m.get("revision"),
+                tuple(str(d) for d in m.get("dtypes", SupportedModel.dtypes)),
             )
             for m in raw["models"]
         )

@@ -22,7 +22,12 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     engine = p.add_argument_group("engine", "start and supervise a vLLM server on loopback, or attach to one with --engine-url")
     engine.add_argument("--engine-url", default=None, help="attach to this running vLLM OpenAI server (it must serve the declared model id)")
     engine.add_argument("--engine-port", type=int, default=0, help="loopback port for the started engine (0: any free port)")
-    engine.add_argument("--dtype", default="auto", help="vLLM --dtype (float32 on CPU, bfloat16 on GPU)")
+    engine.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="vLLM --dtype, declared on chain: validators judge drift with this dtype's tolerance (float32 on CPU, bfloat16 on GPU)",
+    )
     engine.add_argument("--max-model-len", type=int, default=None, help="vLLM --max-model-len, also the declared max context")
     engine.add_argument(
         "--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument, repeatable (e.g. --engine-arg=--gpu-memory-utilization=0.9)"
@@ -89,6 +94,7 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (impo
             model_id=model_id,
             revision=revision,
             weights_sha256=digest,
+            dtype=args.dtype,
             max_context=max_context,
             capacity=args.capacity,
             max_in_flight_per_caller=args.max_in_flight_per_caller or args.capacity,

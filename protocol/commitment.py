@@ -2,12 +2,14 @@
 
 The chain stores at most 3 × 128 bytes per commitment, so the declaration is
 compact JSON. Validators and the gateway read it to know which model a miner
-claims to serve and how much load it accepts.
+claims to serve, in which dtype, and how much load it accepts.
 """
 
 from __future__ import annotations
 
 import json
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,6 +31,9 @@ class ModelDeclaration(BaseModel):
     weights_sha256: str | None = Field(default=None, description="sha256 of the served weight files, hex", pattern=r"^[0-9a-f]{64}$")
     max_context: int = Field(description="Maximum context length in tokens", gt=0)
     capacity: int = Field(description="Concurrent requests the miner accepts", gt=0)
+    # The dtype the miner computes in: the verifier judges its drift with that dtype's tolerance
+    # (scoring.evidence.TOLERANCES), and the model list says which dtypes each model is paid for.
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="bfloat16", description="Serving dtype")
     v: int = Field(default=COMMITMENT_VERSION, description="Declaration format version")
 
     def to_commitment(self) -> str:

@@ -150,13 +150,14 @@ def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, 
     return scores
 
 
-def update(standing: Standing, score: float, fidelity_failed: bool, round_index: int, params: AggregationParams, buffered: bool = False) -> Standing:
-    """The standing after one more round."""
+def update(standing: Standing, score: float, fidelity_failed: bool, round_index: int, params: AggregationParams, reset: bool = False) -> Standing:
+    """The standing after one more round; ``reset``: what it earned is gone, without a ban (it
+    buffers, or its pooled evidence flagged it)."""
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"round score {score} is outside [0, 1]")
     if fidelity_failed:
         return Standing(ema=0.0, rounds=0, banned_until=round_index + params.ban_rounds)
-    if buffered:
+    if reset:
         return Standing(ema=0.0, rounds=0, banned_until=standing.banned_until)
     if round_index < standing.banned_until:
         return standing

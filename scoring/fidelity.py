@@ -6,16 +6,15 @@ model's raw (pre-temperature) distribution, on both sides. A response fails when
 
 - its token counts are dishonest (usage differs from the tokens returned; ``length``
   with fewer than ``max_tokens`` tokens: cut short);
-- a chosen token is implausible for the sampler: at temperature 0 it is not the
-  reference's top token (beyond a tie margin, for precision drift); above 0, even an
-  upper bound of its probability under the temperature is below ``min_token_prob``, or
-  it lies outside the ``top_p`` nucleus (checked only when the reference's top-K covers
-  the distribution). End-of-text is a token like any other, so a skipped end (continuing
-  where the model ends with near certainty) and an early end (stopping where it would
-  not) both fail here;
-- the logprobs it reported differ from the reference's (any token by more than
-  ``max_abs_dlp``, or on average by more than ``mean_abs_dlp``), or were asked for and
-  are missing;
+- a chosen token is impossible for the sampler: at temperature 0 another token beats it by
+  more than ``greedy_hard_margin`` nats (no precision drift moves a logprob that far);
+  above 0, even an upper bound of its probability under the temperature is below
+  ``min_token_prob``, or it lies outside the ``top_p`` nucleus (checked only when the
+  reference's top-K covers the distribution). End-of-text is a token like any other, so a
+  skipped end (continuing where the model ends with near certainty) and an early end
+  (stopping where it would not) both fail here;
+- a reported logprob is more than ``max_abs_dlp`` from the reference's, or logprobs were
+  asked for and are missing;
 - it ended where the model would not, or did not end where it would (when the model's
   end-of-text ids are known and the request did not ask for ``ignore_eos`` or ``stop``):
   ``stop`` without an end token (cut short), an end token before the last position, an
@@ -23,12 +22,16 @@ model's raw (pre-temperature) distribution, on both sides. A response fails when
   where a lower bound of the end token's probability makes not stopping less likely than
   ``min_continue_prob`` (run past end-of-text).
 
+Each of these an honest sampler produces with probability below about 1e-9. What honest
+drift does produce now and then — a greedy flip between two close tokens, reported logprobs
+a few hundredths of a nat off, a sampled token that is not the Gumbel-max winner of the
+reference — is evidence, counted per answer (``AnswerStats``) and pooled per miner across
+answers and rounds by a sequential test (``scoring.evidence``).
+
 Whether an answer was streamed is judged per round, not per answer (``scoring.aggregate``):
 an honest engine under load sometimes coalesces a whole short answer into one chunk.
 
-Defaults are first margins from ``shared/facts/verification-margins.md`` (honest
-bf16-vs-fp32 drift: mean 5e-3, max 3e-2; int8: mean 4e-2, max 0.3), kept until the
-verifier's own calibration across engines and hardware replaces them.
+Calibration: ``docs/calibration.md``.
 """
 
 from __future__ import annotations
@@ -58,11 +61,13 @@ class ResponseEvidence:
     logprobs_requested: bool = True
     end_token_ids: frozenset[int] = frozenset()  # the model's end-of-text ids; empty: end checks off
     end_checks: bool = True  # False when the request set ignore_eos or its own stop sequences
+    seed: Optional[int] = None  # the request's seed: sampled choices are checkable (protocol.sampling)
+    sampler_checkable: bool = False  # no filter or penalty the check does not model (top_k, min_p, penalties)
 
 
 @dataclass(frozen=True)
 class FidelityParams:
-    greedy_margin: float = 0.1  # nats: a non-top token at T=0 passes if this close to the top one
+    greedy_hard_margin: float = 5.0  # nats: a greedy choice this far below the top token is impossible (closer flips are evidence)
     # Upper-bounded probability under the temperature below which a token is implausible. An
     # honest sampler picks *some* token this unlikely with probability at most vocab × this per
     # position (5e-8 for a 50k vocabulary). Measured: at 1e-7 an honest engine failed 1 answer in
@@ -70,9 +75,9 @@ class FidelityParams:
     min_token_prob: float = 1e-12
     nucleus_margin: float = 0.05  # slack on top_p for precision drift
     covered_mass: float = 0.99  # the nucleus is checked only when top-K holds this much probability
-    max_abs_dlp: float = 0.5  # nats, any one token's reported vs reference logprob
-    mean_abs_dlp: float = 0.05  # nats, averaged over a response of at least min_tokens_for_mean tokens
-    min_tokens_for_mean: int = 16
+    # nats, any one token's reported vs reference logprob. Measured on SmolLM2: honest bf16 at
+    # most 0.20, int8 0.48, int4 22; drift between honest stacks stays far below 3.
+    max_abs_dlp: float = 3.0
     # Ending is the profitable cheat, so the end token gets a stricter floor than others: an
     # honest sampler ends below it with probability at most max_tokens × this per response.
     min_end_prob: float = 1e-8
@@ -88,6 +93,17 @@ class Verdict:
     mean_abs_dlp: Optional[float] = None  # over tokens with reported logprobs
     max_abs_dlp: Optional[float] = None
     implausible_tokens: int = 0
+    stats: Optional["AnswerStats"] = None  # the answer's evidence for the per-miner test (set by the verifier)
+
+
+@dataclass(frozen=True)
+class AnswerStats:
+    """What one answer says about its miner, as counts over informative positions (``scoring.evidence``)."""
+
+    tokens: int = 0  # informative positions whose choice was judged
+    mismatches: int = 0
+    reported: int = 0  # informative positions with a reported logprob
+    exceedances: int = 0
 
 
 def _tempered(token: TokenEvidence, temperature: float) -> dict[int, float]:
@@ -111,7 +127,7 @@ def _outside_nucleus(token: TokenEvidence, tempered: dict[int, float], top_p: fl
 def _implausible(token: TokenEvidence, evidence: ResponseEvidence, params: FidelityParams) -> bool:
     if evidence.temperature == 0:
         best = max(token.reference_top.values(), default=token.reference_logprob)
-        return token.reference_rank > 1 and best - token.reference_logprob > params.greedy_margin
+        return token.reference_rank > 1 and best - token.reference_logprob > params.greedy_hard_margin
     tempered = _tempered(token, evidence.temperature)
     if tempered[token.token_id] < params.min_token_prob:
         return True
@@ -185,6 +201,4 @@ def check(evidence: ResponseEvidence, params: FidelityParams = FidelityParams())
     max_dlp = max(deltas) if deltas else None
     if max_dlp is not None and max_dlp > params.max_abs_dlp:
         reasons.append(f"a reported logprob is {max_dlp:.3f} nats from the reference (limit {params.max_abs_dlp})")
-    if mean_dlp is not None and len(deltas) >= params.min_tokens_for_mean and mean_dlp > params.mean_abs_dlp:
-        reasons.append(f"reported logprobs are {mean_dlp:.4f} nats from the reference on average (limit {params.mean_abs_dlp})")
     return Verdict(passed=not reasons, reasons=tuple(reasons), mean_abs_dlp=mean_dlp, max_abs_dlp=max_dlp, implausible_tokens=len(implausible))

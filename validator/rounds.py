@@ -24,6 +24,8 @@ import aiohttp
 
 from btauth.client import MinerClient
 from scoring.aggregate import Outcome, judged_streamed, round_scores, summarize
+from scoring.evidence import TOLERANCES, Evidence, SequentialParams
+from scoring.fidelity import AnswerStats
 from scoring.latency import measure
 from validator.challenges import Challenge, generate, grade
 from validator.query import QueryResult, Timeouts, ask
@@ -39,6 +41,12 @@ class Target:
     url: str
     model: str
     capacity: int
+    dtype: str = "float32"  # declared: the verifier's tolerance for its drift
+    declaration: str = ""  # what its evidence is kept under: a new declaration starts it afresh
+
+    @property
+    def tolerance(self):
+        return TOLERANCES.get(self.dtype, TOLERANCES["float32"])
 
 
 @dataclass
@@ -51,6 +59,8 @@ class Result:
     outcome: Outcome
     reasons: tuple[str, ...] = ()
     detail: str = ""
+    stats: Optional[AnswerStats] = None  # the answer's evidence for the per-miner test
+    answer: Optional[dict[str, Any]] = None  # what the miner sent, for replay: token ids, logprobs, chunk timings
 
     @property
     def streamed(self) -> Optional[bool]:
@@ -65,6 +75,8 @@ class RoundReport:
     scores: dict[int, float] = field(default_factory=dict)
     fidelity_failed: set[int] = field(default_factory=set)
     buffered: set[int] = field(default_factory=set)  # recent answers came in bursts: score 0, standing from zero
+    evidence: dict[str, Evidence] = field(default_factory=dict)  # hotkey → its pooled evidence after the round
+    flagged: set[int] = field(default_factory=set)  # the evidence says another model: weight 0 until it declares anew
 
 
 async def _judge(
@@ -77,7 +89,7 @@ async def _judge(
         return Result(target.uid, target.hotkey, challenge.family, Outcome(result.kind), detail=result.detail)
     async with verifying:
         try:
-            verdict = await verify(reference, body, result.response)
+            verdict = await verify(reference, body, result.response, tolerance=target.tolerance)
         except ReferenceError as exc:
             # Our engine failed, not the miner: nothing is known about this answer, for or against.
             log.warning("could not verify uid %s: %s", target.uid, exc)
@@ -88,7 +100,21 @@ async def _judge(
     outcome = Outcome("ok", verdict.passed, correct, speed)
     if not verdict.passed:
         log.warning("uid %s (%s) failed verification on %s: %s", target.uid, target.hotkey, challenge.family, "; ".join(verdict.reasons))
-    return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons)
+    return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons, stats=verdict.stats, answer=_answer_record(result))
+
+
+def _answer_record(result: QueryResult) -> dict[str, Any]:
+    """What a replay needs of the answer: the ids and logprobs the verdict was reached on, and the timing."""
+    response = result.response
+    return {
+        "token_ids": response.token_ids,
+        "logprobs": response.reported_logprobs,
+        "text": response.text,
+        "finish_reason": response.finish_reason,
+        "completion_tokens": response.completion_tokens,
+        "prompt_token_ids": response.prompt_token_ids,
+        "chunks": [[round(t - result.timing.sent, 6), n] for t, n in zip(result.timing.arrivals, result.timing.tokens)],  # (s after sending, tokens)
+    }
 
 
 async def _challenge_miner(
@@ -128,20 +154,30 @@ async def run_round(
     verify_concurrency: int = 4,
     timeouts: Optional[Timeouts] = None,
     history: Optional[Mapping[str, Sequence[bool]]] = None,
+    evidence: Optional[Mapping[str, Evidence]] = None,
+    round_index: int = 0,
+    sequential: SequentialParams = SequentialParams(),
 ) -> RoundReport:
     """Query, verify and score every target; miners whose model has no reference are skipped.
-    ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first."""
+    ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first.
+    ``evidence``: hotkey → its pooled evidence so far; a miner already flagged under its current
+    declaration is not queried and scores 0."""
     timeouts = timeouts or Timeouts()
     report = RoundReport(seed=seed)
     verifying = asyncio.Semaphore(verify_concurrency)
     challenges = generate(seed, challenges_per_miner)
-    eligible = [t for t in targets if t.model in references]
+    pooled = {t.hotkey: _current(evidence or {}, t) for t in targets}
+    report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
+    eligible = [t for t in targets if t.model in references and t.uid not in report.flagged]
     per_target = await asyncio.gather(
         *(_challenge_miner(session, keypair, t, challenges, references[t.model], verifying, per_miner, timeouts) for t in eligible)
     )
     stats = {}
     for target, results in zip(eligible, per_target):
         report.results += results
+        pooled[target.hotkey] = _pool(pooled[target.hotkey], target, results, round_index, sequential)
+        if pooled[target.hotkey].flagged:
+            report.flagged.add(target.uid)
         stats[target.uid] = summarize([r.outcome for r in results], (history or {}).get(target.hotkey, ()))
         if stats[target.uid].fidelity_failed:
             report.fidelity_failed.add(target.uid)
@@ -149,4 +185,35 @@ async def run_round(
             log.warning("uid %s (%s) sends its answers in bursts (buffered, not streamed): round score 0, standing from zero", target.uid, target.hotkey)
             report.buffered.add(target.uid)
     report.scores = round_scores(stats, {t.uid: t.model for t in eligible})
+    report.scores.update({uid: 0.0 for uid in report.flagged})
+    report.evidence = pooled
     return report
+
+
+def _current(evidence: Mapping[str, Evidence], target: Target) -> Evidence:
+    """The target's evidence under its declaration now (a changed declaration starts afresh)."""
+    known = evidence.get(target.hotkey)
+    return known if known is not None and known.declaration == target.declaration else Evidence(target.declaration)
+
+
+def _pool(evidence: Evidence, target: Target, results: list[Result], round_index: int, sequential: SequentialParams) -> Evidence:
+    was_flagged = evidence.flagged
+    for result in results:
+        if result.stats is not None:
+            evidence = evidence.add(result.stats, target.tolerance, round_index, sequential)
+    if evidence.flagged and not was_flagged:
+        log.warning(
+            "uid %s (%s) flagged: its answers do not come from %s in %s (%d answers, %d/%d choices mismatched, %d/%d logprobs off; evidence %.1f ≥ %.1f); weight 0 until it declares anew",
+            target.uid,
+            target.hotkey,
+            target.model,
+            target.dtype,
+            evidence.answers,
+            evidence.mismatches,
+            evidence.tokens,
+            evidence.exceedances,
+            evidence.reported,
+            evidence.cusum,
+            sequential.threshold,
+        )
+    return evidence

@@ -88,7 +88,8 @@ class Validator:
         for uid, score in report.scores.items():
             hotkey = graph.uid(uid).hotkey
             _, standing = standings.get(hotkey, (uid, Standing()))
-            standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, self.config.aggregation, uid in report.buffered))
+            reset = uid in report.buffered or uid in report.flagged
+            standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, self.config.aggregation, reset))
         return standings
 
     def effective(self, standings: dict[str, tuple[int, Standing]], round_index: int) -> dict[int, float]:
@@ -101,7 +102,8 @@ class Validator:
         seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index)
         started = time.time()
         targets = [
-            Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity) for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)
+            Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, n.model.dtype, n.model.to_commitment())
+            for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)
         ]
         ready = {model: ref for model, ref in references.items() if ref is not None}
         report = await run_round(
@@ -114,6 +116,8 @@ class Validator:
             self.config.per_miner_concurrency,
             timeouts=self.config.timeouts,
             history=self.store.recent_streamed(BUFFERED_WINDOW),
+            evidence=self.store.evidence(),
+            round_index=round_index,
         )
         models = {t.uid: t.model for t in targets}
         report.scores = {uid: score * self.config.models.get(models[uid]).reward for uid, score in report.scores.items()}
@@ -131,10 +135,11 @@ class Validator:
             "scores": report.scores,
             "fidelity_failed": sorted(report.fidelity_failed),
             "buffered": sorted(report.buffered),
+            "flagged": sorted(report.flagged),
             "effective": effective,
             "duration_s": time.time() - started,
         }
-        self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows)
+        self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
         self._log(summary, report)
         return effective, graph.tempo
 
@@ -360,4 +365,6 @@ def _result_row(round_index: int, r) -> tuple:
     detail = "; ".join(r.reasons) or r.detail or None
     streamed = None if r.streamed is None else int(r.streamed)
     timing = (speed.ttft, speed.tokens_per_s, speed.tokens) if speed else (None, None, None)
-    return (round_index, r.uid, r.hotkey, r.family, r.outcome.kind, fidelity, detail, r.outcome.correct, *timing, streamed)
+    stats = json.dumps(asdict(r.stats)) if r.stats is not None else None
+    answer = json.dumps(r.answer) if r.answer is not None else None
+    return (round_index, r.uid, r.hotkey, r.family, r.outcome.kind, fidelity, detail, r.outcome.correct, *timing, streamed, stats, answer)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from scoring.aggregate import Standing
+from scoring.evidence import Evidence
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS standings (hotkey TEXT PRIMARY KEY, uid INTEGER NOT NULL, ema REAL NOT NULL, rounds INTEGER NOT NULL, banned_until INTEGER NOT NULL);
@@ -32,7 +33,15 @@ CREATE TABLE IF NOT EXISTS organic (
     passed INTEGER NOT NULL, reasons TEXT, taken_in_round INTEGER
 );
 CREATE TABLE IF NOT EXISTS organic_cursor (source TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evidence (
+    hotkey TEXT PRIMARY KEY, declaration TEXT NOT NULL, cusum REAL NOT NULL, answers INTEGER NOT NULL, tokens INTEGER NOT NULL,
+    mismatches INTEGER NOT NULL, reported INTEGER NOT NULL, exceedances INTEGER NOT NULL, flagged_round INTEGER
+);
 """
+# Columns added to ``results`` after its first release, for state written before them: what the
+# per-miner test counted in the answer, and the answer itself (for ``slmnet validator replay``).
+ADDED_RESULT_COLUMNS = (("streamed", "INTEGER"), ("stats", "TEXT"), ("answer", "TEXT"))
+EVIDENCE_FIELDS = ("declaration", "cusum", "answers", "tokens", "mismatches", "reported", "exceedances", "flagged_round")
 
 
 class Store:
@@ -42,8 +51,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        if "streamed" not in {row[1] for row in self.db.execute("PRAGMA table_info(results)")}:
-            self.db.execute("ALTER TABLE results ADD COLUMN streamed INTEGER")  # state written before buffering was judged across rounds
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+        for name, kind in ADDED_RESULT_COLUMNS:
+            if name not in present:
+                self.db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -65,16 +76,35 @@ class Store:
         summary: dict[str, Any],
         standings: dict[str, tuple[int, Standing]],
         results: Iterable[tuple],
+        evidence: Optional[dict[str, Evidence]] = None,
     ) -> None:
-        """The round, its results and the new standings, all or nothing."""
+        """The round, its results, the new standings and evidence, all or nothing."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, json.dumps(summary)))
-            self.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
+            self.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO evidence VALUES (?, {', '.join('?' for _ in EVIDENCE_FIELDS)})",
+                [(hotkey, *(getattr(e, f) for f in EVIDENCE_FIELDS)) for hotkey, e in (evidence or {}).items()],
+            )
             self.db.executemany(
                 "INSERT INTO standings VALUES (?, ?, ?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET uid=excluded.uid, ema=excluded.ema, rounds=excluded.rounds, banned_until=excluded.banned_until",
                 [(hotkey, uid, s.ema, s.rounds, s.banned_until) for hotkey, (uid, s) in standings.items()],
             )
+
+    def evidence(self) -> dict[str, Evidence]:
+        """Hotkey → its pooled evidence under the declaration it was last judged under."""
+        rows = self.db.execute(f"SELECT hotkey, {', '.join(EVIDENCE_FIELDS)} FROM evidence")
+        return {hotkey: Evidence(*values) for hotkey, *values in rows}
+
+    def round_record(self, round_index: int) -> Optional[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """A stored round's summary and its results (each a dict of the ``results`` columns), or None."""
+        row = self.db.execute("SELECT summary FROM rounds WHERE round = ?", (round_index,)).fetchone()
+        if row is None:
+            return None
+        cursor = self.db.execute("SELECT * FROM results WHERE round = ? ORDER BY rowid", (round_index,))
+        names = [d[0] for d in cursor.description]
+        return json.loads(row[0]), [dict(zip(names, values)) for values in cursor]
 
     def recent_streamed(self, limit: int) -> dict[str, list[bool]]:
         """Hotkey → whether each of its last ``limit`` judged answers was streamed, oldest first."""

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import aiohttp
 
 from protocol.responses import StreamFold
+from scoring.evidence import TOLERANCES, Tolerance, answer_stats
 from scoring.fidelity import FidelityParams, ResponseEvidence, TokenEvidence, Verdict, check
 
 TOP_K = 5  # reference logprobs per position: 20 cost 2.7× the verification time (0.244 vs 0.100 of generation) for no check that needs them
@@ -156,12 +157,21 @@ def _given(request: dict[str, Any], name: str, default: float) -> float:
     return default if value is None else value
 
 
+def sampler_checkable(request: dict[str, Any]) -> bool:
+    """Whether the verifiable sampler's choice can be recomputed for this request: a seed, and no
+    filter or penalty beyond temperature and top_p (the check models those two only)."""
+    top_k, min_p = request.get("top_k"), request.get("min_p")
+    penalties = (_given(request, "presence_penalty", 0.0), _given(request, "frequency_penalty", 0.0), _given(request, "repetition_penalty", 1.0) - 1.0)
+    return request.get("seed") is not None and top_k in (None, 0, -1) and not min_p and not any(penalties) and not request.get("logit_bias")
+
+
 def _failed(reason: str) -> Verdict:
     return Verdict(passed=False, reasons=(reason,))
 
 
-async def verify(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse, params: FidelityParams = FidelityParams()) -> Verdict:
-    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine.
+async def gather(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse) -> Union[ResponseEvidence, Verdict]:
+    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine:
+    the evidence to judge, or the failed verdict when the answer cannot even be scored.
     ReferenceError when the reference itself fails: then nothing is known about the miner."""
     prompt_ids = await reference.prompt_ids(request["messages"])
     if response.prompt_token_ids is not None and response.prompt_token_ids != prompt_ids:
@@ -179,7 +189,7 @@ async def verify(reference: ReferenceEngine, request: dict[str, Any], response: 
         logprob, rank = position[token_id]
         top = {tid: lp for tid, (lp, r) in position.items() if r <= TOP_K}
         tokens.append(TokenEvidence(token_id, logprob, rank, top, reported))
-    evidence = ResponseEvidence(
+    return ResponseEvidence(
         tokens=tokens,
         finish_reason=response.finish_reason,
         max_tokens=request.get("max_tokens") or request.get("max_completion_tokens") or len(tokens),
@@ -189,5 +199,26 @@ async def verify(reference: ReferenceEngine, request: dict[str, Any], response: 
         logprobs_requested=bool(request.get("logprobs")),
         end_token_ids=reference.end_token_ids,
         end_checks=not (request.get("ignore_eos") or request.get("stop") or request.get("stop_token_ids")),
+        seed=request.get("seed"),
+        sampler_checkable=sampler_checkable(request),
     )
-    return await asyncio.to_thread(check, evidence, params)
+
+
+def judge(evidence: ResponseEvidence, params: FidelityParams = FidelityParams(), tolerance: Tolerance = TOLERANCES["float32"]) -> Verdict:
+    """The verdict on what an honest miner cannot do, with (``Verdict.stats``) the answer's evidence for
+    the per-miner test, counted with the declared dtype's ``tolerance``."""
+    return replace(check(evidence, params), stats=answer_stats(evidence, tolerance))
+
+
+async def verify(
+    reference: ReferenceEngine,
+    request: dict[str, Any],
+    response: MinerResponse,
+    params: FidelityParams = FidelityParams(),
+    tolerance: Tolerance = TOLERANCES["float32"],
+) -> Verdict:
+    """``gather`` then ``judge`` (off the event loop). ReferenceError when the reference itself fails."""
+    gathered = await gather(reference, request, response)
+    if isinstance(gathered, Verdict):
+        return gathered
+    return await asyncio.to_thread(judge, gathered, params, tolerance)

@@ -67,8 +67,9 @@ HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-enc
 
 def perturbed_copy(source: Path, out: Path, kind: str = "noise", amount: float = 0.0) -> Path:
     """A copy of model folder ``source`` with its weights changed: gaussian noise of ``amount`` ×
-    each tensor's std, or int8/int4 rounding per row. The manifest (declared id, hash) is kept:
-    the copy claims to be the original."""
+    each tensor's std, int8/int4 rounding per row, fp8 (e4m3) rounding per tensor, or the last
+    ``amount`` layers dropped (a cheaper model of the same family). The manifest (declared id,
+    hash) is kept: the copy claims to be the original."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -76,9 +77,19 @@ def perturbed_copy(source: Path, out: Path, kind: str = "noise", amount: float =
     tensors = load_file(source / "model.safetensors")
     generator = torch.Generator().manual_seed(7)
     changed = {}
+    if kind == "drop":
+        config = json.loads((source / "config.json").read_text())
+        kept = config["num_hidden_layers"] - int(amount)
+        (out / "config.json").write_text(json.dumps({**config, "num_hidden_layers": kept}))
+        tensors = {name: t for name, t in tensors.items() if not name.startswith("model.layers.") or int(name.split(".")[2]) < kept}
     for name, tensor in tensors.items():
         if kind == "noise":
             changed[name] = tensor + torch.randn(tensor.shape, generator=generator) * tensor.std() * amount
+        elif kind == "drop":
+            changed[name] = tensor
+        elif kind == "fp8":
+            scale = tensor.abs().amax().clamp(min=1e-12) / 448.0  # e4m3's largest finite value
+            changed[name] = (tensor / scale).to(torch.float8_e4m3fn).float() * scale
         else:
             levels = {"int8": 127, "int4": 7}[kind]
             scale = tensor.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / levels

@@ -53,25 +53,22 @@ def test_an_honest_greedy_response_with_precision_drift_passes():
     assert verdict.max_abs_dlp <= 0.03
 
 
-def test_a_non_top_token_at_temperature_zero_fails():
+def test_a_greedy_token_far_below_the_top_fails_and_a_close_flip_does_not():
     tokens = _greedy_response()
-    dist = _distribution(random.Random(9), peak=6)
-    fifth = sorted(dist, key=dist.get, reverse=True)[4]
-    verdict = check(_evidence(tokens[:10] + [_token(dist, fifth)] + tokens[11:]))
+    dist = {0: math.log(0.9), 1: math.log(0.1 - 1e-4), 2: math.log(1e-4)}  # token 2 is 9.1 nats below the top
+    verdict = check(_evidence(tokens[:10] + [_token(dist, 2)] + tokens[11:]))
     assert not verdict.passed and verdict.implausible_tokens == 1
     assert "first at position 10" in verdict.reasons[0]
+    close = {0: math.log(0.55), 1: math.log(0.45)}  # 0.2 nats: drift can swap these; evidence, not a failure
+    assert check(_evidence(tokens[:10] + [_token(close, 1)] + tokens[11:])).passed
 
 
-def test_invented_logprobs_fail_even_when_the_tokens_are_right():
-    tokens = [TokenEvidence(t.token_id, t.reference_logprob, t.reference_rank, t.reference_top, -0.01) for t in _greedy_response()]
-    verdict = check(_evidence(tokens))
+def test_a_reported_logprob_far_from_the_reference_fails_and_a_small_offset_does_not():
+    far = [TokenEvidence(t.token_id, t.reference_logprob, t.reference_rank, t.reference_top, t.reference_logprob - 4.0) for t in _greedy_response()]
+    verdict = check(_evidence(far))
     assert not verdict.passed and any("nats from the reference" in r for r in verdict.reasons)
-
-
-def test_a_consistent_small_logprob_offset_fails_on_the_mean():
-    shifted = [TokenEvidence(t.token_id, t.reference_logprob, t.reference_rank, t.reference_top, t.reference_logprob - 0.12) for t in _greedy_response(n=40)]
-    verdict = check(_evidence(shifted))
-    assert not verdict.passed and any("on average" in r for r in verdict.reasons)
+    offset = [TokenEvidence(t.token_id, t.reference_logprob, t.reference_rank, t.reference_top, t.reference_logprob - 0.12) for t in _greedy_response(n=40)]
+    assert check(_evidence(offset)).passed  # pooled per miner instead: tests/unit/test_evidence.py
 
 
 def test_dishonest_counts_and_early_cuts_fail():

@@ -46,8 +46,8 @@ def test_a_miner_that_buffers_scores_zero_and_starts_again_but_an_occasional_bur
     assert buffering.buffered and not buffering.fidelity_failed  # scores 0 for the round, no ban
     assert round_scores({1: buffering, 2: summarize([STREAMED] * 8)}) == {1: 0.0, 2: pytest.approx(1.0)}
     earned = Standing(ema=0.6, rounds=12)
-    assert update(earned, 0.0, False, 13, PARAMS, buffered=True).effective(PARAMS, 14) == 0.0  # what it earned while buffering is gone
-    assert update(earned, 0.0, False, 13, PARAMS, buffered=True).banned_until < 14  # but it is not banned
+    assert update(earned, 0.0, False, 13, PARAMS, reset=True).effective(PARAMS, 14) == 0.0  # what it earned while buffering is gone
+    assert update(earned, 0.0, False, 13, PARAMS, reset=True).banned_until < 14  # but it is not banned
     assert not summarize([_burst()] + [STREAMED] * 9).buffered  # an honest engine that coalesced once under load
     assert not summarize([_burst(tokens=20)] * 8).buffered  # short answers honestly arrive in one read
 

@@ -9,7 +9,7 @@ import pytest
 from scoring.aggregate import Standing
 from validator.store import Store
 
-ROW = (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1)
+ROW = (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)
 
 
 def test_standings_and_rounds_survive_a_restart(tmp_path):
@@ -36,12 +36,32 @@ def test_a_round_that_fails_half_way_changes_nothing(tmp_path):
 def test_buffering_evidence_is_kept_per_miner_across_rounds_and_restarts(tmp_path):
     store = Store(tmp_path / "v.sqlite")
     for round_index, flags in enumerate(([1, 0], [0, None, 0])):
-        rows = [(*ROW[:11], flag) for flag in flags] + [(round_index, 2, "5Other", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1)]
+        rows = [(*ROW[:11], flag, None, None) for flag in flags] + [(round_index, 2, "5Other", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)]
         store.save_round(round_index, 42, 100, 1.0, {}, {}, [(*row[:0], round_index, *row[1:]) for row in rows])
     store.close()
     again = Store(tmp_path / "v.sqlite")
     assert again.recent_streamed(24) == {"5Miner": [True, False, False, False], "5Other": [True, True]}
     assert again.recent_streamed(2)["5Miner"] == [False, False]  # the newest two, oldest first
+
+
+def test_pooled_evidence_survives_a_restart_and_old_state_gains_the_new_columns(tmp_path):
+    from scoring.evidence import Evidence
+
+    path = tmp_path / "v.sqlite"
+    old = sqlite3.connect(path)  # a results table from before the evidence and replay columns
+    old.execute(
+        "CREATE TABLE results (round INTEGER NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, family TEXT NOT NULL, outcome TEXT NOT NULL, "
+        "passed INTEGER, reasons TEXT, correct REAL, ttft REAL, tokens_per_s REAL, tokens INTEGER)"
+    )
+    old.close()
+    store = Store(path)
+    flagged = Evidence("decl-a", cusum=30.5, answers=12, tokens=400, mismatches=90, reported=380, exceedances=70, flagged_round=2)
+    store.save_round(0, 42, 100, 1.0, {}, {}, [ROW], {"5Miner": flagged, "5Other": Evidence("decl-b", cusum=1.5, answers=3)})
+    store.close()
+    again = Store(path)
+    assert again.evidence() == {"5Miner": flagged, "5Other": Evidence("decl-b", cusum=1.5, answers=3)}
+    summary, results = again.round_record(0)
+    assert results[0]["hotkey"] == "5Miner" and results[0]["answer"] is None and again.round_record(1) is None
 
 
 async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_across_restarts(tmp_path):
