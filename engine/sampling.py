@@ -19,9 +19,10 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from protocol.sampling import gumbel_of_hash, token_hashes
+from protocol.sampling import GUMBEL_MAX, GUMBEL_MIN, gumbel_of_hash, token_hashes
 
 GREEDY_BELOW = 1e-5  # vLLM treats a temperature below this as greedy
+NUCLEUS_SCAN = 1024
 
 
 @dataclass(frozen=True)
@@ -34,24 +35,41 @@ class Seeded:
     output_ids: list[int]  # vLLM's live list of the request's generated tokens: its length is the position
 
 
-def choose(logits: torch.Tensor, request: Seeded, token_ids: torch.Tensor) -> int:
-    """The token the verifiable sampler picks from one row of logits (any dtype, any device)."""
-    scaled = logits.double() / request.temperature
-    keep = torch.ones_like(scaled, dtype=torch.bool)
-    if request.top_k > 0 and request.top_k < scaled.numel():
-        keep &= scaled >= torch.topk(scaled, request.top_k).values[-1]
-    probs = torch.softmax(scaled, dim=-1)
-    if request.top_p < 1.0:
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The ids top_p keeps: each token whose higher-ranked tokens hold less than top_p. The
+    nucleus nearly always lies in the top 1024 (a partial sort); the full sort is the fallback."""
+    k = min(probs.numel(), NUCLEUS_SCAN)
+    ordered, order = torch.topk(probs, k)
+    if k < probs.numel() and float(ordered.sum()) < top_p:
         ordered, order = torch.sort(probs, descending=True)
-        before = torch.cumsum(ordered, dim=-1) - ordered  # the mass of the tokens ranked above each one
-        nucleus = torch.zeros_like(keep)
-        nucleus[order] = before < request.top_p
-        keep &= nucleus
-    if request.min_p > 0.0:
-        keep &= probs >= request.min_p * probs.max()
-    noise = gumbel_of_hash(token_hashes(request.seed, len(request.output_ids), token_ids), torch.log)
-    score = torch.where(keep, scaled + noise, torch.tensor(float("-inf"), dtype=scaled.dtype, device=scaled.device))
-    return int(torch.argmax(score))
+    before = torch.cumsum(ordered, dim=-1) - ordered
+    return order[before < top_p]
+
+
+def choose(logits: torch.Tensor, request: Seeded, token_ids: torch.Tensor) -> int:
+    """The token the verifiable sampler picks from one row of logits (any dtype, any device):
+    argmax of ``logits / T + gumbel`` over the tokens the filters keep.
+
+    Only candidates that can win get a Gumbel variate: a token more than the variates' whole
+    range (GUMBEL_MAX − GUMBEL_MIN) below the top token's scaled logit loses to it whatever
+    both variates are, and the top token is kept by every filter.
+    """
+    scaled = logits.double() / request.temperature
+    top = scaled.max()
+    candidates = scaled >= top - (GUMBEL_MAX - GUMBEL_MIN)
+    if request.top_k > 0 and request.top_k < scaled.numel():
+        candidates &= scaled >= torch.topk(scaled, request.top_k).values[-1]
+    if request.top_p < 1.0 or request.min_p > 0.0:
+        probs = torch.softmax(scaled, dim=-1)
+        if request.min_p > 0.0:
+            candidates &= probs >= request.min_p * probs.max()
+        if request.top_p < 1.0:
+            nucleus = torch.zeros_like(candidates)
+            nucleus[_nucleus(probs, request.top_p)] = True
+            candidates &= nucleus
+    ids = token_ids[candidates]
+    noise = gumbel_of_hash(token_hashes(request.seed, len(request.output_ids), ids), torch.log)
+    return int(ids[torch.argmax(scaled[candidates] + noise)])
 
 
 class VerifiableSampler(LogitsProcessor):

@@ -55,8 +55,17 @@ def token_hashes(seed: int, position: int, token_ids: Any) -> Any:
 def gumbel_of_hash(hashes: Any, log: Any) -> Any:
     """Gumbel variates from hashes: u = (top 24 bits + ½) / 2^24, g = −log(−log u). ``log``: the
     array library's own (numpy.log, torch.log) or math.log for a Python int."""
-    uniform = ((hashes >> (32 - UNIFORM_BITS)) + 0.5) / float(1 << UNIFORM_BITS)
+    uniform = (_float64(hashes >> (32 - UNIFORM_BITS)) + 0.5) / float(1 << UNIFORM_BITS)
     return -log(-log(uniform))
+
+
+def _float64(x: Any) -> Any:
+    """x as float64 (torch would otherwise make float32 of an int tensor plus a float)."""
+    if hasattr(x, "double"):
+        return x.double()
+    if hasattr(x, "astype"):
+        return x.astype("float64")
+    return float(x)
 
 
 def gumbel(seed: int, position: int, token_id: int) -> float:
@@ -64,5 +73,7 @@ def gumbel(seed: int, position: int, token_id: int) -> float:
     return gumbel_of_hash(token_hashes(seed, position, token_id), math.log)
 
 
-# The largest Gumbel variate a 24-bit uniform can make: −log(−log(1 − 2^-25)) ≈ 17.33.
+# The extreme Gumbel variates a 24-bit uniform can make: −log(−log(1 − 2^-25)) ≈ 17.33 and
+# −log(−log(2^-25)) ≈ −2.85.
 GUMBEL_MAX = -math.log(-math.log(1.0 - 0.5 / (1 << UNIFORM_BITS)))
+GUMBEL_MIN = -math.log(-math.log(0.5 / (1 << UNIFORM_BITS)))

@@ -113,7 +113,8 @@ def _answer_record(result: QueryResult) -> dict[str, Any]:
         "finish_reason": response.finish_reason,
         "completion_tokens": response.completion_tokens,
         "prompt_token_ids": response.prompt_token_ids,
-        "chunks": [[round(t - result.timing.sent, 6), n] for t, n in zip(result.timing.arrivals, result.timing.tokens)],  # (s after sending, tokens)
+        # (seconds after sending, tokens) per chunk, unrounded: a replay's speeds equal the round's
+        "chunks": [[t - result.timing.sent, n] for t, n in zip(result.timing.arrivals, result.timing.tokens)],
     }
 
 
@@ -163,28 +164,45 @@ async def run_round(
     ``evidence``: hotkey → its pooled evidence so far; a miner already flagged under its current
     declaration is not queried and scores 0."""
     timeouts = timeouts or Timeouts()
-    report = RoundReport(seed=seed)
     verifying = asyncio.Semaphore(verify_concurrency)
     challenges = generate(seed, challenges_per_miner)
-    pooled = {t.hotkey: _current(evidence or {}, t) for t in targets}
-    report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
-    eligible = [t for t in targets if t.model in references and t.uid not in report.flagged]
+    already = {t.hotkey: _current(evidence or {}, t) for t in targets}
+    eligible = [t for t in targets if t.model in references and not already[t.hotkey].flagged]
     per_target = await asyncio.gather(
         *(_challenge_miner(session, keypair, t, challenges, references[t.model], verifying, per_miner, timeouts) for t in eligible)
     )
+    return score_round(seed, targets, dict(zip((t.uid for t in eligible), per_target)), history, evidence, round_index, sequential)
+
+
+def score_round(
+    seed: int,
+    targets: list[Target],
+    results: Mapping[int, list[Result]],
+    history: Optional[Mapping[str, Sequence[bool]]],
+    evidence: Optional[Mapping[str, Evidence]],
+    round_index: int,
+    sequential: SequentialParams = SequentialParams(),
+) -> RoundReport:
+    """The round's report from each queried miner's results (uid → results in challenge order):
+    what ``run_round`` returns, and what ``slmnet validator replay`` recomputes from a record."""
+    report = RoundReport(seed=seed)
+    pooled = {t.hotkey: _current(evidence or {}, t) for t in targets}
+    report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
     stats = {}
-    for target, results in zip(eligible, per_target):
-        report.results += results
-        pooled[target.hotkey] = _pool(pooled[target.hotkey], target, results, round_index, sequential)
+    queried = [t for t in targets if t.uid in results]
+    for target in queried:
+        answers = results[target.uid]
+        report.results += answers
+        pooled[target.hotkey] = _pool(pooled[target.hotkey], target, answers, round_index, sequential)
         if pooled[target.hotkey].flagged:
             report.flagged.add(target.uid)
-        stats[target.uid] = summarize([r.outcome for r in results], (history or {}).get(target.hotkey, ()))
+        stats[target.uid] = summarize([r.outcome for r in answers], (history or {}).get(target.hotkey, ()))
         if stats[target.uid].fidelity_failed:
             report.fidelity_failed.add(target.uid)
         if stats[target.uid].buffered:
             log.warning("uid %s (%s) sends its answers in bursts (buffered, not streamed): round score 0, standing from zero", target.uid, target.hotkey)
             report.buffered.add(target.uid)
-    report.scores = round_scores(stats, {t.uid: t.model for t in eligible})
+    report.scores = round_scores(stats, {t.uid: t.model for t in queried})
     report.scores.update({uid: 0.0 for uid in report.flagged})
     report.evidence = pooled
     return report

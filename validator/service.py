@@ -119,11 +119,10 @@ class Validator:
             evidence=self.store.evidence(),
             round_index=round_index,
         )
-        models = {t.uid: t.model for t in targets}
-        report.scores = {uid: score * self.config.models.get(models[uid]).reward for uid, score in report.scores.items()}
+        apply_rewards(report, targets, self.config.models)
         if self.outbox is not None:
             await verify_samples(self.outbox, self.store, ready)
-        self._organic_verdicts(round_index, graph, report)
+        apply_organic(report, self.store.take_organic(round_index), {n.uid: n.hotkey for n in graph.neurons})
         standings = self.apply(round_index, graph, report)
         effective = self.effective(standings, round_index + 1)
         rows = [_result_row(round_index, r) for r in report.results]
@@ -132,6 +131,8 @@ class Validator:
             "block": graph.block,
             "seed": str(seed),
             "miners": len(targets),
+            "challenges": self.config.challenges_per_miner,
+            "targets": {t.uid: [t.hotkey, t.model, t.dtype, t.declaration] for t in targets},  # what a replay needs to rebuild the round
             "scores": report.scores,
             "fidelity_failed": sorted(report.fidelity_failed),
             "buffered": sorted(report.buffered),
@@ -142,14 +143,6 @@ class Validator:
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
         self._log(summary, report)
         return effective, graph.tempo
-
-    def _organic_verdicts(self, round_index: int, graph, report: RoundReport) -> None:
-        """A user's answer that failed verification (sampled by our gateway) counts like a failed challenge."""
-        for uid, hotkey, passed, reasons in self.store.take_organic(round_index):
-            if not passed and uid in report.scores and graph.uid(uid).hotkey == hotkey:
-                log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
-                report.scores[uid] = 0.0
-                report.fidelity_failed.add(uid)
 
     def _log(self, summary: dict[str, Any], report: RoundReport) -> None:
         with self.journal.open("a") as f:
@@ -356,6 +349,21 @@ async def run_validator(config: ValidatorConfig) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     (config.state_dir / "config.json").write_text(json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=2))
     await Validator(config).run(stop)
+
+
+def apply_rewards(report: RoundReport, targets: list[Target], models: ModelList) -> None:
+    """Each score times its model's reward in the model list."""
+    declared = {t.uid: t.model for t in targets}
+    report.scores = {uid: score * models.get(declared[uid]).reward for uid, score in report.scores.items()}
+
+
+def apply_organic(report: RoundReport, verdicts: list[tuple[int, str, bool, str]], hotkeys: dict[int, str]) -> None:
+    """A user's answer that failed verification (sampled by our gateway) counts like a failed challenge."""
+    for uid, hotkey, passed, reasons in verdicts:
+        if not passed and uid in report.scores and hotkeys.get(uid) == hotkey:
+            log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
+            report.scores[uid] = 0.0
+            report.fidelity_failed.add(uid)
 
 
 def _result_row(round_index: int, r) -> tuple:

@@ -106,12 +106,13 @@ class Store:
         names = [d[0] for d in cursor.description]
         return json.loads(row[0]), [dict(zip(names, values)) for values in cursor]
 
-    def recent_streamed(self, limit: int) -> dict[str, list[bool]]:
-        """Hotkey → whether each of its last ``limit`` judged answers was streamed, oldest first."""
+    def recent_streamed(self, limit: int, before: Optional[int] = None) -> dict[str, list[bool]]:
+        """Hotkey → whether each of its last ``limit`` judged answers (in rounds before ``before``, if
+        given) was streamed, oldest first."""
         rows = self.db.execute(
             "SELECT hotkey, streamed FROM (SELECT hotkey, streamed, round, ROW_NUMBER() OVER (PARTITION BY hotkey ORDER BY round DESC, rowid DESC) AS n "
-            "FROM results WHERE streamed IS NOT NULL) WHERE n <= ? ORDER BY round, n DESC",
-            (limit,),
+            "FROM results WHERE streamed IS NOT NULL AND round < ?) WHERE n <= ? ORDER BY round, n DESC",
+            (before if before is not None else 1 << 62, limit),
         )
         recent: dict[str, list[bool]] = {}
         for hotkey, streamed in rows:
@@ -139,6 +140,11 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             rows = self.db.execute("SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE taken_in_round IS NULL").fetchall()
             self.db.execute("UPDATE organic SET taken_in_round = ? WHERE taken_in_round IS NULL", (round_index,))
+        return [(uid, hotkey, bool(passed), reasons) for uid, hotkey, passed, reasons in rows]
+
+    def organic_taken(self, round_index: int) -> list[tuple[int, str, bool, str]]:
+        """The organic verdicts ``take_organic`` folded into ``round_index``."""
+        rows = self.db.execute("SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE taken_in_round = ? ORDER BY id", (round_index,))
         return [(uid, hotkey, bool(passed), reasons) for uid, hotkey, passed, reasons in rows]
 
     def organic_cursor(self, source: str) -> int:

@@ -95,13 +95,15 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
 
     rounds = [json.loads(line) for line in (state / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 3 and all(r["miners"] == 10 for r in rounds)
-    ever_failed = {uid for r in rounds for uid in r["fidelity_failed"]}
+    # Caught: an answer no honest sampler makes (fidelity_failed), or pooled evidence (flagged).
+    ever_failed = {uid for r in rounds for uid in (*r["fidelity_failed"], *r["flagged"])}
     assert ever_failed == {uids[name] for name in FIDELITY_CHEATS}  # every cheat caught, nobody else flagged
+    assert {uid for r in rounds for uid in r["flagged"]} >= {uids["invent-logprobs"]}  # its logprobs are only a little off: the evidence decides
     # The buffering miner, judged over its long answers across rounds: caught once it has 6 of them (24 challenges in all), nobody else ever.
     assert {uid for r in rounds for uid in r["buffered"]} == {uids["burst"]}
     assert uids["burst"] in rounds[-1]["buffered"]
-    for name in ("other-model", "perturbed", "invent-logprobs", "over-report"):  # these cheat on every answer
-        assert all(uids[name] in r["fidelity_failed"] for r in rounds), name
+    for name in ("other-model", "perturbed", "invent-logprobs", "over-report"):  # these cheat on every answer: caught in every round
+        assert all(uids[name] in r["fidelity_failed"] or uids[name] in r["flagged"] for r in rounds), name
 
     db = sqlite3.connect(state / "validator.sqlite")
     verified = dict(db.execute("SELECT hotkey, SUM(passed) = COUNT(*) FROM results WHERE outcome = 'ok' AND passed IS NOT NULL GROUP BY hotkey").fetchall())
@@ -139,13 +141,14 @@ def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
     vocabulary = Vocabulary(subnet["tmp"] / "s0")
 
     async def rounds() -> tuple[list, set]:
-        results, flagged = [], set()
+        results, flagged, pooled = [], set(), {}
         async with aiohttp.ClientSession() as session:
             references = {MODEL: ReferenceEngine(session, subnet["engines"]["honest"].url, MODEL, vocabulary, ends)}
             for seed in range(10):
-                report = await run_round(session, wallets["validator"].hotkey, 1000 + seed, targets, references, challenges_per_miner=50)
+                report = await run_round(session, wallets["validator"].hotkey, 1000 + seed, targets, references, challenges_per_miner=50, evidence=pooled, round_index=seed)
                 results += report.results
-                flagged |= report.fidelity_failed | report.buffered
+                pooled = report.evidence
+                flagged |= report.fidelity_failed | report.buffered | report.flagged
         return results, flagged
 
     results, flagged = asyncio.run(rounds())
@@ -155,3 +158,7 @@ def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
     assert not flagged  # no round zeroed an honest miner
     problems = [(r.uid, r.family, r.outcome.kind, r.reasons, r.detail) for r in results if r.outcome.kind != "ok" or not r.outcome.fidelity_passed]
     assert not problems, problems[:5]
+    # The miners sample through the verifiable sampler: every sampled choice the validator could
+    # judge is the Gumbel-max winner of its own reference (the same fp32 engine: no drift at all).
+    stats = [r.stats for r in results if r.stats is not None]
+    assert sum(s.tokens for s in stats) > 5000 and sum(s.mismatches for s in stats) == 0
