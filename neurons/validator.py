@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 
@@ -13,7 +14,15 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p = groups.add_parser(
         "validator", help="challenge miners, verify by teacher forcing, score, set weights", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "replay"),
+        help="run: validate; replay: recheck a recorded round (--round) on the reference engines and print where anything differs",
+    )
     add_chain_flags(p)
+    p.add_argument("--round", type=int, default=None, help="replay: the round to recheck (default: the last recorded)")
     p.add_argument("--state-dir", default="~/.slmnet/validator", help="SQLite state, rounds.jsonl, wandb runs")
     p.add_argument(
         "--model-list", default=None, help="the subnet's model list (default: models/lists/NETWORK.json; it must match the hash the owner published)"
@@ -92,4 +101,23 @@ def cmd_validator(args: argparse.Namespace) -> None:
     import chain
     from validator.service import ValidatorStartupError, run_validator
 
+    if args.action == "replay":
+        return cmd_replay(args)
     run_service(run_validator(build_config(args)), ValidatorStartupError, chain.ChainLayerError)
+
+
+def cmd_replay(args: argparse.Namespace) -> None:
+    """Recheck one recorded round; exit status 1 when anything differs from the record."""
+    from validator.replay import replay_with
+    from validator.verify import ReferenceError
+
+    try:
+        replay = asyncio.run(replay_with(build_config(args), args.round))
+    except (LookupError, ReferenceError) as exc:
+        raise CliError(str(exc)) from exc
+    print(f"round {replay.round}: {replay.answers} answers verified again, {replay.taken_as_recorded} taken as recorded (never reached the verifier)")
+    for difference in replay.differences:
+        print(f"  differs: {difference}")
+    print("reproduced: verdicts, evidence, scores and flags equal the record" if replay.reproduced else f"{len(replay.differences)} difference(s)")
+    if not replay.reproduced:
+        raise SystemExit(1)

@@ -16,11 +16,16 @@ violation, an error, a timeout) are taken as recorded, since the raw stream is n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
+import aiohttp
+
+from engine import Engine
 from models.subnet import ModelList
 from scoring.aggregate import BUFFERED_WINDOW, Outcome
 from scoring.evidence import Evidence, SequentialParams
@@ -30,7 +35,7 @@ from validator.challenges import generate, grade
 from validator.rounds import Result, Target, _current, _pool, score_round
 from validator.service import apply_organic, apply_rewards
 from validator.store import Store
-from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, verify
+from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, Vocabulary, verify
 
 
 @dataclass
@@ -144,3 +149,37 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
     _compare(replay, "flagged", sorted(summary.get("flagged", [])), sorted(report.flagged))
     _compare(replay, "buffered", sorted(summary["buffered"]), sorted(report.buffered))
     return replay
+
+
+async def replay_with(config, round_index: Optional[int] = None, wait: float = 900.0) -> Replay:
+    """Replay a round of the validator whose configuration is ``config`` (its state folder, model
+    list, tokenizers and reference engines: attached, or started here and stopped after)."""
+    engines = {spec.served_name: Engine(url=spec.url, spec=spec) for spec in config.engines}
+    engines.update({model: Engine(url=url) for model, url in config.references})
+    store = Store(config.state_dir / "validator.sqlite")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session:
+        tasks = [asyncio.create_task(engine.run(session)) for engine in engines.values()]
+        try:
+            deadline = time.monotonic() + wait
+            while not all(e.ready for e in engines.values()):
+                if time.monotonic() > deadline:
+                    raise ReferenceError(f"reference engines not ready after {wait:.0f} s: { ({n: e.state for n, e in engines.items()}) }")
+                await asyncio.sleep(1)
+            vocabularies = {model: Vocabulary(folder) for model, folder in config.tokenizers}
+            references = {}
+            for model, engine in engines.items():
+                supported = config.models.get(model)
+                references[model] = ReferenceEngine(
+                    session,
+                    engine.url,
+                    model,
+                    vocabularies[model],
+                    supported.end_token_ids if supported else (),
+                    supported.max_context if supported else 1 << 30,
+                )
+            return await replay_round(store, store.last_round() if round_index is None else round_index, references, config.models)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            store.close()

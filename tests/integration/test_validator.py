@@ -132,6 +132,19 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
     assert min(paid[uids[name]] for name in HONEST) > max(paid[uids[name]] for name in (*FIDELITY_CHEATS, *BUFFERING, *UNDERPERFORMERS))
     assert all(paid[uids[name]] == 0 for name in (*FIDELITY_CHEATS, *BUFFERING))
 
+    # Anyone holding the state can recheck a round: the replay recomputes the challenges from the
+    # seed, verifies every recorded answer again and scores the round with the same code.
+    replay = [sys.executable, "-m", "neurons.cli", "validator", "replay", *args, "--round", "2"]
+    done = subprocess.run(replay, capture_output=True, text=True, timeout=600, env=engine_env(tmp))
+    assert done.returncode == 0 and "reproduced" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    # A record that was tampered with is caught, and the replay says where.
+    summary = json.loads(db.execute("SELECT summary FROM rounds WHERE round = 2").fetchone()[0])
+    summary["scores"][str(uids["slow"])] = 0.9
+    db.execute("UPDATE rounds SET summary = ? WHERE round = 2", (json.dumps(summary),))
+    db.commit()
+    done = subprocess.run(replay, capture_output=True, text=True, timeout=600, env=engine_env(tmp))
+    assert done.returncode == 1 and f"uid {uids['slow']} score: recorded 0.9" in done.stdout, done.stdout[-3000:]
+
 
 def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
     """Ten rounds of 50 challenges to each honest miner, through the validator's own round code."""
@@ -145,7 +158,9 @@ def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
         async with aiohttp.ClientSession() as session:
             references = {MODEL: ReferenceEngine(session, subnet["engines"]["honest"].url, MODEL, vocabulary, ends)}
             for seed in range(10):
-                report = await run_round(session, wallets["validator"].hotkey, 1000 + seed, targets, references, challenges_per_miner=50, evidence=pooled, round_index=seed)
+                report = await run_round(
+                    session, wallets["validator"].hotkey, 1000 + seed, targets, references, challenges_per_miner=50, evidence=pooled, round_index=seed
+                )
                 results += report.results
                 pooled = report.evidence
                 flagged |= report.fidelity_failed | report.buffered | report.flagged

@@ -46,7 +46,9 @@ def test_the_sampler_takes_the_gumbel_max_winner_of_the_kept_tokens():
     ids = torch.arange(VOCAB, dtype=torch.int64)
     for _ in range(60):
         logits = torch.tensor(rng.normal(0, rng.choice([0.5, 3.0, 8.0]), VOCAB), dtype=torch.float32)
-        request = Seeded(int(rng.integers(1 << 62)), float(rng.choice([0.3, 0.7, 1.0, 1.5])), float(rng.choice([1.0, 0.95, 0.5])), 0, 0.0, [0] * int(rng.integers(100)))
+        request = Seeded(
+            int(rng.integers(1 << 62)), float(rng.choice([0.3, 0.7, 1.0, 1.5])), float(rng.choice([1.0, 0.95, 0.5])), 0, 0.0, [0] * int(rng.integers(100))
+        )
         assert choose(logits, request, ids) == _brute_force(logits, request)
 
 

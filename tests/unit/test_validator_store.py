@@ -36,7 +36,9 @@ def test_a_round_that_fails_half_way_changes_nothing(tmp_path):
 def test_buffering_evidence_is_kept_per_miner_across_rounds_and_restarts(tmp_path):
     store = Store(tmp_path / "v.sqlite")
     for round_index, flags in enumerate(([1, 0], [0, None, 0])):
-        rows = [(*ROW[:11], flag, None, None) for flag in flags] + [(round_index, 2, "5Other", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)]
+        rows = [(*ROW[:11], flag, None, None) for flag in flags] + [
+            (round_index, 2, "5Other", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)
+        ]
         store.save_round(round_index, 42, 100, 1.0, {}, {}, [(*row[:0], round_index, *row[1:]) for row in rows])
     store.close()
     again = Store(tmp_path / "v.sqlite")
