@@ -3,6 +3,7 @@
 #   make demo    the same environment, then `slmnet up`: the whole subnet on this machine
 #   make install only the environment (re-run: skips what is already installed)
 #   make lint    ruff: lint and format check (make test runs it first)
+#   make soak    the long runs (tests marked soak): real SmolLM2 miners against the verifier
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +13,7 @@ STAMP  := $(VENV)/.slmnet-installed
 # find-links (PyPI's torch is a CUDA build of several GB).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install system-packages python-version lint test demo clean-venv
+.PHONY: install system-packages python-version lint test soak demo clean-venv
 
 # The engine and every pin; `make test` adds the system packages its tests start.
 install: $(STAMP)
@@ -43,7 +44,10 @@ $(STAMP): requirements/cpu.lock pyproject.toml | python-version
 	touch $(STAMP)
 
 test: install system-packages lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not soak"
+
+soak: install system-packages
+	$(PY) -m pytest -q -s tests -m soak
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

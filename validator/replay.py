@@ -68,7 +68,7 @@ def evidence_before(store: Store, round_index: int) -> dict[str, Evidence]:
                 for r in rows
                 if r["uid"] == target.uid and r["stats"]
             ]
-            pooled[target.hotkey] = _pool(_current(pooled, target), target, stats, earlier, SequentialParams())
+            pooled[target.hotkey] = _pool(_current(pooled, target), target, stats, earlier, SequentialParams(), announce=False)
     return pooled
 
 

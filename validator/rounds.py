@@ -214,12 +214,12 @@ def _current(evidence: Mapping[str, Evidence], target: Target) -> Evidence:
     return known if known is not None and known.declaration == target.declaration else Evidence(target.declaration)
 
 
-def _pool(evidence: Evidence, target: Target, results: list[Result], round_index: int, sequential: SequentialParams) -> Evidence:
+def _pool(evidence: Evidence, target: Target, results: list[Result], round_index: int, sequential: SequentialParams, announce: bool = True) -> Evidence:
     was_flagged = evidence.flagged
     for result in results:
         if result.stats is not None:
             evidence = evidence.add(result.stats, target.tolerance, round_index, sequential)
-    if evidence.flagged and not was_flagged:
+    if announce and evidence.flagged and not was_flagged:
         log.warning(
             "uid %s (%s) flagged: its answers do not come from %s in %s (%d answers, %d/%d choices mismatched, %d/%d logprobs off; evidence %.1f ≥ %.1f); weight 0 until it declares anew",
             target.uid,

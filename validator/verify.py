@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import aiohttp
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from protocol.responses import StreamFold
 from scoring.evidence import TOLERANCES, Tolerance, answer_stats
@@ -125,11 +126,16 @@ class ReferenceEngine:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        # A pooled keep-alive connection the server has just closed fails at once ("Server
+        # disconnected"): asked again on a fresh one, twice at most.
+        retrying = AsyncRetrying(retry=retry_if_exception_type(aiohttp.ServerDisconnectedError), stop=stop_after_attempt(3), wait=wait_fixed(0.2), reraise=True)
         try:
-            async with self.session.post(self.url + path, json=body, timeout=self.timeout) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    raise ReferenceError(f"reference engine answered {response.status} to {path}: {raw[:300]!r}")
+            async for attempt in retrying:
+                with attempt:
+                    async with self.session.post(self.url + path, json=body, timeout=self.timeout) as response:
+                        raw = await response.read()
+                        if response.status != 200:
+                            raise ReferenceError(f"reference engine answered {response.status} to {path}: {raw[:300]!r}")
             # prompt_logprobs for a long answer are ~1 MB of JSON: parsed off the event loop, so the
             # arrival times of the miners' streams read meanwhile stay true.
             return await asyncio.to_thread(json.loads, raw)

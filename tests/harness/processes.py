@@ -77,8 +77,8 @@ class Server:
         return self.child.stop(grace)
 
 
-def start_vllm(model: Path, served_name: str, tmp: Path, max_model_len: int = 1024) -> Server:
-    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype="float32", max_model_len=max_model_len)
+def start_vllm(model: Path, served_name: str, tmp: Path, max_model_len: int = 1024, dtype: str = "float32") -> Server:
+    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len)
     return Server(spec.command(), spec.url, tmp / f"vllm-{spec.port}.log", env=engine_env(tmp))
 
 
@@ -96,13 +96,16 @@ def start_adversary(upstream: str, mode: Optional[str], tmp: Path) -> Server:
     return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"adversary-{mode or 'any'}-{port}.log")
 
 
-def start_miners(net, upstream: dict[str, str], model: Path, tmp: Path, servers: list[Server], capacity: int = 8) -> dict[str, Server]:
+def start_miners(
+    net, upstream: dict[str, str], model: Path, tmp: Path, servers: list[Server], capacity: int = 8, dtypes: Optional[dict[str, str]] = None
+) -> dict[str, Server]:
     """A real `slmnet miner` per wallet name of ``net``, attached to the engine at ``upstream[name]``
-    and declaring the model in ``model``; each is added to ``servers`` (for the caller's cleanup)
-    as it starts, and all are healthy on return."""
+    and declaring the model in ``model`` (in ``dtypes[name]``, float32 by default); each is added
+    to ``servers`` (for the caller's cleanup) as it starts, and all are healthy on return."""
     miners = {}
     for name, url in upstream.items():
         args = [*net.flags(name), "--model", str(model), "--engine-url", url, "--capacity", str(capacity), "--metagraph-interval", "1"]
+        args += ["--dtype", (dtypes or {}).get(name, "float32")]
         servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
     for miner in miners.values():
         miner.wait_healthy(timeout=180)
