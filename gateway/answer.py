@@ -6,6 +6,7 @@ what the user asked for: logprobs, token ids), so nothing a miner adds reaches a
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -30,6 +31,9 @@ class Generation:
     failovers: int = 0
     first_answer: Optional[StreamFold] = None  # the first miner's whole answer, as it sent it (organic verification)
     usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
+    # Every miner is sent a seed (the user's, else one drawn here, 31 bits like a challenge's): its
+    # sampling is then checkable (protocol.sampling), and users cannot be told from validators.
+    seed: int = field(default_factory=lambda: secrets.randbits(31))
 
     def mark(self) -> tuple[int, int, int]:
         """Where the answer stands before a miner adds to it (for ``rewind``)."""
@@ -46,6 +50,8 @@ class Generation:
         text, used = ("", 0) if from_start else (self.text, self.upstream_tokens)
         body = {k: v for k, v in self.body.items() if k not in ("stream", "stream_options", "n")}
         body.update(model=self.model, stream=True, stream_options={"include_usage": True}, return_token_ids=True, max_tokens=self.max_tokens - used)
+        if body.get("seed") is None:
+            body["seed"] = self.seed
         if self.chat:
             body["logprobs"] = True  # always, as challenges do: miners cannot tell users from validators
             body.pop("max_completion_tokens", None)
