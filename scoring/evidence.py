@@ -53,7 +53,9 @@ class Tolerance:
     mismatch_rate: float  # ceiling of the honest mismatch rate per informative position (p0)
 
 
-HALF = Tolerance(logprob=0.1, margin=0.2, exceed_rate=0.04, mismatch_rate=0.01)
+# Measured on SmolLM2 (docs/calibration.md): honest bf16 exceeds 0.1 nats at 0.9% (vLLM) and
+# 2.4% (transformers) of informative tokens, int8 at 17%; honest bf16 mismatches at ≤ 0.08%.
+HALF = Tolerance(logprob=0.1, margin=0.2, exceed_rate=0.06, mismatch_rate=0.01)
 TOLERANCES: Mapping[str, Tolerance] = {
     "float32": Tolerance(logprob=0.02, margin=0.05, exceed_rate=0.002, mismatch_rate=0.002),
     "bfloat16": HALF,
@@ -112,7 +114,7 @@ def answer_stats(evidence: ResponseEvidence, tolerance: Tolerance) -> AnswerStat
 
 @dataclass(frozen=True)
 class SequentialParams:
-    factor: float = 4.0  # the cheat's rate the test is tuned to detect: p1 = factor × p0 (at most 0.5)
+    factor: float = 2.5  # the cheat's rate the test is tuned to detect: p1 = factor × p0 (at most 0.5)
     false_positive_rate: float = 1e-6  # per honest miner per day
     answers_per_day: float = 50_000  # what one miner answers a validator in a day, challenges and organic (30 s rounds × 8 challenges ≈ 23k)
 

@@ -32,15 +32,14 @@ def test_honest_fp32_and_bf16_miners_are_paid_and_int8_and_int4_get_weight_zero(
     engines = {}
     servers = []
     try:
-        for name, (dtype, rounding) in MINERS.items():
+        for name, (dtype, rounding) in MINERS.items():  # one at a time: four engines compiling at once starve two cores
             weights = perturbed_copy(folder, tmp_path / name, rounding) if rounding else folder
             engines[name] = start_vllm(weights, MODEL, tmp_path, max_model_len=2048, dtype="bfloat16" if name == "bf16" else "float32")
             servers.append(engines[name])
+            engines[name].wait_healthy(timeout=900)
         net = make_localnet(tmp_path)
         wallets, uids = net.register([*MINERS, "validator"])
         net.stake(wallets["validator"], 2000)
-        for engine in engines.values():
-            engine.wait_healthy(timeout=600)
         upstream = {name: engines[name].url for name in MINERS}
         start_miners(net, upstream, folder, tmp_path, servers, capacity=8, dtypes={name: dtype for name, (dtype, _) in MINERS.items()})
         state = tmp_path / "validator"
