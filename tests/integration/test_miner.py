@@ -117,7 +117,7 @@ async def test_models_lists_the_declared_identity_and_the_chain_shows_it(subnet)
     (entry,) = listing["data"]
     assert entry["id"] == MODEL and entry["max_model_len"] == 1024
     declared = entry["slmnet"]["declaration"]
-    assert declared == {"model": MODEL, "weights_sha256": subnet.weights_sha256, "max_context": 1024, "capacity": CAPACITY, "v": 1}
+    assert declared == {"model": MODEL, "weights_sha256": subnet.weights_sha256, "max_context": 1024, "capacity": CAPACITY, "dtype": "float32", "v": 1}
     async with chain.connect(subnet.network) as c:
         neuron = (await c.metagraph(1)).by_hotkey(subnet.miner.hotkey.ss58_address)
     assert neuron.endpoint == subnet.miner_url
