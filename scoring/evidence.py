@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 from protocol.sampling import gumbel
-from scoring.fidelity import AnswerStats, ResponseEvidence, TokenEvidence
+from scoring.fidelity import AnswerStats, ResponseEvidence, TokenEvidence, _tempered
 
 INFORMATIVE_BELOW = 0.99  # a position informs when the reference's top token is less likely than this
 NUCLEUS_MARGIN = 0.05  # a competitor counts only when the mass above it is below top_p by this much
@@ -63,20 +63,15 @@ TOLERANCES: Mapping[str, Tolerance] = {
 }
 
 
-def _kept_for_sure(token: TokenEvidence, known: Mapping[int, float], temperature: float, top_p: float) -> list[int]:
+def _kept_for_sure(token: TokenEvidence, temperature: float, top_p: float) -> list[int]:
     """Known tokens other than the chosen one that the top_p filter keeps even if the reference's
-    unseen tail were as large as it can be (probabilities normalized over the known tokens are
-    upper bounds, so the mass above a token is overestimated)."""
-    scaled = {tid: lp / temperature for tid, lp in known.items()}
-    top = max(scaled.values())
-    weights = {tid: math.exp(v - top) for tid, v in scaled.items()}
-    total = sum(weights.values())
+    unseen tail were as large as it can be (``_tempered`` gives upper bounds, so the mass above a
+    token is overestimated)."""
+    tempered = _tempered(token, temperature)
     kept = []
-    for tid, weight in weights.items():
-        if tid == token.token_id:
-            continue
-        above = sum(w for other, w in weights.items() if w > weight) / total
-        if top_p >= 1.0 or above < top_p - NUCLEUS_MARGIN:
+    for tid, p in tempered.items():
+        above = sum(q for other, q in tempered.items() if q > p)
+        if tid != token.token_id and (top_p >= 1.0 or above < top_p - NUCLEUS_MARGIN):
             kept.append(tid)
     return kept
 
@@ -89,7 +84,7 @@ def choice_mismatch(token: TokenEvidence, position: int, evidence: ResponseEvide
         return token.reference_rank > 1 and best - token.reference_logprob > margin
     temperature = evidence.temperature
     mine = token.reference_logprob / temperature + gumbel(evidence.seed, position, token.token_id)
-    rivals = _kept_for_sure(token, known, temperature, evidence.top_p)
+    rivals = _kept_for_sure(token, temperature, evidence.top_p)
     best = max((known[tid] / temperature + gumbel(evidence.seed, position, tid) for tid in rivals), default=-math.inf)
     return best - mine > margin / temperature
 
