@@ -28,7 +28,8 @@ from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
 from gateway.router import Router
 from gateway.state import CLIENT_ID, GatewayState, request_headers
 from gateway.tokens import TokenCounter
-from protocol.errors import error_body
+from protocol import openapi
+from protocol.errors import error_body, http_layer_refusal
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ async def errors_middleware(request: web.Request, handler: Callable) -> web.Stre
         response = _error_response(PayloadTooLarge(f"request body over {state.settings.max_body_bytes} bytes"), request)
     except HttpError as exc:
         response = _error_response(exc, request)
-    except web.HTTPException:
-        raise  # aiohttp's own (404 for an unknown path, 405): answered by aiohttp
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = http_layer_refusal(exc)
     except Exception:
         log.exception("unexpected error on %s %s (request %s)", request.method, request.path, request_id)
         body = error_body(f"internal error in the gateway; quote request id {request_id}", "server_error", "internal_error")
@@ -166,7 +169,8 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
     model = _resolve_model(parsed.model, state.router, state.counters)
     chat = wire is ChatCompletionRequest
     # Only the fields slmnet knows and has checked go on; the rest (and the user's own tag) stay here.
-    body = {k: v for k, v in parsed.model_dump(exclude_unset=True, mode="json").items() if k in wire.model_fields and k != "user"}
+    # A null is OpenAI's "the default": left out, since engines refuse some (vLLM: ignore_eos).
+    body = {k: v for k, v in parsed.model_dump(exclude_unset=True, exclude_none=True, mode="json").items() if k in wire.model_fields and k != "user"}
     if chat:
         try:
             body["messages"] = [m.plain(i) for i, m in enumerate(parsed.messages)]
@@ -322,6 +326,27 @@ async def leaderboard(request: web.Request) -> web.Response:
     return web.json_response({"miners": rows, "models": sorted(state.router.models()), "organic_share": state.settings.verify_share})
 
 
+GATEWAY_OPERATIONS = [
+    *openapi.completions((400, 401, 402, 404, 413, 429, 502, 503)),
+    openapi.Operation("get", "/v1/models", "The models served now, with their miners' live figures"),
+    openapi.Operation("get", "/v1/models/{model}", "One model", errors=(401, 404), path_params=("model",)),
+    openapi.Operation("get", "/v1/key", "The caller's own key: limits, what is left, usage"),
+    openapi.Operation("get", "/health", "Whether any miner is serving", errors=(503,), authenticated=False),
+]
+
+
+BEARER = {"apiKey": {"type": "http", "scheme": "bearer", "description": "a key from `slmnet keys create`"}}
+
+
+def openapi_spec(models: list[str]) -> dict[str, Any]:
+    """The gateway's OpenAPI document, for a gateway that knows ``models`` (and takes "auto")."""
+    return openapi.document("slmnet gateway", GATEWAY_OPERATIONS, sorted(models) + ["auto"], BEARER)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec(list(request.app["state"].counters)))
+
+
 async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
@@ -338,6 +363,7 @@ def create_app(state: GatewayState) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/leaderboard", leaderboard)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/", dashboard)
 
     async def open_session(app: web.Application) -> None:

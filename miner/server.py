@@ -28,6 +28,8 @@ from miner.errors import BadRequest, EngineUnavailable, HttpError, ModelNotFound
 from miner.metrics import MinerMetrics
 from miner.state import STATE, MinerState
 from miner.sync import metagraph_ctx
+from protocol import openapi
+from protocol.errors import error_body, http_layer_refusal
 from protocol.openai import REQUEST_MODELS, describe_validation_error
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,14 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         log.info("refused %s %s from %s: %s %s (request %s)", request.method, request.path, request.remote, exc.status, exc.message, request_id)
         state.metrics.refusals.labels(exc.code).inc()
         response = web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = http_layer_refusal(exc)
+    except Exception:
+        log.exception("unexpected error on %s %s (request %s)", request.method, request.path, request_id)
+        body = error_body(f"internal error in the miner; quote request id {request_id}", "server_error", "internal_error")
+        response = web.json_response(body, status=500)
     response.headers.setdefault("X-Request-Id", request_id)
     if not response.prepared:
         state.metrics.requests.labels(request.path, str(response.status)).inc()
@@ -88,6 +98,27 @@ async def models(request: web.Request) -> web.Response:
         "slmnet": {"uid": state.uid, "hotkey": state.hotkey, "declaration": d.model_dump(exclude_none=True), "engine": state.engine.state},
     }
     return web.json_response({"object": "list", "data": [entry]})
+
+
+MINER_OPERATIONS = [
+    *openapi.completions((400, 401, 403, 404, 413, 429, 503)),
+    openapi.Operation("get", "/v1/models", "The model this miner serves and its declaration", errors=(401, 403)),
+    openapi.Operation("get", "/health", "Whether the engine is up", errors=(503,), authenticated=False),
+]
+# btauth/1 (bittensor.http_auth): every header is required and signs method, path, body, nonce and receiver.
+BTAUTH = {
+    header.removeprefix("X-Bittensor-").lower(): {"type": "apiKey", "in": "header", "name": header, "description": "btauth/1, bittensor.http_auth.sign"}
+    for header in ("X-Bittensor-Version", "X-Bittensor-Hotkey", "X-Bittensor-Nonce", "X-Bittensor-Signature", "X-Bittensor-Receiver")
+}
+
+
+def openapi_spec(model: str) -> dict[str, Any]:
+    """The miner's OpenAPI document, for a miner serving ``model``."""
+    return openapi.document("slmnet miner", MINER_OPERATIONS, [model], BTAUTH)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec(request.app[STATE].declaration.model))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -267,6 +298,7 @@ def create_app(state: MinerState, chain: Optional[Chain] = None, wallet: Any = N
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     return app

@@ -13,10 +13,33 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+from aiohttp import web
+from pydantic import BaseModel
+
+
+class ErrorObject(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Union[str, int, None] = None
+
+
+class ErrorBody(BaseModel):
+    """The OpenAI error body, as the OpenAPI documents describe it (``protocol.openapi``)."""
+
+    error: ErrorObject
+
 
 def error_body(message: str, type_: str, code: Union[str, int, None] = None, param: Optional[str] = None) -> dict[str, Any]:
     """The OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def http_layer_refusal(exc: web.HTTPException) -> web.Response:
+    """A refusal aiohttp makes itself (an unknown path 404, a wrong method 405…) as an OpenAI error body."""
+    code = {404: "unknown_path", 405: "method_not_allowed"}.get(exc.status, f"http_{exc.status}")
+    allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+    return web.json_response(error_body(exc.reason, "invalid_request_error", code), status=exc.status, headers=allow)
 
 
 class HttpError(Exception):

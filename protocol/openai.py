@@ -8,7 +8,7 @@ the sampling limits, streaming, and the token ids and logprobs verification need
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -20,6 +20,7 @@ class OpenAIModel(BaseModel):
 
 
 MAX_SEED = 2**63 - 1  # engines keep the seed in 64 bits
+StopString = Annotated[str, Field(min_length=1)]  # engines refuse an empty stop string
 
 
 class ContentNotSupported(ValueError):
@@ -71,7 +72,7 @@ class SamplingFields(OpenAIModel):
     n: int = Field(default=1, ge=1, le=8)
     presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
     seed: Optional[int] = Field(default=None, ge=-MAX_SEED - 1, le=MAX_SEED)
-    stop: Union[str, list[str], None] = Field(default=None, max_length=16)
+    stop: Union[StopString, list[StopString], None] = Field(default=None, max_length=16)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     temperature: Optional[float] = Field(default=None, ge=0, le=2)

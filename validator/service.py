@@ -9,9 +9,11 @@ and set weights when the chain's rate limit allows.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from engine import Engine, EngineSpec
 from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, update
 from scoring.weights import to_weights
 from validator.challenges import round_seed
+from validator.crashpoints import crashpoint
 from models.subnet import ModelList, ModelListMismatch, check_graph
 from protocol.version import VERSION_KEY, __version__
 from validator.organic import Outbox, verify_samples
@@ -123,6 +126,7 @@ class Validator:
         if self.outbox is not None:
             await verify_samples(self.outbox, self.store, ready)
         apply_organic(report, self.store.take_organic(round_index), {n.uid: n.hotkey for n in graph.neurons})
+        crashpoint("organic-taken")
         standings = self.apply(round_index, graph, report)
         effective = self.effective(standings, round_index + 1)
         rows = [_result_row(round_index, r) for r in report.results]
@@ -141,12 +145,39 @@ class Validator:
             "duration_s": time.time() - started,
         }
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
+        crashpoint("round-stored")
         self._log(summary, report)
         return effective, graph.tempo
 
+    def catch_up_journal(self) -> list[int]:
+        """Make rounds.jsonl hold each stored round once, in order: drop a line torn by a kill, and
+        append the rounds stored after its last line (this round, and any a kill or a full disk
+        kept out before). Returns the rounds appended."""
+        last = -1
+        if self.journal.exists():
+            with self.journal.open("rb+") as f:
+                size = f.seek(0, 2)
+                f.seek(max(0, size - (1 << 20)))
+                tail = f.read()
+                end = tail.rfind(b"\n") + 1
+                if end < len(tail):
+                    f.truncate(size - (len(tail) - end))
+                lines = tail[:end].splitlines()
+                last = json.loads(lines[-1])["round"] if lines else -1
+        missing = self.store.summaries_after(last)
+        if missing:
+            with self.journal.open("a") as f:
+                f.writelines(json.dumps(summary, default=str) + "\n" for summary in missing)
+        return [s["round"] for s in missing]
+
     def _log(self, summary: dict[str, Any], report: RoundReport) -> None:
-        with self.journal.open("a") as f:
-            f.write(json.dumps(summary, default=str) + "\n")
+        try:
+            appended = self.catch_up_journal()
+        except OSError as exc:  # the round is stored: the journal catches up on the next round that can write
+            log.error("round %s stored, but %s cannot be written (%s)", summary["round"], self.journal, exc)
+        else:
+            if appended[:-1]:
+                log.warning("rounds %s were stored but missing from %s (a kill or a full disk): appended", appended[:-1], self.journal.name)
         self.metrics.rounds.inc()
         for r in report.results:
             self.metrics.responses.labels(r.outcome.kind).inc()
@@ -189,6 +220,7 @@ class Validator:
         except chain.WriteFailed as exc:
             log.warning("setting weights failed: %s", exc)
             return None
+        crashpoint("weights-accepted")
         self.store.save_weights(block, weights)
         self.metrics.weights_set.inc()
         log.info("set weights at block %s: %s", block, {u: round(w, 4) for u, w in weights.items()})
@@ -220,6 +252,8 @@ class Validator:
             except chain.NotRegistered as exc:
                 raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
             await self._check_subnet(net)
+            if appended := self.catch_up_journal():
+                log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.journal.name)
             self._start_wandb()
             tasks = [asyncio.create_task(supervise(f"reference engine {name}", lambda e=e: e.run(session))) for name, e in engines.items()]
             metrics_runner = await self._serve_metrics()
@@ -269,6 +303,13 @@ class Validator:
             effective, tempo = await self.one_round(net, session, references)
         except chain.ChainLayerError as exc:
             log.error("round skipped: the chain failed after retries: %s", exc)
+            return
+        except (sqlite3.OperationalError, OSError) as exc:
+            if not state_unwritable(exc):
+                raise
+            log.error(
+                "round not stored: the state folder %s cannot be written (%s); nothing was half-written, the next round tries again", self.config.state_dir, exc
+            )
             return
         except Exception:
             log.exception("round failed; the next one starts on schedule")
@@ -346,9 +387,20 @@ async def run_validator(config: ValidatorConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    (config.state_dir / "config.json").write_text(json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=2))
-    await Validator(config).run(stop)
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        (config.state_dir / "config.json").write_text(json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=2))
+        validator = Validator(config)
+    except (sqlite3.Error, OSError) as exc:
+        raise ValidatorStartupError(f"the state folder {config.state_dir} cannot be written ({exc}): give a writable --state-dir with free space") from exc
+    await validator.run(stop)
+
+
+def state_unwritable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the state folder cannot take a write: full, over quota, read-only."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(words in str(exc) for words in ("disk is full", "readonly database", "disk I/O error", "unable to open"))
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
 
 
 def apply_rewards(report: RoundReport, targets: list[Target], models: ModelList) -> None:

@@ -92,6 +92,10 @@ class Store:
                 [(hotkey, uid, s.ema, s.rounds, s.banned_until) for hotkey, (uid, s) in standings.items()],
             )
 
+    def summaries_after(self, round_index: int) -> list[dict[str, Any]]:
+        """The stored summaries of the rounds after ``round_index``, in order."""
+        return [json.loads(summary) for (summary,) in self.db.execute("SELECT summary FROM rounds WHERE round > ? ORDER BY round", (round_index,))]
+
     def evidence(self) -> dict[str, Evidence]:
         """Hotkey → its pooled evidence under the declaration it was last judged under."""
         rows = self.db.execute(f"SELECT hotkey, {', '.join(EVIDENCE_FIELDS)} FROM evidence")
@@ -134,12 +138,14 @@ class Store:
         )
 
     def take_organic(self, round_index: int) -> list[tuple[int, str, bool, str]]:
-        """Organic verdicts not yet folded into a round, marked as taken by ``round_index``:
-        (uid, hotkey, passed, reasons)."""
+        """Organic verdicts not yet folded into a stored round, marked as taken by ``round_index``:
+        (uid, hotkey, passed, reasons). Those a round took that was never stored (the validator
+        died before ``save_round``: its index is ``round_index`` or later) are taken again."""
+        pending = "taken_in_round IS NULL OR taken_in_round >= ?"
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            rows = self.db.execute("SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE taken_in_round IS NULL").fetchall()
-            self.db.execute("UPDATE organic SET taken_in_round = ? WHERE taken_in_round IS NULL", (round_index,))
+            rows = self.db.execute(f"SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE {pending} ORDER BY id", (round_index,)).fetchall()
+            self.db.execute(f"UPDATE organic SET taken_in_round = ? WHERE {pending}", (round_index, round_index))
         return [(uid, hotkey, bool(passed), reasons) for uid, hotkey, passed, reasons in rows]
 
     def organic_taken(self, round_index: int) -> list[tuple[int, str, bool, str]]:

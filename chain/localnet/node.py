@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 
 from bittensor._transport.contract import CallBytes, UnsignedExtrinsic
 from bittensor.balance import Balance
-from bittensor.result import ChainError, ExtrinsicResult
+from bittensor.result import ChainError, ExtrinsicResult, RpcConnectionError
 from bittensor.sp_core import ss58_decode
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
@@ -29,6 +29,9 @@ from . import codec, epoch, pool, reads, runtime, store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SPEC_NAME = "slmnet-localnet"
+# While a file of this name is in the folder, every call fails as a node that cannot be reached
+# would (RpcConnectionError): the outage switch of `slmnet localnet offline` and the fault tests.
+OFFLINE = "OFFLINE"
 
 
 class LocalnetSubstrate:
@@ -45,6 +48,8 @@ class LocalnetSubstrate:
     # Lifecycle -------------------------------------------------------------------
 
     async def connect(self) -> None:
+        if (self.directory / OFFLINE).exists():
+            raise RpcConnectionError(f"localnet {self.directory} is offline (its {OFFLINE} file)")
         if self._conn is not None:
             return
         try:
@@ -66,6 +71,8 @@ class LocalnetSubstrate:
     # Plumbing --------------------------------------------------------------------
 
     def _require(self) -> tuple[sqlite3.Connection, store.Genesis]:
+        if (self.directory / OFFLINE).exists():
+            raise RpcConnectionError(f"localnet {self.directory} is offline (its {OFFLINE} file): as a node that does not answer")
         if self._conn is None or self._genesis is None:
             raise ChainError("Localnet connection is not open: use `async with Client(...)` or connect() first.")
         return self._conn, self._genesis

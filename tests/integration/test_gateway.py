@@ -9,12 +9,15 @@ then fast2, so that the mid-stream kill hits a slow miner and the other slow one
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -416,3 +419,54 @@ def test_a_stream_waiting_for_its_first_token_gets_keepalive_comments(workers):
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {"))
     assert first_data >= 2 and all(line == ": keep-alive" for line in lines[:first_data])
     assert lines[-1] == "data: [DONE]"
+
+
+def test_a_gateway_killed_mid_request_keeps_a_ledger_that_charges_what_was_streamed(subnet):
+    """SIGKILL of the gateway with streams in flight through a slow miner (3 s, then 150 ms a token),
+    at a random moment 2 to 5 s into the tokens. After a restart on the same ledger: every request
+    has its row, marked 'interrupted', charged the tokens of its last progress write (every
+    second): never more than the user was sent (up to a character held in pieces), at most one
+    interval's tokens less; and the key's quota counts exactly what the ledger says."""
+    key = create_key(subnet["db"], "kill-test", "--quota", "100000")
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 100, "stream": True, "ignore_eos": True}
+    received: dict[int, tuple[str, int]] = {}
+
+    def stream(i: int) -> None:
+        request = urllib.request.Request(
+            subnet["url"] + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST", headers={"Authorization": f"Bearer {key}"}
+        )
+        request_id, chunks = None, 0
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                request_id = response.headers["x-slmnet-request-id"]
+                for line in response:
+                    if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                        chunks += 1
+        except (OSError, http.client.HTTPException):
+            pass  # the gateway died under it
+        received[i] = (request_id, chunks)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    delay = random.Random().uniform(5.0, 8.0)  # 3 s to the first token, then 2-5 s of tokens
+    time.sleep(delay)
+    os.kill(subnet["gateway"].process.pid, signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=60)
+    rows = {rid: ledger(subnet, rid) for rid, _ in received.values()}
+    assert None not in rows and len(rows) == 4 and all(row[0] == "open" for row in rows.values())  # the kill left them open
+    restarted = start_gateway(subnet["net"], "gateway", subnet["db"], f"{MODEL}={subnet['tmp'] / 's0'}", subnet["tmp"], "--stall-timeout", "3")
+    subnet["servers"].append(restarted)
+    per_interval = 1.0 / 0.15 + 1
+    for request_id, chunks in received.values():
+        status, _, completion_tokens, _ = ledger(subnet, request_id)
+        print(f"killed at {delay:.1f} s: {chunks} chunks sent, {completion_tokens} tokens charged")
+        assert status == "interrupted" and chunks > 0
+        assert chunks - per_interval <= completion_tokens <= chunks + 3, (chunks, completion_tokens)
+    db = sqlite3.connect(subnet["db"])
+    (charged,) = db.execute(
+        "SELECT SUM(prompt_tokens + completion_tokens) FROM usage u JOIN api_keys k ON u.key_id = k.id WHERE k.name = 'kill-test'"
+    ).fetchone()
+    own = json.loads(urllib.request.urlopen(urllib.request.Request(restarted.url + "/v1/key", headers={"Authorization": f"Bearer {key}"})).read())
+    assert own["remaining"]["quota_tokens"] == 100000 - charged and own["usage"]["requests"] == 4

@@ -197,6 +197,7 @@ def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
         "penalty": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 9}).encode(), "presence_penalty"),
         "seed": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "seed": 10**30}).encode(), "seed"),
         "context": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}).encode(), "context"),
+        "empty-stop": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": [""]}).encode(), "stop"),  # vLLM refuses it
     }
     for name, (body, expected) in cases.items():
         status, headers, raw = _post(url, key, "/v1/chat/completions", body)
@@ -206,6 +207,8 @@ def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
         "model": MODEL,
         "max_tokens": 8,
         "messages": [{"role": "system", "content": None}, {"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]}],
+        # null is OpenAI's "the default"; vLLM refuses some nulls (ignore_eos), so they must not reach a miner (found by the fuzzer)
+        **dict.fromkeys(("ignore_eos", "temperature", "stop", "seed", "top_k", "stream_options", "logprobs"), None),
     }
     status, _, raw = _post(url, key, "/v1/chat/completions", json.dumps(parts).encode())
     choice = json.loads(raw)["choices"][0]

@@ -89,3 +89,17 @@ async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_ac
     gateway.record_sample(5, "5Hot5", "m", request, answer)
     again = Store(tmp_path / "v.sqlite")
     assert [s.uid for s in outbox.after(again.organic_cursor(str(outbox.path)), 10)] == [5]  # a restart neither skips nor repeats one
+
+
+def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again(tmp_path):
+    store = Store(tmp_path / "v.sqlite")
+    store.record_organic(1.0, 3, "5Hot3", "m", False, "cut answer")
+    store.save_round(0, 42, 100, 1.0, {}, {}, [ROW])
+    assert store.take_organic(1) == [(3, "5Hot3", False, "cut answer")]
+    store.close()  # the validator died before round 1 was stored (crash point organic-taken)
+    again = Store(tmp_path / "v.sqlite")
+    round_index = again.last_round() + 1
+    assert round_index == 1 and again.take_organic(round_index) == [(3, "5Hot3", False, "cut answer")]
+    again.save_round(1, 43, 101, 2.0, {}, {}, [])
+    assert again.take_organic(2) == []  # folded into a stored round: never counted twice
+    assert again.organic_taken(1) == [(3, "5Hot3", False, "cut answer")]

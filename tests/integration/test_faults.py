@@ -1,0 +1,220 @@
+"""SIGKILL of the real `slmnet validator` at its worst moments and at random ones, then restarts.
+
+Two honest `slmnet miner`s on the shared tiny engine, a validator attached to the same
+engine as its reference, on a localnet. The validator is killed (SIGKILL: no cleanup, no
+flush) at each crash point of ``validator.crashpoints`` and at random moments of its
+rounds, and started again on the same state each time, until it has run its rounds.
+Then the state must read as if nothing had happened: every round stored once, whole, in
+order; the journal holds each once; the standings equal the fold of the stored rounds
+(what an uninterrupted validator computes from those rounds); a replay of the last round
+reproduces it; and weights the chain accepted before a kill stand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import chain
+from models.tiny import build_tiny
+from scoring.aggregate import AggregationParams, Standing, update
+from tests.harness.localnet import make_localnet
+from tests.harness.processes import create_key, engine_env, start_gateway, start_miners
+from validator.crashpoints import ENV
+
+pytestmark = pytest.mark.slow
+MODEL = "slmnet/tiny-qwen2-s0"
+MINERS = ("honest1", "honest2")
+CHALLENGES = 4
+ROUNDS = 7
+
+
+@pytest.fixture(scope="module")
+def subnet(tmp_path_factory, tiny_engine):
+    tmp = tmp_path_factory.mktemp("faults")
+    build_tiny(tmp / "s0", seed=0)
+    net = make_localnet(tmp)
+    wallets, uids = net.register((*MINERS, "validator", "gateway"))
+    net.stake(wallets["validator"], 2000)
+    net.stake(wallets["gateway"], 2000)
+    servers = []
+    try:
+        start_miners(net, {name: tiny_engine.url for name in MINERS}, tmp / "s0", tmp, servers)
+        yield {"tmp": tmp, "net": net, "uids": uids, "wallets": wallets, "engine": tiny_engine}
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def _args(subnet, state: str = "validator", rounds: int = ROUNDS) -> list[str]:
+    tmp = subnet["tmp"]
+    return [
+        *subnet["net"].flags("validator"),
+        "--state-dir",
+        str(tmp / state),
+        "--reference",
+        f"{MODEL}={subnet['engine'].url}",
+        "--tokenizer",
+        f"{MODEL}={tmp / 's0'}",
+        "--challenges-per-miner",
+        str(CHALLENGES),
+        "--round-interval",
+        "1",
+        "--weights-interval",
+        "1",
+        "--max-rounds",
+        str(rounds),
+    ]
+
+
+def _run(subnet, crash_at: str | None = None, kill_after: float | None = None) -> int:
+    """One life of the validator: to a crash point, to a SIGKILL ``kill_after`` s in, or to the end."""
+    env = engine_env(subnet["tmp"]) | ({ENV: crash_at} if crash_at else {})
+    log = (subnet["tmp"] / "validator.log").open("a")
+    process = subprocess.Popen([sys.executable, "-m", "neurons.cli", "validator", *_args(subnet)], stdout=log, stderr=log, env=env)
+    if kill_after is not None:
+        try:
+            process.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+    return process.wait(timeout=600)
+
+
+def _stored_rounds(subnet) -> list[int]:
+    db = sqlite3.connect(subnet["tmp"] / "validator" / "validator.sqlite")
+    return [r for (r,) in db.execute("SELECT round FROM rounds ORDER BY round")]
+
+
+def test_a_validator_killed_anywhere_restarts_with_every_round_stored_once_and_the_same_standings(subnet):
+    tmp, uids = subnet["tmp"], subnet["uids"]
+    state = tmp / "validator"
+    # Killed after the chain accepted its weights, before it wrote them down.
+    assert _run(subnet, crash_at="weights-accepted") == -signal.SIGKILL
+    assert _stored_rounds(subnet) == [0]
+    db = sqlite3.connect(state / "validator.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM weights").fetchone() == (0,)
+
+    async def chain_weights() -> dict[int, float]:
+        async with chain.connect(subnet["net"].network) as c:
+            graph = await c.metagraph(1)
+            return {n.uid: n.last_update for n in graph.neurons}
+
+    assert asyncio.run(chain_weights())[uids["validator"]] > 0  # the chain has them all the same
+    # Killed after a round was committed, before it reached the journal.
+    assert _run(subnet, crash_at="round-stored") == -signal.SIGKILL
+    assert _stored_rounds(subnet) == [0, 1]
+    # Killed at random moments (a round takes ~2-4 s here: mostly mid-round, sometimes between rounds or mid-weights).
+    rng = random.Random()
+    kills = [rng.uniform(3.0, 9.0) for _ in range(2)]
+    for delay in kills:
+        assert _run(subnet, kill_after=delay) in (-signal.SIGKILL, 0)
+    started = time.monotonic()
+    assert _run(subnet) == 0, (tmp / "validator.log").read_text()[-3000:]
+    print(
+        f"killed at crash points weights-accepted, round-stored, and at {[round(k, 1) for k in kills]} s; the last life took {time.monotonic() - started:.0f} s"
+    )
+
+    # Every round once, whole, in order.
+    assert _stored_rounds(subnet) == list(range(ROUNDS))
+    counts = dict(db.execute("SELECT round, COUNT(*) FROM results GROUP BY round").fetchall())
+    assert counts == {r: len(MINERS) * CHALLENGES for r in range(ROUNDS)}
+    journal = [json.loads(line)["round"] for line in (state / "rounds.jsonl").read_text().splitlines()]
+    assert journal == list(range(ROUNDS))  # the round the kill kept out of the journal was appended on restart
+    # The standings are the fold of the stored rounds, each counted once.
+    standings: dict[str, Standing] = {}
+    for (summary_json,) in db.execute("SELECT summary FROM rounds ORDER BY round"):
+        summary = json.loads(summary_json)
+        for uid, score in summary["scores"].items():
+            hotkey = summary["targets"][uid][0]
+            reset = int(uid) in summary["buffered"] or int(uid) in summary["flagged"]
+            standings[hotkey] = update(
+                standings.get(hotkey, Standing()), score, int(uid) in summary["fidelity_failed"], summary["round"], AggregationParams(), reset
+            )
+    stored = {hotkey: Standing(ema, rounds, banned) for hotkey, ema, rounds, banned in db.execute("SELECT hotkey, ema, rounds, banned_until FROM standings")}
+    assert stored == standings and all(s.rounds == ROUNDS and s.ema > 0 for s in stored.values())
+    assert db.execute("SELECT COUNT(*) FROM weights").fetchone()[0] >= 1  # weights set again after the restarts
+    # Anyone can recheck the last round from the state: the replay reproduces it.
+    replay = [sys.executable, "-m", "neurons.cli", "validator", "replay", *_args(subnet), "--round", str(ROUNDS - 1)]
+    done = subprocess.run(replay, capture_output=True, text=True, timeout=600, env=engine_env(tmp))
+    assert done.returncode == 0 and "reproduced" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _chain_outage(subnet, seconds: float) -> None:
+    """The chain unreachable for ``seconds`` (the localnet's OFFLINE switch: every call fails
+    as against a node that does not answer) under a running validator, gateway and miners."""
+    tmp, net = subnet["tmp"], subnet["net"]
+    db = tmp / f"gateway-outage-{seconds:g}.sqlite"
+    key = create_key(db, "outage")
+    gateway = start_gateway(net, "gateway", db, f"{MODEL}={tmp / 's0'}", tmp)
+    state = f"validator-outage-{seconds:g}"
+    log = (tmp / f"{state}.log").open("w")
+    validator = subprocess.Popen(
+        [sys.executable, "-m", "neurons.cli", "validator", *_args(subnet, state, rounds=10**6)], stdout=log, stderr=log, env=engine_env(tmp)
+    )
+    store = tmp / state / "validator.sqlite"
+
+    def weights_blocks() -> list[int]:
+        if not store.exists():
+            return []
+        return [b for (b,) in sqlite3.connect(store).execute("SELECT block FROM weights ORDER BY block")]
+
+    def ask() -> int:
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+        request = urllib.request.Request(gateway.url + "/v1/chat/completions", data=body, headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 120
+        while not weights_blocks() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert weights_blocks(), (tmp / f"{state}.log").read_text()[-3000:]
+        (net.dir / "OFFLINE").touch()
+        went_down, statuses = time.monotonic(), []
+        while time.monotonic() - went_down < seconds:
+            statuses.append(ask())
+            time.sleep(0.5)
+        during = weights_blocks()
+        assert validator.poll() is None, (tmp / f"{state}.log").read_text()[-3000:]  # kept its loop
+        (net.dir / "OFFLINE").unlink()
+        came_back = time.monotonic()
+        while weights_blocks() == during and time.monotonic() - came_back < 120:
+            time.sleep(0.5)
+        recovered = time.monotonic() - came_back
+        assert weights_blocks() != during, (tmp / f"{state}.log").read_text()[-3000:]  # weights set once it was back
+        assert ask() == 200
+    finally:
+        (net.dir / "OFFLINE").unlink(missing_ok=True)
+        validator.send_signal(signal.SIGTERM)
+        code = validator.wait(timeout=120)
+        gateway.stop()
+    text = (tmp / f"{state}.log").read_text()
+    skipped = text.count("round skipped: the chain failed")
+    print(
+        f"chain down {seconds:g} s: {statuses.count(200)}/{len(statuses)} user requests answered, {skipped} rounds skipped, weights {recovered:.1f} s after it returned"
+    )
+    assert statuses.count(200) == len(statuses) > 0  # the gateway routed on the last metagraph it read
+    assert skipped >= 1 and code == 0  # the validator noticed, skipped rounds, and stopped cleanly when asked
+    assert "metagraph sync failed, keeping the last one" in gateway.log_tail(200_000)
+
+
+def test_the_chain_unreachable_for_15_s_stops_no_answer_and_weights_follow_its_return(subnet):
+    _chain_outage(subnet, 15)
+
+
+@pytest.mark.soak
+def test_the_chain_unreachable_for_60_s_stops_no_answer_and_weights_follow_its_return(subnet):
+    _chain_outage(subnet, 60)
