@@ -39,3 +39,27 @@ def tiny_engine(tmp_path_factory) -> TinyEngine:
         yield TinyEngine(server.url, tmp / "s0")
     finally:
         server.stop()
+
+
+# What the reliability tests measured (``figure`` fixture), printed as one table at the end of
+# the run: `make soak` and `make test` both end with it; docs/reliability.md collects them.
+FIGURES: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture
+def figure(request):
+    """``figure(what, value)``: one row of the run's reliability table, under this test's name."""
+
+    def record(what: str, value: str) -> None:
+        FIGURES.append((request.node.name, what, value))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("reliability figures")
+        terminalreporter.write_line("| test | what | figure |")
+        terminalreporter.write_line("|---|---|---|")
+        for test, what, value in FIGURES:
+            terminalreporter.write_line(f"| {test} | {what} | {value} |")

@@ -95,7 +95,7 @@ def _stored_rounds(subnet) -> list[int]:
     return [r for (r,) in db.execute("SELECT round FROM rounds ORDER BY round")]
 
 
-def test_a_validator_killed_anywhere_restarts_with_every_round_stored_once_and_the_same_standings(subnet):
+def test_a_validator_killed_anywhere_restarts_with_every_round_stored_once_and_the_same_standings(subnet, figure):
     tmp, uids = subnet["tmp"], subnet["uids"]
     state = tmp / "validator"
     # Killed after the chain accepted its weights, before it wrote them down.
@@ -118,11 +118,7 @@ def test_a_validator_killed_anywhere_restarts_with_every_round_stored_once_and_t
     kills = [rng.uniform(3.0, 9.0) for _ in range(2)]
     for delay in kills:
         assert _run(subnet, kill_after=delay) in (-signal.SIGKILL, 0)
-    started = time.monotonic()
     assert _run(subnet) == 0, (tmp / "validator.log").read_text()[-3000:]
-    print(
-        f"killed at crash points weights-accepted, round-stored, and at {[round(k, 1) for k in kills]} s; the last life took {time.monotonic() - started:.0f} s"
-    )
 
     # Every round once, whole, in order.
     assert _stored_rounds(subnet) == list(range(ROUNDS))
@@ -147,9 +143,11 @@ def test_a_validator_killed_anywhere_restarts_with_every_round_stored_once_and_t
     replay = [sys.executable, "-m", "neurons.cli", "validator", "replay", *_args(subnet), "--round", str(ROUNDS - 1)]
     done = subprocess.run(replay, capture_output=True, text=True, timeout=600, env=engine_env(tmp))
     assert done.returncode == 0 and "reproduced" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    when = f"at weights-accepted, round-stored, and {', '.join(f'{k:.1f} s' for k in kills)} into a life"
+    figure(f"validator SIGKILLed {when}", f"{ROUNDS} of {ROUNDS} rounds stored once, whole; 0 lost, 0 twice; standings = fold of the rounds; replay reproduced")
 
 
-def _chain_outage(subnet, seconds: float) -> None:
+def _chain_outage(subnet, seconds: float, figure) -> None:
     """The chain unreachable for ``seconds`` (the localnet's OFFLINE switch: every call fails
     as against a node that does not answer) under a running validator, gateway and miners."""
     tmp, net = subnet["tmp"], subnet["net"]
@@ -203,18 +201,82 @@ def _chain_outage(subnet, seconds: float) -> None:
         gateway.stop()
     text = (tmp / f"{state}.log").read_text()
     skipped = text.count("round skipped: the chain failed")
-    print(
-        f"chain down {seconds:g} s: {statuses.count(200)}/{len(statuses)} user requests answered, {skipped} rounds skipped, weights {recovered:.1f} s after it returned"
+    figure(
+        f"chain unreachable {seconds:g} s",
+        f"{statuses.count(200)}/{len(statuses)} user requests answered; validator alive, {skipped} rounds skipped; weights set {recovered:.1f} s after it returned",
     )
     assert statuses.count(200) == len(statuses) > 0  # the gateway routed on the last metagraph it read
     assert skipped >= 1 and code == 0  # the validator noticed, skipped rounds, and stopped cleanly when asked
     assert "metagraph sync failed, keeping the last one" in gateway.log_tail(200_000)
 
 
-def test_the_chain_unreachable_for_15_s_stops_no_answer_and_weights_follow_its_return(subnet):
-    _chain_outage(subnet, 15)
+def test_the_chain_unreachable_for_15_s_stops_no_answer_and_weights_follow_its_return(subnet, figure):
+    _chain_outage(subnet, 15, figure)
 
 
 @pytest.mark.soak
-def test_the_chain_unreachable_for_60_s_stops_no_answer_and_weights_follow_its_return(subnet):
-    _chain_outage(subnet, 60)
+def test_the_chain_unreachable_for_60_s_stops_no_answer_and_weights_follow_its_return(subnet, figure):
+    _chain_outage(subnet, 60, figure)
+
+
+def _mount(folder, *options: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(folder)], check=True, capture_output=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small or read-only filesystem for the state folder needs root")
+def test_a_full_or_read_only_state_folder_gets_a_clear_error_and_never_a_corrupt_database(subnet, figure):
+    """The state folder on a real filesystem of its own (tmpfs): read-only from the start, then
+    full in the middle of a run, then given space again."""
+    tmp = subnet["tmp"]
+    read_only, small = tmp / "read-only", tmp / "small"
+    _mount(read_only, "ro", "size=1m")
+    _mount(small, "size=16m")
+    try:
+        args = _args(subnet, "read-only/state", rounds=1)
+        done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=300, env=engine_env(tmp))
+        assert done.returncode != 0 and "cannot be written" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+        log_path = tmp / "validator-full.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "neurons.cli", "validator", *_args(subnet, "small/state", rounds=10**6)],
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
+            env=engine_env(tmp),
+        )
+        store = small / "state" / "validator.sqlite"
+        rounds = lambda: [r for (r,) in sqlite3.connect(store).execute("SELECT round FROM rounds ORDER BY round")] if store.exists() else []  # noqa: E731
+
+        def wait_for(condition, what: str, timeout: float = 120) -> None:
+            deadline = time.monotonic() + timeout
+            while not condition():
+                assert process.poll() is None and time.monotonic() < deadline, f"{what}:\n{log_path.read_text()[-3000:]}"
+                time.sleep(0.5)
+
+        try:
+            wait_for(lambda: len(rounds()) >= 1, "no first round")
+            with (small / "filler").open("wb") as filler:  # every free byte taken
+                try:
+                    while True:
+                        filler.write(b"\0" * (1 << 16))
+                        filler.flush()
+                except OSError:
+                    pass
+            wait_for(lambda: "round not stored: the state folder" in log_path.read_text(), "no clear error when full")
+            stored_while_full = rounds()
+            (small / "filler").unlink()
+            wait_for(lambda: len(rounds()) > len(stored_while_full) + 1, "no round stored once space was back")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=120)
+        db = sqlite3.connect(store)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        stored = rounds()
+        assert stored == list(range(len(stored))) and code == 0  # nothing half-written, no gap, a clean stop
+        journal = [json.loads(line)["round"] for line in (small / "state" / "rounds.jsonl").read_text().splitlines()]
+        assert journal == stored  # what the full disk kept out of the journal was appended when it could be
+        figure("state folder read-only at start", "exit 1, one line: 'the state folder … cannot be written'")
+        figure("state folder full mid-run, then freed", f"validator alive; {len(stored)} rounds, no gap; PRAGMA integrity_check ok; journal caught up")
+    finally:
+        for folder in (read_only, small):
+            subprocess.run(["umount", str(folder)], capture_output=True)

@@ -421,7 +421,7 @@ def test_a_stream_waiting_for_its_first_token_gets_keepalive_comments(workers):
     assert lines[-1] == "data: [DONE]"
 
 
-def test_a_gateway_killed_mid_request_keeps_a_ledger_that_charges_what_was_streamed(subnet):
+def test_a_gateway_killed_mid_request_keeps_a_ledger_that_charges_what_was_streamed(subnet, figure):
     """SIGKILL of the gateway with streams in flight through a slow miner (3 s, then 150 ms a token),
     at a random moment 2 to 5 s into the tokens. After a restart on the same ledger: every request
     has its row, marked 'interrupted', charged the tokens of its last progress write (every
@@ -459,9 +459,10 @@ def test_a_gateway_killed_mid_request_keeps_a_ledger_that_charges_what_was_strea
     restarted = start_gateway(subnet["net"], "gateway", subnet["db"], f"{MODEL}={subnet['tmp'] / 's0'}", subnet["tmp"], "--stall-timeout", "3")
     subnet["servers"].append(restarted)
     per_interval = 1.0 / 0.15 + 1
+    pairs = []
     for request_id, chunks in received.values():
         status, _, completion_tokens, _ = ledger(subnet, request_id)
-        print(f"killed at {delay:.1f} s: {chunks} chunks sent, {completion_tokens} tokens charged")
+        pairs.append(f"{chunks}/{completion_tokens}")
         assert status == "interrupted" and chunks > 0
         assert chunks - per_interval <= completion_tokens <= chunks + 3, (chunks, completion_tokens)
     db = sqlite3.connect(subnet["db"])
@@ -470,3 +471,4 @@ def test_a_gateway_killed_mid_request_keeps_a_ledger_that_charges_what_was_strea
     ).fetchone()
     own = json.loads(urllib.request.urlopen(urllib.request.Request(restarted.url + "/v1/key", headers={"Authorization": f"Bearer {key}"})).read())
     assert own["remaining"]["quota_tokens"] == 100000 - charged and own["usage"]["requests"] == 4
+    figure(f"gateway SIGKILLed {delay:.1f} s into 4 streams", f"4/4 rows 'interrupted'; tokens sent/charged {', '.join(pairs)}; quota = ledger")
