@@ -44,7 +44,7 @@ $(STAMP): requirements/cpu.lock pyproject.toml | python-version
 	touch $(STAMP)
 
 test: install system-packages lint
-	$(PY) -m pytest -q tests -m "not soak"
+	$(PY) -m pytest -q tests -m "not soak" --durations=25
 
 soak: install system-packages
 	$(PY) -m pytest -q -s tests -m soak

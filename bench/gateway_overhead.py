@@ -293,6 +293,10 @@ def _report(rows: list[dict], held: float, as_json: bool, workers: int = 1) -> N
     for r in rows:
         tag = f"{'stream' if r['stream'] else 'whole'}_{r['rate']:.0f}rps"
         figures[f"added_p50_ms_{tag}"] = r["added_p50_ms"]
+        figures[f"gateway_p50_ms_{tag}"] = r["gateway"]["p50_ms"]
+        figures[f"gateway_p99_ms_{tag}"] = r["gateway"]["p99_ms"]
+        figures[f"gateway_ok_{tag}"] = r["gateway"]["ok"]
+        figures[f"gateway_errors_{tag}"] = r["gateway"]["errors"]
         figures[f"added_p99_ms_{tag}"] = r["added_p99_ms"]
         figures[f"gateway_to_direct_p50_ratio_{tag}"] = r["gateway"]["p50_ms"] / r["direct"]["p50_ms"]
         if "litellm" in r:

@@ -347,7 +347,7 @@ def _fast_miner_the_router_prefers(subnet, body: bytes) -> int:
     pytest.fail("no request was answered by a fast miner")
 
 
-def test_a_miner_killed_before_the_first_token_costs_the_user_nothing(subnet):
+def test_a_miner_killed_before_the_first_token_costs_the_user_nothing(subnet, figure):
     """Requests sent the moment a miner dies, before the gateway's health probe (every 5 s)
     can notice: those routed to it are retried on another miner, and every user gets an answer.
     The miner killed is the fast one the router sends requests to (whatever earlier tests taught it)."""
@@ -359,13 +359,14 @@ def test_a_miner_killed_before_the_first_token_costs_the_user_nothing(subnet):
         return await asyncio.gather(*(asyncio.to_thread(post, subnet, "/v1/chat/completions", body) for _ in range(16)))
 
     answers = asyncio.run(at_once())
+    figure("miner SIGKILLed as 16 requests arrive", f"{sum(status == 200 for status, _, _ in answers)}/16 user requests completed")
     assert [status for status, _, _ in answers] == [200] * 16
     assert all(answer["choices"][0]["message"]["content"] is not None for _, _, answer in answers)
     metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
     assert 'slmnet_gateway_miner_errors_total{kind="connection",uid="%d"}' % victim in metrics
 
 
-def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet):
+def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet, figure):
     # Only the slow miners are left (one fast miner died in the test before): the stream lands on one of them.
     for name in ("fast1", "fast2"):
         if subnet["uids"][name] != subnet.get("killed"):
@@ -405,6 +406,7 @@ def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet):
     while ledger(subnet, request_id)[0] == "open" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ledger(subnet, request_id)[3] == 1  # one failover in the ledger
+    figure("miner SIGKILLed mid-stream", f"the stream went on on another miner: {len(before_kill)} characters before, {len(text)} in all, one failover")
     metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
     assert 'slmnet_gateway_failovers_total{phase="mid_stream"}' in metrics
 

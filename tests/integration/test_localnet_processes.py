@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import bittensor as bt
 
 import chain
 
@@ -116,3 +122,61 @@ def test_cli_creates_funds_stakes_and_reports(tmp_path):
     assert overdrawn.returncode == 1 and "TAO free" in overdrawn.stderr
     missing = slmnet(tmp_path, "localnet", "status", "--dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no localnet" in missing.stderr
+
+
+def test_a_writer_killed_mid_write_leaves_the_chain_consistent_and_its_nonces_usable(localnet, tmp_path, figure):
+    """Two writers register and commit; one is SIGKILLed at a random moment. The chain's file
+    is intact, every account's nonce is the number of its extrinsics on chain, the other writer
+    lost nothing, and the killed writer's last account can write again with its next nonce."""
+    count = 30  # two writers: 60 of the subnet's 64 uids
+    env = _env(tmp_path)
+    procs = {prefix: subprocess.Popen([sys.executable, "-c", WRITER, str(localnet.dir), str(tmp_path / "w"), prefix, str(count)], env=env) for prefix in "ab"}
+    # Killed once a random number of the 120 extrinsics (a register and a commit per account) are on chain: mid-write by construction.
+    after = random.Random().randrange(10, 80)
+    db = sqlite3.connect(localnet.dir / "chain.sqlite", timeout=30)
+    deadline = time.monotonic() + 120
+    while db.execute("SELECT COUNT(*) FROM extrinsics").fetchone()[0] < after and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(procs["a"].pid, signal.SIGKILL)
+    assert procs["a"].wait(timeout=60) == -signal.SIGKILL and procs["b"].wait(timeout=300) == 0
+
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    sent = dict(db.execute("SELECT signer, COUNT(*) FROM extrinsics GROUP BY signer").fetchall())
+    nonces = dict(db.execute("SELECT address, nonce FROM accounts WHERE nonce > 0").fetchall())
+    assert nonces == sent  # each extrinsic on chain consumed exactly one nonce, none lost, none twice
+
+    async def read():
+        async with chain.connect(localnet.network) as c:
+            return await c.metagraph(localnet.netuid)
+
+    graph = asyncio.run(read())
+    commitments = sorted(n.commitment for n in graph.neurons if n.commitment)
+    assert sorted(n.uid for n in graph.neurons) == list(range(len(graph.neurons)))
+    assert [c for c in commitments if c.startswith("b-")] == sorted(f"b-{i}" for i in range(count))
+    done_a = [c for c in commitments if c.startswith("a-")]
+    assert done_a == sorted(f"a-{i}" for i in range(len(done_a)))  # a's writes landed in order, up to the kill
+    # The killed writer's last registered account writes again from a new process, with the nonce the chain holds.
+    on_chain = {n.hotkey for n in graph.neurons}
+    made = [i for i in range(count) if (tmp_path / "w" / f"a{i}" / "hotkeys" / "default").exists()]
+    last = max((i for i in made if bt.Wallet(f"a{i}", "default", path=str(tmp_path / "w")).hotkey.ss58_address in on_chain), default=None)
+    if last is not None:  # (b may have sent the first extrinsics all alone)
+        again = RESUME.format(directory=localnet.dir, wallets=tmp_path / "w", name=f"a{last}")
+        assert subprocess.run([sys.executable, "-c", again], env=env, timeout=120).returncode == 0
+    figure(
+        f"localnet writer SIGKILLed after {after} extrinsics",
+        f"integrity ok; nonces = extrinsics for {len(nonces)} accounts; {len(done_a)} of a's commits, all of b's; a's next write accepted",
+    )
+
+
+RESUME = r"""
+import asyncio
+import bittensor as bt
+import chain
+
+async def main():
+    w = bt.Wallet("{name}", "default", path="{wallets}")
+    async with chain.connect("localnet:{directory}") as c:
+        (await c.commit(w, 1, "again")).raise_for_failure()
+
+asyncio.run(main())
+"""
