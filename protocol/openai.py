@@ -72,7 +72,7 @@ class SamplingFields(OpenAIModel):
     n: int = Field(default=1, ge=1, le=8)
     presence_penalty: Optional[float] = Field(default=None, ge=-2, le=2)
     seed: Optional[int] = Field(default=None, ge=-MAX_SEED - 1, le=MAX_SEED)
-    stop: Union[StopString, list[StopString], None] = Field(default=None, max_length=16)
+    stop: Union[StopString, list[StopString], None] = Field(default=None, max_length=4)  # engines take 4 at most (vLLM, OpenAI)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     temperature: Optional[float] = Field(default=None, ge=0, le=2)

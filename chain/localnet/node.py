@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SPEC_NAME = "slmnet-localnet"
 # While a file of this name is in the folder, every call fails as a node that cannot be reached
-# would (RpcConnectionError): the outage switch of `slmnet localnet offline` and the fault tests.
+# would (RpcConnectionError): an outage switch (`touch DIR/OFFLINE`, `rm DIR/OFFLINE`) for fault tests.
 OFFLINE = "OFFLINE"
 
 

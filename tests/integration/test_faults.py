@@ -280,3 +280,47 @@ def test_a_full_or_read_only_state_folder_gets_a_clear_error_and_never_a_corrupt
     finally:
         for folder in (read_only, small):
             subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.mark.soak
+def test_the_reference_engine_killed_mid_verification_costs_no_miner_anything(subnet, figure):
+    """The validator starts and supervises its own reference engine (--serve-reference); it is
+    SIGKILLed at a random moment of a later round. Answers it could not check are 'unverified'
+    (neither for nor against a miner), the supervisor starts the engine again, and the rounds
+    after it verify as before: no honest miner is failed, banned or reset."""
+    import psutil
+
+    tmp = subnet["tmp"]
+    args = _args(subnet, "validator-reference", rounds=10**6)
+    at = args.index("--reference")
+    args[at : at + 2] = ["--serve-reference", MODEL]
+    log_path = tmp / "validator-reference.log"
+    validator = subprocess.Popen(
+        [sys.executable, "-m", "neurons.cli", "validator", *args], stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=engine_env(tmp)
+    )
+    store = tmp / "validator-reference" / "validator.sqlite"
+    rounds = lambda: sqlite3.connect(store).execute("SELECT COUNT(*) FROM rounds").fetchone()[0] if store.exists() else 0  # noqa: E731
+    try:
+        deadline = time.monotonic() + 600
+        while rounds() < 2:
+            assert validator.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(1)
+        engines = [p for p in psutil.Process(validator.pid).children(recursive=True) if "vllm.entrypoints" in " ".join(p.cmdline())]
+        time.sleep(random.Random().uniform(0.0, 3.0))  # somewhere in a round: queries, then verification
+        killed_at, before = time.monotonic(), rounds()
+        for engine in engines:
+            engine.kill()
+        while rounds() < before + 3:  # rounds during the outage, and verified ones after it
+            assert validator.poll() is None and time.monotonic() - killed_at < 900, log_path.read_text()[-3000:]
+            time.sleep(1)
+        back = time.monotonic() - killed_at
+    finally:
+        validator.send_signal(signal.SIGTERM)
+        validator.wait(timeout=180)
+    db = sqlite3.connect(store)
+    outcomes = dict(db.execute("SELECT outcome, COUNT(*) FROM results GROUP BY outcome").fetchall())
+    assert db.execute("SELECT COUNT(*) FROM results WHERE passed = 0").fetchone() == (0,)  # nobody failed for our engine's death
+    last = json.loads(db.execute("SELECT summary FROM rounds ORDER BY round DESC LIMIT 1").fetchone()[0])
+    assert not last["fidelity_failed"] and not last["flagged"] and all(v > 0 for v in last["effective"].values())
+    assert db.execute("SELECT COUNT(*) FROM results WHERE round = ? AND passed = 1", (last["round"],)).fetchone()[0] > 0  # verifying again
+    figure("reference engine SIGKILLed mid-round", f"outcomes {outcomes}; 0 answers failed; verifying again, 3 rounds on, {back:.0f} s after the kill")

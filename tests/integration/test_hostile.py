@@ -198,6 +198,7 @@ def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
         "seed": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "seed": 10**30}).encode(), "seed"),
         "context": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}).encode(), "context"),
         "empty-stop": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": [""]}).encode(), "stop"),  # vLLM refuses it
+        "five-stops": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": list("abcde")}).encode(), "stop"),
     }
     for name, (body, expected) in cases.items():
         status, headers, raw = _post(url, key, "/v1/chat/completions", body)
