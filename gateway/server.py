@@ -29,7 +29,7 @@ from gateway.router import Router
 from gateway.state import CLIENT_ID, GatewayState, request_headers
 from gateway.tokens import TokenCounter
 from protocol import openapi
-from protocol.errors import error_body, http_layer_refusal
+from protocol.errors import error_body, http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ async def errors_middleware(request: web.Request, handler: Callable) -> web.Stre
             raise
         response = http_layer_refusal(exc)
     except Exception:
-        log.exception("unexpected error on %s %s (request %s)", request.method, request.path, request_id)
-        body = error_body(f"internal error in the gateway; quote request id {request_id}", "server_error", "internal_error")
-        response = web.json_response(body, status=500)
+        response = internal_error(log, "gateway", request, request_id)
     if not response.prepared:
         response.headers.update(request_headers(request))
     state.metrics.requests.labels(request.path if request.path.startswith("/v1/") else "other", str(response.status)).inc()

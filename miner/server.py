@@ -29,7 +29,7 @@ from miner.metrics import MinerMetrics
 from miner.state import STATE, MinerState
 from miner.sync import metagraph_ctx
 from protocol import openapi
-from protocol.errors import error_body, http_layer_refusal
+from protocol.errors import http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, describe_validation_error
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
             raise
         response = http_layer_refusal(exc)
     except Exception:
-        log.exception("unexpected error on %s %s (request %s)", request.method, request.path, request_id)
-        body = error_body(f"internal error in the miner; quote request id {request_id}", "server_error", "internal_error")
-        response = web.json_response(body, status=500)
+        response = internal_error(log, "miner", request, request_id)
     response.headers.setdefault("X-Request-Id", request_id)
     if not response.prepared:
         state.metrics.requests.labels(request.path, str(response.status)).inc()

@@ -11,6 +11,7 @@ middleware per server turns any of them into the same body.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Union
 
 from aiohttp import web
@@ -33,6 +34,12 @@ class ErrorBody(BaseModel):
 def error_body(message: str, type_: str, code: Union[str, int, None] = None, param: Optional[str] = None) -> dict[str, Any]:
     """The OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def internal_error(log: logging.Logger, server: str, request: web.Request, request_id: str) -> web.Response:
+    """The 500 for an exception no handler expected: logged with its traceback, the caller given the request id."""
+    log.exception("unexpected error on %s %s (request %s)", request.method, request.path, request_id)
+    return web.json_response(error_body(f"internal error in the {server}; quote request id {request_id}", "server_error", "internal_error"), status=500)
 
 
 def http_layer_refusal(exc: web.HTTPException) -> web.Response:
