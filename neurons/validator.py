@@ -38,7 +38,12 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--serve-reference", action="append", default=[], metavar="ID", help="start a reference engine for model ID from the model list (repeatable)"
     )
-    p.add_argument("--dtype", default="auto", help="vLLM --dtype of started reference engines")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="vLLM --dtype of started reference engines: float32, the model itself (each miner's declared dtype sets its tolerance; "
+        "vLLM's own 'auto' runs a float32 model in half precision on CPU, and would flag honest float32 miners)",
+    )
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument for started engines (repeatable)")
     p.add_argument("--challenges-per-miner", type=int, default=8, help="challenges each miner gets per round")
     p.add_argument("--round-interval", type=float, default=30.0, help="seconds between round starts")
