@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -26,6 +27,8 @@ import pytest
 pytestmark = pytest.mark.soak
 MINUTES = float(os.environ.get("SLMNET_SOAK_MINUTES", "30"))
 WARM_UP_MIN = 5.0
+KV_CACHE_BYTES = 256 * 2**20  # neurons.local_subnet.ENGINE_ARGS
+ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
 
 
 def _label(process: psutil.Process) -> str:
@@ -99,8 +102,10 @@ def test_slmnet_up_under_steady_traffic_keeps_memory_and_descriptors_flat(tmp_pa
         up.send_signal(signal.SIGINT)
         up.wait(timeout=300)
     answered = statuses.count(200)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "up-soak.json").write_text(json.dumps(samples))  # every sample, for a closer look at a growth
     figure(f"slmnet up, {MINUTES:g} min, a question every 2 s", f"{answered}/{len(statuses)} answered")
-    worst_rss, worst_fds = 0.0, 0.0
+    growing = []
     for name, rows in sorted(samples.items()):
         steady = [(t, rss, fds) for t, rss, fds in rows if t >= WARM_UP_MIN * 60]
         if len(steady) < 3:
@@ -113,6 +118,10 @@ def test_slmnet_up_under_steady_traffic_keeps_memory_and_descriptors_flat(tmp_pa
             f"{name}: RSS, fds",
             f"{steady[0][1] / 2**20:.0f} → {steady[-1][1] / 2**20:.0f} MB ({rss_growth:+.1f} MB/h), {steady[0][2]} → {steady[-1][2]} fds ({fds_growth:+.1f}/h)",
         )
-        worst_rss, worst_fds = max(worst_rss, rss_growth / mean_mb), max(worst_fds, fds_growth)
+        # Flat: under 30 descriptors and 20% of its memory an hour. An engine's worker first touches its
+        # KV cache (256 MiB each in `slmnet up`) as traffic fills new blocks: growth up to that is bounded.
+        touched_kv = name.startswith("VLLM::Worker") and (steady[-1][1] - steady[0][1]) <= KV_CACHE_BYTES * 1.1
+        if fds_growth >= 30 or (rss_growth / mean_mb >= 0.2 and not touched_kv):
+            growing.append((name, round(rss_growth, 1), round(fds_growth, 1)))
     assert answered >= 0.99 * len(statuses) and statuses
-    assert worst_fds < 30 and worst_rss < 0.2, (worst_fds, worst_rss)  # flat: under 30 descriptors and 20% of its memory an hour
+    assert not growing, growing
