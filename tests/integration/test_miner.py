@@ -210,7 +210,8 @@ async def test_bad_bodies_get_their_status_and_a_clear_message(subnet, body, sta
 
 
 async def _open_stream(c: MinerClient) -> aiohttp.ClientResponse:
-    response = await c.post("/v1/chat/completions", {**CHAT, "max_tokens": 600, "ignore_eos": True, "stream": True})
+    # 1000 tokens: ~2 s on the fastest CPU seen here (the tiny engine streams ~550 tokens/s), long enough to hold
+    response = await c.post("/v1/chat/completions", {**CHAT, "max_tokens": 1000, "ignore_eos": True, "stream": True})
     assert response.status == 200
     await response.content.readline()  # the first event: the request is in flight
     return response
