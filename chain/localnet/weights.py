@@ -50,7 +50,8 @@ def _apply_weights(ctx: Context, netuid: int, hotkey: str, dests: list, values: 
     if not self_only and total and len(dests) > 1 and max(values) * U16_MAX > hp["max_weight_limit"] * total:
         raise DispatchError("MaxWeightExceeded", f"One weight exceeds the max weight limit {hp['max_weight_limit'] / U16_MAX:.4f}.")
     last = int(row["last_update"])
-    if hp["weights_rate_limit"] and last > 0 and ctx.block - last < hp["weights_rate_limit"]:
+    ever_set = last > 0 or row["weights"] != "[]"  # weights first set in block 0 leave last_update 0
+    if hp["weights_rate_limit"] and ever_set and ctx.block - last < hp["weights_rate_limit"]:
         raise DispatchError("SettingWeightsTooFast", f"Weights were set {ctx.block - last} blocks ago; the rate limit is {hp['weights_rate_limit']} blocks.")
     top = max(values) if values else 0
     scaled = [[d, v / top] for d, v in zip(dests, values) if v] if top else []
