@@ -80,6 +80,7 @@ class Validator:
         self.wallet = config.chain.wallet()
         self.keypair = self.wallet.hotkey
         self.journal = config.state_dir / "rounds.jsonl"
+        self._journaled: Optional[int] = None  # the last round in the journal, once read (catch_up_journal)
         self.outbox = Outbox(config.organic_from) if config.organic_from else None
         self._wandb: Any = None
 
@@ -152,9 +153,10 @@ class Validator:
     def catch_up_journal(self) -> list[int]:
         """Make rounds.jsonl hold each stored round once, in order: drop a line torn by a kill, and
         append the rounds stored after its last line (this round, and any a kill or a full disk
-        kept out before). Returns the rounds appended."""
-        last = -1
-        if self.journal.exists():
+        kept out before). The file is read only at start and after a failed write; otherwise the
+        last round written is known. Returns the rounds appended."""
+        last = self._journaled if self._journaled is not None else -1
+        if self._journaled is None and self.journal.exists():
             with self.journal.open("rb+") as f:
                 size = f.seek(0, 2)
                 f.seek(max(0, size - (1 << 20)))
@@ -165,9 +167,11 @@ class Validator:
                 lines = tail[:end].splitlines()
                 last = json.loads(lines[-1])["round"] if lines else -1
         missing = self.store.summaries_after(last)
+        self._journaled = None  # unknown until the append below succeeds
         if missing:
             with self.journal.open("a") as f:
                 f.writelines(json.dumps(summary, default=str) + "\n" for summary in missing)
+        self._journaled = missing[-1]["round"] if missing else last
         return [s["round"] for s in missing]
 
     def _log(self, summary: dict[str, Any], report: RoundReport) -> None:
