@@ -7,12 +7,14 @@ localnet in folder DIR). Everything above this module uses :class:`Chain`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import bittensor as bt
 from bittensor.result import ChainError
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt
 
 from . import views, writes
 from .errors import NetworkError, NotRegistered
@@ -22,6 +24,9 @@ log = logging.getLogger(__name__)
 
 LOCALNET_PREFIX = "localnet:"
 NAMED_NETWORKS = ("finney", "test", "local")
+FULL_BLOCK = "TooManyRegistrationsThisBlock"
+REGISTRATION_BLOCKS = 5  # blocks a registration is tried in while each is full of others'
+BLOCK_POLL_S = 0.25
 
 
 def parse_network(network: str) -> tuple[str, Optional[Path]]:
@@ -108,7 +113,23 @@ class Chain:
     # Writes --------------------------------------------------------------------------
 
     async def register(self, wallet: Any, netuid: int) -> writes.WriteResult:
-        return await writes.register(self.client, wallet, netuid)
+        """Burned registration. A block already holding the subnet's most registrations
+        (``TooManyRegistrationsThisBlock``: others registered first) says nothing about this
+        wallet, so the same registration is sent again in each of the next blocks, up to
+        REGISTRATION_BLOCKS in all; any other outcome is returned at once."""
+        retrying = AsyncRetrying(
+            retry=retry_if_result(lambda result: result.error_name == FULL_BLOCK),
+            stop=stop_after_attempt(REGISTRATION_BLOCKS),
+            sleep=lambda _seconds: self._next_block(),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )
+        return await retrying(writes.register, self.client, wallet, netuid)
+
+    async def _next_block(self) -> None:
+        """Wait until the head moves past the block it is at now."""
+        now = await self.block()
+        while await self.block() == now:
+            await asyncio.sleep(BLOCK_POLL_S)
 
     async def serve(self, wallet: Any, netuid: int, ip: str, port: int) -> writes.WriteResult:
         return await writes.serve(self.client, wallet, netuid, ip, port)

@@ -164,6 +164,17 @@ async def test_registration_needs_the_burn(localnet):
     assert not result.success and result.error_name == "NotEnoughBalanceToStake"
 
 
+async def test_registrations_beyond_a_blocks_limit_land_in_the_next_blocks(localnet):
+    admin.set_hyperparameter(localnet.dir, localnet.netuid, "max_registrations_per_block", 1)
+    wallets = [localnet.wallet(f"crowd{i}") for i in range(4)]
+    async with chain.connect(localnet.network) as c:
+        results = await asyncio.gather(*(c.register(w, localnet.netuid) for w in wallets))
+        assert [r.success for r in results] == [True] * 4, [r.message for r in results]
+        uids = [await c.uid_of(localnet.netuid, w.hotkey.ss58_address) for w in wallets]
+    assert sorted(uids) == [0, 1, 2, 3]
+    assert len({r.block_hash for r in results}) == 4  # one a block, as the subnet allows
+
+
 async def test_commit_reveal_subnet_records_timelocked_commits(localnet, subnet):
     c, validators, _ = subnet
     admin.set_hyperparameter(localnet.dir, localnet.netuid, "commit_reveal_weights_enabled", True)

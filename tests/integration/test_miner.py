@@ -17,7 +17,7 @@ import chain
 from btauth.client import MinerClient, signed_headers
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import free_port, health_json, start_miner
+from tests.harness.processes import free_port, health_json, start_adversary, start_miner
 from tests.harness.sse import read_sse
 
 pytestmark = pytest.mark.slow
@@ -37,6 +37,8 @@ class Subnet:
     miner_url: str
     engine_url: str
     weights_sha256: str
+    slow: bt.Wallet  # a second miner, behind an engine that takes 150 ms a token (the harness's "slow" mode)
+    slow_url: str
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +47,37 @@ def subnet(tmp_path_factory, tiny_engine):
     digest = build_tiny(tmp / "tiny", seed=0)
     engine = tiny_engine
     net = make_localnet(tmp)
-    miner, unstaked, outsider = net.wallet("miner"), net.wallet("unstaked"), net.wallet("outsider")
+    miner, slow, unstaked, outsider = net.wallet("miner"), net.wallet("slow"), net.wallet("unstaked"), net.wallet("outsider")
     validators = [net.wallet(f"validator{i}") for i in range(3)]
 
     async def register() -> None:
         async with chain.connect(net.network) as c:
-            for wallet in [miner, unstaked, *validators]:
+            for wallet in [miner, slow, unstaked, *validators]:
                 (await c.register(wallet, net.netuid)).raise_for_failure()
 
     asyncio.run(register())
     for wallet in validators:
         net.stake(wallet, 2000)
-    port = free_port()
-    args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "miner", "--model", str(tmp / "tiny")]
-    args += ["--engine-url", engine.url, "--capacity", str(CAPACITY), "--max-in-flight-per-caller", str(PER_CALLER)]
-    args += ["--max-body-bytes", str(BODY_LIMIT), "--metagraph-interval", "1"]
-    miner_process = start_miner(args, port, tmp)
+    limits = ["--capacity", str(CAPACITY), "--max-in-flight-per-caller", str(PER_CALLER), "--max-body-bytes", str(BODY_LIMIT), "--metagraph-interval", "1"]
+    servers = [slow_engine := start_adversary(engine.url, "slow", tmp)]
     try:
-        miner_process.wait_healthy(timeout=120)
-        yield Subnet(net.network, str(net.wallets_dir), miner, validators, unstaked, outsider, miner_process.url, engine.url, digest)
+        slow_engine.wait_healthy(timeout=60)
+        for name, url in (("miner", engine.url), ("slow", slow_engine.url)):
+            servers.append(start_miner([*net.flags(name), "--model", str(tmp / "tiny"), "--engine-url", url, *limits], free_port(), tmp))
+        for server in servers[1:]:
+            server.wait_healthy(timeout=120)
+        miner_url, slow_url = servers[1].url, servers[2].url
+        yield Subnet(net.network, str(net.wallets_dir), miner, validators, unstaked, outsider, miner_url, engine.url, digest, slow, slow_url)
     finally:
-        assert miner_process.stop() == 0, miner_process.log_tail()
+        for miner in servers[:0:-1]:
+            assert miner.stop() == 0, miner.log_tail()
+        slow_engine.stop()
 
 
-def client(session: aiohttp.ClientSession, subnet: Subnet, sender: bt.Wallet) -> MinerClient:
+def client(session: aiohttp.ClientSession, subnet: Subnet, sender: bt.Wallet, slow: bool = False) -> MinerClient:
+    """``sender`` calling the module's miner, or (``slow``) the one behind the slow engine."""
+    if slow:
+        return MinerClient(session, subnet.slow_url, sender.hotkey, subnet.slow.hotkey.ss58_address)
     return MinerClient(session, subnet.miner_url, sender.hotkey, subnet.miner.hotkey.ss58_address)
 
 
@@ -210,7 +219,8 @@ async def test_bad_bodies_get_their_status_and_a_clear_message(subnet, body, sta
 
 
 async def _open_stream(c: MinerClient) -> aiohttp.ClientResponse:
-    # 1000 tokens: ~2 s on the fastest CPU seen here (the tiny engine streams ~550 tokens/s), long enough to hold
+    # Behind the slow engine 1000 tokens take 150 s: held until the caller hangs up, however fast the machine
+    # (a stream straight from the tiny engine ends in under 2 s, and did end before the check on a fast one).
     response = await c.post("/v1/chat/completions", {**CHAT, "max_tokens": 1000, "ignore_eos": True, "stream": True})
     assert response.status == 200
     await response.content.readline()  # the first event: the request is in flight
@@ -219,7 +229,7 @@ async def _open_stream(c: MinerClient) -> aiohttp.ClientResponse:
 
 async def test_in_flight_limits_per_caller_and_overall_answer_429_and_free_up(subnet):
     async with aiohttp.ClientSession() as session:
-        first, second, third = (client(session, subnet, v) for v in subnet.validators)
+        first, second, third = (client(session, subnet, v, slow=True) for v in subnet.validators)
         held = [await _open_stream(first), await _open_stream(first)]
         async with first.post("/v1/chat/completions", CHAT) as response:
             assert response.status == 429 and response.headers["Retry-After"] == "1"
@@ -231,7 +241,7 @@ async def test_in_flight_limits_per_caller_and_overall_answer_429_and_free_up(su
         for response in held:  # callers hang up mid-stream
             response.close()
         deadline = time.monotonic() + 30
-        while health_json(subnet.miner_url)["in_flight"] and time.monotonic() < deadline:
+        while health_json(subnet.slow_url)["in_flight"] and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         async with third.post("/v1/chat/completions", CHAT) as response:
             assert response.status == 200
