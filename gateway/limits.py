@@ -1,8 +1,12 @@
 """Per-key limits: requests per minute, tokens per minute, and a token quota per period.
 
-Windows are moving 60 s windows from the ``limits`` library, in memory (one gateway
-process owns its keys' windows) or in Redis (``--redis URL``: every worker on every host
-shares them, exact under concurrency: the library's moving window is one Lua script).
+Windows are the ``limits`` library's sliding window counters over 60 s, in memory (one
+gateway process owns its keys' windows) or in Redis (``--redis URL``: every worker on every
+host shares them; a hit is one Lua script, so concurrent hits never overshoot). A sliding
+counter weighs the previous minute's count by how much of it still overlaps the last 60 s:
+two counters a key and limit, O(1) a request. (The library's moving window keeps one entry
+per unit of cost, a token each for tokens per minute: at 500 requests a second its list
+held ~10⁶ entries, copied on every hit, and the gateway fell behind within the minute.)
 Tokens per minute are charged at admission with what the request may use (prompt tokens
 + ``max_tokens``), as OpenAI does, so concurrent requests can never overshoot the window.
 The quota is charged with counted tokens: a request reserves its maximum at admission
@@ -23,7 +27,7 @@ from typing import Optional
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.exceptions import RedisError
 
@@ -65,7 +69,7 @@ class KeyLimits:
             self._reserve = self.redis.register_script(RESERVE)
         else:
             storage = MemoryStorage()
-        self.windows = MovingWindowRateLimiter(storage)
+        self.windows = SlidingWindowCounterRateLimiter(storage)
         self.used: dict[tuple[int, float], int] = {}  # (key, period start) → counted tokens (in memory only)
         self.reserved: dict[int, int] = {}
 

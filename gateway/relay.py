@@ -73,8 +73,13 @@ class Relay:
             raise ClientGone() from exc
 
     async def _write(self, event: dict[str, Any], raw: bytes = b"") -> None:
+        await self._write_all([event] if event else [], raw)
+
+    async def _write_all(self, events: list[dict[str, Any]], raw: bytes = b"") -> None:
+        """``events`` as SSE, then ``raw``, in one write."""
+        frames = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" for event in events]
         try:
-            await self.response.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" + raw if event else raw)
+            await self.response.write(b"".join(frames) + raw)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
 
@@ -101,21 +106,30 @@ class Relay:
         tokens_before = self.gen.upstream_tokens
         self.gen.parts.append([miner.uid, miner.hotkey, len(self.gen.text), self.gen.upstream_tokens])
         binding = TextBinding(self.state.counters[self.gen.model])
-        async with contextlib.aclosing(miner_events(self.state, miner, body, fold, lambda: first_token_at is not None)) as chunks:
-            async for chunk in chunks:
-                try:
-                    self._absorb(chunk, binding)
-                except StreamViolation as exc:
-                    raise MinerFailed("violation", exc.reason) from exc
-                if first_token_at is None and self.gen.upstream_tokens > tokens_before:
-                    first_token_at = time.monotonic()
-                    self.first_token.set()
-                    self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
-                    if self.user_stream and self.response is None:
-                        await self._start_stream()
-                user_event = user_chunk(self.head, chunk, continuing)
-                if user_event is not None and self.user_stream and self.response is not None:
-                    await self._write(user_event)
+        async with contextlib.aclosing(miner_events(self.state, miner, body, fold, lambda: first_token_at is not None)) as batches:
+            async for batch in batches:
+                # The user's chunks of a batch go out in one write, the chunks before a bad one included:
+                # the user must have read all the text the next miner continues from.
+                events, violation = [], None
+                for chunk in batch:
+                    try:
+                        self._absorb(chunk, binding)
+                    except StreamViolation as exc:
+                        violation = exc
+                        break
+                    if first_token_at is None and self.gen.upstream_tokens > tokens_before:
+                        first_token_at = time.monotonic()
+                        self.first_token.set()
+                        self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
+                    user_event = user_chunk(self.head, chunk, continuing)
+                    if user_event is not None and (self.response is not None or first_token_at is not None):
+                        events.append(user_event)  # (before the first token a stream has not started: nothing to show yet)
+                if self.user_stream and first_token_at is not None and self.response is None:
+                    await self._start_stream()
+                if self.user_stream and events:
+                    await self._write_all(events)
+                if violation is not None:
+                    raise MinerFailed("violation", violation.reason) from violation
                 if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
                     self.last_progress = time.monotonic()
                     self.state.store.progress(self.request["request_id"], completion_tokens(self.gen))

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 
-from btauth.client import MinerClient, miner_chunks
+from btauth.client import MinerClient, miner_chunk_batches
 from gateway.router import MinerView
 from gateway.state import GatewayState
 from protocol.responses import Chunk, StreamFold
@@ -27,8 +27,11 @@ class MinerFailed(Exception):
         self.kind, self.detail, self.busy = kind, detail, busy
 
 
-async def miner_events(state: GatewayState, miner: MinerView, body: dict[str, Any], fold: StreamFold, got_tokens: Callable[[], bool]) -> AsyncIterator[Chunk]:
-    """One miner's chunks, validated and folded into ``fold``; MinerFailed for anything the miner
+async def miner_events(
+    state: GatewayState, miner: MinerView, body: dict[str, Any], fold: StreamFold, got_tokens: Callable[[], bool]
+) -> AsyncIterator[list[Chunk]]:
+    """One miner's chunks, validated and folded into ``fold``, in batches of those that arrived
+    together (``miner_chunk_batches``); MinerFailed for anything the miner
     did wrong: an error status (any: the gateway sent a request it validated), a stream that
     breaks the protocol or reports an error, a stall in any phase, a disconnect, no finish."""
     client = MinerClient(state.session, miner.url, state.keypair, miner.hotkey)
@@ -47,11 +50,11 @@ async def miner_events(state: GatewayState, miner: MinerView, body: dict[str, An
                         (await response.text(errors="replace"))[:200],
                         busy=response.status == 429,
                     )
-                async with contextlib.aclosing(miner_chunks(response, fold)) as chunks:
-                    async for chunk in chunks:
+                async with contextlib.aclosing(miner_chunk_batches(response, fold)) as batches:
+                    async for batch in batches:
                         # The deadline must not run while the user's side is written: suspend it around the yield.
                         deadline.reschedule(None)
-                        yield chunk
+                        yield batch
                         if len(fold.token_ids) > tokens:
                             tokens, progress_at = len(fold.token_ids), loop.time()  # after the user's write: its time is not the miner's
                         wait = state.settings.stall_timeout if got_tokens() else state.settings.first_token_timeout
