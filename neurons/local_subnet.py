@@ -183,7 +183,7 @@ class Subnet:
         if not db.exists():
             return None
         try:
-            with sqlite3.connect(db, timeout=1) as conn:
+            with contextlib.closing(sqlite3.connect(db, timeout=1)) as conn:  # sqlite3's own `with` commits, never closes
                 rounds = conn.execute("SELECT COUNT(*) FROM rounds").fetchone()[0]
                 weights = conn.execute("SELECT COUNT(*) FROM weights").fetchone()[0]
         except sqlite3.Error:
