@@ -14,7 +14,7 @@ import aiohttp
 import bittensor as bt
 
 from protocol.responses import Chunk, StreamFold
-from protocol.sse import SseDecoder, SseLimits, StreamViolation, sse_data
+from protocol.sse import SseLimits, StreamViolation, sse_batches, sse_data
 
 
 def signed_headers(keypair: Any, receiver: str, method: str, path: str, body: bytes = b"", nonce_ns: Optional[int] = None) -> dict[str, str]:
@@ -51,10 +51,8 @@ async def miner_chunk_batches(response: aiohttp.ClientResponse, fold: StreamFold
     chunks before it in that read are folded into ``fold`` but not yielded."""
     if response.content_type != "text/event-stream":
         raise StreamViolation(f"a stream answered with Content-Type {response.content_type!r}")
-    decoder = SseDecoder(limits)
-    async for data in response.content.iter_any():
-        batch = [chunk for chunk in map(fold.add, decoder.feed(data)) if chunk is not None]
-        if batch:
+    async for events in sse_batches(response.content.iter_any(), limits):
+        if batch := [chunk for chunk in map(fold.add, events) if chunk is not None]:
             yield batch
 
 

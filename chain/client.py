@@ -7,7 +7,6 @@ localnet in folder DIR). Everything above this module uses :class:`Chain`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -26,7 +25,6 @@ LOCALNET_PREFIX = "localnet:"
 NAMED_NETWORKS = ("finney", "test", "local")
 FULL_BLOCK = "TooManyRegistrationsThisBlock"
 REGISTRATION_BLOCKS = 5  # blocks a registration is tried in while each is full of others'
-BLOCK_POLL_S = 0.25
 
 
 def parse_network(network: str) -> tuple[str, Optional[Path]]:
@@ -120,16 +118,10 @@ class Chain:
         retrying = AsyncRetrying(
             retry=retry_if_result(lambda result: result.error_name == FULL_BLOCK),
             stop=stop_after_attempt(REGISTRATION_BLOCKS),
-            sleep=lambda _seconds: self._next_block(),
+            sleep=lambda _seconds: self._reading(self.client.wait_for_block()),  # the next block, not a fixed time
             retry_error_callback=lambda state: state.outcome.result(),
         )
         return await retrying(writes.register, self.client, wallet, netuid)
-
-    async def _next_block(self) -> None:
-        """Wait until the head moves past the block it is at now."""
-        now = await self.block()
-        while await self.block() == now:
-            await asyncio.sleep(BLOCK_POLL_S)
 
     async def serve(self, wallet: Any, netuid: int, ip: str, port: int) -> writes.WriteResult:
         return await writes.serve(self.client, wallet, netuid, ip, port)

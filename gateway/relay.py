@@ -72,10 +72,7 @@ class Relay:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
 
-    async def _write(self, event: dict[str, Any], raw: bytes = b"") -> None:
-        await self._write_all([event] if event else [], raw)
-
-    async def _write_all(self, events: list[dict[str, Any]], raw: bytes = b"") -> None:
+    async def _write(self, events: list[dict[str, Any]], raw: bytes = b"") -> None:
         """``events`` as SSE, then ``raw``, in one write."""
         frames = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" for event in events]
         try:
@@ -121,13 +118,14 @@ class Relay:
                         first_token_at = time.monotonic()
                         self.first_token.set()
                         self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
-                    user_event = user_chunk(self.head, chunk, continuing)
-                    if user_event is not None and (self.response is not None or first_token_at is not None):
-                        events.append(user_event)  # (before the first token a stream has not started: nothing to show yet)
+                    # (before the first token a stream has not started: nothing to show yet)
+                    if self.user_stream and (self.response is not None or first_token_at is not None):
+                        if (user_event := user_chunk(self.head, chunk, continuing)) is not None:
+                            events.append(user_event)
                 if self.user_stream and first_token_at is not None and self.response is None:
                     await self._start_stream()
-                if self.user_stream and events:
-                    await self._write_all(events)
+                if events:
+                    await self._write(events)
                 if violation is not None:
                     raise MinerFailed("violation", violation.reason) from violation
                 if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
@@ -230,8 +228,7 @@ class Relay:
                 raise NoMinerAvailable(f"every miner serving '{self.gen.model}' is busy or down; retry shortly", headers={"Retry-After": "2"})
             raise UpstreamFailed(f"no miner could answer ({detail})")
         # The OpenAI stream convention for a failed answer: a last chunk with finish_reason "error", then the error event.
-        await self._write(error_chunk(self.head))
-        await self._write(error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed"))
+        await self._write([error_chunk(self.head), error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed")])
         await self.response.write_eof()
         return self.response
 
@@ -241,7 +238,7 @@ class Relay:
         if self.user_stream:
             if self.response is None:  # finished without a single token
                 await self._start_stream()
-            final = usage_chunk(self.head, usage) if (self.gen.body.get("stream_options") or {}).get("include_usage") else {}
+            final = [usage_chunk(self.head, usage)] if (self.gen.body.get("stream_options") or {}).get("include_usage") else []
             await self._write(final, b"data: [DONE]\n\n")
             await self.response.write_eof()
             return self.response

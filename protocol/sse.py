@@ -86,7 +86,15 @@ class SseDecoder:
 
 async def sse_data(chunks: AsyncIterable[bytes], limits: SseLimits = SseLimits()) -> AsyncIterator[str]:
     """The data of each event in a byte stream, as events complete."""
+    async for batch in sse_batches(chunks, limits):
+        for data in batch:
+            yield data
+
+
+async def sse_batches(chunks: AsyncIterable[bytes], limits: SseLimits = SseLimits()) -> AsyncIterator[list[str]]:
+    """``sse_data`` a read at a time: the data of the events each chunk of bytes completed
+    (chunks that complete none yield nothing), for a relay that passes a burst on in one write."""
     decoder = SseDecoder(limits)
     async for chunk in chunks:
-        for data in decoder.feed(chunk):
-            yield data
+        if batch := decoder.feed(chunk):
+            yield batch

@@ -59,18 +59,17 @@ def subnet(tmp_path_factory, tiny_engine):
     for wallet in validators:
         net.stake(wallet, 2000)
     limits = ["--capacity", str(CAPACITY), "--max-in-flight-per-caller", str(PER_CALLER), "--max-body-bytes", str(BODY_LIMIT), "--metagraph-interval", "1"]
-    servers = [slow_engine := start_adversary(engine.url, "slow", tmp)]
+    slow_engine, miners = start_adversary(engine.url, "slow", tmp), []
     try:
         slow_engine.wait_healthy(timeout=60)
         for name, url in (("miner", engine.url), ("slow", slow_engine.url)):
-            servers.append(start_miner([*net.flags(name), "--model", str(tmp / "tiny"), "--engine-url", url, *limits], free_port(), tmp))
-        for server in servers[1:]:
-            server.wait_healthy(timeout=120)
-        miner_url, slow_url = servers[1].url, servers[2].url
-        yield Subnet(net.network, str(net.wallets_dir), miner, validators, unstaked, outsider, miner_url, engine.url, digest, slow, slow_url)
+            miners.append(start_miner([*net.flags(name), "--model", str(tmp / "tiny"), "--engine-url", url, *limits], free_port(), tmp))
+        for process in miners:
+            process.wait_healthy(timeout=120)
+        yield Subnet(net.network, str(net.wallets_dir), miner, validators, unstaked, outsider, miners[0].url, engine.url, digest, slow, miners[1].url)
     finally:
-        for miner in servers[:0:-1]:
-            assert miner.stop() == 0, miner.log_tail()
+        for process in miners:
+            assert process.stop() == 0, process.log_tail()
         slow_engine.stop()
 
 
