@@ -3,7 +3,8 @@
 Four miners declare the tiny model: two attached to the engine directly, two behind a
 slow tampering engine (3 s, then 150 ms a token), so a stream lasts long enough to kill its miner
 in the middle. The kill tests run last, in this order: they take miners away (fast1,
-then fast2, so that the mid-stream kill hits a slow miner and the other slow one goes on).
+then fast2, so that the mid-stream kill hits a slow miner and the other slow one goes on);
+the tests after them stream from that last slow miner, which no CPU can make fast.
 """
 
 from __future__ import annotations
@@ -409,6 +410,25 @@ def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet, f
     figure("miner SIGKILLed mid-stream", f"the stream went on on another miner: {len(before_kill)} characters before, {len(text)} in all, one failover")
     metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
     assert 'slmnet_gateway_failovers_total{phase="mid_stream"}' in metrics
+
+
+def test_a_user_who_hangs_up_mid_stream_is_charged_for_what_was_sent_and_the_row_says_cancelled(subnet):
+    """Only a slow miner is left (150 ms a token): 400 tokens take a minute, so the user surely
+    leaves with most of the answer still to come, however fast the machine."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400, "stream": True, "ignore_eos": True}
+    request = urllib.request.Request(
+        subnet["url"] + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST", headers={"Authorization": f"Bearer {subnet['key']}"}
+    )
+    response = urllib.request.urlopen(request, timeout=60)
+    request_id = response.headers["x-slmnet-request-id"]
+    while not response.readline().startswith(b"data: {"):
+        pass
+    response.close()  # the user goes away after the first chunk
+    deadline = time.monotonic() + 30
+    while ledger(subnet, request_id)[0] == "open" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, _, completion_tokens, _ = ledger(subnet, request_id)
+    assert status == "cancelled" and 0 < completion_tokens < 400
 
 
 def test_a_stream_waiting_for_its_first_token_gets_keepalive_comments(workers):

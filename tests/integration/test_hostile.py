@@ -226,24 +226,3 @@ def test_a_reused_request_id_is_echoed_but_each_request_keeps_its_own_ledger_row
     ours = {first[1]["x-slmnet-request-id"], second[1]["x-slmnet-request-id"]}
     rows = sqlite3.connect(db).execute(f"SELECT status FROM usage WHERE request_id IN ({','.join('?' * len(ours))})", tuple(ours)).fetchall()
     assert len(ours) == 2 and rows == [("ok",), ("ok",)]
-
-
-def test_a_user_who_hangs_up_mid_stream_is_charged_for_what_was_sent_and_the_row_says_cancelled(gateway):
-    url, key, db = gateway
-    body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}], "max_tokens": 400, "stream": True, "ignore_eos": True}
-    ).encode()
-    request = urllib.request.Request(
-        url + "/v1/chat/completions", data=body, method="POST", headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-    )
-    response = urllib.request.urlopen(request, timeout=60)
-    ledger_id = response.headers["x-slmnet-request-id"]
-    response.read(2000)
-    response.close()  # the user goes away with most of the answer still to come
-    deadline, row = time.monotonic() + 30, None
-    while time.monotonic() < deadline:
-        row = sqlite3.connect(db).execute("SELECT status, completion_tokens FROM usage WHERE request_id = ?", (ledger_id,)).fetchone()
-        if row and row[0] != "open":
-            break
-        time.sleep(0.3)
-    assert row[0] == "cancelled" and 0 < row[1] < 400
