@@ -1,0 +1,171 @@
+"""An engine worker's memory under varied traffic, with each allocator the machine has.
+
+The up soak saw the SmolLM2 engine's worker grow 650 MB in 25 minutes (2.5× its KV
+cache) while every slmnet process stayed flat. This starts the engine exactly as
+`slmnet up` does (SmolLM2, fp32, eager, 256 MiB of KV cache, the verifiable sampler),
+once per allocator (glibc's malloc, and each of tcmalloc and jemalloc that is installed,
+preloaded), and drives it with the mix a serving engine sees: validator-like challenges
+(seeded, logprobs, prompts of 5 to 600 words), users' short questions, greedy answers,
+whole and streamed, ``--concurrency`` at a time. Every 10 s it samples the worker's RSS;
+growth is the least-squares slope after the first fifth of the run.
+
+    python bench/engine_memory.py [--minutes 8] [--allocators glibc,tcmalloc] [--json]
+
+``--json`` ends with one JSON object; ``rss_growth_ratio`` is each allocator's growth
+over glibc's, ``throughput_ratio`` its tokens a second over glibc's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import free_port, stop, stream_chat, wait_healthy  # noqa: E402
+from engine import EngineSpec  # noqa: E402
+from neurons.local_subnet import ENGINE_ARGS, QUESTION, SMOLLM2  # noqa: E402
+
+ALLOCATORS = {
+    "glibc": None,
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+}
+WORDS = "the river carried old stones past quiet towns where people spoke of harvests storms and distant cities".split()
+SAMPLE_S = 10.0
+
+
+def _request(rng: random.Random) -> dict[str, Any]:
+    kind = rng.random()
+    body: dict[str, Any] = {"model": SMOLLM2, "max_tokens": rng.randint(1, 96), "stream": rng.random() < 0.5}
+    if kind < 0.5:  # a challenge: a long varied prompt, seeded sampling, logprobs
+        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 600)))
+        body |= {"messages": [{"role": "user", "content": prompt}], "seed": rng.randrange(2**31), "temperature": 0.7, "logprobs": True}
+    elif kind < 0.8:  # a user's short question
+        body |= {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 16}
+    else:
+        body |= {"messages": [{"role": "user", "content": f"Count from {rng.randint(1, 500)}."}], "temperature": 0}
+    return body
+
+
+async def _drive(url: str, seconds: float, concurrency: int, seed: int) -> tuple[int, int]:
+    """Requests and completion tokens answered in ``seconds``."""
+    done, tokens = 0, 0
+    stop_at = time.monotonic() + seconds
+
+    async def worker(rng: random.Random) -> None:
+        nonlocal done, tokens
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+            while time.monotonic() < stop_at:
+                body = _request(rng)
+                if body["stream"]:
+                    body["stream_options"] = {"include_usage": True}
+                    events = await stream_chat(session, url, body)
+                    usage = next((e["usage"] for e in events if e.get("usage")), None)
+                else:
+                    async with session.post(url + "/v1/chat/completions", json=body) as response:
+                        usage = (await response.json()).get("usage")
+                done += 1
+                tokens += (usage or {}).get("completion_tokens", 0)
+
+    await asyncio.gather(*(worker(random.Random(seed * 1000 + i)) for i in range(concurrency)))
+    return done, tokens
+
+
+def _worker_rss(engine: psutil.Process) -> int:
+    """RSS of the engine's largest descendant (vLLM's model worker)."""
+    sizes = []
+    for child in engine.children(recursive=True):
+        try:
+            sizes.append(child.memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+    return max(sizes, default=0)
+
+
+def _slope_per_hour(samples: list[tuple[float, float]]) -> float:
+    n = len(samples)
+    mean_t, mean_v = sum(t for t, _ in samples) / n, sum(v for _, v in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    return sum((t - mean_t) * (v - mean_v) for t, v in samples) / var * 3600 if var else 0.0
+
+
+def run(allocator: str, model: Path, minutes: float, concurrency: int, tmp: Path) -> dict[str, Any]:
+    spec = EngineSpec(model=str(model), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096, extra_args=ENGINE_ARGS)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(tmp))
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    env.pop("LD_PRELOAD", None)
+    if ALLOCATORS[allocator]:
+        env["LD_PRELOAD"] = ALLOCATORS[allocator]
+    with open(tmp / f"engine-{allocator}.log", "w") as log:
+        process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(spec.url, process)
+        engine = psutil.Process(process.pid)
+        samples: list[tuple[float, float]] = []
+        began = time.monotonic()
+
+        async def sampled() -> tuple[int, int]:
+            drive = asyncio.create_task(_drive(spec.url, minutes * 60, concurrency, seed=1))
+            while not drive.done():
+                samples.append((time.monotonic() - began, _worker_rss(engine) / 2**20))
+                await asyncio.wait([drive], timeout=SAMPLE_S)
+            return drive.result()
+
+        requests, tokens = asyncio.run(sampled())
+        elapsed = time.monotonic() - began
+    finally:
+        stop(process)
+    steady = [s for s in samples if s[0] >= minutes * 60 / 5]
+    return {
+        "allocator": allocator,
+        "requests": requests,
+        "tokens_per_s": tokens / elapsed,
+        "rss_first_mb": steady[0][1],
+        "rss_last_mb": steady[-1][1],
+        "growth_mb_per_h": _slope_per_hour(steady),
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=8.0, help="of traffic per allocator")
+    parser.add_argument("--allocators", default=",".join(ALLOCATORS))
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    from models.prepare import default_cache_dir, prepare
+
+    model, _ = prepare("smollm2-135m", default_cache_dir())
+    chosen = [a for a in args.allocators.split(",") if ALLOCATORS[a] is None or Path(ALLOCATORS[a]).exists()]
+    with tempfile.TemporaryDirectory(prefix="engine-memory-") as tmp:
+        results = [run(a, model, args.minutes, args.concurrency, Path(tmp)) for a in chosen]
+    base = results[0]
+    print(f"SmolLM2 engine as `slmnet up` starts it; {args.concurrency} requests at a time, {args.minutes:g} min each")
+    print(f"{'allocator':<10} {'requests':>8} {'tok/s':>7} {'worker RSS (MB)':>17} {'growth MB/h':>12}")
+    for r in results:
+        print(f"{r['allocator']:<10} {r['requests']:>8} {r['tokens_per_s']:>7.1f} {r['rss_first_mb']:>7.0f} → {r['rss_last_mb']:<7.0f} {r['growth_mb_per_h']:>+12.0f}")
+    if args.json:
+        summary: dict[str, Any] = {"minutes": args.minutes, "concurrency": args.concurrency, "results": results}
+        for r in results[1:]:
+            if base["allocator"] == "glibc":
+                summary[f"{r['allocator']}_rss_growth_ratio"] = r["growth_mb_per_h"] / base["growth_mb_per_h"] if base["growth_mb_per_h"] else None
+                summary[f"{r['allocator']}_throughput_ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
