@@ -69,7 +69,7 @@ def start_engine(model: Path, served_name: str, tmp: Path, dtype: str = "float32
     spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len)
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=str(kv_gib), TMPDIR=str(tmp))
     with open(tmp / f"engine-{spec.port}.log", "w") as log:
-        process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(spec.command(), env=spec.environment(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_healthy(spec.url, process)
     return process, spec.url
 

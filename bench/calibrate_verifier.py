@@ -74,7 +74,7 @@ def start(folder: Path, model: str, tmp: Path, dtype: str = "float32", threads: 
     if threads:
         env["VLLM_CPU_OMP_THREADS_BIND"] = threads
     with open(tmp / f"engine-{spec.port}.log", "w") as log:
-        process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(spec.command(), env=spec.environment(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_healthy(spec.url, process)
     return process, spec.url
 

@@ -1,18 +1,19 @@
-"""An engine worker's memory under varied traffic, with each allocator the machine has.
+"""An engine worker's memory under varied traffic: vLLM as shipped, and as slmnet starts it.
 
-The up soak saw the SmolLM2 engine's worker grow 650 MB in 25 minutes (2.5× its KV
-cache) while every slmnet process stayed flat. This starts the engine exactly as
-`slmnet up` does (SmolLM2, fp32, eager, 256 MiB of KV cache, the verifiable sampler),
-once per allocator (glibc's malloc, and each of tcmalloc and jemalloc that is installed,
-preloaded), and drives it with the mix a serving engine sees: validator-like challenges
-(seeded, logprobs, prompts of 5 to 600 words), users' short questions, greedy answers,
-whole and streamed, ``--concurrency`` at a time. Every 10 s it samples the worker's RSS;
-growth is the least-squares slope after the first fifth of the run.
+The up soak saw a SmolLM2 engine's worker grow 650 MB in 25 minutes (2.5× its KV cache)
+while every slmnet process stayed flat. This starts the engine as `slmnet up` does
+(SmolLM2, fp32, eager, 256 MiB of KV cache, the verifiable sampler) once per
+configuration: ``vllm`` with oneDNN's primitive cache at its default of 1024, and
+``slmnet`` with the engine environment slmnet gives every engine (``EngineSpec.environment``:
+the cache off). It drives each with the mix a serving engine sees: validator-like
+challenges (seeded, logprobs, prompts of 5 to 600 words), users' short questions, greedy
+answers, whole and streamed, ``--concurrency`` at a time. Every 10 s it samples the
+worker's RSS; growth is the least-squares slope after the first fifth of the run.
 
-    python bench/engine_memory.py [--minutes 8] [--allocators glibc,tcmalloc] [--json]
+    python bench/engine_memory.py [--minutes 6] [--json]
 
-``--json`` ends with one JSON object; ``rss_growth_ratio`` is each allocator's growth
-over glibc's, ``throughput_ratio`` its tokens a second over glibc's.
+``--json`` ends with one JSON object: ``rss_growth_ratio`` is slmnet's growth over vLLM's,
+``throughput_ratio`` its tokens a second over vLLM's.
 """
 
 from __future__ import annotations
@@ -38,11 +39,7 @@ from bench._common import free_port, stop, stream_chat, wait_healthy  # noqa: E4
 from engine import EngineSpec  # noqa: E402
 from neurons.local_subnet import ENGINE_ARGS, QUESTION, SMOLLM2  # noqa: E402
 
-ALLOCATORS = {
-    "glibc": None,
-    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-}
+CONFIGS = {"vllm": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}, "slmnet": {}}
 WORDS = "the river carried old stones past quiet towns where people spoke of harvests storms and distant cities".split()
 SAMPLE_S = 10.0
 
@@ -102,15 +99,13 @@ def _slope_per_hour(samples: list[tuple[float, float]]) -> float:
     return sum((t - mean_t) * (v - mean_v) for t, v in samples) / var * 3600 if var else 0.0
 
 
-def run(allocator: str, model: Path, minutes: float, concurrency: int, tmp: Path) -> dict[str, Any]:
+def run(config: str, model: Path, minutes: float, concurrency: int, tmp: Path) -> dict[str, Any]:
     spec = EngineSpec(model=str(model), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096, extra_args=ENGINE_ARGS)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(tmp))
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    env.pop("LD_PRELOAD", None)
-    if ALLOCATORS[allocator]:
-        env["LD_PRELOAD"] = ALLOCATORS[allocator]
-    with open(tmp / f"engine-{allocator}.log", "w") as log:
-        process = subprocess.Popen(spec.command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
+    env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+    with open(tmp / f"engine-{config}.log", "w") as log:
+        process = subprocess.Popen(spec.command(), env=spec.environment(env) | CONFIGS[config], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_healthy(spec.url, process)
         engine = psutil.Process(process.pid)
@@ -130,7 +125,7 @@ def run(allocator: str, model: Path, minutes: float, concurrency: int, tmp: Path
         stop(process)
     steady = [s for s in samples if s[0] >= minutes * 60 / 5]
     return {
-        "allocator": allocator,
+        "config": config,
         "requests": requests,
         "tokens_per_s": tokens / elapsed,
         "rss_first_mb": steady[0][1],
@@ -142,29 +137,25 @@ def run(allocator: str, model: Path, minutes: float, concurrency: int, tmp: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=8.0, help="of traffic per allocator")
-    parser.add_argument("--allocators", default=",".join(ALLOCATORS))
+    parser.add_argument("--minutes", type=float, default=6.0, help="of traffic per configuration")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from models.prepare import default_cache_dir, prepare
 
     model, _ = prepare("smollm2-135m", default_cache_dir())
-    chosen = [a for a in args.allocators.split(",") if ALLOCATORS[a] is None or Path(ALLOCATORS[a]).exists()]
     with tempfile.TemporaryDirectory(prefix="engine-memory-") as tmp:
-        results = [run(a, model, args.minutes, args.concurrency, Path(tmp)) for a in chosen]
-    base = results[0]
+        results = {config: run(config, model, args.minutes, args.concurrency, Path(tmp)) for config in CONFIGS}
     print(f"SmolLM2 engine as `slmnet up` starts it; {args.concurrency} requests at a time, {args.minutes:g} min each")
-    print(f"{'allocator':<10} {'requests':>8} {'tok/s':>7} {'worker RSS (MB)':>17} {'growth MB/h':>12}")
-    for r in results:
-        print(f"{r['allocator']:<10} {r['requests']:>8} {r['tokens_per_s']:>7.1f} {r['rss_first_mb']:>7.0f} → {r['rss_last_mb']:<7.0f} {r['growth_mb_per_h']:>+12.0f}")
+    print(f"{'config':<8} {'requests':>8} {'tok/s':>7} {'worker RSS (MB)':>17} {'growth MB/h':>12}")
+    for r in results.values():
+        print(
+            f"{r['config']:<8} {r['requests']:>8} {r['tokens_per_s']:>7.1f} {r['rss_first_mb']:>7.0f} → {r['rss_last_mb']:<7.0f} {r['growth_mb_per_h']:>+12.0f}"
+        )
     if args.json:
-        summary: dict[str, Any] = {"minutes": args.minutes, "concurrency": args.concurrency, "results": results}
-        for r in results[1:]:
-            if base["allocator"] == "glibc":
-                summary[f"{r['allocator']}_rss_growth_ratio"] = r["growth_mb_per_h"] / base["growth_mb_per_h"] if base["growth_mb_per_h"] else None
-                summary[f"{r['allocator']}_throughput_ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
-        print(json.dumps(summary))
+        vllm, ours = results["vllm"], results["slmnet"]
+        ratios = {"rss_growth_ratio": ours["growth_mb_per_h"] / vllm["growth_mb_per_h"], "throughput_ratio": ours["tokens_per_s"] / vllm["tokens_per_s"]}
+        print(json.dumps({"minutes": args.minutes, "concurrency": args.concurrency, "results": list(results.values()), **ratios}))
 
 
 if __name__ == "__main__":

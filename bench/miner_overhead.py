@@ -253,7 +253,7 @@ def main() -> None:
         if "vllm" in args.upstreams:
             print("starting the engine (about a minute on 2 cores)", file=sys.stderr)
             spec = EngineSpec(model=str(model), served_name=manifest.id, port=free_port(), dtype="float32", max_model_len=1024)
-            rows += run_against(args, tmp, model, manifest, "vllm", spec.command(), spec.url, env, wallets)
+            rows += run_against(args, tmp, model, manifest, "vllm", spec.command(), spec.url, spec.environment(env), wallets)
         if "stand-in" in args.upstreams:
             port = free_port()
             command = [sys.executable, __file__, "--serve-fake", str(port), manifest.id, "--fake-token-ms", str(args.fake_token_ms)]

@@ -18,7 +18,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import aiohttp
 
@@ -48,6 +48,12 @@ def _cpu_build() -> bool:
 # offsets, so the official build keeps chunking.
 CPU_BUILD = _cpu_build()
 SAMPLER = "engine.sampling:VerifiableSampler"
+# oneDNN's global primitive cache (1024 primitives by default) keeps a compiled matmul for every
+# prompt length it has seen, on top of the per-layer LRU that vLLM's CPU linear layers already
+# keep (32 shapes each): a SmolLM2 worker grew ~2.8 GB/h under varied prompts with it and was
+# flat without it, at the same tokens a second (bench/engine_memory.py). The operator's own
+# setting wins.
+ENGINE_ENV_DEFAULTS = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class EngineSpec:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The engine's environment: ``base``, with slmnet's defaults where it has no say, then ``env``."""
+        return {**ENGINE_ENV_DEFAULTS, **base, **dict(self.env)}
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--served-model-name", self.served_name]
@@ -139,8 +149,7 @@ class Engine:
     async def _start(self) -> None:
         assert self.spec is not None
         log.info("starting engine: %s", " ".join(self.spec.command()))
-        env = dict(os.environ, **dict(self.spec.env))
-        self._child = Child(self.spec.command(), self.spec.log_path, env, append=True, die_with_parent=True)
+        self._child = Child(self.spec.command(), self.spec.log_path, self.spec.environment(os.environ), append=True, die_with_parent=True)
         self.state = "starting"
 
     async def stop(self, grace: float = 30.0) -> None:

@@ -45,6 +45,7 @@ class Proc:
     name: str
     cmd: list[str]
     health: Optional[str] = None  # URL whose 200 means ready
+    env: Optional[dict[str, str]] = None  # the subnet's when None
     ready_check: Optional[Callable[[], Optional[str]]] = None  # returns a note once ready, None before
     child: Optional[Child] = None
     log: Optional[Path] = None
@@ -147,7 +148,7 @@ class Subnet:
 
     def start(self, proc: Proc) -> None:
         proc.log = self.root / "logs" / f"{proc.name}.log"
-        proc.child = Child(proc.cmd, proc.log, self.env)
+        proc.child = Child(proc.cmd, proc.log, proc.env or self.env)
         proc.started = proc.child.started
         self.procs.append(proc)
 
@@ -156,7 +157,7 @@ class Subnet:
         Started first and alone, so the first answer does not wait for four engines
         compiling side by side on two cores."""
         engine = EngineSpec(model=str(smollm2), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096, extra_args=ENGINE_ARGS)
-        self.start(Proc("engine-smollm2", engine.command(), health=engine.url + "/health"))
+        self.start(Proc("engine-smollm2", engine.command(), health=engine.url + "/health", env=engine.environment(self.env)))
         for name in ("smollm2-a", "smollm2-b"):
             self.miner(name, "--model", str(smollm2), "--engine-url", engine.url)
         gateway = ["--port", str(self.port), "--db", str(self.root / "gateway.sqlite"), "--sync-interval", "3"]

@@ -79,7 +79,7 @@ class Server:
 
 def start_vllm(model: Path, served_name: str, tmp: Path, max_model_len: int = 1024, dtype: str = "float32") -> Server:
     spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len)
-    return Server(spec.command(), spec.url, tmp / f"vllm-{spec.port}.log", env=engine_env(tmp))
+    return Server(spec.command(), spec.url, tmp / f"vllm-{spec.port}.log", env=spec.environment(engine_env(tmp)))
 
 
 def start_miner(args: list[str], port: int, tmp: Path, env: Optional[dict[str, str]] = None) -> Server:

@@ -46,6 +46,10 @@ async def test_engine_killed_mid_stream_gives_503_then_the_miner_recovers(tmp_pa
         assert health == {"status": 503, "engine": "starting"}
         process.wait_healthy()
         first_engine = _engine_pid(process.process.pid)
+        # The engine runs with oneDNN's primitive cache off (its worker inherits it; vLLM's retitled
+        # processes hide their environment): with it on, a worker grew by gigabytes an hour under
+        # varied prompts (bench/engine_memory.py).
+        assert psutil.Process(first_engine).environ().get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == "0"
 
         async with aiohttp.ClientSession() as session:
             c = MinerClient(session, process.url, validator.hotkey, miner.hotkey.ss58_address)
