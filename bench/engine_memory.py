@@ -3,9 +3,9 @@
 The up soak saw a SmolLM2 engine's worker grow 650 MB in 25 minutes (2.5× its KV cache)
 while every slmnet process stayed flat. This starts the engine as `slmnet up` does
 (SmolLM2, fp32, eager, 256 MiB of KV cache, the verifiable sampler) once per
-configuration: ``vllm`` with oneDNN's primitive cache at its default of 1024, and
-``slmnet`` with the engine environment slmnet gives every engine (``EngineSpec.environment``:
-the cache off). It drives each with the mix a serving engine sees: validator-like
+configuration: ``vllm`` as shipped (oneDNN's primitive cache at its default of 1024, the
+worker bound to its cores), and ``slmnet`` with the engine environment slmnet gives every
+engine (``EngineSpec.environment``: the cache off, the worker unbound). It drives each with the mix a serving engine sees: validator-like
 challenges (seeded, logprobs, prompts of 5 to 600 words), users' short questions, greedy
 answers, whole and streamed, ``--concurrency`` at a time. Every 10 s it samples the
 worker's RSS; growth is the least-squares slope after the first fifth of the run.
@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import free_port, stop, stream_chat, wait_healthy  # noqa: E402
 from engine import EngineSpec  # noqa: E402
+from engine.vllm import ENGINE_ENV_DEFAULTS  # noqa: E402
 from neurons.local_subnet import ENGINE_ARGS, QUESTION, SMOLLM2  # noqa: E402
 
-CONFIGS = {"vllm": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}, "slmnet": {}}
+CONFIGS = {"vllm": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "VLLM_CPU_OMP_THREADS_BIND": "auto"}, "slmnet": {}}
 WORDS = "the river carried old stones past quiet towns where people spoke of harvests storms and distant cities".split()
 SAMPLE_S = 10.0
 
@@ -103,7 +104,8 @@ def run(config: str, model: Path, minutes: float, concurrency: int, tmp: Path) -
     spec = EngineSpec(model=str(model), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096, extra_args=ENGINE_ARGS)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(tmp))
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
-    env.pop("ONEDNN_PRIMITIVE_CACHE_CAPACITY", None)
+    for name in ENGINE_ENV_DEFAULTS:
+        env.pop(name, None)
     with open(tmp / f"engine-{config}.log", "w") as log:
         process = subprocess.Popen(spec.command(), env=spec.environment(env) | CONFIGS[config], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -51,9 +51,13 @@ SAMPLER = "engine.sampling:VerifiableSampler"
 # oneDNN's global primitive cache (1024 primitives by default) keeps a compiled matmul for every
 # prompt length it has seen, on top of the per-layer LRU that vLLM's CPU linear layers already
 # keep (32 shapes each): a SmolLM2 worker grew ~2.8 GB/h under varied prompts with it and was
-# flat without it, at the same tokens a second (bench/engine_memory.py). The operator's own
-# setting wins.
-ENGINE_ENV_DEFAULTS = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+# flat without it, at the same tokens a second (bench/engine_memory.py).
+# The CPU build's default binding pins each engine's worker to the first cores and leaves its
+# HTTP front end to share the rest with the engine core, which spins for a second after every
+# step: on 2 vCPUs the front end then wrote whole answers at their end, in phases of dozens of
+# requests (30-115 of 120 straight from the engine; 369 of 762 honest answers judged bursts by
+# the validator). Unbound: 3 of 762. GPU engines ignore both. The operator's own settings win.
+ENGINE_ENV_DEFAULTS = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 @dataclass(frozen=True)

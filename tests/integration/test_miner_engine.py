@@ -13,6 +13,7 @@ import pytest
 
 import chain
 from btauth.client import MinerClient
+from engine.vllm import ENGINE_ENV_DEFAULTS
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import STARTUP_TIMEOUT, engine_env, free_port, health_json, start_miner
@@ -46,10 +47,11 @@ async def test_engine_killed_mid_stream_gives_503_then_the_miner_recovers(tmp_pa
         assert health == {"status": 503, "engine": "starting"}
         process.wait_healthy()
         first_engine = _engine_pid(process.process.pid)
-        # The engine runs with oneDNN's primitive cache off (its worker inherits it; vLLM's retitled
-        # processes hide their environment): with it on, a worker grew by gigabytes an hour under
-        # varied prompts (bench/engine_memory.py).
-        assert psutil.Process(first_engine).environ().get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == "0"
+        # The engine runs with oneDNN's primitive cache off and its worker unbound (the worker inherits
+        # them; vLLM's retitled processes hide their environment): bound, honest answers came out whole
+        # in phases; cached, a worker grew by gigabytes an hour (engine/vllm.py, bench/engine_memory.py).
+        environ = psutil.Process(first_engine).environ()
+        assert {name: environ.get(name) for name in ENGINE_ENV_DEFAULTS} == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
         async with aiohttp.ClientSession() as session:
             c = MinerClient(session, process.url, validator.hotkey, miner.hotkey.ss58_address)
