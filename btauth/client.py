@@ -40,9 +40,7 @@ async def miner_chunks(response: aiohttp.ClientResponse, fold: StreamFold, limit
     (wrong content type, bad event, too big, tokens past the end…). The caller checks
     ``fold.close()`` when it ends."""
     # Each event is folded as the caller takes it, not a read at a time: the validator stamps each
-    # chunk's arrival, and its burst rule is calibrated on that (docs/calibration.md); folding a
-    # whole read first gave a read's chunks one arrival time, and honest miners of a busy engine
-    # were flagged (test_validator's 1000 answers: 398-434 of 762 judged bursts; 348 this way).
+    # chunk's arrival as it takes it, and its burst rule is calibrated on that (docs/calibration.md).
     _expect_sse(response)
     async for data in sse_data(response.content.iter_any(), limits):
         if (chunk := fold.add(data)) is not None:
