@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import aiohttp
 
@@ -64,12 +64,15 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def start_engine(model: Path, served_name: str, tmp: Path, dtype: str = "float32", max_model_len: int = 1024, kv_gib: int = 1) -> tuple[subprocess.Popen, str]:
-    """The real vLLM CPU engine on a free loopback port, healthy; its log in ``tmp``."""
-    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=str(kv_gib), TMPDIR=str(tmp))
+def start_engine(
+    model: Path, served_name: str, tmp: Path, dtype: str = "float32", max_model_len: int = 1024, kv_gib: int = 1, env: Mapping[str, str] = {}
+) -> tuple[subprocess.Popen, str]:
+    """The real vLLM CPU engine on a free loopback port, healthy; its log in ``tmp``; ``env`` over
+    the environment slmnet gives every engine."""
+    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len, env=tuple(env.items()))
+    base = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=str(kv_gib), TMPDIR=str(tmp))
     with open(tmp / f"engine-{spec.port}.log", "w") as log:
-        process = subprocess.Popen(spec.command(), env=spec.environment(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(spec.command(), env=spec.environment(base), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_healthy(spec.url, process)
     return process, spec.url
 

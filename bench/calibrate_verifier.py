@@ -40,8 +40,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import free_port, stop, stream_chat, wait_healthy  # noqa: E402
-from engine import EngineSpec  # noqa: E402
+from bench._common import start_engine, stop, stream_chat  # noqa: E402
 from models import subnet as model_list  # noqa: E402
 from models.tiny import build_tiny  # noqa: E402
 from scoring.evidence import TOLERANCES, SequentialParams, log_likelihood_ratio  # noqa: E402
@@ -67,16 +66,7 @@ def prepare_model(name: str, tmp: Path) -> tuple[Path, str]:
 
 
 def start(folder: Path, model: str, tmp: Path, dtype: str = "float32", threads: Optional[str] = None):
-    import subprocess
-
-    spec = EngineSpec(model=str(folder), served_name=model, port=free_port(), dtype=dtype, max_model_len=2048)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2", TMPDIR=str(tmp))
-    if threads:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = threads
-    with open(tmp / f"engine-{spec.port}.log", "w") as log:
-        process = subprocess.Popen(spec.command(), env=spec.environment(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_healthy(spec.url, process)
-    return process, spec.url
+    return start_engine(folder, model, tmp, dtype, max_model_len=2048, kv_gib=2, env={"VLLM_CPU_OMP_THREADS_BIND": threads} if threads else {})
 
 
 class Transformers:

@@ -5,9 +5,10 @@ while every slmnet process stayed flat. This starts the engine as `slmnet up` do
 (SmolLM2, fp32, eager, 256 MiB of KV cache, the verifiable sampler) once per
 configuration: ``vllm`` as shipped (oneDNN's primitive cache at its default of 1024, the
 worker bound to its cores), and ``slmnet`` with the engine environment slmnet gives every
-engine (``EngineSpec.environment``: the cache off, the worker unbound). It drives each with the mix a serving engine sees: validator-like
-challenges (seeded, logprobs, prompts of 5 to 600 words), users' short questions, greedy
-answers, whole and streamed, ``--concurrency`` at a time. Every 10 s it samples the
+engine (``EngineSpec.environment``: the cache off, the worker unbound). It drives each with
+the mix a serving engine sees: validator-like challenges (seeded, logprobs, prompts of 5 to
+600 words), users' short questions, greedy answers, whole and streamed, ``--concurrency``
+at a time. Every 10 s it samples the
 worker's RSS; growth is the least-squares slope after the first fifth of the run.
 
     python bench/engine_memory.py [--minutes 6] [--json]
@@ -101,13 +102,15 @@ def _slope_per_hour(samples: list[tuple[float, float]]) -> float:
 
 
 def run(config: str, model: Path, minutes: float, concurrency: int, tmp: Path) -> dict[str, Any]:
-    spec = EngineSpec(model=str(model), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096, extra_args=ENGINE_ARGS)
+    spec = EngineSpec(
+        model=str(model), served_name=SMOLLM2, port=free_port(), dtype="float32", max_model_len=4096, extra_args=ENGINE_ARGS, env=tuple(CONFIGS[config].items())
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TMPDIR=str(tmp))
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
-    for name in ENGINE_ENV_DEFAULTS:
+    for name in ENGINE_ENV_DEFAULTS:  # slmnet's own, not whatever this shell sets
         env.pop(name, None)
     with open(tmp / f"engine-{config}.log", "w") as log:
-        process = subprocess.Popen(spec.command(), env=spec.environment(env) | CONFIGS[config], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(spec.command(), env=spec.environment(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_healthy(spec.url, process)
         engine = psutil.Process(process.pid)
