@@ -32,8 +32,8 @@ from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import StreamTiming, measure
 from validator.challenges import generate, grade
-from validator.rounds import Result, Target, _current, _pool, score_round
-from validator.service import apply_organic, apply_rewards
+from validator.rounds import Result, Target, current_evidence, pool_evidence, score_round
+from validator.standings import apply_organic, apply_rewards
 from validator.store import Store
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, Vocabulary, verify
 
@@ -68,7 +68,7 @@ def evidence_before(store: Store, round_index: int) -> dict[str, Evidence]:
                 for r in rows
                 if r["uid"] == target.uid and r["stats"]
             ]
-            pooled[target.hotkey] = _pool(_current(pooled, target), target, stats, earlier, SequentialParams(), announce=False)
+            pooled[target.hotkey] = pool_evidence(current_evidence(pooled, target), target, stats, earlier, SequentialParams(), announce=False)
     return pooled
 
 

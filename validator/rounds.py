@@ -166,7 +166,7 @@ async def run_round(
     timeouts = timeouts or Timeouts()
     verifying = asyncio.Semaphore(verify_concurrency)
     challenges = generate(seed, challenges_per_miner)
-    already = {t.hotkey: _current(evidence or {}, t) for t in targets}
+    already = {t.hotkey: current_evidence(evidence or {}, t) for t in targets}
     eligible = [t for t in targets if t.model in references and not already[t.hotkey].flagged]
     per_target = await asyncio.gather(
         *(_challenge_miner(session, keypair, t, challenges, references[t.model], verifying, per_miner, timeouts) for t in eligible)
@@ -186,14 +186,14 @@ def score_round(
     """The round's report from each queried miner's results (uid → results in challenge order):
     what ``run_round`` returns, and what ``slmnet validator replay`` recomputes from a record."""
     report = RoundReport(seed=seed)
-    pooled = {t.hotkey: _current(evidence or {}, t) for t in targets}
+    pooled = {t.hotkey: current_evidence(evidence or {}, t) for t in targets}
     report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
     stats = {}
     queried = [t for t in targets if t.uid in results]
     for target in queried:
         answers = results[target.uid]
         report.results += answers
-        pooled[target.hotkey] = _pool(pooled[target.hotkey], target, answers, round_index, sequential)
+        pooled[target.hotkey] = pool_evidence(pooled[target.hotkey], target, answers, round_index, sequential)
         if pooled[target.hotkey].flagged:
             report.flagged.add(target.uid)
         stats[target.uid] = summarize([r.outcome for r in answers], (history or {}).get(target.hotkey, ()))
@@ -208,13 +208,13 @@ def score_round(
     return report
 
 
-def _current(evidence: Mapping[str, Evidence], target: Target) -> Evidence:
+def current_evidence(evidence: Mapping[str, Evidence], target: Target) -> Evidence:
     """The target's evidence under its declaration now (a changed declaration starts afresh)."""
     known = evidence.get(target.hotkey)
     return known if known is not None and known.declaration == target.declaration else Evidence(target.declaration)
 
 
-def _pool(evidence: Evidence, target: Target, results: list[Result], round_index: int, sequential: SequentialParams, announce: bool = True) -> Evidence:
+def pool_evidence(evidence: Evidence, target: Target, results: list[Result], round_index: int, sequential: SequentialParams, announce: bool = True) -> Evidence:
     was_flagged = evidence.flagged
     for result in results:
         if result.stats is not None:

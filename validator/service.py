@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 import chain
 from chain import ChainConfig
 from engine import Engine, EngineSpec
-from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Standing, update
+from scoring.aggregate import BUFFERED_WINDOW, AggregationParams
 from scoring.weights import to_weights
 from validator.challenges import round_seed
 from validator.crashpoints import crashpoint
@@ -36,6 +36,7 @@ from protocol.version import VERSION_KEY, __version__
 from validator.organic import Outbox, verify_samples
 from validator.query import Timeouts
 from validator.rounds import RoundReport, Target, run_round
+from validator.standings import Standings, apply_organic, apply_rewards, effective_scores, fold
 from validator.store import Store
 from validator.verify import ReferenceEngine, Vocabulary
 
@@ -84,20 +85,9 @@ class Validator:
         self.outbox = Outbox(config.organic_from) if config.organic_from else None
         self._wandb: Any = None
 
-    def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> dict[str, tuple[int, Standing]]:
+    def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> Standings:
         """New standings: this round's scores folded in; hotkeys gone from the subnet dropped."""
-        previous = self.store.standings()
-        current = {n.hotkey: n.uid for n in graph.neurons}
-        standings = {hotkey: value for hotkey, value in previous.items() if hotkey in current}
-        for uid, score in report.scores.items():
-            hotkey = graph.uid(uid).hotkey
-            _, standing = standings.get(hotkey, (uid, Standing()))
-            reset = uid in report.buffered or uid in report.flagged
-            standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, self.config.aggregation, reset))
-        return standings
-
-    def effective(self, standings: dict[str, tuple[int, Standing]], round_index: int) -> dict[int, float]:
-        return {uid: s.effective(self.config.aggregation, round_index) for uid, s in standings.values()}
+        return fold(self.store.standings(), {n.uid: n.hotkey for n in graph.neurons}, report, round_index, self.config.aggregation)
 
     async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[dict[int, float], int]:
         """Run, store and log one round; returns the effective standings and the subnet's tempo."""
@@ -129,7 +119,7 @@ class Validator:
         apply_organic(report, self.store.take_organic(round_index), {n.uid: n.hotkey for n in graph.neurons})
         crashpoint("organic-taken")
         standings = self.apply(round_index, graph, report)
-        effective = self.effective(standings, round_index + 1)
+        effective = effective_scores(standings, self.config.aggregation, round_index + 1)
         rows = [_result_row(round_index, r) for r in report.results]
         summary = {
             "round": round_index,
@@ -405,21 +395,6 @@ def state_unwritable(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return any(words in str(exc) for words in ("disk is full", "readonly database", "disk I/O error", "unable to open"))
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
-
-
-def apply_rewards(report: RoundReport, targets: list[Target], models: ModelList) -> None:
-    """Each score times its model's reward in the model list."""
-    declared = {t.uid: t.model for t in targets}
-    report.scores = {uid: score * models.get(declared[uid]).reward for uid, score in report.scores.items()}
-
-
-def apply_organic(report: RoundReport, verdicts: list[tuple[int, str, bool, str]], hotkeys: dict[int, str]) -> None:
-    """A user's answer that failed verification (sampled by our gateway) counts like a failed challenge."""
-    for uid, hotkey, passed, reasons in verdicts:
-        if not passed and uid in report.scores and hotkeys.get(uid) == hotkey:
-            log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
-            report.scores[uid] = 0.0
-            report.fidelity_failed.add(uid)
 
 
 def _result_row(round_index: int, r) -> tuple:

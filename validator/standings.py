@@ -1,0 +1,52 @@
+"""What a scored round does to the miners' standings: model rewards, organic verdicts, the fold.
+
+Pure functions over a ``RoundReport``: the live loop (``validator.service``), the replay
+(``validator.replay``) and the network simulation (``bench/network_sim.py``) all go through
+them, so the three cannot disagree on what a round is worth.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+from models.subnet import ModelList
+from scoring.aggregate import AggregationParams, Standing, update
+from validator.rounds import RoundReport, Target
+
+log = logging.getLogger(__name__)
+
+Standings = dict[str, tuple[int, Standing]]  # hotkey → (its uid, its standing)
+
+
+def apply_rewards(report: RoundReport, targets: list[Target], models: ModelList) -> None:
+    """Each score times its model's reward in the model list."""
+    declared = {t.uid: t.model for t in targets}
+    report.scores = {uid: score * models.get(declared[uid]).reward for uid, score in report.scores.items()}
+
+
+def apply_organic(report: RoundReport, verdicts: list[tuple[int, str, bool, str]], hotkeys: Mapping[int, str]) -> None:
+    """A user's answer that failed verification (sampled by our gateway) counts like a failed challenge."""
+    for uid, hotkey, passed, reasons in verdicts:
+        if not passed and uid in report.scores and hotkeys.get(uid) == hotkey:
+            log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
+            report.scores[uid] = 0.0
+            report.fidelity_failed.add(uid)
+
+
+def fold(previous: Standings, hotkeys: Mapping[int, str], report: RoundReport, round_index: int, params: AggregationParams) -> Standings:
+    """New standings: this round's scores folded in; hotkeys no longer on the subnet (``hotkeys``:
+    uid → hotkey now) dropped. A buffering or flagged miner's standing starts again from zero."""
+    present = set(hotkeys.values())
+    standings = {hotkey: value for hotkey, value in previous.items() if hotkey in present}
+    for uid, score in report.scores.items():
+        hotkey = hotkeys[uid]
+        _, standing = standings.get(hotkey, (uid, Standing()))
+        reset = uid in report.buffered or uid in report.flagged
+        standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, params, reset))
+    return standings
+
+
+def effective_scores(standings: Standings, params: AggregationParams, round_index: int) -> dict[int, float]:
+    """uid → the score weights are set from, as of ``round_index``."""
+    return {uid: s.effective(params, round_index) for uid, s in standings.values()}
