@@ -118,9 +118,9 @@ def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str, redis_url:
     from gateway.tokens import TokenCounter
 
     keypair = Keypair.create_from_uri("//slmnet-bench")
-    router = Router(explore=0.05)
+    settings = GatewaySettings(redis_url=redis_url, worker=worker, verify_share=0.0)  # no validator reads this outbox
+    router = Router(explore=settings.explore)
     router.update_from_chain([MinerView(1, keypair.ss58_address, upstream, MODEL, capacity=100_000, incentive=1.0)])
-    settings = GatewaySettings(redis_url=redis_url, worker=worker)
     state = GatewayState(store=Store(Path(db)), router=router, counters={MODEL: TokenCounter(tokenizer)}, keypair=keypair, settings=settings)
     uvloop.install()
     web.run_app(create_app(state), host="127.0.0.1", port=port, print=None, access_log=None, reuse_port=bool(worker))

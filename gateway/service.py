@@ -1,6 +1,6 @@
 """Running a gateway: chain sync, miner health, the organic outbox, the HTTP server.
 
-Three loops beside the server: the metagraph (every ``sync_interval`` s: miners with an
+Three loops beside the server: the metagraph (every ``settings.metagraph_interval`` s: miners with an
 endpoint and a declaration of a supported model, their capacity and incentive), each
 miner's unsigned ``/health`` (every ``health_interval`` s), and a snapshot of the live
 figures for the dashboard's charts. A gateway that cannot reach the chain at start exits
@@ -39,8 +39,6 @@ class GatewayConfig:
     models: ModelList
     tokenizers: dict[str, str]  # model id → folder with its tokenizer
     settings: GatewaySettings = field(default_factory=GatewaySettings)
-    explore: float = 0.05
-    sync_interval: float = 12.0
     health_interval: float = 5.0
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); above 1 the limits must be in Redis
     recover_ledger: bool = True  # mark requests a killed gateway left open as interrupted (once, before workers start)
@@ -79,7 +77,7 @@ class Gateway:
         counters = {model: TokenCounter(folder) for model, folder in config.tokenizers.items()}
         self.state = GatewayState(
             store=self.store,
-            router=Router(explore=config.explore),
+            router=Router(explore=config.settings.explore),
             counters=counters,
             keypair=self.wallet.hotkey,
             settings=config.settings,
@@ -103,7 +101,7 @@ class Gateway:
 
     async def _sync_loop(self, net: chain.Chain) -> None:
         while True:
-            await asyncio.sleep(self.config.sync_interval)
+            await asyncio.sleep(self.config.settings.metagraph_interval)
             try:
                 await self.sync(net)
             except Exception as exc:  # the chain may come back; keep routing on what we have

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.limits import KeyLimits
+from gateway.settings import GatewaySettings
 from gateway.router import Router
 from gateway.store import Store
 from gateway.tokens import TokenCounter
@@ -21,22 +22,6 @@ LEDGER_ID_HEADER = "x-slmnet-request-id"  # the gateway's own id for the request
 MINER_HEADER = "x-slmnet-miner-uid"
 WORKER_HEADER = "x-slmnet-worker"
 CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's X-Request-Id we echo: printable, no spaces, bounded
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    max_body_bytes: int = 1 << 20
-    max_attempts: int = 3
-    connect_timeout: float = 2.0
-    first_token_timeout: float = 15.0
-    stall_timeout: float = 10.0
-    default_max_tokens: int = 512
-    busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
-    verify_share: float = 0.0  # share of chat answers put in the organic outbox for a validator to verify
-    redis_url: Optional[str] = None  # per-key windows and quotas shared by every worker and host; None: in this process
-    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
-    keepalive_s: float = 10.0  # an SSE comment this often while a stream waits for its first token (0: none)
-    worker: str = ""  # this process's name among --workers (sent as x-slmnet-worker), "" when it is the only one
 
 
 class GatewayMetrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from btauth import CALLER_MIN_STAKE_TAO
 from chain import ChainConfig
 from engine import EngineSpec
 
@@ -25,7 +26,7 @@ class MinerConfig:
     max_context: int = 2048
     capacity: int = 16  # declared; also the global in-flight limit
     max_in_flight_per_caller: int = 16
-    min_stake: float = 1000.0  # TAO a sender without a validator permit must hold
+    min_stake: float = CALLER_MIN_STAKE_TAO  # TAO a sender without a validator permit must hold
     max_body_bytes: int = 1 << 20
     metagraph_interval: float = 12.0  # seconds between metagraph refreshes
     engine_timeout: float = 300.0  # seconds without a byte from the engine before giving up

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
 
+from btauth import CALLER_MIN_STAKE_TAO
 from neurons.common import CliError, chain_config, http_status
 
 ROLES = ("miner", "validator", "gateway")
@@ -147,10 +148,10 @@ async def _on_chain(role: str, args: argparse.Namespace, wallet) -> list[Check]:
 def _standing(role: str, args: argparse.Namespace, me) -> Check:
     if role == "miner":
         return Check("stake", True, f"{me.stake:g} TAO staked (a miner needs none)")
-    ok = me.validator_permit or me.stake >= 1000
+    ok = me.validator_permit or me.stake >= CALLER_MIN_STAKE_TAO
     detail = f"{me.stake:g} TAO staked, validator permit {'yes' if me.validator_permit else 'no'}"
     stake = "slmnet localnet stake --dir DIR …" if args.network.startswith("localnet:") else "btcli stake add"
-    return Check("permit", ok, detail, f"miners answer callers with a validator permit or 1000 TAO staked: stake on this hotkey ({stake})")
+    return Check("permit", ok, detail, f"miners answer callers with a validator permit or {CALLER_MIN_STAKE_TAO:g} TAO staked: stake on this hotkey ({stake})")
 
 
 def _model_list(graph, args: argparse.Namespace, subnet) -> Check:

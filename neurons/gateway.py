@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from gateway.settings import GatewaySettings
 from neurons.common import CliError, add_chain_flags, chain_config, load_model_list, model_folder, model_pairs, run_service
 
 DEFAULT_DB = "~/.slmnet/gateway.sqlite"
@@ -36,18 +37,31 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verify-share",
         type=float,
-        default=0.05,
+        default=GatewaySettings.verify_share,
         help="share of chat answers put in the organic outbox (this gateway's --db) for a validator to verify: slmnet validator --organic-from DB",
     )
-    p.add_argument("--explore", type=float, default=0.05, help="share of requests routed uniformly, so new miners earn a record")
-    p.add_argument("--max-attempts", type=int, default=3, help="miners tried per request, failovers included")
-    p.add_argument("--first-token-timeout", type=float, default=15.0, help="seconds to the first token before trying another miner")
-    p.add_argument("--stall-timeout", type=float, default=10.0, help="seconds without a chunk mid-stream before continuing on another miner")
-    p.add_argument("--sync-interval", type=float, default=12.0, help="seconds between metagraph reads")
+    p.add_argument("--explore", type=float, default=GatewaySettings.explore, help="share of requests routed uniformly, so new miners earn a record")
+    p.add_argument("--max-attempts", type=int, default=GatewaySettings.max_attempts, help="miners tried per request, failovers included")
+    p.add_argument(
+        "--first-token-timeout", type=float, default=GatewaySettings.first_token_timeout, help="seconds to the first token before trying another miner"
+    )
+    p.add_argument(
+        "--stall-timeout", type=float, default=GatewaySettings.stall_timeout, help="seconds without a chunk mid-stream before continuing on another miner"
+    )
+    p.add_argument(
+        "--metagraph-interval",
+        "--sync-interval",
+        dest="metagraph_interval",
+        type=float,
+        default=GatewaySettings.metagraph_interval,
+        help="seconds between metagraph reads (--sync-interval: the old name)",
+    )
     p.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT); above 1 needs --redis")
     p.add_argument("--redis", default=None, metavar="URL", help="redis://host:port/db: per-key windows and quotas shared by every worker and host")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="a browser origin allowed to call the API (repeatable; * for any)")
-    p.add_argument("--keepalive", type=float, default=10.0, help="seconds between SSE comments while a stream waits for its first token (0: none)")
+    p.add_argument(
+        "--keepalive", type=float, default=GatewaySettings.keepalive_s, help="seconds between SSE comments while a stream waits for its first token (0: none)"
+    )
     p.set_defaults(func=cmd_gateway, default_log_level=logging.INFO)
 
     keys = groups.add_parser("keys", help="the gateway's API keys").add_subparsers(dest="command", required=True)
@@ -193,7 +207,6 @@ def cmd_keys_usage(args: argparse.Namespace) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from gateway.state import GatewaySettings
     from models.prepare import default_cache_dir
 
     models = load_model_list(args.model_list, args.network)
@@ -213,6 +226,8 @@ def build_config(args: argparse.Namespace):
         redis_url=args.redis,
         cors_origins=tuple(args.cors_origin),
         keepalive_s=args.keepalive,
+        explore=args.explore,
+        metagraph_interval=args.metagraph_interval,
     )
     if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
         raise CliError(f"--redis {args.redis!r}: expected redis://host:port/db, rediss://… or unix://path")
@@ -233,8 +248,6 @@ def _config(args: argparse.Namespace, models, tokenizers: dict[str, str], settin
         models=models,
         tokenizers=tokenizers,
         settings=settings,
-        explore=args.explore,
-        sync_interval=args.sync_interval,
         workers=args.workers,
         recover_ledger=args.workers == 1,
     )

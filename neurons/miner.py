@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from btauth import CALLER_MIN_STAKE_TAO
 from neurons.common import CliError, add_chain_flags, chain_config, free_port, run_service
 
 
@@ -36,7 +37,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     limits = p.add_argument_group("admission")
     limits.add_argument("--capacity", type=int, default=16, help="requests in flight at once (declared on chain)")
     limits.add_argument("--max-in-flight-per-caller", type=int, default=None, help="requests in flight per calling hotkey (default: capacity)")
-    limits.add_argument("--min-stake", type=float, default=1000.0, help="TAO a caller without a validator permit must hold")
+    limits.add_argument("--min-stake", type=float, default=CALLER_MIN_STAKE_TAO, help="TAO a caller without a validator permit must hold")
     limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
     p.add_argument("--metagraph-interval", type=float, default=12.0, help="seconds between metagraph refreshes")
     p.set_defaults(func=cmd_miner, default_log_level=logging.INFO)

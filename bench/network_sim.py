@@ -1,0 +1,541 @@
+"""The subnet at network scale, simulated with its own code: miners, validators, cheats, churn.
+
+Each validator runs the project's real scoring on synthetic answers: ``validator.rounds.score_round``
+(per-miner pooled evidence, hard failures, buffering, round scores), ``validator.standings``
+(rewards, organic verdicts, the fold into standings), ``scoring.weights.to_weights``; once a
+tempo every validator's weights go through the localnet's Yuma epoch
+(``chain.localnet.yuma.epoch``, the code the localnet runs). Nothing of them is copied here:
+only the answers are synthetic, drawn per answer from the rates measured in
+``docs/calibration.md`` (SmolLM2-135M, bf16 declarations unless said), listed in ``KINDS``.
+
+Assumed, not measured (each a flag or a constant below): one tempo is 72 minutes (360 blocks
+of 12 s: 20 tempos a day); a validator runs ``--rounds`` rounds a tempo; honest GPU speeds are
+log-normal (median 120 tokens/s, TTFT 0.2 s); answers have 24-256 tokens, 35% of them
+informative, after a 60-token prompt; the model answers 45% of checkable tasks right (70% of
+challenges are checkable); stake is Pareto (shape 1.16: 80/20).
+
+What a cheat gets is its pay (Yuma incentive) against an honest miner's: a cheat is *caught*
+from the tempo after which it is never again paid 1% of the mean honest miner's incentive.
+
+    python -m bench.network_sim [--miners 256] [--validators 64] [--tempos 50] [--seeds 3] [--json]
+    python -m bench.network_sim --sweep [--json]   # reference compute and detection as miners grow
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+
+from chain.localnet import yuma
+from models.subnet import ModelList, SupportedModel
+from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Outcome
+from scoring.evidence import SequentialParams
+from scoring.fidelity import AnswerStats
+from scoring.latency import Speed
+from scoring.weights import to_weights
+from validator.rounds import Result, Target, score_round
+from validator.standings import Standings, apply_organic, apply_rewards, effective_scores, fold
+
+MODEL = "smollm2-135m"
+TEMPOS_PER_DAY = 20  # 360 blocks of 12 s
+CHECKABLE_SHARE = 0.7
+ACCURACY = 0.45  # honest SmolLM2 on the checkable families (assumed)
+INFORMATIVE_SHARE = 0.35  # 43 of ~120 tokens in the calibration runs
+PROMPT_TOKENS = 60
+ANSWER_TOKENS = (24, 256)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How a kind of miner answers: per-answer rates over informative positions, and what it is worth to users."""
+
+    dtype: str  # what it declares
+    mismatch: float  # share of judged choices that are not the declared model's
+    exceed: float  # share of reported logprobs beyond the dtype's tolerance
+    hard_fail: float = 0.0  # share of answers that fail a single-answer check
+    burst: Optional[float] = None  # share of judged answers that arrive in one burst (None: the honest rate)
+    accuracy: float = ACCURACY
+    speed: float = 1.0  # tokens/s against an honest miner on the same hardware
+    organic_hard_fail: Optional[float] = None  # on users' answers, when it serves them otherwise
+    value: float = 1.0  # what its service is worth to users, per unit of honest capacity
+    cheat: bool = True
+
+
+# Rates under the declared dtype's tolerance, from docs/calibration.md Run 2 (SmolLM2-135M):
+# honest bf16 is the worst honest stack measured (transformers bf16: 0.08% mismatches, 2.4%
+# exceedances); int8, fp8, noise 1e-2 declaring bf16; int4 fails every answer; a bf16 engine
+# declaring fp32 (0.54% / 37.5% under fp32's tolerance); a sampler with its own RNG (34% of
+# choices, tiny model, Run 2 notes). The two-faced miner answers challenges honestly and users
+# with int8 (organic answers get only the single-answer checks today, which int8 passes);
+# the refuser answers challenges and refuses users; a sybil is one of two hotkeys on one engine
+# (each worth half); the burster holds every answer back and sends it whole.
+KINDS: dict[str, Kind] = {
+    "honest-fp32": Kind("float32", 0.0, 0.0, cheat=False),
+    "honest-bf16": Kind("bfloat16", 0.000758, 0.0243, cheat=False),
+    "int8": Kind("bfloat16", 0.00799, 0.172, accuracy=0.43, speed=1.3, value=0.0),
+    "fp8": Kind("bfloat16", 0.0731, 0.497, accuracy=0.40, speed=1.3, value=0.0),
+    "noise-1e-2": Kind("bfloat16", 0.00852, 0.209, accuracy=0.42, value=0.0),
+    "int4": Kind("bfloat16", 0.272, 0.741, hard_fail=1.0, accuracy=0.2, speed=1.6, value=0.0),
+    "bf16-as-fp32": Kind("float32", 0.00541, 0.375, speed=1.5, value=0.5),
+    "own-rng": Kind("bfloat16", 0.34, 0.0243, value=0.5),
+    "burster": Kind("bfloat16", 0.000758, 0.0243, burst=1.0, value=0.5),
+    "two-faced": Kind("bfloat16", 0.000758, 0.0243, organic_hard_fail=0.0, value=0.0),
+    "refuser": Kind("bfloat16", 0.000758, 0.0243, value=0.0),
+    "sybil": Kind("bfloat16", 0.000758, 0.0243, value=0.5),
+}
+CHEATS = tuple(name for name, kind in KINDS.items() if kind.cheat)
+
+
+@dataclass(frozen=True)
+class Settings:
+    miners: int = 256
+    validators: int = 64
+    tempos: int = 50
+    rounds: int = 2  # rounds a validator runs each tempo
+    challenges: int = 8  # challenges per miner per tempo, spread over the rounds
+    verify_share: float = 0.05  # of users' answers, verified by the gateway's validator
+    users_per_tempo: float = 40.0  # users' answers per miner per tempo through one validator's gateway
+    cheat_share: float = 0.2  # of miners, spread evenly over the cheat kinds
+    cheats: tuple[str, ...] = CHEATS
+    churn_per_day: float = 8.0  # miners replaced per day (a new hotkey, a kind drawn like the first ones)
+    bf16_share: float = 0.5  # of honest miners
+    honest_burst: float = 0.05  # an honest answer judged a burst (calibration: 3.9% of 1000 on busy vCPUs, up to 16%)
+    aggregation: AggregationParams = field(default_factory=AggregationParams)
+    sequential: SequentialParams = field(default_factory=SequentialParams)
+
+    @property
+    def per_round(self) -> int:
+        return max(1, self.challenges // self.rounds)
+
+
+@dataclass(frozen=True)
+class Miner:
+    hotkey: str
+    kind: str
+    joined: int  # tempo it registered in
+    rate: float  # tokens/s it serves one request at, honest hardware
+    ttft: float  # seconds
+    capacity: int  # requests in flight it serves
+
+    def worth(self) -> float:
+        """What the miner delivers to users: verified capacity times how good its answers are."""
+        return KINDS[self.kind].value * self.rate * self.capacity
+
+
+def roster(settings: Settings, seed: int) -> tuple[list[Miner], list[list[int]]]:
+    """Every miner that ever registers, and per tempo the miner at each uid (churn replaces some)."""
+    rng = np.random.default_rng([seed, 0])
+    miners: list[Miner] = []
+
+    def new(joined: int, kind: Optional[str] = None) -> int:
+        if kind is None:
+            cheat = rng.random() < settings.cheat_share and settings.cheats
+            kind = str(rng.choice(settings.cheats)) if cheat else ("honest-bf16" if rng.random() < settings.bf16_share else "honest-fp32")
+        miners.append(
+            Miner(
+                hotkey=f"m{len(miners)}",
+                kind=kind,
+                joined=joined,
+                rate=float(rng.lognormal(math.log(120), 0.5)),
+                ttft=float(rng.lognormal(math.log(0.2), 0.4)),
+                capacity=int(rng.choice([4, 8, 16, 32])),
+            )
+        )
+        return len(miners) - 1
+
+    cheats = round(settings.cheat_share * settings.miners)
+    first = [new(0, settings.cheats[i % len(settings.cheats)]) for i in range(cheats if settings.cheats else 0)]
+    first += [new(0, "honest-bf16" if rng.random() < settings.bf16_share else "honest-fp32") for _ in range(settings.miners - len(first))]
+    rng.shuffle(first)
+    at = [list(first)]
+    for tempo in range(1, settings.tempos):
+        uids = list(at[-1])
+        for uid in rng.choice(settings.miners, size=rng.poisson(settings.churn_per_day / TEMPOS_PER_DAY), replace=False):
+            uids[uid] = new(tempo)
+        at.append(uids)
+    return miners, at
+
+
+@dataclass
+class ValidatorSim:
+    """One validator's state across tempos: exactly what the live validator keeps in SQLite."""
+
+    index: int
+    seed: int
+    standings: Standings = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)
+    history: dict = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=BUFFERED_WINDOW)))
+    round_index: int = 0
+    answers: int = 0
+    reference_tokens: int = 0
+    zeroed: set = field(default_factory=set)  # honest hotkeys this validator ever set to zero after they earned
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng([self.seed, 1, self.index])
+
+
+def _answers(rng: np.random.Generator, group: list[Miner], count: int, settings: Settings) -> list[list[tuple[Outcome, AnswerStats, int]]]:
+    """``count`` challenge answers from each miner of ``group``, drawn at once: (outcome, evidence counts, tokens)."""
+    kinds = [KINDS[m.kind] for m in group]
+    shape = (len(group), count)
+    column = lambda values: np.array(values, dtype=float)[:, None]  # noqa: E731
+    fail_rate = column([k.hard_fail for k in kinds])
+    burst_rate = column([settings.honest_burst if k.burst is None else k.burst for k in kinds])
+    tokens = rng.integers(*ANSWER_TOKENS, size=shape)
+    informative = rng.binomial(tokens, INFORMATIVE_SHARE)
+    mismatches = rng.binomial(informative, column([k.mismatch for k in kinds]))
+    exceedances = rng.binomial(informative, column([k.exceed for k in kinds]))
+    failed = rng.random(shape) < fail_rate
+    rate = column([m.rate * k.speed for m, k in zip(group, kinds)]) * rng.lognormal(0, 0.15, shape)
+    ttft = column([m.ttft for m in group]) * rng.lognormal(0, 0.3, shape)
+    burst = rng.random(shape) < burst_rate
+    total = ttft + tokens / rate
+    checkable = rng.random(shape) < CHECKABLE_SHARE
+    right = rng.random(shape) < column([k.accuracy for k in kinds])
+    out = []
+    for i in range(len(group)):
+        row = []
+        for n, inf, mis, exc, fail, first, end, held, check, ok in zip(
+            tokens[i].tolist(), informative[i].tolist(), mismatches[i].tolist(), exceedances[i].tolist(), failed[i].tolist(),
+            ttft[i].tolist(), total[i].tolist(), burst[i].tolist(), checkable[i].tolist(), right[i].tolist(),
+        ):  # fmt: skip
+            speed = Speed(ttft=end if held else first, total=end, tokens=n, tokens_per_s=n / end, streamed=not held)
+            row.append((Outcome("ok", not fail, float(ok) if check else None, speed), AnswerStats(inf, mis, inf, exc), n))
+        out.append(row)
+    return out
+
+
+def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], settings: Settings, models: ModelList) -> dict[int, float]:
+    """One tempo of one validator: its rounds, then the weights it sets (uid → weight)."""
+    hotkeys = {uid: miners[m].hotkey for uid, m in enumerate(uids)}
+    targets = [Target(uid, miners[m].hotkey, "", MODEL, miners[m].capacity, KINDS[miners[m].kind].dtype, miners[m].hotkey) for uid, m in enumerate(uids)]
+    rng = sim.rng
+    for _ in range(settings.rounds):
+        # the live round does not query a flagged miner
+        queried = [t for t in targets if not (known := sim.evidence.get(t.hotkey)) or not known.flagged]
+        group = [miners[uids[t.uid]] for t in queried]
+        results: dict[int, list[Result]] = {}
+        for target, answers in zip(queried, _answers(rng, group, settings.per_round, settings)):
+            results[target.uid] = [Result(target.uid, target.hotkey, "sim", o, stats=stats if o.fidelity_passed else None) for o, stats, _ in answers]
+            sim.reference_tokens += sum(PROMPT_TOKENS + n for _, _, n in answers)
+        # users' answers the gateway hands over: a refuser answers no user, so none of its is sampled
+        sampled = rng.poisson(settings.users_per_tempo / settings.rounds * settings.verify_share, len(group)).tolist()
+        verdicts = []
+        for target, miner, users in zip(queried, group, sampled):
+            if users and miner.kind != "refuser":
+                kind = KINDS[miner.kind]
+                fail = kind.hard_fail if kind.organic_hard_fail is None else kind.organic_hard_fail
+                verdicts += [(target.uid, target.hotkey, bool(passed), "sim") for passed in (rng.random(users) >= fail).tolist()]
+                sim.reference_tokens += users * (PROMPT_TOKENS + sum(ANSWER_TOKENS) // 2)
+        sim.answers += sum(len(r) for r in results.values()) + len(verdicts)
+        history = {hotkey: list(flags) for hotkey, flags in sim.history.items()}
+        report = score_round(sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential)
+        apply_rewards(report, targets, models)
+        apply_organic(report, verdicts, hotkeys)
+        for result in report.results:
+            if result.streamed is not None:
+                sim.history[result.hotkey].append(result.streamed)
+        sim.evidence.update(report.evidence)
+        before = sim.standings
+        sim.standings = fold(before, hotkeys, report, sim.round_index, settings.aggregation)
+        for uid in report.fidelity_failed | report.flagged | report.buffered:
+            miner = miners[uids[uid]]
+            earned = before.get(miner.hotkey, (uid, None))[1]
+            if not KINDS[miner.kind].cheat and earned is not None and earned.ema > 0:
+                sim.zeroed.add(miner.hotkey)
+        sim.round_index += 1
+    return to_weights(effective_scores(sim.standings, settings.aggregation, sim.round_index))
+
+
+def run_validators(job: tuple[Settings, int, list[int], list[Miner], list[list[int]]]) -> tuple[np.ndarray, dict]:
+    """Every tempo of a group of validators (validators are independent until Yuma): their weight rows."""
+    settings, seed, indices, miners, at = job
+    models = ModelList(version=1, models=(SupportedModel(MODEL, "prepared:smollm2-135m", None, 2048),))
+    sims = [ValidatorSim(index, seed) for index in indices]
+    rows = np.zeros((settings.tempos, len(sims), settings.miners), dtype=np.float32)
+    for tempo in range(settings.tempos):
+        for i, sim in enumerate(sims):
+            for uid, w in validator_tempo(sim, miners, at[tempo], settings, models).items():
+                rows[tempo, i, uid] = w
+    counts = {
+        "answers": sum(s.answers for s in sims),
+        "reference_tokens": sum(s.reference_tokens for s in sims),
+        "zeroed": sorted({h for s in sims for h in s.zeroed}),
+        "zeroed_events": sum(len(s.zeroed) for s in sims),
+    }
+    return rows, counts
+
+
+def simulate(settings: Settings, seed: int, workers: int) -> dict:
+    """One seeded run: the incentive each uid gets each tempo, and what the validators did."""
+    miners, at = roster(settings, seed)
+    rng = np.random.default_rng([seed, 2])
+    stake = (rng.pareto(1.16, settings.validators) + 1) * 1000.0
+    groups = [list(range(settings.validators))[i::workers] for i in range(workers)]
+    jobs = [(settings, seed, g, miners, at) for g in groups if g]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+            parts = pool.map(run_validators, jobs)
+    else:
+        parts = [run_validators(job) for job in jobs]
+    rows = np.zeros((settings.tempos, settings.validators, settings.miners))
+    for group, (part, _) in zip(groups, parts):
+        rows[:, group, :] = part
+    v, n = settings.validators, settings.validators + settings.miners
+    bonds = np.zeros((n, n))
+    incentive = np.zeros((settings.tempos, settings.miners))
+    unclipped = np.zeros((settings.tempos, settings.miners))
+    vtrust = np.zeros((settings.tempos, settings.validators))
+    for tempo in range(settings.tempos):
+        weights = np.zeros((n, n))
+        weights[:v, v:] = rows[tempo]
+        out = yuma.epoch(
+            yuma.EpochInput(
+                stake=np.concatenate([stake, np.zeros(settings.miners)]),
+                validator_permit=np.arange(n) < v,
+                weights=weights,
+                bonds=bonds,
+                active=np.ones(n, dtype=bool),
+            )
+        )
+        bonds = out.bonds
+        incentive[tempo] = out.incentive[v:]
+        sums = rows[tempo].sum(axis=1, keepdims=True)
+        unclipped[tempo] = (stake / stake.sum()) @ np.divide(rows[tempo], sums, out=np.zeros_like(rows[tempo]), where=sums > 0)
+        vtrust[tempo] = out.validator_trust[:v]
+    zeroed = sorted({h for _, c in parts for h in c["zeroed"]})
+    return {
+        "miners": miners,
+        "at": at,
+        "incentive": incentive,
+        "unclipped": unclipped,
+        "vtrust": vtrust,
+        "answers": sum(c["answers"] for _, c in parts),
+        "reference_tokens": sum(c["reference_tokens"] for _, c in parts),
+        "zeroed": zeroed,
+        "zeroed_events": sum(c["zeroed_events"] for _, c in parts),
+    }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if ra.std() > 0 and rb.std() > 0 else 0.0
+
+
+def figures(settings: Settings, run: dict) -> dict:
+    """Per cheat kind: tempos it was paid ≥ 1% of an honest miner, and its take; honest miners
+    zeroed; the rank correlation of pay with what miners deliver; Yuma's clipping."""
+    miners, at, incentive = run["miners"], run["at"], run["incentive"]
+    honest_mean = np.array(
+        [np.mean([incentive[t, u] for u, m in enumerate(at[t]) if not KINDS[miners[m].kind].cheat] or [0.0]) for t in range(settings.tempos)]
+    )
+    paid = defaultdict(list)  # miner index → [(tempo, incentive)]
+    for t in range(settings.tempos):
+        for uid, m in enumerate(at[t]):
+            paid[m].append((t, incentive[t, uid]))
+    caught: dict[str, list[float]] = defaultdict(list)
+    take: dict[str, list[float]] = defaultdict(list)
+    for m, series in paid.items():
+        kind = miners[m].kind
+        if not KINDS[kind].cheat:
+            continue
+        above = [t for t, x in series if honest_mean[t] > 0 and x >= 0.01 * honest_mean[t]]
+        last = series[-1][0]
+        if above and above[-1] == last and last == settings.tempos - 1:
+            caught[kind].append(math.inf)  # still paid at the end
+        else:
+            caught[kind].append(float(above[-1] + 1 - miners[m].joined) if above else 0.0)
+        take[kind].append(sum(x / honest_mean[t] for t, x in series if honest_mean[t] > 0))
+    tail = slice(max(0, settings.tempos - 10), settings.tempos)
+    final = at[-1]
+    worth = np.array([miners[m].worth() for m in final])
+    share = {kind: float(sum(incentive[-1, u] for u, m in enumerate(final) if miners[m].kind == kind)) for kind in settings.cheats}
+    cheat_uids = [[u for u, m in enumerate(at[t]) if KINDS[miners[m].kind].cheat] for t in range(settings.tempos)]
+    clipped = sum(incentive[t, u] for t in range(settings.tempos) for u in cheat_uids[t])
+    before_clip = sum(run["unclipped"][t, u] for t in range(settings.tempos) for u in cheat_uids[t])
+    days = settings.tempos / TEMPOS_PER_DAY
+    return {
+        "kinds": {
+            kind: {
+                "miners": len(caught[kind]),
+                "tempos_paid_median": statistics.median(caught[kind]) if caught[kind] else None,
+                "tempos_paid_worst": max(caught[kind]) if caught[kind] else None,
+                "take_honest_tempos": statistics.fmean(take[kind]) if take[kind] else None,
+                "share_last_tempo": share[kind],
+            }
+            for kind in settings.cheats
+        },
+        "honest_zeroed": len(run["zeroed"]),
+        "honest_zeroed_per_day": len(run["zeroed"]) / days,
+        "honest_zeroed_validator_events": run["zeroed_events"],
+        "rank_correlation": _spearman(incentive[tail].mean(axis=0), worth),
+        "cheat_pay_unclipped": before_clip / settings.tempos,
+        "cheat_pay_clipped": clipped / settings.tempos,
+        "vtrust_min": float(run["vtrust"][settings.tempos // 2 :].min()),
+        "reference_tokens_per_validator_tempo": run["reference_tokens"] / settings.validators / settings.tempos,
+        "answers": run["answers"],
+    }
+
+
+def _combine(per_seed: list[dict], settings: Settings) -> dict:
+    kinds = {}
+    for kind in settings.cheats:
+        rows = [f["kinds"][kind] for f in per_seed]
+        medians = [r["tempos_paid_median"] for r in rows if r["tempos_paid_median"] is not None]
+        worst = [r["tempos_paid_worst"] for r in rows if r["tempos_paid_worst"] is not None]
+        takes = [r["take_honest_tempos"] for r in rows if r["take_honest_tempos"] is not None]
+        kinds[kind] = {
+            "miners": sum(r["miners"] for r in rows),
+            "tempos_paid_median": statistics.median(medians) if medians else None,
+            "tempos_paid_worst": max(worst) if worst else None,
+            "take_honest_tempos": statistics.fmean(takes) if takes else None,
+            "share_last_tempo": statistics.fmean(r["share_last_tempo"] for r in rows),
+        }
+    mean = lambda key: statistics.fmean(f[key] for f in per_seed)  # noqa: E731
+    return {
+        "kinds": kinds,
+        "honest_zeroed": sum(f["honest_zeroed"] for f in per_seed),
+        "honest_zeroed_per_day": mean("honest_zeroed_per_day"),
+        "rank_correlation": mean("rank_correlation"),
+        "cheat_pay_unclipped": mean("cheat_pay_unclipped"),
+        "cheat_pay_clipped": mean("cheat_pay_clipped"),
+        "vtrust_min": min(f["vtrust_min"] for f in per_seed),
+        "reference_tokens_per_validator_tempo": mean("reference_tokens_per_validator_tempo"),
+    }
+
+
+def run(settings: Settings, seeds: int, workers: int) -> dict:
+    started = time.monotonic()
+    per_seed = [figures(settings, simulate(settings, seed, workers)) for seed in range(seeds)]
+    result = _combine(per_seed, settings)
+    result["seconds"] = time.monotonic() - started
+    return result
+
+
+def sweep(base: Settings, seeds: int, workers: int, budgets: tuple[int, ...], sizes: tuple[int, ...]) -> dict:
+    """Detection against the challenge budget, and reference compute as miners grow."""
+    by_budget = {}
+    for challenges in budgets:
+        r = run(replace(base, challenges=challenges, rounds=min(base.rounds, challenges)), seeds, workers)
+        by_budget[challenges] = {
+            "worst_tempos": max((k["tempos_paid_worst"] or 0.0) for name, k in r["kinds"].items() if name in DETECTABLE),
+            "honest_zeroed": r["honest_zeroed"],
+        }
+    by_size = {}
+    for miners in sizes:
+        r = run(replace(base, miners=miners), 1, workers)
+        by_size[miners] = {"reference_tokens_per_validator_tempo": r["reference_tokens_per_validator_tempo"], "seconds": r["seconds"]}
+    xs = np.log([float(m) for m in sizes])
+    slope = lambda key: float(np.polyfit(xs, np.log([by_size[m][key] for m in sizes]), 1)[0])  # noqa: E731
+    return {
+        "by_budget": by_budget,
+        "by_size": by_size,
+        "reference_tokens_slope": slope("reference_tokens_per_validator_tempo"),
+        "sim_seconds_slope": slope("seconds"),
+    }
+
+
+# The kinds the validator's evidence and single-answer checks are built to catch; the others
+# (two-faced, refuser, sybil) answer challenges honestly and are the open issues' business.
+DETECTABLE = ("int8", "fp8", "noise-1e-2", "int4", "bf16-as-fp32", "own-rng", "burster")
+
+
+def _fmt(x: Optional[float]) -> str:
+    if x is None:
+        return "—"
+    if math.isinf(x):
+        return "never"
+    return f"{x:.3g}"
+
+
+def print_table(settings: Settings, result: dict, seeds: int) -> None:
+    print(
+        f"network: {settings.miners} miners, {settings.validators} validators, {settings.tempos} tempos ({settings.tempos / TEMPOS_PER_DAY:.1f} days), "
+        f"{settings.challenges} challenges/miner/tempo in {settings.rounds} rounds, {seeds} seeds, {result['seconds']:.0f} s"
+    )
+    print(f"{'kind':14} {'miners':>6} {'tempos paid p50':>16} {'worst':>6} {'take (honest tempos)':>21} {'share at end':>13}")
+    for kind, k in result["kinds"].items():
+        print(
+            f"{kind:14} {k['miners']:6d} {_fmt(k['tempos_paid_median']):>16} {_fmt(k['tempos_paid_worst']):>6} "
+            f"{_fmt(k['take_honest_tempos']):>21} {k['share_last_tempo']:13.4f}"
+        )
+    print(
+        f"honest miners zeroed: {result['honest_zeroed']} ({result['honest_zeroed_per_day']:.2f}/day); rank correlation of pay with worth: "
+        f"{result['rank_correlation']:.3f}; cheats' pay a tempo before Yuma's clipping {result['cheat_pay_unclipped']:.4f}, after {result['cheat_pay_clipped']:.4f}; "
+        f"lowest validator trust {result['vtrust_min']:.3f}; reference tokens per validator per tempo {result['reference_tokens_per_validator_tempo']:.3g}"
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = Settings()
+    parser.add_argument("--miners", type=int, default=defaults.miners)
+    parser.add_argument("--validators", type=int, default=defaults.validators)
+    parser.add_argument("--tempos", type=int, default=defaults.tempos)
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="rounds a validator runs each tempo")
+    parser.add_argument("--challenges", type=int, default=defaults.challenges, help="challenges per miner per tempo")
+    parser.add_argument("--verify-share", type=float, default=defaults.verify_share, help="share of users' answers verified")
+    parser.add_argument("--users", type=float, default=defaults.users_per_tempo, help="users' answers per miner per tempo per gateway")
+    parser.add_argument("--cheat-share", type=float, default=defaults.cheat_share)
+    parser.add_argument("--cheats", default=",".join(CHEATS), help="cheat kinds, comma-separated: " + ", ".join(CHEATS))
+    parser.add_argument("--churn", type=float, default=defaults.churn_per_day, help="miners replaced per day")
+    parser.add_argument("--bf16-share", type=float, default=defaults.bf16_share, help="share of honest miners serving bf16")
+    parser.add_argument("--honest-burst", type=float, default=defaults.honest_burst)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
+    parser.add_argument("--sweep", action="store_true", help="detection by challenge budget, and reference compute by network size")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # the validator's per-miner warnings, thousands a tempo here
+    cheats = tuple(c for c in args.cheats.split(",") if c)
+    unknown = [c for c in cheats if c not in CHEATS]
+    if unknown:
+        parser.error(f"unknown cheat kinds: {', '.join(unknown)}")
+    settings = Settings(
+        miners=args.miners,
+        validators=args.validators,
+        tempos=args.tempos,
+        rounds=args.rounds,
+        challenges=args.challenges,
+        verify_share=args.verify_share,
+        users_per_tempo=args.users,
+        cheat_share=args.cheat_share,
+        cheats=cheats,
+        churn_per_day=args.churn,
+        bf16_share=args.bf16_share,
+        honest_burst=args.honest_burst,
+    )
+    if args.sweep:
+        result = sweep(
+            replace(settings, tempos=min(settings.tempos, 20), validators=min(settings.validators, 16)), 1, args.workers, (2, 4, 8, 16), (128, 256, 512, 1024)
+        )
+        for budget, row in result["by_budget"].items():
+            print(
+                f"challenges/miner/tempo {budget:3d}: worst tempos a detectable cheat is paid {_fmt(row['worst_tempos'])}, honest zeroed {row['honest_zeroed']}"
+            )
+        for size, row in result["by_size"].items():
+            print(
+                f"{size:5d} miners: {row['reference_tokens_per_validator_tempo']:.3g} reference tokens per validator per tempo; simulated in {row['seconds']:.0f} s"
+            )
+        print(f"log-log slope: reference tokens {result['reference_tokens_slope']:.2f}, simulation time {result['sim_seconds_slope']:.2f}")
+    else:
+        result = run(settings, args.seeds, args.workers)
+        print_table(settings, result, args.seeds)
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

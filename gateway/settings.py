@@ -1,0 +1,27 @@
+"""The gateway's settings: one frozen dataclass, built once by ``slmnet gateway`` (whose flags take their defaults from it).
+
+Light on purpose (no aiohttp, no tokenizer): the command line imports it to build its help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    max_body_bytes: int = 1 << 20
+    max_attempts: int = 3
+    connect_timeout: float = 2.0
+    first_token_timeout: float = 15.0
+    stall_timeout: float = 10.0
+    default_max_tokens: int = 512
+    busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
+    verify_share: float = 0.05  # share of chat answers put in the organic outbox for a validator to verify
+    redis_url: Optional[str] = None  # per-key windows and quotas shared by every worker and host; None: in this process
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
+    keepalive_s: float = 10.0  # an SSE comment this often while a stream waits for its first token (0: none)
+    explore: float = 0.05  # share of requests routed uniformly, so new miners earn a record
+    metagraph_interval: float = 12.0  # seconds between metagraph reads
+    worker: str = ""  # this process's name among --workers (sent as x-slmnet-worker), "" when it is the only one
