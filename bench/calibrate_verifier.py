@@ -47,7 +47,8 @@ from scoring.evidence import TOLERANCES, SequentialParams, log_likelihood_ratio 
 from scoring.fidelity import ResponseEvidence, TokenEvidence, Verdict  # noqa: E402
 from tests.harness.adversary import perturbed_copy  # noqa: E402
 from validator.challenges import generate  # noqa: E402
-from validator.verify import MinerResponse, ReferenceEngine, Vocabulary, collect, gather, judge  # noqa: E402
+from models.tokenizer import ModelTokenizer  # noqa: E402
+from validator.verify import MinerResponse, ReferenceEngine, collect, gather, judge  # noqa: E402
 
 HONEST = ["fp32-c1", "fp32-c16", "fp32-t1", "bf16", "hf-fp32", "hf-bf16"]
 CHEATS = ["int8", "int4", "fp8", "noise-1e-3", "noise-3e-3", "noise-1e-2", "drop-4", "hot", "no-top-p", "own-rng", "invented", "rescored-int4"]
@@ -80,7 +81,7 @@ class Transformers:
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
         self.end_ids = end_ids
 
-    def answer(self, prompt_ids: list[int], body: dict[str, Any], vocabulary: Vocabulary) -> MinerResponse:
+    def answer(self, prompt_ids: list[int], body: dict[str, Any], vocabulary: ModelTokenizer) -> MinerResponse:
         from engine.sampling import Seeded, choose
 
         torch = self.torch
@@ -150,7 +151,7 @@ async def answers_of(variant: str, setup: dict[str, Any], url: Optional[str], st
         async with slots:
             if stack is not None:
                 prompt = await reference.prompt_ids(body["messages"])
-                response = await asyncio.to_thread(stack.answer, prompt, body, reference.vocabulary)
+                response = await asyncio.to_thread(stack.answer, prompt, body, reference.tokenizer)
             else:
                 response = collect(await stream_chat(reference.session, url, setup["body"](body)), body["max_tokens"])
         if variant == "invented":
@@ -245,7 +246,7 @@ def table(rows: list[dict[str, Any]], threshold: float) -> str:
 async def run_variants(args, folder: Path, model: str, tmp: Path, dump) -> dict[str, list]:
     end_ids = frozenset(model_list.load().get(model).end_token_ids) if model_list.load().get(model) else frozenset()
     reference_process, reference_url = start(folder, model, tmp)
-    vocabulary = Vocabulary(folder)
+    vocabulary = ModelTokenizer(folder)
     challenges = generate(args.seed, args.challenges)
     gathered: dict[str, list] = {}
     try:

@@ -115,13 +115,13 @@ def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str, redis_url:
     from gateway.server import create_app
     from gateway.state import GatewaySettings, GatewayState
     from gateway.store import Store
-    from gateway.tokens import TokenCounter
+    from models.tokenizer import ModelTokenizer
 
     keypair = Keypair.create_from_uri("//slmnet-bench")
     settings = GatewaySettings(redis_url=redis_url, worker=worker, verify_share=0.0)  # no validator reads this outbox
     router = Router(explore=settings.explore)
     router.update_from_chain([MinerView(1, keypair.ss58_address, upstream, MODEL, capacity=100_000, incentive=1.0)])
-    state = GatewayState(store=Store(Path(db)), router=router, counters={MODEL: TokenCounter(tokenizer)}, keypair=keypair, settings=settings)
+    state = GatewayState(store=Store(Path(db)), router=router, tokenizers={MODEL: ModelTokenizer(tokenizer)}, keypair=keypair, settings=settings)
     uvloop.install()
     web.run_app(create_app(state), host="127.0.0.1", port=port, print=None, access_log=None, reuse_port=bool(worker))
 

@@ -38,7 +38,8 @@ from bench._common import free_port, model_or_tiny, start_engine, stop, stream_c
 from models import subnet as model_list  # noqa: E402
 from validator.challenges import generate  # noqa: E402
 from validator.rounds import Target, run_round  # noqa: E402
-from validator.verify import ReferenceEngine, Vocabulary, collect, verify  # noqa: E402
+from models.tokenizer import ModelTokenizer  # noqa: E402
+from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
 
 ROUND_SEED = 404
 
@@ -82,7 +83,7 @@ async def time_rounds(args: argparse.Namespace, url: str, model: Path, model_id:
     try:
         await asyncio.sleep(3)  # the replay server's start
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session:
-            references = {model_id: ReferenceEngine(session, url, model_id, Vocabulary(model), supported.end_token_ids if supported else ())}
+            references = {model_id: ReferenceEngine(session, url, model_id, ModelTokenizer(model), supported.end_token_ids if supported else ())}
             for miners in args.miners:
                 targets = [Target(uid, keypair.ss58_address, f"http://127.0.0.1:{port}/m{uid}", model_id, 4) for uid in range(miners)]
                 started = time.perf_counter()
@@ -108,7 +109,7 @@ async def time_rounds(args: argparse.Namespace, url: str, model: Path, model_id:
 async def run(args: argparse.Namespace, url: str, model: Path, model_id: str) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-        reference = ReferenceEngine(session, url, model_id, Vocabulary(model))
+        reference = ReferenceEngine(session, url, model_id, ModelTokenizer(model))
         for challenge in generate(seed=args.seed, count=args.challenges):
             body = {**challenge.request(model_id), "max_tokens": args.max_tokens, "ignore_eos": True}
             started = time.perf_counter()

@@ -30,7 +30,7 @@ from gateway.errors import NoMinerAvailable, UpstreamFailed
 from gateway.router import MinerView
 from gateway.answer import Generation, Head, error_chunk, usage_chunk, user_chunk, whole_completion
 from gateway.state import OVERHEAD_HEADER, MINER_HEADER, GatewayState, request_headers
-from gateway.tokens import TextBinding
+from models.tokenizer import TextBinding
 from gateway.upstream import MinerFailed, miner_events
 from protocol.errors import error_body
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold
@@ -102,7 +102,7 @@ class Relay:
         first_token_at = None
         tokens_before = self.gen.upstream_tokens
         self.gen.parts.append([miner.uid, miner.hotkey, len(self.gen.text), self.gen.upstream_tokens])
-        binding = TextBinding(self.state.counters[self.gen.model])
+        binding = TextBinding(self.state.tokenizers[self.gen.model])
         async with contextlib.aclosing(miner_events(self.state, miner, body, fold, lambda: first_token_at is not None)) as batches:
             async for batch in batches:
                 # The user's chunks of a batch go out in one write, the chunks before a bad one included:

@@ -28,7 +28,7 @@ from gateway.answer import Generation
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
 from gateway.router import Router
 from gateway.state import CLIENT_ID, GatewayState, request_headers
-from gateway.tokens import TokenCounter
+from models.tokenizer import ModelTokenizer
 from protocol import openapi
 from protocol.errors import error_body, http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
@@ -132,7 +132,7 @@ def _authenticate(request: web.Request, state: GatewayState):
     return key
 
 
-def _resolve_model(requested: str, router: Router, known: dict[str, TokenCounter]) -> str:
+def _resolve_model(requested: str, router: Router, known: dict[str, ModelTokenizer]) -> str:
     served = router.models()
     if requested == "auto":
         if not served:
@@ -165,7 +165,7 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
         raise BadRequest(describe_validation_error(exc), "invalid_fields") from exc
     if parsed.n != 1:
         raise BadRequest("n > 1 is not supported: send n requests", "unsupported_n")
-    model = _resolve_model(parsed.model, state.router, state.counters)
+    model = _resolve_model(parsed.model, state.router, state.tokenizers)
     chat = wire is ChatCompletionRequest
     # Only the fields slmnet knows and has checked go on; the rest (and the user's own tag) stay here.
     # A null is OpenAI's "the default": left out, since engines refuse some (vLLM: ignore_eos).
@@ -187,8 +187,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {state.settings.max_body_bytes}-byte limit")
     key = _authenticate(request, state)
     chat, body, model = await _parse(request, state)
-    counter = state.counters[model]
-    prompt_tokens = counter.prompt(messages=body.get("messages"), prompt=body.get("prompt", ""))
+    prompt_tokens = state.tokenizers[model].prompt_tokens(messages=body.get("messages"), prompt=body.get("prompt", ""))
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
     context = state.contexts.get(model)
     if context is not None and prompt_tokens + max_tokens > context:
@@ -260,7 +259,7 @@ async def get_model(request: web.Request) -> web.Response:
     state: GatewayState = request.app["state"]
     _authenticate(request, state)
     model = request.match_info["model"]
-    if model not in state.counters:
+    if model not in state.tokenizers:
         raise ModelNotFound(f"model '{model}' is not served on this subnet; GET /v1/models lists the models")
     return web.json_response(_model_entry(state, model, state.router.models().get(model, [])))
 
@@ -343,7 +342,7 @@ def openapi_spec(models: list[str]) -> dict[str, Any]:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi_spec(list(request.app["state"].counters)))
+    return web.json_response(openapi_spec(list(request.app["state"].tokenizers)))
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:

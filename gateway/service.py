@@ -24,7 +24,7 @@ from gateway.router import MinerView, Router
 from gateway.server import create_app
 from gateway.state import GatewaySettings, GatewayState
 from gateway.store import Store
-from gateway.tokens import TokenCounter
+from models.tokenizer import ModelTokenizer
 from models.subnet import ModelList, ModelListMismatch, check_graph
 
 log = logging.getLogger(__name__)
@@ -74,11 +74,11 @@ class Gateway:
         self.store = Store(config.db)
         if config.recover_ledger:
             recover_ledger(self.store)
-        counters = {model: TokenCounter(folder) for model, folder in config.tokenizers.items()}
+        tokenizers = {model: ModelTokenizer(folder) for model, folder in config.tokenizers.items()}
         self.state = GatewayState(
             store=self.store,
             router=Router(explore=config.settings.explore),
-            counters=counters,
+            tokenizers=tokenizers,
             keypair=self.wallet.hotkey,
             settings=config.settings,
             contexts={m.id: m.max_context for m in config.models.models},

@@ -15,7 +15,7 @@ from gateway.limits import KeyLimits
 from gateway.settings import GatewaySettings
 from gateway.router import Router
 from gateway.store import Store
-from gateway.tokens import TokenCounter
+from models.tokenizer import ModelTokenizer
 
 OVERHEAD_HEADER = "x-slmnet-overhead-ms"
 LEDGER_ID_HEADER = "x-slmnet-request-id"  # the gateway's own id for the request (the ledger's key)
@@ -50,7 +50,7 @@ class GatewayMetrics:
 class GatewayState:
     store: Store
     router: Router
-    counters: dict[str, TokenCounter]  # model id → tokenizer
+    tokenizers: dict[str, ModelTokenizer]  # model id → its tokenizer
     keypair: Any
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)

@@ -114,11 +114,11 @@ def cmd_validator(args: argparse.Namespace) -> None:
 def cmd_replay(args: argparse.Namespace) -> None:
     """Recheck one recorded round; exit status 1 when anything differs from the record."""
     from validator.replay import replay_with
-    from validator.verify import ReferenceError
+    from validator.verify import ReferenceFailed
 
     try:
         replay = asyncio.run(replay_with(build_config(args), args.round))
-    except (LookupError, ReferenceError) as exc:
+    except (LookupError, ReferenceFailed) as exc:
         raise CliError(str(exc)) from exc
     print(f"round {replay.round}: {replay.answers} answers verified again, {replay.taken_as_recorded} taken as recorded (never reached the verifier)")
     for difference in replay.differences:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from validator.store import Store
-from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, verify
+from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
 SAMPLES_PER_ROUND = 32  # a bound on the reference engine's extra work per round
@@ -85,7 +85,7 @@ async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, 
             continue
         try:
             verdict = await verify(reference, sample.request, sample.answer)
-        except ReferenceError as exc:
+        except ReferenceFailed as exc:
             log.warning("organic sample %s of uid %s not verified: %s", sample.id, sample.uid, exc)
             continue
         if not verdict.passed:

@@ -35,7 +35,8 @@ from validator.challenges import generate, grade
 from validator.rounds import Result, Target, current_evidence, pool_evidence, score_round
 from validator.standings import apply_organic, apply_rewards
 from validator.store import Store
-from validator.verify import MinerResponse, ReferenceEngine, ReferenceError, Vocabulary, verify
+from models.tokenizer import ModelTokenizer
+from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _compare(replay: Replay, what: str, recorded: Any, replayed: Any) -> None:
 
 
 async def replay_round(store: Store, round_index: int, references: Mapping[str, ReferenceEngine], models: ModelList) -> Replay:
-    """Recheck recorded round ``round_index``. ReferenceError when the reference engine fails;
+    """Recheck recorded round ``round_index``. ReferenceFailed when the reference engine fails;
     LookupError when the round is not recorded (or was recorded before rounds kept their answers)."""
     record = store.round_record(round_index)
     if record is None:
@@ -134,7 +135,7 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
             )
             continue
         if target.model not in references:
-            raise ReferenceError(f"no reference engine for {target.model} (uid {target.uid}): give --reference {target.model}=URL")
+            raise ReferenceFailed(f"no reference engine for {target.model} (uid {target.uid}): give --reference {target.model}=URL")
         results[target.uid] = [await _recheck(target, c, row, references[target.model], replay) for c, row in zip(challenges, mine)]
     history = store.recent_streamed(BUFFERED_WINDOW, before=round_index)
     report = score_round(seed, targets, results, history, evidence_before(store, round_index), round_index)
@@ -163,9 +164,9 @@ async def replay_with(config, round_index: Optional[int] = None, wait: float = 9
             deadline = time.monotonic() + wait
             while not all(e.ready for e in engines.values()):
                 if time.monotonic() > deadline:
-                    raise ReferenceError(f"reference engines not ready after {wait:.0f} s: { ({n: e.state for n, e in engines.items()}) }")
+                    raise ReferenceFailed(f"reference engines not ready after {wait:.0f} s: { ({n: e.state for n, e in engines.items()}) }")
                 await asyncio.sleep(1)
-            vocabularies = {model: Vocabulary(folder) for model, folder in config.tokenizers}
+            tokenizers = {model: ModelTokenizer(folder) for model, folder in config.tokenizers}
             references = {}
             for model, engine in engines.items():
                 supported = config.models.get(model)
@@ -173,7 +174,7 @@ async def replay_with(config, round_index: Optional[int] = None, wait: float = 9
                     session,
                     engine.url,
                     model,
-                    vocabularies[model],
+                    tokenizers[model],
                     supported.end_token_ids if supported else (),
                     supported.max_context if supported else 1 << 30,
                 )

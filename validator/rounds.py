@@ -29,7 +29,7 @@ from scoring.fidelity import AnswerStats
 from scoring.latency import measure
 from validator.challenges import Challenge, generate, grade
 from validator.query import QueryResult, Timeouts, ask
-from validator.verify import ReferenceEngine, ReferenceError, verify
+from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def _judge(
     async with verifying:
         try:
             verdict = await verify(reference, body, result.response, tolerance=target.tolerance)
-        except ReferenceError as exc:
+        except ReferenceFailed as exc:
             # Our engine failed, not the miner: nothing is known about this answer, for or against.
             log.warning("could not verify uid %s: %s", target.uid, exc)
             return Result(target.uid, target.hotkey, challenge.family, Outcome("unverified"), detail=str(exc))

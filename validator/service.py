@@ -38,7 +38,8 @@ from validator.query import Timeouts
 from validator.rounds import RoundReport, Target, run_round
 from validator.standings import Standings, apply_organic, apply_rewards, effective_scores, fold
 from validator.store import Store
-from validator.verify import ReferenceEngine, Vocabulary
+from models.tokenizer import ModelTokenizer
+from validator.verify import ReferenceEngine
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,8 @@ class Validator:
         # One engine per model id: started and supervised here, or attached to.
         engines = {spec.served_name: Engine(url=spec.url, spec=spec) for spec in self.config.engines}
         engines.update({model: Engine(url=url) for model, url in self.config.references})
-        vocabularies = {model: Vocabulary(folder) for model, folder in self.config.tokenizers}
-        missing = sorted(set(engines) - set(vocabularies))
+        tokenizers = {model: ModelTokenizer(folder) for model, folder in self.config.tokenizers}
+        missing = sorted(set(engines) - set(tokenizers))
         if missing:
             raise ValidatorStartupError(f"no tokenizer for {', '.join(missing)}: give --tokenizer ID=DIR")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
@@ -254,7 +255,7 @@ class Validator:
             try:
                 while not stop.is_set():
                     began = time.monotonic()
-                    references = {name: self._reference(session, name, e.url, vocabularies[name]) for name, e in engines.items() if e.ready}
+                    references = {name: self._reference(session, name, e.url, tokenizers[name]) for name, e in engines.items() if e.ready}
                     if references:
                         await self._round_and_weights(net, session, references)
                         if self.config.max_rounds is not None and self.store.last_round() + 1 >= self.config.max_rounds:
@@ -313,7 +314,7 @@ class Validator:
         except chain.ChainLayerError as exc:
             log.error("weights not set this round: the chain failed after retries: %s", exc)
 
-    def _reference(self, session: aiohttp.ClientSession, model: str, url: str, vocabulary: Vocabulary) -> ReferenceEngine:
+    def _reference(self, session: aiohttp.ClientSession, model: str, url: str, vocabulary: ModelTokenizer) -> ReferenceEngine:
         supported = self.config.models.get(model)
         return ReferenceEngine(
             session,

@@ -8,12 +8,10 @@ the cost of reading the answer, not of writing it. The per-token evidence goes t
 prompt tokenized differently (another template or tokenizer) fails on its own.
 
 Before the reference engine sees anything, the answer is bound to its ids with the
-model's own tokenizer (``Vocabulary``): every id must exist and fit the context, and
-the text the miner showed must be the detokenization of those ids. What the grader and
-the user read is then what the verifier checked. The only difference allowed is the one
-an honest engine makes: a stream holds back the bytes of an unfinished UTF-8 character at
-the end (the full decode shows them as U+FFFD), and a ``stop`` string ends the text
-before the tokens that spelled it.
+model's own tokenizer by the rule the gateway applies to every chunk
+(``models.tokenizer``): every id must exist and fit the context, and the text the miner
+showed must be what those ids spell. What the grader and the user read is then what the
+verifier checked.
 """
 
 from __future__ import annotations
@@ -21,21 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
+from models.tokenizer import ModelTokenizer, binding_reasons
 from protocol.responses import StreamFold
 from scoring.evidence import TOLERANCES, Tolerance, answer_stats
 from scoring.fidelity import FidelityParams, ResponseEvidence, TokenEvidence, Verdict, check
 
 TOP_K = 5  # reference logprobs per position: 20 cost 2.7× the verification time (0.244 vs 0.100 of generation) for no check that needs them
-HELD_BACK = "\ufffd"  # what a full decode shows for bytes a stream holds back
 
 
-class ReferenceError(Exception):
+class ReferenceFailed(Exception):
     """The reference engine could not score a response (it is down, or refused the input)."""
 
 
@@ -74,36 +71,6 @@ def collect(events: Iterable[dict[str, Any]], max_tokens: int = 1 << 20) -> Mine
     return MinerResponse.from_fold(fold)
 
 
-class Vocabulary:
-    """The reference model's tokenizer, loaded locally: which ids exist and what text they spell."""
-
-    def __init__(self, folder: Union[str, Path]):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.size = len(self.tokenizer)
-
-    def decode(self, token_ids: list[int]) -> str:
-        """The text an engine shows for ``token_ids`` (special tokens skipped, as vLLM does by default)."""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
-
-
-def binding_reasons(vocabulary: Vocabulary, prompt_length: int, max_context: int, response: MinerResponse, stop: Union[str, list[str], None]) -> list[str]:
-    """Why the answer's ids and text do not belong together (empty: they do)."""
-    outside = [i for i in response.token_ids if i >= vocabulary.size]
-    if outside:
-        return [f"{len(outside)} token id(s) outside the model's vocabulary of {vocabulary.size} (first {outside[0]})"]
-    if prompt_length + len(response.token_ids) > max_context:
-        return [f"{prompt_length} prompt + {len(response.token_ids)} completion tokens exceed the model's context of {max_context}"]
-    decoded = vocabulary.decode(response.token_ids)
-    if decoded.startswith(response.text):
-        rest = decoded[len(response.text) :]
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if not rest.strip(HELD_BACK) or any(rest.startswith(s) for s in stops):
-            return []
-    return [f"the text is not the detokenization of the token ids (they spell {decoded[:60]!r}, the miner showed {response.text[:60]!r})"]
-
-
 class ReferenceEngine:
     """The validator's own vLLM server for one model, and that model's tokenizer."""
 
@@ -112,7 +79,7 @@ class ReferenceEngine:
         session: aiohttp.ClientSession,
         url: str,
         model: str,
-        vocabulary: Vocabulary,
+        tokenizer: ModelTokenizer,
         end_token_ids: Iterable[int] = (),
         max_context: int = 1 << 30,
         timeout: float = 120.0,
@@ -120,7 +87,7 @@ class ReferenceEngine:
         self.session = session
         self.url = url.rstrip("/")
         self.model = model
-        self.vocabulary = vocabulary
+        self.tokenizer = tokenizer
         self.end_token_ids = frozenset(end_token_ids)  # from the model list; empty turns the end checks off
         self.max_context = max_context
         self.timeout = aiohttp.ClientTimeout(total=timeout)
@@ -135,12 +102,12 @@ class ReferenceEngine:
                     async with self.session.post(self.url + path, json=body, timeout=self.timeout) as response:
                         raw = await response.read()
                         if response.status != 200:
-                            raise ReferenceError(f"reference engine answered {response.status} to {path}: {raw[:300]!r}")
+                            raise ReferenceFailed(f"reference engine answered {response.status} to {path}: {raw[:300]!r}")
             # prompt_logprobs for a long answer are ~1 MB of JSON: parsed off the event loop, so the
             # arrival times of the miners' streams read meanwhile stay true.
             return await asyncio.to_thread(json.loads, raw)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise ReferenceError(f"reference engine at {self.url} failed on {path}: {exc}") from exc
+            raise ReferenceFailed(f"reference engine at {self.url} failed on {path}: {exc}") from exc
 
     async def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
         payload = await self._post("/tokenize", {"model": self.model, "messages": messages, "add_generation_prompt": True})
@@ -154,7 +121,7 @@ class ReferenceEngine:
             positions = payload["choices"][0]["prompt_logprobs"][len(prompt_ids) :]
             return [{int(tid): (entry["logprob"], entry["rank"]) for tid, entry in position.items()} for position in positions]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise ReferenceError(f"reference engine at {self.url} sent prompt_logprobs this validator cannot read: {exc!r}") from exc
+            raise ReferenceFailed(f"reference engine at {self.url} sent prompt_logprobs this validator cannot read: {exc!r}") from exc
 
 
 def _given(request: dict[str, Any], name: str, default: float) -> float:
@@ -178,18 +145,20 @@ def _failed(reason: str) -> Verdict:
 async def gather(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse) -> Union[ResponseEvidence, Verdict]:
     """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine:
     the evidence to judge, or the failed verdict when the answer cannot even be scored.
-    ReferenceError when the reference itself fails: then nothing is known about the miner."""
+    ReferenceFailed when the reference itself fails: then nothing is known about the miner."""
     prompt_ids = await reference.prompt_ids(request["messages"])
     if response.prompt_token_ids is not None and response.prompt_token_ids != prompt_ids:
         return _failed("the miner's prompt tokens differ from the reference tokenization of the conversation")
     if response.error is not None or response.finish_reason is None:
         return _failed(f"the stream did not complete: {response.error or 'no finish_reason'}")
-    broken = await asyncio.to_thread(binding_reasons, reference.vocabulary, len(prompt_ids), reference.max_context, response, request.get("stop"))
+    broken = await asyncio.to_thread(
+        binding_reasons, reference.tokenizer, response.token_ids, response.text, request.get("stop"), len(prompt_ids), reference.max_context
+    )
     if broken:
         return _failed(broken[0])
     scores = await reference.score(prompt_ids, response.token_ids) if response.token_ids else []
     if len(scores) != len(response.token_ids) or any(token_id not in position for token_id, position in zip(response.token_ids, scores)):
-        raise ReferenceError("the reference engine scored other positions than it was given")
+        raise ReferenceFailed("the reference engine scored other positions than it was given")
     tokens = []
     for token_id, reported, position in zip(response.token_ids, response.reported_logprobs, scores):
         logprob, rank = position[token_id]
@@ -223,7 +192,7 @@ async def verify(
     params: FidelityParams = FidelityParams(),
     tolerance: Tolerance = TOLERANCES["float32"],
 ) -> Verdict:
-    """``gather`` then ``judge`` (off the event loop). ReferenceError when the reference itself fails."""
+    """``gather`` then ``judge`` (off the event loop). ReferenceFailed when the reference itself fails."""
     gathered = await gather(reference, request, response)
     if isinstance(gathered, Verdict):
         return gathered

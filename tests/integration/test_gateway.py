@@ -34,7 +34,8 @@ from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, start_adversary, start_gateway, start_miners
 from validator.organic import Outbox, verify_samples
 from validator.store import Store
-from validator.verify import ReferenceEngine, Vocabulary
+from models.tokenizer import ModelTokenizer
+from validator.verify import ReferenceEngine
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -300,7 +301,7 @@ def test_sampled_user_answers_are_handed_to_the_validator_and_verified_there(sub
 
     async def verify_outbox() -> tuple[int, int]:
         async with aiohttp.ClientSession() as session:
-            references = {MODEL: ReferenceEngine(session, subnet["engine"].url, MODEL, Vocabulary(subnet["tmp"] / "s0"), ENDS)}
+            references = {MODEL: ReferenceEngine(session, subnet["engine"].url, MODEL, ModelTokenizer(subnet["tmp"] / "s0"), ENDS)}
             return await verify_samples(outbox, store, references), await verify_samples(outbox, store, references)
 
     first, again = asyncio.run(verify_outbox())

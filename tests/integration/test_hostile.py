@@ -35,7 +35,7 @@ BREACH = {
     "list-event": "JSON list",
     "string-error": "not a valid ErrorEvent",
     "bad-ids": "outside the model's vocabulary",
-    "html-text": "not the detokenization",
+    "html-text": "not what the token ids spell",
     "refuse-html": "HTTP 400",
     "oversized-event": "event is over",
     "endless": "more token ids than max_tokens",

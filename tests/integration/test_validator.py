@@ -26,7 +26,8 @@ from tests.harness.localnet import FAST, make_localnet
 from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm
 from models import subnet as model_list
 from validator.rounds import Target, run_round
-from validator.verify import ReferenceEngine, Vocabulary
+from models.tokenizer import ModelTokenizer
+from validator.verify import ReferenceEngine
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -151,7 +152,7 @@ def test_no_honest_answer_is_flagged_across_a_thousand_verifications(subnet):
     wallets, uids, miners = subnet["wallets"], subnet["uids"], subnet["miners"]
     targets = [Target(uids[name], wallets[name].hotkey.ss58_address, miners[name].url, MODEL, 4) for name in HONEST]
     ends = model_list.load().get(MODEL).end_token_ids
-    vocabulary = Vocabulary(subnet["tmp"] / "s0")
+    vocabulary = ModelTokenizer(subnet["tmp"] / "s0")
 
     async def rounds() -> tuple[list, set]:
         results, flagged, pooled = [], set(), {}

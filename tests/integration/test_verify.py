@@ -10,7 +10,8 @@ from models.tiny import build_tiny
 from models import subnet as model_list
 from validator.challenges import generate
 from scoring.evidence import TOLERANCES, log_likelihood_ratio
-from validator.verify import MinerResponse, ReferenceEngine, Vocabulary, collect, verify
+from models.tokenizer import ModelTokenizer
+from validator.verify import MinerResponse, ReferenceEngine, collect, verify
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -22,7 +23,7 @@ def reference(tmp_path_factory, tiny_engine):
     tmp = tmp_path_factory.mktemp("verify")
     build_tiny(tmp / "s0", seed=0)
     build_tiny(tmp / "s1", seed=1)  # the same architecture and tokenizer, other weights
-    return tiny_engine.url, tmp, Vocabulary(tmp / "s0")
+    return tiny_engine.url, tmp, ModelTokenizer(tmp / "s0")
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict) -> MinerResponse:
@@ -58,7 +59,7 @@ def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerRespon
     )
 
 
-def _keep(response: MinerResponse, vocabulary: Vocabulary, kept: list[int], **changes) -> MinerResponse:
+def _keep(response: MinerResponse, vocabulary: ModelTokenizer, kept: list[int], **changes) -> MinerResponse:
     """``response`` with only the tokens at positions ``kept``, its text their detokenization: a consistent forgery."""
     ids = [response.token_ids[i] for i in kept]
     return MinerResponse(
@@ -202,6 +203,6 @@ async def test_text_is_bound_to_the_ids_and_ids_to_the_vocabulary(reference):
         short_context = ReferenceEngine(session, url, MODEL, vocabulary, ENDS, max_context=len(honest.prompt_token_ids) + 4)
         assert (await verify(engine, body, honest)).passed
         verdicts = [await verify(engine, body, relabelled), await verify(engine, body, outside), await verify(short_context, body, honest)]
-    assert "not the detokenization" in verdicts[0].reasons[0]
+    assert "not what the token ids spell" in verdicts[0].reasons[0]
     assert "outside the model's vocabulary" in verdicts[1].reasons[0]
     assert "exceed the model's context" in verdicts[2].reasons[0]

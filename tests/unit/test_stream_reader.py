@@ -112,19 +112,19 @@ def test_fields_a_miner_adds_are_dropped():
 
 
 def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
-    from gateway.tokens import TextBinding, TokenCounter
+    from models.tokenizer import ModelTokenizer, TextBinding
     from models.tiny import build_tiny
 
     build_tiny(tmp_path / "s0", seed=0)
-    counter = TokenCounter(tmp_path / "s0")
-    ids = counter.fast.encode("Paris is the capital of France.", add_special_tokens=False).ids
-    honest = TextBinding(counter)
+    tokenizer = ModelTokenizer(tmp_path / "s0")
+    ids = tokenizer.fast.encode("Paris is the capital of France.", add_special_tokens=False).ids
+    honest = TextBinding(tokenizer)
     for n in range(1, len(ids) + 1):  # one id a chunk, its text what the full decode adds (another algorithm than the binding's)
-        honest.feed([ids[n - 1]], counter.fast.decode(ids[:n])[len(counter.fast.decode(ids[: n - 1])) :])
+        honest.feed([ids[n - 1]], tokenizer.fast.decode(ids[:n])[len(tokenizer.fast.decode(ids[: n - 1])) :])
     assert honest.spelled == "Paris is the capital of France." and honest.shown == len(honest.spelled)
-    shown = TextBinding(counter)
+    shown = TextBinding(tokenizer)
     shown.feed(ids, "Paris is")  # a prefix: what an engine shows while it holds text back
     with pytest.raises(StreamViolation, match="not what the token ids spell"):
         shown.feed([], " <script>")
     with pytest.raises(StreamViolation, match="outside the model's vocabulary"):
-        TextBinding(counter).feed([10**6], "x")
+        TextBinding(tokenizer).feed([10**6], "x")
