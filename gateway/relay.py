@@ -33,6 +33,7 @@ from gateway.state import OVERHEAD_HEADER, MINER_HEADER, GatewayState, request_h
 from models.tokenizer import TextBinding
 from gateway.upstream import MinerFailed, miner_events
 from protocol.errors import error_body
+from protocol.records import AnswerRecord
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold
 from protocol.sse import StreamViolation
 
@@ -260,14 +261,7 @@ def maybe_sample(state: GatewayState, generation: Generation) -> None:
         miner.hotkey,
         generation.model,
         generation.upstream_body(from_start=True),
-        {
-            "prompt_token_ids": answer.prompt_token_ids,
-            "token_ids": answer.token_ids,
-            "logprobs": [entry.logprob for entry in answer.logprobs],
-            "text": answer.text,
-            "finish_reason": answer.finish_reason,
-            "completion_tokens": answer.usage.completion_tokens if answer.usage else None,
-        },
+        AnswerRecord.from_fold(answer),
     )
     miner.sampled += 1
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from protocol.records import AnswerRecord
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, prefix TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, revoked REAL,
@@ -177,9 +179,9 @@ class Store:
     def miner_tokens(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT miner_uid, SUM(completion_tokens) FROM usage_by_miner GROUP BY miner_uid").fetchall())
 
-    def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: dict[str, Any]) -> None:
+    def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: AnswerRecord) -> None:
         """One user answer for the validator to verify: the request a miner got, and what it sent back."""
         self.db.execute(
             "INSERT INTO organic_samples (time, uid, hotkey, model, request, answer) VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), uid, hotkey, model, json.dumps(request), json.dumps(answer)),
+            (time.time(), uid, hotkey, model, json.dumps(request), answer.model_dump_json()),
         )

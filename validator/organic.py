@@ -3,7 +3,8 @@
 A gateway writes a sampled share of its users' answers, each as one miner sent it with the
 request it answered, into the outbox in its own SQLite (``organic_samples``). The validator
 opens that file read-only (``--organic-from``), takes the rows after the last one it read
-(its cursor lives in its own store, so a restart neither skips nor repeats one), verifies
+(its cursor lives in its own store and moves in the transaction that records the verdicts,
+so a restart neither skips nor repeats one), verifies
 each with its own reference engine for the model, and records the verdict in its own store,
 where the next round folds it in: a user's answer that fails counts like a failed
 challenge. A sample the reference cannot score, or whose model has no reference here,
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from protocol.records import AnswerRecord
 from validator.store import Store
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
 
@@ -58,27 +60,17 @@ class Outbox:
             return []
         finally:
             db.close()
-        return [Sample(row_id, uid, hotkey, model, json.loads(request), _answer(json.loads(answer))) for row_id, uid, hotkey, model, request, answer in rows]
-
-
-def _answer(raw: dict[str, Any]) -> MinerResponse:
-    ids = list(raw.get("token_ids") or [])
-    logprobs = list(raw.get("logprobs") or [])
-    return MinerResponse(
-        prompt_token_ids=raw.get("prompt_token_ids"),
-        token_ids=ids,
-        reported_logprobs=logprobs + [None] * (len(ids) - len(logprobs)),
-        text=raw.get("text") or "",
-        finish_reason=raw.get("finish_reason"),
-        completion_tokens=raw.get("completion_tokens"),
-    )
+        return [
+            Sample(row_id, uid, hotkey, model, json.loads(request), MinerResponse.from_record(AnswerRecord.model_validate_json(answer)))
+            for row_id, uid, hotkey, model, request, answer in rows
+        ]
 
 
 async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, ReferenceEngine], limit: int = SAMPLES_PER_ROUND) -> int:
     """Verify the samples not yet read and record their verdicts; returns how many were judged."""
     # Another process's SQLite file, maybe on a slow disk: read off the event loop, which times miners' streams.
     samples = await asyncio.to_thread(outbox.after, store.organic_cursor(str(outbox.path)), limit)
-    judged = 0
+    verdicts = []
     for sample in samples:
         reference = references.get(sample.model)
         if reference is None:
@@ -90,8 +82,7 @@ async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, 
             continue
         if not verdict.passed:
             log.warning("uid %s failed verification on a user's answer: %s", sample.uid, "; ".join(verdict.reasons))
-        store.record_organic(time.time(), sample.uid, sample.hotkey, sample.model, verdict.passed, "; ".join(verdict.reasons))
-        judged += 1
+        verdicts.append((time.time(), sample.uid, sample.hotkey, sample.model, verdict.passed, "; ".join(verdict.reasons)))
     if samples:
-        store.set_organic_cursor(str(outbox.path), samples[-1].id)
-    return judged
+        store.record_organic(str(outbox.path), samples[-1].id, verdicts)
+    return len(verdicts)

@@ -27,6 +27,7 @@ import aiohttp
 
 from engine import Engine
 from models.subnet import ModelList
+from protocol.records import AnswerRecord
 from scoring.aggregate import BUFFERED_WINDOW, Outcome
 from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
@@ -73,17 +74,6 @@ def evidence_before(store: Store, round_index: int) -> dict[str, Evidence]:
     return pooled
 
 
-def _response(answer: Mapping[str, Any]) -> MinerResponse:
-    return MinerResponse(
-        prompt_token_ids=answer["prompt_token_ids"],
-        token_ids=list(answer["token_ids"]),
-        reported_logprobs=list(answer["logprobs"]),
-        text=answer["text"],
-        finish_reason=answer["finish_reason"],
-        completion_tokens=answer["completion_tokens"],
-    )
-
-
 async def _recheck(target: Target, challenge, row: Mapping[str, Any], reference: ReferenceEngine, replay: Replay) -> Result:
     """One recorded answer, verified and measured again; differences go to ``replay``."""
     where = f"uid {target.uid} challenge {row['family']}"
@@ -91,8 +81,8 @@ async def _recheck(target: Target, challenge, row: Mapping[str, Any], reference:
         replay.taken_as_recorded += 1
         passed = None if row["passed"] is None else bool(row["passed"])
         return Result(target.uid, target.hotkey, row["family"], Outcome(row["outcome"], passed))
-    answer = json.loads(row["answer"])
-    verdict = await verify(reference, challenge.request(target.model), _response(answer), tolerance=target.tolerance)
+    answer = AnswerRecord.model_validate_json(row["answer"])
+    verdict = await verify(reference, challenge.request(target.model), MinerResponse.from_record(answer), tolerance=target.tolerance)
     replay.answers += 1
     if int(verdict.passed) != row["passed"]:
         replay.differences.append(
@@ -100,9 +90,9 @@ async def _recheck(target: Target, challenge, row: Mapping[str, Any], reference:
         )
     if row["stats"] and asdict(verdict.stats) != json.loads(row["stats"]):
         replay.differences.append(f"{where}: recorded evidence {json.loads(row['stats'])}, replayed {asdict(verdict.stats)}")
-    chunks = answer["chunks"]
+    chunks = answer.chunks
     speed = measure(StreamTiming(0.0, tuple(t for t, _ in chunks), tuple(n for _, n in chunks))) if chunks else None
-    correct = grade(challenge.answer, answer["text"]) if challenge.answer is not None and verdict.passed else None
+    correct = grade(challenge.answer, answer.text) if challenge.answer is not None and verdict.passed else None
     return Result(target.uid, target.hotkey, row["family"], Outcome("ok", verdict.passed, correct, speed), verdict.reasons, stats=verdict.stats)
 
 

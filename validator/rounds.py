@@ -23,6 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 import aiohttp
 
 from btauth.client import MinerClient
+from protocol.records import AnswerRecord
 from scoring.aggregate import Outcome, judged_streamed, round_scores, summarize
 from scoring.evidence import TOLERANCES, Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
@@ -60,7 +61,7 @@ class Result:
     reasons: tuple[str, ...] = ()
     detail: str = ""
     stats: Optional[AnswerStats] = None  # the answer's evidence for the per-miner test
-    answer: Optional[dict[str, Any]] = None  # what the miner sent, for replay: token ids, logprobs, chunk timings
+    answer: Optional[AnswerRecord] = None  # what the miner sent, for replay: token ids, logprobs, chunk timings
 
     @property
     def streamed(self) -> Optional[bool]:
@@ -103,19 +104,10 @@ async def _judge(
     return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons, stats=verdict.stats, answer=_answer_record(result))
 
 
-def _answer_record(result: QueryResult) -> dict[str, Any]:
-    """What a replay needs of the answer: the ids and logprobs the verdict was reached on, and the timing."""
-    response = result.response
-    return {
-        "token_ids": response.token_ids,
-        "logprobs": response.reported_logprobs,
-        "text": response.text,
-        "finish_reason": response.finish_reason,
-        "completion_tokens": response.completion_tokens,
-        "prompt_token_ids": response.prompt_token_ids,
-        # (seconds after sending, tokens) per chunk, unrounded: a replay's speeds equal the round's
-        "chunks": [[t - result.timing.sent, n] for t, n in zip(result.timing.arrivals, result.timing.tokens)],
-    }
+def _answer_record(result: QueryResult) -> AnswerRecord:
+    """What a replay needs of the answer: the ids and logprobs the verdict was reached on, and the
+    timing, unrounded (seconds after sending, tokens) per chunk, so a replay's speeds equal the round's."""
+    return result.response.record(chunks=[(t - result.timing.sent, n) for t, n in zip(result.timing.arrivals, result.timing.tokens)])
 
 
 async def _challenge_miner(

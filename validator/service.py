@@ -35,7 +35,7 @@ from models.subnet import ModelList, ModelListMismatch, check_graph
 from protocol.version import VERSION_KEY, __version__
 from validator.organic import Outbox, verify_samples
 from validator.query import Timeouts
-from validator.rounds import RoundReport, Target, run_round
+from validator.rounds import Result, RoundReport, Target, run_round
 from validator.standings import Standings, apply_organic, apply_rewards, effective_scores, fold
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
@@ -398,13 +398,22 @@ def state_unwritable(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
 
 
-def _result_row(round_index: int, r) -> tuple:
-    """One challenge's result as the store's ``results`` row."""
+def _result_row(round_index: int, r: Result) -> dict[str, Any]:
+    """One challenge's result as the store's ``results`` row, by column name."""
     speed = r.outcome.speed
-    fidelity = None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed)
-    detail = "; ".join(r.reasons) or r.detail or None
-    streamed = None if r.streamed is None else int(r.streamed)
-    timing = (speed.ttft, speed.tokens_per_s, speed.tokens) if speed else (None, None, None)
-    stats = json.dumps(asdict(r.stats)) if r.stats is not None else None
-    answer = json.dumps(r.answer) if r.answer is not None else None
-    return (round_index, r.uid, r.hotkey, r.family, r.outcome.kind, fidelity, detail, r.outcome.correct, *timing, streamed, stats, answer)
+    return {
+        "round": round_index,
+        "uid": r.uid,
+        "hotkey": r.hotkey,
+        "family": r.family,
+        "outcome": r.outcome.kind,
+        "passed": None if r.outcome.fidelity_passed is None else int(r.outcome.fidelity_passed),
+        "reasons": "; ".join(r.reasons) or r.detail or None,
+        "correct": r.outcome.correct,
+        "ttft": speed.ttft if speed else None,
+        "tokens_per_s": speed.tokens_per_s if speed else None,
+        "tokens": speed.tokens if speed else None,
+        "streamed": None if r.streamed is None else int(r.streamed),
+        "stats": json.dumps(asdict(r.stats)) if r.stats is not None else None,
+        "answer": r.answer.model_dump_json() if r.answer is not None else None,
+    }

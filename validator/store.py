@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS evidence (
 # Columns added to ``results`` after its first release, for state written before them: what the
 # per-miner test counted in the answer, and the answer itself (for ``slmnet validator replay``).
 ADDED_RESULT_COLUMNS = (("streamed", "INTEGER"), ("stats", "TEXT"), ("answer", "TEXT"))
+RESULT_COLUMNS = (
+    "round", "uid", "hotkey", "family", "outcome", "passed", "reasons", "correct", "ttft", "tokens_per_s", "tokens", "streamed", "stats", "answer",
+)  # fmt: skip
 EVIDENCE_FIELDS = ("declaration", "cusum", "answers", "tokens", "mismatches", "reported", "exceedances", "flagged_round")
 
 
@@ -75,14 +78,14 @@ class Store:
         started: float,
         summary: dict[str, Any],
         standings: dict[str, tuple[int, Standing]],
-        results: Iterable[tuple],
+        results: Iterable[dict[str, Any]],
         evidence: Optional[dict[str, Evidence]] = None,
     ) -> None:
         """The round, its results, the new standings and evidence, all or nothing."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, json.dumps(summary)))
-            self.db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
+            self.db.executemany(f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) VALUES ({', '.join(':' + c for c in RESULT_COLUMNS)})", results)
             self.db.executemany(
                 f"INSERT OR REPLACE INTO evidence VALUES (?, {', '.join('?' for _ in EVIDENCE_FIELDS)})",
                 [(hotkey, *(getattr(e, f) for f in EVIDENCE_FIELDS)) for hotkey, e in (evidence or {}).items()],
@@ -131,11 +134,17 @@ class Store:
         row = self.db.execute("SELECT block, weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
         return (row[0], {int(k): v for k, v in json.loads(row[1]).items()}) if row else None
 
-    def record_organic(self, time: float, uid: int, hotkey: str, model: str, passed: bool, reasons: str) -> None:
-        self.db.execute(
-            "INSERT INTO organic (time, uid, hotkey, model, passed, reasons) VALUES (?, ?, ?, ?, ?, ?)",
-            (time, uid, hotkey, model, int(passed), reasons or None),
-        )
+    def record_organic(self, source: str, last_id: int, verdicts: Iterable[tuple[float, int, str, str, bool, str]]) -> None:
+        """Verdicts on the samples read from the outbox at ``source`` up to ``last_id`` — (time, uid,
+        hotkey, model, passed, reasons) each — and the new cursor, in one transaction: a validator
+        killed at any moment has either recorded a sample's verdict and moved past it, or neither."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "INSERT INTO organic (time, uid, hotkey, model, passed, reasons) VALUES (?, ?, ?, ?, ?, ?)",
+                [(t, uid, hotkey, model, int(passed), reasons or None) for t, uid, hotkey, model, passed, reasons in verdicts],
+            )
+            self.db.execute("INSERT INTO organic_cursor VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET last_id = excluded.last_id", (source, last_id))
 
     def take_organic(self, round_index: int) -> list[tuple[int, str, bool, str]]:
         """Organic verdicts not yet folded into a stored round, marked as taken by ``round_index``:
@@ -157,6 +166,3 @@ class Store:
         """The id of the last sample read from the outbox at ``source`` (0: none yet)."""
         row = self.db.execute("SELECT last_id FROM organic_cursor WHERE source = ?", (source,)).fetchone()
         return row[0] if row else 0
-
-    def set_organic_cursor(self, source: str, last_id: int) -> None:
-        self.db.execute("INSERT INTO organic_cursor VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET last_id = excluded.last_id", (source, last_id))

@@ -25,6 +25,7 @@ import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from models.tokenizer import ModelTokenizer, binding_reasons
+from protocol.records import AnswerRecord
 from protocol.responses import StreamFold
 from scoring.evidence import TOLERANCES, Tolerance, answer_stats
 from scoring.fidelity import FidelityParams, ResponseEvidence, TokenEvidence, Verdict, check
@@ -59,6 +60,29 @@ class MinerResponse:
             finish_reason=fold.finish_reason,
             completion_tokens=fold.usage.completion_tokens if fold.usage else None,
             error=fold.error,
+        )
+
+    @classmethod
+    def from_record(cls, record: AnswerRecord) -> "MinerResponse":
+        """An answer handed over by another process (a gateway's organic sample, a stored round)."""
+        return cls(
+            prompt_token_ids=record.prompt_token_ids,
+            token_ids=list(record.token_ids),
+            reported_logprobs=list(record.logprobs) + [None] * (len(record.token_ids) - len(record.logprobs)),
+            text=record.text,
+            finish_reason=record.finish_reason,
+            completion_tokens=record.completion_tokens,
+        )
+
+    def record(self, chunks: Optional[list[tuple[float, int]]] = None) -> AnswerRecord:
+        return AnswerRecord(
+            prompt_token_ids=self.prompt_token_ids,
+            token_ids=self.token_ids,
+            logprobs=self.reported_logprobs,
+            text=self.text,
+            finish_reason=self.finish_reason,
+            completion_tokens=self.completion_tokens,
+            chunks=chunks,
         )
 
 

@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 
 from scoring.aggregate import Standing
-from validator.store import Store
+from validator.store import RESULT_COLUMNS, Store
 
-ROW = (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)
+ROW = dict(zip(RESULT_COLUMNS, (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)))
 
 
 def test_standings_and_rounds_survive_a_restart(tmp_path):
@@ -27,7 +27,7 @@ def test_a_round_that_fails_half_way_changes_nothing(tmp_path):
     store.save_round(0, 42, 100, 1.0, {}, {"5Miner": (1, Standing(0.3, 1, -1))}, [ROW])
     with pytest.raises(sqlite3.ProgrammingError):
         # The round row goes in first; a malformed result row then fails the write.
-        store.save_round(1, 43, 101, 2.0, {}, {"5Miner": (1, Standing(0.9, 2, -1))}, [ROW, ROW[:5]])
+        store.save_round(1, 43, 101, 2.0, {}, {"5Miner": (1, Standing(0.9, 2, -1))}, [ROW, {column: ROW[column] for column in RESULT_COLUMNS[:5]}])
     assert store.standings()["5Miner"] == (1, Standing(0.3, 1, -1))
     assert store.last_round() == 0
     assert store.db.execute("SELECT COUNT(*) FROM results").fetchone() == (1,)
@@ -36,10 +36,8 @@ def test_a_round_that_fails_half_way_changes_nothing(tmp_path):
 def test_buffering_evidence_is_kept_per_miner_across_rounds_and_restarts(tmp_path):
     store = Store(tmp_path / "v.sqlite")
     for round_index, flags in enumerate(([1, 0], [0, None, 0])):
-        rows = [(*ROW[:11], flag, None, None) for flag in flags] + [
-            (round_index, 2, "5Other", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)
-        ]
-        store.save_round(round_index, 42, 100, 1.0, {}, {}, [(*row[:0], round_index, *row[1:]) for row in rows])
+        rows = [{**ROW, "streamed": flag} for flag in flags] + [{**ROW, "uid": 2, "hotkey": "5Other"}]
+        store.save_round(round_index, 42, 100, 1.0, {}, {}, [{**row, "round": round_index} for row in rows])
     store.close()
     again = Store(tmp_path / "v.sqlite")
     assert again.recent_streamed(24) == {"5Miner": [True, False, False, False], "5Other": [True, True]}
@@ -68,11 +66,12 @@ def test_pooled_evidence_survives_a_restart_and_old_state_gains_the_new_columns(
 
 async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_across_restarts(tmp_path):
     from gateway.store import Store as GatewayStore
+    from protocol.records import AnswerRecord
     from validator.organic import Outbox, verify_samples
 
     gateway = GatewayStore(tmp_path / "gateway.sqlite")
     request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    answer = {"prompt_token_ids": [1, 2], "token_ids": [5, 6], "logprobs": [-0.1], "text": "ab", "finish_reason": "length", "completion_tokens": 2}
+    answer = AnswerRecord(prompt_token_ids=[1, 2], token_ids=[5, 6], logprobs=[-0.1], text="ab", finish_reason="length", completion_tokens=2)
     for uid in (3, 4):
         gateway.record_sample(uid, f"5Hot{uid}", "m", request, answer)
     outbox = Outbox(tmp_path / "gateway.sqlite")
@@ -93,7 +92,7 @@ async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_ac
 
 def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again(tmp_path):
     store = Store(tmp_path / "v.sqlite")
-    store.record_organic(1.0, 3, "5Hot3", "m", False, "cut answer")
+    store.record_organic("gateway.sqlite", 1, [(1.0, 3, "5Hot3", "m", False, "cut answer")])
     store.save_round(0, 42, 100, 1.0, {}, {}, [ROW])
     assert store.take_organic(1) == [(3, "5Hot3", False, "cut answer")]
     store.close()  # the validator died before round 1 was stored (crash point organic-taken)
