@@ -49,6 +49,9 @@ from validator.standings import Standings, apply_organic, apply_rewards, effecti
 
 MODEL = "smollm2-135m"
 TEMPOS_PER_DAY = 20  # 360 blocks of 12 s
+TEMPO_SECONDS = 86_400 / TEMPOS_PER_DAY
+FULL_VALIDATORS = 64  # the validator set a miner's challenge load is counted for
+CHALLENGES_PER_ROUND = 4  # the sweep over rounds a tempo
 CHECKABLE_SHARE = 0.7
 ACCURACY = 0.45  # honest SmolLM2 on the checkable families (assumed)
 INFORMATIVE_SHARE = 0.35  # 43 of ~120 tokens in the calibration runs
@@ -261,7 +264,7 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
 def run_validators(job: tuple[Settings, int, list[int], list[Miner], list[list[int]]]) -> tuple[np.ndarray, dict]:
     """Every tempo of a group of validators (validators are independent until Yuma): their weight rows."""
     settings, seed, indices, miners, at = job
-    models = ModelList(version=1, models=(SupportedModel(MODEL, "prepared:smollm2-135m", None, 2048),))
+    models = ModelList(version=1, models=(SupportedModel(id=MODEL, source="prepared:smollm2-135m", max_context=2048),))
     sims = [ValidatorSim(index, seed) for index in indices]
     rows = np.zeros((settings.tempos, len(sims), settings.miners), dtype=np.float32)
     for tempo in range(settings.tempos):
@@ -334,82 +337,78 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def figures(settings: Settings, run: dict) -> dict:
-    """Per cheat kind: tempos it was paid ≥ 1% of an honest miner, and its take; honest miners
-    zeroed; the rank correlation of pay with what miners deliver; Yuma's clipping."""
+    """One run's raw figures: per cheat, the tempos it was paid ≥ 1% of the mean honest miner (inf:
+    still paid at the end, or when churn replaced it), its take and its recent pay in units of the mean honest miner; per new
+    honest miner, the tempos to half the mean honest pay; honest miners zeroed; the rank
+    correlation of pay with what miners deliver; cheats' pay before and after Yuma's clipping."""
     miners, at, incentive = run["miners"], run["at"], run["incentive"]
-    honest_mean = np.array(
-        [np.mean([incentive[t, u] for u, m in enumerate(at[t]) if not KINDS[miners[m].kind].cheat] or [0.0]) for t in range(settings.tempos)]
-    )
-    paid = defaultdict(list)  # miner index → [(tempo, incentive)]
+    honest = np.array([[not KINDS[miners[m].kind].cheat for m in at[t]] for t in range(settings.tempos)])
+    honest_mean = np.array([incentive[t][honest[t]].mean() if honest[t].any() else 0.0 for t in range(settings.tempos)])
+    paid = defaultdict(list)  # miner index → [(tempo, its pay / the mean honest miner's)]
     for t in range(settings.tempos):
         for uid, m in enumerate(at[t]):
-            paid[m].append((t, incentive[t, uid]))
-    caught: dict[str, list[float]] = defaultdict(list)
-    take: dict[str, list[float]] = defaultdict(list)
+            paid[m].append((t, incentive[t, uid] / honest_mean[t] if honest_mean[t] > 0 else 0.0))
+    tail = max(0, settings.tempos - 10)
+    cheats: dict[str, dict[str, list[float]]] = {kind: {"paid": [], "take": [], "recent": []} for kind in settings.cheats}
+    ramp = []
     for m, series in paid.items():
-        kind = miners[m].kind
-        if not KINDS[kind].cheat:
+        miner = miners[m]
+        if not KINDS[miner.kind].cheat:
+            if miner.joined > 0:  # an honest newcomer: how long until it earns half the mean
+                ramp.append(next((float(t - miner.joined) for t, x in series if x >= 0.5), math.inf))
             continue
-        above = [t for t, x in series if honest_mean[t] > 0 and x >= 0.01 * honest_mean[t]]
-        last = series[-1][0]
-        if above and above[-1] == last and last == settings.tempos - 1:
-            caught[kind].append(math.inf)  # still paid at the end
-        else:
-            caught[kind].append(float(above[-1] + 1 - miners[m].joined) if above else 0.0)
-        take[kind].append(sum(x / honest_mean[t] for t, x in series if honest_mean[t] > 0))
-    tail = slice(max(0, settings.tempos - 10), settings.tempos)
-    final = at[-1]
-    worth = np.array([miners[m].worth() for m in final])
-    share = {kind: float(sum(incentive[-1, u] for u, m in enumerate(final) if miners[m].kind == kind)) for kind in settings.cheats}
-    cheat_uids = [[u for u, m in enumerate(at[t]) if KINDS[miners[m].kind].cheat] for t in range(settings.tempos)]
-    clipped = sum(incentive[t, u] for t in range(settings.tempos) for u in cheat_uids[t])
-    before_clip = sum(run["unclipped"][t, u] for t in range(settings.tempos) for u in cheat_uids[t])
-    days = settings.tempos / TEMPOS_PER_DAY
+        above = [t for t, x in series if x >= 0.01]
+        still = bool(above) and above[-1] == series[-1][0]  # paid until the end, or until churn replaced it
+        cheats[miner.kind]["paid"].append(math.inf if still else float(above[-1] + 1 - miner.joined) if above else 0.0)
+        cheats[miner.kind]["take"].append(sum(x for _, x in series))
+        if series[-1][0] == settings.tempos - 1 and series[0][0] <= tail:
+            cheats[miner.kind]["recent"].append(statistics.fmean(x for t, x in series if t >= tail))
+    worth = np.array([miners[m].worth() for m in at[-1]])
+    is_cheat = ~honest
     return {
-        "kinds": {
-            kind: {
-                "miners": len(caught[kind]),
-                "tempos_paid_median": statistics.median(caught[kind]) if caught[kind] else None,
-                "tempos_paid_worst": max(caught[kind]) if caught[kind] else None,
-                "take_honest_tempos": statistics.fmean(take[kind]) if take[kind] else None,
-                "share_last_tempo": share[kind],
-            }
-            for kind in settings.cheats
-        },
+        "cheats": cheats,
+        "ramp": ramp,
         "honest_zeroed": len(run["zeroed"]),
-        "honest_zeroed_per_day": len(run["zeroed"]) / days,
-        "honest_zeroed_validator_events": run["zeroed_events"],
-        "rank_correlation": _spearman(incentive[tail].mean(axis=0), worth),
-        "cheat_pay_unclipped": before_clip / settings.tempos,
-        "cheat_pay_clipped": clipped / settings.tempos,
+        "days": settings.tempos / TEMPOS_PER_DAY,
+        "rank_correlation": _spearman(incentive[tail:].mean(axis=0), worth),
+        "cheat_pay_unclipped": float(run["unclipped"][is_cheat].sum()) / settings.tempos,
+        "cheat_pay_clipped": float(incentive[is_cheat].sum()) / settings.tempos,
         "vtrust_min": float(run["vtrust"][settings.tempos // 2 :].min()),
         "reference_tokens_per_validator_tempo": run["reference_tokens"] / settings.validators / settings.tempos,
-        "answers": run["answers"],
     }
 
 
+def _finite(x: float) -> Optional[float]:
+    return None if math.isinf(x) else x
+
+
 def _combine(per_seed: list[dict], settings: Settings) -> dict:
+    """Figures over every seed: per cheat kind its miners pooled; the rest averaged (zeroed counts summed)."""
     kinds = {}
     for kind in settings.cheats:
-        rows = [f["kinds"][kind] for f in per_seed]
-        medians = [r["tempos_paid_median"] for r in rows if r["tempos_paid_median"] is not None]
-        worst = [r["tempos_paid_worst"] for r in rows if r["tempos_paid_worst"] is not None]
-        takes = [r["take_honest_tempos"] for r in rows if r["take_honest_tempos"] is not None]
+        paid = [x for f in per_seed for x in f["cheats"][kind]["paid"]]
+        take = [x for f in per_seed for x in f["cheats"][kind]["take"]]
+        recent = [x for f in per_seed for x in f["cheats"][kind]["recent"]]
         kinds[kind] = {
-            "miners": sum(r["miners"] for r in rows),
-            "tempos_paid_median": statistics.median(medians) if medians else None,
-            "tempos_paid_worst": max(worst) if worst else None,
-            "take_honest_tempos": statistics.fmean(takes) if takes else None,
-            "share_last_tempo": statistics.fmean(r["share_last_tempo"] for r in rows),
+            "miners": len(paid),
+            "tempos_paid_median": _finite(statistics.median(paid)) if paid else None,
+            "tempos_paid_worst": _finite(max(paid)) if paid else None,
+            "still_paid": sum(math.isinf(x) for x in paid),
+            "take_honest_tempos": statistics.fmean(take) if take else None,
+            "pay_ratio": statistics.fmean(recent) if recent else None,
         }
     mean = lambda key: statistics.fmean(f[key] for f in per_seed)  # noqa: E731
+    ramp = [x for f in per_seed for x in f["ramp"]]
+    unclipped, clipped = mean("cheat_pay_unclipped"), mean("cheat_pay_clipped")
     return {
         "kinds": kinds,
         "honest_zeroed": sum(f["honest_zeroed"] for f in per_seed),
-        "honest_zeroed_per_day": mean("honest_zeroed_per_day"),
+        "honest_zeroed_per_day": sum(f["honest_zeroed"] for f in per_seed) / sum(f["days"] for f in per_seed),
+        "honest_ramp_tempos_median": _finite(statistics.median(ramp)) if ramp else None,
         "rank_correlation": mean("rank_correlation"),
-        "cheat_pay_unclipped": mean("cheat_pay_unclipped"),
-        "cheat_pay_clipped": mean("cheat_pay_clipped"),
+        "cheat_pay_unclipped": unclipped,
+        "cheat_pay_clipped": clipped,
+        "cheat_pay_clip_ratio": clipped / unclipped if unclipped else 1.0,
         "vtrust_min": min(f["vtrust_min"] for f in per_seed),
         "reference_tokens_per_validator_tempo": mean("reference_tokens_per_validator_tempo"),
     }
@@ -423,15 +422,25 @@ def run(settings: Settings, seeds: int, workers: int) -> dict:
     return result
 
 
-def sweep(base: Settings, seeds: int, workers: int, budgets: tuple[int, ...], sizes: tuple[int, ...]) -> dict:
-    """Detection against the challenge budget, and reference compute as miners grow."""
-    by_budget = {}
-    for challenges in budgets:
-        r = run(replace(base, challenges=challenges, rounds=min(base.rounds, challenges)), seeds, workers)
-        by_budget[challenges] = {
-            "worst_tempos": max((k["tempos_paid_worst"] or 0.0) for name, k in r["kinds"].items() if name in DETECTABLE),
+def sweep(base: Settings, workers: int, budgets: tuple[int, ...], rounds: tuple[int, ...], min_rounds: tuple[int, ...], sizes: tuple[int, ...]) -> dict:
+    """Detection and an honest newcomer's ramp against the challenge budget, the rounds a tempo
+    (``CHALLENGES_PER_ROUND`` each) and the minimum rounds; reference compute as miners grow."""
+
+    def detection(settings: Settings) -> dict:
+        r = run(settings, 1, workers)
+        return {
+            "worst_tempos": max(
+                (math.inf if k["still_paid"] else k["tempos_paid_worst"] or 0.0) for name, k in r["kinds"].items() if name in DETECTABLE and k["miners"]
+            ),
             "honest_zeroed": r["honest_zeroed"],
+            "honest_ramp_tempos": r["honest_ramp_tempos_median"],
+            "cheat_pay_clip_ratio": r["cheat_pay_clip_ratio"],
+            "miner_load_rps": FULL_VALIDATORS * settings.challenges / TEMPO_SECONDS,  # challenges a miner answers a second from a full validator set
         }
+
+    by_budget = {c: detection(replace(base, challenges=c, rounds=min(base.rounds, c))) for c in budgets}
+    by_rounds = {r: detection(replace(base, rounds=r, challenges=CHALLENGES_PER_ROUND * r)) for r in rounds}
+    by_min_rounds = {m: detection(replace(base, aggregation=replace(base.aggregation, min_rounds=m))) for m in min_rounds}
     by_size = {}
     for miners in sizes:
         r = run(replace(base, miners=miners), 1, workers)
@@ -440,6 +449,8 @@ def sweep(base: Settings, seeds: int, workers: int, budgets: tuple[int, ...], si
     slope = lambda key: float(np.polyfit(xs, np.log([by_size[m][key] for m in sizes]), 1)[0])  # noqa: E731
     return {
         "by_budget": by_budget,
+        "by_rounds": by_rounds,
+        "by_min_rounds": by_min_rounds,
         "by_size": by_size,
         "reference_tokens_slope": slope("reference_tokens_per_validator_tempo"),
         "sim_seconds_slope": slope("seconds"),
@@ -451,12 +462,10 @@ def sweep(base: Settings, seeds: int, workers: int, budgets: tuple[int, ...], si
 DETECTABLE = ("int8", "fp8", "noise-1e-2", "int4", "bf16-as-fp32", "own-rng", "burster")
 
 
-def _fmt(x: Optional[float]) -> str:
-    if x is None:
-        return "—"
-    if math.isinf(x):
+def _fmt(x: Optional[float], never: bool = False) -> str:
+    if never or x is not None and math.isinf(x):
         return "never"
-    return f"{x:.3g}"
+    return "—" if x is None else f"{x:.3g}"
 
 
 def print_table(settings: Settings, result: dict, seeds: int) -> None:
@@ -464,17 +473,45 @@ def print_table(settings: Settings, result: dict, seeds: int) -> None:
         f"network: {settings.miners} miners, {settings.validators} validators, {settings.tempos} tempos ({settings.tempos / TEMPOS_PER_DAY:.1f} days), "
         f"{settings.challenges} challenges/miner/tempo in {settings.rounds} rounds, {seeds} seeds, {result['seconds']:.0f} s"
     )
-    print(f"{'kind':14} {'miners':>6} {'tempos paid p50':>16} {'worst':>6} {'take (honest tempos)':>21} {'share at end':>13}")
+    print(f"{'kind':14} {'miners':>6} {'tempos paid p50':>16} {'worst':>6} {'still paid':>10} {'take (honest tempos)':>21} {'pay ratio':>10}")
     for kind, k in result["kinds"].items():
         print(
-            f"{kind:14} {k['miners']:6d} {_fmt(k['tempos_paid_median']):>16} {_fmt(k['tempos_paid_worst']):>6} "
-            f"{_fmt(k['take_honest_tempos']):>21} {k['share_last_tempo']:13.4f}"
+            f"{kind:14} {k['miners']:6d} {_fmt(k['tempos_paid_median'], k['still_paid'] > k['miners'] / 2):>16} "
+            f"{_fmt(k['tempos_paid_worst'], k['still_paid'] > 0):>6} {k['still_paid']:10d} {_fmt(k['take_honest_tempos']):>21} {_fmt(k['pay_ratio']):>10}"
         )
     print(
-        f"honest miners zeroed: {result['honest_zeroed']} ({result['honest_zeroed_per_day']:.2f}/day); rank correlation of pay with worth: "
-        f"{result['rank_correlation']:.3f}; cheats' pay a tempo before Yuma's clipping {result['cheat_pay_unclipped']:.4f}, after {result['cheat_pay_clipped']:.4f}; "
-        f"lowest validator trust {result['vtrust_min']:.3f}; reference tokens per validator per tempo {result['reference_tokens_per_validator_tempo']:.3g}"
+        f"honest miners zeroed: {result['honest_zeroed']} ({result['honest_zeroed_per_day']:.2f}/day); a new honest miner reaches half the mean pay in "
+        f"{_fmt(result['honest_ramp_tempos_median'])} tempos (median); rank correlation of pay with worth {result['rank_correlation']:.3f}"
     )
+    print(
+        f"cheats' pay a tempo: {result['cheat_pay_unclipped']:.4f} of the weights, {result['cheat_pay_clipped']:.4f} after Yuma's clipping "
+        f"(ratio {result['cheat_pay_clip_ratio']:.3f}); lowest validator trust {result['vtrust_min']:.3f}; "
+        f"reference tokens per validator per tempo {result['reference_tokens_per_validator_tempo']:.3g}"
+    )
+
+
+def print_sweep(result: dict) -> None:
+    sweeps = (
+        ("challenges/miner/tempo", result["by_budget"]),
+        (f"rounds/tempo ({CHALLENGES_PER_ROUND} each)", result["by_rounds"]),
+        ("min_rounds", result["by_min_rounds"]),
+    )
+    for name, rows in sweeps:
+        for value, row in rows.items():
+            print(
+                f"{name} {value:3d}: a detectable cheat paid at worst {_fmt(row['worst_tempos'])} tempos; honest zeroed {row['honest_zeroed']}; "
+                f"a new honest miner at half pay in {_fmt(row['honest_ramp_tempos'])} tempos; cheats' pay after clipping {_fmt(row['cheat_pay_clip_ratio'])} of before; "
+                f"{row['miner_load_rps']:.2g} challenges/s on each miner from {FULL_VALIDATORS} validators"
+            )
+    for size, row in result["by_size"].items():
+        print(
+            f"{size:5d} miners: {row['reference_tokens_per_validator_tempo']:.3g} reference tokens per validator per tempo; simulated in {row['seconds']:.0f} s"
+        )
+    print(f"log-log slope against miners: reference tokens {result['reference_tokens_slope']:.2f}, simulation time {result['sim_seconds_slope']:.2f}")
+
+
+def _json(x: object) -> object:
+    return None if isinstance(x, float) and math.isinf(x) else str(x)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -517,23 +554,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         honest_burst=args.honest_burst,
     )
     if args.sweep:
-        result = sweep(
-            replace(settings, tempos=min(settings.tempos, 20), validators=min(settings.validators, 16)), 1, args.workers, (2, 4, 8, 16), (128, 256, 512, 1024)
-        )
-        for budget, row in result["by_budget"].items():
-            print(
-                f"challenges/miner/tempo {budget:3d}: worst tempos a detectable cheat is paid {_fmt(row['worst_tempos'])}, honest zeroed {row['honest_zeroed']}"
-            )
-        for size, row in result["by_size"].items():
-            print(
-                f"{size:5d} miners: {row['reference_tokens_per_validator_tempo']:.3g} reference tokens per validator per tempo; simulated in {row['seconds']:.0f} s"
-            )
-        print(f"log-log slope: reference tokens {result['reference_tokens_slope']:.2f}, simulation time {result['sim_seconds_slope']:.2f}")
+        base = replace(settings, tempos=min(settings.tempos, 20), validators=min(settings.validators, 16))
+        result = sweep(base, args.workers, (2, 4, 8, 16), (2, 4, 8, 16), (4, 8, 16), (128, 256, 512, 1024))
+        print_sweep(result)
     else:
         result = run(settings, args.seeds, args.workers)
         print_table(settings, result, args.seeds)
     if args.json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(result, default=_json))
     return 0
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from chain.views import NeuronView
 from protocol.commitment import ModelDeclaration
 
@@ -18,16 +20,19 @@ DEFAULT_LIST = LISTS / "localnet.json"
 COMMITMENT_PREFIX = "slmnet-models"  # the owner's commitment: slmnet-models:VERSION:SHA256
 
 
-@dataclass(frozen=True)
-class SupportedModel:
+class SupportedModel(BaseModel):
+    """One model of the list, as the list file spells it (unknown fields are refused: a typo is not a default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     id: str
-    source: str  # "prepared:NAME" | "tiny:SEED" | a Hugging Face id
-    weights_sha256: Optional[str]
-    max_context: int
-    end_token_ids: tuple[int, ...] = ()  # where the model ends a turn: the verifier's end-of-text checks
-    reward: float = 1.0  # multiplies a miner's round score: the subnet's say in which models it wants served
-    revision: Optional[str] = None  # the hub commit, for a Hugging Face id
-    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")  # the serving dtypes this model is paid for
+    source: str = Field(description='"prepared:NAME" | "tiny:SEED" | a Hugging Face id')
+    weights_sha256: Optional[str] = None
+    max_context: int = Field(gt=0)
+    end_token_ids: tuple[int, ...] = Field((), description="where the model ends a turn: the verifier's end-of-text checks")
+    reward: float = Field(1.0, ge=0, description="multiplies a miner's round score: the subnet's say in which models it wants served")
+    revision: Optional[str] = Field(None, description="the hub commit, for a Hugging Face id")
+    dtypes: tuple[str, ...] = Field(("float32", "bfloat16", "float16"), description="the serving dtypes this model is paid for")
 
     def accepts(self, declaration: ModelDeclaration) -> bool:
         """A miner's declaration names this model in a paid dtype (and, where both give one, the same weights)."""
@@ -98,24 +103,21 @@ def canonical(raw: dict) -> bytes:
     return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+class _ListFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+    comment: str = ""
+    network: str = ""
+    models: tuple[SupportedModel, ...]
+
+
 def load(path: Path = DEFAULT_LIST) -> ModelList:
     try:
         raw = json.loads(Path(path).read_text())
-        models = tuple(
-            SupportedModel(
-                m["id"],
-                m["source"],
-                m.get("weights_sha256"),
-                int(m["max_context"]),
-                tuple(int(t) for t in m.get("end_token_ids", ())),
-                float(m.get("reward", 1.0)),
-                m.get("revision"),
-                tuple(str(d) for d in m.get("dtypes", SupportedModel.dtypes)),
-            )
-            for m in raw["models"]
-        )
-        return ModelList(int(raw["version"]), models, hashlib.sha256(canonical(raw)).hexdigest(), Path(path))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parsed = _ListFile.model_validate(raw)
+        return ModelList(parsed.version, parsed.models, hashlib.sha256(canonical(raw)).hexdigest(), Path(path))
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
         raise ValueError(f"{path} is not a model list: {exc}") from exc
 
 
