@@ -18,7 +18,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Literal, Mapping, Optional
 
 import aiohttp
 
@@ -104,7 +104,7 @@ class Engine:
     url: str
     spec: Optional[EngineSpec] = None  # None: attached, never started or restarted here
     probe_interval: float = 1.0
-    state: str = "starting"
+    state: Literal["starting", "ready", "down"] = "starting"
     restarts: int = 0
     _child: Optional[Child] = None
 

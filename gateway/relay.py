@@ -193,7 +193,7 @@ class Relay:
                 if not self.gen.text:
                     self.gen.rewind(produced)  # nothing reached the user: the next miner starts afresh, with every token
                 # What the miner said goes to the log only: users never read a miner's own words.
-                failures.append((f"uid {miner.uid}: {exc.kind}", exc.busy))
+                failures.append((f"uid {miner.uid}: {exc.what}", exc.busy))
                 if exc.busy:  # full: nothing was produced, nothing is held against it
                     self.gen.parts.pop()
                     continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Literal, Optional
 
 import aiohttp
 
@@ -21,10 +21,25 @@ from protocol.responses import Chunk, StreamFold
 from protocol.sse import StreamViolation
 
 
+FailureKind = Literal["busy", "http_status", "connection", "error_event", "stalled", "violation"]
+
+
 class MinerFailed(Exception):
-    def __init__(self, kind: str, detail: str, busy: bool = False):
-        super().__init__(f"{kind}: {detail}")
-        self.kind, self.detail, self.busy = kind, detail, busy
+    """What went wrong with one miner for one request: its ``kind`` labels the metrics, ``detail`` goes to logs only."""
+
+    def __init__(self, kind: FailureKind, detail: str, status: Optional[int] = None):
+        self.kind, self.detail, self.status = kind, detail, status
+        super().__init__(f"{self.what}: {detail}")
+
+    @property
+    def what(self) -> str:
+        """The kind, with the HTTP status where there is one ("http_status 500")."""
+        return self.kind if self.status is None else f"{self.kind} {self.status}"
+
+    @property
+    def busy(self) -> bool:
+        """It answered 429: at capacity, not broken."""
+        return self.kind == "busy"
 
 
 async def miner_events(
@@ -46,9 +61,7 @@ async def miner_events(
             async with client.post(path, body, timeout=timeout) as response:
                 if response.status != 200:
                     raise MinerFailed(
-                        "busy" if response.status == 429 else f"http_{response.status}",
-                        (await response.text(errors="replace"))[:200],
-                        busy=response.status == 429,
+                        "busy" if response.status == 429 else "http_status", (await response.text(errors="replace"))[:200], status=response.status
                     )
                 async with contextlib.aclosing(miner_chunk_batches(response, fold)) as batches:
                     async for batch in batches:

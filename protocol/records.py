@@ -41,3 +41,23 @@ class AnswerRecord(BaseModel):
             finish_reason=fold.finish_reason,
             completion_tokens=fold.usage.completion_tokens if fold.usage else None,
         )
+
+
+class RoundSummary(BaseModel):
+    """One validator round as stored (its ``rounds`` row and a line of ``rounds.jsonl``): what a
+    replay needs to rebuild it and what the logs show. Keys are uids."""
+
+    model_config = ConfigDict(frozen=True)
+
+    round: int
+    block: int
+    seed: str = Field(description="the round seed, in decimal: the challenges are rebuilt from it")
+    miners: int
+    challenges: int = Field(description="challenges per miner")
+    targets: dict[int, tuple[str, str, str, str]] = Field(default_factory=dict, description="uid → (hotkey, model, dtype, declaration) as queried")
+    scores: dict[int, float] = Field(default_factory=dict)
+    fidelity_failed: list[int] = Field(default_factory=list)
+    buffered: list[int] = Field(default_factory=list)
+    flagged: list[int] = Field(default_factory=list)
+    effective: dict[int, float] = Field(default_factory=dict, description="the standing weights are set from, after the round")
+    duration_s: float = 0.0

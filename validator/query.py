@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import aiohttp
 
@@ -34,7 +34,7 @@ class Timeouts:
 
 @dataclass
 class QueryResult:
-    kind: str  # "ok" | "error" | "timeout" | "refused" | "violation"
+    kind: Literal["ok", "error", "timeout", "refused", "violation"]  # violation: the stream broke the protocol (the miner's fault, never ours)
     response: Optional[MinerResponse] = None
     timing: Optional[StreamTiming] = None
     detail: str = ""

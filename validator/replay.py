@@ -27,7 +27,7 @@ import aiohttp
 
 from engine import Engine
 from models.subnet import ModelList
-from protocol.records import AnswerRecord
+from protocol.records import AnswerRecord, RoundSummary
 from scoring.aggregate import BUFFERED_WINDOW, Outcome
 from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
@@ -52,8 +52,8 @@ class Replay:
         return not self.differences
 
 
-def _targets(summary: Mapping[str, Any]) -> list[Target]:
-    return [Target(int(uid), hotkey, "", model, 1, dtype, declaration) for uid, (hotkey, model, dtype, declaration) in summary["targets"].items()]
+def _targets(summary: RoundSummary) -> list[Target]:
+    return [Target(uid, hotkey, "", model, 1, dtype, declaration) for uid, (hotkey, model, dtype, declaration) in summary.targets.items()]
 
 
 def evidence_before(store: Store, round_index: int) -> dict[str, Evidence]:
@@ -61,7 +61,7 @@ def evidence_before(store: Store, round_index: int) -> dict[str, Evidence]:
     pooled: dict[str, Evidence] = {}
     for earlier in range(round_index):
         record = store.round_record(earlier)
-        if record is None or "targets" not in record[0]:
+        if record is None or not record[0].targets:
             continue
         summary, rows = record
         for target in _targets(summary):
@@ -108,11 +108,11 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
     if record is None:
         raise LookupError(f"round {round_index} is not in this validator's state (last round: {store.last_round()})")
     summary, rows = record
-    if "targets" not in summary:
+    if not summary.targets and rows:
         raise LookupError(f"round {round_index} was recorded by a version that did not keep what a replay needs")
     replay = Replay(round_index)
-    seed = int(summary["seed"])
-    challenges = generate(seed, summary["challenges"])
+    seed = int(summary.seed)
+    challenges = generate(seed, summary.challenges)
     targets = _targets(summary)
     results: dict[int, list[Result]] = {}
     for target in targets:
@@ -131,14 +131,14 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
     report = score_round(seed, targets, results, history, evidence_before(store, round_index), round_index)
     apply_rewards(report, targets, models)
     apply_organic(report, store.organic_taken(round_index), {t.uid: t.hotkey for t in targets})
-    recorded_scores = {int(uid): score for uid, score in summary["scores"].items()}
+    recorded_scores = summary.scores
     for uid in sorted(set(recorded_scores) | set(report.scores)):
         a, b = recorded_scores.get(uid), report.scores.get(uid)
         if a is None or b is None or not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
             replay.differences.append(f"uid {uid} score: recorded {a}, replayed {b}")
-    _compare(replay, "fidelity failures", sorted(summary["fidelity_failed"]), sorted(report.fidelity_failed))
-    _compare(replay, "flagged", sorted(summary.get("flagged", [])), sorted(report.flagged))
-    _compare(replay, "buffered", sorted(summary["buffered"]), sorted(report.buffered))
+    _compare(replay, "fidelity failures", sorted(summary.fidelity_failed), sorted(report.fidelity_failed))
+    _compare(replay, "flagged", sorted(summary.flagged), sorted(report.flagged))
+    _compare(replay, "buffered", sorted(summary.buffered), sorted(report.buffered))
     return replay
 
 

@@ -32,6 +32,7 @@ from scoring.weights import to_weights
 from validator.challenges import round_seed
 from validator.crashpoints import crashpoint
 from models.subnet import ModelList, ModelListMismatch, check_graph
+from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
 from validator.organic import Outbox, verify_samples
 from validator.query import Timeouts
@@ -122,20 +123,20 @@ class Validator:
         standings = self.apply(round_index, graph, report)
         effective = effective_scores(standings, self.config.aggregation, round_index + 1)
         rows = [_result_row(round_index, r) for r in report.results]
-        summary = {
-            "round": round_index,
-            "block": graph.block,
-            "seed": str(seed),
-            "miners": len(targets),
-            "challenges": self.config.challenges_per_miner,
-            "targets": {t.uid: [t.hotkey, t.model, t.dtype, t.declaration] for t in targets},  # what a replay needs to rebuild the round
-            "scores": report.scores,
-            "fidelity_failed": sorted(report.fidelity_failed),
-            "buffered": sorted(report.buffered),
-            "flagged": sorted(report.flagged),
-            "effective": effective,
-            "duration_s": time.time() - started,
-        }
+        summary = RoundSummary(
+            round=round_index,
+            block=graph.block,
+            seed=str(seed),
+            miners=len(targets),
+            challenges=self.config.challenges_per_miner,
+            targets={t.uid: (t.hotkey, t.model, t.dtype, t.declaration) for t in targets},  # what a replay needs to rebuild the round
+            scores=report.scores,
+            fidelity_failed=sorted(report.fidelity_failed),
+            buffered=sorted(report.buffered),
+            flagged=sorted(report.flagged),
+            effective=effective,
+            duration_s=time.time() - started,
+        )
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
         crashpoint("round-stored")
         self._log(summary, report)
@@ -156,20 +157,20 @@ class Validator:
                 if end < len(tail):
                     f.truncate(size - (len(tail) - end))
                 lines = tail[:end].splitlines()
-                last = json.loads(lines[-1])["round"] if lines else -1
+                last = RoundSummary.model_validate_json(lines[-1]).round if lines else -1
         missing = self.store.summaries_after(last)
         self._journaled = None  # unknown until the append below succeeds
         if missing:
             with self.journal.open("a") as f:
-                f.writelines(json.dumps(summary, default=str) + "\n" for summary in missing)
-        self._journaled = missing[-1]["round"] if missing else last
-        return [s["round"] for s in missing]
+                f.writelines(summary.model_dump_json() + "\n" for summary in missing)
+        self._journaled = missing[-1].round if missing else last
+        return [s.round for s in missing]
 
-    def _log(self, summary: dict[str, Any], report: RoundReport) -> None:
+    def _log(self, summary: RoundSummary, report: RoundReport) -> None:
         try:
             appended = self.catch_up_journal()
         except OSError as exc:  # the round is stored: the journal catches up on the next round that can write
-            log.error("round %s stored, but %s cannot be written (%s)", summary["round"], self.journal, exc)
+            log.error("round %s stored, but %s cannot be written (%s)", summary.round, self.journal, exc)
         else:
             if appended[:-1]:
                 log.warning("rounds %s were stored but missing from %s (a kill or a full disk): appended", appended[:-1], self.journal.name)
@@ -178,23 +179,23 @@ class Validator:
             self.metrics.responses.labels(r.outcome.kind).inc()
             if r.outcome.fidelity_passed is False:
                 self.metrics.fidelity_failures.inc()
-        for uid, value in summary["effective"].items():
+        for uid, value in summary.effective.items():
             self.metrics.score.labels(str(uid)).set(value)
         if self._wandb is not None:
             self._wandb.log(
                 {
-                    "round": summary["round"],
-                    "miners": summary["miners"],
-                    "fidelity_failed": len(summary["fidelity_failed"]),
-                    **{f"effective/{uid}": v for uid, v in summary["effective"].items()},
+                    "round": summary.round,
+                    "miners": summary.miners,
+                    "fidelity_failed": len(summary.fidelity_failed),
+                    **{f"effective/{uid}": v for uid, v in summary.effective.items()},
                 }
             )
         log.info(
             "round %s: %s miners, scores %s, fidelity failures %s",
-            summary["round"],
-            summary["miners"],
-            {u: round(s, 3) for u, s in summary["scores"].items()},
-            summary["fidelity_failed"],
+            summary.round,
+            summary.miners,
+            {u: round(s, 3) for u, s in summary.scores.items()},
+            summary.fidelity_failed,
         )
 
     async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float], tempo: int) -> Optional[dict[int, float]]:

@@ -16,6 +16,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from protocol.records import RoundSummary
 from scoring.aggregate import Standing
 from scoring.evidence import Evidence
 
@@ -76,7 +77,7 @@ class Store:
         seed: int,
         block: int,
         started: float,
-        summary: dict[str, Any],
+        summary: RoundSummary,
         standings: dict[str, tuple[int, Standing]],
         results: Iterable[dict[str, Any]],
         evidence: Optional[dict[str, Evidence]] = None,
@@ -84,7 +85,7 @@ class Store:
         """The round, its results, the new standings and evidence, all or nothing."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, json.dumps(summary)))
+            self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, summary.model_dump_json()))
             self.db.executemany(f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) VALUES ({', '.join(':' + c for c in RESULT_COLUMNS)})", results)
             self.db.executemany(
                 f"INSERT OR REPLACE INTO evidence VALUES (?, {', '.join('?' for _ in EVIDENCE_FIELDS)})",
@@ -95,23 +96,26 @@ class Store:
                 [(hotkey, uid, s.ema, s.rounds, s.banned_until) for hotkey, (uid, s) in standings.items()],
             )
 
-    def summaries_after(self, round_index: int) -> list[dict[str, Any]]:
+    def summaries_after(self, round_index: int) -> list[RoundSummary]:
         """The stored summaries of the rounds after ``round_index``, in order."""
-        return [json.loads(summary) for (summary,) in self.db.execute("SELECT summary FROM rounds WHERE round > ? ORDER BY round", (round_index,))]
+        return [
+            RoundSummary.model_validate_json(summary)
+            for (summary,) in self.db.execute("SELECT summary FROM rounds WHERE round > ? ORDER BY round", (round_index,))
+        ]
 
     def evidence(self) -> dict[str, Evidence]:
         """Hotkey → its pooled evidence under the declaration it was last judged under."""
         rows = self.db.execute(f"SELECT hotkey, {', '.join(EVIDENCE_FIELDS)} FROM evidence")
         return {hotkey: Evidence(*values) for hotkey, *values in rows}
 
-    def round_record(self, round_index: int) -> Optional[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    def round_record(self, round_index: int) -> Optional[tuple[RoundSummary, list[dict[str, Any]]]]:
         """A stored round's summary and its results (each a dict of the ``results`` columns), or None."""
         row = self.db.execute("SELECT summary FROM rounds WHERE round = ?", (round_index,)).fetchone()
         if row is None:
             return None
         cursor = self.db.execute("SELECT * FROM results WHERE round = ? ORDER BY rowid", (round_index,))
         names = [d[0] for d in cursor.description]
-        return json.loads(row[0]), [dict(zip(names, values)) for values in cursor]
+        return RoundSummary.model_validate_json(row[0]), [dict(zip(names, values)) for values in cursor]
 
     def recent_streamed(self, limit: int, before: Optional[int] = None) -> dict[str, list[bool]]:
         """Hotkey → whether each of its last ``limit`` judged answers (in rounds before ``before``, if

@@ -6,15 +6,21 @@ import sqlite3
 
 import pytest
 
+from protocol.records import RoundSummary
 from scoring.aggregate import Standing
 from validator.store import RESULT_COLUMNS, Store
+
+
+def _summary(round_index: int) -> RoundSummary:
+    return RoundSummary(round=round_index, block=100, seed="42", miners=1, challenges=1)
+
 
 ROW = dict(zip(RESULT_COLUMNS, (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)))
 
 
 def test_standings_and_rounds_survive_a_restart(tmp_path):
     store = Store(tmp_path / "v.sqlite")
-    store.save_round(0, 42, 100, 1.0, {"round": 0}, {"5Miner": (1, Standing(0.3, 1, -1))}, [ROW])
+    store.save_round(0, 42, 100, 1.0, _summary(0), {"5Miner": (1, Standing(0.3, 1, -1))}, [ROW])
     store.save_weights(101, {1: 1.0})
     store.close()
     again = Store(tmp_path / "v.sqlite")
@@ -24,10 +30,10 @@ def test_standings_and_rounds_survive_a_restart(tmp_path):
 
 def test_a_round_that_fails_half_way_changes_nothing(tmp_path):
     store = Store(tmp_path / "v.sqlite")
-    store.save_round(0, 42, 100, 1.0, {}, {"5Miner": (1, Standing(0.3, 1, -1))}, [ROW])
+    store.save_round(0, 42, 100, 1.0, _summary(0), {"5Miner": (1, Standing(0.3, 1, -1))}, [ROW])
     with pytest.raises(sqlite3.ProgrammingError):
         # The round row goes in first; a malformed result row then fails the write.
-        store.save_round(1, 43, 101, 2.0, {}, {"5Miner": (1, Standing(0.9, 2, -1))}, [ROW, {column: ROW[column] for column in RESULT_COLUMNS[:5]}])
+        store.save_round(1, 43, 101, 2.0, _summary(1), {"5Miner": (1, Standing(0.9, 2, -1))}, [ROW, {column: ROW[column] for column in RESULT_COLUMNS[:5]}])
     assert store.standings()["5Miner"] == (1, Standing(0.3, 1, -1))
     assert store.last_round() == 0
     assert store.db.execute("SELECT COUNT(*) FROM results").fetchone() == (1,)
@@ -37,7 +43,7 @@ def test_buffering_evidence_is_kept_per_miner_across_rounds_and_restarts(tmp_pat
     store = Store(tmp_path / "v.sqlite")
     for round_index, flags in enumerate(([1, 0], [0, None, 0])):
         rows = [{**ROW, "streamed": flag} for flag in flags] + [{**ROW, "uid": 2, "hotkey": "5Other"}]
-        store.save_round(round_index, 42, 100, 1.0, {}, {}, [{**row, "round": round_index} for row in rows])
+        store.save_round(round_index, 42, 100, 1.0, _summary(round_index), {}, [{**row, "round": round_index} for row in rows])
     store.close()
     again = Store(tmp_path / "v.sqlite")
     assert again.recent_streamed(24) == {"5Miner": [True, False, False, False], "5Other": [True, True]}
@@ -56,7 +62,7 @@ def test_pooled_evidence_survives_a_restart_and_old_state_gains_the_new_columns(
     old.close()
     store = Store(path)
     flagged = Evidence("decl-a", cusum=30.5, answers=12, tokens=400, mismatches=90, reported=380, exceedances=70, flagged_round=2)
-    store.save_round(0, 42, 100, 1.0, {}, {}, [ROW], {"5Miner": flagged, "5Other": Evidence("decl-b", cusum=1.5, answers=3)})
+    store.save_round(0, 42, 100, 1.0, _summary(0), {}, [ROW], {"5Miner": flagged, "5Other": Evidence("decl-b", cusum=1.5, answers=3)})
     store.close()
     again = Store(path)
     assert again.evidence() == {"5Miner": flagged, "5Other": Evidence("decl-b", cusum=1.5, answers=3)}
@@ -93,12 +99,12 @@ async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_ac
 def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again(tmp_path):
     store = Store(tmp_path / "v.sqlite")
     store.record_organic("gateway.sqlite", 1, [(1.0, 3, "5Hot3", "m", False, "cut answer")])
-    store.save_round(0, 42, 100, 1.0, {}, {}, [ROW])
+    store.save_round(0, 42, 100, 1.0, _summary(0), {}, [ROW])
     assert store.take_organic(1) == [(3, "5Hot3", False, "cut answer")]
     store.close()  # the validator died before round 1 was stored (crash point organic-taken)
     again = Store(tmp_path / "v.sqlite")
     round_index = again.last_round() + 1
     assert round_index == 1 and again.take_organic(round_index) == [(3, "5Hot3", False, "cut answer")]
-    again.save_round(1, 43, 101, 2.0, {}, {}, [])
+    again.save_round(1, 43, 101, 2.0, _summary(1), {}, [])
     assert again.take_organic(2) == []  # folded into a stored round: never counted twice
     assert again.organic_taken(1) == [(3, "5Hot3", False, "cut answer")]
