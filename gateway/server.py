@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -27,7 +27,7 @@ from gateway.limits import KeyLimits
 from gateway.answer import Generation
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
 from gateway.router import Router
-from gateway.state import CLIENT_ID, GatewayState, request_headers
+from gateway.state import CLIENT_ID, STATE, GatewayState, request_headers
 from models.tokenizer import ModelTokenizer
 from protocol import openapi
 from protocol.errors import error_body, http_layer_refusal, internal_error
@@ -59,7 +59,7 @@ async def errors_middleware(request: web.Request, handler: Callable) -> web.Stre
     request_id = request["request_id"] = uuid.uuid4().hex  # the ledger's key: never the client's
     client_id = request.headers.get("X-Request-Id", "")
     request["echo_id"] = client_id if CLIENT_ID.fullmatch(client_id) else request_id
-    state: GatewayState = request.app["state"]
+    state: GatewayState = request.app[STATE]
     try:
         response = await handler(request)
     except web.HTTPRequestEntityTooLarge:
@@ -84,7 +84,7 @@ x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-to
 
 
 def _allowed_origin(request: web.Request) -> str | None:
-    origins = request.app["state"].settings.cors_origins
+    origins = request.app[STATE].settings.cors_origins
     origin = request.headers.get("Origin")
     if not origin or not origins:
         return None
@@ -181,7 +181,7 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    state: GatewayState = request.app["state"]
+    state: GatewayState = request.app[STATE]
     started = time.monotonic()
     if request.content_length is not None and request.content_length > state.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {state.settings.max_body_bytes}-byte limit")
@@ -246,7 +246,7 @@ def _model_entry(state: GatewayState, model: str, miners: list) -> dict[str, Any
 
 
 async def list_models(request: web.Request) -> web.Response:
-    state: GatewayState = request.app["state"]
+    state: GatewayState = request.app[STATE]
     _authenticate(request, state)
     served = state.router.models()
     data = [_model_entry(state, model, miners) for model, miners in sorted(served.items())]
@@ -256,7 +256,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    state: GatewayState = request.app["state"]
+    state: GatewayState = request.app[STATE]
     _authenticate(request, state)
     model = request.match_info["model"]
     if model not in state.tokenizers:
@@ -266,7 +266,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def own_key(request: web.Request) -> web.Response:
     """The caller's own key: its limits, what is left of them now, its usage and quota."""
-    state: GatewayState = request.app["state"]
+    state: GatewayState = request.app[STATE]
     key = _authenticate(request, state)
     now = time.time()
     left = await state.limits.window_remaining(key)
@@ -289,17 +289,17 @@ async def own_key(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    served = request.app["state"].router.models()
+    served = request.app[STATE].router.models()
     return web.json_response({"status": "ok" if served else "no_miners", "models": {m: len(v) for m, v in served.items()}}, status=200 if served else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(request.app["state"].metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=generate_latest(request.app[STATE].metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def leaderboard(request: web.Request) -> web.Response:
     """What the dashboard shows: every miner the gateway knows, with its live figures and history."""
-    state: GatewayState = request.app["state"]
+    state: GatewayState = request.app[STATE]
     rows = []
     for m in sorted(state.router.miners.values(), key=lambda m: -m.incentive):
         rows.append(
@@ -342,16 +342,33 @@ def openapi_spec(models: list[str]) -> dict[str, Any]:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi_spec(list(request.app["state"].tokenizers)))
+    return web.json_response(openapi_spec(list(request.app[STATE].tokenizers)))
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The process's one client session to miners and its per-key limits, for the app's lifetime."""
+    state = app[STATE]
+    if state.session is None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+        state.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+    if state.limits is None:
+        state.limits = KeyLimits(state.store, state.settings.redis_url)
+    # What the process built to start (the SDK, tokenizers, pydantic models: ~4·10⁵ objects) lives as
+    # long as it does: kept out of the collector's scans, a full collection under load costs what the
+    # requests made since, not the 130 ms a scan of everything took here (every request waits on it).
+    gc.freeze()
+    yield
+    await state.session.close()
+    await state.limits.close()
+
+
 def create_app(state: GatewayState) -> web.Application:
     app = web.Application(middlewares=[cors_middleware, errors_middleware], client_max_size=state.settings.max_body_bytes)
-    app["state"] = state
+    app[STATE] = state
     app.router.add_post("/v1/chat/completions", completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
@@ -364,25 +381,5 @@ def create_app(state: GatewayState) -> web.Application:
     app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/", dashboard)
 
-    async def open_session(app: web.Application) -> None:
-        if state.session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
-            state.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
-        if state.limits is None:
-            state.limits = KeyLimits(state.store, state.settings.redis_url)
-        # What the process built to start (the SDK, tokenizers, pydantic models: ~4·10⁵ objects) lives as
-        # long as it does: kept out of the collector's scans, a full collection under load costs what the
-        # requests made since, not the 130 ms a scan of everything took here (every request waits on it).
-        gc.freeze()
-
-    async def close_session(app: web.Application) -> None:
-        for task in list(state.background):
-            task.cancel()
-        if state.session is not None:
-            await state.session.close()
-        if state.limits is not None:
-            await state.limits.close()
-
-    app.on_startup.append(open_session)
-    app.on_cleanup.append(close_session)
+    app.cleanup_ctx.append(_clients_ctx)
     return app

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +23,7 @@ from chain import ChainConfig
 from gateway.router import MinerView, Router
 from gateway.server import create_app
 from gateway.state import GatewaySettings, GatewayState
+from shell import StartupError, require_registered, serve, stop_on_signals
 from gateway.store import Store
 from models.tokenizer import ModelTokenizer
 from models.subnet import ModelList, ModelListMismatch, check_graph
@@ -51,10 +52,6 @@ class GatewayConfig:
                 f"--workers {self.workers} needs --redis URL: each worker would keep its own per-key windows and quotas, "
                 f"letting a key through {self.workers} times its limits"
             )
-
-
-class GatewayStartupError(Exception):
-    """The gateway cannot start; the message says why."""
 
 
 def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -> list[MinerView]:
@@ -107,10 +104,10 @@ class Gateway:
             except Exception as exc:  # the chain may come back; keep routing on what we have
                 log.warning("metagraph sync failed, keeping the last one: %s", exc)
 
-    async def _health_loop(self, session: aiohttp.ClientSession) -> None:
+    async def _health_loop(self) -> None:
         async def probe(miner: MinerView) -> None:
             try:
-                async with session.get(miner.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as response:
+                async with self.state.session.get(miner.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as response:
                     miner.healthy = response.status == 200
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 miner.healthy = False
@@ -123,22 +120,32 @@ class Gateway:
                 log.exception("health round failed")
             await asyncio.sleep(self.config.health_interval)
 
+    def _loops_ctx(self, net: chain.Chain) -> Callable[[web.Application], AsyncIterator[None]]:
+        """The metagraph and health loops, for the app's lifetime (after its client session opens, before it closes)."""
+
+        async def loops(app: web.Application) -> AsyncIterator[None]:
+            tasks = [asyncio.create_task(self._sync_loop(net)), asyncio.create_task(self._health_loop())]
+            yield
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        return loops
+
     async def run(self, stop: asyncio.Event) -> None:
         async with chain.connect(self.config.chain.network) as net:
-            try:
-                await net.uid_of(self.config.chain.netuid, self.wallet.hotkey.ss58_address)
-            except chain.NotRegistered as exc:
-                raise GatewayStartupError(f"{exc}; miners answer registered validators only: register the gateway's hotkey first") from exc
+            await require_registered(
+                net, self.config.chain.netuid, self.wallet.hotkey.ss58_address, "miners answer registered validators only: register the gateway's hotkey first"
+            )
             graph = await net.metagraph(self.config.chain.netuid)
             try:
                 if warning := check_graph(graph, self.config.models, net.network):
                     log.warning(warning)
             except ModelListMismatch as exc:
-                raise GatewayStartupError(str(exc)) from exc
+                raise StartupError(str(exc)) from exc
             self.route(graph)
-            runner = web.AppRunner(self.app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, self.config.host, self.config.port, reuse_port=self.config.workers > 1).start()
+            self.app.cleanup_ctx.append(self._loops_ctx(net))
+            runner = await serve(self.app, self.config.host, self.config.port, reuse_port=self.config.workers > 1)
             log.info(
                 "gateway on http://%s:%s: %s miners, models %s",
                 self.config.host,
@@ -146,15 +153,9 @@ class Gateway:
                 len(self.state.router.miners),
                 sorted(self.state.router.models()),
             )
-            health_session = aiohttp.ClientSession()
-            tasks = [asyncio.create_task(self._sync_loop(net)), asyncio.create_task(self._health_loop(health_session))]
             try:
                 await stop.wait()
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await health_session.close()
                 await runner.cleanup()
                 self.store.close()
 
@@ -166,8 +167,4 @@ def recover_ledger(store: Store) -> None:
 
 
 async def run_gateway(config: GatewayConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await Gateway(config).run(stop)
+    await Gateway(config).run(stop_on_signals())

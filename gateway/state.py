@@ -58,12 +58,14 @@ class GatewayState:
     limits: Optional[KeyLimits] = None
     contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
     rng: random.Random = field(default_factory=random.Random)
-    background: set = field(default_factory=set)
+
+
+STATE = web.AppKey("state", GatewayState)
 
 
 def request_headers(request: web.Request) -> dict[str, str]:
     """What every response carries: the request ids, and the key's x-ratelimit-* once admitted."""
     headers = {"X-Request-Id": request["echo_id"], LEDGER_ID_HEADER: request["request_id"], **request.get("ratelimit", {}), **request.get("cors", {})}
-    if worker := request.app["state"].settings.worker:
+    if worker := request.app[STATE].settings.worker:
         headers[WORKER_HEADER] = worker
     return headers

@@ -17,7 +17,8 @@ import signal
 import sys
 import time
 
-from gateway.service import GatewayConfig, GatewayStartupError, recover_ledger, run_gateway
+from gateway.service import GatewayConfig, recover_ledger, run_gateway
+from shell import StartupError
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _worker(config: GatewayConfig, level: int, index: int) -> None:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(run_gateway(config))
-    except (GatewayStartupError, OSError) as exc:
+    except (StartupError, OSError) as exc:
         log.error("worker %s cannot start: %s", index, exc)
         sys.exit(STARTUP_FAILED)
 

@@ -5,8 +5,8 @@ protocol.errors.HttpError    one request refused (BadRequest 400, ModelNotFound 
 ├── Forbidden                403 a valid signature from a hotkey that may not call this miner
 ├── Overloaded               429 over the per-caller or global in-flight limit (Retry-After)
 └── EngineUnavailable        503 the vLLM engine is down or starting
-MinerError
-└── StartupError             the miner cannot start (hotkey not registered, engine mismatch)
+
+A miner that cannot start raises ``shell.StartupError`` (hotkey not registered, engine mismatch).
 """
 
 from __future__ import annotations
@@ -18,17 +18,11 @@ __all__ = [
     "EngineUnavailable",
     "Forbidden",
     "HttpError",
-    "MinerError",
     "ModelNotFound",
     "Overloaded",
     "PayloadTooLarge",
-    "StartupError",
     "Unauthorized",
 ]
-
-
-class MinerError(Exception):
-    """Base of the miner's own errors that are not answers to one request."""
 
 
 class Unauthorized(HttpError):
@@ -45,7 +39,3 @@ class Overloaded(HttpError):
 
 class EngineUnavailable(HttpError):
     status, type, code = 503, "server_error", "engine_unavailable"
-
-
-class StartupError(MinerError):
-    """The miner cannot start; the message says what to do."""

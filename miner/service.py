@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 import chain
 from miner.admission import Admission
 from miner.auth import Gatekeeper
 from miner.config import MinerConfig
 from engine import Engine
-from miner.errors import StartupError
+from shell import StartupError, require_registered, serve, stop_on_signals
 from miner.metrics import MinerMetrics
 from miner.server import create_app
 from miner.state import MinerState
@@ -80,18 +78,13 @@ async def run_miner(config: MinerConfig, stop: asyncio.Event | None = None) -> N
     wallet = load_hotkey_wallet(config)
     hotkey = wallet.hotkey.ss58_address
     async with chain.connect(config.chain.network) as net:
-        try:
-            await net.uid_of(config.chain.netuid, hotkey)
-        except chain.NotRegistered as exc:
-            raise StartupError(f"{exc}; register the hotkey on subnet {config.chain.netuid} first") from exc
+        await require_registered(net, config.chain.netuid, hotkey, f"register the hotkey on subnet {config.chain.netuid} first")
         max_context = config.max_context
         if config.engine_url is not None:
             max_context = await attached_max_context(config.upstream, config.model_id, config.engine_wait) or max_context
         state = build_state(config, hotkey, max_context)
         await refresh(state, net, wallet)
-        runner = web.AppRunner(create_app(state, net, wallet), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, config.host, config.port).start()
+        runner = await serve(create_app(state, net, wallet), config.host, config.port)
         log.warning(
             "miner uid %s (%s) serves %s on %s:%s, announced as %s:%s; engine %s",
             state.uid,
@@ -103,10 +96,7 @@ async def run_miner(config: MinerConfig, stop: asyncio.Event | None = None) -> N
             config.announced_port,
             config.upstream,
         )
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals(stop)
         try:
             await stop.wait()
         finally:

@@ -255,7 +255,8 @@ def _config(args: argparse.Namespace, models, tokenizers: dict[str, str], settin
 
 def cmd_gateway(args: argparse.Namespace) -> None:
     import chain
-    from gateway.service import GatewayStartupError, run_gateway
+    from gateway.service import run_gateway
+    from shell import StartupError
 
     config = build_config(args)
     if config.workers > 1:
@@ -266,4 +267,4 @@ def cmd_gateway(args: argparse.Namespace) -> None:
         except WorkersFailed as exc:
             raise CliError(str(exc)) from exc
         return
-    run_service(run_gateway(config), GatewayStartupError, chain.ChainLayerError)
+    run_service(run_gateway(config), StartupError, chain.ChainLayerError)

@@ -104,11 +104,12 @@ def build_config(args: argparse.Namespace):
 
 def cmd_validator(args: argparse.Namespace) -> None:
     import chain
-    from validator.service import ValidatorStartupError, run_validator
+    from shell import StartupError
+    from validator.service import run_validator
 
     if args.action == "replay":
         return cmd_replay(args)
-    run_service(run_validator(build_config(args)), ValidatorStartupError, chain.ChainLayerError)
+    run_service(run_validator(build_config(args)), StartupError, chain.ChainLayerError)
 
 
 def cmd_replay(args: argparse.Namespace) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 from protocol.sampling import gumbel
-from scoring.fidelity import AnswerStats, ResponseEvidence, TokenEvidence, _tempered
+from scoring.fidelity import AnswerStats, ResponseEvidence, TokenEvidence, tempered_bounds
 
 INFORMATIVE_BELOW = 0.99  # a position informs when the reference's top token is less likely than this
 NUCLEUS_MARGIN = 0.05  # a competitor counts only when the mass above it is below top_p by this much
@@ -65,9 +65,9 @@ TOLERANCES: Mapping[str, Tolerance] = {
 
 def _kept_for_sure(token: TokenEvidence, temperature: float, top_p: float) -> list[int]:
     """Known tokens other than the chosen one that the top_p filter keeps even if the reference's
-    unseen tail were as large as it can be (``_tempered`` gives upper bounds, so the mass above a
+    unseen tail were as large as it can be (``tempered_bounds`` gives upper bounds, so the mass above a
     token is overestimated)."""
-    tempered = _tempered(token, temperature)
+    tempered = tempered_bounds(token, temperature)
     kept = []
     for tid, p in tempered.items():
         above = sum(q for other, q in tempered.items() if q > p)

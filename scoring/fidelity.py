@@ -106,7 +106,7 @@ class AnswerStats:
     exceedances: int = 0
 
 
-def _tempered(token: TokenEvidence, temperature: float) -> dict[int, float]:
+def tempered_bounds(token: TokenEvidence, temperature: float) -> dict[int, float]:
     """The reference's top-K and the chosen token under the temperature, normalized over
     themselves: each value is an upper bound of that token's probability (the unseen tail
     only adds to the normalizer)."""
@@ -128,7 +128,7 @@ def _implausible(token: TokenEvidence, evidence: ResponseEvidence, params: Fidel
     if evidence.temperature == 0:
         best = max(token.reference_top.values(), default=token.reference_logprob)
         return token.reference_rank > 1 and best - token.reference_logprob > params.greedy_hard_margin
-    tempered = _tempered(token, evidence.temperature)
+    tempered = tempered_bounds(token, evidence.temperature)
     if tempered[token.token_id] < params.min_token_prob:
         return True
     nucleus_checkable = evidence.top_p < 1.0 and evidence.temperature <= 1.0 and sum(math.exp(lp) for lp in token.reference_top.values()) >= params.covered_mass
@@ -145,7 +145,7 @@ def _end_prob_lower_bound(token: TokenEvidence, end_id: int, evidence: ResponseE
     if end_id not in token.reference_top:
         return 0.0
     if evidence.top_p < 1.0:
-        tempered = _tempered(token, evidence.temperature)  # upper bounds: the mass above is overestimated
+        tempered = tempered_bounds(token, evidence.temperature)  # upper bounds: the mass above is overestimated
         if sum(p for tid, p in tempered.items() if p > tempered[end_id]) >= evidence.top_p - params.nucleus_margin:
             return 0.0
     inverse = 1.0 / evidence.temperature
@@ -166,7 +166,7 @@ def _end_reasons(evidence: ResponseEvidence, params: FidelityParams) -> list[str
     if evidence.finish_reason == "stop" and (not tokens or tokens[-1].token_id not in ends):
         reasons.append(f"finish_reason 'stop' after {len(tokens)} tokens without an end-of-text token: cut short")
     if tokens and tokens[-1].token_id in ends and evidence.temperature > 0:
-        p_end = _tempered(tokens[-1], evidence.temperature)[tokens[-1].token_id]
+        p_end = tempered_bounds(tokens[-1], evidence.temperature)[tokens[-1].token_id]
         if p_end < params.min_end_prob:
             reasons.append(f"ended at position {len(tokens) - 1} where the model gives the end only p ≤ {p_end:.1e}: ended early")
     if 0 < evidence.temperature <= 1.0:

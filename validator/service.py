@@ -12,23 +12,22 @@ import asyncio
 import errno
 import json
 import logging
-import signal
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, Optional
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 import chain
 from chain import ChainConfig
 from engine import Engine, EngineSpec
 from scoring.aggregate import BUFFERED_WINDOW, AggregationParams
 from scoring.weights import to_weights
+from shell import StartupError, on_chain, require_registered, serve, stop_on_signals, supervise
 from validator.challenges import round_seed
 from validator.crashpoints import crashpoint
 from models.subnet import ModelList, ModelListMismatch, check_graph
@@ -241,12 +240,9 @@ class Validator:
         tokenizers = {model: ModelTokenizer(folder) for model, folder in self.config.tokenizers}
         missing = sorted(set(engines) - set(tokenizers))
         if missing:
-            raise ValidatorStartupError(f"no tokenizer for {', '.join(missing)}: give --tokenizer ID=DIR")
+            raise StartupError(f"no tokenizer for {', '.join(missing)}: give --tokenizer ID=DIR")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
-            try:
-                await net.uid_of(self.config.chain.netuid, self.keypair.ss58_address)
-            except chain.NotRegistered as exc:
-                raise ValidatorStartupError(f"{exc}; register the validator's hotkey first") from exc
+            await require_registered(net, self.config.chain.netuid, self.keypair.ss58_address, "register the validator's hotkey first")
             await self._check_subnet(net)
             if appended := self.catch_up_journal():
                 log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.journal.name)
@@ -282,14 +278,14 @@ class Validator:
         netuid = self.config.chain.netuid
         required = await on_chain("reading the weights version", lambda: net.weights_version(netuid))
         if VERSION_KEY < required:
-            raise ValidatorStartupError(
+            raise StartupError(
                 f"subnet {netuid} requires version key {required}; this is slmnet {__version__} (key {VERSION_KEY}): upgrade with `git pull && make install`"
             )
         try:
             graph = await on_chain("reading the metagraph", lambda: net.metagraph(netuid))
             warning = check_graph(graph, self.config.models, net.network)
         except ModelListMismatch as exc:
-            raise ValidatorStartupError(str(exc)) from exc
+            raise StartupError(str(exc)) from exc
         if warning:
             log.warning(warning)
 
@@ -335,60 +331,17 @@ class Validator:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.config.metrics_port).start()
-        return runner
-
-
-class ValidatorStartupError(Exception):
-    """The validator cannot start; the message says what to do."""
-
-
-CHAIN_ATTEMPTS = 5
-T = TypeVar("T")
-
-
-async def on_chain(what: str, call: Callable[[], Awaitable[T]], attempts: int = CHAIN_ATTEMPTS) -> T:
-    """``call()``, retried with exponential backoff (0.5 s doubling, 15 s at most) while the chain
-    is unreachable; the last NetworkError is raised when every attempt failed."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(chain.NetworkError),
-        wait=wait_exponential(multiplier=0.5, max=15),
-        stop=stop_after_attempt(attempts),
-        reraise=True,
-        before_sleep=lambda state: log.warning("%s failed (%s), attempt %s of %s; retrying", what, state.outcome.exception(), state.attempt_number, attempts),
-    )
-    async for attempt in retrying:
-        with attempt:
-            return await call()
-    raise AssertionError("unreachable: tenacity reraises")
-
-
-async def supervise(name: str, run: Callable[[], Awaitable[None]], restart_after: float = 1.0) -> None:
-    """Run a background task for good: when it dies (or returns), log it and start it again."""
-    while True:
-        try:
-            await run()
-            log.error("%s stopped; restarting it", name)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s died; restarting it", name)
-        await asyncio.sleep(restart_after)
+        return await serve(app, "127.0.0.1", self.config.metrics_port)
 
 
 async def run_validator(config: ValidatorConfig) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         (config.state_dir / "config.json").write_text(json.dumps({k: str(v) for k, v in asdict(config).items()}, indent=2))
         validator = Validator(config)
     except (sqlite3.Error, OSError) as exc:
-        raise ValidatorStartupError(f"the state folder {config.state_dir} cannot be written ({exc}): give a writable --state-dir with free space") from exc
+        raise StartupError(f"the state folder {config.state_dir} cannot be written ({exc}): give a writable --state-dir with free space") from exc
     await validator.run(stop)
 
 

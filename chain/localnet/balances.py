@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from .runtime import account, Context, DispatchError, handles, set_account
+from .runtime import account, Context, DispatchError, set_account
 from .store import RAO_PER_TAO
 
 
-@handles("Balances", "transfer_keep_alive", "transfer_allow_death")
 def transfer(ctx: Context, sender: str, p: dict) -> None:
     dest = p["dest"]
     dest = dest.get("Id") if isinstance(dest, dict) else str(dest)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
-from bittensor._transport.contract import CallBytes
+# The one import of the SDK's private transport contract: the types the Substrate protocol speaks in.
+from bittensor._transport.contract import CallBytes, UnsignedExtrinsic  # noqa: F401 (UnsignedExtrinsic: re-exported for node.py)
 
 SPEC_VERSION = 1
 EXTRINSIC_VERSION = 1

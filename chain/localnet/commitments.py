@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import codec
-from .runtime import Context, DispatchError, handles, MAX_COMMITMENT_FIELDS, subnet, uid_of
+from .runtime import Context, DispatchError, MAX_COMMITMENT_FIELDS, subnet, uid_of
 
 
-@handles("Commitments", "set_commitment")
 def set_commitment(ctx: Context, hotkey: str, p: dict) -> None:
     netuid = int(p["netuid"])
     subnet(ctx.conn, netuid)

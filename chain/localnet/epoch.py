@@ -9,16 +9,12 @@ import numpy as np
 from . import codec, yuma
 from .runtime import add_stake, hotkey_stake, neurons, save_subnet, subnet
 from .store import U16_MAX
-from .weights import _expire_weight_commits
-
-
-def is_epoch_block(netuid: int, tempo: int, block: int) -> bool:
-    """subtensor's schedule: a subnet runs its epoch when (block + netuid + 1) % (tempo + 1) == 0."""
-    return tempo > 0 and (block + netuid + 1) % (tempo + 1) == 0
+from .weights import expire_weight_commits
 
 
 def next_epoch_block(netuid: int, tempo: int, after: int) -> int:
-    """The first epoch block strictly after ``after``."""
+    """The first epoch block strictly after ``after``: subtensor runs a subnet's epoch when
+    (block + netuid + 1) % (tempo + 1) == 0."""
     period = tempo + 1
     return after + 1 + (-(after + 1 + netuid + 1)) % period
 
@@ -118,5 +114,5 @@ def run_epoch(conn: sqlite3.Connection, netuid: int, block: int) -> None:
     state["last_epoch_block"] = block
     state["epoch_index"] += 1
     save_subnet(conn, netuid, hp, state)
-    _expire_weight_commits(conn, netuid, hp, state)
+    expire_weight_commits(conn, netuid, hp, state)
     refresh_validator_permits(conn, netuid)

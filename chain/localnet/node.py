@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 
-from bittensor._transport.contract import CallBytes, UnsignedExtrinsic
+
 from bittensor.balance import Balance
 from bittensor.result import ChainError, ExtrinsicResult, RpcConnectionError
 from bittensor.sp_core import ss58_decode
@@ -206,7 +206,7 @@ class LocalnetSubstrate:
 
     # Calls and fees --------------------------------------------------------------
 
-    async def compose(self, call) -> CallBytes:
+    async def compose(self, call) -> codec.CallBytes:
         module, function, params = call
         return codec.encode_call(module, function, dict(params))
 
@@ -226,7 +226,7 @@ class LocalnetSubstrate:
         assert self._mev_key is not None
         return self._mev_key.public_key().public_bytes_raw()
 
-    def _signed(self, call: CallBytes, keypair, nonce: int, period: int) -> codec.Extrinsic:
+    def _signed(self, call: codec.CallBytes, keypair, nonce: int, period: int) -> codec.Extrinsic:
         genesis = self._require()[1]
         payload = codec.signing_payload(call.data, signer=keypair.ss58_address, nonce=nonce, era=period, genesis_hash=genesis.genesis_hash)
         signature = keypair.sign(payload)
@@ -260,13 +260,13 @@ class LocalnetSubstrate:
         period: Optional[int] = 64,
         tip: int = 0,
         metadata_hash: Optional[bytes] = None,
-    ) -> UnsignedExtrinsic:
+    ) -> codec.UnsignedExtrinsic:
         genesis = self._require()[1]
         if nonce is None:
             nonce = await self.account_next_index(address)
         era = int(period or 0)
         payload = codec.signing_payload(call.data, signer=address, nonce=nonce, era=era, genesis_hash=genesis.genesis_hash)
-        return UnsignedExtrinsic(
+        return codec.UnsignedExtrinsic(
             call_data=call.data,
             address=address,
             public_key=bytes(ss58_decode(address)),
@@ -287,7 +287,7 @@ class LocalnetSubstrate:
         )
 
     async def submit_signature(
-        self, unsigned: UnsignedExtrinsic, signature: bytes | str, *, wait_for_inclusion: bool = True, wait_for_finalization: bool = True
+        self, unsigned: codec.UnsignedExtrinsic, signature: bytes | str, *, wait_for_inclusion: bool = True, wait_for_finalization: bool = True
     ) -> ExtrinsicResult:
         raw = bytes.fromhex(signature.removeprefix("0x")) if isinstance(signature, str) else bytes(signature)
         era = unsigned.era["period"] if isinstance(unsigned.era, dict) else 0

@@ -17,6 +17,7 @@ from Crypto.Cipher import ChaCha20_Poly1305
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from . import codec, runtime, store
+from .dispatch import dispatch
 from .runtime import Context, DispatchError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def apply(conn: sqlite3.Connection, genesis: store.Genesis, mev_key: mlkem.MLKEM
             inner = decrypt(mev_key, params["ciphertext"])
             ctx.emit("MevShield", "EncryptedSubmitted", who=extrinsic.signer)
         else:
-            runtime.dispatch(ctx, extrinsic.signer, module, function, params)
+            dispatch(ctx, extrinsic.signer, module, function, params)
         error = None
         conn.execute("RELEASE dispatch")
     except DispatchError as exc:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import ipaddress
 
 from . import codec
-from .runtime import account, Context, DispatchError, handles, neurons, _registered_uid, save_subnet, set_account, subnet, uid_of
+from .runtime import account, Context, DispatchError, neurons, registered_uid, save_subnet, set_account, subnet, uid_of
 from .store import RAO_PER_TAO
 
 
-@handles("SubtensorModule", "burned_register")
 def burned_register(ctx: Context, coldkey: str, p: dict) -> None:
     netuid, hotkey = int(p["netuid"]), str(p["hotkey"])
     hp, state = subnet(ctx.conn, netuid)
@@ -57,10 +56,9 @@ def _free_uid(ctx: Context, netuid: int, hp: dict) -> int:
     return uid
 
 
-@handles("SubtensorModule", "serve_axon")
 def serve_axon(ctx: Context, hotkey: str, p: dict) -> None:
     netuid = int(p["netuid"])
-    uid = _registered_uid(ctx.conn, netuid, hotkey)
+    uid = registered_uid(ctx.conn, netuid, hotkey)
     hp, _ = subnet(ctx.conn, netuid)
     ip_type, ip, port = int(p["ip_type"]), int(p["ip"]), int(p["port"])
     if ip_type not in (4, 6):

@@ -1,4 +1,4 @@
-"""The localnet's state transition: subnet and account storage, and the dispatch of extrinsics to their pallets.
+"""The localnet's state: subnet and account storage, and what every pallet's extrinsics share (``chain.localnet.dispatch`` routes them).
 
 Each function here runs inside one ``store.write`` transaction. A dispatch that fails
 raises :class:`DispatchError` with the chain's own error name, and the caller rolls
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Any, Callable
-
+from typing import Any
 
 from . import codec
 from .store import RAO_PER_TAO, U16_MAX
@@ -139,38 +138,9 @@ def uid_of(conn: sqlite3.Connection, netuid: int, hotkey: str) -> int | None:
     return None if row is None else int(row["uid"])
 
 
-def _registered_uid(conn: sqlite3.Connection, netuid: int, hotkey: str) -> int:
+def registered_uid(conn: sqlite3.Connection, netuid: int, hotkey: str) -> int:
     subnet(conn, netuid)
     uid = uid_of(conn, netuid, hotkey)
     if uid is None:
         raise DispatchError("HotKeyNotRegisteredInSubNet", f"The hotkey {hotkey} is not registered on subnet {netuid}.")
     return uid
-
-
-# --- Epochs ------------------------------------------------------------------------
-
-
-# --- Extrinsics --------------------------------------------------------------------
-
-Handler = Callable[[Context, str, dict], None]
-HANDLERS: dict[tuple[str, str], Handler] = {}
-
-
-def handles(module: str, *functions: str) -> Callable[[Handler], Handler]:
-    def decorate(fn: Handler) -> Handler:
-        for function in functions:
-            HANDLERS[(module, function)] = fn
-        return fn
-
-    return decorate
-
-
-def dispatch(ctx: Context, signer: str, module: str, function: str, params: dict) -> None:
-    handler = HANDLERS.get((module, function))
-    if handler is None:
-        raise DispatchError("CallFiltered", f"The localnet does not implement {module}.{function}.")
-    handler(ctx, signer, params)
-
-
-# Each pallet module registers its extrinsics with ``handles`` when imported.
-from . import balances, commitments, registry, weights  # noqa: E402, F401

@@ -8,11 +8,10 @@ from hashlib import blake2b
 from bittensor.sp_core import ss58_decode
 
 from . import codec
-from .runtime import Context, DispatchError, handles, hotkey_stake, MAX_UNREVEALED_COMMITS, _registered_uid, subnet
+from .runtime import Context, DispatchError, hotkey_stake, MAX_UNREVEALED_COMMITS, registered_uid, subnet
 from .store import RAO_PER_TAO, U16_MAX
 
 
-@handles("SubtensorModule", "set_mechanism_weights", "set_weights")
 def set_weights(ctx: Context, hotkey: str, p: dict) -> None:
     netuid = int(p["netuid"])
     hp, _ = subnet(ctx.conn, netuid)
@@ -23,7 +22,7 @@ def set_weights(ctx: Context, hotkey: str, p: dict) -> None:
 
 def _apply_weights(ctx: Context, netuid: int, hotkey: str, dests: list, values: list, version_key: int) -> None:
     hp, _ = subnet(ctx.conn, netuid)
-    uid = _registered_uid(ctx.conn, netuid, hotkey)
+    uid = registered_uid(ctx.conn, netuid, hotkey)
     row = ctx.conn.execute("SELECT * FROM neurons WHERE netuid = ? AND uid = ?", (netuid, uid)).fetchone()
     n = ctx.conn.execute("SELECT COUNT(*) FROM neurons WHERE netuid = ?", (netuid,)).fetchone()[0]
     dests, values = [int(d) for d in dests], [int(v) for v in values]
@@ -88,14 +87,13 @@ def _require_commit_reveal(conn: sqlite3.Connection, netuid: int, hotkey: str) -
     hp, state = subnet(conn, netuid)
     if not hp["commit_reveal_weights_enabled"]:
         raise DispatchError("CommitRevealDisabled", f"Commit-reveal is disabled on subnet {netuid}; set weights directly.")
-    _registered_uid(conn, netuid, hotkey)
+    registered_uid(conn, netuid, hotkey)
     pending = conn.execute("SELECT COUNT(*) FROM weight_commits WHERE netuid = ? AND hotkey = ?", (netuid, hotkey)).fetchone()[0]
     if pending >= MAX_UNREVEALED_COMMITS:
         raise DispatchError("TooManyUnrevealedCommits", f"At most {MAX_UNREVEALED_COMMITS} unrevealed commits per hotkey.")
     return hp, state
 
 
-@handles("SubtensorModule", "commit_mechanism_weights", "commit_weights")
 def commit_weights(ctx: Context, hotkey: str, p: dict) -> None:
     netuid = int(p["netuid"])
     _, state = _require_commit_reveal(ctx.conn, netuid, hotkey)
@@ -108,7 +106,6 @@ def commit_weights(ctx: Context, hotkey: str, p: dict) -> None:
     ctx.emit("SubtensorModule", "WeightsCommitted", netuid=netuid, hotkey=hotkey)
 
 
-@handles("SubtensorModule", "commit_timelocked_mechanism_weights", "commit_timelocked_weights", "commit_crv3_mechanism_weights")
 def commit_timelocked(ctx: Context, hotkey: str, p: dict) -> None:
     """Recorded as the chain records it. Revealing needs the drand beacon's signature
     for ``reveal_round``, which cannot be had offline, so these never apply here."""
@@ -121,7 +118,6 @@ def commit_timelocked(ctx: Context, hotkey: str, p: dict) -> None:
     ctx.emit("SubtensorModule", "TimelockedWeightsCommitted", netuid=netuid, hotkey=hotkey, reveal_round=int(p["reveal_round"]))
 
 
-@handles("SubtensorModule", "reveal_mechanism_weights", "reveal_weights")
 def reveal_weights(ctx: Context, hotkey: str, p: dict) -> None:
     netuid = int(p["netuid"])
     hp, state = subnet(ctx.conn, netuid)
@@ -144,7 +140,7 @@ def reveal_weights(ctx: Context, hotkey: str, p: dict) -> None:
     ctx.emit("SubtensorModule", "WeightsRevealed", netuid=netuid, hotkey=hotkey)
 
 
-def _expire_weight_commits(conn: sqlite3.Connection, netuid: int, hp: dict, state: dict) -> None:
+def expire_weight_commits(conn: sqlite3.Connection, netuid: int, hp: dict, state: dict) -> None:
     """Salted commits not revealed in their reveal epoch expire, as on chain."""
     conn.execute(
         "DELETE FROM weight_commits WHERE netuid = ? AND kind = 'hash' AND epoch + ? < ?",
