@@ -5,7 +5,7 @@ The request-level ones share ``protocol.errors.HttpError`` (the same OpenAI erro
 HttpError
 ├── BadRequest, ModelNotFound, PayloadTooLarge    (shared: 400, 404, 413)
 ├── InvalidApiKey       401 missing, unknown or revoked key
-├── RateLimited         429 over requests or tokens per minute (Retry-After)
+├── KeyRateLimited      429 over requests or tokens per minute (Retry-After)
 ├── QuotaExceeded       402 the key's token quota is used up (not retryable: it refills only with its period)
 ├── NoMinerAvailable    503 no healthy miner serves the model right now (Retry-After)
 ├── LimitsUnavailable   503 the shared rate-limit store (Redis) does not answer: fail closed (Retry-After)
@@ -25,7 +25,7 @@ __all__ = [
     "NoMinerAvailable",
     "PayloadTooLarge",
     "QuotaExceeded",
-    "RateLimited",
+    "KeyRateLimited",
     "UpstreamFailed",
 ]
 
@@ -34,7 +34,7 @@ class InvalidApiKey(HttpError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
 
 
-class RateLimited(HttpError):
+class KeyRateLimited(HttpError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
 
 

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 import redis.asyncio
 
-from gateway.errors import LimitsUnavailable, QuotaExceeded, RateLimited
+from gateway.errors import LimitsUnavailable, QuotaExceeded, KeyRateLimited
 from gateway.store import ApiKey, Store
 
 QUOTA_PREFIX = "slmnet:quota"
@@ -78,7 +78,7 @@ class KeyLimits:
             await self.redis.aclose()
 
     async def admit(self, key: ApiKey, tokens: int) -> Reservation:
-        """Charge one request of at most ``tokens``; RateLimited, QuotaExceeded or LimitsUnavailable."""
+        """Charge one request of at most ``tokens``; KeyRateLimited, QuotaExceeded or LimitsUnavailable."""
         return await _guarded(self._admit(key, tokens))
 
     async def _admit(self, key: ApiKey, tokens: int) -> Reservation:
@@ -87,7 +87,7 @@ class KeyLimits:
             await self._window(key, "requests", key.rpm, 1, headers, f"over {key.rpm} requests per minute for this key", "rate_limit_requests")
         if key.tpm is not None:
             if tokens > key.tpm:
-                raise RateLimited(f"this request may use {tokens} tokens, more than the key's {key.tpm} per minute; lower max_tokens", "rate_limit_tokens")
+                raise KeyRateLimited(f"this request may use {tokens} tokens, more than the key's {key.tpm} per minute; lower max_tokens", "rate_limit_tokens")
             await self._window(key, "tokens", key.tpm, tokens, headers, f"over {key.tpm} tokens per minute for this key", "rate_limit_tokens")
         reservation = Reservation(key.id, 0, headers=headers)
         if key.quota_tokens is not None:
@@ -107,7 +107,7 @@ class KeyLimits:
             }
         )
         if not allowed:
-            raise RateLimited(message, code, {"Retry-After": str(max(1, math.ceil(reset))), **headers})
+            raise KeyRateLimited(message, code, {"Retry-After": str(max(1, math.ceil(reset))), **headers})
 
     async def _reserve_quota(self, key: ApiKey, tokens: int, reservation: Reservation) -> None:
         now = time.time()

@@ -11,7 +11,7 @@ assistant prefix with ``continue_final_message``; the text prompt plus that text
 on without a break. When no miner can continue, the stream ends with ``finish_reason``
 ``"error"``, an OpenAI error event and no ``[DONE]``. Each chunk's text is bound to its
 token ids before the user sees it; the user's chunks are rebuilt from the validated
-models (``gateway.shaping``), so nothing a miner adds reaches the user.
+models (``gateway.answer.user_chunk``, ``whole_completion``), so nothing a miner adds reaches the user.
 """
 
 from __future__ import annotations

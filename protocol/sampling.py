@@ -6,7 +6,7 @@ that maximizes ``logit / T + g(seed, position, token)`` among the tokens its ``t
 integer hash. That is an exact sample from the tempered, filtered distribution, and anyone
 holding the model can recompute the choice: a validator re-scores the answer, adds the
 same ``g`` to its own logprobs and checks the miner took the winner wherever the winner's
-margin exceeds honest precision drift (``scoring.sampling``).
+margin exceeds honest precision drift (``scoring.evidence.choice_mismatch``).
 
 The hash uses only 32-bit integer arithmetic carried in int64 (products stay below 2^49),
 so numpy on a validator's CPU and torch on a miner's GPU compute identical bits; the

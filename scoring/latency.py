@@ -5,9 +5,11 @@ request left, each chunk's arrival, and the tokens each chunk carried. Nothing h
 trusts the miner's own timing.
 
 Throughput is end to end, ``tokens / (last arrival - sent)``: a miner that buffers the
-whole answer and bursts it gains nothing (its TTFT becomes its total time), so burst
-detection is reported, not needed for fairness. A decode rate measured from the first
-token (as some subnets do) is exactly what bursting inflates.
+whole answer and bursts it gains no throughput (its TTFT becomes its total time), and a
+decode rate measured from the first token (as some subnets do) is exactly what bursting
+would inflate. Bursts still matter: a buffered answer is one a streaming user did not get
+as it was made, and one that could have been made elsewhere and relayed whole, so
+``Speed.streamed`` feeds the per-miner buffering rule in ``scoring.aggregate`` (score 0).
 """
 
 from __future__ import annotations

@@ -76,10 +76,10 @@ def fund(directory: Path, coldkey: str, tao: float) -> int:
 
 
 def stake(directory: Path, coldkey: str, hotkey: str, tao: float, netuid: int | None = None) -> int:
-    """Stake ``tao`` from a coldkey's free balance to a hotkey it owns, on every subnet
-    where the hotkey is registered (or only ``netuid``). Validator permits are
-    refreshed at once, as a genesis configuration would set them. Returns the
-    hotkey's new total stake in rao."""
+    """Stake ``tao`` from a coldkey's free balance to a hotkey it owns, on one subnet: ``netuid``,
+    or the first where the hotkey is registered. Validator permits are refreshed at once on
+    every subnet the hotkey is on, as a genesis configuration would set them. Returns the
+    hotkey's new stake on that subnet, in rao."""
     _check_address(coldkey)
     _check_address(hotkey)
     rao = _tao_to_rao(tao)

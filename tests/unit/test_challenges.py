@@ -24,8 +24,8 @@ def test_a_round_is_replayable_from_its_seed_and_differs_across_seeds():
 def test_every_family_appears_and_prompts_rarely_repeat():
     challenges = generate(1234, 2000)
     families = Counter(c.family for c in challenges)
-    assert set(families) == {name if name != "open_prompt" else "open" for name in FAMILY_WEIGHTS}
-    assert 0.25 < families["open"] / 2000 < 0.35
+    assert set(families) == set(FAMILY_WEIGHTS)
+    assert 0.25 < families["open_prompt"] / 2000 < 0.35
     checkable = [json.dumps(c.body["messages"]) for c in challenges if c.answer is not None]
     assert len(set(checkable)) > 0.95 * len(checkable)
     assert len({c.body["temperature"] for c in challenges}) >= 4 and len({c.body["max_tokens"] for c in challenges}) > 100

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.errors import QuotaExceeded, RateLimited
+from gateway.errors import QuotaExceeded, KeyRateLimited
 from gateway.limits import KeyLimits
 from gateway.router import BREAKER_FAILURES, MinerView, Router
 from gateway.store import Store
@@ -103,7 +103,7 @@ def test_limits_stay_exact_under_concurrency(tmp_path):
         try:
             await limits.admit(key, 10)
             return "ok"
-        except RateLimited as exc:
+        except KeyRateLimited as exc:
             assert int(exc.headers["Retry-After"]) >= 1
             return "limited"
 

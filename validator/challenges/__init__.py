@@ -19,7 +19,7 @@ from validator.challenges.tasks import FAMILIES, Answer, Task, grade
 
 __all__ = ["Challenge", "generate", "grade", "round_seed", "FAMILY_WEIGHTS"]
 
-# Share of each family in a round: mostly checkable tasks, a quarter open prompts.
+# Share of each family in a round (keyed by family name): mostly checkable tasks, 30% open prompts.
 FAMILY_WEIGHTS = {
     "arithmetic": 0.12,
     "reverse_string": 0.1,

@@ -107,7 +107,7 @@ def open_prompt(rng: random.Random) -> Task:
     messages: tuple[dict, ...] = ({"role": "user", "content": template.format(t=rng.choice(TOPICS))},)
     if rng.random() < 0.3:
         messages = ({"role": "system", "content": "You are a helpful, concise assistant."}, *messages)
-    return Task("open", messages, None)
+    return Task("open_prompt", messages, None)
 
 
 FAMILIES: dict[str, Callable[[random.Random], Task]] = {
