@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from btauth.client import sse_events  # noqa: E402
 from engine import EngineSpec  # noqa: E402
 from models.manifest import ModelManifest  # noqa: E402
 from models.tiny import build_tiny  # noqa: E402
+from shell.net import free_port  # noqa: E402
 
 
 def model_or_tiny(model: str | None, tmp: Path) -> tuple[Path, ModelManifest]:
@@ -31,12 +31,6 @@ def model_or_tiny(model: str | None, tmp: Path) -> tuple[Path, ModelManifest]:
     if manifest is None:
         raise SystemExit(f"{folder} has no slmnet.json: build it with `slmnet models`")
     return folder, manifest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 600) -> None:

@@ -35,11 +35,10 @@ from gateway.upstream import MinerFailed, miner_events
 from protocol.errors import error_body
 from protocol.records import AnswerRecord
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold
-from protocol.sse import StreamViolation
+from protocol.sse import SSE_HEADERS, StreamViolation
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 BUSY_RETRY_S = 0.25
 PROGRESS_INTERVAL_S = 1.0  # how often the ledger learns the tokens streamed so far
 

@@ -23,7 +23,7 @@ from chain import ChainConfig
 from gateway.router import MinerView, Router
 from gateway.server import create_app
 from gateway.state import GatewaySettings, GatewayState
-from shell import StartupError, require_registered, serve, stop_on_signals
+from shell.role import StartupError, require_registered, serve, stop_on_signals
 from gateway.store import Store
 from models.tokenizer import ModelTokenizer
 from models.subnet import ModelList, ModelListMismatch, check_graph

@@ -18,7 +18,7 @@ import sys
 import time
 
 from gateway.service import GatewayConfig, recover_ledger, run_gateway
-from shell import StartupError
+from shell.role import StartupError
 from gateway.store import Store
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ class MinerConfig:
     dtype: str = "float32"  # declared: what the engine computes in
     max_context: int = 2048
     capacity: int = 16  # declared; also the global in-flight limit
-    max_in_flight_per_caller: int = 16
+    max_in_flight_per_caller: Optional[int] = None  # None: capacity
     min_stake: float = CALLER_MIN_STAKE_TAO  # TAO a sender without a validator permit must hold
     max_body_bytes: int = 1 << 20
     metagraph_interval: float = 12.0  # seconds between metagraph refreshes
@@ -37,6 +37,8 @@ class MinerConfig:
         return self.external_port or self.port
 
     def __post_init__(self) -> None:
+        if self.max_in_flight_per_caller is None:
+            object.__setattr__(self, "max_in_flight_per_caller", self.capacity)
         if (self.engine is None) == (self.engine_url is None):
             raise ValueError("give either engine flags (--engine-model ...) or --engine-url, not both and not neither")
         if not self.model_id:

@@ -29,6 +29,7 @@ from miner.metrics import MinerMetrics
 from miner.state import STATE, MinerState
 from miner.sync import metagraph_ctx
 from protocol import openapi
+from protocol.sse import SSE_HEADERS
 from protocol.errors import http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, describe_validation_error
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 OVERHEAD_HEADER = "X-Slmnet-Miner-Overhead-Ms"  # ms from request received to request sent to the engine
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 # --- errors -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from miner.admission import Admission
 from miner.auth import Gatekeeper
 from miner.config import MinerConfig
 from engine import Engine
-from shell import StartupError, require_registered, serve, stop_on_signals
+from shell.role import StartupError, require_registered, serve, stop_on_signals
 from miner.metrics import MinerMetrics
 from miner.server import create_app
 from miner.state import MinerState

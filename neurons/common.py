@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,13 +47,6 @@ def chain_config(args: argparse.Namespace):
         return ChainConfig(args.network, args.netuid, str(Path(args.wallet_path).expanduser()), args.wallet_name, args.wallet_hotkey)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-
-
-def free_port() -> int:
-    """A free TCP port on loopback, for an engine started behind a miner or validator."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_status(url: str, timeout: float = 2.0) -> Optional[int]:
@@ -110,3 +102,15 @@ def model_folder(source: str, cache: Path) -> str:
         return folder_of(source, cache)
     except PrepareError as exc:
         raise CliError(str(exc)) from exc
+
+
+def given(**flags: Any) -> dict[str, Any]:
+    """The flags the operator gave (not None): the rest take their defaults from the config class they fill, defined there once."""
+    return {name: value for name, value in flags.items() if value is not None}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default where it has one here; a flag left None takes its config class's default, which its help names."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)

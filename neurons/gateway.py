@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Optional
 
 from gateway.settings import GatewaySettings
-from neurons.common import CliError, add_chain_flags, chain_config, load_model_list, model_folder, model_pairs, run_service
+from neurons.common import CliError, HelpFormatter, add_chain_flags, chain_config, load_model_list, model_folder, model_pairs, run_service
 
 DEFAULT_DB = "~/.slmnet/gateway.sqlite"
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser(
-        "gateway", help="the OpenAI-compatible API: keys, routing to the best miners, failover", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = groups.add_parser("gateway", help="the OpenAI-compatible API: keys, routing to the best miners, failover", formatter_class=HelpFormatter)
     add_chain_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")

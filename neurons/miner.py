@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Optional
 
 from btauth import CALLER_MIN_STAKE_TAO
-from neurons.common import CliError, add_chain_flags, chain_config, free_port, run_service
+from shell.net import free_port
+from neurons.common import CliError, HelpFormatter, add_chain_flags, chain_config, given, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser("miner", help="serve a model through vLLM behind an authenticated endpoint", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = groups.add_parser("miner", help="serve a model through vLLM behind an authenticated endpoint", formatter_class=HelpFormatter)
     add_chain_flags(p)
     p.add_argument("--model", required=True, help="a model folder (from `slmnet models`), a prepared model name (smollm2-135m), or a Hugging Face id")
     p.add_argument("--revision", default=None, help="Hugging Face revision to serve and declare (with a hub id)")
@@ -35,11 +36,11 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     )
     engine.add_argument("--engine-log", default=None, help="append the engine's output to this file")
     limits = p.add_argument_group("admission")
-    limits.add_argument("--capacity", type=int, default=16, help="requests in flight at once (declared on chain)")
+    limits.add_argument("--capacity", type=int, default=None, help="requests in flight at once (declared on chain; default: MinerConfig.capacity)")
     limits.add_argument("--max-in-flight-per-caller", type=int, default=None, help="requests in flight per calling hotkey (default: capacity)")
-    limits.add_argument("--min-stake", type=float, default=CALLER_MIN_STAKE_TAO, help="TAO a caller without a validator permit must hold")
-    limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
-    p.add_argument("--metagraph-interval", type=float, default=12.0, help="seconds between metagraph refreshes")
+    limits.add_argument("--min-stake", type=float, default=None, help=f"TAO a caller without a validator permit must hold (default: {CALLER_MIN_STAKE_TAO:g})")
+    limits.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted (default: MinerConfig.max_body_bytes)")
+    p.add_argument("--metagraph-interval", type=float, default=None, help="seconds between metagraph refreshes (default: MinerConfig.metagraph_interval)")
     p.set_defaults(func=cmd_miner, default_log_level=logging.INFO)
 
 
@@ -97,11 +98,13 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (impo
             weights_sha256=digest,
             dtype=args.dtype,
             max_context=max_context,
-            capacity=args.capacity,
-            max_in_flight_per_caller=args.max_in_flight_per_caller or args.capacity,
-            min_stake=args.min_stake,
-            max_body_bytes=args.max_body_bytes,
-            metagraph_interval=args.metagraph_interval,
+            **given(
+                capacity=args.capacity,
+                max_in_flight_per_caller=args.max_in_flight_per_caller,
+                min_stake=args.min_stake,
+                max_body_bytes=args.max_body_bytes,
+                metagraph_interval=args.metagraph_interval,
+            ),
         )
     except ValueError as exc:
         raise CliError(str(exc)) from exc

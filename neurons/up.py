@@ -18,14 +18,13 @@ import signal
 import time
 from pathlib import Path
 
-from neurons.common import CliError, free_port, http_status
+from shell.net import free_port
+from neurons.common import CliError, HelpFormatter, http_status
 from neurons.local_subnet import QUESTION, Subnet
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser(
-        "up", help="run the whole subnet on this machine: localnet, 3 miners, validator, gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = groups.add_parser("up", help="run the whole subnet on this machine: localnet, 3 miners, validator, gateway", formatter_class=HelpFormatter)
     p.add_argument("--dir", default="./slmnet-up", help="all state and logs (reset at each start)")
     p.add_argument("--port", type=int, default=8000, help="the gateway's port")
     p.add_argument("--smoke", action="store_true", help="one answer through the gateway, then wait for weights, then stop (exit 0 on success)")

@@ -1,4 +1,4 @@
-"""``slmnet validator``: flags → ValidatorConfig → validator.service.run_validator."""
+"""``slmnet validator``: flags → validator.config.ValidatorConfig → validator.service.run_validator."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import asyncio
 import logging
 from pathlib import Path
 
-from neurons.common import CliError, add_chain_flags, chain_config, free_port, load_model_list, model_folder, model_pairs, run_service
+from shell.net import free_port
+from neurons.common import CliError, HelpFormatter, add_chain_flags, chain_config, given, load_model_list, model_folder, model_pairs, run_service
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser(
-        "validator", help="challenge miners, verify by teacher forcing, score, set weights", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = groups.add_parser("validator", help="challenge miners, verify by teacher forcing, score, set weights", formatter_class=HelpFormatter)
     p.add_argument(
         "action",
         nargs="?",
@@ -45,8 +44,8 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         "vLLM's own 'auto' runs a float32 model in half precision on CPU, and would flag honest float32 miners)",
     )
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument for started engines (repeatable)")
-    p.add_argument("--challenges-per-miner", type=int, default=8, help="challenges each miner gets per round")
-    p.add_argument("--round-interval", type=float, default=30.0, help="seconds between round starts")
+    p.add_argument("--challenges-per-miner", type=int, default=None, help="challenges each miner gets per round (default: ValidatorConfig's)")
+    p.add_argument("--round-interval", type=float, default=None, help="seconds between round starts (default: ValidatorConfig's)")
     p.add_argument("--weights-interval", type=int, default=None, help="blocks between weight settings (default: the tempo)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this loopback port")
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
@@ -58,7 +57,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
 def build_config(args: argparse.Namespace):
     from engine import EngineSpec
     from models.prepare import default_cache_dir
-    from validator.service import ValidatorConfig
+    from validator.config import ValidatorConfig
 
     models = load_model_list(args.model_list, args.network)
     references = [(model_id, url.rstrip("/")) for model_id, url in model_pairs("--reference", args.reference, models)]
@@ -92,8 +91,7 @@ def build_config(args: argparse.Namespace):
         tokenizers=tuple(tokenizers.items()),
         references=tuple(references),
         engines=tuple(engines),
-        challenges_per_miner=args.challenges_per_miner,
-        round_interval=args.round_interval,
+        **given(challenges_per_miner=args.challenges_per_miner, round_interval=args.round_interval),
         weights_interval_blocks=args.weights_interval,
         metrics_port=args.metrics_port,
         wandb_project=args.wandb_project,

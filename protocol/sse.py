@@ -19,6 +19,9 @@ from typing import AsyncIterable, AsyncIterator
 
 MAX_EVENT_BYTES = 256 * 1024  # a chunk of a few tokens with top logprobs is ~2 KiB
 MAX_STREAM_BYTES = 32 * 1024 * 1024  # 8k tokens × 20 top logprobs is ~10 MiB
+# What a server sends with a stream (the miner to its callers, the gateway to users): no caching,
+# and no buffering by a reverse proxy (nginx honours X-Accel-Buffering) that would turn it into a burst.
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class StreamViolation(Exception):

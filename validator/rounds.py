@@ -16,8 +16,9 @@ exception in one miner's challenge is logged and scored as that answer's error.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import aiohttp
@@ -67,6 +68,26 @@ class Result:
     def streamed(self) -> Optional[bool]:
         """For an answer long enough to judge: whether it was streamed (buffering evidence)."""
         return judged_streamed(self.outcome)
+
+    def row(self, round_index: int) -> dict[str, Any]:
+        """The result as the store's ``results`` row, by column name."""
+        speed = self.outcome.speed
+        return {
+            "round": round_index,
+            "uid": self.uid,
+            "hotkey": self.hotkey,
+            "family": self.family,
+            "outcome": self.outcome.kind,
+            "passed": None if self.outcome.fidelity_passed is None else int(self.outcome.fidelity_passed),
+            "reasons": "; ".join(self.reasons) or self.detail or None,
+            "correct": self.outcome.correct,
+            "ttft": speed.ttft if speed else None,
+            "tokens_per_s": speed.tokens_per_s if speed else None,
+            "tokens": speed.tokens if speed else None,
+            "streamed": None if self.streamed is None else int(self.streamed),
+            "stats": json.dumps(asdict(self.stats)) if self.stats is not None else None,
+            "answer": self.answer.model_dump_json() if self.answer is not None else None,
+        }
 
 
 @dataclass

@@ -16,14 +16,9 @@ from typing import Optional
 
 from engine import Child, EngineSpec
 from neurons.common import http_status
+from shell.net import free_port
 
 STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~70 s warm, ~100 s with empty caches
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # One compile cache for every engine the tests start: the first start compiles (~100 s

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import chain
-from shell import on_chain, supervise
+from shell.role import on_chain, supervise
 
 
 async def test_a_chain_call_is_retried_while_the_chain_is_unreachable_and_then_succeeds():

@@ -1,0 +1,82 @@
+"""What every long-running role (miner, validator, gateway) does the same way, once: the start-up error, the
+registration check at start, stopping on signals, supervised background tasks, chain calls
+retried while the chain is unreachable, and the aiohttp app pattern.
+
+A role that cannot start raises ``StartupError`` with what to do; ``neurons.common.run_service``
+prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Awaitable, Callable, TypeVar
+
+from aiohttp import web
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+import chain
+
+log = logging.getLogger(__name__)
+
+CHAIN_ATTEMPTS = 5
+T = TypeVar("T")
+
+
+class StartupError(Exception):
+    """A role cannot start; the message says what to do."""
+
+
+async def require_registered(net: chain.Chain, netuid: int, hotkey: str, fix: str) -> int:
+    """The hotkey's uid on the subnet; StartupError (with ``fix``, what the operator must do) when it is not registered."""
+    try:
+        return await net.uid_of(netuid, hotkey)
+    except chain.NotRegistered as exc:
+        raise StartupError(f"{exc}; {fix}") from exc
+
+
+def stop_on_signals(stop: asyncio.Event | None = None) -> asyncio.Event:
+    """``stop`` (a new event when None), set by SIGINT or SIGTERM."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def on_chain(what: str, call: Callable[[], Awaitable[T]], attempts: int = CHAIN_ATTEMPTS) -> T:
+    """``call()``, retried with exponential backoff (0.5 s doubling, 15 s at most) while the chain
+    is unreachable; the last NetworkError is raised when every attempt failed."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(chain.NetworkError),
+        wait=wait_exponential(multiplier=0.5, max=15),
+        stop=stop_after_attempt(attempts),
+        reraise=True,
+        before_sleep=lambda state: log.warning("%s failed (%s), attempt %s of %s; retrying", what, state.outcome.exception(), state.attempt_number, attempts),
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity reraises")
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]], restart_after: float = 1.0) -> None:
+    """Run a background task for good: when it dies (or returns), log it and start it again."""
+    while True:
+        try:
+            await run()
+            log.error("%s stopped; restarting it", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s died; restarting it", name)
+        await asyncio.sleep(restart_after)
+
+
+async def serve(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
+    """Start ``app`` on ``host:port`` (no access log: each role logs its own requests); clean up the returned runner to stop it."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+    return runner

@@ -1,0 +1,33 @@
+"""The validator's configuration: one frozen object, built and validated in ``neurons/`` (its flags take their defaults from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from chain import ChainConfig
+from engine import EngineSpec
+from models.subnet import ModelList
+from scoring.aggregate import AggregationParams
+from validator.query import Timeouts
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    chain: ChainConfig  # network, netuid, wallet
+    state_dir: Path
+    models: ModelList
+    tokenizers: tuple[tuple[str, str], ...] = ()  # (model id, folder with its tokenizer): ids and text are bound with it
+    references: tuple[tuple[str, str], ...] = ()  # (model id, URL of a running reference engine)
+    engines: tuple[EngineSpec, ...] = ()  # reference engines to start and supervise
+    challenges_per_miner: int = 8
+    per_miner_concurrency: int = 4
+    round_interval: float = 30.0  # seconds between round starts
+    weights_interval_blocks: Optional[int] = None  # default: the subnet's tempo
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    aggregation: AggregationParams = field(default_factory=AggregationParams)
+    metrics_port: Optional[int] = None  # Prometheus on loopback
+    wandb_project: Optional[str] = None  # online wandb; offline runs are written under state_dir
+    max_rounds: Optional[int] = None  # stop after this many rounds (tests, smoke runs)
+    organic_from: Optional[Path] = None  # a gateway's SQLite: its organic outbox of user answers to verify
