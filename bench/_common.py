@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,13 +12,12 @@ from typing import Any, Mapping
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btauth.client import sse_events  # noqa: E402
-from engine import EngineSpec  # noqa: E402
-from models.manifest import ModelManifest  # noqa: E402
-from models.tiny import build_tiny  # noqa: E402
-from shell.net import free_port  # noqa: E402
+from btauth.client import sse_events
+from engine import EngineSpec
+from models.manifest import ModelManifest
+from models.tiny import build_tiny
+from shell.net import free_port
 
 
 def model_or_tiny(model: str | None, tmp: Path) -> tuple[Path, ModelManifest]:

@@ -13,7 +13,7 @@ rounding; noise at 1e-3, 3e-3, 1e-2 × each tensor's std; the last 4 layers drop
 sampling at 1.3× the temperature, ignoring top_p, or with the engine's own RNG; invented
 logprobs; int4's tokens with logprobs re-scored by the declared model.
 
-    python bench/calibrate_verifier.py [--model tiny|smollm2-135m] [--challenges 32]
+    python -m bench.calibrate_verifier [--model tiny|smollm2-135m] [--challenges 32]
         [--variants ...] [--dump FILE.jsonl] [--from-dump FILE.jsonl] [--json]
 
 Prints one row per variant (see ``docs/calibration.md`` for the columns); ``--dump`` keeps
@@ -38,17 +38,16 @@ from typing import Any, Optional
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import start_engine, stop, stream_chat  # noqa: E402
-from models import subnet as model_list  # noqa: E402
-from models.tiny import build_tiny  # noqa: E402
-from scoring.evidence import TOLERANCES, SequentialParams, log_likelihood_ratio  # noqa: E402
-from scoring.fidelity import ResponseEvidence, TokenEvidence, Verdict  # noqa: E402
-from tests.harness.adversary import perturbed_copy  # noqa: E402
-from validator.challenges import generate  # noqa: E402
-from models.tokenizer import ModelTokenizer  # noqa: E402
-from validator.verify import MinerResponse, ReferenceEngine, collect, gather, judge  # noqa: E402
+from bench._common import start_engine, stop, stream_chat
+from models import subnet as model_list
+from models.tiny import build_tiny
+from scoring.evidence import TOLERANCES, SequentialParams, log_likelihood_ratio
+from scoring.fidelity import ResponseEvidence, TokenEvidence, Verdict
+from tests.harness.adversary import perturbed_copy
+from validator.challenges import generate
+from models.tokenizer import ModelTokenizer
+from validator.verify import MinerResponse, ReferenceEngine, collect, gather, judge
 
 HONEST = ["fp32-c1", "fp32-c16", "fp32-t1", "bf16", "hf-fp32", "hf-bf16"]
 CHEATS = ["int8", "int4", "fp8", "noise-1e-3", "noise-3e-3", "noise-1e-2", "drop-4", "hot", "no-top-p", "own-rng", "invented", "rescored-int4"]

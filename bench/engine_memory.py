@@ -11,7 +11,7 @@ the mix a serving engine sees: validator-like challenges (seeded, logprobs, prom
 at a time. Every 10 s it samples the
 worker's RSS; growth is the least-squares slope after the first fifth of the run.
 
-    python bench/engine_memory.py [--minutes 6] [--json]
+    python -m bench.engine_memory [--minutes 6] [--json]
 
 ``--json`` ends with one JSON object: ``rss_growth_ratio`` is slmnet's growth over vLLM's,
 ``throughput_ratio`` its tokens a second over vLLM's.
@@ -25,7 +25,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +33,11 @@ from typing import Any
 import aiohttp
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import free_port, stop, stream_chat, wait_healthy  # noqa: E402
-from engine import EngineSpec  # noqa: E402
-from engine.vllm import ENGINE_ENV_DEFAULTS  # noqa: E402
-from neurons.local_subnet import ENGINE_ARGS, QUESTION, SMOLLM2  # noqa: E402
+from bench._common import free_port, stop, stream_chat, wait_healthy
+from engine import EngineSpec
+from engine.vllm import ENGINE_ENV_DEFAULTS
+from neurons.local_subnet import ENGINE_ARGS, QUESTION, SMOLLM2
 
 CONFIGS = {"vllm": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "VLLM_CPU_OMP_THREADS_BIND": "auto"}, "slmnet": {}}
 WORDS = "the river carried old stones past quiet towns where people spoke of harvests storms and distant cities".split()

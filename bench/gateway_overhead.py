@@ -9,7 +9,7 @@ answer, the SQLite ledger. The load generator (a third process) sends requests o
 at each rate for ``--seconds`` and measures each one to its last byte, first straight to
 the upstream, then through the gateway, alternating rates so drift hits both alike.
 
-    python bench/gateway_overhead.py [--rates 100,500,1000] [--seconds 5] [--workers N] [--vs litellm] [--json]
+    python -m bench.gateway_overhead [--rates 100,500,1000] [--seconds 5] [--workers N] [--vs litellm] [--json]
 
 On a 2-core machine the three processes share the cores: the figures include that.
 """
@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -31,9 +30,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import free_port  # noqa: E402
+from bench._common import free_port
 
 MODEL = "slmnet/tiny-qwen2-s0"
 WORDS = ["Paris", " is", " the", " capital", " of", " France", ".", ""]

@@ -5,7 +5,7 @@ SDK path (intent → plan → sign → node checks → dispatch) against the bar
 the same call in a transaction (the reference); and a metagraph read through the SDK
 against the bare runtime-API read. Prints a table; ``--json`` ends with one JSON object.
 
-    python bench/localnet_ops.py [--neurons 64] [--ops 200] [--json]
+    python -m bench.localnet_ops [--neurons 64] [--ops 200] [--json]
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import bittensor as bt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import chain  # noqa: E402
-from chain.localnet import admin, reads, registry, runtime, store  # noqa: E402
+import chain
+from chain.localnet import admin, reads, registry, runtime, store
 
 
 def _ms(samples: list[float]) -> tuple[float, float]:

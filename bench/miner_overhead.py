@@ -13,7 +13,7 @@ second run puts a stand-in upstream in the engine's place: a process that stream
 vLLM-shaped events at a fixed pace (--fake-token-ms) with no model behind it. It is not
 an engine and claims nothing about one; it isolates what the miner itself costs.
 
-    python bench/miner_overhead.py [--concurrency 1 8 32] [--rounds 8] [--json]
+    python -m bench.miner_overhead [--concurrency 1 8 32] [--rounds 8] [--json]
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ from pathlib import Path
 import aiohttp
 import bittensor as bt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import chain  # noqa: E402
-from chain.localnet import admin  # noqa: E402
-from bench._common import free_port, model_or_tiny, stop, wait_healthy  # noqa: E402
-from btauth.client import signed_headers  # noqa: E402
-from engine import EngineSpec  # noqa: E402
-from models.manifest import ModelManifest  # noqa: E402
+import chain
+from chain.localnet import admin
+from bench._common import free_port, model_or_tiny, stop, wait_healthy
+from btauth.client import signed_headers
+from engine import EngineSpec
+from models.manifest import ModelManifest
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, keypair, receiver: str) -> tuple[float, float, int, float]:

@@ -12,7 +12,7 @@ one stand-in process replays the engine's own honest answers to the round's chal
 at ``--miner-tokens-per-s`` per stream, on one path per miner, so what is measured is the
 validator's side (querying, verifying on the reference engine, scoring).
 
-    python bench/verify_cost.py [--challenges 32] [--max-tokens 128] [--miners 8,32,128] [--json]
+    python -m bench.verify_cost [--challenges 32] [--max-tokens 128] [--miners 8,32,128] [--json]
 """
 
 from __future__ import annotations
@@ -29,17 +29,16 @@ from pathlib import Path
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bittensor.sp_core import Keypair  # noqa: E402
-from aiohttp import web  # noqa: E402
+from bittensor.sp_core import Keypair
+from aiohttp import web
 
-from bench._common import free_port, model_or_tiny, start_engine, stop, stream_chat  # noqa: E402
-from models import subnet as model_list  # noqa: E402
-from validator.challenges import generate  # noqa: E402
-from validator.rounds import Target, run_round  # noqa: E402
-from models.tokenizer import ModelTokenizer  # noqa: E402
-from validator.verify import ReferenceEngine, collect, verify  # noqa: E402
+from bench._common import free_port, model_or_tiny, start_engine, stop, stream_chat
+from models import subnet as model_list
+from validator.challenges import generate
+from validator.rounds import Target, run_round
+from models.tokenizer import ModelTokenizer
+from validator.verify import ReferenceEngine, collect, verify
 
 ROUND_SEED = 404
 

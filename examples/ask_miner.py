@@ -1,6 +1,6 @@
 """Ask a miner one question with a signed, streamed request, the way a validator does.
 
-    python examples/ask_miner.py --miner-url http://127.0.0.1:8091 --miner-hotkey SS58 \
+    python -m examples.ask_miner --miner-url http://127.0.0.1:8091 --miner-hotkey SS58 \
         --wallet-path ./wallets --wallet-name validator --model slmnet/tiny-qwen2-s0 "What is 2 + 2?"
 
 Prints the streamed text as it arrives, then the completion's token ids and the logprob
@@ -17,9 +17,8 @@ from pathlib import Path
 import aiohttp
 import bittensor as bt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btauth.client import MinerClient, sse_events  # noqa: E402
+from btauth.client import MinerClient, sse_events
 
 
 async def ask(args: argparse.Namespace) -> int:

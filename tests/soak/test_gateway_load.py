@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.timeout(1200)
 def test_500_requests_a_second_for_60_s_through_the_gateway_get_no_error(figure):
-    command = [sys.executable, str(ROOT / "bench" / "gateway_overhead.py"), "--rates", "500", "--seconds", "60", "--max-rate-steps", "500", "--json"]
+    command = [sys.executable, "-m", "bench.gateway_overhead", "--rates", "500", "--seconds", "60", "--max-rate-steps", "500", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1100, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
