@@ -52,6 +52,7 @@ TEMPOS_PER_DAY = 20  # 360 blocks of 12 s
 TEMPO_SECONDS = 86_400 / TEMPOS_PER_DAY
 FULL_VALIDATORS = 64  # the validator set a miner's challenge load is counted for
 CHALLENGES_PER_ROUND = 4  # the sweep over rounds a tempo
+RAMP_WINDOW = 10  # tempos a newcomer must have had on the subnet for its ramp to count
 CHECKABLE_SHARE = 0.7
 ACCURACY = 0.45  # honest SmolLM2 on the checkable families (assumed)
 INFORMATIVE_SHARE = 0.35  # 43 of ~120 tokens in the calibration runs
@@ -354,7 +355,7 @@ def figures(settings: Settings, run: dict) -> dict:
     for m, series in paid.items():
         miner = miners[m]
         if not KINDS[miner.kind].cheat:
-            if miner.joined > 0:  # an honest newcomer: how long until it earns half the mean
+            if 0 < miner.joined <= settings.tempos - RAMP_WINDOW and len(series) >= RAMP_WINDOW:  # a newcomer with time to ramp
                 ramp.append(next((float(t - miner.joined) for t, x in series if x >= 0.5), math.inf))
             continue
         above = [t for t, x in series if x >= 0.01]

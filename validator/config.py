@@ -21,9 +21,12 @@ class ValidatorConfig:
     tokenizers: tuple[tuple[str, str], ...] = ()  # (model id, folder with its tokenizer): ids and text are bound with it
     references: tuple[tuple[str, str], ...] = ()  # (model id, URL of a running reference engine)
     engines: tuple[EngineSpec, ...] = ()  # reference engines to start and supervise
-    challenges_per_miner: int = 8
+    # 16 rounds a 72-minute tempo of 4 challenges each: every cheat the verifier catches is paid
+    # 0 tempos and an honest newcomer reaches half pay in 1.5, at ~1 challenge/s on a miner from 64
+    # validators (docs/network.md; 8 every 30 s was 17 a second on each miner, its whole capacity).
+    challenges_per_miner: int = 4
     per_miner_concurrency: int = 4
-    round_interval: float = 30.0  # seconds between round starts
+    round_interval: float = 270.0  # seconds between round starts
     weights_interval_blocks: Optional[int] = None  # default: the subnet's tempo
     timeouts: Timeouts = field(default_factory=Timeouts)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
