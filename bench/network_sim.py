@@ -114,6 +114,7 @@ class Settings:
     cheats: tuple[str, ...] = CHEATS
     churn_per_day: float = 8.0  # miners replaced per day (a new hotkey, a kind drawn like the first ones)
     bf16_share: float = 0.5  # of honest miners
+    speed_sigma: float = 0.5  # spread of honest GPU speeds: log-normal sigma around 120 tokens/s and a 0.2 s TTFT
     honest_burst: float = 0.05  # an honest answer judged a burst (calibration: 3.9% of 1000 on busy vCPUs, up to 16%)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
     sequential: SequentialParams = field(default_factory=SequentialParams)
@@ -151,7 +152,7 @@ def roster(settings: Settings, seed: int) -> tuple[list[Miner], list[list[int]]]
                 hotkey=f"m{len(miners)}",
                 kind=kind,
                 joined=joined,
-                rate=float(rng.lognormal(math.log(120), 0.5)),
+                rate=float(rng.lognormal(math.log(120), settings.speed_sigma)),
                 ttft=float(rng.lognormal(math.log(0.2), 0.4)),
                 capacity=int(rng.choice([4, 8, 16, 32])),
             )
@@ -445,7 +446,15 @@ def sweep(base: Settings, workers: int, budgets: tuple[int, ...], rounds: tuple[
     by_size = {}
     for miners in sizes:
         r = run(replace(base, miners=miners), 1, workers)
-        by_size[miners] = {"reference_tokens_per_validator_tempo": r["reference_tokens_per_validator_tempo"], "seconds": r["seconds"]}
+        by_size[miners] = {
+            "reference_tokens_per_validator_tempo": r["reference_tokens_per_validator_tempo"],
+            "seconds": r["seconds"],
+            "rank_correlation": r["rank_correlation"],
+            "honest_zeroed": r["honest_zeroed"],
+            "worst_tempos": max(
+                (math.inf if k["still_paid"] else k["tempos_paid_worst"] or 0.0) for n, k in r["kinds"].items() if n in DETECTABLE and k["miners"]
+            ),
+        }
     xs = np.log([float(m) for m in sizes])
     slope = lambda key: float(np.polyfit(xs, np.log([by_size[m][key] for m in sizes]), 1)[0])  # noqa: E731
     return {
@@ -529,7 +538,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cheats", default=",".join(CHEATS), help="cheat kinds, comma-separated: " + ", ".join(CHEATS))
     parser.add_argument("--churn", type=float, default=defaults.churn_per_day, help="miners replaced per day")
     parser.add_argument("--bf16-share", type=float, default=defaults.bf16_share, help="share of honest miners serving bf16")
-    parser.add_argument("--honest-burst", type=float, default=defaults.honest_burst)
+    parser.add_argument("--speed-sigma", type=float, default=defaults.speed_sigma, help="spread of honest GPU speeds (log-normal sigma)")
+    parser.add_argument("--honest-burst", type=float, default=defaults.honest_burst, help="share of an honest miner's answers judged bursts")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
     parser.add_argument("--sweep", action="store_true", help="detection by challenge budget, and reference compute by network size")
@@ -552,6 +562,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cheats=cheats,
         churn_per_day=args.churn,
         bf16_share=args.bf16_share,
+        speed_sigma=args.speed_sigma,
         honest_burst=args.honest_burst,
     )
     if args.sweep:

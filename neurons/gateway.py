@@ -254,7 +254,7 @@ def _config(args: argparse.Namespace, models, tokenizers: dict[str, str], settin
 def cmd_gateway(args: argparse.Namespace) -> None:
     import chain
     from gateway.service import run_gateway
-    from shell import StartupError
+    from shell.role import StartupError
 
     config = build_config(args)
     if config.workers > 1:

@@ -112,7 +112,7 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (impo
 
 def cmd_miner(args: argparse.Namespace) -> None:
     import chain
-    from shell import StartupError
+    from shell.role import StartupError
     from miner.service import run_miner
 
     run_service(run_miner(build_config(args)), StartupError, chain.ChainLayerError)

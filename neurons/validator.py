@@ -102,7 +102,7 @@ def build_config(args: argparse.Namespace):
 
 def cmd_validator(args: argparse.Namespace) -> None:
     import chain
-    from shell import StartupError
+    from shell.role import StartupError
     from validator.service import run_validator
 
     if args.action == "replay":
