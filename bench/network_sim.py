@@ -424,43 +424,50 @@ def run(settings: Settings, seeds: int, workers: int) -> dict:
     return result
 
 
-def sweep(base: Settings, workers: int, budgets: tuple[int, ...], rounds: tuple[int, ...], min_rounds: tuple[int, ...], sizes: tuple[int, ...]) -> dict:
-    """Detection and an honest newcomer's ramp against the challenge budget, the rounds a tempo
-    (``CHALLENGES_PER_ROUND`` each) and the minimum rounds; reference compute as miners grow."""
+LIVE_ROUNDS, LIVE_CHALLENGES = 16, 64  # validator.config's defaults: 4 challenges a round, a round every 270 s of a 72-minute tempo
 
-    def detection(settings: Settings) -> dict:
+
+def _worst(result: dict) -> float:
+    """The longest any detectable cheat was paid (inf: one still was when the run ended or churn replaced it)."""
+    kinds = [k for name, k in result["kinds"].items() if name in DETECTABLE and k["miners"]]
+    return max((math.inf if k["still_paid"] else k["tempos_paid_worst"] or 0.0) for k in kinds) if kinds else 0.0
+
+
+def sweep(
+    base: Settings,
+    workers: int,
+    budgets: tuple[int, ...],
+    rounds: tuple[int, ...],
+    min_rounds: tuple[int, ...],
+    alphas: tuple[float, ...],
+    sizes: tuple[int, ...],
+) -> dict:
+    """Detection, honest zeroes and an honest newcomer's ramp against the challenge budget (in
+    ``base.rounds`` rounds), the rounds a tempo (``CHALLENGES_PER_ROUND`` each), and at the live
+    schedule the minimum rounds and the EMA's alpha; reference compute as miners grow."""
+
+    def row(settings: Settings) -> dict:
         r = run(settings, 1, workers)
         return {
-            "worst_tempos": max(
-                (math.inf if k["still_paid"] else k["tempos_paid_worst"] or 0.0) for name, k in r["kinds"].items() if name in DETECTABLE and k["miners"]
-            ),
+            "worst_tempos": _worst(r),
             "honest_zeroed": r["honest_zeroed"],
             "honest_ramp_tempos": r["honest_ramp_tempos_median"],
             "cheat_pay_clip_ratio": r["cheat_pay_clip_ratio"],
+            "rank_correlation": r["rank_correlation"],
+            "reference_tokens_per_validator_tempo": r["reference_tokens_per_validator_tempo"],
             "miner_load_rps": FULL_VALIDATORS * settings.challenges / TEMPO_SECONDS,  # challenges a miner answers a second from a full validator set
+            "seconds": r["seconds"],
         }
 
-    by_budget = {c: detection(replace(base, challenges=c, rounds=min(base.rounds, c))) for c in budgets}
-    by_rounds = {r: detection(replace(base, rounds=r, challenges=CHALLENGES_PER_ROUND * r)) for r in rounds}
-    by_min_rounds = {m: detection(replace(base, aggregation=replace(base.aggregation, min_rounds=m))) for m in min_rounds}
-    by_size = {}
-    for miners in sizes:
-        r = run(replace(base, miners=miners), 1, workers)
-        by_size[miners] = {
-            "reference_tokens_per_validator_tempo": r["reference_tokens_per_validator_tempo"],
-            "seconds": r["seconds"],
-            "rank_correlation": r["rank_correlation"],
-            "honest_zeroed": r["honest_zeroed"],
-            "worst_tempos": max(
-                (math.inf if k["still_paid"] else k["tempos_paid_worst"] or 0.0) for n, k in r["kinds"].items() if n in DETECTABLE and k["miners"]
-            ),
-        }
+    live = replace(base, rounds=LIVE_ROUNDS, challenges=LIVE_CHALLENGES)
+    by_size = {m: row(replace(base, miners=m)) for m in sizes}
     xs = np.log([float(m) for m in sizes])
     slope = lambda key: float(np.polyfit(xs, np.log([by_size[m][key] for m in sizes]), 1)[0])  # noqa: E731
     return {
-        "by_budget": by_budget,
-        "by_rounds": by_rounds,
-        "by_min_rounds": by_min_rounds,
+        "by_budget": {c: row(replace(base, challenges=c, rounds=min(base.rounds, c))) for c in budgets},
+        "by_rounds": {r: row(replace(base, rounds=r, challenges=CHALLENGES_PER_ROUND * r)) for r in rounds},
+        "by_min_rounds": {m: row(replace(live, aggregation=replace(base.aggregation, min_rounds=m))) for m in min_rounds},
+        "by_alpha": {a: row(replace(live, aggregation=replace(base.aggregation, alpha=a))) for a in alphas},
         "by_size": by_size,
         "reference_tokens_slope": slope("reference_tokens_per_validator_tempo"),
         "sim_seconds_slope": slope("seconds"),
@@ -504,19 +511,18 @@ def print_sweep(result: dict) -> None:
     sweeps = (
         ("challenges/miner/tempo", result["by_budget"]),
         (f"rounds/tempo ({CHALLENGES_PER_ROUND} each)", result["by_rounds"]),
-        ("min_rounds", result["by_min_rounds"]),
+        (f"min_rounds ({LIVE_ROUNDS} rounds/tempo)", result["by_min_rounds"]),
+        (f"alpha ({LIVE_ROUNDS} rounds/tempo)", result["by_alpha"]),
+        ("miners", result["by_size"]),
     )
     for name, rows in sweeps:
         for value, row in rows.items():
             print(
-                f"{name} {value:3d}: a detectable cheat paid at worst {_fmt(row['worst_tempos'])} tempos; honest zeroed {row['honest_zeroed']}; "
+                f"{name} {value:g}: a detectable cheat paid at worst {_fmt(row['worst_tempos'])} tempos; honest zeroed {row['honest_zeroed']}; "
                 f"a new honest miner at half pay in {_fmt(row['honest_ramp_tempos'])} tempos; cheats' pay after clipping {_fmt(row['cheat_pay_clip_ratio'])} of before; "
-                f"{row['miner_load_rps']:.2g} challenges/s on each miner from {FULL_VALIDATORS} validators"
+                f"rank correlation {row['rank_correlation']:.3f}; {row['reference_tokens_per_validator_tempo']:.3g} reference tokens per validator per tempo; "
+                f"{row['miner_load_rps']:.2g} challenges/s on each miner from {FULL_VALIDATORS} validators; {row['seconds']:.0f} s"
             )
-    for size, row in result["by_size"].items():
-        print(
-            f"{size:5d} miners: {row['reference_tokens_per_validator_tempo']:.3g} reference tokens per validator per tempo; simulated in {row['seconds']:.0f} s"
-        )
     print(f"log-log slope against miners: reference tokens {result['reference_tokens_slope']:.2f}, simulation time {result['sim_seconds_slope']:.2f}")
 
 
@@ -566,8 +572,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         honest_burst=args.honest_burst,
     )
     if args.sweep:
-        base = replace(settings, tempos=min(settings.tempos, 20), validators=min(settings.validators, 16))
-        result = sweep(base, args.workers, (2, 4, 8, 16), (2, 4, 8, 16), (4, 8, 16), (128, 256, 512, 1024))
+        base = replace(settings, miners=min(settings.miners, 128), tempos=min(settings.tempos, 20), validators=min(settings.validators, 16))
+        result = sweep(base, args.workers, (2, 4, 8, 16), (2, 4, 8, 16), (4, 8, 16), (0.05, 0.1, 0.2), (128, 256, 512, 1024))
         print_sweep(result)
     else:
         result = run(settings, args.seeds, args.workers)

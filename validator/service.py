@@ -47,7 +47,7 @@ class Validator:
         self.store = Store(config.state_dir / "validator.sqlite")
         self.wallet = config.chain.wallet()
         self.keypair = self.wallet.hotkey
-        self.told = RoundLog(config, self.store)
+        self.round_log = RoundLog(config, self.store)
         self.outbox = Outbox(config.organic_from) if config.organic_from else None
 
     def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> Standings:
@@ -102,7 +102,7 @@ class Validator:
         )
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
         crashpoint("round-stored")
-        self.told.round(summary, report)
+        self.round_log.round(summary, report)
         return effective, graph.tempo
 
     async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float], tempo: int) -> Optional[dict[int, float]]:
@@ -125,7 +125,7 @@ class Validator:
             return None
         crashpoint("weights-accepted")
         self.store.save_weights(block, weights)
-        self.told.metrics.weights_set.inc()
+        self.round_log.metrics.weights_set.inc()
         log.info("set weights at block %s: %s", block, {u: round(w, 4) for u, w in weights.items()})
         return weights
 
@@ -140,11 +140,11 @@ class Validator:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
             await require_registered(net, self.config.chain.netuid, self.keypair.ss58_address, "register the validator's hotkey first")
             await self._check_subnet(net)
-            if appended := self.told.catch_up():
-                log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.told.journal.name)
-            self.told.start_wandb(self.keypair.ss58_address)
+            if appended := self.round_log.catch_up():
+                log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.round_log.journal.name)
+            self.round_log.start_wandb(self.keypair.ss58_address)
             tasks = [asyncio.create_task(supervise(f"reference engine {name}", lambda e=e: e.run(session))) for name, e in engines.items()]
-            metrics_runner = await self.told.serve_metrics()
+            metrics_runner = await self.round_log.serve_metrics()
             try:
                 while not stop.is_set():
                     began = time.monotonic()
@@ -165,7 +165,7 @@ class Validator:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 if metrics_runner is not None:
                     await metrics_runner.cleanup()
-                self.told.finish()
+                self.round_log.finish()
                 self.store.close()
 
     async def _check_subnet(self, net: chain.Chain) -> None:
@@ -205,6 +205,10 @@ class Validator:
             await self.maybe_set_weights(net, effective, tempo)
         except chain.ChainLayerError as exc:
             log.error("weights not set this round: the chain failed after retries: %s", exc)
+        except (sqlite3.OperationalError, OSError) as exc:  # the disk filled between storing the round and recording its weights
+            if not state_unwritable(exc):
+                raise
+            log.error("weights not recorded: the state folder %s cannot be written (%s); the next round tries again", self.config.state_dir, exc)
 
     def _reference(self, session: aiohttp.ClientSession, model: str, url: str, vocabulary: ModelTokenizer) -> ReferenceEngine:
         supported = self.config.models.get(model)
