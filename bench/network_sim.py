@@ -17,7 +17,7 @@ challenges are checkable); stake is Pareto (shape 1.16: 80/20).
 What a cheat gets is its pay (Yuma incentive) against an honest miner's: a cheat is *caught*
 from the tempo after which it is never again paid 1% of the mean honest miner's incentive.
 
-    python -m bench.network_sim [--miners 256] [--validators 64] [--tempos 50] [--seeds 3] [--json]
+    python -m bench.network_sim [--miners 256] [--validators 64] [--tempos 50] [--seeds 2] [--json]
     python -m bench.network_sim --sweep [--json]   # reference compute and detection as miners grow
 """
 
@@ -546,7 +546,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--bf16-share", type=float, default=defaults.bf16_share, help="share of honest miners serving bf16")
     parser.add_argument("--speed-sigma", type=float, default=defaults.speed_sigma, help="spread of honest GPU speeds (log-normal sigma)")
     parser.add_argument("--honest-burst", type=float, default=defaults.honest_burst, help="share of an honest miner's answers judged bursts")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2, help="seeded runs; kinds are pooled across them (2 keep the default run under 10 minutes here)")
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
     parser.add_argument("--sweep", action="store_true", help="detection by challenge budget, and reference compute by network size")
     parser.add_argument("--json", action="store_true", help="end with one JSON object")
