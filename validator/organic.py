@@ -20,7 +20,9 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
+
+from pydantic import ValidationError
 
 from protocol.records import AnswerRecord
 from validator.store import Store
@@ -37,7 +39,7 @@ class Sample:
     hotkey: str
     model: str
     request: dict[str, Any]
-    answer: MinerResponse
+    answer: Optional[MinerResponse]  # None: the row is not an answer record (a gateway's bug, never a miner's): skipped
 
 
 class Outbox:
@@ -60,10 +62,15 @@ class Outbox:
             return []
         finally:
             db.close()
-        return [
-            Sample(row_id, uid, hotkey, model, json.loads(request), MinerResponse.from_record(AnswerRecord.model_validate_json(answer)))
-            for row_id, uid, hotkey, model, request, answer in rows
-        ]
+        return [Sample(row_id, uid, hotkey, model, json.loads(request), _answer(row_id, answer)) for row_id, uid, hotkey, model, request, answer in rows]
+
+
+def _answer(row_id: int, raw: str) -> Optional[MinerResponse]:
+    try:
+        return MinerResponse.from_record(AnswerRecord.model_validate_json(raw))
+    except ValidationError as exc:  # one unreadable row must not hold up every sample after it
+        log.warning("organic sample %s is not an answer record, skipped: %s", row_id, exc)
+        return None
 
 
 async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, ReferenceEngine], limit: int = SAMPLES_PER_ROUND) -> int:
@@ -73,7 +80,7 @@ async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, 
     verdicts = []
     for sample in samples:
         reference = references.get(sample.model)
-        if reference is None:
+        if reference is None or sample.answer is None:
             continue
         try:
             verdict = await verify(reference, sample.request, sample.answer)

@@ -51,16 +51,7 @@ class MinerResponse:
 
     @classmethod
     def from_fold(cls, fold: StreamFold) -> "MinerResponse":
-        reported: list[Optional[float]] = [entry.logprob for entry in fold.logprobs]
-        return cls(
-            prompt_token_ids=fold.prompt_token_ids,
-            token_ids=list(fold.token_ids),
-            reported_logprobs=reported + [None] * (len(fold.token_ids) - len(reported)),
-            text=fold.text,
-            finish_reason=fold.finish_reason,
-            completion_tokens=fold.usage.completion_tokens if fold.usage else None,
-            error=fold.error,
-        )
+        return replace(cls.from_record(AnswerRecord.from_fold(fold)), error=fold.error)
 
     @classmethod
     def from_record(cls, record: AnswerRecord) -> "MinerResponse":

@@ -108,3 +108,20 @@ def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again
     again.save_round(1, 43, 101, 2.0, _summary(1), {}, [])
     assert again.take_organic(2) == []  # folded into a stored round: never counted twice
     assert again.organic_taken(1) == [(3, "5Hot3", False, "cut answer")]
+
+
+async def test_an_outbox_row_that_is_not_an_answer_record_is_skipped_and_read_past(tmp_path):
+    from gateway.store import Store as GatewayStore
+    from protocol.records import AnswerRecord
+    from validator.organic import Outbox, verify_samples
+
+    gateway = GatewayStore(tmp_path / "gateway.sqlite")
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    gateway.record_sample(3, "5Hot3", "m", request, AnswerRecord(token_ids=[5], text="a", finish_reason="length"))
+    gateway.db.execute("UPDATE organic_samples SET answer = ? WHERE uid = 3", ('{"token_ids": "not ids"}',))
+    gateway.record_sample(4, "5Hot4", "m", request, AnswerRecord(token_ids=[6], text="b", finish_reason="length"))
+    outbox = Outbox(tmp_path / "gateway.sqlite")
+    assert [(s.uid, s.answer is None) for s in outbox.after(0, 10)] == [(3, True), (4, False)]
+    store = Store(tmp_path / "v.sqlite")
+    assert await verify_samples(outbox, store, references={}) == 0
+    assert outbox.after(store.organic_cursor(str(outbox.path)), 10) == []  # read past, not stuck on it
