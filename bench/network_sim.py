@@ -232,7 +232,9 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
         group = [miners[uids[t.uid]] for t in queried]
         results: dict[int, list[Result]] = {}
         for target, answers in zip(queried, _answers(rng, group, settings.per_round, settings)):
-            results[target.uid] = [Result(target.uid, target.hotkey, "sim", o, stats=stats if o.fidelity_passed else None) for o, stats, _ in answers]
+            results[target.uid] = [
+                Result(target.uid, target.hotkey, "sim", o, stats=stats) for o, stats, _ in answers
+            ]  # as the live _judge: failed answers count too
             sim.reference_tokens += sum(PROMPT_TOKENS + n for _, _, n in answers)
         # users' answers the gateway hands over: a refuser answers no user, so none of its is sampled
         sampled = rng.poisson(settings.users_per_tempo / settings.rounds * settings.verify_share, len(group)).tolist()
