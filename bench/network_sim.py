@@ -44,8 +44,8 @@ from scoring.evidence import SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
 from scoring.weights import to_weights
-from validator.rounds import Result, Target, score_round
-from validator.standings import Standings, apply_organic, apply_rewards, effective_scores, fold
+from validator.rounds import Result, Target, UserVerdict, score_round
+from validator.standings import Standings, apply_rewards, effective_scores, fold
 
 MODEL = "smollm2-135m"
 TEMPOS_PER_DAY = 20  # 360 blocks of 12 s
@@ -71,7 +71,7 @@ class Kind:
     burst: Optional[float] = None  # share of judged answers that arrive in one burst (None: the honest rate)
     accuracy: float = ACCURACY
     speed: float = 1.0  # tokens/s against an honest miner on the same hardware
-    organic_hard_fail: Optional[float] = None  # on users' answers, when it serves them otherwise
+    users_get: Optional[str] = None  # the kind whose answers its users get, when it serves them otherwise
     value: float = 1.0  # what its service is worth to users, per unit of honest capacity
     cheat: bool = True
 
@@ -81,7 +81,7 @@ class Kind:
 # exceedances); int8, fp8, noise 1e-2 declaring bf16; int4 fails every answer; a bf16 engine
 # declaring fp32 (0.54% / 37.5% under fp32's tolerance); a sampler with its own RNG (34% of
 # choices, tiny model, Run 2 notes). The two-faced miner answers challenges honestly and users
-# with int8 (organic answers get only the single-answer checks today, which int8 passes);
+# with int8 (users' sampled answers pool into the same evidence as challenges');
 # the refuser answers challenges and refuses users; a sybil is one of two hotkeys on one engine
 # (each worth half); the burster holds every answer back and sends it whole.
 KINDS: dict[str, Kind] = {
@@ -94,7 +94,7 @@ KINDS: dict[str, Kind] = {
     "bf16-as-fp32": Kind("float32", 0.00541, 0.375, speed=1.5, value=0.5),
     "own-rng": Kind("bfloat16", 0.34, 0.0243, value=0.5),
     "burster": Kind("bfloat16", 0.000758, 0.0243, burst=1.0, value=0.5),
-    "two-faced": Kind("bfloat16", 0.000758, 0.0243, organic_hard_fail=0.0, value=0.0),
+    "two-faced": Kind("bfloat16", 0.000758, 0.0243, users_get="int8", value=0.0),
     "refuser": Kind("bfloat16", 0.000758, 0.0243, value=0.0),
     "sybil": Kind("bfloat16", 0.000758, 0.0243, value=0.5),
 }
@@ -236,20 +236,17 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
                 Result(target.uid, target.hotkey, "sim", o, stats=stats) for o, stats, _ in answers
             ]  # as the live _judge: failed answers count too
             sim.reference_tokens += sum(PROMPT_TOKENS + n for _, _, n in answers)
-        # users' answers the gateway hands over: a refuser answers no user, so none of its is sampled
+        # users' answers the gateway hands over, judged like challenges: a refuser answers no user, so none of its is sampled
         sampled = rng.poisson(settings.users_per_tempo / settings.rounds * settings.verify_share, len(group)).tolist()
-        verdicts = []
-        for target, miner, users in zip(queried, group, sampled):
-            if users and miner.kind != "refuser":
-                kind = KINDS[miner.kind]
-                fail = kind.hard_fail if kind.organic_hard_fail is None else kind.organic_hard_fail
-                verdicts += [(target.uid, target.hotkey, bool(passed), "sim") for passed in (rng.random(users) >= fail).tolist()]
-                sim.reference_tokens += users * (PROMPT_TOKENS + sum(ANSWER_TOKENS) // 2)
+        serving = [replace(m, kind=KINDS[m.kind].users_get or m.kind) for m in group]
+        drawn = _answers(rng, serving, max(sampled, default=0), settings) if any(sampled) else [[] for _ in group]
+        handed = [(target, answers[:users]) for target, miner, users, answers in zip(queried, group, sampled, drawn) if miner.kind != "refuser"]
+        verdicts = [UserVerdict(t.uid, t.hotkey, bool(outcome.fidelity_passed), "sim", stats) for t, answers in handed for outcome, stats, _ in answers]
+        sim.reference_tokens += sum(PROMPT_TOKENS + n for _, answers in handed for _, _, n in answers)
         sim.answers += sum(len(r) for r in results.values()) + len(verdicts)
         history = {hotkey: list(flags) for hotkey, flags in sim.history.items()}
-        report = score_round(sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential)
+        report = score_round(sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential, verdicts)
         apply_rewards(report, targets, models)
-        apply_organic(report, verdicts, hotkeys)
         for result in report.results:
             if result.streamed is not None:
                 sim.history[result.hotkey].append(result.streamed)

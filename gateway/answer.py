@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from protocol.requests import miner_request
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
 
 
@@ -48,19 +49,13 @@ class Generation:
         """What the next miner is sent: the continuation of the text so far, or (``from_start``)
         the first miner's request, which its answer is verified against."""
         text, used = ("", 0) if from_start else (self.text, self.upstream_tokens)
-        body = {k: v for k, v in self.body.items() if k not in ("stream", "stream_options", "n")}
-        body.update(model=self.model, stream=True, stream_options={"include_usage": True}, return_token_ids=True, max_tokens=self.max_tokens - used)
-        if body.get("seed") is None:
-            body["seed"] = self.seed
-        if self.chat:
-            body["logprobs"] = True  # always, as challenges do: miners cannot tell users from validators
-            body.pop("max_completion_tokens", None)
-            if text:
-                body["messages"] = [*self.body["messages"], {"role": "assistant", "content": text}]
-                body.update(continue_final_message=True, add_generation_prompt=False)
+        fields = dict(self.body)
+        if text and self.chat:
+            fields.update(messages=[*self.body["messages"], {"role": "assistant", "content": text}], continue_final_message=True, add_generation_prompt=False)
         elif text:
-            body["prompt"] = self.body["prompt"] + text
-        return body
+            fields["prompt"] = self.body["prompt"] + text
+        # Logprobs always for a conversation, as challenges have them: miners cannot tell users from validators.
+        return miner_request(fields, model=self.model, max_tokens=self.max_tokens - used, seed=self.seed)
 
 
 @dataclass(frozen=True)

@@ -253,7 +253,7 @@ def maybe_sample(state: GatewayState, generation: Generation) -> None:
     if not (generation.chat and answer is not None and not generation.failovers and state.settings.verify_share):
         return
     miner = state.router.miners.get(generation.parts[0][0])
-    if miner is None or state.rng.random() >= state.settings.verify_share:
+    if miner is None or state.rng.random() >= state.router.verify_share(miner, state.settings.verify_share):
         return
     state.store.record_sample(
         miner.uid,
@@ -261,6 +261,7 @@ def maybe_sample(state: GatewayState, generation: Generation) -> None:
         generation.model,
         generation.upstream_body(from_start=True),
         AnswerRecord.from_fold(answer),
+        replayable=state.settings.replay_prompts,
     )
     miner.sampled += 1
 

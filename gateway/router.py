@@ -1,8 +1,10 @@
 """Routing: which miner gets a request, and in which order the others are tried after it.
 
 Candidates are the miners whose on-chain declaration names the requested model, that
-answer ``/health``, whose circuit breaker is closed (or half-open for one trial) and that
-have a free slot (requests in flight below declared capacity). Each gets a weight
+answer ``/health``, that the validator's latest verdict does not hold out (flagged: its
+evidence says another model; failing: an answer failed verification in its last round),
+whose circuit breaker is closed (or half-open for one trial) and that have a free slot
+(requests in flight below declared capacity). Each gets a weight
 
     (incentive + INCENTIVE_FLOOR) × reliability² × speed × headroom
 
@@ -19,6 +21,13 @@ with probability ``explore`` it is instead uniform among the candidates, so new 
 earn a live record. The rest follow by weight, for failover. A breaker opens after
 ``BREAKER_FAILURES`` consecutive failures, for a cooldown that doubles up to
 ``BREAKER_MAX_COOLDOWN_S``; after it one trial request is let through (half-open).
+
+How many of a miner's answers go to the validator (``verify_share``) follows its verdict:
+the base share for a miner the evidence has judged, ``NEW_FACTOR`` times it for one with
+fewer than ``NEW_ANSWERS`` judged answers (or none yet), and up to ``SUSPECT_FACTOR`` times it
+as its evidence rises toward the flag — so a miner serving users a cheaper copy is looked
+at more the more it looks like one, while the validator's work stays bounded (it verifies at
+most ``validator.organic.SAMPLES_PER_ROUND`` a round, fewest-seen miners first).
 """
 
 from __future__ import annotations
@@ -26,13 +35,18 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
+
+from protocol.records import MinerVerdict
 
 EWMA_ALPHA = 0.2
 INCENTIVE_FLOOR = 0.02
 BREAKER_FAILURES = 3
 BREAKER_COOLDOWN_S = 5.0
 BREAKER_MAX_COOLDOWN_S = 300.0
+NEW_ANSWERS = 64  # judged answers under which a miner counts as new
+NEW_FACTOR = 4.0
+SUSPECT_FACTOR = 10.0  # at evidence 1 (the flag): the share grows linearly with the evidence up to this
 
 
 @dataclass
@@ -58,6 +72,7 @@ class MinerView:
     cooldown: float = BREAKER_COOLDOWN_S
     trial_in_flight: bool = False
     sampled: int = 0  # answers put in the organic outbox for a validator to verify
+    verdict: Optional[MinerVerdict] = None  # the validator's latest word on it (None: none yet)
     history: list[tuple[float, Optional[float], Optional[float], float]] = field(default_factory=list)  # (time, ttft, tok/s, errors)
 
     def breaker(self, now: float) -> str:
@@ -65,9 +80,14 @@ class MinerView:
             return "closed"
         return "open" if now < self.open_until or self.trial_in_flight else "half-open"
 
+    @property
+    def held_out(self) -> bool:
+        """Whether its validator's verdict keeps users from it (flagged or failing, on the model it serves)."""
+        return self.verdict is not None and self.verdict.model == self.model and self.verdict.standing != "ok"
+
     def available(self, now: float) -> bool:
-        """Whether a request may go to it now: healthy, breaker not open, a free slot."""
-        return self.healthy and self.breaker(now) != "open" and self.in_flight < self.capacity
+        """Whether a request may go to it now: healthy, not held out, breaker not open, a free slot."""
+        return self.healthy and not self.held_out and self.breaker(now) != "open" and self.in_flight < self.capacity
 
     def take(self, now: float) -> bool:
         """Count a request in flight; True when it is the breaker's half-open trial."""
@@ -110,6 +130,7 @@ class Router:
 
     def __init__(self, explore: float = 0.05, rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic):
         self.miners: dict[int, MinerView] = {}
+        self.verdicts: dict[str, MinerVerdict] = {}  # hotkey → its validator's latest verdict
         self.explore = explore
         self.rng = rng or random.Random()
         self.clock = clock
@@ -141,15 +162,33 @@ class Router:
                 old.url, old.model, old.capacity, old.incentive = view.url, view.model, view.capacity, view.incentive
                 fresh[view.uid] = old
             else:
+                view.verdict = self.verdicts.get(view.hotkey)
                 fresh[view.uid] = view
         self.miners = fresh
+
+    def apply_verdicts(self, verdicts: Iterable[MinerVerdict]) -> None:
+        """The validator's latest verdicts (by hotkey), in force from the next request."""
+        for verdict in verdicts:
+            self.verdicts[verdict.hotkey] = verdict
+        for miner in self.miners.values():
+            miner.verdict = self.verdicts.get(miner.hotkey)
+
+    @staticmethod
+    def verify_share(miner: MinerView, base: float) -> float:
+        """The share of ``miner``'s answers to hand its validator: more for the new and the suspect."""
+        verdict = miner.verdict
+        if verdict is None or verdict.model != miner.model or verdict.answers < NEW_ANSWERS:
+            factor = NEW_FACTOR
+        else:
+            factor = 1.0 + (SUSPECT_FACTOR - 1.0) * min(1.0, verdict.evidence)
+        return min(1.0, base * factor)
 
     def models(self) -> dict[str, list[MinerView]]:
         """Model id → healthy miners serving it."""
         served: dict[str, list[MinerView]] = {}
         now = self.clock()
         for m in self.miners.values():
-            if m.healthy and m.breaker(now) != "open":
+            if m.healthy and not m.held_out and m.breaker(now) != "open":
                 served.setdefault(m.model, []).append(m)
         return served
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from gateway import handover
 from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, NoMinerAvailable, PayloadTooLarge
 from gateway.limits import KeyLimits
 from gateway.answer import Generation
@@ -289,8 +290,10 @@ async def own_key(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    served = request.app[STATE].router.models()
-    return web.json_response({"status": "ok" if served else "no_miners", "models": {m: len(v) for m, v in served.items()}}, status=200 if served else 503)
+    state: GatewayState = request.app[STATE]
+    served = state.router.models()
+    body = {"status": "ok" if served else "no_miners", "models": {m: len(v) for m, v in served.items()}, "hotkey": state.keypair.ss58_address}
+    return web.json_response(body, status=200 if served else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -318,6 +321,7 @@ async def leaderboard(request: web.Request) -> web.Response:
                 "in_flight": m.in_flight,
                 "capacity": m.capacity,
                 "sampled": m.sampled,
+                "verdict": m.verdict.standing if m.verdict is not None else None,
                 "history": [{"t": t, "ttft_s": a, "tokens_per_s": b, "error_rate": c} for t, a, b, c in m.history],
             }
         )
@@ -380,6 +384,7 @@ def create_app(state: GatewayState) -> web.Application:
     app.router.add_get("/api/leaderboard", leaderboard)
     app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/", dashboard)
+    handover.add_routes(app)
 
     app.cleanup_ctx.append(_clients_ctx)
     return app

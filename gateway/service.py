@@ -88,6 +88,7 @@ class Gateway:
             )
         else:
             log.info("organic verification is off (--verify-share 0): no user answer is handed to a validator")
+        self.state.router.apply_verdicts(self.store.verdicts())  # a restart keeps held-out miners out
         self.app = create_app(self.state)
 
     async def sync(self, net: chain.Chain) -> None:
@@ -116,6 +117,7 @@ class Gateway:
             try:
                 await asyncio.gather(*(probe(m) for m in list(self.state.router.miners.values())))
                 self.state.router.snapshot()
+                self.state.router.apply_verdicts(self.store.verdicts())  # posted to any worker: in force in every one within a tick
             except Exception:  # a bug here must not stop health checks for good: log it, go on at the next tick
                 log.exception("health round failed")
             await asyncio.sleep(self.config.health_interval)

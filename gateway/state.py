@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from btauth.server import SignatureCheck
 from gateway.limits import KeyLimits
 from gateway.settings import GatewaySettings
 from gateway.router import Router
@@ -58,6 +59,7 @@ class GatewayState:
     limits: Optional[KeyLimits] = None
     contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
     rng: random.Random = field(default_factory=random.Random)
+    signatures: Optional[SignatureCheck] = None  # btauth/1 checks of the validator's hand-over calls (made on first use)
 
 
 STATE = web.AppKey("state", GatewayState)

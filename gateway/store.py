@@ -16,6 +16,7 @@ engines and scores the miner. The gateway only writes; it never verifies.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import secrets
 import sqlite3
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from protocol.records import AnswerRecord
+from protocol.records import SAMPLE_COLUMNS, AnswerRecord, MinerVerdict, OrganicSample, sample_from_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -39,12 +40,14 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage (key_id, started);
 CREATE TABLE IF NOT EXISTS organic_samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
-    request TEXT NOT NULL, answer TEXT NOT NULL
+    request TEXT NOT NULL, answer TEXT NOT NULL, replayable INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS miner_verdicts (hotkey TEXT PRIMARY KEY, verdict TEXT NOT NULL, time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS usage_by_miner (
     request_id TEXT NOT NULL REFERENCES usage(request_id), miner_uid INTEGER NOT NULL, miner_hotkey TEXT NOT NULL, completion_tokens INTEGER NOT NULL
 );
 """
+log = logging.getLogger(__name__)
 KEY_PREFIX = "slm-"
 KEY_COLUMNS = "id, name, prefix, created, revoked, rpm, tpm, quota_tokens, quota_period, expires"
 
@@ -92,10 +95,13 @@ class Store:
     def _migrate(self) -> None:
         """Columns added since the first schema (quota periods, expiry), added to every database
         that lacks them: a new one, or one made by an older gateway."""
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(api_keys)")}
-        for column, kind in (("quota_period", "INTEGER"), ("expires", "REAL")):
-            if column not in have:
-                self.db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
+        for table, column, kind in (
+            ("api_keys", "quota_period", "INTEGER"),
+            ("api_keys", "expires", "REAL"),
+            ("organic_samples", "replayable", "INTEGER NOT NULL DEFAULT 0"),
+        ):
+            if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None, quota_tokens: Optional[int] = None, **more) -> tuple[str, ApiKey]:
         """A new key: the plaintext (shown once) and its record; ``more``: quota_period, expires."""
@@ -179,9 +185,34 @@ class Store:
     def miner_tokens(self) -> dict[int, int]:
         return dict(self.db.execute("SELECT miner_uid, SUM(completion_tokens) FROM usage_by_miner GROUP BY miner_uid").fetchall())
 
-    def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: AnswerRecord) -> None:
-        """One user answer for the validator to verify: the request a miner got, and what it sent back."""
+    def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: AnswerRecord, replayable: bool = False) -> None:
+        """One user answer for the validator to verify: the request a miner got, what it sent back, and
+        whether a validator may replay the prompt as a challenge (``--replay-prompts``)."""
         self.db.execute(
-            "INSERT INTO organic_samples (time, uid, hotkey, model, request, answer) VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), uid, hotkey, model, json.dumps(request), answer.model_dump_json()),
+            "INSERT INTO organic_samples (time, uid, hotkey, model, request, answer, replayable) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), uid, hotkey, model, json.dumps(request), answer.model_dump_json(), int(replayable)),
         )
+
+    def samples_after(self, last_id: int, limit: int) -> tuple[list[OrganicSample], list[int]]:
+        """The outbox's samples after ``last_id``, oldest first, and the ids of rows among them that do
+        not read back as samples (skipped, not stuck on)."""
+        rows = self.db.execute(f"SELECT {SAMPLE_COLUMNS} FROM organic_samples WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+        found, skipped = [], []
+        for row in rows:
+            try:
+                found.append(sample_from_row(row))
+            except ValueError as exc:
+                log.error("%s: read past it", exc)
+                skipped.append(row[0])
+        return found, skipped
+
+    def save_verdicts(self, verdicts: list[MinerVerdict]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO miner_verdicts VALUES (?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET verdict = excluded.verdict, time = excluded.time",
+                [(v.hotkey, v.model_dump_json(), time.time()) for v in verdicts],
+            )
+
+    def verdicts(self) -> list[MinerVerdict]:
+        """The latest verdict on each miner its validator published."""
+        return [MinerVerdict.model_validate_json(raw) for (raw,) in self.db.execute("SELECT verdict FROM miner_verdicts")]

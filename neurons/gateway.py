@@ -36,7 +36,19 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         "--verify-share",
         type=float,
         default=GatewaySettings.verify_share,
-        help="share of chat answers put in the organic outbox (this gateway's --db) for a validator to verify: slmnet validator --organic-from DB",
+        help="base share of chat answers put in the organic outbox for a validator to verify (more for new and suspect miners): slmnet validator --organic-from URL|DB",
+    )
+    p.add_argument(
+        "--validator-hotkey",
+        action="append",
+        default=[],
+        metavar="SS58",
+        help="a validator that may read the organic outbox and post verdicts over HTTP (/v1/organic/*; repeatable; default: this gateway's own hotkey)",
+    )
+    p.add_argument(
+        "--replay-prompts",
+        action="store_true",
+        help="let a validator replay the sampled users' prompts to miners as challenges (which miners then cannot tell from users); off: only their sampling choices are copied",
     )
     p.add_argument("--explore", type=float, default=GatewaySettings.explore, help="share of requests routed uniformly, so new miners earn a record")
     p.add_argument("--max-attempts", type=int, default=GatewaySettings.max_attempts, help="miners tried per request, failovers included")
@@ -221,6 +233,8 @@ def build_config(args: argparse.Namespace):
         first_token_timeout=args.first_token_timeout,
         stall_timeout=args.stall_timeout,
         verify_share=args.verify_share,
+        replay_prompts=args.replay_prompts,
+        validator_hotkeys=tuple(args.validator_hotkey),
         redis_url=args.redis,
         cors_origins=tuple(args.cors_origin),
         keepalive_s=args.keepalive,

@@ -49,7 +49,12 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-interval", type=int, default=None, help="blocks between weight settings (default: the tempo)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this loopback port")
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
-    p.add_argument("--organic-from", default=None, metavar="DB", help="a gateway's --db: verify the user answers it samples (its organic outbox) each round")
+    p.add_argument(
+        "--organic-from",
+        default=None,
+        metavar="URL|DB",
+        help="a gateway: its URL (signed HTTP; it must trust this hotkey: slmnet gateway --validator-hotkey) or its --db file; verify the user answers it samples each round, and hand it the verdicts (URL only)",
+    )
     p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds in the state (smoke runs)")
     p.set_defaults(func=cmd_validator, default_log_level=logging.INFO)
 
@@ -96,7 +101,7 @@ def build_config(args: argparse.Namespace):
         metrics_port=args.metrics_port,
         wandb_project=args.wandb_project,
         max_rounds=args.max_rounds,
-        organic_from=Path(args.organic_from).expanduser() if args.organic_from else None,
+        organic_from=args.organic_from,
     )
 
 

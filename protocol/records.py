@@ -5,13 +5,20 @@ gateway writes a sampled user answer into its organic outbox for a validator to 
 the validator stores each challenge answer with its round for ``slmnet validator replay``.
 Both are read back through this model, so a field renamed on one side fails loudly on the
 other instead of reading as missing.
+
+The hand-over between a gateway and its validator, which need not share a disk, is two
+records over signed HTTP (``gateway.handover``): ``OrganicSample`` (a sampled user answer
+with the request it answered, gateway → validator) and ``MinerVerdict`` (what the
+validator's evidence says of a miner now, validator → gateway, which stops routing users to
+a flagged or failing miner at once and verifies more of a suspect one's answers).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.responses import StreamFold
 
@@ -61,3 +68,67 @@ class RoundSummary(BaseModel):
     flagged: list[int] = Field(default_factory=list)
     effective: dict[int, float] = Field(default_factory=dict, description="the standing weights are set from, after the round")
     duration_s: float = 0.0
+
+
+class OrganicSample(BaseModel):
+    """One user answer a gateway sampled for its validator: who answered, what it was asked, what it sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(description="the gateway's sequence number: a validator reads the samples after the last it read")
+    uid: int
+    hotkey: str
+    model: str
+    request: dict[str, Any] = Field(description="the body the miner was sent (``protocol.requests.miner_request``)")
+    answer: AnswerRecord
+    replayable: bool = Field(False, description="whether the gateway lets a validator replay the prompt to miners as a challenge")
+
+
+def sample_from_row(row: tuple) -> OrganicSample:
+    """A gateway's ``organic_samples`` row (id, uid, hotkey, model, request, answer, replayable) as a
+    record; ValueError when it does not read as one (a gateway bug: the row is read past)."""
+    row_id, uid, hotkey, model, request, answer, replayable = row
+    try:
+        return OrganicSample(
+            id=row_id,
+            uid=uid,
+            hotkey=hotkey,
+            model=model,
+            request=json.loads(request),
+            answer=AnswerRecord.model_validate_json(answer),
+            replayable=bool(replayable),
+        )
+    except ValidationError as exc:
+        raise ValueError(f"organic sample {row_id} is not an answer record: {exc.errors()[0]['msg']}") from exc
+
+
+SAMPLE_COLUMNS = "id, uid, hotkey, model, request, answer, replayable"
+
+
+class OrganicSamples(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples: list[OrganicSample]
+    skipped: list[int] = Field(default_factory=list, description="ids of rows that are not answer records (a gateway bug): read past")
+
+
+class MinerVerdict(BaseModel):
+    """What one validator's evidence says of a miner now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uid: int
+    hotkey: str
+    model: str
+    standing: Literal["ok", "failing", "flagged"] = Field(
+        description="failing: an answer failed verification this round; flagged: the pooled evidence says another model"
+    )
+    answers: int = Field(ge=0, description="answers its evidence pools (challenges and users'): few means new")
+    evidence: float = Field(ge=0, description="the evidence's CUSUM over the flagging threshold: 1 flags")
+
+
+class MinerVerdicts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    round: int
+    verdicts: list[MinerVerdict] = Field(max_length=65536)

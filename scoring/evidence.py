@@ -2,8 +2,9 @@
 
 A single answer cannot tell honest precision drift from a quantized model: honest stacks
 drift as far as int8 does on some answers (``shared/facts/verification.md``). Each
-verified answer therefore yields counts, and a sequential test per (miner, declaration)
-pools them across answers and rounds.
+verified answer — a challenge's or a user's, sampled by the gateway — therefore yields
+counts, and a sequential test per (miner, model) pools them across answers and rounds,
+whatever else the miner re-declares (dtype, capacity): starting afresh is not for sale.
 
 **Per answer** (``answer_stats``), over its informative positions (the reference's top
 token has probability below ``INFORMATIVE_BELOW``: where a token is near certain, every
@@ -27,7 +28,9 @@ an answer's log-likelihood ratio, capped at half the threshold, feeds a one-side
 inequality applied at every restart the chance that an honest miner ever reaches the
 threshold ``h`` within ``n`` answers is at most ``n · e^-h``: ``h = ln(answers_per_day /
 false_positive_rate)`` bounds it per day (1e-6 per honest miner per day by default). A
-miner that reaches it is flagged: weight 0 until it changes its declaration.
+miner that reaches it is flagged: weight 0 and out of the gateway's routing for
+``FLAG_HOLD_BLOCKS``, whatever it commits meanwhile (a new model, dtype or capacity does
+not lift it); ``slmnet validator forgive HOTKEY`` lifts one on purpose.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Mapping, Optional
 from protocol.sampling import gumbel
 from scoring.fidelity import AnswerStats, ResponseEvidence, TokenEvidence, tempered_bounds
 
+FLAG_HOLD_BLOCKS = 50_400  # a flag holds 7 days (12 s blocks) whatever the miner commits
 INFORMATIVE_BELOW = 0.99  # a position informs when the reference's top token is less likely than this
 NUCLEUS_MARGIN = 0.05  # a competitor counts only when the mass above it is below top_p by this much
 
@@ -134,24 +138,32 @@ def log_likelihood_ratio(stats: AnswerStats, tolerance: Tolerance, params: Seque
 
 @dataclass(frozen=True)
 class Evidence:
-    """A miner's pooled evidence under one declaration (its model, dtype and weights)."""
+    """A miner's pooled evidence about one model it serves."""
 
-    declaration: str
+    model: str
     cusum: float = 0.0
     answers: int = 0
     tokens: int = 0
     mismatches: int = 0
     reported: int = 0
     exceedances: int = 0
-    flagged_round: Optional[int] = None  # the round it passed the threshold; weight 0 until the declaration changes
+    flagged_round: Optional[int] = None  # the round it passed the threshold
+    flagged_block: Optional[int] = None  # the head block then: the flag holds FLAG_HOLD_BLOCKS after it
 
     @property
     def flagged(self) -> bool:
         return self.flagged_round is not None
 
-    def add(self, stats: AnswerStats, tolerance: Tolerance, round_index: int, params: SequentialParams = SequentialParams()) -> "Evidence":
+    def held(self, block: Optional[int]) -> bool:
+        """Whether the flag still holds at ``block`` (a flag from before flags had a block holds until forgiven)."""
+        return self.flagged and (block is None or self.flagged_block is None or block - self.flagged_block < FLAG_HOLD_BLOCKS)
+
+    def add(
+        self, stats: AnswerStats, tolerance: Tolerance, round_index: int, params: SequentialParams = SequentialParams(), block: Optional[int] = None
+    ) -> "Evidence":
         cusum = max(0.0, self.cusum + log_likelihood_ratio(stats, tolerance, params))
-        flagged = self.flagged_round if self.flagged else (round_index if cusum >= params.threshold else None)
+        newly = not self.flagged and cusum >= params.threshold
+        flagged = round_index if newly else self.flagged_round
         return replace(
             self,
             cusum=cusum,
@@ -161,4 +173,5 @@ class Evidence:
             reported=self.reported + stats.reported,
             exceedances=self.exceedances + stats.exceedances,
             flagged_round=flagged,
+            flagged_block=block if newly else self.flagged_block,
         )

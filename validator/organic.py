@@ -1,95 +1,227 @@
 """Organic samples handed over by a gateway: user answers, verified like challenges in the validator's loop.
 
-A gateway writes a sampled share of its users' answers, each as one miner sent it with the
-request it answered, into the outbox in its own SQLite (``organic_samples``). The validator
-opens that file read-only (``--organic-from``), takes the rows after the last one it read
-(its cursor lives in its own store and moves in the transaction that records the verdicts,
-so a restart neither skips nor repeats one), verifies
-each with its own reference engine for the model, and records the verdict in its own store,
-where the next round folds it in: a user's answer that fails counts like a failed
-challenge. A sample the reference cannot score, or whose model has no reference here,
-counts neither for nor against the miner.
+A gateway puts a sampled share of its users' answers, each as one miner sent it with the
+request it answered, in its outbox (``organic_samples`` in its SQLite). The validator reads
+it with ``--organic-from``: a gateway's URL (``SignedOutbox``: signed HTTP, no shared disk;
+``gateway.handover``) or its database file (``FileOutbox``, read-only, on the same disk).
+It takes the samples after the last one it read (its cursor lives in its own store and moves
+in the transaction that records the verdicts, so a restart neither skips nor repeats one),
+at most ``SAMPLES_PER_ROUND`` a round — the miners with the fewest judged answers first,
+the rest read past — verifies each with its own reference engine for the model and the
+miner's declared dtype, and records the verdict and its evidence, which the next round
+folds in: a user's answer counts like a challenge's (a failure zeroes the round; its
+evidence pools with the challenges', so a miner serving users a cheaper copy is flagged on
+users' answers). A sample the reference cannot score, whose model has no reference here,
+or whose miner no longer serves that model under that hotkey counts neither way.
+
+Back the other way, after each round the validator publishes its verdict on every miner
+(``protocol.records.MinerVerdicts``) to a gateway it reads over HTTP, which stops routing
+users to a flagged or failing miner at once and samples suspect ones more.
+
+The samples also tell what users send: the sampling choices of recent requests (which
+challenges copy) and, where the gateway allows it (``slmnet gateway --replay-prompts``),
+prompts a round may replay (``validator.challenges``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections import deque
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
+import aiohttp
 from pydantic import ValidationError
 
-from protocol.records import AnswerRecord
+from btauth.client import MinerClient
+from protocol.records import SAMPLE_COLUMNS, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, sample_from_row
+from validator.challenges import UserPrompts, sampling_of
+from validator.rounds import RoundReport, Target, UserVerdict
 from validator.store import Store
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
-SAMPLES_PER_ROUND = 32  # a bound on the reference engine's extra work per round
+SAMPLES_PER_ROUND = 32  # verified a round at most: the reference engine's extra work (≤ 32 × (prompt + 256) tokens)
+READ_PER_ROUND = 4 * SAMPLES_PER_ROUND  # read a round at most: the share beyond the budget is read past, unverified
+RECENT_REQUESTS = 200  # per model: the users' requests challenges are shaped on
 
 
-@dataclass(frozen=True)
-class Sample:
-    id: int
-    uid: int
-    hotkey: str
-    model: str
-    request: dict[str, Any]
-    answer: Optional[MinerResponse]  # None: the row is not an answer record (a gateway's bug, never a miner's): skipped
+class Outbox(Protocol):
+    source: str  # the cursor's key in the validator's store
+
+    async def after(self, last_id: int, limit: int) -> tuple[list[OrganicSample], int]:
+        """The samples after ``last_id``, oldest first, and the last id read (rows that are not samples included)."""
+
+    async def publish(self, verdicts: MinerVerdicts) -> None:
+        """Hand the round's verdicts to the gateway (where it can take them)."""
 
 
-class Outbox:
-    """A gateway's organic outbox, read-only."""
+class FileOutbox:
+    """A gateway's outbox in its SQLite file on this disk, read-only. Verdicts cannot go back this way."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.source = str(self.path)
 
-    def after(self, last_id: int, limit: int) -> list[Sample]:
-        """The samples written after ``last_id``, oldest first (none while the gateway has not made the file)."""
+    def _read(self, last_id: int, limit: int) -> tuple[list[OrganicSample], int]:
         if not self.path.exists():
-            return []
+            return [], last_id
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
         try:
-            rows = db.execute(
-                "SELECT id, uid, hotkey, model, request, answer FROM organic_samples WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
-            ).fetchall()
+            rows = db.execute(f"SELECT {SAMPLE_COLUMNS} FROM organic_samples WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
         except sqlite3.OperationalError as exc:  # a gateway older than the outbox, or a file that is not a gateway's
             log.warning("no organic outbox in %s: %s", self.path, exc)
-            return []
+            return [], last_id
         finally:
             db.close()
-        return [Sample(row_id, uid, hotkey, model, json.loads(request), _answer(row_id, answer)) for row_id, uid, hotkey, model, request, answer in rows]
+        samples = []
+        for row in rows:
+            try:
+                samples.append(sample_from_row(row))
+            except ValueError as exc:  # one unreadable row must not hold up every sample after it
+                log.warning("%s: skipped", exc)
+        return samples, rows[-1][0] if rows else last_id
 
+    async def after(self, last_id: int, limit: int) -> tuple[list[OrganicSample], int]:
+        # Another process's SQLite file, maybe on a slow disk: read off the event loop, which times miners' streams.
+        return await asyncio.to_thread(self._read, last_id, limit)
 
-def _answer(row_id: int, raw: str) -> Optional[MinerResponse]:
-    try:
-        return MinerResponse.from_record(AnswerRecord.model_validate_json(raw))
-    except ValidationError as exc:  # one unreadable row must not hold up every sample after it
-        log.warning("organic sample %s is not an answer record, skipped: %s", row_id, exc)
+    async def publish(self, verdicts: MinerVerdicts) -> None:
         return None
 
 
-async def verify_samples(outbox: Outbox, store: Store, references: Mapping[str, ReferenceEngine], limit: int = SAMPLES_PER_ROUND) -> int:
-    """Verify the samples not yet read and record their verdicts; returns how many were judged."""
-    # Another process's SQLite file, maybe on a slow disk: read off the event loop, which times miners' streams.
-    samples = await asyncio.to_thread(outbox.after, store.organic_cursor(str(outbox.path)), limit)
-    verdicts = []
+class SignedOutbox:
+    """A gateway's outbox over signed HTTP (``gateway.handover``), addressed to the hotkey its ``/health`` names."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, keypair: Any):
+        self.session, self.url, self.keypair = session, url.rstrip("/"), keypair
+        self.source = self.url
+        self.client: Optional[MinerClient] = None
+
+    async def _client(self) -> MinerClient:
+        if self.client is None:
+            async with self.session.get(self.url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as response:
+                hotkey = (await response.json(content_type=None)).get("hotkey")
+            if not isinstance(hotkey, str):
+                raise aiohttp.ClientError(f"{self.url}/health names no hotkey: not an slmnet gateway")
+            self.client = MinerClient(self.session, self.url, self.keypair, hotkey)
+        return self.client
+
+    async def after(self, last_id: int, limit: int) -> tuple[list[OrganicSample], int]:
+        try:
+            client = await self._client()
+            async with client.get(f"/v1/organic/samples?after={last_id}&limit={limit}", timeout=aiohttp.ClientTimeout(total=30)) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    log.warning("gateway %s refused its samples: %s %s", self.url, response.status, raw[:300].decode(errors="replace"))
+                    return [], last_id
+            read = OrganicSamples.model_validate_json(raw)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValidationError) as exc:
+            log.warning("no organic samples from %s this round: %s", self.url, exc)
+            return [], last_id
+        return read.samples, max([last_id, *read.skipped, *(s.id for s in read.samples)])
+
+    async def publish(self, verdicts: MinerVerdicts) -> None:
+        try:
+            client = await self._client()
+            async with client.post("/v1/organic/verdicts", verdicts.model_dump(), timeout=aiohttp.ClientTimeout(total=30)) as response:
+                if response.status != 200:
+                    log.warning("gateway %s refused the verdicts: %s %s", self.url, response.status, (await response.text())[:300])
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("verdicts not handed to %s this round: %s", self.url, exc)
+
+
+def open_outbox(where: str, session: aiohttp.ClientSession, keypair: Any) -> Outbox:
+    """``--organic-from``: a gateway's URL, or its database file."""
+    return SignedOutbox(session, where, keypair) if where.startswith(("http://", "https://")) else FileOutbox(Path(where).expanduser())
+
+
+class UsersSeen:
+    """The requests of users lately sampled, per model: what challenges are shaped on."""
+
+    def __init__(self, limit: int = RECENT_REQUESTS):
+        self.recent: dict[str, deque[OrganicSample]] = {}
+        self.limit = limit
+
+    def add(self, samples: Sequence[OrganicSample]) -> None:
+        for sample in samples:
+            self.recent.setdefault(sample.model, deque(maxlen=self.limit)).append(sample)
+
+    def prompts(self, model: str) -> UserPrompts:
+        seen = self.recent.get(model, ())
+        return UserPrompts(
+            shapes=tuple(sampling_of(s.request) for s in seen),
+            replays=tuple(s.request for s in seen if s.replayable and isinstance(s.request.get("messages"), list)),
+        )
+
+
+def budgeted(samples: Sequence[OrganicSample], judged: Mapping[str, int], limit: int) -> list[OrganicSample]:
+    """At most ``limit`` samples, the miners with the fewest judged answers first (``judged``: hotkey →
+    answers its evidence pools), each miner's oldest first, taking turns."""
+    queues: dict[str, deque[OrganicSample]] = {}
     for sample in samples:
-        reference = references.get(sample.model)
-        if reference is None or sample.answer is None:
+        queues.setdefault(sample.hotkey, deque()).append(sample)
+    order = sorted(queues, key=lambda hotkey: judged.get(hotkey, 0))
+    chosen: list[OrganicSample] = []
+    while len(chosen) < limit and any(queues.values()):
+        for hotkey in order:
+            if queues[hotkey] and len(chosen) < limit:
+                chosen.append(queues[hotkey].popleft())
+    return sorted(chosen, key=lambda s: s.id)
+
+
+async def verify_samples(
+    outbox: Outbox,
+    store: Store,
+    references: Mapping[str, ReferenceEngine],
+    targets: Mapping[str, Target],
+    users: Optional[UsersSeen] = None,
+    limit: int = SAMPLES_PER_ROUND,
+) -> int:
+    """Verify the samples not yet read (at most ``limit``) and record their verdicts; returns how many
+    were judged. ``targets``: hotkey → the miner as it declares itself now (its dtype is its tolerance)."""
+    samples, last_id = await outbox.after(store.organic_cursor(outbox.source), READ_PER_ROUND)
+    if users is not None:
+        users.add(samples)
+    evidence = store.evidence()
+    chosen = budgeted(samples, {hotkey: e.answers for hotkey, e in evidence.items()}, limit)
+    if len(chosen) < len(samples):
+        log.info("%d of %d users' answers read past unverified: over the round's budget of %d", len(samples) - len(chosen), len(samples), limit)
+    verdicts = []
+    for sample in chosen:
+        reference, target = references.get(sample.model), targets.get(sample.hotkey)
+        if reference is None or target is None or target.model != sample.model:
             continue
         try:
-            verdict = await verify(reference, sample.request, sample.answer)
+            verdict = await verify(reference, sample.request, MinerResponse.from_record(sample.answer), tolerance=target.tolerance)
         except ReferenceFailed as exc:
             log.warning("organic sample %s of uid %s not verified: %s", sample.id, sample.uid, exc)
             continue
         if not verdict.passed:
-            log.warning("uid %s failed verification on a user's answer: %s", sample.uid, "; ".join(verdict.reasons))
-        verdicts.append((time.time(), sample.uid, sample.hotkey, sample.model, verdict.passed, "; ".join(verdict.reasons)))
-    if samples:
-        store.record_organic(str(outbox.path), samples[-1].id, verdicts)
+            log.warning("uid %s failed verification on a user's answer: %s", target.uid, "; ".join(verdict.reasons))
+        verdicts.append((time.time(), sample.model, UserVerdict(target.uid, sample.hotkey, verdict.passed, "; ".join(verdict.reasons), verdict.stats)))
+    if last_id != store.organic_cursor(outbox.source):
+        store.record_organic(outbox.source, last_id, verdicts)
     return len(verdicts)
+
+
+def verdicts_of(round_index: int, targets: Sequence[Target], report: RoundReport, threshold: float) -> MinerVerdicts:
+    """The round's word on every miner, for the gateway."""
+    verdicts = []
+    for target in targets:
+        evidence = report.evidence.get(target.hotkey)
+        standing = "flagged" if target.uid in report.flagged else "failing" if target.uid in report.fidelity_failed else "ok"
+        verdicts.append(
+            MinerVerdict(
+                uid=target.uid,
+                hotkey=target.hotkey,
+                model=target.model,
+                standing=standing,
+                answers=evidence.answers if evidence else 0,
+                evidence=min(1.0, evidence.cusum / threshold) if evidence else 0.0,
+            )
+        )
+    return MinerVerdicts(round=round_index, verdicts=verdicts)

@@ -1,9 +1,10 @@
 """``slmnet validator replay``: recheck a recorded round from the validator's state and a reference engine.
 
 A round's record holds its seed, the miners it queried (hotkey, model, dtype, declaration),
-and for each challenge what the miner sent: token ids, reported logprobs, text, finish and
-the arrival of every chunk (``validator.rounds._answer_record``). The replay rebuilds the
-challenges from the seed, verifies every answer again on the given reference engine,
+and for each challenge the request sent and what the miner sent: token ids, reported logprobs, text, finish and
+the arrival of every chunk (``validator.rounds._answer_record``). The replay rebuilds each
+miner's challenges from the seed and its hotkey (checking that every generated request is the
+seed's and every replayed user prompt stands where the seed put a replay), verifies every answer again on the given reference engine,
 recomputes speed and correctness from the recorded chunks, pools the evidence of all
 earlier rounds, and scores the round with the validator's own code (``score_round``). Where
 anything differs from what was recorded — the challenges, a verdict, an answer's evidence,
@@ -32,9 +33,9 @@ from scoring.aggregate import BUFFERED_WINDOW, Outcome
 from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import StreamTiming, measure
-from validator.challenges import generate, grade
+from validator.challenges import REPLAY, Challenge, generate, grade, miner_seed, slots
 from validator.rounds import Result, Target, current_evidence, pool_evidence, score_round
-from validator.standings import apply_organic, apply_rewards
+from validator.standings import apply_rewards
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
@@ -57,24 +58,50 @@ def _targets(summary: RoundSummary) -> list[Target]:
 
 
 def evidence_before(store: Store, round_index: int) -> dict[str, Evidence]:
-    """Every hotkey's pooled evidence as it stood when ``round_index`` began, folded from the recorded rounds."""
+    """Every hotkey's pooled evidence as it stood when ``round_index`` began, folded from the recorded
+    rounds (challenges and users' answers alike) and the forgiveness recorded between them."""
     pooled: dict[str, Evidence] = {}
-    for earlier in range(round_index):
-        record = store.round_record(earlier)
+    forgiven = store.forgiven()
+    for earlier in range(round_index + 1):
+        for hotkey, before in forgiven:
+            if before == earlier:
+                pooled.pop(hotkey, None)
+        record = store.round_record(earlier) if earlier < round_index else None
         if record is None or not record[0].targets:
             continue
         summary, rows = record
+        users = store.organic_taken(earlier)
         for target in _targets(summary):
-            stats = [
+            answers = [
                 Result(r["uid"], r["hotkey"], r["family"], Outcome(r["outcome"]), stats=AnswerStats(**json.loads(r["stats"])))
                 for r in rows
                 if r["uid"] == target.uid and r["stats"]
             ]
-            pooled[target.hotkey] = pool_evidence(current_evidence(pooled, target), target, stats, earlier, SequentialParams(), announce=False)
+            answers += [Result(v.uid, v.hotkey, "organic", Outcome("ok"), stats=v.stats) for v in users if v.uid == target.uid and v.hotkey == target.hotkey]
+            evidence = pool_evidence(current_evidence(pooled, target, summary.block), target, answers, earlier, SequentialParams(), False, summary.block)
+            pooled[target.hotkey] = evidence
     return pooled
 
 
-async def _recheck(target: Target, challenge, row: Mapping[str, Any], reference: ReferenceEngine, replay: Replay) -> Result:
+def _sent(target: Target, challenge: Challenge, replayable: bool, row: Mapping[str, Any], replay: Replay) -> Optional[dict[str, Any]]:
+    """The request the record says was sent for one of the seed's challenges, when it is the seed's:
+    a generated challenge's prompt, budget and seed are the seed's own; a replayed user prompt may
+    stand only where the seed put a replay. None (and a difference) otherwise."""
+    request = json.loads(row["request"])
+    where = f"uid {target.uid} challenge {row['family']}"
+    if row["family"] == REPLAY:
+        if not replayable:
+            replay.differences.append(f"{where}: the seed put a generated {challenge.family} here, not a replay")
+            return None
+        return request
+    seeds = challenge.request(target.model)
+    if row["family"] != challenge.family or any(request.get(k) != seeds[k] for k in ("messages", "max_tokens", "seed")):
+        replay.differences.append(f"{where}: the recorded request is not the seed's {challenge.family} challenge")
+        return None
+    return request
+
+
+async def _recheck(target: Target, challenge: Challenge, request: dict[str, Any], row: Mapping[str, Any], reference: ReferenceEngine, replay: Replay) -> Result:
     """One recorded answer, verified and measured again; differences go to ``replay``."""
     where = f"uid {target.uid} challenge {row['family']}"
     if not row["answer"]:
@@ -82,7 +109,7 @@ async def _recheck(target: Target, challenge, row: Mapping[str, Any], reference:
         passed = None if row["passed"] is None else bool(row["passed"])
         return Result(target.uid, target.hotkey, row["family"], Outcome(row["outcome"], passed))
     answer = AnswerRecord.model_validate_json(row["answer"])
-    verdict = await verify(reference, challenge.request(target.model), MinerResponse.from_record(answer), tolerance=target.tolerance)
+    verdict = await verify(reference, request, MinerResponse.from_record(answer), tolerance=target.tolerance)
     replay.answers += 1
     if int(verdict.passed) != row["passed"]:
         replay.differences.append(
@@ -92,7 +119,7 @@ async def _recheck(target: Target, challenge, row: Mapping[str, Any], reference:
         replay.differences.append(f"{where}: recorded evidence {json.loads(row['stats'])}, replayed {asdict(verdict.stats)}")
     chunks = answer.chunks
     speed = measure(StreamTiming(0.0, tuple(t for t, _ in chunks), tuple(n for _, n in chunks))) if chunks else None
-    correct = grade(challenge.answer, answer.text) if challenge.answer is not None and verdict.passed else None
+    correct = grade(challenge.answer, answer.text) if row["family"] != REPLAY and challenge.answer is not None and verdict.passed else None
     return Result(target.uid, target.hotkey, row["family"], Outcome("ok", verdict.passed, correct, speed), verdict.reasons, stats=verdict.stats)
 
 
@@ -108,29 +135,32 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
     if record is None:
         raise LookupError(f"round {round_index} is not in this validator's state (last round: {store.last_round()})")
     summary, rows = record
-    if not summary.targets and rows:
+    if (not summary.targets and rows) or any(r["request"] is None for r in rows):
         raise LookupError(f"round {round_index} was recorded by a version that did not keep what a replay needs")
     replay = Replay(round_index)
     seed = int(summary.seed)
-    challenges = generate(seed, summary.challenges)
     targets = _targets(summary)
     results: dict[int, list[Result]] = {}
     for target in targets:
         mine = [r for r in rows if r["uid"] == target.uid]
         if not mine:
             continue  # flagged before the round, or no reference then: not queried
-        if [r["family"] for r in mine] != [c.family for c in challenges]:
-            replay.differences.append(
-                f"uid {target.uid}: recorded challenges {[r['family'] for r in mine]} are not the seed's {[c.family for c in challenges]}"
-            )
+        own = miner_seed(seed, target.hotkey)
+        challenges, replayable = generate(own, summary.challenges), [r for _, r in slots(own, summary.challenges)]
+        if len(mine) != len(challenges):
+            replay.differences.append(f"uid {target.uid}: {len(mine)} answers recorded, the round sent {len(challenges)}")
+            continue
+        sent = [_sent(target, c, r, row, replay) for c, r, row in zip(challenges, replayable, mine)]
+        if any(request is None for request in sent):
             continue
         if target.model not in references:
             raise ReferenceFailed(f"no reference engine for {target.model} (uid {target.uid}): give --reference {target.model}=URL")
-        results[target.uid] = [await _recheck(target, c, row, references[target.model], replay) for c, row in zip(challenges, mine)]
+        results[target.uid] = [await _recheck(target, c, request, row, references[target.model], replay) for c, request, row in zip(challenges, sent, mine)]
     history = store.recent_streamed(BUFFERED_WINDOW, before=round_index)
-    report = score_round(seed, targets, results, history, evidence_before(store, round_index), round_index)
+    report = score_round(
+        seed, targets, results, history, evidence_before(store, round_index), round_index, organic=store.organic_taken(round_index), block=summary.block
+    )
     apply_rewards(report, targets, models)
-    apply_organic(report, store.organic_taken(round_index), {t.uid: t.hotkey for t in targets})
     recorded_scores = summary.scores
     for uid in sorted(set(recorded_scores) | set(report.scores)):
         a, b = recorded_scores.get(uid), report.scores.get(uid)

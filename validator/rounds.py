@@ -1,7 +1,8 @@
 """One validation round: challenge every eligible miner, verify, grade, score.
 
-All miners serving a model get the same challenges (drawn from the round seed), so
-their speeds are compared on equal work. Each miner sees at most ``per_miner`` requests
+Each miner gets its own challenges, drawn from (round seed, its hotkey): no two miners are
+sent the same body, so one computation cannot answer for two hotkeys; the challenges of
+all miners come from the same distribution, so their speeds are compared on like work. Each miner sees at most ``per_miner`` requests
 at once and never more than half its declared capacity (the other half stays free for
 users: a validator that filled a miner made the gateway's requests meet 429s); the reference engine verifies at
 most ``verify_concurrency`` answers at once.
@@ -26,10 +27,10 @@ import aiohttp
 from btauth.client import MinerClient
 from protocol.records import AnswerRecord
 from scoring.aggregate import Outcome, judged_streamed, round_scores, summarize
-from scoring.evidence import TOLERANCES, Evidence, SequentialParams
+from scoring.evidence import FLAG_HOLD_BLOCKS, TOLERANCES, Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import measure
-from validator.challenges import Challenge, generate, grade
+from validator.challenges import Challenge, UserPrompts, generate, grade, miner_seed
 from validator.query import QueryResult, Timeouts, ask
 from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
@@ -63,6 +64,7 @@ class Result:
     detail: str = ""
     stats: Optional[AnswerStats] = None  # the answer's evidence for the per-miner test
     answer: Optional[AnswerRecord] = None  # what the miner sent, for replay: token ids, logprobs, chunk timings
+    request: Optional[dict[str, Any]] = None  # what it was sent (a replayed user prompt cannot be rebuilt from the seed)
 
     @property
     def streamed(self) -> Optional[bool]:
@@ -87,7 +89,20 @@ class Result:
             "streamed": None if self.streamed is None else int(self.streamed),
             "stats": json.dumps(asdict(self.stats)) if self.stats is not None else None,
             "answer": self.answer.model_dump_json() if self.answer is not None else None,
+            "request": json.dumps(self.request) if self.request is not None else None,
         }
+
+
+@dataclass(frozen=True)
+class UserVerdict:
+    """The verdict on one user's answer a gateway handed over (``validator.organic``): it counts like a
+    challenge's — a failure zeroes the round, its evidence pools with the challenges'."""
+
+    uid: int
+    hotkey: str
+    passed: bool
+    reasons: str = ""
+    stats: Optional[AnswerStats] = None
 
 
 @dataclass
@@ -149,10 +164,12 @@ async def _challenge_miner(
         try:
             async with slots:
                 result = await ask(client, body, timeouts)
-            return await _judge(target, challenge, body, result, reference, verifying)
+            judged = await _judge(target, challenge, body, result, reference, verifying)
         except Exception as exc:  # a bug met by one miner's answer must not end the round for every miner
             log.exception("challenge to uid %s failed unexpectedly", target.uid)
-            return Result(target.uid, target.hotkey, challenge.family, Outcome("error"), detail=f"{type(exc).__name__}: {exc}")
+            judged = Result(target.uid, target.hotkey, challenge.family, Outcome("error"), detail=f"{type(exc).__name__}: {exc}")
+        judged.request = body
+        return judged
 
     return list(await asyncio.gather(*(one(c) for c in challenges)))
 
@@ -171,20 +188,36 @@ async def run_round(
     evidence: Optional[Mapping[str, Evidence]] = None,
     round_index: int = 0,
     sequential: SequentialParams = SequentialParams(),
+    users: Optional[Mapping[str, UserPrompts]] = None,
+    organic: Sequence[UserVerdict] = (),
+    block: Optional[int] = None,
 ) -> RoundReport:
     """Query, verify and score every target; miners whose model has no reference are skipped.
+    ``users``: model → what its users recently sent, for challenges that look like it; ``organic``: verdicts on
+    users' answers, pooled with the challenges'; ``block``: the head block (how long flags hold).
     ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first.
     ``evidence``: hotkey → its pooled evidence so far; a miner already flagged under its current
     declaration is not queried and scores 0."""
     timeouts = timeouts or Timeouts()
     verifying = asyncio.Semaphore(verify_concurrency)
-    challenges = generate(seed, challenges_per_miner)
-    already = {t.hotkey: current_evidence(evidence or {}, t) for t in targets}
+    already = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
     eligible = [t for t in targets if t.model in references and not already[t.hotkey].flagged]
     per_target = await asyncio.gather(
-        *(_challenge_miner(session, keypair, t, challenges, references[t.model], verifying, per_miner, timeouts) for t in eligible)
+        *(
+            _challenge_miner(
+                session,
+                keypair,
+                t,
+                generate(miner_seed(seed, t.hotkey), challenges_per_miner, users=(users or {}).get(t.model, UserPrompts())),
+                references[t.model],
+                verifying,
+                per_miner,
+                timeouts,
+            )
+            for t in eligible
+        )
     )
-    return score_round(seed, targets, dict(zip((t.uid for t in eligible), per_target)), history, evidence, round_index, sequential)
+    return score_round(seed, targets, dict(zip((t.uid for t in eligible), per_target)), history, evidence, round_index, sequential, organic, block)
 
 
 def score_round(
@@ -195,46 +228,73 @@ def score_round(
     evidence: Optional[Mapping[str, Evidence]],
     round_index: int,
     sequential: SequentialParams = SequentialParams(),
+    organic: Sequence[UserVerdict] = (),
+    block: Optional[int] = None,
 ) -> RoundReport:
-    """The round's report from each queried miner's results (uid → results in challenge order):
-    what ``run_round`` returns, and what ``slmnet validator replay`` recomputes from a record."""
+    """The round's report from each queried miner's results (uid → results in challenge order)
+    and the verdicts on users' answers: what ``run_round`` returns, and what ``slmnet validator
+    replay`` recomputes from a record. A user's answer weighs like a challenge's: its evidence
+    pools with the challenges' (a miner serving users another model is flagged on it), and a
+    failed one makes the round a fidelity failure."""
     report = RoundReport(seed=seed)
-    pooled = {t.hotkey: current_evidence(evidence or {}, t) for t in targets}
+    pooled = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
     report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
+    users: dict[int, list[UserVerdict]] = {}
+    for verdict in organic:
+        users.setdefault(verdict.uid, []).append(verdict)
     stats = {}
-    queried = [t for t in targets if t.uid in results]
-    for target in queried:
-        answers = results[target.uid]
-        report.results += answers
-        pooled[target.hotkey] = pool_evidence(pooled[target.hotkey], target, answers, round_index, sequential)
+    for target in targets:
+        answers = results.get(target.uid)
+        mine = [v for v in users.get(target.uid, ()) if v.hotkey == target.hotkey]
+        if answers is None and not mine:
+            continue
+        report.results += answers or []
+        user_stats = [Result(target.uid, target.hotkey, "organic", Outcome("ok", v.passed), stats=v.stats) for v in mine]
+        pooled[target.hotkey] = pool_evidence(pooled[target.hotkey], target, [*(answers or []), *user_stats], round_index, sequential, block=block)
         if pooled[target.hotkey].flagged:
             report.flagged.add(target.uid)
+        failed = [v for v in mine if not v.passed]
+        if failed:
+            log.warning("uid %s (%s) failed verification on %d user answer(s): %s", target.uid, target.hotkey, len(failed), failed[0].reasons)
+        if answers is None:
+            continue
         stats[target.uid] = summarize([r.outcome for r in answers], (history or {}).get(target.hotkey, ()))
-        if stats[target.uid].fidelity_failed:
+        if stats[target.uid].fidelity_failed or failed:
             report.fidelity_failed.add(target.uid)
         if stats[target.uid].buffered:
             log.warning("uid %s (%s) sends its answers in bursts (buffered, not streamed): round score 0, standing from zero", target.uid, target.hotkey)
             report.buffered.add(target.uid)
-    report.scores = round_scores(stats, {t.uid: t.model for t in queried})
-    report.scores.update({uid: 0.0 for uid in report.flagged})
+    report.scores = round_scores(stats, {t.uid: t.model for t in targets if t.uid in stats})
+    report.scores.update({uid: 0.0 for uid in report.flagged | report.fidelity_failed})
     report.evidence = pooled
     return report
 
 
-def current_evidence(evidence: Mapping[str, Evidence], target: Target) -> Evidence:
-    """The target's evidence under its declaration now (a changed declaration starts afresh)."""
+def current_evidence(evidence: Mapping[str, Evidence], target: Target, block: Optional[int] = None) -> Evidence:
+    """The target's evidence about the model it serves now: carried across any other change of its
+    declaration; a flag holds (whatever it declares) until ``FLAG_HOLD_BLOCKS`` after it was raised."""
     known = evidence.get(target.hotkey)
-    return known if known is not None and known.declaration == target.declaration else Evidence(target.declaration)
+    if known is not None and known.held(block):
+        return known
+    return known if known is not None and not known.flagged and known.model == target.model else Evidence(target.model)
 
 
-def pool_evidence(evidence: Evidence, target: Target, results: list[Result], round_index: int, sequential: SequentialParams, announce: bool = True) -> Evidence:
+def pool_evidence(
+    evidence: Evidence,
+    target: Target,
+    results: list[Result],
+    round_index: int,
+    sequential: SequentialParams,
+    announce: bool = True,
+    block: Optional[int] = None,
+) -> Evidence:
     was_flagged = evidence.flagged
     for result in results:
         if result.stats is not None:
-            evidence = evidence.add(result.stats, target.tolerance, round_index, sequential)
+            evidence = evidence.add(result.stats, target.tolerance, round_index, sequential, block)
     if announce and evidence.flagged and not was_flagged:
         log.warning(
-            "uid %s (%s) flagged: its answers do not come from %s in %s (%d answers, %d/%d choices mismatched, %d/%d logprobs off; evidence %.1f ≥ %.1f); weight 0 until it declares anew",
+            "uid %s (%s) flagged: its answers do not come from %s in %s (%d answers, %d/%d choices mismatched, %d/%d logprobs off; evidence %.1f ≥ %.1f); weight 0 for %d blocks, whatever it declares",
             target.uid,
             target.hotkey,
             target.model,
@@ -246,5 +306,6 @@ def pool_evidence(evidence: Evidence, target: Target, results: list[Result], rou
             evidence.reported,
             evidence.cusum,
             sequential.threshold,
+            FLAG_HOLD_BLOCKS,
         )
     return evidence

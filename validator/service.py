@@ -31,9 +31,10 @@ from validator.crashpoints import crashpoint
 from models.subnet import ModelListMismatch, check_graph
 from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
-from validator.organic import Outbox, verify_samples
+from scoring.evidence import SequentialParams
+from validator.organic import RECENT_REQUESTS, Outbox, UsersSeen, open_outbox, verdicts_of, verify_samples
 from validator.rounds import RoundReport, Target, run_round
-from validator.standings import Standings, apply_organic, apply_rewards, effective_scores, fold
+from validator.standings import Standings, apply_rewards, effective_scores, fold
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
 from validator.verify import ReferenceEngine
@@ -48,7 +49,8 @@ class Validator:
         self.wallet = config.chain.wallet()
         self.keypair = self.wallet.hotkey
         self.round_log = RoundLog(config, self.store)
-        self.outbox = Outbox(config.organic_from) if config.organic_from else None
+        self.outbox: Optional[Outbox] = None  # opened with the HTTP session (``run``)
+        self.users = UsersSeen()
 
     def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> Standings:
         """New standings: this round's scores folded in; hotkeys gone from the subnet dropped."""
@@ -65,6 +67,9 @@ class Validator:
             for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)
         ]
         ready = {model: ref for model, ref in references.items() if ref is not None}
+        if self.outbox is not None:
+            await verify_samples(self.outbox, self.store, ready, {t.hotkey: t for t in targets}, self.users)
+        organic = self.store.take_organic(round_index)
         report = await run_round(
             session,
             self.keypair,
@@ -77,11 +82,11 @@ class Validator:
             history=self.store.recent_streamed(BUFFERED_WINDOW),
             evidence=self.store.evidence(),
             round_index=round_index,
+            users={model: self.users.prompts(model) for model in ready},
+            organic=organic,
+            block=graph.block,
         )
         apply_rewards(report, targets, self.config.models)
-        if self.outbox is not None:
-            await verify_samples(self.outbox, self.store, ready)
-        apply_organic(report, self.store.take_organic(round_index), {n.uid: n.hotkey for n in graph.neurons})
         crashpoint("organic-taken")
         standings = self.apply(round_index, graph, report)
         effective = effective_scores(standings, self.config.aggregation, round_index + 1)
@@ -103,6 +108,8 @@ class Validator:
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
         crashpoint("round-stored")
         self.round_log.round(summary, report)
+        if self.outbox is not None:
+            await self.outbox.publish(verdicts_of(round_index, targets, report, SequentialParams().threshold))
         return effective, graph.tempo
 
     async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float], tempo: int) -> Optional[dict[int, float]]:
@@ -140,6 +147,11 @@ class Validator:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
             await require_registered(net, self.config.chain.netuid, self.keypair.ss58_address, "register the validator's hotkey first")
             await self._check_subnet(net)
+            if self.config.organic_from:
+                self.outbox = open_outbox(self.config.organic_from, session, self.keypair)
+                # The users' requests sampled lately, for challenges shaped like them from the first round on.
+                cursor = self.store.organic_cursor(self.outbox.source)
+                self.users.add((await self.outbox.after(max(0, cursor - RECENT_REQUESTS), min(cursor, RECENT_REQUESTS)))[0] if cursor else [])
             if appended := self.round_log.catch_up():
                 log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.round_log.journal.name)
             self.round_log.start_wandb(self.keypair.ss58_address)

@@ -1,4 +1,4 @@
-"""What a scored round does to the miners' standings: model rewards, organic verdicts, the fold.
+"""What a scored round does to the miners' standings: model rewards, the fold.
 
 Pure functions over a ``RoundReport``: the live loop (``validator.service``), the replay
 (``validator.replay``) and the network simulation (``bench/network_sim.py``) all go through
@@ -23,15 +23,6 @@ def apply_rewards(report: RoundReport, targets: list[Target], models: ModelList)
     """Each score times its model's reward in the model list."""
     declared = {t.uid: t.model for t in targets}
     report.scores = {uid: score * models.get(declared[uid]).reward for uid, score in report.scores.items()}
-
-
-def apply_organic(report: RoundReport, verdicts: list[tuple[int, str, bool, str]], hotkeys: Mapping[int, str]) -> None:
-    """A user's answer that failed verification (sampled by our gateway) counts like a failed challenge."""
-    for uid, hotkey, passed, reasons in verdicts:
-        if not passed and uid in report.scores and hotkeys.get(uid) == hotkey:
-            log.warning("uid %s failed verification on organic traffic: %s", uid, reasons)
-            report.scores[uid] = 0.0
-            report.fidelity_failed.add(uid)
 
 
 def fold(previous: Standings, hotkeys: Mapping[int, str], report: RoundReport, round_index: int, params: AggregationParams) -> Standings:

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from protocol.records import RoundSummary
 from scoring.aggregate import Standing
 from scoring.evidence import Evidence
+from scoring.fidelity import AnswerStats
+from validator.rounds import UserVerdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS standings (hotkey TEXT PRIMARY KEY, uid INTEGER NOT NULL, ema REAL NOT NULL, rounds INTEGER NOT NULL, banned_until INTEGER NOT NULL);
@@ -31,21 +35,24 @@ CREATE INDEX IF NOT EXISTS results_by_uid ON results (uid, round);
 CREATE TABLE IF NOT EXISTS weights (block INTEGER PRIMARY KEY, weights TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS organic (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
-    passed INTEGER NOT NULL, reasons TEXT, taken_in_round INTEGER
+    passed INTEGER NOT NULL, reasons TEXT, taken_in_round INTEGER, stats TEXT
 );
 CREATE TABLE IF NOT EXISTS organic_cursor (source TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS evidence (
-    hotkey TEXT PRIMARY KEY, declaration TEXT NOT NULL, cusum REAL NOT NULL, answers INTEGER NOT NULL, tokens INTEGER NOT NULL,
-    mismatches INTEGER NOT NULL, reported INTEGER NOT NULL, exceedances INTEGER NOT NULL, flagged_round INTEGER
+    hotkey TEXT PRIMARY KEY, model TEXT NOT NULL, cusum REAL NOT NULL, answers INTEGER NOT NULL, tokens INTEGER NOT NULL,
+    mismatches INTEGER NOT NULL, reported INTEGER NOT NULL, exceedances INTEGER NOT NULL, flagged_round INTEGER, flagged_block INTEGER
 );
+CREATE TABLE IF NOT EXISTS forgiven (hotkey TEXT NOT NULL, before_round INTEGER NOT NULL, time REAL NOT NULL, reason TEXT);
 """
 # Columns added to ``results`` after its first release, for state written before them: what the
-# per-miner test counted in the answer, and the answer itself (for ``slmnet validator replay``).
-ADDED_RESULT_COLUMNS = (("streamed", "INTEGER"), ("stats", "TEXT"), ("answer", "TEXT"))
+# per-miner test counted in the answer, the answer itself and the request it answered (for ``slmnet validator replay``).
+ADDED_RESULT_COLUMNS = (("streamed", "INTEGER"), ("stats", "TEXT"), ("answer", "TEXT"), ("request", "TEXT"))
 RESULT_COLUMNS = (
-    "round", "uid", "hotkey", "family", "outcome", "passed", "reasons", "correct", "ttft", "tokens_per_s", "tokens", "streamed", "stats", "answer",
+    "round", "uid", "hotkey", "family", "outcome", "passed", "reasons", "correct", "ttft", "tokens_per_s", "tokens", "streamed", "stats", "answer", "request",
 )  # fmt: skip
-EVIDENCE_FIELDS = ("declaration", "cusum", "answers", "tokens", "mismatches", "reported", "exceedances", "flagged_round")
+EVIDENCE_FIELDS = ("model", "cusum", "answers", "tokens", "mismatches", "reported", "exceedances", "flagged_round", "flagged_block")
+# Columns added to other tables after their first release: (table, column, type).
+ADDED_COLUMNS = (("organic", "stats", "TEXT"), ("evidence", "flagged_block", "INTEGER"))
 
 
 class Store:
@@ -55,10 +62,14 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        present = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
-        for name, kind in ADDED_RESULT_COLUMNS:
-            if name not in present:
-                self.db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+        if "declaration" in self._columns("evidence"):  # evidence was kept per declaration before it was kept per model
+            self.db.execute("ALTER TABLE evidence RENAME COLUMN declaration TO model")
+        for table, name, kind in (*(("results", n, k) for n, k in ADDED_RESULT_COLUMNS), *ADDED_COLUMNS):
+            if name not in self._columns(table):
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
 
     def close(self) -> None:
         self.db.close()
@@ -104,7 +115,7 @@ class Store:
         ]
 
     def evidence(self) -> dict[str, Evidence]:
-        """Hotkey → its pooled evidence under the declaration it was last judged under."""
+        """Hotkey → its pooled evidence about the model it was last judged on."""
         rows = self.db.execute(f"SELECT hotkey, {', '.join(EVIDENCE_FIELDS)} FROM evidence")
         return {hotkey: Evidence(*values) for hotkey, *values in rows}
 
@@ -138,35 +149,60 @@ class Store:
         row = self.db.execute("SELECT block, weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
         return (row[0], {int(k): v for k, v in json.loads(row[1]).items()}) if row else None
 
-    def record_organic(self, source: str, last_id: int, verdicts: Iterable[tuple[float, int, str, str, bool, str]]) -> None:
-        """Verdicts on the samples read from the outbox at ``source`` up to ``last_id`` — (time, uid,
-        hotkey, model, passed, reasons) each — and the new cursor, in one transaction: a validator
-        killed at any moment has either recorded a sample's verdict and moved past it, or neither."""
+    def record_organic(self, source: str, last_id: int, verdicts: Iterable[tuple[float, str, UserVerdict]]) -> None:
+        """Verdicts on the samples read from the outbox at ``source`` up to ``last_id`` — (time, model,
+        verdict) each — and the new cursor, in one transaction: a validator killed at any moment has
+        either recorded a sample's verdict and moved past it, or neither."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(
-                "INSERT INTO organic (time, uid, hotkey, model, passed, reasons) VALUES (?, ?, ?, ?, ?, ?)",
-                [(t, uid, hotkey, model, int(passed), reasons or None) for t, uid, hotkey, model, passed, reasons in verdicts],
+                "INSERT INTO organic (time, uid, hotkey, model, passed, reasons, stats) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (t, v.uid, v.hotkey, model, int(v.passed), v.reasons or None, json.dumps(asdict(v.stats)) if v.stats is not None else None)
+                    for t, model, v in verdicts
+                ],
             )
             self.db.execute("INSERT INTO organic_cursor VALUES (?, ?) ON CONFLICT(source) DO UPDATE SET last_id = excluded.last_id", (source, last_id))
 
-    def take_organic(self, round_index: int) -> list[tuple[int, str, bool, str]]:
-        """Organic verdicts not yet folded into a stored round, marked as taken by ``round_index``:
-        (uid, hotkey, passed, reasons). Those a round took that was never stored (the validator
-        died before ``save_round``: its index is ``round_index`` or later) are taken again."""
+    def take_organic(self, round_index: int) -> list[UserVerdict]:
+        """Organic verdicts not yet folded into a stored round, marked as taken by ``round_index``.
+        Those a round took that was never stored (the validator died before ``save_round``: its
+        index is ``round_index`` or later) are taken again."""
         pending = "taken_in_round IS NULL OR taken_in_round >= ?"
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            rows = self.db.execute(f"SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE {pending} ORDER BY id", (round_index,)).fetchall()
+            rows = self.db.execute(f"SELECT {VERDICT_COLUMNS} FROM organic WHERE {pending} ORDER BY id", (round_index,)).fetchall()
             self.db.execute(f"UPDATE organic SET taken_in_round = ? WHERE {pending}", (round_index, round_index))
-        return [(uid, hotkey, bool(passed), reasons) for uid, hotkey, passed, reasons in rows]
+        return [_verdict(row) for row in rows]
 
-    def organic_taken(self, round_index: int) -> list[tuple[int, str, bool, str]]:
+    def organic_taken(self, round_index: int) -> list[UserVerdict]:
         """The organic verdicts ``take_organic`` folded into ``round_index``."""
-        rows = self.db.execute("SELECT uid, hotkey, passed, COALESCE(reasons, '') FROM organic WHERE taken_in_round = ? ORDER BY id", (round_index,))
-        return [(uid, hotkey, bool(passed), reasons) for uid, hotkey, passed, reasons in rows]
+        rows = self.db.execute(f"SELECT {VERDICT_COLUMNS} FROM organic WHERE taken_in_round = ? ORDER BY id", (round_index,))
+        return [_verdict(row) for row in rows]
 
     def organic_cursor(self, source: str) -> int:
         """The id of the last sample read from the outbox at ``source`` (0: none yet)."""
         row = self.db.execute("SELECT last_id FROM organic_cursor WHERE source = ?", (source,)).fetchone()
         return row[0] if row else 0
+
+    def forgive(self, hotkey: str, reason: str) -> Optional[Evidence]:
+        """Lift ``hotkey``'s flag (and its evidence) from the next round on, on purpose; recorded so a
+        replay pools as the live loop did. Returns the evidence forgiven (None: nothing held)."""
+        known = self.evidence().get(hotkey)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM evidence WHERE hotkey = ?", (hotkey,))
+            self.db.execute("INSERT INTO forgiven VALUES (?, ?, ?, ?)", (hotkey, self.last_round() + 1, time.time(), reason))
+        return known
+
+    def forgiven(self) -> list[tuple[str, int]]:
+        """(hotkey, the round its evidence starts afresh at), oldest first."""
+        return [tuple(row) for row in self.db.execute("SELECT hotkey, before_round FROM forgiven ORDER BY rowid")]
+
+
+VERDICT_COLUMNS = "uid, hotkey, passed, COALESCE(reasons, ''), stats"
+
+
+def _verdict(row: tuple) -> UserVerdict:
+    uid, hotkey, passed, reasons, stats = row
+    return UserVerdict(uid, hotkey, bool(passed), reasons, AnswerStats(**json.loads(stats)) if stats else None)

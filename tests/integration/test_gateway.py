@@ -32,7 +32,9 @@ from models import subnet as model_list
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, start_adversary, start_gateway, start_miners
-from validator.organic import Outbox, verify_samples
+from protocol.records import MinerVerdict, MinerVerdicts
+from validator.organic import SignedOutbox, verify_samples
+from validator.rounds import Target
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
 from validator.verify import ReferenceEngine
@@ -79,6 +81,7 @@ def subnet(tmp_path_factory, tiny_engine):
             "uids": uids,
             "miners": miners,
             "gateway": gateway,
+            "wallets": wallets,
         }
     finally:
         for server in reversed(servers):
@@ -292,22 +295,48 @@ def test_redis_down_fails_closed_and_the_gateway_recovers_when_it_returns(worker
     assert status == 200
 
 
-def test_sampled_user_answers_are_handed_to_the_validator_and_verified_there(subnet):
-    """The gateway only writes its outbox; the validator reads it and verifies with its own reference."""
-    client(subnet).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=16)
-    outbox = Outbox(subnet["db"])
-    assert outbox.after(0, 100)  # --verify-share 1: every whole chat answer is sampled
+def test_user_answers_and_verdicts_cross_between_gateway_and_validator_over_signed_http(subnet):
+    """The hand-over needs no shared disk: the validator reads the sampled answers over signed HTTP and
+    verifies them with its own reference; its verdict takes a flagged miner out of routing at once."""
+    c = client(subnet)
+    c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=16)
+    wallets, uids = subnet["wallets"], subnet["uids"]
+    validator = wallets["gateway"].hotkey  # the gateway trusts its own hotkey by default (a local subnet's validator shares it)
     store = Store(subnet["tmp"] / "validator.sqlite")
+    targets = {wallets[name].hotkey.ss58_address: Target(uids[name], wallets[name].hotkey.ss58_address, "", MODEL, 4) for name in MINERS}
 
-    async def verify_outbox() -> tuple[int, int]:
+    async def hand_over() -> tuple:
         async with aiohttp.ClientSession() as session:
+            unsigned = await session.get(subnet["url"] + "/v1/organic/samples?after=0")
+            stranger = await SignedOutbox(session, subnet["url"], wallets["fast1"].hotkey).after(0, 10)  # a miner may not read users' answers
+            outbox = SignedOutbox(session, subnet["url"], validator)
             references = {MODEL: ReferenceEngine(session, subnet["engine"].url, MODEL, ModelTokenizer(subnet["tmp"] / "s0"), ENDS)}
-            return await verify_samples(outbox, store, references), await verify_samples(outbox, store, references)
+            first = await verify_samples(outbox, store, references, targets)
+            again = await verify_samples(outbox, store, references, targets)
+            flagged = MinerVerdict(uid=uids["fast1"], hotkey=wallets["fast1"].hotkey.ss58_address, model=MODEL, standing="flagged", answers=300, evidence=1.0)
+            await outbox.publish(MinerVerdicts(round=0, verdicts=[flagged]))
+            return unsigned.status, (await unsigned.json())["error"]["code"], stranger, first, again, outbox
 
-    first, again = asyncio.run(verify_outbox())
+    status, code, stranger, first, again, outbox = asyncio.run(hand_over())
+    assert status == 401 and code == "auth_missing" and stranger == ([], 0)
     rows = store.take_organic(round_index=0)
-    assert first >= 1 and again == 0  # each sample is verified once: the cursor is in the validator's store
-    assert len(rows) == first and all(passed for _, _, passed, _ in rows)  # honest miners pass on real traffic too
+    assert first >= 1 and again == 0  # --verify-share 1: every whole chat answer sampled, each verified once (the cursor is the validator's)
+    assert len(rows) == first and all(v.passed and v.stats.tokens >= 0 for v in rows)  # honest miners pass on real traffic, with their evidence
+    served = {
+        c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2).headers["x-slmnet-miner-uid"]
+        for _ in range(12)
+    }
+    assert str(uids["fast1"]) not in served  # held out from the next request on (it would take about half of them)
+    board = {m["uid"]: m for m in json.loads(urllib.request.urlopen(subnet["url"] + "/api/leaderboard", timeout=30).read())["miners"]}
+    assert board[uids["fast1"]]["verdict"] == "flagged"
+
+    async def forgive() -> None:
+        async with aiohttp.ClientSession() as session:
+            ok = MinerVerdict(uid=uids["fast1"], hotkey=wallets["fast1"].hotkey.ss58_address, model=MODEL, standing="ok", answers=300, evidence=0.0)
+            await SignedOutbox(session, subnet["url"], validator).publish(MinerVerdicts(round=1, verdicts=[ok]))
+
+    asyncio.run(forgive())  # the tests after this one need every miner
+    store.close()
 
 
 @pytest.mark.parametrize("setup", ["one process", "two workers"])

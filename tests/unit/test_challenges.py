@@ -10,25 +10,45 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.openai import ChatCompletionRequest
-from validator.challenges import FAMILY_WEIGHTS, generate, grade, round_seed
+from validator.challenges import FAMILY_WEIGHTS, REPLAY, REPLAY_SHARE, UserPrompts, generate, grade, miner_seed, round_seed, slots
 from validator.challenges.tasks import Answer
 
 
-def test_a_round_is_replayable_from_its_seed_and_differs_across_seeds():
+def test_a_round_is_replayable_from_its_seed_and_no_two_miners_get_the_same_body():
     seed = round_seed("0x" + "ab" * 32, "5Validator", 7)
     assert generate(seed, 50) == generate(seed, 50)
     assert generate(seed, 50) != generate(round_seed("0x" + "ab" * 32, "5Validator", 8), 50)
     assert round_seed("0x" + "ab" * 32, "5Other", 7) != seed
+    # Per miner: 64 hotkeys x 8 challenges, not one request body shared by two miners (a copy cannot answer for two).
+    bodies = [json.dumps(c.request("m")) for hotkey in range(64) for c in generate(miner_seed(seed, f"5Miner{hotkey}"), 8)]
+    assert len(set(bodies)) == len(bodies)
 
 
 def test_every_family_appears_and_prompts_rarely_repeat():
-    challenges = generate(1234, 2000)
+    challenges = generate(1234, 3000)
     families = Counter(c.family for c in challenges)
-    assert set(families) == set(FAMILY_WEIGHTS)
-    assert 0.25 < families["open_prompt"] / 2000 < 0.35
-    checkable = [json.dumps(c.body["messages"]) for c in challenges if c.answer is not None]
-    assert len(set(checkable)) > 0.95 * len(checkable)
+    assert set(families) == set(FAMILY_WEIGHTS)  # no replay without user prompts
+    open_share = sum(families[f] for f in ("open_prompt", "question", "rewrite", "code", "conversation")) / 3000
+    assert 0.45 < open_share < 0.55
+    every = [json.dumps(c.body["messages"]) for c in challenges]
+    assert len(set(every)) > 0.95 * len(every)  # checkable and open alike
     assert len({c.body["temperature"] for c in challenges}) >= 4 and len({c.body["max_tokens"] for c in challenges}) > 100
+
+
+def test_a_share_of_challenges_replays_users_prompts_with_their_choices_and_a_fresh_seed():
+    users = UserPrompts(
+        shapes=[{"temperature": 0.2, "top_p": 0.8}],
+        replays=[{"messages": [{"role": "user", "content": f"user question {i}"}], "temperature": 0.9, "max_tokens": 40, "seed": 5} for i in range(10)],
+    )
+    challenges = generate(77, 2000, users=users)
+    replayed = [c for c in challenges if c.family == REPLAY]
+    assert abs(len(replayed) / 2000 - REPLAY_SHARE) < 0.05  # 0.25 ± 0.05: 5 standard deviations
+    assert all(c.body["temperature"] == 0.9 and c.body["max_tokens"] == 40 and c.body["seed"] != 5 for c in replayed)
+    assert all(c.body["temperature"] == 0.2 and c.body["top_p"] == 0.8 for c in challenges if c.family != REPLAY)
+    # A generated challenge is the seed's whatever the users sent: the replay can rebuild it.
+    plain = generate(77, 2000)
+    assert all(c.body["messages"] == p.body["messages"] and c.max_tokens == p.max_tokens for c, p in zip(challenges, plain) if c.family != REPLAY)
+    assert [r for _, r in slots(77, 2000)] == [c.family == REPLAY for c in challenges]
 
 
 @given(st.integers(0, 2**63 - 1))

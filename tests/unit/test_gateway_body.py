@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.answer import Generation
-from validator.challenges import generate
+from validator.challenges import UserPrompts, generate
 
 
 def _generation(**body) -> Generation:
@@ -20,7 +20,11 @@ def test_every_miner_of_one_answer_gets_the_same_seed_and_a_users_seed_is_kept()
     assert _generation(seed=7).upstream_body()["seed"] == 7
 
 
-def test_a_users_request_has_the_fields_a_challenge_has():
-    challenge = generate(3, 1)[0].request("m")
-    user = _generation(temperature=0.7, top_p=0.9, top_logprobs=1).upstream_body()
-    assert set(challenge) == set(user), set(challenge) ^ set(user)
+def test_a_users_request_has_the_fields_of_a_challenge_in_the_same_order():
+    for challenge in generate(3, 20):
+        body = challenge.request("m")
+        user = _generation(**{k: body[k] for k in ("temperature", "top_p", "top_logprobs") if k in body}).upstream_body()
+        assert list(body) == list(user)  # the same keys, sent in the same order: json.dumps(body) differs only in values
+    # A challenge copying what users send (here: users who set only a temperature) has their fields, no more.
+    shaped = generate(4, 10, users=UserPrompts(shapes=[{"temperature": 0.5}]))
+    assert all(list(c.request("m")) == list(_generation(temperature=0.5).upstream_body()) for c in shaped)

@@ -8,6 +8,7 @@ import pytest
 
 from protocol.records import RoundSummary
 from scoring.aggregate import Standing
+from scoring.evidence import Evidence
 from validator.store import RESULT_COLUMNS, Store
 
 
@@ -15,7 +16,7 @@ def _summary(round_index: int) -> RoundSummary:
     return RoundSummary(round=round_index, block=100, seed="42", miners=1, challenges=1)
 
 
-ROW = dict(zip(RESULT_COLUMNS, (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None)))
+ROW = dict(zip(RESULT_COLUMNS, (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None, None)))
 
 
 def test_standings_and_rounds_survive_a_restart(tmp_path):
@@ -61,67 +62,107 @@ def test_pooled_evidence_survives_a_restart_and_old_state_gains_the_new_columns(
     )
     old.close()
     store = Store(path)
-    flagged = Evidence("decl-a", cusum=30.5, answers=12, tokens=400, mismatches=90, reported=380, exceedances=70, flagged_round=2)
-    store.save_round(0, 42, 100, 1.0, _summary(0), {}, [ROW], {"5Miner": flagged, "5Other": Evidence("decl-b", cusum=1.5, answers=3)})
+    flagged = Evidence("model-a", cusum=30.5, answers=12, tokens=400, mismatches=90, reported=380, exceedances=70, flagged_round=2, flagged_block=90)
+    store.save_round(0, 42, 100, 1.0, _summary(0), {}, [ROW], {"5Miner": flagged, "5Other": Evidence("model-b", cusum=1.5, answers=3)})
     store.close()
     again = Store(path)
-    assert again.evidence() == {"5Miner": flagged, "5Other": Evidence("decl-b", cusum=1.5, answers=3)}
+    assert again.evidence() == {"5Miner": flagged, "5Other": Evidence("model-b", cusum=1.5, answers=3)}
     summary, results = again.round_record(0)
     assert results[0]["hotkey"] == "5Miner" and results[0]["answer"] is None and again.round_record(1) is None
+
+
+def _target(uid: int):
+    from validator.rounds import Target
+
+    return Target(uid, f"5Hot{uid}", "", "m", 4)
 
 
 async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_across_restarts(tmp_path):
     from gateway.store import Store as GatewayStore
     from protocol.records import AnswerRecord
-    from validator.organic import Outbox, verify_samples
+    from validator.organic import FileOutbox, verify_samples
 
     gateway = GatewayStore(tmp_path / "gateway.sqlite")
     request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     answer = AnswerRecord(prompt_token_ids=[1, 2], token_ids=[5, 6], logprobs=[-0.1], text="ab", finish_reason="length", completion_tokens=2)
     for uid in (3, 4):
         gateway.record_sample(uid, f"5Hot{uid}", "m", request, answer)
-    outbox = Outbox(tmp_path / "gateway.sqlite")
-    samples = outbox.after(0, 10)
-    assert [(s.uid, s.request, s.answer.token_ids, s.answer.reported_logprobs) for s in samples] == [
-        (3, request, [5, 6], [-0.1, None]),
-        (4, request, [5, 6], [-0.1, None]),
-    ]
-    assert Outbox(tmp_path / "no-gateway-yet.sqlite").after(0, 10) == []
+    outbox = FileOutbox(tmp_path / "gateway.sqlite")
+    samples, last = await outbox.after(0, 10)
+    assert [(s.uid, s.request, s.answer) for s in samples] == [(3, request, answer), (4, request, answer)] and last == 2
+    assert await FileOutbox(tmp_path / "no-gateway-yet.sqlite").after(0, 10) == ([], 0)
 
     store = Store(tmp_path / "v.sqlite")
-    assert await verify_samples(outbox, store, references={}) == 0  # no reference for the model here: nothing held for or against
+    targets = {t.hotkey: t for t in map(_target, (3, 4, 5))}
+    assert await verify_samples(outbox, store, {}, targets) == 0  # no reference for the model here: nothing held for or against
     store.close()
     gateway.record_sample(5, "5Hot5", "m", request, answer)
     again = Store(tmp_path / "v.sqlite")
-    assert [s.uid for s in outbox.after(again.organic_cursor(str(outbox.path)), 10)] == [5]  # a restart neither skips nor repeats one
+    assert [s.uid for s in (await outbox.after(again.organic_cursor(outbox.source), 10))[0]] == [5]  # a restart neither skips nor repeats one
 
 
 def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again(tmp_path):
+    from scoring.fidelity import AnswerStats
+    from validator.rounds import UserVerdict
+
     store = Store(tmp_path / "v.sqlite")
-    store.record_organic("gateway.sqlite", 1, [(1.0, 3, "5Hot3", "m", False, "cut answer")])
+    verdict = UserVerdict(3, "5Hot3", False, "cut answer", AnswerStats(40, 3, 40, 9))
+    store.record_organic("gateway.sqlite", 1, [(1.0, "m", verdict)])
     store.save_round(0, 42, 100, 1.0, _summary(0), {}, [ROW])
-    assert store.take_organic(1) == [(3, "5Hot3", False, "cut answer")]
+    assert store.take_organic(1) == [verdict]  # with its evidence, for the pooled test
     store.close()  # the validator died before round 1 was stored (crash point organic-taken)
     again = Store(tmp_path / "v.sqlite")
     round_index = again.last_round() + 1
-    assert round_index == 1 and again.take_organic(round_index) == [(3, "5Hot3", False, "cut answer")]
+    assert round_index == 1 and again.take_organic(round_index) == [verdict]
     again.save_round(1, 43, 101, 2.0, _summary(1), {}, [])
     assert again.take_organic(2) == []  # folded into a stored round: never counted twice
-    assert again.organic_taken(1) == [(3, "5Hot3", False, "cut answer")]
+    assert again.organic_taken(1) == [verdict]
 
 
 async def test_an_outbox_row_that_is_not_an_answer_record_is_skipped_and_read_past(tmp_path):
     from gateway.store import Store as GatewayStore
     from protocol.records import AnswerRecord
-    from validator.organic import Outbox, verify_samples
+    from validator.organic import FileOutbox, verify_samples
 
     gateway = GatewayStore(tmp_path / "gateway.sqlite")
     request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     gateway.record_sample(3, "5Hot3", "m", request, AnswerRecord(token_ids=[5], text="a", finish_reason="length"))
     gateway.db.execute("UPDATE organic_samples SET answer = ? WHERE uid = 3", ('{"token_ids": "not ids"}',))
     gateway.record_sample(4, "5Hot4", "m", request, AnswerRecord(token_ids=[6], text="b", finish_reason="length"))
-    outbox = Outbox(tmp_path / "gateway.sqlite")
-    assert [(s.uid, s.answer is None) for s in outbox.after(0, 10)] == [(3, True), (4, False)]
+    outbox = FileOutbox(tmp_path / "gateway.sqlite")
+    samples, last = await outbox.after(0, 10)
+    assert [s.uid for s in samples] == [4] and last == 2
+    assert gateway.samples_after(0, 10) == (samples, [1])  # the gateway's signed endpoint reads past it the same way
     store = Store(tmp_path / "v.sqlite")
-    assert await verify_samples(outbox, store, references={}) == 0
-    assert outbox.after(store.organic_cursor(str(outbox.path)), 10) == []  # read past, not stuck on it
+    assert await verify_samples(outbox, store, {}, {}) == 0
+    assert await outbox.after(store.organic_cursor(outbox.source), 10) == ([], 2)  # read past, not stuck on it
+
+
+def test_over_the_rounds_budget_the_least_judged_miners_are_verified_first():
+    from protocol.records import AnswerRecord, OrganicSample
+    from validator.organic import budgeted
+
+    answer = AnswerRecord(token_ids=[5], text="a", finish_reason="length")
+    samples = [OrganicSample(id=i, uid=i % 3, hotkey=f"5Hot{i % 3}", model="m", request={}, answer=answer) for i in range(1, 31)]
+    chosen = budgeted(samples, {"5Hot0": 500, "5Hot1": 0, "5Hot2": 40}, 5)
+    assert [s.hotkey for s in chosen].count("5Hot1") == 2 and [s.hotkey for s in chosen].count("5Hot0") == 1  # turns, fewest judged first
+    assert [s.id for s in chosen] == sorted(s.id for s in chosen) and len(budgeted(samples, {}, 100)) == 30
+
+
+def test_a_flag_holds_whatever_the_miner_declares_until_forgiven(tmp_path):
+    from scoring.evidence import FLAG_HOLD_BLOCKS
+    from validator.rounds import Target, current_evidence
+
+    store = Store(tmp_path / "v.sqlite")
+    flagged = Evidence("m", cusum=30.0, answers=40, flagged_round=0, flagged_block=1000)
+    store.save_round(0, 42, 1000, 1.0, _summary(0), {}, [ROW], {"5Miner": flagged})
+    redeclared = Target(1, "5Miner", "", "other-model", 9, "bfloat16", "new declaration")
+    assert current_evidence(store.evidence(), redeclared, block=1000 + FLAG_HOLD_BLOCKS - 1) is not None
+    assert current_evidence(store.evidence(), redeclared, block=1000 + FLAG_HOLD_BLOCKS - 1).flagged  # a new model, dtype, capacity: still held
+    assert not current_evidence(store.evidence(), redeclared, block=1000 + FLAG_HOLD_BLOCKS).flagged  # the hold has run out
+    same = Target(1, "5Miner", "", "m", 4, "float32", "any")
+    carried = Evidence("m", cusum=7.0, answers=90)
+    store.save_round(1, 43, 1001, 2.0, _summary(1), {}, [], {"5Miner": carried})
+    assert current_evidence(store.evidence(), Target(1, "5Miner", "", "m", 8, "bfloat16", "capacity 8")) == carried  # evidence outlives a re-declaration
+    assert store.forgive("5Miner", "operator: false alarm") == carried
+    assert current_evidence(store.evidence(), same, block=1002) == Evidence("m") and store.forgiven() == [("5Miner", 2)]

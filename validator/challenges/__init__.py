@@ -1,35 +1,67 @@
-"""Challenges for a validation round: checkable tasks, open prompts and conversations, with
-sampling parameters, all drawn from one round seed.
+"""Challenges for a validation round, different for every miner: checkable tasks, open
+prompts of many kinds, and replays of real users' prompts, all drawn from one seed.
 
 ``round_seed`` mixes a block hash (unknown to miners before the block) with the
-validator's hotkey and the round number; ``generate`` turns a seed into challenges
-deterministically, so anyone holding the seed can rebuild the round and re-check it.
-A challenge body has exactly the fields an organic request through the gateway has
-(the gateway asks for logprobs and token ids too), so a miner cannot tell them apart.
+validator's hotkey and the round number; ``miner_seed`` mixes that with a miner's hotkey,
+so no two miners are sent the same body and one computation cannot answer two hotkeys.
+``generate`` turns a seed into challenges deterministically; each challenge's request is
+built by ``protocol.requests.miner_request``, as a gateway's is, so its fields and their
+order are a user's.
+
+What users choose is copied, not invented: ``SamplingShapes`` holds the sampling choices
+of users' recent requests (which fields they set, and to what), and a challenge draws one
+of them when there are any. A share ``REPLAY_SHARE`` of the challenges are a user's own
+recent prompt, replayed with a fresh seed (when a gateway allows its users' prompts to be
+replayed, ``slmnet gateway --replay-prompts``): those no miner can tell from users, since
+they are users'. A replay is recorded with its round, so the round stays rebuildable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
 
+from protocol.requests import miner_request
 from validator.challenges.tasks import FAMILIES, Answer, Task, grade
 
-__all__ = ["Challenge", "generate", "grade", "round_seed", "FAMILY_WEIGHTS"]
+__all__ = [
+    "Challenge",
+    "generate",
+    "grade",
+    "round_seed",
+    "miner_seed",
+    "FAMILY_WEIGHTS",
+    "REPLAY",
+    "REPLAY_SHARE",
+    "UserPrompts",
+    "slots",
+    "SAMPLING_FIELDS",
+    "sampling_of",
+]
 
-# Share of each family in a round (keyed by family name): mostly checkable tasks, 30% open prompts.
+# Share of each generated family (keyed by family name): checkable tasks about half, open prompts of four kinds the rest.
 FAMILY_WEIGHTS = {
-    "arithmetic": 0.12,
-    "reverse_string": 0.1,
-    "sort_numbers": 0.1,
-    "count_letter": 0.08,
-    "json_format": 0.1,
-    "uppercase": 0.08,
-    "multi_turn": 0.12,
-    "open_prompt": 0.3,
+    "arithmetic": 0.08,
+    "reverse_string": 0.07,
+    "sort_numbers": 0.07,
+    "count_letter": 0.06,
+    "json_format": 0.07,
+    "uppercase": 0.06,
+    "multi_turn": 0.09,
+    "open_prompt": 0.12,
+    "question": 0.12,
+    "rewrite": 0.1,
+    "code": 0.08,
+    "conversation": 0.08,
 }
+REPLAY = "replay"  # the family of a replayed user prompt
+REPLAY_SHARE = 0.25  # of the challenges, when users' prompts may be replayed
+# Sampling choices a challenge copies from users: the ones the verifier checks (other choices —
+# penalties, stop strings — are a user's own and are not put in a challenge).
+SAMPLING_FIELDS = ("temperature", "top_p", "top_logprobs")
+# When no user request is known yet: what the verifier must be able to check, spread as users spread it.
 TEMPERATURES = (0.0, 0.0, 0.3, 0.6, 0.7, 1.0)
 TOP_PS = (1.0, 1.0, 0.95, 0.9)
 
@@ -37,12 +69,32 @@ TOP_PS = (1.0, 1.0, 0.95, 0.9)
 @dataclass(frozen=True)
 class Challenge:
     family: str
-    seed: int  # the challenge's own seed (derived from the round seed and its index)
-    body: dict[str, Any]  # the request body, without "model" (added per miner)
+    seed: int  # the challenge's own seed (derived from the miner's seed and its index)
+    fields: dict[str, Any]  # the conversation and sampling choices (``miner_request`` adds the rest)
+    max_tokens: int
     answer: Optional[Answer]
 
     def request(self, model: str) -> dict[str, Any]:
-        return {"model": model, **self.body}
+        return miner_request(self.fields, model=model, max_tokens=self.max_tokens, seed=self.seed & 0x7FFFFFFF)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request without a model (what the tests and the record look at)."""
+        return {k: v for k, v in self.request("").items() if k != "model"}
+
+
+@dataclass(frozen=True)
+class UserPrompts:
+    """What a validator knows of users' recent requests: the sampling choices they made, and the
+    prompts it may replay (each a conversation with its sampling choices and max_tokens)."""
+
+    shapes: Sequence[Mapping[str, Any]] = ()
+    replays: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+
+
+def sampling_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling choices of a user's request that a challenge may copy."""
+    return {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
 
 
 def round_seed(block_hash: str, validator_hotkey: str, round_index: int) -> int:
@@ -50,32 +102,48 @@ def round_seed(block_hash: str, validator_hotkey: str, round_index: int) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-def _body(task: Task, rng: random.Random, max_context: int) -> dict[str, Any]:
-    checkable = task.answer is not None
-    body: dict[str, Any] = {
-        "messages": [dict(m) for m in task.messages],
-        "max_tokens": rng.randint(16, 64) if checkable else rng.randint(48, min(256, max_context // 4)),
-        "temperature": rng.choice(TEMPERATURES),
-        "top_p": rng.choice(TOP_PS),
-        "seed": rng.getrandbits(31),
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "logprobs": True,
-        "top_logprobs": rng.choice((0, 1, 5)),
-        "return_token_ids": True,
-    }
-    return body
+def miner_seed(seed: int, hotkey: str) -> int:
+    """The seed of one miner's challenges in the round of ``seed``."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{hotkey}".encode()).digest()[:8], "big")
 
 
-def generate(seed: int, count: int, max_context: int = 2048) -> list[Challenge]:
-    """``count`` challenges for a round seed; the same seed always gives the same list."""
+def _sampling(rng: random.Random, users: UserPrompts) -> dict[str, Any]:
+    if users.shapes:
+        return sampling_of(rng.choice(users.shapes))
+    return {"temperature": rng.choice(TEMPERATURES), "top_p": rng.choice(TOP_PS), "top_logprobs": rng.choice((0, 1, 5))}
+
+
+def _generated(rng: random.Random, seed: int, users: UserPrompts, max_context: int) -> Challenge:
     names = list(FAMILY_WEIGHTS)
+    family = rng.choices(names, weights=[FAMILY_WEIGHTS[n] for n in names])[0]
+    task: Task = FAMILIES[family](rng)
+    checkable = task.answer is not None
+    max_tokens = rng.randint(16, 64) if checkable else rng.randint(48, min(256, max_context // 4))
+    fields = {"messages": [dict(m) for m in task.messages], **_sampling(rng, users)}
+    return Challenge(family=task.family, seed=seed, fields=fields, max_tokens=max_tokens, answer=task.answer)
+
+
+def _replayed(rng: random.Random, seed: int, users: UserPrompts, max_context: int) -> Challenge:
+    prompt = rng.choice(users.replays)
+    max_tokens = max(1, min(int(prompt.get("max_tokens") or 256), 256, max_context // 4))
+    fields = {"messages": [dict(m) for m in prompt["messages"]], **sampling_of(prompt)}
+    return Challenge(family=REPLAY, seed=seed, fields=fields, max_tokens=max_tokens, answer=None)
+
+
+def slots(seed: int, count: int) -> list[tuple[int, bool]]:
+    """Each challenge's own seed, and whether it is a replay's slot (a user's prompt, when there are any)."""
     rng = random.Random(seed)
+    seeds = [rng.getrandbits(63) for _ in range(count)]
+    return [(s, random.Random(s).random() < REPLAY_SHARE) for s in seeds]
+
+
+def generate(seed: int, count: int, max_context: int = 2048, users: UserPrompts = UserPrompts()) -> list[Challenge]:
+    """``count`` challenges for a seed (a miner's: ``miner_seed``); the same seed and user prompts
+    always give the same list, and a generated challenge's family, prompt and max_tokens depend on
+    the seed alone."""
     challenges = []
-    for index in range(count):
-        challenge_seed = rng.getrandbits(63)
+    for challenge_seed, replay in slots(seed, count):
         local = random.Random(challenge_seed)
-        family = local.choices(names, weights=[FAMILY_WEIGHTS[n] for n in names])[0]
-        task = FAMILIES[family](local)
-        challenges.append(Challenge(family=task.family, seed=challenge_seed, body=_body(task, local, max_context), answer=task.answer))
+        local.random()  # the slot's draw
+        challenges.append((_replayed if replay and users.replays else _generated)(local, challenge_seed, users, max_context))
     return challenges

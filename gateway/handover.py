@@ -1,0 +1,92 @@
+"""The gateway's side of the hand-over with its validator, over signed HTTP (no shared disk).
+
+- ``GET /v1/organic/samples?after=ID&limit=N``: the sampled user answers after ``ID``
+  (``protocol.records.OrganicSamples``), oldest first, at most ``N`` (≤ ``MAX_SAMPLES``).
+- ``POST /v1/organic/verdicts``: what the validator's evidence says of each miner now
+  (``protocol.records.MinerVerdicts``). The gateway keeps them in its SQLite (every worker
+  reloads them within a health tick) and applies them at once in this one: a flagged or
+  failing miner gets no user from the next request on, and a suspect one (new, or with
+  rising evidence) has more of its answers sampled (``Router.verify_share``).
+
+Both are btauth/1 requests addressed to the gateway's hotkey and signed by a validator
+hotkey it trusts (``--validator-hotkey``; by default its own, which the local subnet's
+validator shares). Anything else is answered 401 (no or bad signature, stale, replayed,
+misaddressed) or 403 (a signer it does not trust), and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from btauth.server import AuthFailed, SignatureCheck
+from gateway.errors import BadRequest, HttpError
+from gateway.state import STATE, GatewayState
+from protocol.records import MinerVerdicts, OrganicSamples
+
+log = logging.getLogger(__name__)
+MAX_SAMPLES = 256  # per read: a bounded answer whatever the validator asks for
+MAX_VERDICTS_BYTES = 8 << 20
+
+
+class Unsigned(HttpError):
+    status, type, code = 401, "invalid_request_error", "auth_failed"
+
+
+class NotTrusted(HttpError):
+    status, type, code = 403, "permission_error", "validator_not_trusted"
+
+
+async def _validator(request: web.Request, body: bytes = b"") -> str:
+    """The trusted validator hotkey that signed ``request``; Unsigned or NotTrusted otherwise."""
+    state: GatewayState = request.app[STATE]
+    if state.signatures is None:
+        state.signatures = SignatureCheck(state.keypair.ss58_address)
+    try:
+        sender = state.signatures.sender(request.headers, body, request.method, request.path)
+    except AuthFailed as exc:
+        raise Unsigned(str(exc), exc.code) from exc
+    trusted = state.settings.validator_hotkeys or (state.keypair.ss58_address,)
+    if sender not in trusted:
+        raise NotTrusted(f"{sender} is not a validator this gateway hands its users' answers to (--validator-hotkey)")
+    return sender
+
+
+def _int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+async def samples(request: web.Request) -> web.Response:
+    await _validator(request)
+    after, limit = _int(request, "after", 0), min(_int(request, "limit", 32), MAX_SAMPLES)
+    state: GatewayState = request.app[STATE]
+    found, skipped = state.store.samples_after(after, limit)
+    return web.Response(text=OrganicSamples(samples=found, skipped=skipped).model_dump_json(), content_type="application/json")
+
+
+async def verdicts(request: web.Request) -> web.Response:
+    body = await request.content.read(MAX_VERDICTS_BYTES + 1)
+    if len(body) > MAX_VERDICTS_BYTES:
+        raise BadRequest(f"verdicts over {MAX_VERDICTS_BYTES} bytes")
+    sender = await _validator(request, body)
+    try:
+        posted = MinerVerdicts.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadRequest(f"not a MinerVerdicts record: {exc.errors()[0]['msg']}") from exc
+    state: GatewayState = request.app[STATE]
+    state.store.save_verdicts(posted.verdicts)
+    state.router.apply_verdicts(posted.verdicts)
+    out = [v for v in posted.verdicts if v.standing != "ok"]
+    if out:
+        log.warning("validator %s (round %s): %s out of routing", sender, posted.round, ", ".join(f"uid {v.uid} {v.standing}" for v in out))
+    return web.json_response({"applied": len(posted.verdicts)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/organic/samples", samples)
+    app.router.add_post("/v1/organic/verdicts", verdicts)
