@@ -45,7 +45,7 @@ async def _validator(request: web.Request, body: bytes = b"") -> str:
     if state.signatures is None:
         state.signatures = SignatureCheck(state.keypair.ss58_address)
     try:
-        sender = state.signatures.sender(request.headers, body, request.method, request.path)
+        sender = state.signatures.sender(request.headers, body, request.method, request.path_qs)  # the query is signed too
     except AuthFailed as exc:
         raise Unsigned(str(exc), exc.code) from exc
     trusted = state.settings.validator_hotkeys or (state.keypair.ss58_address,)

@@ -161,7 +161,7 @@ class Subnet:
         self.start(Proc("engine-smollm2", engine.command(), health=engine.url + "/health", env=engine.environment(self.env)))
         for name in ("smollm2-a", "smollm2-b"):
             self.miner(name, "--model", str(smollm2), "--engine-url", engine.url)
-        gateway = ["--port", str(self.port), "--db", str(self.root / "gateway.sqlite"), "--sync-interval", "3"]
+        gateway = ["--port", str(self.port), "--db", str(self.root / "gateway.sqlite"), "--sync-interval", "3", "--replay-prompts"]
         self.start(Proc("gateway", [*SLMNET, "gateway", *self.chain_flags("validator"), *gateway], health=f"http://127.0.0.1:{self.port}/health"))
 
     def judging(self, tiny: Path) -> None:
@@ -172,7 +172,7 @@ class Subnet:
         references = [flag for model in (SMOLLM2, TINY) for flag in ("--serve-reference", model)]
         loop = ["--challenges-per-miner", "6", "--round-interval", "5", "--weights-interval", "1"]
         validator = ["--state-dir", str(self.root / "validator"), *references, "--dtype", "float32", *engine_flags, *loop]
-        organic = ["--organic-from", str(self.root / "gateway.sqlite")]
+        organic = ["--organic-from", f"http://127.0.0.1:{self.port}"]  # signed HTTP, as across machines (the gateway shares this hotkey)
         self.start(Proc("validator", [*SLMNET, "validator", *self.chain_flags("validator"), *validator, *organic], ready_check=self._validator_progress))
 
     def miner(self, name: str, *flags: str) -> None:

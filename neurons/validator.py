@@ -17,11 +17,14 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         "action",
         nargs="?",
         default="run",
-        choices=("run", "replay"),
-        help="run: validate; replay: recheck a recorded round (--round) on the reference engines and print where anything differs",
+        choices=("run", "replay", "forgive"),
+        help="run: validate; replay: recheck a recorded round (--round) on the reference engines and print where anything differs; "
+        "forgive: lift a miner's flag and its evidence (--hotkey, --reason) from the next round on, recorded for replays",
     )
     add_chain_flags(p)
     p.add_argument("--round", type=int, default=None, help="replay: the round to recheck (default: the last recorded)")
+    p.add_argument("--hotkey", default=None, metavar="SS58", help="forgive: the miner whose flag is lifted")
+    p.add_argument("--reason", default=None, help="forgive: why (kept with the record)")
     p.add_argument("--state-dir", default="~/.slmnet/validator", help="SQLite state, rounds.jsonl, wandb runs")
     p.add_argument(
         "--model-list", default=None, help="the subnet's model list (default: models/lists/NETWORK.json; it must match the hash the owner published)"
@@ -112,6 +115,8 @@ def cmd_validator(args: argparse.Namespace) -> None:
 
     if args.action == "replay":
         return cmd_replay(args)
+    if args.action == "forgive":
+        return cmd_forgive(args)
     run_service(run_validator(build_config(args)), StartupError, chain.ChainLayerError)
 
 
@@ -130,3 +135,31 @@ def cmd_replay(args: argparse.Namespace) -> None:
     print("reproduced: verdicts, evidence, scores and flags equal the record" if replay.reproduced else f"{len(replay.differences)} difference(s)")
     if not replay.reproduced:
         raise SystemExit(1)
+
+
+def cmd_forgive(args: argparse.Namespace) -> None:
+    """Lift one miner's flag on purpose: its evidence starts afresh at the next round; logged and recorded."""
+    from validator.store import Store
+
+    if not args.hotkey or not args.reason:
+        raise CliError("forgive needs --hotkey SS58 and --reason TEXT (kept with the record)")
+    state = Path(args.state_dir).expanduser() / "validator.sqlite"
+    if not state.is_file():
+        raise CliError(f"no validator state at {state}: give the validator's --state-dir")
+    store = Store(state)
+    try:
+        forgiven = store.forgive(args.hotkey, args.reason)
+    finally:
+        store.close()
+    if forgiven is None:
+        logging.getLogger("slmnet.validator").warning("forgave %s (%s): it had no evidence held; recorded anyway", args.hotkey, args.reason)
+    else:
+        logging.getLogger("slmnet.validator").warning(
+            "forgave %s (%s): %s, %d answers, evidence %.1f",
+            args.hotkey,
+            args.reason,
+            f"flagged since block {forgiven.flagged_block}" if forgiven.flagged else "not flagged",
+            forgiven.answers,
+            forgiven.cusum,
+        )
+    print(f"{args.hotkey}: forgiven; its evidence starts afresh at the validator's next round (recorded with it, for replays)")

@@ -6,11 +6,12 @@ verified answer — a challenge's or a user's, sampled by the gateway — theref
 counts, and a sequential test per (miner, model) pools them across answers and rounds,
 whatever else the miner re-declares (dtype, capacity): starting afresh is not for sale.
 
-**Per answer** (``answer_stats``), over its informative positions (the reference's top
-token has probability below ``INFORMATIVE_BELOW``: where a token is near certain, every
-sampler agrees and nothing is learned):
+**Per answer** (``answer_stats``):
 
-- *choice mismatches*: the miner's token is not the one the declared model picks. At
+- *choice mismatches*, judged at every position: the miner's token is not the one the
+  declared model picks. Where the reference is near certain, an honest sampler never
+  misses its pick by more than the margin, so a mismatch there is as telling as anywhere
+  (a miner steering a confident position toward a token it prefers pays for it). At
   temperature 0 another token beats it by more than the margin in the reference's own
   logprobs (a greedy flip). Above 0, for a seeded request sampled through the verifiable
   sampler (``protocol.sampling``), another token the filters surely keep has a higher
@@ -18,7 +19,9 @@ sampler agrees and nothing is learned):
   not take the Gumbel-max winner. An honest miner mismatches only where drift reorders two
   tokens by more than the margin; a miner that samples on its own, at another temperature,
   or from another model mismatches at a large share of positions.
-- *logprob exceedances*: a reported logprob further than the declared dtype's tolerance
+- *logprob exceedances*, over the informative positions (the reference's top token has
+  probability below ``INFORMATIVE_BELOW``: where a token is near certain, every stack
+  reports about the same): a reported logprob further than the declared dtype's tolerance
   from the reference's.
 
 **Per miner** (``Evidence.add``): each statistic is a Bernoulli stream with an honest rate of
@@ -30,7 +33,17 @@ threshold ``h`` within ``n`` answers is at most ``n · e^-h``: ``h = ln(answers_
 false_positive_rate)`` bounds it per day (1e-6 per honest miner per day by default). A
 miner that reaches it is flagged: weight 0 and out of the gateway's routing for
 ``FLAG_HOLD_BLOCKS``, whatever it commits meanwhile (a new model, dtype or capacity does
-not lift it); ``slmnet validator forgive HOTKEY`` lifts one on purpose.
+not lift it); ``slmnet validator forgive`` lifts one on purpose.
+
+**No pay on credit.** Before the flag, pay follows the evidence so far: a round's score is
+multiplied by ``credit(e)``, where ``e`` is the CUSUM over the threshold — 1 up to
+``CREDIT_FROM`` (0.25), falling linearly to 0 at ``CREDIT_TO`` (0.5) — and the miner gets
+up to ``EXTRA_CHALLENGES`` times more challenges as ``e`` rises (``extra_challenges``), so a
+suspect is judged sooner. An honest miner's CUSUM is a reflected walk with negative drift
+whose every step has E[exp(llr)] ≤ 1, so P(e ≥ x) ≤ exp(−x·h) at any moment: it stands at
+or above 0.25 with probability ≤ exp(−0.25 × 24.6) = 0.2%, and its expected pay falls by at
+most that (measured: 0 of the honest miners' rounds in ``docs/calibration.md`` were cut). A
+cheat whose evidence rises is paid less and less before its flag, not in full.
 """
 
 from __future__ import annotations
@@ -43,6 +56,8 @@ from protocol.sampling import gumbel
 from scoring.fidelity import AnswerStats, ResponseEvidence, TokenEvidence, tempered_bounds
 
 FLAG_HOLD_BLOCKS = 50_400  # a flag holds 7 days (12 s blocks) whatever the miner commits
+CREDIT_FROM, CREDIT_TO = 0.25, 0.5  # evidence (CUSUM / threshold) where pay starts to fall, and where it is 0
+EXTRA_CHALLENGES = 2.0  # a suspect's challenges grow to (1 + this) × the base as its evidence nears the flag
 INFORMATIVE_BELOW = 0.99  # a position informs when the reference's top token is less likely than this
 NUCLEUS_MARGIN = 0.05  # a competitor counts only when the mass above it is below top_p by this much
 
@@ -58,12 +73,15 @@ class Tolerance:
 
 
 # Measured on SmolLM2 (docs/calibration.md): honest bf16 exceeds 0.1 nats at 0.9% (vLLM) and
-# 2.4% (transformers) of informative tokens, int8 at 17%; honest bf16 mismatches at ≤ 0.08%.
-HALF = Tolerance(logprob=0.1, margin=0.2, exceed_rate=0.06, mismatch_rate=0.01)
+# 2.4% (transformers) of informative tokens, int8 at 17%; honest bf16 mismatches at ≤ 0.08%
+# of informative positions. Each dtype's ceilings are its own, at about 2.5× (exceedances)
+# and 5× (mismatches) what its honest stacks measured, so no declaration buys slack its
+# stack does not need. float16 has not been measured apart from bfloat16 (its mantissa is
+# longer, so its drift is no larger): it keeps bfloat16's ceilings until it is.
 TOLERANCES: Mapping[str, Tolerance] = {
     "float32": Tolerance(logprob=0.02, margin=0.05, exceed_rate=0.002, mismatch_rate=0.002),
-    "bfloat16": HALF,
-    "float16": HALF,
+    "bfloat16": Tolerance(logprob=0.1, margin=0.2, exceed_rate=0.06, mismatch_rate=0.004),
+    "float16": Tolerance(logprob=0.1, margin=0.2, exceed_rate=0.06, mismatch_rate=0.004),
 }
 
 
@@ -94,21 +112,32 @@ def choice_mismatch(token: TokenEvidence, position: int, evidence: ResponseEvide
 
 
 def answer_stats(evidence: ResponseEvidence, tolerance: Tolerance) -> AnswerStats:
-    """Counts over the answer's informative positions; choices are judged only where they are
-    checkable (greedy, or seeded through the verifiable sampler)."""
-    tokens = mismatches = reported = exceedances = 0
+    """Choices judged at every position where they are checkable (greedy, or seeded through the
+    verifiable sampler); logprobs over the informative positions."""
+    positions = mismatches = reported = exceedances = 0
     choices = evidence.temperature == 0 or evidence.seed is not None and evidence.sampler_checkable
     for position, token in enumerate(evidence.tokens):
+        if choices:
+            positions += 1
+            mismatches += choice_mismatch(token, position, evidence, tolerance.margin)
         top = max([*token.reference_top.values(), token.reference_logprob])
-        if math.exp(top) >= INFORMATIVE_BELOW:
-            continue
-        tokens += 1
-        if choices and choice_mismatch(token, position, evidence, tolerance.margin):
-            mismatches += 1
-        if token.reported_logprob is not None:
+        if math.exp(top) < INFORMATIVE_BELOW and token.reported_logprob is not None:
             reported += 1
             exceedances += abs(token.reported_logprob - token.reference_logprob) > tolerance.logprob
-    return AnswerStats(tokens if choices else 0, mismatches, reported, exceedances)
+    return AnswerStats(positions, mismatches, reported, exceedances)
+
+
+def steered_end(evidence: ResponseEvidence, tolerance: Tolerance) -> Optional[str]:
+    """Why an answer that ends on an end token ended where the declared model's seeded sampler does
+    not (None when it did, or when that cannot be checked): stopping early is the profitable cheat,
+    and an end token merely plausible is not the sampler's pick."""
+    tokens = evidence.tokens
+    checkable = evidence.temperature > 0 and evidence.seed is not None and evidence.sampler_checkable and evidence.end_checks
+    if not (checkable and tokens and tokens[-1].token_id in evidence.end_token_ids):
+        return None
+    if not choice_mismatch(tokens[-1], len(tokens) - 1, evidence, tolerance.margin):
+        return None
+    return f"ended at position {len(tokens) - 1} where the declared model's seeded sampler goes on: ended early"
 
 
 @dataclass(frozen=True)
@@ -153,6 +182,19 @@ class Evidence:
     @property
     def flagged(self) -> bool:
         return self.flagged_round is not None
+
+    def level(self, params: Optional[SequentialParams] = None) -> float:
+        """The evidence against the miner, 0 (none) to 1 (flagged)."""
+        return 1.0 if self.flagged else min(1.0, self.cusum / (params or SequentialParams()).threshold)
+
+    def credit(self, params: Optional[SequentialParams] = None) -> float:
+        """The share of a round's score the miner is paid while its evidence stands where it does."""
+        return min(1.0, max(0.0, (CREDIT_TO - self.level(params)) / (CREDIT_TO - CREDIT_FROM)))
+
+    def challenges(self, base: int, params: Optional[SequentialParams] = None) -> int:
+        """Challenges for a round: ``base``, more as the evidence rises past ``CREDIT_FROM``."""
+        rise = max(0.0, self.level(params) - CREDIT_FROM) / (1.0 - CREDIT_FROM)
+        return base + round(base * EXTRA_CHALLENGES * rise)
 
     def held(self, block: Optional[int]) -> bool:
         """Whether the flag still holds at ``block`` (a flag from before flags had a block holds until forgiven)."""

@@ -98,9 +98,9 @@ class Verdict:
 
 @dataclass(frozen=True)
 class AnswerStats:
-    """What one answer says about its miner, as counts over informative positions (``scoring.evidence``)."""
+    """What one answer says about its miner, as counts (``scoring.evidence``)."""
 
-    tokens: int = 0  # informative positions whose choice was judged
+    tokens: int = 0  # positions whose choice was judged (every one, when the choice is checkable)
     mismatches: int = 0
     reported: int = 0  # informative positions with a reported logprob
     exceedances: int = 0

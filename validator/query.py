@@ -7,6 +7,10 @@ the miner only when it was under its declared capacity, which the validator guar
 by never sending more than that at once. A stream that breaks the protocol (see
 ``protocol.responses``) is ``violation``: the answer cannot be verified because of what the
 miner sent, which the round scores as a fidelity failure.
+
+Load on the validator must not decide pay: a timeout while the validator's own event loop
+was starved (``LoopLag``: it woke more than ``BUSY_LAG_S`` late at some point since the
+request left) is ``unverified`` — nobody knows whose slowness it was — not the miner's.
 """
 
 from __future__ import annotations
@@ -25,6 +29,39 @@ from scoring.latency import StreamTiming
 from validator.verify import MinerResponse
 
 
+BUSY_LAG_S = 1.0  # the loop woke this late: the validator's machine, not the miner, may have been slow
+
+
+class LoopLag:
+    """How late this event loop has woken, sampled every ``interval`` s while a round runs: a
+    busy validator (its reference engine, its disk, its GC) shows up here, a slow miner does not."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.late: list[tuple[float, float]] = []  # (monotonic time, seconds late), the last minutes'
+        self.task: Optional[asyncio.Task] = None
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            if (late := now - before - self.interval) > 0.05:
+                self.late.append((now, late))
+                del self.late[:-1000]
+
+    def start(self) -> "LoopLag":
+        self.task = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def worst_since(self, since: float) -> float:
+        return max((late for at, late in self.late if at >= since), default=0.0)
+
+
 @dataclass(frozen=True)
 class Timeouts:
     connect: float = 3.0
@@ -34,14 +71,16 @@ class Timeouts:
 
 @dataclass
 class QueryResult:
-    kind: Literal["ok", "error", "timeout", "refused", "violation"]  # violation: the stream broke the protocol (the miner's fault, never ours)
+    # violation: the stream broke the protocol (the miner's fault, never ours); unverified: timed out while we were busy
+    kind: Literal["ok", "error", "timeout", "refused", "violation", "unverified"]
     response: Optional[MinerResponse] = None
     timing: Optional[StreamTiming] = None
     detail: str = ""
 
 
-async def ask(client: MinerClient, body: dict[str, Any], timeouts: Timeouts) -> QueryResult:
-    """Send ``body`` (streaming) and collect the answer with the arrival time of each token chunk."""
+async def ask(client: MinerClient, body: dict[str, Any], timeouts: Timeouts, lag: Optional[LoopLag] = None) -> QueryResult:
+    """Send ``body`` (streaming) and collect the answer with the arrival time of each token chunk;
+    ``lag``: this loop's lateness, which makes a timeout while it was busy nobody's fault."""
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
     fold = StreamFold(chat=True, max_tokens=int(body["max_tokens"]), logprobs=bool(body.get("logprobs")))
     sent = time.monotonic()
@@ -65,7 +104,10 @@ async def ask(client: MinerClient, body: dict[str, Any], timeouts: Timeouts) -> 
     except StreamViolation as exc:
         return QueryResult("violation", detail=exc.reason)
     except TimeoutError:
-        return QueryResult("timeout", detail=f"no answer within the limits ({timeouts.ttft:g} s to the first token, {timeouts.total:g} s in all)")
+        limits = f"{timeouts.ttft:g} s to the first token, {timeouts.total:g} s in all"
+        if lag is not None and (late := lag.worst_since(sent)) > BUSY_LAG_S:
+            return QueryResult("unverified", detail=f"timed out ({limits}) while the validator was busy: its loop woke {late:.1f} s late")
+        return QueryResult("timeout", detail=f"no answer within the limits ({limits})")
     except aiohttp.ClientError as exc:
         return QueryResult("error", detail=f"{type(exc).__name__}: {exc}")
     answer = MinerResponse.from_fold(fold)

@@ -140,13 +140,15 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
     replay = Replay(round_index)
     seed = int(summary.seed)
     targets = _targets(summary)
+    before = evidence_before(store, round_index)
     results: dict[int, list[Result]] = {}
     for target in targets:
         mine = [r for r in rows if r["uid"] == target.uid]
         if not mine:
             continue  # flagged before the round, or no reference then: not queried
         own = miner_seed(seed, target.hotkey)
-        challenges, replayable = generate(own, summary.challenges), [r for _, r in slots(own, summary.challenges)]
+        count = current_evidence(before, target, summary.block).challenges(summary.challenges)
+        challenges, replayable = generate(own, count), [r for _, r in slots(own, count)]
         if len(mine) != len(challenges):
             replay.differences.append(f"uid {target.uid}: {len(mine)} answers recorded, the round sent {len(challenges)}")
             continue
@@ -157,9 +159,7 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
             raise ReferenceFailed(f"no reference engine for {target.model} (uid {target.uid}): give --reference {target.model}=URL")
         results[target.uid] = [await _recheck(target, c, request, row, references[target.model], replay) for c, request, row in zip(challenges, sent, mine)]
     history = store.recent_streamed(BUFFERED_WINDOW, before=round_index)
-    report = score_round(
-        seed, targets, results, history, evidence_before(store, round_index), round_index, organic=store.organic_taken(round_index), block=summary.block
-    )
+    report = score_round(seed, targets, results, history, before, round_index, organic=store.organic_taken(round_index), block=summary.block)
     apply_rewards(report, targets, models)
     recorded_scores = summary.scores
     for uid in sorted(set(recorded_scores) | set(report.scores)):

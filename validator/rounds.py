@@ -2,7 +2,9 @@
 
 Each miner gets its own challenges, drawn from (round seed, its hotkey): no two miners are
 sent the same body, so one computation cannot answer for two hotkeys; the challenges of
-all miners come from the same distribution, so their speeds are compared on like work. Each miner sees at most ``per_miner`` requests
+all miners come from the same distribution, so their speeds are compared on like work. A
+miner whose evidence has risen gets more of them, and is paid a shrinking share of its
+score until the evidence clears or flags it (``scoring.evidence``: no pay on credit). Each miner sees at most ``per_miner`` requests
 at once and never more than half its declared capacity (the other half stays free for
 users: a validator that filled a miner made the gateway's requests meet 429s); the reference engine verifies at
 most ``verify_concurrency`` answers at once.
@@ -31,7 +33,7 @@ from scoring.evidence import FLAG_HOLD_BLOCKS, TOLERANCES, Evidence, SequentialP
 from scoring.fidelity import AnswerStats
 from scoring.latency import measure
 from validator.challenges import Challenge, UserPrompts, generate, grade, miner_seed
-from validator.query import QueryResult, Timeouts, ask
+from validator.query import LoopLag, QueryResult, Timeouts, ask
 from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ async def _challenge_miner(
     verifying: asyncio.Semaphore,
     per_miner: int,
     timeouts: Timeouts,
+    lag: Optional[LoopLag] = None,
 ) -> list[Result]:
     client = MinerClient(session, target.url, keypair, target.hotkey)
     slots = asyncio.Semaphore(max(1, min(per_miner, target.capacity // 2)))
@@ -163,7 +166,7 @@ async def _challenge_miner(
         body = challenge.request(target.model)
         try:
             async with slots:
-                result = await ask(client, body, timeouts)
+                result = await ask(client, body, timeouts, lag)
             judged = await _judge(target, challenge, body, result, reference, verifying)
         except Exception as exc:  # a bug met by one miner's answer must not end the round for every miner
             log.exception("challenge to uid %s failed unexpectedly", target.uid)
@@ -197,26 +200,36 @@ async def run_round(
     users' answers, pooled with the challenges'; ``block``: the head block (how long flags hold).
     ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first.
     ``evidence``: hotkey → its pooled evidence so far; a miner already flagged under its current
-    declaration is not queried and scores 0."""
+    declaration is not queried and scores 0; ``sequential``: the per-miner test (and how many
+    challenges a suspect gets)."""
     timeouts = timeouts or Timeouts()
     verifying = asyncio.Semaphore(verify_concurrency)
     already = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
     eligible = [t for t in targets if t.model in references and not already[t.hotkey].flagged]
-    per_target = await asyncio.gather(
-        *(
-            _challenge_miner(
-                session,
-                keypair,
-                t,
-                generate(miner_seed(seed, t.hotkey), challenges_per_miner, users=(users or {}).get(t.model, UserPrompts())),
-                references[t.model],
-                verifying,
-                per_miner,
-                timeouts,
+    lag = LoopLag().start()
+    try:
+        per_target = await asyncio.gather(
+            *(
+                _challenge_miner(
+                    session,
+                    keypair,
+                    t,
+                    generate(
+                        miner_seed(seed, t.hotkey),
+                        already[t.hotkey].challenges(challenges_per_miner, sequential),
+                        users=(users or {}).get(t.model, UserPrompts()),
+                    ),
+                    references[t.model],
+                    verifying,
+                    per_miner,
+                    timeouts,
+                    lag,
+                )
+                for t in eligible
             )
-            for t in eligible
         )
-    )
+    finally:
+        lag.stop()
     return score_round(seed, targets, dict(zip((t.uid for t in eligible), per_target)), history, evidence, round_index, sequential, organic, block)
 
 
@@ -265,6 +278,9 @@ def score_round(
             log.warning("uid %s (%s) sends its answers in bursts (buffered, not streamed): round score 0, standing from zero", target.uid, target.hotkey)
             report.buffered.add(target.uid)
     report.scores = round_scores(stats, {t.uid: t.model for t in targets if t.uid in stats})
+    for target in targets:  # no pay on credit: a score shrinks as the evidence against its miner rises
+        if target.uid in report.scores:
+            report.scores[target.uid] *= pooled[target.hotkey].credit(sequential)
     report.scores.update({uid: 0.0 for uid in report.flagged | report.fidelity_failed})
     report.evidence = pooled
     return report

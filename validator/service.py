@@ -59,6 +59,8 @@ class Validator:
     async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[dict[int, float], int]:
         """Run, store and log one round; returns the effective standings and the subnet's tempo."""
         round_index = self.store.last_round() + 1
+        for hotkey in self.store.apply_forgiveness(round_index):
+            log.warning("%s forgiven (slmnet validator forgive): its evidence starts afresh this round (%d)", hotkey, round_index)
         graph = await on_chain("reading the metagraph", lambda: net.metagraph(self.config.chain.netuid))
         seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index)
         started = time.time()

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS evidence (
     hotkey TEXT PRIMARY KEY, model TEXT NOT NULL, cusum REAL NOT NULL, answers INTEGER NOT NULL, tokens INTEGER NOT NULL,
     mismatches INTEGER NOT NULL, reported INTEGER NOT NULL, exceedances INTEGER NOT NULL, flagged_round INTEGER, flagged_block INTEGER
 );
-CREATE TABLE IF NOT EXISTS forgiven (hotkey TEXT NOT NULL, before_round INTEGER NOT NULL, time REAL NOT NULL, reason TEXT);
+CREATE TABLE IF NOT EXISTS forgiven (hotkey TEXT NOT NULL, before_round INTEGER, time REAL NOT NULL, reason TEXT);
 """
 # Columns added to ``results`` after its first release, for state written before them: what the
 # per-miner test counted in the answer, the answer itself and the request it answered (for ``slmnet validator replay``).
@@ -186,18 +186,26 @@ class Store:
         return row[0] if row else 0
 
     def forgive(self, hotkey: str, reason: str) -> Optional[Evidence]:
-        """Lift ``hotkey``'s flag (and its evidence) from the next round on, on purpose; recorded so a
-        replay pools as the live loop did. Returns the evidence forgiven (None: nothing held)."""
-        known = self.evidence().get(hotkey)
+        """Lift ``hotkey``'s flag (and its evidence) on purpose, from the next round the validator starts
+        (``apply_forgiveness``): recorded, so a replay pools as the live loop did. Returns the evidence
+        held now (None: none)."""
+        with self.db:
+            self.db.execute("INSERT INTO forgiven (hotkey, before_round, time, reason) VALUES (?, NULL, ?, ?)", (hotkey, time.time(), reason))
+        return self.evidence().get(hotkey)
+
+    def apply_forgiveness(self, round_index: int) -> list[str]:
+        """At the start of ``round_index``: the hotkeys forgiven since the last round start, their evidence
+        dropped and the round they start afresh at recorded."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM evidence WHERE hotkey = ?", (hotkey,))
-            self.db.execute("INSERT INTO forgiven VALUES (?, ?, ?, ?)", (hotkey, self.last_round() + 1, time.time(), reason))
-        return known
+            pending = [hotkey for (hotkey,) in self.db.execute("SELECT hotkey FROM forgiven WHERE before_round IS NULL")]
+            self.db.execute("UPDATE forgiven SET before_round = ? WHERE before_round IS NULL", (round_index,))
+            self.db.executemany("DELETE FROM evidence WHERE hotkey = ?", [(hotkey,) for hotkey in pending])
+        return pending
 
     def forgiven(self) -> list[tuple[str, int]]:
-        """(hotkey, the round its evidence starts afresh at), oldest first."""
-        return [tuple(row) for row in self.db.execute("SELECT hotkey, before_round FROM forgiven ORDER BY rowid")]
+        """(hotkey, the round its evidence started afresh at), oldest first."""
+        return [tuple(row) for row in self.db.execute("SELECT hotkey, before_round FROM forgiven WHERE before_round IS NOT NULL ORDER BY rowid")]
 
 
 VERDICT_COLUMNS = "uid, hotkey, passed, COALESCE(reasons, ''), stats"

@@ -44,7 +44,7 @@ from aiohttp import web
 
 from btauth.client import sse_events
 
-CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
+CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky", "two-faced")
 HOSTILE = (
     "empty-drip",
     "list-event",
@@ -106,9 +106,25 @@ def _tokens(event: dict[str, Any]) -> int:
     return sum(len(c.get("token_ids") or []) for c in event.get("choices") or [])
 
 
+def looks_like_challenge(body: dict[str, Any]) -> bool:
+    """What a miner that read ``validator/challenges/tasks.py`` can tell: whether a conversation uses the
+    generator's vocabulary (its word lists, names, topics, subjects, system prompts, greetings) or its
+    checkable families' instructions. A replayed user prompt passes for a user's: it is one."""
+    from validator.challenges import tasks
+
+    text = " ".join(str(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict))
+    vocabulary = [*tasks.WORDS, *tasks.NAMES, *tasks.TOPICS, *tasks.SUBJECTS, *tasks.SYSTEMS, *(g.strip() for g in tasks.GREETINGS if g.strip())]
+    phrases = (
+        *("only.", "just the", "nothing else", "the number", "reversed", "backwards", "uppercase", "capital letters", "all caps", "JSON", "Sort", "order"),
+        *("How many", "sorted", "How much is", "Compute", "Calculate", "Work out", "= ?", "line by line", "function", "loop", "code", "Tell me about"),
+    )
+    return any(word in text for word in (*vocabulary, *phrases))
+
+
 class Adversary:
-    def __init__(self, upstream: str, mode: str | None):
+    def __init__(self, upstream: str, mode: str | None, cheap: str | None = None):
         self.upstream = upstream.rstrip("/")
+        self.cheap = (cheap or upstream).rstrip("/")
         self.default_mode = mode
         self.requests: defaultdict[str, Iterator[int]] = defaultdict(itertools.count)  # per mode: one process serves them all
         self.rng = random.Random(0)
@@ -138,14 +154,15 @@ class Adversary:
     async def tamper(self, request: web.Request, mode: str, path: str, body: dict[str, Any]) -> web.StreamResponse:
         if mode == "flaky" and next(self.requests[mode]) % 2 == 0:
             return web.json_response({"error": {"message": "engine hiccup", "type": "server_error"}}, status=500)
+        engine = self.cheap if mode == "two-faced" and not looks_like_challenge(body) else self.upstream
         if not body.get("stream"):
-            async with self.session.post(self.upstream + path, json=body) as upstream:
+            async with self.session.post(engine + path, json=body) as upstream:
                 return web.Response(body=await upstream.read(), status=upstream.status, content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         cut_at = max(2, int(body.get("max_tokens") or 48) // 3)
         sent, held = 0, []
-        async with self.session.post(self.upstream + path, json=body) as upstream:
+        async with self.session.post(engine + path, json=body) as upstream:
             if mode == "slow":
                 await asyncio.sleep(3.0)
             async for event in sse_events(upstream):
@@ -249,9 +266,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", required=True, help="the real engine's URL")
     parser.add_argument("--mode", default=None, choices=MODES, help="the mode for paths that do not name one")
+    parser.add_argument("--cheap", default=None, help="two-faced: the cheaper engine users get")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    adversary = Adversary(args.upstream, args.mode)
+    adversary = Adversary(args.upstream, args.mode, args.cheap)
     app = web.Application(client_max_size=16 * 2**20)
     app.on_startup.append(adversary.start)
     app.on_cleanup.append(adversary.close)

@@ -83,11 +83,12 @@ def start_miner(args: list[str], port: int, tmp: Path, env: Optional[dict[str, s
     return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"miner-{port}.log", env=env)
 
 
-def start_adversary(upstream: str, mode: Optional[str], tmp: Path) -> Server:
+def start_adversary(upstream: str, mode: Optional[str], tmp: Path, cheap: Optional[str] = None) -> Server:
     """A tampering engine (``tests.harness.adversary``) in front of ``upstream``: ``mode`` for every
-    path, or (None) the mode each path names (``URL/MODE``)."""
+    path, or (None) the mode each path names (``URL/MODE``); ``cheap``: the engine a two-faced miner serves users from."""
     port = free_port()
     cmd = [sys.executable, "-m", "tests.harness.adversary", "--upstream", upstream, "--port", str(port), *(["--mode", mode] if mode else [])]
+    cmd += ["--cheap", cheap] if cheap else []
     return Server(cmd, f"http://127.0.0.1:{port}", tmp / f"adversary-{mode or 'any'}-{port}.log")
 
 

@@ -75,11 +75,12 @@ def test_honest_bernoulli_evidence_is_an_e_value():
 
 def test_an_honest_bf16_miner_is_never_flagged_and_an_offset_cheat_is_flagged_within_a_round():
     params = SequentialParams()
-    honest = Evidence("m|bfloat16")
+    honest = Evidence("m")
     for seed in range(600):
         honest = honest.add(answer_stats(_answer(seed, drift=0.05), BF16), BF16, round_index=seed // 6)
+        assert honest.credit() == 1.0 and honest.challenges(4) == 4  # never paid less, never sampled more, at any answer
     assert not honest.flagged and honest.answers == 600
-    cheat = Evidence("m|bfloat16")
+    cheat = Evidence("m")
     for seed in itertools.count():
         cheat = cheat.add(answer_stats(_answer(seed, offset=0.12), BF16), BF16, round_index=seed // 6)
         if cheat.flagged:
@@ -94,7 +95,16 @@ def test_one_answer_never_flags_alone_and_a_flag_stays():
     evidence = Evidence("d").add(worst, BF16, 0).add(worst, BF16, 0)
     assert evidence.flagged_round == 0
     clean = AnswerStats(tokens=1000, reported=1000)
-    assert evidence.add(clean, BF16, 5).flagged_round == 0  # reset only by a new declaration
+    assert evidence.add(clean, BF16, 5).flagged_round == 0  # it holds (for FLAG_HOLD_BLOCKS, whatever is declared: validator.rounds)
+
+
+def test_pay_falls_and_sampling_rises_with_the_evidence_before_the_flag():
+    h = SequentialParams().threshold
+    levels = [Evidence("m", cusum=x * h) for x in (0.0, 0.25, 0.375, 0.5, 0.9)]
+    assert [round(e.credit(), 9) for e in levels] == [1.0, 1.0, 0.5, 0.0, 0.0]
+    assert [e.challenges(4) for e in levels] == [4, 4, 5, 7, 11]  # up to 3 × 4 at the flag
+    flagged = Evidence("m", cusum=0.1, flagged_round=3)
+    assert flagged.credit() == 0.0 and flagged.level() == 1.0
 
 
 def test_the_threshold_bounds_false_positives_per_day():

@@ -164,5 +164,22 @@ def test_a_flag_holds_whatever_the_miner_declares_until_forgiven(tmp_path):
     carried = Evidence("m", cusum=7.0, answers=90)
     store.save_round(1, 43, 1001, 2.0, _summary(1), {}, [], {"5Miner": carried})
     assert current_evidence(store.evidence(), Target(1, "5Miner", "", "m", 8, "bfloat16", "capacity 8")) == carried  # evidence outlives a re-declaration
-    assert store.forgive("5Miner", "operator: false alarm") == carried
+    assert store.forgive("5Miner", "operator: false alarm") == carried and store.forgiven() == []  # pending until a round starts
+    assert store.apply_forgiveness(2) == ["5Miner"] and store.apply_forgiveness(3) == []
     assert current_evidence(store.evidence(), same, block=1002) == Evidence("m") and store.forgiven() == [("5Miner", 2)]
+
+
+def test_slmnet_validator_forgive_records_a_pending_forgiveness_and_refuses_without_a_reason(tmp_path):
+    import subprocess
+    import sys
+
+    store = Store(tmp_path / "validator.sqlite")
+    store.save_round(0, 42, 1000, 1.0, _summary(0), {}, [ROW], {"5Miner": Evidence("m", cusum=30.0, answers=40, flagged_round=0, flagged_block=1000)})
+    store.close()
+    forgive = [sys.executable, "-m", "neurons.cli", "validator", "forgive", "--netuid", "1", "--state-dir", str(tmp_path), "--hotkey", "5Miner"]
+    refused = subprocess.run(forgive, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--reason" in refused.stderr
+    done = subprocess.run([*forgive, "--reason", "false alarm: engine upgrade"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "forgiven" in done.stdout and "flagged since block 1000" in done.stderr
+    again = Store(tmp_path / "validator.sqlite")
+    assert again.apply_forgiveness(1) == ["5Miner"] and "5Miner" not in again.evidence()
