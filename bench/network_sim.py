@@ -237,7 +237,10 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
             ]  # as the live _judge: failed answers count too
             sim.reference_tokens += sum(PROMPT_TOKENS + n for _, _, n in answers)
         # users' answers the gateway hands over, judged like challenges: a refuser answers no user, so none of its is sampled
-        sampled = rng.poisson(settings.users_per_tempo / settings.rounds * settings.verify_share, len(group)).tolist()
+        routed = rng.poisson(settings.users_per_tempo / settings.rounds, len(group)).tolist()
+        sampled = rng.binomial(routed, settings.verify_share).tolist()
+        # what the gateway reports each served: a refuser served none of the users routed to it
+        service = {t.uid: (0, n, 0) if m.kind == "refuser" else (n, 0, 0) for t, m, n in zip(queried, group, routed)}
         serving = [replace(m, kind=KINDS[m.kind].users_get or m.kind) for m in group]
         drawn = _answers(rng, serving, max(sampled, default=0), settings) if any(sampled) else [[] for _ in group]
         handed = [(target, answers[:users]) for target, miner, users, answers in zip(queried, group, sampled, drawn) if miner.kind != "refuser"]
@@ -245,7 +248,7 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
         sim.reference_tokens += sum(PROMPT_TOKENS + n for _, answers in handed for _, _, n in answers)
         sim.answers += sum(len(r) for r in results.values()) + len(verdicts)
         history = {hotkey: list(flags) for hotkey, flags in sim.history.items()}
-        report = score_round(sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential, verdicts)
+        report = score_round(sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential, verdicts, service=service)
         apply_rewards(report, targets, models)
         for result in report.results:
             if result.streamed is not None:

@@ -2,6 +2,9 @@
 
 - ``GET /v1/organic/samples?after=ID&limit=N``: the sampled user answers after ``ID``
   (``protocol.records.OrganicSamples``), oldest first, at most ``N`` (≤ ``MAX_SAMPLES``).
+- ``GET /v1/organic/service``: what each miner did for users (``protocol.records.ServiceReports``):
+  answers and tokens served, requests refused (429 while under its declared capacity here)
+  and failed, running counts from the shared ledger.
 - ``POST /v1/organic/verdicts``: what the validator's evidence says of each miner now
   (``protocol.records.MinerVerdicts``). The gateway keeps them in its SQLite (every worker
   reloads them within a health tick) and applies them at once in this one: a flagged or
@@ -24,7 +27,7 @@ from pydantic import ValidationError
 from btauth.server import AuthFailed, SignatureCheck
 from gateway.errors import BadRequest, HttpError
 from gateway.state import STATE, GatewayState
-from protocol.records import MinerVerdicts, OrganicSamples
+from protocol.records import MinerVerdicts, OrganicSamples, ServiceReports
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 256  # per read: a bounded answer whatever the validator asks for
@@ -69,6 +72,12 @@ async def samples(request: web.Request) -> web.Response:
     return web.Response(text=OrganicSamples(samples=found, skipped=skipped).model_dump_json(), content_type="application/json")
 
 
+async def service(request: web.Request) -> web.Response:
+    await _validator(request)
+    reports = ServiceReports(miners=request.app[STATE].store.service_reports())
+    return web.Response(text=reports.model_dump_json(), content_type="application/json")
+
+
 async def verdicts(request: web.Request) -> web.Response:
     body = await request.content.read(MAX_VERDICTS_BYTES + 1)
     if len(body) > MAX_VERDICTS_BYTES:
@@ -89,4 +98,5 @@ async def verdicts(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/organic/samples", samples)
+    app.router.add_get("/v1/organic/service", service)
     app.router.add_post("/v1/organic/verdicts", verdicts)

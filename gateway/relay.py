@@ -193,8 +193,9 @@ class Relay:
                     self.gen.rewind(produced)  # nothing reached the user: the next miner starts afresh, with every token
                 # What the miner said goes to the log only: users never read a miner's own words.
                 failures.append((f"uid {miner.uid}: {exc.what}", exc.busy))
-                if exc.busy:  # full: nothing was produced, nothing is held against it
+                if exc.busy:  # full, it says: nothing was produced; the validator weighs the refusal (we had it under its capacity)
                     self.gen.parts.pop()
+                    self.state.store.count_service(miner.hotkey, "refused")
                     continue
                 attempts += 1
                 log.warning(
@@ -206,6 +207,7 @@ class Relay:
                 )
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
                 self.state.router.failed(miner)
+                self.state.store.count_service(miner.hotkey, "failed")
                 if self.gen.upstream_tokens >= self.gen.max_tokens:
                     self.gen.finish_reason = "length"  # it failed after the last token it was owed: the answer is whole
                     break

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from protocol.records import SAMPLE_COLUMNS, AnswerRecord, MinerVerdict, OrganicSample, sample_from_row
+from protocol.records import SAMPLE_COLUMNS, AnswerRecord, MinerVerdict, OrganicSample, ServiceReport, sample_from_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS organic_samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
     request TEXT NOT NULL, answer TEXT NOT NULL, replayable INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS miner_service (hotkey TEXT NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (hotkey, kind));
 CREATE TABLE IF NOT EXISTS miner_verdicts (hotkey TEXT PRIMARY KEY, verdict TEXT NOT NULL, time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS usage_by_miner (
     request_id TEXT NOT NULL REFERENCES usage(request_id), miner_uid INTEGER NOT NULL, miner_hotkey TEXT NOT NULL, completion_tokens INTEGER NOT NULL
@@ -216,3 +217,27 @@ class Store:
     def verdicts(self) -> list[MinerVerdict]:
         """The latest verdict on each miner its validator published."""
         return [MinerVerdict.model_validate_json(raw) for (raw,) in self.db.execute("SELECT verdict FROM miner_verdicts")]
+
+    def count_service(self, hotkey: str, kind: str) -> None:
+        """One more ``kind`` (refused, failed) for the miner, in the ledger every worker shares."""
+        with self.db:
+            self.db.execute("INSERT INTO miner_service VALUES (?, ?, 1) ON CONFLICT(hotkey, kind) DO UPDATE SET count = count + 1", (hotkey, kind))
+
+    def service_reports(self) -> list[ServiceReport]:
+        """Each miner's service to users so far: answers and tokens from the ledger, refusals and failures counted as they happened."""
+        served = {h: (n, t) for h, n, t in self.db.execute(
+            "SELECT miner_hotkey, COUNT(*), SUM(completion_tokens) FROM usage_by_miner WHERE completion_tokens > 0 GROUP BY miner_hotkey"
+        )}  # fmt: skip
+        counted: dict[str, dict[str, int]] = {}
+        for hotkey, kind, count in self.db.execute("SELECT hotkey, kind, count FROM miner_service"):
+            counted.setdefault(hotkey, {})[kind] = count
+        return [
+            ServiceReport(
+                hotkey=hotkey,
+                served=served.get(hotkey, (0, 0))[0],
+                tokens=served.get(hotkey, (0, 0))[1],
+                refused=counted.get(hotkey, {}).get("refused", 0),
+                failed=counted.get(hotkey, {}).get("failed", 0),
+            )
+            for hotkey in sorted(set(served) | set(counted))
+        ]

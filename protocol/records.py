@@ -67,6 +67,10 @@ class RoundSummary(BaseModel):
     buffered: list[int] = Field(default_factory=list)
     flagged: list[int] = Field(default_factory=list)
     effective: dict[int, float] = Field(default_factory=dict, description="the standing weights are set from, after the round")
+    service: dict[int, tuple[int, int, int]] = Field(
+        default_factory=dict, description="uid → (served, refused, failed) for the gateway's users since the previous round: the round's service factor"
+    )
+    service_seen: dict[str, tuple[int, int, int]] = Field(default_factory=dict, description="hotkey → the gateway's running counts at this round")
     duration_s: float = 0.0
 
 
@@ -110,6 +114,24 @@ class OrganicSamples(BaseModel):
 
     samples: list[OrganicSample]
     skipped: list[int] = Field(default_factory=list, description="ids of rows that are not answer records (a gateway bug): read past")
+
+
+class ServiceReport(BaseModel):
+    """What one miner did for a gateway's users, counted since the gateway's ledger began."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hotkey: str
+    served: int = Field(ge=0, description="answers (or parts of answers) it produced for users")
+    tokens: int = Field(ge=0, description="completion tokens in them")
+    refused: int = Field(ge=0, description="requests it answered 429 while the gateway had it under its declared capacity")
+    failed: int = Field(ge=0, description="requests it failed: an error status, a broken stream, a stall, a disconnect")
+
+
+class ServiceReports(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    miners: list[ServiceReport] = Field(max_length=65536)
 
 
 class MinerVerdict(BaseModel):

@@ -41,6 +41,25 @@ def tiny_engine(tmp_path_factory) -> TinyEngine:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def noisy_engine(tmp_path_factory) -> TinyEngine:
+    """An engine serving a cheaper copy of the tiny seed-0 model (weights + 1e-2 × std noise) under
+    its name: what a cheating miner runs. Shared by the modules that need one."""
+    from models.tiny import build_tiny
+    from tests.harness.adversary import perturbed_copy
+    from tests.harness.processes import start_vllm
+
+    tmp = tmp_path_factory.mktemp("noisy-engine")
+    build_tiny(tmp / "s0", seed=0)
+    perturbed_copy(tmp / "s0", tmp / "s0-noise", "noise", 1e-2)
+    server = start_vllm(tmp / "s0-noise", "slmnet/tiny-qwen2-s0", tmp)
+    try:
+        server.wait_healthy()
+        yield TinyEngine(server.url, tmp / "s0-noise")
+    finally:
+        server.stop()
+
+
 # What the reliability tests measured (``figure`` fixture), printed as one table at the end of
 # the run: `make soak` and `make test` both end with it; docs/reliability.md collects them.
 FIGURES: list[tuple[str, str, str]] = []

@@ -37,7 +37,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from btauth.client import MinerClient
-from protocol.records import SAMPLE_COLUMNS, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, sample_from_row
+from protocol.records import SAMPLE_COLUMNS, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, ServiceReports, sample_from_row
 from validator.challenges import UserPrompts, sampling_of
 from validator.rounds import RoundReport, Target, UserVerdict
 from validator.store import Store
@@ -57,6 +57,9 @@ class Outbox(Protocol):
 
     async def publish(self, verdicts: MinerVerdicts) -> None:
         """Hand the round's verdicts to the gateway (where it can take them)."""
+
+    async def service(self) -> Optional[ServiceReports]:
+        """What each miner did for the gateway's users so far (None: not known this round)."""
 
 
 class FileOutbox:
@@ -92,6 +95,9 @@ class FileOutbox:
     async def publish(self, verdicts: MinerVerdicts) -> None:
         return None
 
+    async def service(self) -> Optional[ServiceReports]:
+        return None  # the gateway's service counts come over HTTP only (--organic-from URL)
+
 
 class SignedOutbox:
     """A gateway's outbox over signed HTTP (``gateway.handover``), addressed to the hotkey its ``/health`` names."""
@@ -123,6 +129,19 @@ class SignedOutbox:
             log.warning("no organic samples from %s this round: %s", self.url, exc)
             return [], last_id
         return read.samples, max([last_id, *read.skipped, *(s.id for s in read.samples)])
+
+    async def service(self) -> Optional[ServiceReports]:
+        try:
+            client = await self._client()
+            async with client.get("/v1/organic/service", timeout=aiohttp.ClientTimeout(total=30)) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    log.warning("gateway %s refused its service counts: %s %s", self.url, response.status, raw[:300].decode(errors="replace"))
+                    return None
+            return ServiceReports.model_validate_json(raw)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValidationError) as exc:
+            log.warning("no service counts from %s this round: %s", self.url, exc)
+            return None
 
     async def publish(self, verdicts: MinerVerdicts) -> None:
         try:
@@ -225,3 +244,19 @@ def verdicts_of(round_index: int, targets: Sequence[Target], report: RoundReport
             )
         )
     return MinerVerdicts(round=round_index, verdicts=verdicts)
+
+
+Counts = tuple[int, int, int]  # (served, refused, failed)
+
+
+def service_since(reports: ServiceReports, seen: Mapping[str, Counts]) -> tuple[dict[str, Counts], dict[str, Counts]]:
+    """From a gateway's running counts and those seen at the previous round: (hotkey → what happened
+    since, hotkey → the running counts now). Counts that went down (a new ledger) count from zero."""
+    now = {r.hotkey: (r.served, r.refused, r.failed) for r in reports.miners}
+    since = {}
+    for hotkey, counts in now.items():
+        before = seen.get(hotkey, (0, 0, 0))
+        delta = tuple(c - b for c, b in zip(counts, before)) if all(c >= b for c, b in zip(counts, before)) else counts
+        if any(delta):
+            since[hotkey] = delta
+    return since, now

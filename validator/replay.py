@@ -118,7 +118,7 @@ async def _recheck(target: Target, challenge: Challenge, request: dict[str, Any]
     if row["stats"] and asdict(verdict.stats) != json.loads(row["stats"]):
         replay.differences.append(f"{where}: recorded evidence {json.loads(row['stats'])}, replayed {asdict(verdict.stats)}")
     chunks = answer.chunks
-    speed = measure(StreamTiming(0.0, tuple(t for t, _ in chunks), tuple(n for _, n in chunks))) if chunks else None
+    speed = measure(StreamTiming(0.0, tuple(t for t, _ in chunks), tuple(n for _, n in chunks))) if chunks and row["family"] != REPLAY else None
     correct = grade(challenge.answer, answer.text) if row["family"] != REPLAY and challenge.answer is not None and verdict.passed else None
     return Result(target.uid, target.hotkey, row["family"], Outcome("ok", verdict.passed, correct, speed), verdict.reasons, stats=verdict.stats)
 
@@ -159,7 +159,9 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
             raise ReferenceFailed(f"no reference engine for {target.model} (uid {target.uid}): give --reference {target.model}=URL")
         results[target.uid] = [await _recheck(target, c, request, row, references[target.model], replay) for c, request, row in zip(challenges, sent, mine)]
     history = store.recent_streamed(BUFFERED_WINDOW, before=round_index)
-    report = score_round(seed, targets, results, history, before, round_index, organic=store.organic_taken(round_index), block=summary.block)
+    report = score_round(
+        seed, targets, results, history, before, round_index, organic=store.organic_taken(round_index), block=summary.block, service=summary.service
+    )
     apply_rewards(report, targets, models)
     recorded_scores = summary.scores
     for uid in sorted(set(recorded_scores) | set(report.scores)):

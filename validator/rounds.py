@@ -32,7 +32,7 @@ from scoring.aggregate import Outcome, judged_streamed, round_scores, summarize
 from scoring.evidence import FLAG_HOLD_BLOCKS, TOLERANCES, Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import measure
-from validator.challenges import Challenge, UserPrompts, generate, grade, miner_seed
+from validator.challenges import REPLAY, Challenge, UserPrompts, generate, grade, miner_seed
 from validator.query import LoopLag, QueryResult, Timeouts, ask
 from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
@@ -133,7 +133,9 @@ async def _judge(
             # Our engine failed, not the miner: nothing is known about this answer, for or against.
             log.warning("could not verify uid %s: %s", target.uid, exc)
             return Result(target.uid, target.hotkey, challenge.family, Outcome("unverified"), detail=str(exc))
-    speed = measure(result.timing) if result.timing.arrivals else None
+    # Speed only where no cache could have bought it: a replayed user prompt may sit in the miner's
+    # prefix cache (it served that user), a freshly generated one cannot.
+    speed = measure(result.timing) if result.timing.arrivals and challenge.family != REPLAY else None
     # The grader reads the text the verifier bound to the ids (equal to the detokenization once verified).
     correct = grade(challenge.answer, result.response.text) if challenge.answer is not None and verdict.passed else None
     outcome = Outcome("ok", verdict.passed, correct, speed)
@@ -194,10 +196,12 @@ async def run_round(
     users: Optional[Mapping[str, UserPrompts]] = None,
     organic: Sequence[UserVerdict] = (),
     block: Optional[int] = None,
+    service: Optional[Mapping[int, tuple[int, int, int]]] = None,
 ) -> RoundReport:
     """Query, verify and score every target; miners whose model has no reference are skipped.
     ``users``: model → what its users recently sent, for challenges that look like it; ``organic``: verdicts on
-    users' answers, pooled with the challenges'; ``block``: the head block (how long flags hold).
+    users' answers, pooled with the challenges'; ``block``: the head block (how long flags hold);
+    ``service``: uid → (served, refused, failed) for the gateway's users since the last round.
     ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first.
     ``evidence``: hotkey → its pooled evidence so far; a miner already flagged under its current
     declaration is not queried and scores 0; ``sequential``: the per-miner test (and how many
@@ -230,7 +234,8 @@ async def run_round(
         )
     finally:
         lag.stop()
-    return score_round(seed, targets, dict(zip((t.uid for t in eligible), per_target)), history, evidence, round_index, sequential, organic, block)
+    results = dict(zip((t.uid for t in eligible), per_target))
+    return score_round(seed, targets, results, history, evidence, round_index, sequential, organic, block, service)
 
 
 def score_round(
@@ -243,12 +248,15 @@ def score_round(
     sequential: SequentialParams = SequentialParams(),
     organic: Sequence[UserVerdict] = (),
     block: Optional[int] = None,
+    service: Optional[Mapping[int, tuple[int, int, int]]] = None,
 ) -> RoundReport:
     """The round's report from each queried miner's results (uid → results in challenge order)
     and the verdicts on users' answers: what ``run_round`` returns, and what ``slmnet validator
     replay`` recomputes from a record. A user's answer weighs like a challenge's: its evidence
     pools with the challenges' (a miner serving users another model is flagged on it), and a
-    failed one makes the round a fidelity failure."""
+    failed one makes the round a fidelity failure. What a miner did for users counts too: its
+    score is multiplied by the share of the gateway's requests it served (``service_factor``),
+    so a miner that refuses users earns at most what it serves."""
     report = RoundReport(seed=seed)
     pooled = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
     report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
@@ -280,10 +288,19 @@ def score_round(
     report.scores = round_scores(stats, {t.uid: t.model for t in targets if t.uid in stats})
     for target in targets:  # no pay on credit: a score shrinks as the evidence against its miner rises
         if target.uid in report.scores:
-            report.scores[target.uid] *= pooled[target.hotkey].credit(sequential)
+            report.scores[target.uid] *= pooled[target.hotkey].credit(sequential) * service_factor((service or {}).get(target.uid))
     report.scores.update({uid: 0.0 for uid in report.flagged | report.fidelity_failed})
     report.evidence = pooled
     return report
+
+
+def service_factor(counts: Optional[tuple[int, int, int]]) -> float:
+    """The share of the gateway's requests a miner served since the last round: (served, refused,
+    failed) → served / all (1 when it was sent none: no users, nothing held against it)."""
+    if not counts or not sum(counts):
+        return 1.0
+    served, refused, failed = counts
+    return served / (served + refused + failed)
 
 
 def current_evidence(evidence: Mapping[str, Evidence], target: Target, block: Optional[int] = None) -> Evidence:

@@ -32,7 +32,7 @@ from models.subnet import ModelListMismatch, check_graph
 from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
 from scoring.evidence import SequentialParams
-from validator.organic import RECENT_REQUESTS, Outbox, UsersSeen, open_outbox, verdicts_of, verify_samples
+from validator.organic import RECENT_REQUESTS, Outbox, UsersSeen, open_outbox, service_since, verdicts_of, verify_samples
 from validator.rounds import RoundReport, Target, run_round
 from validator.standings import Standings, apply_rewards, effective_scores, fold
 from validator.store import Store
@@ -69,8 +69,13 @@ class Validator:
             for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)
         ]
         ready = {model: ref for model, ref in references.items() if ref is not None}
+        previous = self.store.summary(round_index - 1)
+        seen, service = previous.service_seen if previous else {}, {}
         if self.outbox is not None:
             await verify_samples(self.outbox, self.store, ready, {t.hotkey: t for t in targets}, self.users)
+            if (reports := await self.outbox.service()) is not None:
+                since, seen = service_since(reports, seen)
+                service = {t.uid: since[t.hotkey] for t in targets if t.hotkey in since}
         organic = self.store.take_organic(round_index)
         report = await run_round(
             session,
@@ -87,6 +92,7 @@ class Validator:
             users={model: self.users.prompts(model) for model in ready},
             organic=organic,
             block=graph.block,
+            service=service,
         )
         apply_rewards(report, targets, self.config.models)
         crashpoint("organic-taken")
@@ -105,6 +111,8 @@ class Validator:
             buffered=sorted(report.buffered),
             flagged=sorted(report.flagged),
             effective=effective,
+            service=service,
+            service_seen=seen,
             duration_s=time.time() - started,
         )
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)

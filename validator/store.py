@@ -114,6 +114,10 @@ class Store:
             for (summary,) in self.db.execute("SELECT summary FROM rounds WHERE round > ? ORDER BY round", (round_index,))
         ]
 
+    def summary(self, round_index: int) -> Optional[RoundSummary]:
+        row = self.db.execute("SELECT summary FROM rounds WHERE round = ?", (round_index,)).fetchone()
+        return RoundSummary.model_validate_json(row[0]) if row else None
+
     def evidence(self) -> dict[str, Evidence]:
         """Hotkey → its pooled evidence about the model it was last judged on."""
         rows = self.db.execute(f"SELECT hotkey, {', '.join(EVIDENCE_FIELDS)} FROM evidence")

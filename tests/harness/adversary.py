@@ -44,7 +44,7 @@ from aiohttp import web
 
 from btauth.client import sse_events
 
-CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky", "two-faced")
+CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky", "two-faced", "steer", "cache", "refuse-users")
 HOSTILE = (
     "empty-drip",
     "list-event",
@@ -127,6 +127,7 @@ class Adversary:
         self.cheap = (cheap or upstream).rstrip("/")
         self.default_mode = mode
         self.requests: defaultdict[str, Iterator[int]] = defaultdict(itertools.count)  # per mode: one process serves them all
+        self.answers: dict[str, list[bytes]] = {}  # cache: a conversation and budget → the events it was answered with
         self.rng = random.Random(0)
         self.session: aiohttp.ClientSession
 
@@ -154,14 +155,21 @@ class Adversary:
     async def tamper(self, request: web.Request, mode: str, path: str, body: dict[str, Any]) -> web.StreamResponse:
         if mode == "flaky" and next(self.requests[mode]) % 2 == 0:
             return web.json_response({"error": {"message": "engine hiccup", "type": "server_error"}}, status=500)
+        if mode == "refuse-users" and not looks_like_challenge(body):
+            return web.json_response({"error": {"message": "at capacity", "type": "server_error"}}, status=429)
         engine = self.cheap if mode == "two-faced" and not looks_like_challenge(body) else self.upstream
+        if mode == "steer" and looks_like_challenge(body):
+            body = {**body, "temperature": 0.0}
+        key = json.dumps([body.get("messages"), body.get("max_tokens")])
+        if mode == "cache" and key in self.answers:
+            return web.Response(body=b"".join(self.answers[key]) + b"data: [DONE]\n\n", content_type="text/event-stream")
         if not body.get("stream"):
             async with self.session.post(engine + path, json=body) as upstream:
                 return web.Response(body=await upstream.read(), status=upstream.status, content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         cut_at = max(2, int(body.get("max_tokens") or 48) // 3)
-        sent, held = 0, []
+        sent, held, answer = 0, [], []
         async with self.session.post(engine + path, json=body) as upstream:
             if mode == "slow":
                 await asyncio.sleep(3.0)
@@ -182,11 +190,14 @@ class Adversary:
                     held.append(_sse(event))
                 else:
                     await response.write(_sse(event))
+                answer.append(_sse(event))
         if mode == "cut" and sent >= cut_at:
             base = {"id": "cut", "object": "chat.completion.chunk", "model": body.get("model")}
             await response.write(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
             if (body.get("stream_options") or {}).get("include_usage"):
                 await response.write(_sse({**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": sent, "total_tokens": sent}}))
+        if mode == "cache":
+            self.answers[key] = answer
         await response.write(b"".join(held) + b"data: [DONE]\n\n")
         await response.write_eof()
         return response

@@ -313,11 +313,13 @@ def test_user_answers_and_verdicts_cross_between_gateway_and_validator_over_sign
             references = {MODEL: ReferenceEngine(session, subnet["engine"].url, MODEL, ModelTokenizer(subnet["tmp"] / "s0"), ENDS)}
             first = await verify_samples(outbox, store, references, targets)
             again = await verify_samples(outbox, store, references, targets)
+            service = await outbox.service()
             flagged = MinerVerdict(uid=uids["fast1"], hotkey=wallets["fast1"].hotkey.ss58_address, model=MODEL, standing="flagged", answers=300, evidence=1.0)
             await outbox.publish(MinerVerdicts(round=0, verdicts=[flagged]))
-            return unsigned.status, (await unsigned.json())["error"]["code"], stranger, first, again, outbox
+            return unsigned.status, (await unsigned.json())["error"]["code"], stranger, first, again, service
 
-    status, code, stranger, first, again, outbox = asyncio.run(hand_over())
+    status, code, stranger, first, again, service = asyncio.run(hand_over())
+    assert sum(m.served for m in service.miners) >= 1 and {m.hotkey for m in service.miners} <= set(targets)  # what each miner did for users
     assert status == 401 and code == "auth_missing" and stranger == ([], 0)
     rows = store.take_organic(round_index=0)
     assert first >= 1 and again == 0  # --verify-share 1: every whole chat answer sampled, each verified once (the cursor is the validator's)

@@ -1,10 +1,10 @@
-"""`slmnet validator` on a localnet against two honest miners and eight adversarial ones.
+"""`slmnet validator` on a localnet against two honest miners and nine adversarial ones.
 
 Every miner is a real `slmnet miner` process declaring the tiny seed-0 model. The
 cheats: one attached to an engine with other weights (seed 1), one to an engine with
-perturbed seed-0 weights, and six attached to a tampering proxy in front of the honest
+perturbed seed-0 weights, and seven attached to a tampering proxy in front of the honest
 engine (``tests.harness.adversary``): invented logprobs, cut answers, buffered bursts,
-over-reported usage, slow, flaky.
+over-reported usage, slow, flaky, and a steerer (greedy answers to sampled challenges).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import pytest
 
 import chain
 from models.tiny import build_tiny
-from tests.harness.adversary import perturbed_copy
 from tests.harness.localnet import FAST, make_localnet
 from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm
 from models import subnet as model_list
@@ -32,10 +31,10 @@ from validator.verify import ReferenceEngine
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
 HONEST = ("honest1", "honest2")
-FIDELITY_CHEATS = ("other-model", "perturbed", "invent-logprobs", "cut", "over-report")
+FIDELITY_CHEATS = ("other-model", "perturbed", "invent-logprobs", "cut", "over-report", "steer")
 BUFFERING = ("burst",)  # not a fidelity failure: a round score of 0, every round
 UNDERPERFORMERS = ("slow", "flaky")
-PROXIED = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky")
+PROXIED = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky", "steer")
 
 
 def test_the_repo_model_list_matches_the_tiny_model_we_build(tmp_path):
@@ -44,12 +43,11 @@ def test_the_repo_model_list_matches_the_tiny_model_we_build(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def subnet(tmp_path_factory, tiny_engine):
+def subnet(tmp_path_factory, tiny_engine, noisy_engine):
     tmp = tmp_path_factory.mktemp("subnet")
     build_tiny(tmp / "s0", seed=0)
     build_tiny(tmp / "s1", seed=1)
-    perturbed_copy(tmp / "s0", tmp / "s0-noise", "noise", 1e-2)
-    engines = {name: start_vllm(tmp / folder, MODEL, tmp) for name, folder in (("other-model", "s1"), ("perturbed", "s0-noise"))}
+    engines = {"other-model": start_vllm(tmp / "s1", MODEL, tmp)}
     net = make_localnet(tmp)
     names = [*HONEST, *FIDELITY_CHEATS, *BUFFERING, *UNDERPERFORMERS, "validator"]
     wallets, uids = net.register(names)
@@ -58,7 +56,7 @@ def subnet(tmp_path_factory, tiny_engine):
     try:
         for engine in engines.values():
             engine.wait_healthy()
-        engines["honest"] = tiny_engine
+        engines["honest"], engines["perturbed"] = tiny_engine, noisy_engine
         upstream = {name: engines["honest"].url for name in HONEST}
         upstream.update({name: engines[name].url for name in ("other-model", "perturbed")})
         servers.append(proxy := start_adversary(engines["honest"].url, None, tmp))  # one process, the mode named by each miner's engine URL
@@ -95,11 +93,12 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
     assert done.returncode == 0, done.stderr[-3000:]
 
     rounds = [json.loads(line) for line in (state / "rounds.jsonl").read_text().splitlines()]
-    assert len(rounds) == 3 and all(r["miners"] == 10 for r in rounds)
+    assert len(rounds) == 3 and all(r["miners"] == 11 for r in rounds)
     # Caught: an answer no honest sampler makes (fidelity_failed), or pooled evidence (flagged).
     ever_failed = {uid for r in rounds for uid in (*r["fidelity_failed"], *r["flagged"])}
     assert ever_failed == {uids[name] for name in FIDELITY_CHEATS}  # every cheat caught, nobody else flagged
-    assert {uid for r in rounds for uid in r["flagged"]} >= {uids["invent-logprobs"]}  # its logprobs are only a little off: the evidence decides
+    # Only a little off (its logprobs; the steerer's greedy answers to sampled challenges): the pooled evidence decides.
+    assert {uid for r in rounds for uid in r["flagged"]} >= {uids["invent-logprobs"], uids["steer"]}
     # The buffering miner, judged over its long answers across rounds: caught once it has 6 of them (24 challenges in all), nobody else ever.
     assert {uid for r in rounds for uid in r["buffered"]} == {uids["burst"]}
     assert uids["burst"] in rounds[-1]["buffered"]

@@ -165,6 +165,22 @@ def multi_turn(rng: random.Random) -> Task:
     return Task("multi_turn", messages, Answer("number", a + b))
 
 
+def _detail(rng: random.Random) -> str:
+    """A random particular that makes an open prompt one of millions: no answer to it can be
+    prepared (or its prefix cached) before the round's seed is known."""
+    return rng.choice(
+        [
+            f" Use at most {rng.randint(2, 12)} sentences.",
+            f" It is for {rng.choice(NAMES)}, who is {rng.randint(6, 90)}.",
+            f" Mention the number {rng.randint(2, 999)} somewhere.",
+            f" Include the word '{rng.choice(WORDS)}'.",
+            f" Write it in {rng.choice(['a cheerful', 'a sad', 'a formal', 'a playful', 'a calm', 'an excited'])} tone.",
+            f" Start with the letter {rng.choice(string.ascii_uppercase)}.",
+            "",
+        ]
+    )
+
+
 def open_prompt(rng: random.Random) -> Task:
     template = rng.choice(
         [
@@ -177,7 +193,7 @@ def open_prompt(rng: random.Random) -> Task:
             "Write the opening line of a novel about {t}.",
         ]
     )
-    return Task("open_prompt", _dress(rng, template.format(t=rng.choice(TOPICS))), None)
+    return Task("open_prompt", _dress(rng, template.format(t=rng.choice(TOPICS)) + _detail(rng)), None)
 
 
 def question(rng: random.Random) -> Task:
@@ -194,7 +210,7 @@ def question(rng: random.Random) -> Task:
         ]
     )
     first, second = rng.sample(SUBJECTS, 2)
-    return Task("question", _dress(rng, template.format(s=first, s2=second, a=rng.choice(AUDIENCES))), None)
+    return Task("question", _dress(rng, template.format(s=first, s2=second, a=rng.choice(AUDIENCES)) + _detail(rng)), None)
 
 
 def _passage(rng: random.Random) -> str:
@@ -247,14 +263,18 @@ def code(rng: random.Random) -> Task:
             "What does a {l} `for` loop over a range of {k} do? Show an example.",
         ]
     )
-    return Task("code", _dress(rng, template.format(l=language, n=name, k=rng.randint(2, 9))), None)
+    return Task("code", _dress(rng, template.format(l=language, n=name, k=rng.randint(2, 9)) + _detail(rng)), None)
 
 
 def conversation(rng: random.Random) -> Task:
     """An open conversation of a few turns: the last question follows up the first."""
     subject, audience = rng.choice(SUBJECTS), rng.choice(AUDIENCES)
     messages = (
-        {"role": "user", "content": rng.choice(["What is {s}?", "Tell me about {s}.", "I keep hearing about {s}. What is it?"]).format(s=subject)},
+        {
+            "role": "user",
+            "content": f"I'm {rng.choice(NAMES)} ({rng.randint(6, 90)}). "
+            + rng.choice(["What is {s}?", "Tell me about {s}.", "I keep hearing about {s}. What is it?"]).format(s=subject),
+        },
         {"role": "assistant", "content": f"{subject.capitalize()} is a broad topic; in short, it is something people use and study every day."},
         {
             "role": "user",

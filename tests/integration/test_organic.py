@@ -1,0 +1,163 @@
+"""Miners that cheat users, not validators: caught on what users get (issues 24 and 25).
+
+Real processes on a localnet: two honest `slmnet miner`s on the tiny engine, and a third in
+front of ``tests.harness.adversary --mode two-faced``, which has read our challenge generator:
+whatever looks like a challenge it streams from the declared model, and every other prompt
+— users' — from a copy with 1e-2 weight noise (a cheaper model, which the validator's suite
+catches on every answer it sees). The gateway samples users' answers and lets its users'
+prompts be replayed; the validator reads them over signed HTTP (no shared disk), pools them
+with its challenges' evidence, and hands its verdicts back. A fourth miner is an answer
+cacher (``--mode cache``): a conversation it has answered before gets the stored answer at
+once, whatever the seed — the speed a cache would buy, on users who ask the same thing. A
+fifth answers every challenge and refuses every user with a 429 (``--mode refuse-users``):
+the gateway reports what each miner did for its users, and the validator pays a miner at
+most the share of users it served.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import openai
+import pytest
+
+from models.tiny import build_tiny
+from tests.harness.adversary import looks_like_challenge
+from tests.harness.localnet import make_localnet
+from tests.harness.processes import create_key, engine_env, start_adversary, start_gateway, start_miners
+from validator.challenges import generate
+
+pytestmark = pytest.mark.slow
+MODEL = "slmnet/tiny-qwen2-s0"
+HONEST = ("honest1", "honest2")
+CHEATS = ("two-faced", "cache")  # flagged on users' answers
+REFUSER = "refuse-users"
+# What users ask here: nothing the generator's vocabulary or phrasings would give away.
+USERS = ("Name a colour.", "Suggest a name for a cat.", "Give me a fun fact about bees.", "Say hello in Spanish.", "Recommend a board game.", "Tell me a joke.")
+
+
+def test_the_adversary_tells_our_generated_challenges_from_these_users():
+    generated = [{"messages": c.body["messages"]} for c in generate(11, 400)]
+    assert all(looks_like_challenge(body) for body in generated)  # it sees through every generated challenge
+    assert not any(looks_like_challenge({"messages": [{"role": "user", "content": text}]}) for text in USERS)
+
+
+@pytest.fixture(scope="module")
+def subnet(tmp_path_factory, tiny_engine, noisy_engine):
+    tmp = tmp_path_factory.mktemp("two-faced")
+    build_tiny(tmp / "s0", seed=0)
+    servers = []
+    net = make_localnet(tmp)
+    wallets, uids = net.register((*HONEST, *CHEATS, REFUSER, "validator"))
+    net.stake(wallets["validator"], 2000)
+    try:
+        servers.append(proxy := start_adversary(tiny_engine.url, None, tmp, cheap=noisy_engine.url))  # the mode named by each miner's URL
+        proxy.wait_healthy(timeout=60)
+        upstream = {**{name: tiny_engine.url for name in HONEST}, **{mode: f"{proxy.url}/{mode}" for mode in (*CHEATS, REFUSER)}}
+        start_miners(net, upstream, tmp / "s0", tmp, servers, capacity=4)
+        db = tmp / "gateway.sqlite"
+        key = create_key(db, "users")
+        # The gateway signs with the validator's hotkey, so it trusts that validator by default (as `slmnet up` runs them).
+        servers.append(gateway := start_gateway(net, "validator", db, f"{MODEL}={tmp / 's0'}", tmp, "--verify-share", "0.25", "--replay-prompts"))
+        hotkeys = {name: wallet.hotkey.ss58_address for name, wallet in wallets.items()}
+        yield {"tmp": tmp, "net": net, "uids": uids, "hotkeys": hotkeys, "gateway": gateway, "key": key, "engine": tiny_engine}
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def _board(url: str) -> dict[int, dict]:
+    return {m["uid"]: m for m in json.loads(urllib.request.urlopen(url + "/api/leaderboard", timeout=30).read())["miners"]}
+
+
+def _ask(users: openai.OpenAI, index: int) -> str:
+    answer = users.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": USERS[index % len(USERS)]}], max_tokens=24, temperature=0.7
+    )
+    return answer.headers["x-slmnet-miner-uid"]
+
+
+def test_miners_serving_users_a_cheaper_copy_or_a_cached_answer_are_flagged_on_their_answers_and_leave_the_routing(subnet, figure):
+    tmp, net, uids, gateway = subnet["tmp"], subnet["net"], subnet["uids"], subnet["gateway"]
+    users = openai.OpenAI(base_url=gateway.url + "/v1", api_key=subnet["key"], max_retries=0, timeout=120)
+    # Users come first: until a few of the two-faced miner's answers are sampled, and the cacher has answered
+    # every one of the six questions at least once more than once (12 answers; each gets about a quarter).
+    asked, enough = 0, {"two-faced": 4, "cache": 12}
+    while any(_board(gateway.url)[uids[name]]["sampled"] < n for name, n in enough.items()) and asked < 300:
+        _ask(users, asked)
+        asked += 1
+    assert all(_board(gateway.url)[uids[name]]["sampled"] >= n for name, n in enough.items()), f"{asked} requests"
+
+    state = tmp / "validator"
+    args = [
+        *net.flags("validator"),
+        "--state-dir", str(state),
+        "--reference", f"{MODEL}={subnet['engine'].url}",
+        "--tokenizer", f"{MODEL}={tmp / 's0'}",
+        "--organic-from", gateway.url,
+        "--challenges-per-miner", "6",
+        "--round-interval", "1",
+        "--weights-interval", "1",
+        "--max-rounds", "2",
+    ]  # fmt: skip
+    # Users keep coming while the validator runs: every round sees what each miner did for them.
+    stop = threading.Event()
+
+    def keep_asking() -> None:
+        for index in range(10_000):
+            if stop.wait(0.5):
+                return
+            try:
+                _ask(users, index)
+            except openai.APIError:  # a user turned away (every miner busy) is the gateway's answer, not this test's failure
+                pass
+
+    traffic = threading.Thread(target=keep_asking, daemon=True)
+    traffic.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=900, env=engine_env(tmp))
+    finally:
+        stop.set()
+        traffic.join(timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rounds = [json.loads(line) for line in (state / "rounds.jsonl").read_text().splitlines()]
+    caught = [uids["two-faced"] in r["flagged"] or uids["two-faced"] in r["fidelity_failed"] for r in rounds]
+    assert caught == [True, True]  # from the first round on: its users' answers were verified before it
+    assert {uids[name] for name in CHEATS} <= set(rounds[-1]["flagged"])  # the pooled evidence over users' answers flags both (held whatever they declare)
+    assert not {uids[name] for name in HONEST} & {uid for r in rounds for uid in (*r["flagged"], *r["fidelity_failed"])}  # 0 honest miners flagged
+    db = sqlite3.connect(state / "validator.sqlite")
+    (weights,) = db.execute("SELECT weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
+    paid = {int(uid): w for uid, w in json.loads(weights).items()}
+    assert all(paid.get(uids[name], 0.0) == 0 for name in CHEATS) and all(paid[uids[name]] > 0 for name in HONEST)
+    # The refuser answered every challenge and no user: paid at most what it served (nothing), and never flagged (it is no forger).
+    service = [r["service"].get(str(uids[REFUSER])) for r in rounds]
+    assert all(counts and counts[0] == 0 and counts[1] > 0 for counts in service), service
+    assert paid.get(uids[REFUSER], 0.0) <= 0.5 * min(paid[uids[name]] for name in HONEST)
+    assert uids[REFUSER] not in {uid for r in rounds for uid in r["flagged"]}
+    figure(
+        "refuse-users: (served, refused, failed) per round; weight vs lowest honest",
+        f"{service}; {paid.get(uids[REFUSER], 0.0):.3f} vs {min(paid[uids[n]] for n in HONEST):.3f}",
+    )
+    judged = db.execute("SELECT hotkey, COUNT(*), SUM(passed) FROM organic GROUP BY hotkey").fetchall()
+    assert sum(n for _, n, _ in judged) >= 4
+    evidence = {hotkey: (answers, flagged) for hotkey, answers, flagged in db.execute("SELECT hotkey, answers, flagged_round FROM evidence")}
+    users_judged = {hotkey: (n, n - passed) for hotkey, n, passed in judged}
+    for name in (*CHEATS, *HONEST):
+        hotkey = subnet["hotkeys"][name]
+        figure(
+            f"{name}: users' answers verified (failed), evidence answers, flagged in round",
+            f"{users_judged.get(hotkey)}, {evidence[hotkey][0]}, {evidence[hotkey][1]}",
+        )
+    # Users' own prompts were replayed as challenges (36 challenges, a quarter each a replay: none at all has p = 3e-5).
+    assert db.execute("SELECT COUNT(*) FROM results WHERE family = 'replay'").fetchone()[0] >= 1
+
+    # The verdicts reached the gateway: neither cheat gets a user from then on.
+    assert all(_board(gateway.url)[uids[name]]["verdict"] == "flagged" for name in CHEATS)
+    served = {_ask(users, i) for i in range(12)}
+    assert served and not {str(uids[name]) for name in CHEATS} & served
