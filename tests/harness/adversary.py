@@ -10,7 +10,8 @@ Modes: ``invent-logprobs`` (plausible-looking logprobs instead of the model's),
 ``cut`` (stops after a third of ``max_tokens`` and calls it ``stop``), ``burst``
 (buffers the whole answer, then sends it at once), ``over-report`` (usage claims more
 completion tokens than sent), ``slow`` (3 s before the first chunk, then 150 ms per
-token: a miner on hardware far below the subnet's), ``flaky`` (every other request fails with a 500).
+token: a miner on hardware far below the subnet's; ``lagging``: the same start, then 40 ms a
+token: slow enough to rank last, quick enough not to set a validation round's length), ``flaky`` (every other request fails with a 500).
 Serving another model or perturbed weights needs no proxy: the miner attaches to an
 engine loaded with those weights (``perturbed_copy`` makes them).
 
@@ -44,7 +45,7 @@ from aiohttp import web
 
 from btauth.client import sse_events
 
-CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky", "two-faced", "steer", "cache", "refuse-users")
+CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "lagging", "flaky", "two-faced", "steer", "cache", "refuse-users")
 HOSTILE = (
     "empty-drip",
     "list-event",
@@ -171,7 +172,7 @@ class Adversary:
         cut_at = max(2, int(body.get("max_tokens") or 48) // 3)
         sent, held, answer = 0, [], []
         async with self.session.post(engine + path, json=body) as upstream:
-            if mode == "slow":
+            if mode in ("slow", "lagging"):
                 await asyncio.sleep(3.0)
             async for event in sse_events(upstream):
                 if mode == "invent-logprobs":
@@ -183,8 +184,8 @@ class Adversary:
                     event["usage"]["total_tokens"] += 7
                 elif mode == "cut" and sent >= cut_at:
                     break  # the rest is never generated for the caller: pretend the model ended here
-                elif mode == "slow":
-                    await asyncio.sleep(0.15 * max(1, _tokens(event)))
+                elif mode in ("slow", "lagging"):
+                    await asyncio.sleep((0.15 if mode == "slow" else 0.04) * max(1, _tokens(event)))
                 sent += _tokens(event)
                 if mode == "burst":
                     held.append(_sse(event))

@@ -11,21 +11,25 @@ cacher (``--mode cache``): a conversation it has answered before gets the stored
 once, whatever the seed — the speed a cache would buy, on users who ask the same thing. A
 fifth answers every challenge and refuses every user with a 429 (``--mode refuse-users``):
 the gateway reports what each miner did for its users, and the validator pays a miner at
-most the share of users it served.
+most the share of users it served. Last, the flagged two-faced miner re-declares (bf16, a new
+capacity): still flagged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import openai
 import pytest
 
+import chain
 from models.tiny import build_tiny
 from tests.harness.adversary import looks_like_challenge
 from tests.harness.localnet import make_localnet
@@ -59,13 +63,16 @@ def subnet(tmp_path_factory, tiny_engine, noisy_engine):
         servers.append(proxy := start_adversary(tiny_engine.url, None, tmp, cheap=noisy_engine.url))  # the mode named by each miner's URL
         proxy.wait_healthy(timeout=60)
         upstream = {**{name: tiny_engine.url for name in HONEST}, **{mode: f"{proxy.url}/{mode}" for mode in (*CHEATS, REFUSER)}}
-        start_miners(net, upstream, tmp / "s0", tmp, servers, capacity=4)
+        miners = start_miners(net, upstream, tmp / "s0", tmp, servers, capacity=4)
         db = tmp / "gateway.sqlite"
         key = create_key(db, "users")
         # The gateway signs with the validator's hotkey, so it trusts that validator by default (as `slmnet up` runs them).
         servers.append(gateway := start_gateway(net, "validator", db, f"{MODEL}={tmp / 's0'}", tmp, "--verify-share", "0.25", "--replay-prompts"))
         hotkeys = {name: wallet.hotkey.ss58_address for name, wallet in wallets.items()}
-        yield {"tmp": tmp, "net": net, "uids": uids, "hotkeys": hotkeys, "gateway": gateway, "key": key, "engine": tiny_engine}
+        yield {
+            "tmp": tmp, "net": net, "uids": uids, "hotkeys": hotkeys, "gateway": gateway, "key": key, "engine": tiny_engine,
+            "miners": miners, "upstream": upstream, "servers": servers,
+        }  # fmt: skip
     finally:
         for server in reversed(servers):
             server.stop()
@@ -94,7 +101,7 @@ def test_miners_serving_users_a_cheaper_copy_or_a_cached_answer_are_flagged_on_t
     assert all(_board(gateway.url)[uids[name]]["sampled"] >= n for name, n in enough.items()), f"{asked} requests"
 
     state = tmp / "validator"
-    args = [
+    validator = [
         *net.flags("validator"),
         "--state-dir", str(state),
         "--reference", f"{MODEL}={subnet['engine'].url}",
@@ -103,8 +110,8 @@ def test_miners_serving_users_a_cheaper_copy_or_a_cached_answer_are_flagged_on_t
         "--challenges-per-miner", "6",
         "--round-interval", "1",
         "--weights-interval", "1",
-        "--max-rounds", "2",
     ]  # fmt: skip
+    args = [*validator, "--max-rounds", "2"]
     # Users keep coming while the validator runs: every round sees what each miner did for them.
     stop = threading.Event()
 
@@ -161,3 +168,25 @@ def test_miners_serving_users_a_cheaper_copy_or_a_cached_answer_are_flagged_on_t
     assert all(_board(gateway.url)[uids[name]]["verdict"] == "flagged" for name in CHEATS)
     served = {_ask(users, i) for i in range(12)}
     assert served and not {str(uids[name]) for name in CHEATS} & served
+
+    # A re-declarer: the flagged miner comes back declaring bf16 (a looser tolerance) and another
+    # capacity. Its evidence is per (hotkey, model) and its flag holds whatever it declares.
+    subnet["miners"]["two-faced"].stop()
+    start_miners(net, {"two-faced": subnet["upstream"]["two-faced"]}, tmp / "s0", tmp, subnet["servers"], capacity=6, dtypes={"two-faced": "bfloat16"})
+
+    async def declared() -> tuple[str, int]:
+        async with chain.connect(net.network) as c:
+            neuron = next(n for n in (await c.metagraph(1)).neurons if n.uid == uids["two-faced"])
+            return neuron.model.dtype, neuron.model.capacity
+
+    deadline = time.monotonic() + 60
+    while asyncio.run(declared()) != ("bfloat16", 6) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert asyncio.run(declared()) == ("bfloat16", 6)
+    done = subprocess.run(
+        [sys.executable, "-m", "neurons.cli", "validator", *validator, "--max-rounds", "3"], capture_output=True, text=True, timeout=900, env=engine_env(tmp)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = json.loads((state / "rounds.jsonl").read_text().splitlines()[-1])
+    assert last["round"] == 2 and last["targets"][str(uids["two-faced"])][2] == "bfloat16"  # the new declaration was queried…
+    assert uids["two-faced"] in last["flagged"] and last["scores"].get(str(uids["two-faced"]), 0.0) == 0.0  # …and is still flagged, unpaid

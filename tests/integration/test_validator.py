@@ -4,7 +4,7 @@ Every miner is a real `slmnet miner` process declaring the tiny seed-0 model. Th
 cheats: one attached to an engine with other weights (seed 1), one to an engine with
 perturbed seed-0 weights, and seven attached to a tampering proxy in front of the honest
 engine (``tests.harness.adversary``): invented logprobs, cut answers, buffered bursts,
-over-reported usage, slow, flaky, and a steerer (greedy answers to sampled challenges).
+over-reported usage, lagging (3 s to the first token, then 40 ms a token), flaky, and a steerer (greedy answers to sampled challenges).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ MODEL = "slmnet/tiny-qwen2-s0"
 HONEST = ("honest1", "honest2")
 FIDELITY_CHEATS = ("other-model", "perturbed", "invent-logprobs", "cut", "over-report", "steer")
 BUFFERING = ("burst",)  # not a fidelity failure: a round score of 0, every round
-UNDERPERFORMERS = ("slow", "flaky")
-PROXIED = ("invent-logprobs", "cut", "burst", "over-report", "slow", "flaky", "steer")
+UNDERPERFORMERS = ("lagging", "flaky")
+PROXIED = ("invent-logprobs", "cut", "burst", "over-report", "lagging", "flaky", "steer")
 
 
 def test_the_repo_model_list_matches_the_tiny_model_we_build(tmp_path):
@@ -107,7 +107,7 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
 
     db = sqlite3.connect(state / "validator.sqlite")
     verified = dict(db.execute("SELECT hotkey, SUM(passed) = COUNT(*) FROM results WHERE outcome = 'ok' AND passed IS NOT NULL GROUP BY hotkey").fetchall())
-    assert all(verified[wallets[name].hotkey.ss58_address] for name in (*HONEST, "slow"))
+    assert all(verified[wallets[name].hotkey.ss58_address] for name in (*HONEST, "lagging"))
     (weights_json,) = db.execute("SELECT weights FROM weights ORDER BY block DESC LIMIT 1").fetchone()
     weights = {int(uid): w for uid, w in json.loads(weights_json).items()}
     assert not {uids[name] for name in (*FIDELITY_CHEATS, *BUFFERING)} & {uid for uid, w in weights.items() if w > 0}
@@ -139,14 +139,14 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
     assert done.returncode == 0 and "reproduced" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     # A record that was tampered with is caught, and the replay says where.
     summary = json.loads(db.execute("SELECT summary FROM rounds WHERE round = 2").fetchone()[0])
-    summary["scores"][str(uids["slow"])] = 0.9
+    summary["scores"][str(uids["lagging"])] = 0.9
     db.execute("UPDATE rounds SET summary = ? WHERE round = 2", (json.dumps(summary),))
     db.commit()
     done = subprocess.run(replay, capture_output=True, text=True, timeout=600, env=engine_env(tmp))
-    assert done.returncode == 1 and f"uid {uids['slow']} score: recorded 0.9" in done.stdout, done.stdout[-3000:]
+    assert done.returncode == 1 and f"uid {uids['lagging']} score: recorded 0.9" in done.stdout, done.stdout[-3000:]
 
 
-@pytest.mark.parametrize("answers", [200, pytest.param(1000, marks=pytest.mark.soak)])
+@pytest.mark.parametrize("answers", [200, pytest.param(1000, marks=[pytest.mark.soak, pytest.mark.timeout(1800)])])
 def test_no_honest_answer_is_flagged_across_many_verifications(subnet, answers):
     """Rounds of 50 challenges to each honest miner, through the validator's own round code: 200
     answers in ``make test`` (every check below holds on each one), 1000 in ``make soak``."""

@@ -98,7 +98,9 @@ async def test_running_past_the_end_or_cutting_before_it_fails(reference):
     caught = 0
     async with aiohttp.ClientSession() as session:
         engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
-        for challenge in generate(seed=5, count=40):
+        for challenge in generate(seed=5, count=160):
+            if caught == 2:
+                break
             body = {**challenge.request(MODEL), "temperature": 0.0}
             honest = await _stream(session, url, body)
             if honest.finish_reason != "stop" or len(honest.token_ids) < 3:
@@ -113,7 +115,7 @@ async def test_running_past_the_end_or_cutting_before_it_fails(reference):
             assert not past_verdict.passed, past_verdict
             assert not cut_verdict.passed and "cut short" in " ".join(cut_verdict.reasons)
             caught += 1
-    assert caught >= 2  # the tiny model ends early on about 1 greedy prompt in 13
+    assert caught == 2  # the tiny model ends early on a few greedy prompts in a hundred (seeded: the same ones every run)
 
 
 async def test_another_model_behind_the_declared_name_fails(reference):

@@ -64,3 +64,7 @@ def test_honest_fp32_and_bf16_miners_are_paid_and_int8_and_int4_get_weight_zero(
     assert weights.get(uids["fp32"], 0) > 0 and weights.get(uids["bf16"], 0) > 0
     assert weights.get(uids["int8"], 0) == 0 and weights.get(uids["int4"], 0) == 0
     assert not {uids["fp32"], uids["bf16"]} & {uid for r in rounds for uid in (*r["flagged"], *r["fidelity_failed"])}
+    # No pay on credit: at no round does int8 (declaring bf16) stand above an honest miner, flagged or not yet.
+    for r in rounds:
+        effective = {int(uid): value for uid, value in r["effective"].items()}
+        assert effective.get(uids["int8"], 0.0) <= min(effective.get(uids[name], 0.0) for name in ("fp32", "bf16")), (r["round"], effective)
