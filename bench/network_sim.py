@@ -44,6 +44,7 @@ from scoring.evidence import SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
 from scoring.weights import to_weights
+from gateway.router import sample_share
 from validator.rounds import Result, Target, UserVerdict, score_round
 from validator.standings import Standings, apply_rewards, effective_scores, fold
 
@@ -238,7 +239,10 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
             sim.reference_tokens += sum(PROMPT_TOKENS + n for _, _, n in answers)
         # users' answers the gateway hands over, judged like challenges: a refuser answers no user, so none of its is sampled
         routed = rng.poisson(settings.users_per_tempo / settings.rounds, len(group)).tolist()
-        sampled = rng.binomial(routed, settings.verify_share).tolist()
+        # the gateway's share per miner follows its validator's verdict (more for the new and the suspect)
+        judged = [sim.evidence.get(t.hotkey) for t in queried]
+        shares = [sample_share(settings.verify_share, e.answers if e else 0, e.level(settings.sequential) if e else 0.0) for e in judged]
+        sampled = rng.binomial(routed, shares).tolist()
         # what the gateway reports each served: a refuser served none of the users routed to it
         service = {t.uid: (0, n, 0) if m.kind == "refuser" else (n, 0, 0) for t, m, n in zip(queried, group, routed)}
         serving = [replace(m, kind=KINDS[m.kind].users_get or m.kind) for m in group]

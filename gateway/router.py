@@ -124,6 +124,13 @@ class MinerView:
             self.trial_in_flight = False
 
 
+def sample_share(base: float, answers: int, evidence: float) -> float:
+    """The share of a miner's answers sampled for its validator, from what its evidence says:
+    ``answers`` judged so far, ``evidence`` (CUSUM over the flagging threshold, 0 to 1)."""
+    factor = NEW_FACTOR if answers < NEW_ANSWERS else 1.0 + (SUSPECT_FACTOR - 1.0) * min(1.0, evidence)
+    return min(1.0, base * factor)
+
+
 class Router:
     """The miners a gateway knows and every request's bookkeeping on them; ``clock`` (seconds,
     monotonic) and ``rng`` are injected, so routing and breakers can be replayed in tests."""
@@ -177,11 +184,9 @@ class Router:
     def verify_share(miner: MinerView, base: float) -> float:
         """The share of ``miner``'s answers to hand its validator: more for the new and the suspect."""
         verdict = miner.verdict
-        if verdict is None or verdict.model != miner.model or verdict.answers < NEW_ANSWERS:
-            factor = NEW_FACTOR
-        else:
-            factor = 1.0 + (SUSPECT_FACTOR - 1.0) * min(1.0, verdict.evidence)
-        return min(1.0, base * factor)
+        if verdict is None or verdict.model != miner.model:
+            return sample_share(base, 0, 0.0)
+        return sample_share(base, verdict.answers, verdict.evidence)
 
     def models(self) -> dict[str, list[MinerView]]:
         """Model id → healthy miners serving it."""

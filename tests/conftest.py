@@ -1,5 +1,6 @@
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -23,41 +24,41 @@ class TinyEngine:
     folder: Path  # the tiny seed-0 model it serves
 
 
+def _serve(folder: Path, tmp: Path) -> Iterator[TinyEngine]:
+    """A vLLM engine serving the model in ``folder`` as slmnet/tiny-qwen2-s0, for a fixture's lifetime."""
+    from tests.harness.processes import start_vllm
+
+    server = start_vllm(folder, "slmnet/tiny-qwen2-s0", tmp)
+    try:
+        server.wait_healthy()
+        yield TinyEngine(server.url, folder)
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory) -> TinyEngine:
+def tiny_engine(tmp_path_factory) -> Iterator[TinyEngine]:
     """One vLLM engine serving the tiny seed-0 model as slmnet/tiny-qwen2-s0, shared by every
     module that only asks it questions (each start costs ~70 s on 2 cores). Modules that kill
     or change an engine start their own."""
     from models.tiny import build_tiny
-    from tests.harness.processes import start_vllm
 
     tmp = tmp_path_factory.mktemp("tiny-engine")
     build_tiny(tmp / "s0", seed=0)
-    server = start_vllm(tmp / "s0", "slmnet/tiny-qwen2-s0", tmp)
-    try:
-        server.wait_healthy()
-        yield TinyEngine(server.url, tmp / "s0")
-    finally:
-        server.stop()
+    yield from _serve(tmp / "s0", tmp)
 
 
 @pytest.fixture(scope="session")
-def noisy_engine(tmp_path_factory) -> TinyEngine:
+def noisy_engine(tmp_path_factory) -> Iterator[TinyEngine]:
     """An engine serving a cheaper copy of the tiny seed-0 model (weights + 1e-2 × std noise) under
     its name: what a cheating miner runs. Shared by the modules that need one."""
     from models.tiny import build_tiny
     from tests.harness.adversary import perturbed_copy
-    from tests.harness.processes import start_vllm
 
     tmp = tmp_path_factory.mktemp("noisy-engine")
     build_tiny(tmp / "s0", seed=0)
     perturbed_copy(tmp / "s0", tmp / "s0-noise", "noise", 1e-2)
-    server = start_vllm(tmp / "s0-noise", "slmnet/tiny-qwen2-s0", tmp)
-    try:
-        server.wait_healthy()
-        yield TinyEngine(server.url, tmp / "s0-noise")
-    finally:
-        server.stop()
+    yield from _serve(tmp / "s0-noise", tmp)
 
 
 # What the reliability tests measured (``figure`` fixture), printed as one table at the end of
