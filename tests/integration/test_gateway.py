@@ -251,6 +251,12 @@ def workers(subnet):
     flags = ("--workers", "2", "--redis", redis.url, "--keepalive", "0.5", "--max-attempts", "4")
     gateway = start_gateway(subnet["net"], "gateway", db, f"{MODEL}={subnet['tmp'] / 's0'}", tmp, *flags)
     subnet["servers"].append(gateway)
+    # Healthy means one worker answers; the tests need both listening (a burst sent while one still starts all goes to the other).
+    seen, deadline = set(), time.monotonic() + 120
+    while seen != {"w0", "w1"} and time.monotonic() < deadline:
+        seen.add(post({"url": gateway.url, "key": key}, "/health", None, method="GET")[1].get("x-slmnet-worker"))
+        time.sleep(0.1)
+    assert seen == {"w0", "w1"}, seen
     return {**subnet, "url": gateway.url, "db": db, "key": key, "redis": redis, "gateway": gateway}
 
 
