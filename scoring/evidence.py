@@ -11,7 +11,10 @@ whatever else the miner re-declares (dtype, capacity): starting afresh is not fo
 - *choice mismatches*, judged at every position: the miner's token is not the one the
   declared model picks. Where the reference is near certain, an honest sampler never
   misses its pick by more than the margin, so a mismatch there is as telling as anywhere
-  (a miner steering a confident position toward a token it prefers pays for it). At
+  (a miner steering a confident position toward a token it prefers pays for it, and so does
+  one that ends where the seeded sampler goes on: the end token is a choice like any other).
+  Pooled, not judged alone: an honest bf16 stack misses the margin at ~0.08% of positions,
+  far above the ~1e-9 a single-answer failure allows. At
   temperature 0 another token beats it by more than the margin in the reference's own
   logprobs (a greedy flip). Above 0, for a seeded request sampled through the verifiable
   sampler (``protocol.sampling``), another token the filters surely keep has a higher
@@ -125,19 +128,6 @@ def answer_stats(evidence: ResponseEvidence, tolerance: Tolerance) -> AnswerStat
             reported += 1
             exceedances += abs(token.reported_logprob - token.reference_logprob) > tolerance.logprob
     return AnswerStats(positions, mismatches, reported, exceedances)
-
-
-def steered_end(evidence: ResponseEvidence, tolerance: Tolerance) -> Optional[str]:
-    """Why an answer that ends on an end token ended where the declared model's seeded sampler does
-    not (None when it did, or when that cannot be checked): stopping early is the profitable cheat,
-    and an end token merely plausible is not the sampler's pick."""
-    tokens = evidence.tokens
-    checkable = evidence.temperature > 0 and evidence.seed is not None and evidence.sampler_checkable and evidence.end_checks
-    if not (checkable and tokens and tokens[-1].token_id in evidence.end_token_ids):
-        return None
-    if not choice_mismatch(tokens[-1], len(tokens) - 1, evidence, tolerance.margin):
-        return None
-    return f"ended at position {len(tokens) - 1} where the declared model's seeded sampler goes on: ended early"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from models.tokenizer import ModelTokenizer, binding_reasons
 from protocol.records import AnswerRecord
 from protocol.responses import StreamFold
-from scoring.evidence import TOLERANCES, Tolerance, answer_stats, steered_end
+from scoring.evidence import TOLERANCES, Tolerance, answer_stats
 from scoring.fidelity import FidelityParams, ResponseEvidence, TokenEvidence, Verdict, check
 
 TOP_K = 5  # reference logprobs per position: 20 cost 2.7× the verification time (0.244 vs 0.100 of generation) for no check that needs them
@@ -197,10 +197,7 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
 def judge(evidence: ResponseEvidence, params: FidelityParams = FidelityParams(), tolerance: Tolerance = TOLERANCES["float32"]) -> Verdict:
     """The verdict on what an honest miner cannot do, with (``Verdict.stats``) the answer's evidence for
     the per-miner test, counted with the declared dtype's ``tolerance``."""
-    verdict = check(evidence, params)
-    if (early := steered_end(evidence, tolerance)) is not None:
-        verdict = replace(verdict, passed=False, reasons=(*verdict.reasons, early))
-    return replace(verdict, stats=answer_stats(evidence, tolerance))
+    return replace(check(evidence, params), stats=answer_stats(evidence, tolerance))
 
 
 async def verify(
