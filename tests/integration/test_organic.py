@@ -67,7 +67,11 @@ def subnet(tmp_path_factory, tiny_engine, noisy_engine):
         db = tmp / "gateway.sqlite"
         key = create_key(db, "users")
         # The gateway signs with the validator's hotkey, so it trusts that validator by default (as `slmnet up` runs them).
-        servers.append(gateway := start_gateway(net, "validator", db, f"{MODEL}={tmp / 's0'}", tmp, "--verify-share", "0.25", "--replay-prompts"))
+        # Half the requests routed uniformly: the cacher, instant on its hits, would otherwise draw nearly all users (268 of
+        # 300 in one run) and leave the others too few to sample.
+        servers.append(
+            gateway := start_gateway(net, "validator", db, f"{MODEL}={tmp / 's0'}", tmp, "--verify-share", "0.25", "--replay-prompts", "--explore", "0.5")
+        )
         hotkeys = {name: wallet.hotkey.ss58_address for name, wallet in wallets.items()}
         yield {
             "tmp": tmp, "net": net, "uids": uids, "hotkeys": hotkeys, "gateway": gateway, "key": key, "engine": tiny_engine,
