@@ -43,10 +43,10 @@ from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Outcome
 from scoring.evidence import SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
-from scoring.weights import to_weights
+from scoring.weights import CAPACITY_EXPONENT, to_weights
 from gateway.router import sample_share
-from validator.rounds import Result, Target, UserVerdict, score_round
-from validator.standings import Standings, apply_rewards, effective_scores, fold
+from validator.rounds import PROBE_WAVES, Result, Target, UserVerdict, probed_models, score_round
+from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 
 MODEL = "smollm2-135m"
 TEMPOS_PER_DAY = 20  # 360 blocks of 12 s
@@ -75,6 +75,8 @@ class Kind:
     users_get: Optional[str] = None  # the kind whose answers its users get, when it serves them otherwise
     value: float = 1.0  # what its service is worth to users, per unit of honest capacity
     cheat: bool = True
+    declares: float = 1.0  # the capacity it declares over the streams its engine serves
+    shares: int = 1  # hotkeys in front of its engine, probed at the same moment
 
 
 # Rates under the declared dtype's tolerance, from docs/calibration.md Run 2 (SmolLM2-135M):
@@ -84,7 +86,9 @@ class Kind:
 # choices, tiny model, Run 2 notes). The two-faced miner answers challenges honestly and users
 # with int8 (users' sampled answers pool into the same evidence as challenges');
 # the refuser answers challenges and refuses users; a sybil is one of two hotkeys on one engine
-# (each worth half); the burster holds every answer back and sends it whole.
+# (each declares and is worth half of it: its service is real, the question is whether two
+# hotkeys are paid more than one); the over-declarer claims 4× the streams its engine serves;
+# the burster holds every answer back and sends it whole.
 KINDS: dict[str, Kind] = {
     "honest-fp32": Kind("float32", 0.0, 0.0, cheat=False),
     "honest-bf16": Kind("bfloat16", 0.000758, 0.0243, cheat=False),
@@ -97,7 +101,8 @@ KINDS: dict[str, Kind] = {
     "burster": Kind("bfloat16", 0.000758, 0.0243, burst=1.0, value=0.5),
     "two-faced": Kind("bfloat16", 0.000758, 0.0243, users_get="int8", value=0.0),
     "refuser": Kind("bfloat16", 0.000758, 0.0243, value=0.0),
-    "sybil": Kind("bfloat16", 0.000758, 0.0243, value=0.5),
+    "sybil": Kind("bfloat16", 0.000758, 0.0243, declares=0.5, shares=2),
+    "over-declarer": Kind("bfloat16", 0.000758, 0.0243, declares=4.0),
 }
 CHEATS = tuple(name for name, kind in KINDS.items() if kind.cheat)
 
@@ -117,6 +122,8 @@ class Settings:
     bf16_share: float = 0.5  # of honest miners
     speed_sigma: float = 0.5  # spread of honest GPU speeds: log-normal sigma around 120 tokens/s and a 0.2 s TTFT
     honest_burst: float = 0.05  # an honest answer judged a burst (calibration: 3.9% of 1000 on busy vCPUs, up to 16%)
+    probe_every: int = 2  # rounds between capacity probes: one a tempo here (validator.config's 4 of its 16 rounds a tempo)
+    probe_concurrency: int = 16  # (validator.config: 64; smaller here, with smaller engines, to keep the run short)
     aggregation: AggregationParams = field(default_factory=AggregationParams)
     sequential: SequentialParams = field(default_factory=SequentialParams)
 
@@ -132,11 +139,19 @@ class Miner:
     joined: int  # tempo it registered in
     rate: float  # tokens/s it serves one request at, honest hardware
     ttft: float  # seconds
-    capacity: int  # requests in flight it serves
+    capacity: int  # requests in flight its engine serves at full speed
+
+    @property
+    def declared(self) -> int:
+        return max(1, round(self.capacity * KINDS[self.kind].declares))
 
     def worth(self) -> float:
-        """What the miner delivers to users: verified capacity times how good its answers are."""
-        return KINDS[self.kind].value * self.rate * self.capacity
+        """What the miner delivers to users: verified capacity (its share of its engine) times how good its answers are."""
+        return KINDS[self.kind].value * self.rate * self.capacity / KINDS[self.kind].shares
+
+    def stream_rate(self, streams: int) -> float:
+        """Tokens/s each of ``streams`` requests sent to it at once gets (its twins on the engine are sent as many)."""
+        return self.rate * min(1.0, self.capacity / (streams * KINDS[self.kind].shares))
 
 
 def roster(settings: Settings, seed: int) -> tuple[list[Miner], list[list[int]]]:
@@ -155,7 +170,7 @@ def roster(settings: Settings, seed: int) -> tuple[list[Miner], list[list[int]]]
                 joined=joined,
                 rate=float(rng.lognormal(math.log(120), settings.speed_sigma)),
                 ttft=float(rng.lognormal(math.log(0.2), 0.4)),
-                capacity=int(rng.choice([4, 8, 16, 32])),
+                capacity=int(rng.choice([2, 4, 8, 16])),
             )
         )
         return len(miners) - 1
@@ -191,8 +206,12 @@ class ValidatorSim:
         self.rng = np.random.default_rng([self.seed, 1, self.index])
 
 
-def _answers(rng: np.random.Generator, group: list[Miner], count: int, settings: Settings) -> list[list[tuple[Outcome, AnswerStats, int]]]:
-    """``count`` challenge answers from each miner of ``group``, drawn at once: (outcome, evidence counts, tokens)."""
+def _answers(
+    rng: np.random.Generator, group: list[Miner], count: int, settings: Settings, probe: Optional[list[int]] = None
+) -> list[list[tuple[Outcome, AnswerStats, int]]]:
+    """``count`` challenge answers from each miner of ``group``, drawn at once: (outcome, evidence counts, tokens).
+    ``probe``: the requests each was sent at once in a capacity probe (its answers then carry the probe's
+    clock, and each stream gets its share of the engine); None outside a probe."""
     kinds = [KINDS[m.kind] for m in group]
     shape = (len(group), count)
     column = lambda values: np.array(values, dtype=float)[:, None]  # noqa: E731
@@ -203,7 +222,8 @@ def _answers(rng: np.random.Generator, group: list[Miner], count: int, settings:
     mismatches = rng.binomial(informative, column([k.mismatch for k in kinds]))
     exceedances = rng.binomial(informative, column([k.exceed for k in kinds]))
     failed = rng.random(shape) < fail_rate
-    rate = column([m.rate * k.speed for m, k in zip(group, kinds)]) * rng.lognormal(0, 0.15, shape)
+    streams = probe or [1] * len(group)
+    rate = column([m.stream_rate(p) * k.speed for m, k, p in zip(group, kinds, streams)]) * rng.lognormal(0, 0.15, shape)
     ttft = column([m.ttft for m in group]) * rng.lognormal(0, 0.3, shape)
     burst = rng.random(shape) < burst_rate
     total = ttft + tokens / rate
@@ -218,21 +238,43 @@ def _answers(rng: np.random.Generator, group: list[Miner], count: int, settings:
         ):  # fmt: skip
             speed = Speed(ttft=end if held else first, total=end, tokens=n, tokens_per_s=n / end, streamed=not held)
             row.append((Outcome("ok", not fail, float(ok) if check else None, speed), AnswerStats(inf, mis, inf, exc), n))
+        if probe is not None:  # waves of probe[i] at once: each request leaves when one before it is done
+            done: list[float] = []
+            for j, (outcome, stats, n) in enumerate(row):
+                sent = done[j - probe[i]] if j >= probe[i] else 0.0
+                done.append(sent + outcome.speed.total)
+                chunks = _chunks(outcome.speed)
+                row[j] = (replace(outcome, sent_at=sent, done_at=done[-1], chunks=chunks), stats, n)
         out.append(row)
     return out
+
+
+def _chunks(speed: Speed, parts: int = 8) -> tuple[tuple[float, int], ...]:
+    """An answer's tokens in ``parts`` chunks spread evenly from its first token to its last (a burst: one chunk)."""
+    if not speed.streamed or speed.tokens < parts:
+        return ((speed.total, speed.tokens),)
+    step = (speed.total - speed.ttft) / (parts - 1)
+    sizes = [speed.tokens // parts + (1 if i < speed.tokens % parts else 0) for i in range(parts)]
+    return tuple((speed.ttft + i * step, size) for i, size in enumerate(sizes))
 
 
 def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], settings: Settings, models: ModelList) -> dict[int, float]:
     """One tempo of one validator: its rounds, then the weights it sets (uid → weight)."""
     hotkeys = {uid: miners[m].hotkey for uid, m in enumerate(uids)}
-    targets = [Target(uid, miners[m].hotkey, "", MODEL, miners[m].capacity, KINDS[miners[m].kind].dtype, miners[m].hotkey) for uid, m in enumerate(uids)]
+    targets = [Target(uid, miners[m].hotkey, "", MODEL, miners[m].declared, KINDS[miners[m].kind].dtype, miners[m].hotkey) for uid, m in enumerate(uids)]
     rng = sim.rng
     for _ in range(settings.rounds):
         # the live round does not query a flagged miner
         queried = [t for t in targets if not (known := sim.evidence.get(t.hotkey)) or not known.flagged]
         group = [miners[uids[t.uid]] for t in queried]
         results: dict[int, list[Result]] = {}
-        for target, answers in zip(queried, _answers(rng, group, settings.per_round, settings)):
+        probing = MODEL in probed_models(sim.round_index, {MODEL}, settings.probe_every, queried, sim.standings)
+        probed = {t.uid: min(t.capacity, settings.probe_concurrency) for t in queried} if probing else {}
+        # a probe sends each miner as many at once as it declares, and as many again to keep them full
+        count = max(settings.per_round, PROBE_WAVES * max(probed.values(), default=0))
+        answered = _answers(rng, group, count, settings, [probed[t.uid] for t in queried] if probing else None)
+        for target, answers in zip(queried, answered):
+            answers = answers[: max(settings.per_round, PROBE_WAVES * probed.get(target.uid, 0))]
             results[target.uid] = [
                 Result(target.uid, target.hotkey, "sim", o, stats=stats) for o, stats, _ in answers
             ]  # as the live _judge: failed answers count too
@@ -252,7 +294,9 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
         sim.reference_tokens += sum(PROMPT_TOKENS + n for _, answers in handed for _, _, n in answers)
         sim.answers += sum(len(r) for r in results.values()) + len(verdicts)
         history = {hotkey: list(flags) for hotkey, flags in sim.history.items()}
-        report = score_round(sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential, verdicts, service=service)
+        report = score_round(
+            sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential, verdicts, service=service, probed=probed
+        )
         apply_rewards(report, targets, models)
         for result in report.results:
             if result.streamed is not None:
@@ -266,7 +310,7 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
             if not KINDS[miner.kind].cheat and earned is not None and earned.ema > 0:
                 sim.zeroed.add(miner.hotkey)
         sim.round_index += 1
-    return to_weights(effective_scores(sim.standings, settings.aggregation, sim.round_index))
+    return to_weights(effective_scores(sim.standings, settings.aggregation, sim.round_index), capacities(sim.standings))
 
 
 def run_validators(job: tuple[Settings, int, list[int], list[Miner], list[list[int]]]) -> tuple[np.ndarray, dict]:
@@ -357,10 +401,18 @@ def figures(settings: Settings, run: dict) -> dict:
         for uid, m in enumerate(at[t]):
             paid[m].append((t, incentive[t, uid] / honest_mean[t] if honest_mean[t] > 0 else 0.0))
     tail = max(0, settings.tempos - 10)
-    cheats: dict[str, dict[str, list[float]]] = {kind: {"paid": [], "take": [], "recent": []} for kind in settings.cheats}
-    ramp = []
+    cheats: dict[str, dict[str, list[float]]] = {kind: {"paid": [], "take": [], "recent": [], "per_worth": []} for kind in settings.cheats}
+    ramp, honest_per_worth = [], []
     for m, series in paid.items():
         miner = miners[m]
+        present = series[-1][0] == settings.tempos - 1 and series[0][0] <= tail  # here for the last 10 tempos and more
+        recent = statistics.fmean(x for t, x in series if t >= tail) if present else None
+        if recent is not None and miner.worth() > 0:
+            # Its engine's pay (all the hotkeys in front of it) over worth ** CAPACITY_EXPONENT (the pay an honest hotkey
+            # with that engine would get, up to the honest miners' common factor): > 1 is more than one honest hotkey.
+            shares = KINDS[miner.kind].shares
+            engine = shares * recent / (shares * miner.worth()) ** CAPACITY_EXPONENT
+            (honest_per_worth if not KINDS[miner.kind].cheat else cheats[miner.kind]["per_worth"]).append(engine)
         if not KINDS[miner.kind].cheat:
             if 0 < miner.joined <= settings.tempos - RAMP_WINDOW and len(series) >= RAMP_WINDOW:  # a newcomer with time to ramp
                 ramp.append(next((float(t - miner.joined) for t, x in series if x >= 0.5), math.inf))
@@ -369,8 +421,10 @@ def figures(settings: Settings, run: dict) -> dict:
         still = bool(above) and above[-1] == series[-1][0]  # paid until the end, or until churn replaced it
         cheats[miner.kind]["paid"].append(math.inf if still else float(above[-1] + 1 - miner.joined) if above else 0.0)
         cheats[miner.kind]["take"].append(sum(x for _, x in series))
-        if series[-1][0] == settings.tempos - 1 and series[0][0] <= tail:
-            cheats[miner.kind]["recent"].append(statistics.fmean(x for t, x in series if t >= tail))
+        if recent is not None:
+            cheats[miner.kind]["recent"].append(recent)
+    for kind in cheats.values():  # against the honest miners' median
+        kind["per_worth"] = [x / statistics.median(honest_per_worth) for x in kind["per_worth"]] if honest_per_worth else []
     worth = np.array([miners[m].worth() for m in at[-1]])
     is_cheat = ~honest
     return {
@@ -397,6 +451,7 @@ def _combine(per_seed: list[dict], settings: Settings) -> dict:
         paid = [x for f in per_seed for x in f["cheats"][kind]["paid"]]
         take = [x for f in per_seed for x in f["cheats"][kind]["take"]]
         recent = [x for f in per_seed for x in f["cheats"][kind]["recent"]]
+        per_worth = [x for f in per_seed for x in f["cheats"][kind]["per_worth"]]
         kinds[kind] = {
             "miners": len(paid),
             "tempos_paid_median": _finite(statistics.median(paid)) if paid else None,
@@ -404,6 +459,7 @@ def _combine(per_seed: list[dict], settings: Settings) -> dict:
             "still_paid": sum(math.isinf(x) for x in paid),
             "take_honest_tempos": statistics.fmean(take) if take else None,
             "pay_ratio": statistics.fmean(recent) if recent else None,
+            "engine_pay_vs_honest": statistics.median(per_worth) if per_worth else None,
         }
     mean = lambda key: statistics.fmean(f[key] for f in per_seed)  # noqa: E731
     ramp = [x for f in per_seed for x in f["ramp"]]
@@ -496,11 +552,14 @@ def print_table(settings: Settings, result: dict, seeds: int) -> None:
         f"network: {settings.miners} miners, {settings.validators} validators, {settings.tempos} tempos ({settings.tempos / TEMPOS_PER_DAY:.1f} days), "
         f"{settings.challenges} challenges/miner/tempo in {settings.rounds} rounds, {seeds} seeds, {result['seconds']:.0f} s"
     )
-    print(f"{'kind':14} {'miners':>6} {'tempos paid p50':>16} {'worst':>6} {'still paid':>10} {'take (honest tempos)':>21} {'pay ratio':>10}")
+    print(
+        f"{'kind':14} {'miners':>6} {'tempos paid p50':>16} {'worst':>6} {'still paid':>10} {'take (honest tempos)':>21} {'pay ratio':>10} {'vs honest engine':>16}"
+    )
     for kind, k in result["kinds"].items():
         print(
             f"{kind:14} {k['miners']:6d} {_fmt(k['tempos_paid_median'], k['still_paid'] > k['miners'] / 2):>16} "
-            f"{_fmt(k['tempos_paid_worst'], k['still_paid'] > 0):>6} {k['still_paid']:10d} {_fmt(k['take_honest_tempos']):>21} {_fmt(k['pay_ratio']):>10}"
+            f"{_fmt(k['tempos_paid_worst'], k['still_paid'] > 0):>6} {k['still_paid']:10d} {_fmt(k['take_honest_tempos']):>21} {_fmt(k['pay_ratio']):>10} "
+            f"{_fmt(k['engine_pay_vs_honest']):>16}"
         )
     print(
         f"honest miners zeroed: {result['honest_zeroed']} ({result['honest_zeroed_per_day']:.2f}/day); a new honest miner reaches half the mean pay in "

@@ -4,7 +4,8 @@ Candidates are the miners whose on-chain declaration names the requested model, 
 answer ``/health``, that the validator's latest verdict does not hold out (flagged: its
 evidence says another model; failing: an answer failed verification in its last round),
 whose circuit breaker is closed (or half-open for one trial) and that have a free slot
-(requests in flight below declared capacity). Each gets a weight
+(requests in flight below its capacity: the declared one, or fewer where the validator's
+capacity probe found it serves fewer streams at full speed). Each gets a weight
 
     (incentive + INCENTIVE_FLOOR) × reliability² × speed × headroom
 
@@ -14,7 +15,8 @@ whose circuit breaker is closed (or half-open for one trial) and that have a fre
 - reliability: 1 − EWMA of its error rate at this gateway;
 - speed: ½ best TTFT / its TTFT + ½ its tokens/s / best tokens/s, both EWMAs of what this
   gateway measured (1 until measured: new miners are not punished for being new);
-- headroom: 1 − in flight / capacity.
+- headroom: 1 − in flight / capacity (that capacity): users' traffic flows to the miners
+  in proportion to the capacity they really have, as the weights pay for it.
 
 The first pick is random in proportion to weight (load spreads, no herd on one miner);
 with probability ``explore`` it is instead uniform among the candidates, so new miners
@@ -75,6 +77,12 @@ class MinerView:
     verdict: Optional[MinerVerdict] = None  # the validator's latest word on it (None: none yet)
     history: list[tuple[float, Optional[float], Optional[float], float]] = field(default_factory=list)  # (time, ttft, tok/s, errors)
 
+    @property
+    def serves(self) -> int:
+        """Requests it is given at once: its declared capacity, or what its validator's capacity probe found it serves."""
+        found = self.verdict.serves if self.verdict is not None and self.verdict.model == self.model else None
+        return min(self.capacity, found) if found else self.capacity
+
     def breaker(self, now: float) -> str:
         if self.consecutive_failures < BREAKER_FAILURES:
             return "closed"
@@ -87,7 +95,7 @@ class MinerView:
 
     def available(self, now: float) -> bool:
         """Whether a request may go to it now: healthy, not held out, breaker not open, a free slot."""
-        return self.healthy and not self.held_out and self.breaker(now) != "open" and self.in_flight < self.capacity
+        return self.healthy and not self.held_out and self.breaker(now) != "open" and self.in_flight < self.serves
 
     def take(self, now: float) -> bool:
         """Count a request in flight; True when it is the breaker's half-open trial."""
@@ -211,7 +219,7 @@ class Router:
             if m.tokens_per_s and best_rate:
                 parts.append(m.tokens_per_s / best_rate)
             speed = sum(parts) / len(parts) if parts else 1.0
-            headroom = max(0.0, 1.0 - m.in_flight / max(1, m.capacity))
+            headroom = max(0.0, 1.0 - m.in_flight / m.serves)
             weights[m.uid] = (m.incentive / total_incentive + INCENTIVE_FLOOR) * (1.0 - m.error_rate) ** 2 * speed * headroom
         return weights
 

@@ -49,6 +49,15 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument for started engines (repeatable)")
     p.add_argument("--challenges-per-miner", type=int, default=None, help="challenges each miner gets per round (default: ValidatorConfig's)")
     p.add_argument("--round-interval", type=float, default=None, help="seconds between round starts (default: ValidatorConfig's)")
+    p.add_argument(
+        "--probe-every",
+        type=int,
+        default=None,
+        help="rounds between a model's capacity probes: all its miners at their declared concurrency (default: ValidatorConfig's)",
+    )
+    p.add_argument(
+        "--probe-concurrency", type=int, default=None, help="the most requests a capacity probe sends one miner at once (default: ValidatorConfig's)"
+    )
     p.add_argument("--weights-interval", type=int, default=None, help="blocks between weight settings (default: the tempo)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this loopback port")
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
@@ -99,7 +108,12 @@ def build_config(args: argparse.Namespace):
         tokenizers=tuple(tokenizers.items()),
         references=tuple(references),
         engines=tuple(engines),
-        **given(challenges_per_miner=args.challenges_per_miner, round_interval=args.round_interval),
+        **given(
+            challenges_per_miner=args.challenges_per_miner,
+            round_interval=args.round_interval,
+            probe_every=args.probe_every,
+            probe_concurrency=args.probe_concurrency,
+        ),
         weights_interval_blocks=args.weights_interval,
         metrics_port=args.metrics_port,
         wandb_project=args.wandb_project,

@@ -71,6 +71,8 @@ class RoundSummary(BaseModel):
         default_factory=dict, description="uid → (served, refused, failed) for the gateway's users since the previous round: the round's service factor"
     )
     service_seen: dict[str, tuple[int, int, int]] = Field(default_factory=dict, description="hotkey → the gateway's running counts at this round")
+    probed: dict[int, int] = Field(default_factory=dict, description="uid → requests sent to it at once: its capacity probe")
+    delivered: dict[int, float] = Field(default_factory=dict, description="uid → verified tokens/s it delivered at that load")
     duration_s: float = 0.0
 
 
@@ -147,6 +149,9 @@ class MinerVerdict(BaseModel):
     )
     answers: int = Field(ge=0, description="answers its evidence pools (challenges and users'): few means new")
     evidence: float = Field(ge=0, description="the evidence's CUSUM over the flagging threshold: 1 flags")
+    serves: Optional[int] = Field(
+        default=None, ge=1, description="streams it served at once at its model's best speed in its last capacity probe: the gateway admits no more"
+    )
 
 
 class MinerVerdicts(BaseModel):

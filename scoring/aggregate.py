@@ -54,7 +54,10 @@ class Outcome:
     kind: Literal["ok", "error", "timeout", "refused", "unverified"]  # refused: 429 under declared capacity; unverified: our reference failed
     fidelity_passed: Optional[bool] = None  # None when it was not verified
     correct: Optional[float] = None  # 0..1 for a checkable task, None for an open prompt
-    speed: Optional[Speed] = None
+    speed: Optional[Speed] = None  # None where it is not timed (a replayed user prompt) or not answered
+    chunks: tuple[tuple[float, int], ...] = ()  # (seconds after it was sent, tokens) per chunk with tokens (a replay's too)
+    sent_at: Optional[float] = None  # seconds after the round's first request to this miner: the capacity probe's clock
+    done_at: Optional[float] = None  # ... when its answer (or failure) was complete
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class RoundStats:
     ttft_p50: Optional[float]
     tokens_per_s_p30: Optional[float]
     buffered: bool = False  # the miner's recent answers came in bursts: the round scores 0
+    delivered: Optional[float] = None  # verified tokens/s it delivered at its probed concurrency (None: nothing timed)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Standing:
     ema: float = 0.0
     rounds: int = 0  # rounds that counted
     banned_until: int = -1  # round index before which the miner scores zero
+    capacity: float = 0.0  # EMA of the verified tokens/s it delivered at load (its first measure at once)
 
     def effective(self, params: AggregationParams, round_index: int) -> float:
         """The score weights are set from."""
@@ -101,6 +106,27 @@ def buffers(streamed: Sequence[bool]) -> bool:
     return len(recent) >= BUFFERED_MIN_JUDGED and bursts >= BUFFERED_SHARE * len(recent)
 
 
+def delivered(outcomes: Sequence[Outcome]) -> Optional[float]:
+    """Verified tokens/s a miner delivered while its capacity probe kept its declared concurrency in
+    flight: the probe sends that many requests at once and a new one each time one ends, so until
+    the last is sent the miner holds as many as it declared. Tokens of answers that pass
+    verification arriving in that window, over its length (the window ends at the first answer's
+    end when every request left at once). Exact whatever the miner does with them: an engine
+    that batches, one that takes them one after another (the queued ones deliver nothing while
+    they wait), one that refuses all but one (a refusal ends at once, its slot is refilled, the
+    window closes early on what the admitted one delivered); the tail, where fewer are in flight
+    as the last answers end, is left out, so a hotkey declaring many streams is not measured
+    lower than one declaring few. Unverified answers count neither way; None when nothing was timed."""
+    timed = [o for o in outcomes if o.kind != "unverified" and o.sent_at is not None and o.done_at is not None]
+    if not timed:
+        return None
+    end = max(o.sent_at for o in timed) or min(o.done_at for o in timed)
+    if end <= 0:
+        return None
+    tokens = sum(n for o in timed if o.kind == "ok" and o.fidelity_passed for at, n in o.chunks if o.sent_at + at <= end)
+    return tokens / end
+
+
 def summarize(outcomes: Sequence[Outcome], history: Sequence[bool] = ()) -> RoundStats:
     """One miner's round; ``history``: the streamed flags of its judged answers in earlier rounds, oldest first."""
     counted = [o for o in outcomes if o.kind != "unverified"]
@@ -116,6 +142,7 @@ def summarize(outcomes: Sequence[Outcome], history: Sequence[bool] = ()) -> Roun
         ttft_p50=statistics.median(s.ttft for s in speeds) if speeds else None,
         tokens_per_s_p30=quantile([s.tokens_per_s for s in speeds], THROUGHPUT_QUANTILE) if speeds else None,
         buffered=buffers([*history, *judged]),
+        delivered=delivered(outcomes),
     )
 
 
@@ -150,9 +177,18 @@ def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, 
     return scores
 
 
-def update(standing: Standing, score: float, fidelity_failed: bool, round_index: int, params: AggregationParams, reset: bool = False) -> Standing:
+def update(
+    standing: Standing,
+    score: float,
+    fidelity_failed: bool,
+    round_index: int,
+    params: AggregationParams,
+    reset: bool = False,
+    delivered: Optional[float] = None,
+) -> Standing:
     """The standing after one more round; ``reset``: what it earned is gone, without a ban (it
-    buffers, or its pooled evidence flagged it)."""
+    buffers, or its pooled evidence flagged it); ``delivered``: the round's measured capacity
+    (tokens/s at load; None leaves the capacity as it was)."""
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"round score {score} is outside [0, 1]")
     if fidelity_failed:
@@ -161,4 +197,7 @@ def update(standing: Standing, score: float, fidelity_failed: bool, round_index:
         return Standing(ema=0.0, rounds=0, banned_until=standing.banned_until)
     if round_index < standing.banned_until:
         return standing
-    return replace(standing, ema=params.alpha * score + (1 - params.alpha) * standing.ema, rounds=standing.rounds + 1)
+    capacity = standing.capacity
+    if delivered is not None:
+        capacity = delivered if not standing.rounds else params.alpha * delivered + (1 - params.alpha) * capacity
+    return replace(standing, ema=params.alpha * score + (1 - params.alpha) * standing.ema, rounds=standing.rounds + 1, capacity=capacity)

@@ -41,6 +41,10 @@ class StreamTiming:
         if any(t <= 0 for t in self.tokens):
             raise ValueError("every chunk counted here carries at least one token")
 
+    def relative(self) -> tuple[tuple[float, int], ...]:
+        """(seconds after the request was sent, tokens) per chunk."""
+        return tuple((t - self.sent, n) for t, n in zip(self.arrivals, self.tokens))
+
 
 @dataclass(frozen=True)
 class Speed:

@@ -25,7 +25,10 @@ class ValidatorConfig:
     # 0 tempos and an honest newcomer reaches half pay in 1.5, at ~1 challenge/s on a miner from 64
     # validators (docs/network.md; 8 every 30 s was 17 a second on each miner, its whole capacity).
     challenges_per_miner: int = 4
-    per_miner_concurrency: int = 4
+    # The capacity probe (validator.rounds): each model's miners once every `probe_every` rounds, each
+    # sent as many challenges at once as it declares (at most `probe_concurrency`), all at one moment.
+    probe_every: int = 4
+    probe_concurrency: int = 64
     round_interval: float = 270.0  # seconds between round starts
     weights_interval_blocks: Optional[int] = None  # default: the subnet's tempo
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -227,8 +227,12 @@ async def verify_samples(
     return len(verdicts)
 
 
-def verdicts_of(round_index: int, targets: Sequence[Target], report: RoundReport, threshold: float) -> MinerVerdicts:
-    """The round's word on every miner, for the gateway."""
+def verdicts_of(
+    round_index: int, targets: Sequence[Target], report: RoundReport, threshold: float, serves: Optional[Mapping[int, int]] = None
+) -> MinerVerdicts:
+    """The round's word on every miner, for the gateway; ``serves``: uid → the streams it serves at
+    once, from its last capacity probe (this round's where it was probed)."""
+    serves = {**(serves or {}), **report.serves}
     verdicts = []
     for target in targets:
         evidence = report.evidence.get(target.hotkey)
@@ -241,6 +245,7 @@ def verdicts_of(round_index: int, targets: Sequence[Target], report: RoundReport
                 standing=standing,
                 answers=evidence.answers if evidence else 0,
                 evidence=min(1.0, evidence.cusum / threshold) if evidence else 0.0,
+                serves=serves.get(target.uid),
             )
         )
     return MinerVerdicts(round=round_index, verdicts=verdicts)

@@ -34,7 +34,7 @@ from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import StreamTiming, measure
 from validator.challenges import REPLAY, Challenge, generate, grade, miner_seed, slots
-from validator.rounds import Result, Target, current_evidence, pool_evidence, score_round
+from validator.rounds import PROBE_WAVES, Result, Target, current_evidence, pool_evidence, score_round
 from validator.standings import apply_rewards
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
@@ -107,7 +107,7 @@ async def _recheck(target: Target, challenge: Challenge, request: dict[str, Any]
     if not row["answer"]:
         replay.taken_as_recorded += 1
         passed = None if row["passed"] is None else bool(row["passed"])
-        return Result(target.uid, target.hotkey, row["family"], Outcome(row["outcome"], passed))
+        return Result(target.uid, target.hotkey, row["family"], Outcome(row["outcome"], passed, sent_at=row["sent_at"], done_at=row["done_at"]))
     answer = AnswerRecord.model_validate_json(row["answer"])
     verdict = await verify(reference, request, MinerResponse.from_record(answer), tolerance=target.tolerance)
     replay.answers += 1
@@ -120,12 +120,21 @@ async def _recheck(target: Target, challenge: Challenge, request: dict[str, Any]
     chunks = answer.chunks
     speed = measure(StreamTiming(0.0, tuple(t for t, _ in chunks), tuple(n for _, n in chunks))) if chunks and row["family"] != REPLAY else None
     correct = grade(challenge.answer, answer.text) if row["family"] != REPLAY and challenge.answer is not None and verdict.passed else None
-    return Result(target.uid, target.hotkey, row["family"], Outcome("ok", verdict.passed, correct, speed), verdict.reasons, stats=verdict.stats)
+    outcome = Outcome("ok", verdict.passed, correct, speed, tuple(map(tuple, chunks)), row["sent_at"], row["done_at"])
+    return Result(target.uid, target.hotkey, row["family"], outcome, verdict.reasons, stats=verdict.stats)
 
 
 def _compare(replay: Replay, what: str, recorded: Any, replayed: Any) -> None:
     if recorded != replayed:
         replay.differences.append(f"{what}: recorded {recorded}, replayed {replayed}")
+
+
+def _compare_figures(replay: Replay, what: str, recorded: Mapping[int, float], replayed: Mapping[int, float]) -> None:
+    """uid → figure, equal up to float rounding (a uid on one side only is a difference)."""
+    for uid in sorted(set(recorded) | set(replayed)):
+        a, b = recorded.get(uid), replayed.get(uid)
+        if a is None or b is None or not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+            replay.differences.append(f"uid {uid} {what}: recorded {a}, replayed {b}")
 
 
 async def replay_round(store: Store, round_index: int, references: Mapping[str, ReferenceEngine], models: ModelList) -> Replay:
@@ -147,7 +156,7 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
         if not mine:
             continue  # flagged before the round, or no reference then: not queried
         own = miner_seed(seed, target.hotkey)
-        count = current_evidence(before, target, summary.block).challenges(summary.challenges)
+        count = current_evidence(before, target, summary.block).challenges(max(summary.challenges, PROBE_WAVES * summary.probed.get(target.uid, 0)))
         challenges, replayable = generate(own, count), [r for _, r in slots(own, count)]
         if len(mine) != len(challenges):
             replay.differences.append(f"uid {target.uid}: {len(mine)} answers recorded, the round sent {len(challenges)}")
@@ -160,17 +169,23 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
         results[target.uid] = [await _recheck(target, c, request, row, references[target.model], replay) for c, request, row in zip(challenges, sent, mine)]
     history = store.recent_streamed(BUFFERED_WINDOW, before=round_index)
     report = score_round(
-        seed, targets, results, history, before, round_index, organic=store.organic_taken(round_index), block=summary.block, service=summary.service
+        seed,
+        targets,
+        results,
+        history,
+        before,
+        round_index,
+        organic=store.organic_taken(round_index),
+        block=summary.block,
+        service=summary.service,
+        probed=summary.probed,
     )
     apply_rewards(report, targets, models)
-    recorded_scores = summary.scores
-    for uid in sorted(set(recorded_scores) | set(report.scores)):
-        a, b = recorded_scores.get(uid), report.scores.get(uid)
-        if a is None or b is None or not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
-            replay.differences.append(f"uid {uid} score: recorded {a}, replayed {b}")
+    _compare_figures(replay, "score", summary.scores, report.scores)
     _compare(replay, "fidelity failures", sorted(summary.fidelity_failed), sorted(report.fidelity_failed))
     _compare(replay, "flagged", sorted(summary.flagged), sorted(report.flagged))
     _compare(replay, "buffered", sorted(summary.buffered), sorted(report.buffered))
+    _compare_figures(replay, "delivered tokens/s", summary.delivered, report.delivered)
     return replay
 
 

@@ -4,10 +4,20 @@ Each miner gets its own challenges, drawn from (round seed, its hotkey): no two 
 sent the same body, so one computation cannot answer for two hotkeys; the challenges of
 all miners come from the same distribution, so their speeds are compared on like work. A
 miner whose evidence has risen gets more of them, and is paid a shrinking share of its
-score until the evidence clears or flags it (``scoring.evidence``: no pay on credit). Each miner sees at most ``per_miner`` requests
-at once and never more than half its declared capacity (the other half stays free for
-users: a validator that filled a miner made the gateway's requests meet 429s); the reference engine verifies at
-most ``verify_concurrency`` answers at once.
+score until the evidence clears or flags it (``scoring.evidence``: no pay on credit).
+
+Every ``probe_every`` rounds a model's miners are probed for capacity: each is sent as
+many challenges at once as it declares it can serve (at most ``probe_concurrency``), and as
+many again, each sent as one ends (so its declared concurrency stays in flight), every
+miner of the model at the same moment, so hotkeys in front of one engine share it while
+they are measured; what each delivered (``scoring.aggregate.delivered``: verified tokens/s)
+is what the weights pay for. Other rounds send at most ``LIGHT_CONCURRENCY`` requests at once
+and never more than half the declared capacity (the other half stays free for users). What
+a probe costs an honest miner serving users at that moment: the slots its users hold refuse
+part of the probe (nothing delivered), and a gateway may meet a 429 while the probe fills
+it; both last as long as the probe's answers, one round in ``probe_every``. The models take
+turns, so a validator's reference verifies one probe's answers at a time.
+The reference engine verifies at most ``verify_concurrency`` answers at once.
 
 What a miner sent decides its outcome, never the round's fate: a stream that breaks the
 protocol, ids outside the vocabulary, text that is not the ids' detokenization — each is a
@@ -21,14 +31,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import aiohttp
 
 from btauth.client import MinerClient
 from protocol.records import AnswerRecord
-from scoring.aggregate import Outcome, judged_streamed, round_scores, summarize
+from scoring.aggregate import Outcome, RoundStats, Standing, judged_streamed, round_scores, summarize
 from scoring.evidence import FLAG_HOLD_BLOCKS, TOLERANCES, Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import measure
@@ -37,6 +49,9 @@ from validator.query import LoopLag, QueryResult, Timeouts, ask
 from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
+
+LIGHT_CONCURRENCY = 4  # requests in flight to one miner outside its capacity probe
+PROBE_WAVES = 2  # a probe sends twice its concurrency: the second half keeps the slots full while the first ends
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,8 @@ class Result:
             "tokens_per_s": speed.tokens_per_s if speed else None,
             "tokens": speed.tokens if speed else None,
             "streamed": None if self.streamed is None else int(self.streamed),
+            "sent_at": self.outcome.sent_at,
+            "done_at": self.outcome.done_at,
             "stats": json.dumps(asdict(self.stats)) if self.stats is not None else None,
             "answer": self.answer.model_dump_json() if self.answer is not None else None,
             "request": json.dumps(self.request) if self.request is not None else None,
@@ -116,6 +133,9 @@ class RoundReport:
     buffered: set[int] = field(default_factory=set)  # recent answers came in bursts: score 0, standing from zero
     evidence: dict[str, Evidence] = field(default_factory=dict)  # hotkey → its pooled evidence after the round
     flagged: set[int] = field(default_factory=set)  # the evidence says another model: weight 0 until it declares anew
+    probed: dict[int, int] = field(default_factory=dict)  # uid → requests it was sent at once (its capacity probe)
+    delivered: dict[int, float] = field(default_factory=dict)  # uid → verified tokens/s it delivered so
+    serves: dict[int, int] = field(default_factory=dict)  # uid → streams it served at once at its model's best stream speed
 
 
 async def _judge(
@@ -138,7 +158,7 @@ async def _judge(
     speed = measure(result.timing) if result.timing.arrivals and challenge.family != REPLAY else None
     # The grader reads the text the verifier bound to the ids (equal to the detokenization once verified).
     correct = grade(challenge.answer, result.response.text) if challenge.answer is not None and verdict.passed else None
-    outcome = Outcome("ok", verdict.passed, correct, speed)
+    outcome = Outcome("ok", verdict.passed, correct, speed, chunks=result.timing.relative())
     if not verdict.passed:
         log.warning("uid %s (%s) failed verification on %s: %s", target.uid, target.hotkey, challenge.family, "; ".join(verdict.reasons))
     return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons, stats=verdict.stats, answer=_answer_record(result))
@@ -147,7 +167,7 @@ async def _judge(
 def _answer_record(result: QueryResult) -> AnswerRecord:
     """What a replay needs of the answer: the ids and logprobs the verdict was reached on, and the
     timing, unrounded (seconds after sending, tokens) per chunk, so a replay's speeds equal the round's."""
-    return result.response.record(chunks=[(t - result.timing.sent, n) for t, n in zip(result.timing.arrivals, result.timing.tokens)])
+    return result.response.record(chunks=list(result.timing.relative()))
 
 
 async def _challenge_miner(
@@ -157,19 +177,23 @@ async def _challenge_miner(
     challenges: list[Challenge],
     reference: ReferenceEngine,
     verifying: asyncio.Semaphore,
-    per_miner: int,
+    concurrency: int,
     timeouts: Timeouts,
     lag: Optional[LoopLag] = None,
 ) -> list[Result]:
     client = MinerClient(session, target.url, keypair, target.hotkey)
-    slots = asyncio.Semaphore(max(1, min(per_miner, target.capacity // 2)))
+    slots = asyncio.Semaphore(concurrency)
+    began = time.monotonic()  # the capacity probe's clock
 
     async def one(challenge: Challenge) -> Result:
         body = challenge.request(target.model)
         try:
             async with slots:
+                sent_at = time.monotonic() - began
                 result = await ask(client, body, timeouts, lag)
+                done_at = time.monotonic() - began
             judged = await _judge(target, challenge, body, result, reference, verifying)
+            judged.outcome = replace(judged.outcome, sent_at=sent_at, done_at=done_at)
         except Exception as exc:  # a bug met by one miner's answer must not end the round for every miner
             log.exception("challenge to uid %s failed unexpectedly", target.uid)
             judged = Result(target.uid, target.hotkey, challenge.family, Outcome("error"), detail=f"{type(exc).__name__}: {exc}")
@@ -186,7 +210,7 @@ async def run_round(
     targets: list[Target],
     references: Mapping[str, ReferenceEngine],
     challenges_per_miner: int,
-    per_miner: int = 4,
+    probe_concurrency: int = 64,
     verify_concurrency: int = 4,
     timeouts: Optional[Timeouts] = None,
     history: Optional[Mapping[str, Sequence[bool]]] = None,
@@ -197,8 +221,10 @@ async def run_round(
     organic: Sequence[UserVerdict] = (),
     block: Optional[int] = None,
     service: Optional[Mapping[int, tuple[int, int, int]]] = None,
+    probing: Collection[str] = (),
 ) -> RoundReport:
     """Query, verify and score every target; miners whose model has no reference are skipped.
+    ``probing``: the models whose miners this round probes for capacity (``probed_models``).
     ``users``: model → what its users recently sent, for challenges that look like it; ``organic``: verdicts on
     users' answers, pooled with the challenges'; ``block``: the head block (how long flags hold);
     ``service``: uid → (served, refused, failed) for the gateway's users since the last round.
@@ -210,6 +236,8 @@ async def run_round(
     verifying = asyncio.Semaphore(verify_concurrency)
     already = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
     eligible = [t for t in targets if t.model in references and not already[t.hotkey].flagged]
+    probed = {t.uid: min(t.capacity, probe_concurrency) for t in eligible if t.model in probing}
+    concurrency = {t.uid: probed.get(t.uid) or max(1, min(LIGHT_CONCURRENCY, t.capacity // 2)) for t in eligible}
     lag = LoopLag().start()
     try:
         per_target = await asyncio.gather(
@@ -220,12 +248,12 @@ async def run_round(
                     t,
                     generate(
                         miner_seed(seed, t.hotkey),
-                        already[t.hotkey].challenges(challenges_per_miner, sequential),
+                        already[t.hotkey].challenges(max(challenges_per_miner, PROBE_WAVES * probed.get(t.uid, 0)), sequential),
                         users=(users or {}).get(t.model, UserPrompts()),
                     ),
                     references[t.model],
                     verifying,
-                    per_miner,
+                    concurrency[t.uid],
                     timeouts,
                     lag,
                 )
@@ -235,7 +263,21 @@ async def run_round(
     finally:
         lag.stop()
     results = dict(zip((t.uid for t in eligible), per_target))
-    return score_round(seed, targets, results, history, evidence, round_index, sequential, organic, block, service)
+    return score_round(seed, targets, results, history, evidence, round_index, sequential, organic, block, service, probed)
+
+
+def probed_models(
+    round_index: int, models: Iterable[str], every: int, targets: Sequence[Target] = (), standings: Optional[Mapping[str, tuple[int, Standing]]] = None
+) -> set[str]:
+    """The models whose miners round ``round_index`` probes for capacity: each once every ``every``
+    rounds (the models spread over the rounds), and at once any model with a miner that has no
+    standing yet (a newcomer: it earns nothing before its capacity is measured), every miner of it at the same moment —
+    so a hotkey cannot be probed apart from the twins on its engine. Knowing the schedule buys a
+    miner nothing: what it delivers is verified, and its twins are probed with it."""
+    models = set(models)
+    due = {m for m in models if (round_index + zlib.crc32(m.encode())) % max(1, every) == 0}
+    new = {t.model for t in targets if t.model in models and not (standings or {}).get(t.hotkey, (0, Standing()))[1].rounds}
+    return due | new
 
 
 def score_round(
@@ -249,6 +291,7 @@ def score_round(
     organic: Sequence[UserVerdict] = (),
     block: Optional[int] = None,
     service: Optional[Mapping[int, tuple[int, int, int]]] = None,
+    probed: Optional[Mapping[int, int]] = None,
 ) -> RoundReport:
     """The round's report from each queried miner's results (uid → results in challenge order)
     and the verdicts on users' answers: what ``run_round`` returns, and what ``slmnet validator
@@ -256,8 +299,9 @@ def score_round(
     pools with the challenges' (a miner serving users another model is flagged on it), and a
     failed one makes the round a fidelity failure. What a miner did for users counts too: its
     score is multiplied by the share of the gateway's requests it served (``service_factor``),
-    so a miner that refuses users earns at most what it serves."""
-    report = RoundReport(seed=seed)
+    so a miner that refuses users earns at most what it serves. ``probed``: uid → the requests it
+    was sent at once in its capacity probe; only a probed miner's delivered capacity is measured."""
+    report = RoundReport(seed=seed, probed=dict(probed or {}))
     pooled = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
     report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
     users: dict[int, list[UserVerdict]] = {}
@@ -280,18 +324,33 @@ def score_round(
         if answers is None:
             continue
         stats[target.uid] = summarize([r.outcome for r in answers], (history or {}).get(target.hotkey, ()))
+        if target.uid in report.probed and stats[target.uid].delivered is not None:
+            report.delivered[target.uid] = stats[target.uid].delivered
         if stats[target.uid].fidelity_failed or failed:
             report.fidelity_failed.add(target.uid)
         if stats[target.uid].buffered:
             log.warning("uid %s (%s) sends its answers in bursts (buffered, not streamed): round score 0, standing from zero", target.uid, target.hotkey)
             report.buffered.add(target.uid)
     report.scores = round_scores(stats, {t.uid: t.model for t in targets if t.uid in stats})
+    report.serves = serving_streams(report, stats, targets)
     for target in targets:  # no pay on credit: a score shrinks as the evidence against its miner rises
         if target.uid in report.scores:
             report.scores[target.uid] *= pooled[target.hotkey].credit(sequential) * service_factor((service or {}).get(target.uid))
     report.scores.update({uid: 0.0 for uid in report.flagged | report.fidelity_failed})
     report.evidence = pooled
     return report
+
+
+def serving_streams(report: RoundReport, stats: Mapping[int, RoundStats], targets: Sequence[Target]) -> dict[int, int]:
+    """uid → how many streams a probed miner serves at once at full speed: what it delivered over the
+    best per-stream rate among the probed miners of its model (at least 1, at most what it was sent).
+    A miner declaring more than its engine serves is found out here, and the gateway admits it so many."""
+    model = {t.uid: t.model for t in targets}
+    best: dict[str, float] = {}
+    for uid in report.delivered:
+        if (rate := stats[uid].tokens_per_s_p30) and not stats[uid].fidelity_failed:
+            best[model[uid]] = max(best.get(model[uid], 0.0), rate)
+    return {uid: max(1, min(report.probed[uid], round(delivered / best[model[uid]]))) for uid, delivered in report.delivered.items() if model[uid] in best}
 
 
 def service_factor(counts: Optional[tuple[int, int, int]]) -> float:

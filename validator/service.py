@@ -33,8 +33,8 @@ from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
 from scoring.evidence import SequentialParams
 from validator.organic import RECENT_REQUESTS, Outbox, UsersSeen, open_outbox, service_since, verdicts_of, verify_samples
-from validator.rounds import RoundReport, Target, run_round
-from validator.standings import Standings, apply_rewards, effective_scores, fold
+from validator.rounds import RoundReport, Target, probed_models, run_round
+from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
 from validator.verify import ReferenceEngine
@@ -51,13 +51,14 @@ class Validator:
         self.round_log = RoundLog(config, self.store)
         self.outbox: Optional[Outbox] = None  # opened with the HTTP session (``run``)
         self.users = UsersSeen()
+        self.serves: dict[int, int] = {}  # uid → streams it served at once in its last capacity probe (since this process started)
 
     def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> Standings:
         """New standings: this round's scores folded in; hotkeys gone from the subnet dropped."""
         return fold(self.store.standings(), {n.uid: n.hotkey for n in graph.neurons}, report, round_index, self.config.aggregation)
 
-    async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[dict[int, float], int]:
-        """Run, store and log one round; returns the effective standings and the subnet's tempo."""
+    async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[Standings, int]:
+        """Run, store and log one round; returns the standings after it and the subnet's tempo."""
         round_index = self.store.last_round() + 1
         for hotkey in self.store.apply_forgiveness(round_index):
             log.warning("%s forgiven (slmnet validator forgive): its evidence starts afresh this round (%d)", hotkey, round_index)
@@ -84,7 +85,7 @@ class Validator:
             targets,
             ready,
             self.config.challenges_per_miner,
-            self.config.per_miner_concurrency,
+            self.config.probe_concurrency,
             timeouts=self.config.timeouts,
             history=self.store.recent_streamed(BUFFERED_WINDOW),
             evidence=self.store.evidence(),
@@ -93,6 +94,7 @@ class Validator:
             organic=organic,
             block=graph.block,
             service=service,
+            probing=probed_models(round_index, ready, self.config.probe_every, targets, self.store.standings()),
         )
         apply_rewards(report, targets, self.config.models)
         crashpoint("organic-taken")
@@ -113,22 +115,25 @@ class Validator:
             effective=effective,
             service=service,
             service_seen=seen,
+            probed=report.probed,
+            delivered=report.delivered,
             duration_s=time.time() - started,
         )
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
         crashpoint("round-stored")
         self.round_log.round(summary, report)
+        self.serves.update(report.serves)
         if self.outbox is not None:
-            await self.outbox.publish(verdicts_of(round_index, targets, report, SequentialParams().threshold))
-        return effective, graph.tempo
+            await self.outbox.publish(verdicts_of(round_index, targets, report, SequentialParams().threshold, self.serves))
+        return standings, graph.tempo
 
-    async def maybe_set_weights(self, net: chain.Chain, effective: dict[int, float], tempo: int) -> Optional[dict[int, float]]:
+    async def maybe_set_weights(self, net: chain.Chain, standings: Standings, tempo: int) -> Optional[dict[int, float]]:
         block = await on_chain("reading the block", net.block)
         last = self.store.last_weights()
         interval = self.config.weights_interval_blocks or tempo
         if last is not None and block - last[0] < interval:
             return None
-        weights = to_weights(effective)
+        weights = to_weights(effective_scores(standings, self.config.aggregation, self.store.last_round() + 1), capacities(standings))
         if not weights:
             log.info("no miner has a positive standing yet; no weights set")
             return None
@@ -209,7 +214,7 @@ class Validator:
     async def _round_and_weights(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> None:
         """One round and a weights attempt; a failure is logged and the loop goes on to the next round."""
         try:
-            effective, tempo = await self.one_round(net, session, references)
+            standings, tempo = await self.one_round(net, session, references)
         except chain.ChainLayerError as exc:
             log.error("round skipped: the chain failed after retries: %s", exc)
             return
@@ -224,7 +229,7 @@ class Validator:
             log.exception("round failed; the next one starts on schedule")
             return
         try:
-            await self.maybe_set_weights(net, effective, tempo)
+            await self.maybe_set_weights(net, standings, tempo)
         except chain.ChainLayerError as exc:
             log.error("weights not set this round: the chain failed after retries: %s", exc)
         except (sqlite3.OperationalError, OSError) as exc:  # the disk filled between storing the round and recording its weights

@@ -34,10 +34,15 @@ def fold(previous: Standings, hotkeys: Mapping[int, str], report: RoundReport, r
         hotkey = hotkeys[uid]
         _, standing = standings.get(hotkey, (uid, Standing()))
         reset = uid in report.buffered or uid in report.flagged
-        standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, params, reset))
+        standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, params, reset, report.delivered.get(uid)))
     return standings
 
 
 def effective_scores(standings: Standings, params: AggregationParams, round_index: int) -> dict[int, float]:
     """uid → the score weights are set from, as of ``round_index``."""
     return {uid: s.effective(params, round_index) for uid, s in standings.values()}
+
+
+def capacities(standings: Standings) -> dict[int, float]:
+    """uid → the verified tokens/s it delivers at load (its capacity EMA): what weights pay for."""
+    return {uid: s.capacity for uid, s in standings.values()}

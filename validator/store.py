@@ -45,14 +45,16 @@ CREATE TABLE IF NOT EXISTS evidence (
 CREATE TABLE IF NOT EXISTS forgiven (hotkey TEXT NOT NULL, before_round INTEGER, time REAL NOT NULL, reason TEXT);
 """
 # Columns added to ``results`` after its first release, for state written before them: what the
-# per-miner test counted in the answer, the answer itself and the request it answered (for ``slmnet validator replay``).
-ADDED_RESULT_COLUMNS = (("streamed", "INTEGER"), ("stats", "TEXT"), ("answer", "TEXT"), ("request", "TEXT"))
+# per-miner test counted in the answer, the answer itself and the request it answered (for ``slmnet validator replay``), and
+# when it was sent and done on the round's clock (the capacity probe).
+ADDED_RESULT_COLUMNS = (("streamed", "INTEGER"), ("stats", "TEXT"), ("answer", "TEXT"), ("request", "TEXT"), ("sent_at", "REAL"), ("done_at", "REAL"))
 RESULT_COLUMNS = (
     "round", "uid", "hotkey", "family", "outcome", "passed", "reasons", "correct", "ttft", "tokens_per_s", "tokens", "streamed", "stats", "answer", "request",
+    "sent_at", "done_at",
 )  # fmt: skip
 EVIDENCE_FIELDS = ("model", "cusum", "answers", "tokens", "mismatches", "reported", "exceedances", "flagged_round", "flagged_block")
 # Columns added to other tables after their first release: (table, column, type).
-ADDED_COLUMNS = (("organic", "stats", "TEXT"), ("evidence", "flagged_block", "INTEGER"))
+ADDED_COLUMNS = (("organic", "stats", "TEXT"), ("evidence", "flagged_block", "INTEGER"), ("standings", "capacity", "REAL NOT NULL DEFAULT 0"))
 
 
 class Store:
@@ -75,8 +77,8 @@ class Store:
         self.db.close()
 
     def standings(self) -> dict[str, tuple[int, Standing]]:
-        rows = self.db.execute("SELECT hotkey, uid, ema, rounds, banned_until FROM standings")
-        return {hotkey: (uid, Standing(ema, rounds, banned_until)) for hotkey, uid, ema, rounds, banned_until in rows}
+        rows = self.db.execute("SELECT hotkey, uid, ema, rounds, banned_until, capacity FROM standings")
+        return {hotkey: (uid, Standing(ema, rounds, banned_until, capacity)) for hotkey, uid, ema, rounds, banned_until, capacity in rows}
 
     def last_round(self) -> int:
         (value,) = self.db.execute("SELECT COALESCE(MAX(round), -1) FROM rounds").fetchone()
@@ -103,8 +105,9 @@ class Store:
                 [(hotkey, *(getattr(e, f) for f in EVIDENCE_FIELDS)) for hotkey, e in (evidence or {}).items()],
             )
             self.db.executemany(
-                "INSERT INTO standings VALUES (?, ?, ?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET uid=excluded.uid, ema=excluded.ema, rounds=excluded.rounds, banned_until=excluded.banned_until",
-                [(hotkey, uid, s.ema, s.rounds, s.banned_until) for hotkey, (uid, s) in standings.items()],
+                "INSERT INTO standings (hotkey, uid, ema, rounds, banned_until, capacity) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET"
+                " uid=excluded.uid, ema=excluded.ema, rounds=excluded.rounds, banned_until=excluded.banned_until, capacity=excluded.capacity",
+                [(hotkey, uid, s.ema, s.rounds, s.banned_until, s.capacity) for hotkey, (uid, s) in standings.items()],
             )
 
     def summaries_after(self, round_index: int) -> list[RoundSummary]:

@@ -99,11 +99,11 @@ def perturbed_copy(source: Path, out: Path, kind: str = "noise", amount: float =
     return out
 
 
-def _sse(event: Any) -> bytes:
+def sse_event(event: Any) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
-def _tokens(event: dict[str, Any]) -> int:
+def event_tokens(event: dict[str, Any]) -> int:
     return sum(len(c.get("token_ids") or []) for c in event.get("choices") or [])
 
 
@@ -185,18 +185,18 @@ class Adversary:
                 elif mode == "cut" and sent >= cut_at:
                     break  # the rest is never generated for the caller: pretend the model ended here
                 elif mode in ("slow", "lagging"):
-                    await asyncio.sleep((0.15 if mode == "slow" else 0.04) * max(1, _tokens(event)))
-                sent += _tokens(event)
+                    await asyncio.sleep((0.15 if mode == "slow" else 0.04) * max(1, event_tokens(event)))
+                sent += event_tokens(event)
                 if mode == "burst":
-                    held.append(_sse(event))
+                    held.append(sse_event(event))
                 else:
-                    await response.write(_sse(event))
-                answer.append(_sse(event))
+                    await response.write(sse_event(event))
+                answer.append(sse_event(event))
         if mode == "cut" and sent >= cut_at:
             base = {"id": "cut", "object": "chat.completion.chunk", "model": body.get("model")}
-            await response.write(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+            await response.write(sse_event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
             if (body.get("stream_options") or {}).get("include_usage"):
-                await response.write(_sse({**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": sent, "total_tokens": sent}}))
+                await response.write(sse_event({**base, "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": sent, "total_tokens": sent}}))
         if mode == "cache":
             self.answers[key] = answer
         await response.write(b"".join(held) + b"data: [DONE]\n\n")
@@ -215,7 +215,7 @@ class Adversary:
         if mode == "empty-drip":
             for _ in range(600):  # valid chunks with nothing in them, every half second, and never a token
                 await response.write(
-                    _sse(
+                    sse_event(
                         {
                             "id": "x",
                             "object": "chat.completion.chunk",
@@ -240,11 +240,11 @@ class Adversary:
         if mode == "endless":
             base = {"id": "x", "object": "chat.completion.chunk", "model": body.get("model")}
             for _ in range(100_000):
-                await response.write(_sse({**base, "choices": [{"index": 0, "delta": {"content": "more "}, "token_ids": [42], "finish_reason": None}]}))
+                await response.write(sse_event({**base, "choices": [{"index": 0, "delta": {"content": "more "}, "token_ids": [42], "finish_reason": None}]}))
         await response.write(b"data: [DONE]\n\n")
         if mode == "after-done":
             await response.write(
-                b"data: [DONE]\n\n" + _sse({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": HOSTILE_TEXT}}]})
+                b"data: [DONE]\n\n" + sse_event({"id": "x", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": HOSTILE_TEXT}}]})
             )
         await response.write_eof()
         return response
@@ -253,11 +253,11 @@ class Adversary:
         """One event of the honest stream as ``mode`` sends it (the third event carries the attack where it is one event)."""
         choices = event.get("choices") or []
         if mode == "list-event" and sent == 3:
-            return _sse([event]) + _sse(event)  # type: ignore[arg-type]
+            return sse_event([event]) + sse_event(event)  # type: ignore[arg-type]
         if mode == "string-error" and sent == 3:
-            return _sse({"error": HOSTILE_TEXT})
+            return sse_event({"error": HOSTILE_TEXT})
         if mode == "oversized-event" and sent == 3:
-            return _sse({**event, "padding": "x" * (1 << 20)})
+            return sse_event({**event, "padding": "x" * (1 << 20)})
         if mode == "bad-utf8" and sent == 3:
             return b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\xfe"}}]}\n\n'
         for choice in choices:
@@ -271,7 +271,7 @@ class Adversary:
                 choice["token_ids"] = choice["token_ids"] * 2
             elif mode == "endless":
                 choice["finish_reason"] = None
-        return _sse(event)
+        return sse_event(event)
 
 
 def main() -> None:

@@ -93,19 +93,36 @@ def start_adversary(upstream: str, mode: Optional[str], tmp: Path, cheap: Option
 
 
 def start_miners(
-    net, upstream: dict[str, str], model: Path, tmp: Path, servers: list[Server], capacity: int = 8, dtypes: Optional[dict[str, str]] = None
+    net,
+    upstream: dict[str, str],
+    model: Path,
+    tmp: Path,
+    servers: list[Server],
+    capacity: int | dict[str, int] = 8,
+    dtypes: Optional[dict[str, str]] = None,
 ) -> dict[str, Server]:
     """A real `slmnet miner` per wallet name of ``net``, attached to the engine at ``upstream[name]``
-    and declaring the model in ``model`` (in ``dtypes[name]``, float32 by default); each is added
-    to ``servers`` (for the caller's cleanup) as it starts, and all are healthy on return."""
+    and declaring the model in ``model`` (in ``dtypes[name]``, float32 by default) and ``capacity``
+    (or ``capacity[name]``); each is added to ``servers`` (for the caller's cleanup) as it starts,
+    and all are healthy on return."""
     miners = {}
     for name, url in upstream.items():
-        args = [*net.flags(name), "--model", str(model), "--engine-url", url, "--capacity", str(capacity), "--metagraph-interval", "1"]
+        declared = capacity[name] if isinstance(capacity, dict) else capacity
+        args = [*net.flags(name), "--model", str(model), "--engine-url", url, "--capacity", str(declared), "--metagraph-interval", "1"]
         args += ["--dtype", (dtypes or {}).get(name, "float32")]
         servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
     for miner in miners.values():
         miner.wait_healthy(timeout=180)
     return miners
+
+
+def start_machines(upstream: str, tmp: Path, rate: float, streams: int) -> Server:
+    """Machines of known capacity (``tests.harness.machines``) in front of the real engine at ``upstream``, healthy."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.harness.machines", "--upstream", upstream, "--port", str(port), "--rate", str(rate), "--streams", str(streams)]
+    machines = Server(cmd, f"http://127.0.0.1:{port}", tmp / f"machines-{port}.log")
+    machines.wait_healthy(timeout=60)
+    return machines
 
 
 def create_key(db: Path, name: str, *flags: str) -> str:

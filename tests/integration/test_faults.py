@@ -133,11 +133,11 @@ def test_a_validator_killed_anywhere_restarts_with_every_round_stored_once_and_t
         for uid, score in summary["scores"].items():
             hotkey = summary["targets"][uid][0]
             reset = int(uid) in summary["buffered"] or int(uid) in summary["flagged"]
-            standings[hotkey] = update(
-                standings.get(hotkey, Standing()), score, int(uid) in summary["fidelity_failed"], summary["round"], AggregationParams(), reset
-            )
-    stored = {hotkey: Standing(ema, rounds, banned) for hotkey, ema, rounds, banned in db.execute("SELECT hotkey, ema, rounds, banned_until FROM standings")}
-    assert stored == standings and all(s.rounds == ROUNDS and s.ema > 0 for s in stored.values())
+            failed, delivered = int(uid) in summary["fidelity_failed"], summary["delivered"].get(uid)
+            standings[hotkey] = update(standings.get(hotkey, Standing()), score, failed, summary["round"], AggregationParams(), reset, delivered)
+    rows = db.execute("SELECT hotkey, ema, rounds, banned_until, capacity FROM standings")
+    stored = {hotkey: Standing(ema, rounds, banned, capacity) for hotkey, ema, rounds, banned, capacity in rows}
+    assert stored == standings and all(s.rounds == ROUNDS and s.ema > 0 and s.capacity > 0 for s in stored.values())
     assert db.execute("SELECT COUNT(*) FROM weights").fetchone()[0] >= 1  # weights set again after the restarts
     # Anyone can recheck the last round from the state: the replay reproduces it.
     replay = [sys.executable, "-m", "neurons.cli", "validator", "replay", *_args(subnet), "--round", str(ROUNDS - 1)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -146,7 +147,7 @@ def test_weights_sum_to_one_respect_the_limit_and_keep_the_order(effective, max_
         assert sum(s**4 for s in effective.values()) == 0  # nothing positive to set
         return
     assert math.isclose(sum(weights.values()), 1.0, rel_tol=1e-6)
-    assert set(weights) == {uid for uid, s in effective.items() if s > 0}
+    assert set(weights) == {uid for uid, s in effective.items() if s**4 > 0}  # a score whose 4th power underflows earns nothing
     if len(weights) * max_weight > 1:
         assert max(weights.values()) <= max_weight + 1e-6
     ranked = sorted(weights, key=lambda uid: effective[uid])
@@ -159,3 +160,65 @@ def test_sharpening_widens_the_gap_between_good_and_best():
     assert to_weights({0: 0.0, 1: 0.0}) == {}
     with pytest.raises(ValueError):
         to_weights({0: 1.5})
+
+
+def test_capacity_is_paid_concavely_and_two_hotkeys_splitting_an_engine_earn_under_a_fifth_more():
+    # Beside an honest miner with the same engine: one hotkey delivering 100 tokens/s, or two each
+    # delivering their half (probed at the same moment, they share it).
+    split = to_weights({0: 0.8, 1: 0.8, 2: 0.8}, {0: 100.0, 1: 50.0, 2: 50.0})
+    assert 1.0 < (split[1] + split[2]) / split[0] <= 1.2
+    # Ten times the capacity earns more, but far from ten times as much.
+    big = to_weights({0: 0.8, 1: 0.8}, {0: 1000.0, 1: 100.0})
+    assert 5 < big[0] / big[1] < 7
+    # No measured capacity, no pay; standing still ranks miners of equal capacity.
+    assert to_weights({0: 1.0, 1: 0.5}, {0: 0.0, 1: 80.0}) == {1: 1.0}
+    assert to_weights({0: 1.0, 1: 0.5}, {0: 80.0, 1: 80.0})[0] == pytest.approx(16 / 17)
+
+
+def test_delivered_capacity_is_what_verified_streams_got_while_the_probe_kept_them_in_flight():
+    def answered(sent_at: float, seconds: float, tokens: int = 100, passed: bool = True) -> Outcome:
+        timing = _stream(0.0, seconds / tokens, tokens + 1)  # the first chunk at 0: no TTFT, for round figures
+        timing = StreamTiming(0.0, timing.arrivals[1:], timing.tokens[1:])
+        chunks = timing.relative()
+        return Outcome("ok", fidelity_passed=passed, speed=measure(timing), chunks=chunks, sent_at=sent_at, done_at=sent_at + seconds)
+
+    def probe(streams: int, answer) -> list[Outcome]:
+        """Twice ``streams`` requests, ``streams`` at once, each sent as one ends: ``answer(sent_at)``."""
+        done, outcomes = [], []
+        for j in range(2 * streams):
+            outcome = answer(done[j - streams] if j >= streams else 0.0, j)
+            done.append(outcome.done_at)
+            outcomes.append(outcome)
+        return outcomes
+
+    # An engine of 100 tokens/s serving 4 streams at 25 tokens/s each, answers of 100 and 50 tokens.
+    batched = probe(4, lambda at, j: answered(at, 4.0 if j % 2 else 2.0, 100 if j % 2 else 50))
+    assert summarize(batched).delivered == pytest.approx(100.0, rel=0.02)
+    # The same engine declared as 1 stream (a hotkey of its quarter): the tail is left out, so it is not measured
+    # higher per stream than the hotkey declaring 4.
+    single = probe(1, lambda at, j: answered(at, 4.0 if j % 2 else 2.0, 100 if j % 2 else 50))
+    assert summarize(single).delivered == pytest.approx(25.0, rel=0.02)
+    # An engine of 100 tokens/s taking its 4 streams one after another (each at 100 tokens/s, the others queued): no more.
+    queue: list[float] = [0.0]
+
+    def serial(at: float, j: int) -> Outcome:
+        start = max(at, queue[0])
+        queue[0] = start + 1.0
+        outcome = answered(start, 1.0)
+        return replace(outcome, sent_at=at, done_at=start + 1.0, chunks=tuple((start - at + t, n) for t, n in outcome.chunks))
+
+    assert summarize(probe(4, serial)).delivered == pytest.approx(100.0, rel=0.02)
+    # Admitting one stream (at 100 tokens/s) and refusing the rest: a refusal ends at once, its slot is
+    # refilled, and the window closes on what the one stream delivered: its rate, no more.
+    refusing = [answered(0.0, 1.0), *[Outcome("refused", sent_at=0.01 * j, done_at=0.01 * (j + 1)) for j in range(7)]]
+    assert summarize(refusing).delivered == pytest.approx(100.0)
+    # A failed answer delivers nothing; unverified answers count neither way; nothing timed, nothing known.
+    failing = probe(4, lambda at, j: answered(at, 4.0, passed=j % 4 != 0))
+    assert summarize(failing).delivered == pytest.approx(75.0, rel=0.02)
+    assert summarize([*failing, Outcome("unverified", sent_at=0.0, done_at=30.0)]).delivered == summarize(failing).delivered
+    assert summarize([Outcome("unverified")]).delivered is None
+    # The standing keeps an EMA of it, starting at its first measure.
+    first = update(Standing(), 0.5, False, 0, PARAMS, delivered=100.0)
+    assert first.capacity == 100.0
+    assert update(first, 0.5, False, 1, PARAMS, delivered=50.0).capacity == pytest.approx(95.0)
+    assert update(first, 0.5, False, 1, PARAMS).capacity == 100.0  # nothing timed: as it was

@@ -16,7 +16,7 @@ def _summary(round_index: int) -> RoundSummary:
     return RoundSummary(round=round_index, block=100, seed="42", miners=1, challenges=1)
 
 
-ROW = dict(zip(RESULT_COLUMNS, (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None, None)))
+ROW = dict(zip(RESULT_COLUMNS, (0, 1, "5Miner", "arithmetic", "ok", 1, None, 1.0, 0.05, 120.0, 24, 1, None, None, None, 0.0, 0.25)))
 
 
 def test_standings_and_rounds_survive_a_restart(tmp_path):

@@ -73,7 +73,7 @@ def test_emission_split_gives_owner_the_rest():
     assert owner == 180
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     stake=arrays(np.float64, 5, elements=st.floats(0, 1e6)),
     weights=arrays(np.float64, (5, 5), elements=st.floats(0, 65535)),
@@ -86,7 +86,7 @@ def test_scores_are_fractions_and_incentive_is_normalized(stake, weights):
         assert abs(vector.sum() - 1) < 1e-9 or vector.sum() == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     minority=st.floats(0.01, 0.49),
     minority_weights=arrays(np.float64, 3, elements=st.floats(0, 1)),

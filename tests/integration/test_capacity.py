@@ -1,0 +1,102 @@
+"""Pay follows the capacity hotkeys really have (issue 25): sybils, mergers and over-declarers.
+
+Real `slmnet miner` processes on a localnet, and the real validator; the machines they run on
+are ``tests.harness.machines``: one real engine's answers (every one verified), handed to each
+machine's miners no faster than an engine of 64 tokens/s serving 4 streams at full speed would.
+An honest miner has a machine to itself and declares the 4 streams it serves. A pair of
+sybils shares one machine, each declaring half of it; a second pair shares another and merges
+identical requests (one computation answers both); an over-declarer claims 16 streams on a
+machine that serves 4. The validator probes every miner at its declared concurrency, all at
+the same moment, every round, and pays ``effective⁴ × capacity^0.8``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from models.tiny import build_tiny
+from scoring.weights import to_weights
+from tests.harness.localnet import make_localnet
+from tests.harness.processes import engine_env, start_machines, start_miners
+from scoring.aggregate import AggregationParams
+from validator.standings import capacities, effective_scores
+from validator.store import Store
+
+pytestmark = pytest.mark.slow
+MODEL = "slmnet/tiny-qwen2-s0"
+ROUNDS = 3
+# name → (machine, declared capacity)
+MINERS = {
+    "honest": ("machine-a", 4),
+    "sybil1": ("machine-b", 2),
+    "sybil2": ("machine-b", 2),
+    "merger1": ("merge-c", 2),
+    "merger2": ("merge-c", 2),
+    "over": ("machine-d", 16),
+}
+
+
+def test_sybils_on_one_engine_earn_what_it_does_and_an_over_declarer_what_it_delivers(tmp_path, tiny_engine, figure):
+    build_tiny(tmp_path / "s0", seed=0)
+    net = make_localnet(tmp_path)
+    wallets, uids = net.register((*MINERS, "validator"))
+    net.stake(wallets["validator"], 2000)
+    servers = []
+    try:
+        servers.append(machines := start_machines(tiny_engine.url, tmp_path, rate=64, streams=4))
+        upstream = {name: f"{machines.url}/{machine}" for name, (machine, _) in MINERS.items()}
+        start_miners(net, upstream, tmp_path / "s0", tmp_path, servers, capacity={name: declared for name, (_, declared) in MINERS.items()})
+        state = tmp_path / "validator"
+        validator = [
+            *net.flags("validator"),
+            "--state-dir", str(state),
+            "--reference", f"{MODEL}={tiny_engine.url}",
+            "--tokenizer", f"{MODEL}={tmp_path / 's0'}",
+            "--challenges-per-miner", "4",
+            "--probe-every", "1",
+            "--probe-concurrency", "8",
+            "--round-interval", "1",
+            "--weights-interval", "1",
+        ]  # fmt: skip
+        run = [sys.executable, "-m", "neurons.cli", "validator", *validator, "--max-rounds", str(ROUNDS)]
+        done = subprocess.run(run, capture_output=True, text=True, timeout=900, env=engine_env(tmp_path))
+        assert done.returncode == 0, done.stderr[-3000:]
+        stats = json.loads(urllib.request.urlopen(machines.url + "/stats", timeout=10).read())
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+    store = Store(state / "validator.sqlite")
+    standings = store.standings()
+    summaries = [store.summary(r) for r in range(ROUNDS)]
+    # Every round probed every miner, at its declaration (the over-declarer at the probe's most, 8).
+    assert all(s.probed == {uids[n]: min(8, d) for n, (_, d) in MINERS.items()} for s in summaries)
+    # No honest answer failed, nobody flagged or zeroed: the adversaries here are all honest about the model.
+    assert not any(s.fidelity_failed or s.flagged for s in summaries)
+    # Per-miner challenges left nothing to merge.
+    assert stats["merged"] == 0
+    weights = to_weights(effective_scores(standings, AggregationParams(), ROUNDS), capacities(standings))
+    paid = {name: weights.get(uids[name], 0.0) for name in MINERS}
+    capacity = {name: standings[wallets[name].hotkey.ss58_address][1].capacity for name in MINERS}
+    assert all(w > 0 for w in paid.values()), paid
+    honest = paid["honest"]
+    for pair in (("sybil1", "sybil2"), ("merger1", "merger2")):
+        assert paid[pair[0]] + paid[pair[1]] <= 1.2 * honest, (pair, paid, capacity)
+        # Each delivered about half what the honest machine did: they were probed at the same moment.
+        assert all(capacity[name] < 0.7 * capacity["honest"] for name in pair), capacity
+    # The over-declarer delivered what its machine can (no more than the honest one), slower per stream: paid less.
+    assert capacity["over"] < 1.2 * capacity["honest"] and paid["over"] < honest, (paid, capacity)
+    figure("capacity: tokens/s delivered", ", ".join(f"{n} {capacity[n]:.1f}" for n in MINERS))
+    figure("capacity: weight vs honest", ", ".join(f"{n} {paid[n] / honest:.2f}" for n in MINERS))
+    with sqlite3.connect(state / "validator.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM weights").fetchone()[0] >= 1
+    # The replay recomputes what each delivered from the stored answers and their times.
+    replay = [sys.executable, "-m", "neurons.cli", "validator", "replay", *validator, "--round", str(ROUNDS - 1)]
+    replayed = subprocess.run(replay, capture_output=True, text=True, timeout=600, env=engine_env(tmp_path))
+    assert replayed.returncode == 0 and "reproduced" in replayed.stdout, replayed.stdout[-3000:] + replayed.stderr[-3000:]
