@@ -13,6 +13,7 @@ from gateway.errors import QuotaExceeded, KeyRateLimited
 from gateway.limits import KeyLimits
 from gateway.router import BREAKER_FAILURES, MinerView, Router
 from gateway.store import Store
+from protocol.records import MinerVerdict
 
 MODEL = "m"
 
@@ -92,6 +93,19 @@ def test_a_full_miner_is_skipped_and_a_rejoined_hotkey_starts_fresh():
     free.success(0.2, 10.0)
     router.update_from_chain([MinerView(1, "h1", "u1", MODEL, 2), MinerView(2, "new-hotkey", "u2", MODEL, 2)])
     assert router.miners[2].ttft is None  # uid 2 changed hands: nothing of the old record carries over
+
+
+def test_a_miner_is_given_the_streams_its_capacity_probe_found_not_the_ones_it_declares():
+    claims = MinerView(1, "h1", "u1", MODEL, 16, incentive=0.5)
+    honest = MinerView(2, "h2", "u2", MODEL, 4, incentive=0.5)
+    router = _router(claims, honest)
+    router.apply_verdicts([MinerVerdict(uid=1, hotkey="h1", model=MODEL, standing="ok", answers=80, evidence=0.0, serves=4)])
+    assert claims.serves == 4 and honest.serves == 4  # no verdict yet: what it declares
+    claims.in_flight = 4
+    assert [m.uid for m in router.candidates(MODEL)] == [2]  # full at what it serves, whatever it claims
+    # A verdict on another model (it re-declared since) says nothing of what it serves now.
+    router.apply_verdicts([MinerVerdict(uid=1, hotkey="h1", model="other", standing="ok", answers=80, evidence=0.0, serves=2)])
+    assert claims.serves == 16
 
 
 def test_limits_stay_exact_under_concurrency(tmp_path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.store import Store as GatewayStore
 from protocol.records import ServiceReport, ServiceReports
+from scoring.aggregate import Outcome
+from scoring.latency import StreamTiming, measure
 from validator.organic import service_since
-from validator.rounds import service_factor
+from validator.rounds import Result, Target, score_round, service_factor
 
 
 def test_the_gateway_counts_each_miners_service_from_its_ledger_and_its_refusals(tmp_path):
@@ -44,3 +48,20 @@ def test_the_validator_takes_what_happened_since_the_last_round_and_a_refuser_ea
     restarted = ServiceReports(miners=[ServiceReport(hotkey="5Good", served=2, tokens=20, refused=0, failed=0)])
     assert service_since(restarted, seen)[0] == {"5Good": (2, 0, 0)}  # a new ledger counts from zero
     assert service_factor((0, 4, 0)) == 0.0 and service_factor((3, 0, 1)) == 0.75 and service_factor(None) == 1.0 == service_factor((0, 0, 0))
+
+
+def test_a_capacity_probe_finds_how_many_streams_each_miner_serves_and_only_probed_miners_are_measured():
+    def stream(sent_at: float, rate: float, tokens: int = 60) -> Outcome:
+        timing = StreamTiming(0.0, tuple((i + 1) / rate for i in range(tokens)), (1,) * tokens)
+        return Outcome("ok", True, None, measure(timing), timing.relative(), sent_at, sent_at + tokens / rate)
+
+    def probe(streams: int, rate: float) -> list[Result]:
+        """Twice ``streams`` requests, ``streams`` at once, each at ``rate`` tokens/s."""
+        return [Result(0, "", "sim", stream((j // streams) * 60 / rate, rate)) for j in range(2 * streams)]
+
+    targets = [Target(1, "5Honest", "", "m", 4), Target(2, "5Claims16", "", "m", 16), Target(3, "5Light", "", "m", 4)]
+    # The honest machine serves its 4 streams at 20 tokens/s; the over-declarer's machine is as big, probed at 8: 10 tokens/s each.
+    results = {1: probe(4, 20.0), 2: probe(8, 10.0), 3: probe(2, 20.0)[:2]}
+    report = score_round(0, targets, results, None, None, 0, probed={1: 4, 2: 8})
+    assert report.delivered == {1: pytest.approx(80.0), 2: pytest.approx(80.0)}  # the light round's miner is not measured
+    assert report.serves == {1: 4, 2: 4}
