@@ -31,6 +31,12 @@ class SupportedModel(BaseModel):
     max_context: int = Field(gt=0)
     end_token_ids: tuple[int, ...] = Field((), description="where the model ends a turn: the verifier's end-of-text checks")
     reward: float = Field(1.0, ge=0, description="multiplies a miner's round score: the subnet's say in which models it wants served")
+    stream_tokens_per_s: float = Field(
+        100.0,
+        gt=0,
+        description="tokens/s one stream of this model gets on the subnet's reference hardware: capacity is paid in streams at this speed "
+        "(a miner's verified tokens/s over it), so a token of a larger model counts for more than a tiny one's",
+    )
     revision: Optional[str] = Field(None, description="the hub commit, for a Hugging Face id")
     dtypes: tuple[str, ...] = Field(("float32", "bfloat16", "float16"), description="the serving dtypes this model is paid for")
 

@@ -136,6 +136,7 @@ class RoundReport:
     probed: dict[int, int] = field(default_factory=dict)  # uid → requests it was sent at once (its capacity probe)
     delivered: dict[int, float] = field(default_factory=dict)  # uid → verified tokens/s it delivered so
     serves: dict[int, int] = field(default_factory=dict)  # uid → streams it served at once at its model's best stream speed
+    capacity: dict[int, float] = field(default_factory=dict)  # uid → delivered in streams at its model's reference speed (standings.apply_rewards)
 
 
 async def _judge(

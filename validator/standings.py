@@ -20,9 +20,11 @@ Standings = dict[str, tuple[int, Standing]]  # hotkey → (its uid, its standing
 
 
 def apply_rewards(report: RoundReport, targets: list[Target], models: ModelList) -> None:
-    """Each score times its model's reward in the model list."""
-    declared = {t.uid: t.model for t in targets}
-    report.scores = {uid: score * models.get(declared[uid]).reward for uid, score in report.scores.items()}
+    """Each score times its model's reward in the model list; each delivered capacity in streams of
+    its model at the list's reference speed (``stream_tokens_per_s``): what the weights pay for."""
+    declared = {t.uid: models.get(t.model) for t in targets}
+    report.scores = {uid: score * declared[uid].reward for uid, score in report.scores.items()}
+    report.capacity = {uid: tokens_per_s / declared[uid].stream_tokens_per_s for uid, tokens_per_s in report.delivered.items()}
 
 
 def fold(previous: Standings, hotkeys: Mapping[int, str], report: RoundReport, round_index: int, params: AggregationParams) -> Standings:
@@ -34,7 +36,7 @@ def fold(previous: Standings, hotkeys: Mapping[int, str], report: RoundReport, r
         hotkey = hotkeys[uid]
         _, standing = standings.get(hotkey, (uid, Standing()))
         reset = uid in report.buffered or uid in report.flagged
-        standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, params, reset, report.delivered.get(uid)))
+        standings[hotkey] = (uid, update(standing, score, uid in report.fidelity_failed, round_index, params, reset, report.capacity.get(uid)))
     return standings
 
 
@@ -44,5 +46,5 @@ def effective_scores(standings: Standings, params: AggregationParams, round_inde
 
 
 def capacities(standings: Standings) -> dict[int, float]:
-    """uid → the verified tokens/s it delivers at load (its capacity EMA): what weights pay for."""
+    """uid → the streams it serves at its model's reference speed (its capacity EMA): what weights pay for."""
     return {uid: s.capacity for uid, s in standings.values()}

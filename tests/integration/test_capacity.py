@@ -92,7 +92,7 @@ def test_sybils_on_one_engine_earn_what_it_does_and_an_over_declarer_what_it_del
         assert all(capacity[name] < 0.7 * capacity["honest"] for name in pair), capacity
     # The over-declarer delivered what its machine can (no more than the honest one), slower per stream: paid less.
     assert capacity["over"] < 1.2 * capacity["honest"] and paid["over"] < honest, (paid, capacity)
-    figure("capacity: tokens/s delivered", ", ".join(f"{n} {capacity[n]:.1f}" for n in MINERS))
+    figure("capacity: streams delivered at 250 tokens/s", ", ".join(f"{n} {capacity[n]:.3f}" for n in MINERS))
     figure("capacity: weight vs honest", ", ".join(f"{n} {paid[n] / honest:.2f}" for n in MINERS))
     with sqlite3.connect(state / "validator.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM weights").fetchone()[0] >= 1

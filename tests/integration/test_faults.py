@@ -26,6 +26,7 @@ import urllib.request
 import pytest
 
 import chain
+from models import subnet
 from models.tiny import build_tiny
 from scoring.aggregate import AggregationParams, Standing, update
 from tests.harness.localnet import make_localnet
@@ -34,6 +35,7 @@ from validator.crashpoints import ENV
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
+STREAM_TOKENS_PER_S = subnet.load(subnet.for_network("localnet:")).get(MODEL).stream_tokens_per_s
 MINERS = ("honest1", "honest2")
 CHALLENGES = 4
 ROUNDS = 7
@@ -134,7 +136,8 @@ def test_a_validator_killed_anywhere_restarts_with_every_round_stored_once_and_t
             hotkey = summary["targets"][uid][0]
             reset = int(uid) in summary["buffered"] or int(uid) in summary["flagged"]
             failed, delivered = int(uid) in summary["fidelity_failed"], summary["delivered"].get(uid)
-            standings[hotkey] = update(standings.get(hotkey, Standing()), score, failed, summary["round"], AggregationParams(), reset, delivered)
+            streams = None if delivered is None else delivered / STREAM_TOKENS_PER_S  # in streams at the model's reference speed
+            standings[hotkey] = update(standings.get(hotkey, Standing()), score, failed, summary["round"], AggregationParams(), reset, streams)
     rows = db.execute("SELECT hotkey, ema, rounds, banned_until, capacity FROM standings")
     stored = {hotkey: Standing(ema, rounds, banned, capacity) for hotkey, ema, rounds, banned, capacity in rows}
     assert stored == standings and all(s.rounds == ROUNDS and s.ema > 0 and s.capacity > 0 for s in stored.values())
