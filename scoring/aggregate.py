@@ -30,6 +30,11 @@ socket; measured with answers of 16+ tokens); the rule flags such a miner with p
 below 2e-5 a round, and a miner that buffers everything as soon as it has 6 judged answers. Standing is an EMA of round scores,
 scaled by ``min(1, rounds / min_rounds)`` so a new miner earns full weight only after
 enough samples.
+
+A round score is per stream: how well each request is served. How many streams a miner
+serves is measured apart, in the rounds that probe its capacity (``delivered``: verified
+tokens/s while its declared concurrency was in flight); the standing keeps an EMA of it, and
+``scoring.weights`` pays ``standing⁴ × capacity^0.8``.
 """
 
 from __future__ import annotations
