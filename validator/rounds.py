@@ -15,8 +15,8 @@ is what the weights pay for. Other rounds send at most ``LIGHT_CONCURRENCY`` req
 and never more than half the declared capacity (the other half stays free for users). What
 a probe costs an honest miner serving users at that moment: the slots its users hold refuse
 part of the probe (nothing delivered), and a gateway may meet a 429 while the probe fills
-it; both last as long as the probe's answers, one round in ``probe_every``. The models take
-turns, so a validator's reference verifies one probe's answers at a time.
+it; both last as long as the probe's answers, one round in ``probe_every``. The models' turns
+are spread over the rounds (by a hash of the model id), and so is the reference's work.
 The reference engine verifies at most ``verify_concurrency`` answers at once.
 
 What a miner sent decides its outcome, never the round's fate: a stream that breaks the

@@ -18,11 +18,13 @@ from engine import Child, EngineSpec
 from neurons.common import http_status
 from shell.net import free_port
 
-STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~70 s warm, ~100 s with empty caches
+STARTUP_TIMEOUT = 400.0  # vLLM on 2 CPU cores: ~40 s eager, ~75 s compiling with empty caches
 
-
-# One compile cache for every engine the tests start: the first start compiles (~100 s
-# to healthy on 2 cores), later ones reuse it (~70 s). Torch's caches lock their files.
+# Test engines run eager, as `slmnet up`'s do: torch.compile costs ~40 s of both cores a start
+# (76 s to healthy, 36 s eager, here), decodes the tiny model no faster (256 tokens: 1.0-1.5 s
+# either way), and nothing of ours depends on it. Miners and validators in production compile.
+EAGER = ("--enforce-eager",)
+# One cache for whatever the engines still compile (the sampler's kernels). Torch's caches lock their files.
 ENGINE_CACHE = Path(tempfile.gettempdir()) / "slmnet-test-engine-cache"
 
 
@@ -73,7 +75,7 @@ class Server:
 
 
 def start_vllm(model: Path, served_name: str, tmp: Path, max_model_len: int = 1024, dtype: str = "float32") -> Server:
-    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len)
+    spec = EngineSpec(model=str(model), served_name=served_name, port=free_port(), dtype=dtype, max_model_len=max_model_len, extra_args=EAGER)
     return Server(spec.command(), spec.url, tmp / f"vllm-{spec.port}.log", env=spec.environment(engine_env(tmp)))
 
 

@@ -16,7 +16,7 @@ from btauth.client import MinerClient
 from engine.vllm import ENGINE_ENV_DEFAULTS
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import STARTUP_TIMEOUT, engine_env, free_port, health_json, start_miner
+from tests.harness.processes import EAGER, STARTUP_TIMEOUT, engine_env, free_port, health_json, start_miner
 from tests.harness.sse import read_sse
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ async def test_engine_killed_mid_stream_gives_503_then_the_miner_recovers(tmp_pa
             (await c.register(wallet, net.netuid)).raise_for_failure()
     net.stake(validator, 2000)
     args = ["--network", net.network, "--netuid", "1", "--wallet-path", str(net.wallets_dir), "--wallet-name", "miner", "--model", str(tmp_path / "tiny")]
-    args += ["--dtype", "float32", "--max-model-len", "1024", "--engine-log", str(tmp_path / "engine.log")]
+    args += ["--dtype", "float32", "--max-model-len", "1024", "--engine-log", str(tmp_path / "engine.log"), *(f"--engine-arg={a}" for a in EAGER)]
     process = start_miner(args, free_port(), tmp_path, env=engine_env(tmp_path))
     try:
         # The miner is up at once and says the engine is starting.
