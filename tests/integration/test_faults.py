@@ -70,6 +70,8 @@ def _args(subnet, state: str = "validator", rounds: int = ROUNDS) -> list[str]:
         f"{MODEL}={tmp / 's0'}",
         "--challenges-per-miner",
         str(CHALLENGES),
+        "--probe-concurrency",  # a probe round sends as many challenges as the others: CHALLENGES a round
+        str(CHALLENGES // 2),
         "--round-interval",
         "1",
         "--weights-interval",

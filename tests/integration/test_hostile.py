@@ -82,6 +82,8 @@ def test_the_validator_survives_every_hostile_miner_names_each_breach_and_pays_t
         f"{MODEL}={tmp / 's0'}",
         "--challenges-per-miner",
         "4",
+        "--probe-concurrency",  # the first round probes capacity: still 4 challenges, 2 at once
+        "2",
         "--round-interval",
         "1",
         "--weights-interval",

@@ -112,6 +112,7 @@ def test_miners_serving_users_a_cheaper_copy_or_a_cached_answer_are_flagged_on_t
         "--tokenizer", f"{MODEL}={tmp / 's0'}",
         "--organic-from", gateway.url,
         "--challenges-per-miner", "6",
+        "--probe-concurrency", "3",  # the first round probes capacity: still 6 challenges, 3 at once
         "--round-interval", "1",
         "--weights-interval", "1",
     ]  # fmt: skip

@@ -82,6 +82,8 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
         f"{MODEL}={tmp / 's0'}",
         "--challenges-per-miner",
         "8",
+        "--probe-concurrency",  # the first round probes capacity: 8 challenges, 4 at once, as the later ones
+        "4",
         "--round-interval",
         "1",
         "--weights-interval",

@@ -44,7 +44,7 @@ def test_honest_fp32_and_bf16_miners_are_paid_and_int8_and_int4_get_weight_zero(
         start_miners(net, upstream, folder, tmp_path, servers, capacity=8, dtypes={name: dtype for name, (dtype, _) in MINERS.items()})
         state = tmp_path / "validator"
         args = [*net.flags("validator"), "--state-dir", str(state), "--reference", f"{MODEL}={engines['fp32'].url}", "--tokenizer", f"{MODEL}={folder}"]
-        args += ["--challenges-per-miner", "6", "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "3"]
+        args += ["--challenges-per-miner", "6", "--probe-concurrency", "3", "--round-interval", "1", "--weights-interval", "1", "--max-rounds", "3"]
         done = subprocess.run([sys.executable, "-m", "neurons.cli", "validator", *args], capture_output=True, text=True, timeout=2400, env=engine_env(tmp_path))
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
