@@ -72,8 +72,9 @@ class Machines:
         body = await request.read()
         first, _, rest = request.path_qs.lstrip("/").partition("/")
         kind, _, name = first.partition("-")
-        path = "/" + rest
-        if kind in ("machine", "merge") and name and path == "/v1/chat/completions" and request.method == "POST" and json.loads(body).get("stream"):
+        on_machine = kind in ("machine", "merge") and bool(name)
+        path = "/" + rest if on_machine else request.path_qs
+        if on_machine and path == "/v1/chat/completions" and request.method == "POST" and json.loads(body).get("stream"):
             machine = self.machines.setdefault(first, Machine(self.rate, self.rate / self.streams))
             return await self.paced(request, machine, first, kind == "merge", body)
         async with self.session.request(
