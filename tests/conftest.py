@@ -19,6 +19,15 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shared_model_cache(tmp_path_factory):
+    """One model cache a session (``$SLMNET_CACHE``, which child processes inherit): SmolLM2 is prepared from
+    its GGUF once (~40 s), whether `slmnet up` or the prepare test needs it first."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLMNET_CACHE", str(tmp_path_factory.mktemp("slmnet-cache")))
+        yield
+
+
 @pytest.fixture
 def localnet(tmp_path) -> Localnet:
     return make_localnet(tmp_path)

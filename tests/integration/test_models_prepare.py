@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,12 +16,13 @@ def _prepare(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_smollm2_is_prepared_once_and_answers_a_question(tmp_path):
-    done = _prepare("smollm2-135m", "--cache-dir", str(tmp_path), "--json")
+def test_smollm2_is_prepared_once_and_answers_a_question():
+    cache = Path(os.environ["SLMNET_CACHE"])  # the session's: `slmnet up`'s test may have prepared it already
+    done = _prepare("smollm2-135m", "--cache-dir", str(cache), "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     prepared = json.loads(done.stdout)
     assert prepared["id"] == "slmnet/SmolLM2-135M-Instruct-Q4_1" and prepared["max_context"] == 8192
-    folder = tmp_path / "models" / "smollm2-135m"
+    folder = cache / "models" / "smollm2-135m"
     assert json.loads((folder / "slmnet.json").read_text())["weights_sha256"] == prepared["weights_sha256"]
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())  # plain fp32, not GGUF
 
@@ -35,7 +38,7 @@ def test_smollm2_is_prepared_once_and_answers_a_question(tmp_path):
     answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
 
-    again = _prepare("smollm2-135m", "--cache-dir", str(tmp_path), "--json")
+    again = _prepare("smollm2-135m", "--cache-dir", str(cache), "--json")
     assert again.returncode == 0 and json.loads(again.stdout) == prepared
 
 
