@@ -41,11 +41,12 @@ class TinyEngine:
 
 def _serve(folder: Path, tmp: Path) -> Iterator[TinyEngine]:
     """A vLLM engine serving the model in ``folder`` as slmnet/tiny-qwen2-s0, for a fixture's lifetime."""
-    from tests.harness.processes import start_vllm
+    from tests.harness.processes import start_vllm, warm_engine
 
     server = start_vllm(folder, "slmnet/tiny-qwen2-s0", tmp)
     try:
         server.wait_healthy()
+        warm_engine(server.url, "slmnet/tiny-qwen2-s0")
         yield TinyEngine(server.url, folder)
     finally:
         server.stop()

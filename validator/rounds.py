@@ -271,13 +271,14 @@ def probed_models(
     round_index: int, models: Iterable[str], every: int, targets: Sequence[Target] = (), standings: Optional[Mapping[str, tuple[int, Standing]]] = None
 ) -> set[str]:
     """The models whose miners round ``round_index`` probes for capacity: each once every ``every``
-    rounds (the models spread over the rounds), and at once any model with a miner that has no
-    standing yet (a newcomer: it earns nothing before its capacity is measured), every miner of it at the same moment —
+    rounds (the models spread over the rounds), and at once any model with a miner never scored
+    (a newcomer: it earns nothing before its capacity is measured; a banned or reset miner keeps
+    its record, so it cannot force a probe a round), every miner of it at the same moment —
     so a hotkey cannot be probed apart from the twins on its engine. Knowing the schedule buys a
     miner nothing: what it delivers is verified, and its twins are probed with it."""
     models = set(models)
     due = {m for m in models if (round_index + zlib.crc32(m.encode())) % max(1, every) == 0}
-    new = {t.model for t in targets if t.model in models and not (standings or {}).get(t.hotkey, (0, Standing()))[1].rounds}
+    new = {t.model for t in targets if t.model in models and t.hotkey not in (standings or {})}
     return due | new
 
 

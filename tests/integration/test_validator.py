@@ -22,7 +22,7 @@ import pytest
 import chain
 from models.tiny import build_tiny
 from tests.harness.localnet import FAST, make_localnet
-from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm
+from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm, warm_engine
 from models import subnet as model_list
 from validator.rounds import Target, run_round
 from models.tokenizer import ModelTokenizer
@@ -56,6 +56,7 @@ def subnet(tmp_path_factory, tiny_engine, noisy_engine):
     try:
         for engine in engines.values():
             engine.wait_healthy()
+            warm_engine(engine.url, MODEL)
         engines["honest"], engines["perturbed"] = tiny_engine, noisy_engine
         upstream = {name: engines["honest"].url for name in HONEST}
         upstream.update({name: engines[name].url for name in ("other-model", "perturbed")})
