@@ -149,10 +149,11 @@ def test_validator_pays_honest_miners_zeroes_every_cheat_and_ranks_slow_and_flak
     assert done.returncode == 1 and f"uid {uids['lagging']} score: recorded 0.9" in done.stdout, done.stdout[-3000:]
 
 
-@pytest.mark.parametrize("answers", [200, pytest.param(1000, marks=[pytest.mark.soak, pytest.mark.timeout(1800)])])
+@pytest.mark.parametrize("answers", [100, pytest.param(1000, marks=[pytest.mark.soak, pytest.mark.timeout(1800)])])
 def test_no_honest_answer_is_flagged_across_many_verifications(subnet, answers):
-    """Rounds of 50 challenges to each honest miner, through the validator's own round code: 200
-    answers in ``make test`` (every check below holds on each one), 1000 in ``make soak``."""
+    """Rounds of 50 challenges to each honest miner, through the validator's own round code: 100
+    answers in ``make test`` (every check below holds on each one), 1000 in ``make soak`` (the
+    repetition is the soak's: ``make test`` ran 200 until it had to fit 25 minutes)."""
     wallets, uids, miners = subnet["wallets"], subnet["uids"], subnet["miners"]
     targets = [Target(uids[name], wallets[name].hotkey.ss58_address, miners[name].url, MODEL, 4) for name in HONEST]
     ends = model_list.load().get(MODEL).end_token_ids
