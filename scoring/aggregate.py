@@ -33,7 +33,8 @@ enough samples.
 
 A round score is per stream: how well each request is served. How many streams a miner
 serves is measured apart, in the rounds that probe its capacity (``delivered``: verified
-tokens/s while its declared concurrency was in flight); the standing keeps an EMA of it, and
+tokens/s while its declared concurrency was in flight, then in streams at its model's
+reference speed: ``validator.standings.apply_rewards``); the standing keeps an EMA of it, and
 ``scoring.weights`` pays ``standing⁴ × capacity^0.8``.
 """
 
@@ -89,7 +90,7 @@ class Standing:
     ema: float = 0.0
     rounds: int = 0  # rounds that counted
     banned_until: int = -1  # round index before which the miner scores zero
-    capacity: float = 0.0  # EMA of the verified tokens/s it delivered at load (its first measure at once)
+    capacity: float = 0.0  # EMA of what it delivered at load, in streams at its model's reference speed (its first measure at once)
 
     def effective(self, params: AggregationParams, round_index: int) -> float:
         """The score weights are set from."""
@@ -115,8 +116,8 @@ def delivered(outcomes: Sequence[Outcome]) -> Optional[float]:
     """Verified tokens/s a miner delivered while its capacity probe kept its declared concurrency in
     flight: the probe sends that many requests at once and a new one each time one ends, so until
     the last is sent the miner holds as many as it declared. Tokens of answers that pass
-    verification arriving in that window, over its length (the window ends at the first answer's
-    end when every request left at once). Exact whatever the miner does with them: an engine
+    verification arriving in that window, over its length (or until the first answer's end,
+    where every request left at once). Exact whatever the miner does with them: an engine
     that batches, one that takes them one after another (the queued ones deliver nothing while
     they wait), one that refuses all but one (a refusal ends at once, its slot is refilled, the
     window closes early on what the admitted one delivered); the tail, where fewer are in flight
@@ -125,7 +126,7 @@ def delivered(outcomes: Sequence[Outcome]) -> Optional[float]:
     timed = [o for o in outcomes if o.kind != "unverified" and o.sent_at is not None and o.done_at is not None]
     if not timed:
         return None
-    end = max(o.sent_at for o in timed) or min(o.done_at for o in timed)
+    end = max(max(o.sent_at for o in timed), min(o.done_at for o in timed))
     if end <= 0:
         return None
     tokens = sum(n for o in timed if o.kind == "ok" and o.fidelity_passed for at, n in o.chunks if o.sent_at + at <= end)
@@ -193,7 +194,7 @@ def update(
 ) -> Standing:
     """The standing after one more round; ``reset``: what it earned is gone, without a ban (it
     buffers, or its pooled evidence flagged it); ``delivered``: the round's measured capacity
-    (tokens/s at load; None leaves the capacity as it was)."""
+    (streams at the model's reference speed; None leaves the capacity as it was)."""
     if not 0.0 <= score <= 1.0:
         raise ValueError(f"round score {score} is outside [0, 1]")
     if fidelity_failed:

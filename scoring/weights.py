@@ -9,9 +9,11 @@ then the SDK's clipping (every weight at or under the subnet's max-weight limit,
   the evidence's credit and the share of users it served. It is per unit of capacity: how
   well each stream is served. The exponent widens the gap between good and best (as SN19's
   score⁴), and rewards the better model through the quality term.
-- ``capacity`` is the verified tokens/s the miner delivered with its declared concurrency in
-  flight (``scoring.aggregate.delivered``: every stream verified, every miner of a model probed
-  at the same moment, refused or failed streams delivering 0). Pay grows with it, concavely:
+- ``capacity`` is what the miner delivered with its declared concurrency in flight
+  (``scoring.aggregate.delivered``: verified tokens/s, every miner of a model probed at the
+  same moment, refused or failed streams delivering 0), in streams at its model's reference
+  speed (the model list's ``stream_tokens_per_s``: a token of a larger model is worth more),
+  an EMA over its probes. Pay grows with it, concavely:
   a miner with 10× the capacity earns 10^0.8 = 6.3× as much, so one huge miner does not take
   all. Splitting an engine between hotkeys gains at most 2^(1 − 0.8) = 1.15× (each hotkey is
   probed with its share of the engine's streams at the same moment, so each delivers its share):
@@ -40,7 +42,7 @@ def to_weights(
     exponent: float = SHARPEN_EXPONENT,
 ) -> dict[int, float]:
     """uid → weight in [0, max_weight], summing to 1; {} when every score is zero. ``capacity``: uid →
-    verified tokens/s delivered at load (None: every miner alike, standing alone decides)."""
+    the streams it delivers at load (None: every miner alike, standing alone decides)."""
     if any(not 0.0 <= s <= 1.0 for s in effective.values()):
         raise ValueError("effective scores must be in [0, 1]")
     if capacity is not None and any(c < 0 for c in capacity.values()):
