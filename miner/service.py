@@ -84,7 +84,9 @@ async def run_miner(config: MinerConfig, stop: asyncio.Event | None = None) -> N
             max_context = await attached_max_context(config.upstream, config.model_id, config.engine_wait) or max_context
         state = build_state(config, hotkey, max_context)
         await refresh(state, net, wallet)
-        runner = await serve(create_app(state, net, wallet), config.host, config.port)
+        # A caller that hangs up (a validator whose time to first token ran out) frees its slot and the engine's
+        # work at once: otherwise both stay held until the engine writes again, and its next request meets a 429.
+        runner = await serve(create_app(state, net, wallet), config.host, config.port, cancel_on_hang_up=True)
         log.warning(
             "miner uid %s (%s) serves %s on %s:%s, announced as %s:%s; engine %s",
             state.uid,

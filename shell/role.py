@@ -74,9 +74,11 @@ async def supervise(name: str, run: Callable[[], Awaitable[None]], restart_after
         await asyncio.sleep(restart_after)
 
 
-async def serve(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
-    """Start ``app`` on ``host:port`` (no access log: each role logs its own requests); clean up the returned runner to stop it."""
-    runner = web.AppRunner(app, access_log=None)
+async def serve(app: web.Application, host: str, port: int, reuse_port: bool = False, cancel_on_hang_up: bool = False) -> web.AppRunner:
+    """Start ``app`` on ``host:port`` (no access log: each role logs its own requests); clean up the returned runner to stop it.
+    ``cancel_on_hang_up``: a handler whose caller closed the connection is cancelled at once (aiohttp's
+    ``handler_cancellation``), not when it next writes."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=cancel_on_hang_up)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
     return runner

@@ -257,6 +257,24 @@ async def test_in_flight_limits_per_caller_and_overall_answer_429_and_free_up(su
             assert response.status == 200
 
 
+async def test_a_caller_that_hangs_up_before_the_first_token_frees_its_slots_at_once(subnet):
+    # The slow engine sends its first token 3 s after a request: a validator that gives up before then (its time to
+    # the first token ran out) must not hold the miner's slots until the engine writes, or its next request meets a 429.
+    async with aiohttp.ClientSession() as session:
+        caller = client(session, subnet, subnet.validators[0], slow=True)
+        body = {**CHAT, "max_tokens": 1000, "ignore_eos": True, "stream": True}
+        held = [await caller.post("/v1/chat/completions", body) for _ in range(PER_CALLER)]  # headers back, no token yet
+        assert all(r.status == 200 for r in held) and health_json(subnet.slow_url)["in_flight"] == PER_CALLER
+        hung_up = time.monotonic()
+        for response in held:
+            response.close()
+        while health_json(subnet.slow_url)["in_flight"] and time.monotonic() - hung_up < 1.5:
+            await asyncio.sleep(0.05)
+        assert health_json(subnet.slow_url)["in_flight"] == 0  # well before the engine's first token
+        async with caller.post("/v1/chat/completions", CHAT) as response:
+            assert response.status == 200
+
+
 def test_an_unregistered_hotkey_cannot_start_a_miner(subnet, tmp_path):
     args = ["--network", subnet.network, "--netuid", "1", "--wallet-path", subnet.wallets_dir, "--wallet-name", "outsider"]
     args += ["--model", MODEL, "--engine-url", subnet.engine_url, "--port", str(free_port())]
