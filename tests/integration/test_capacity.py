@@ -31,6 +31,8 @@ from validator.store import Store
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
 ROUNDS = 3
+RATE, STREAMS = 96, 4  # each machine: tokens/s in all, streams at full speed (24 tokens/s each)
+PAIRS = (("sybil1", "sybil2"), ("merger1", "merger2"))
 # name → (machine, declared capacity)
 MINERS = {
     "honest": ("machine-a", 4),
@@ -49,7 +51,7 @@ def test_sybils_on_one_engine_earn_what_it_does_and_an_over_declarer_what_it_del
     net.stake(wallets["validator"], 2000)
     servers = []
     try:
-        servers.append(machines := start_machines(tiny_engine.url, tmp_path, rate=96, streams=4))
+        servers.append(machines := start_machines(tiny_engine.url, tmp_path, rate=RATE, streams=STREAMS))
         upstream = {name: f"{machines.url}/{machine}" for name, (machine, _) in MINERS.items()}
         start_miners(net, upstream, tmp_path / "s0", tmp_path, servers, capacity={name: declared for name, (_, declared) in MINERS.items()})
         state = tmp_path / "validator"
@@ -90,7 +92,7 @@ def test_sybils_on_one_engine_earn_what_it_does_and_an_over_declarer_what_it_del
     # requests there: the noisiest figures, which the standings' EMA carries and a round's check need not).
     warm = [{name: s.delivered[uids[name]] for name in MINERS} for s in summaries[1:]]
     for d in warm:
-        for pair in (("sybil1", "sybil2"), ("merger1", "merger2")):
+        for pair in PAIRS:
             # Probed at the same moment, the pair delivered together what one machine does (the honest one's, up
             # to the noise of two machines sharing two cores), each its share of it ...
             machine = sum(d[name] for name in pair)
@@ -98,9 +100,11 @@ def test_sybils_on_one_engine_earn_what_it_does_and_an_over_declarer_what_it_del
             # ... so its capacity earns at most 1.2× what one hotkey delivering that would (2^0.2 = 1.15 at an even
             # split); the rest of their pay is how well each of their streams was served, as for any miner.
             assert sum(d[name] ** CAPACITY_EXPONENT for name in pair) <= 1.2 * machine**CAPACITY_EXPONENT, d
-        # The over-declarer delivered what its machine can, about the honest one's, no more.
-        assert 0.8 < d["over"] / d["honest"] < 1.25, d
-    # Each of its 8 streams ran at half the speed of the honest miner's 4: it earns less than the honest miner.
+        # Nobody is credited more than its machine produces (the over-declarer's 8 streams keep its machine full
+        # through each stream's time to first token, so it delivers up to all of it, more than the honest 4 streams
+        # at full speed do: measured 1.0-1.55× the honest miner's), ...
+        assert d["honest"] <= 1.1 * RATE and d["over"] <= 1.1 * RATE and all(sum(d[n] for n in pair) <= 1.1 * RATE for pair in PAIRS), d
+    # ... and each of its streams ran at half the speed of the honest miner's: it earns less than the honest miner.
     assert served["over"] < served["honest"] and paid["over"] < paid["honest"], (served, paid)
     honest = paid["honest"]
     figure("capacity: tokens/s delivered, rounds 2-3", "; ".join(", ".join(f"{n} {d[n]:.0f}" for n in MINERS) for d in warm))
