@@ -260,11 +260,12 @@ def test_a_full_or_read_only_state_folder_gets_a_clear_error_and_never_a_corrupt
 
         try:
             wait_for(lambda: len(rounds()) >= 1, "no first round")
-            with (small / "filler").open("wb") as filler:  # every free byte taken
+            # Every free byte taken; unbuffered, so the write that meets the full disk raises here and closing has
+            # nothing left to flush (buffered, the close raised ENOSPC whenever the last write left bytes behind).
+            with (small / "filler").open("wb", buffering=0) as filler:
                 try:
                     while True:
                         filler.write(b"\0" * (1 << 16))
-                        filler.flush()
                 except OSError:
                     pass
             wait_for(lambda: "round not stored: the state folder" in log_path.read_text(), "no clear error when full")
