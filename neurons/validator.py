@@ -59,6 +59,8 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         "--probe-concurrency", type=int, default=None, help="the most requests a capacity probe sends one miner at once (default: ValidatorConfig's)"
     )
     p.add_argument("--weights-interval", type=int, default=None, help="blocks between weight settings (default: the tempo)")
+    p.add_argument("--ttft-timeout", type=float, default=None, help="seconds a miner has to its first token (default: validator.query.Timeouts')")
+    p.add_argument("--answer-timeout", type=float, default=None, help="seconds a miner has for a whole answer (default: validator.query.Timeouts')")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this loopback port")
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
     p.add_argument(
@@ -75,6 +77,7 @@ def build_config(args: argparse.Namespace):
     from engine import EngineSpec
     from models.prepare import default_cache_dir
     from validator.config import ValidatorConfig
+    from validator.query import Timeouts
 
     models = load_model_list(args.model_list, args.network)
     references = [(model_id, url.rstrip("/")) for model_id, url in model_pairs("--reference", args.reference, models)]
@@ -114,6 +117,7 @@ def build_config(args: argparse.Namespace):
             probe_every=args.probe_every,
             probe_concurrency=args.probe_concurrency,
         ),
+        timeouts=Timeouts(**given(ttft=args.ttft_timeout, total=args.answer_timeout)),
         weights_interval_blocks=args.weights_interval,
         metrics_port=args.metrics_port,
         wandb_project=args.wandb_project,

@@ -84,6 +84,8 @@ def test_the_validator_survives_every_hostile_miner_names_each_breach_and_pays_t
         "4",
         "--probe-concurrency",  # the first round probes capacity: still 4 challenges, 2 at once
         "2",
+        "--ttft-timeout",  # a miner that never sends a token is timed out sooner (the honest one answers in ~1 s)
+        "8",
         "--round-interval",
         "1",
         "--weights-interval",
