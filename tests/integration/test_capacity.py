@@ -30,7 +30,7 @@ from validator.store import Store
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
-ROUNDS = 3
+ROUNDS = 2  # the first warms every process up; the second is checked on its own
 RATE, STREAMS = 96, 4  # each machine: tokens/s in all, streams at full speed (24 tokens/s each)
 PAIRS = (("sybil1", "sybil2"), ("merger1", "merger2"))
 # name → (machine, declared capacity)
@@ -107,11 +107,11 @@ def test_sybils_on_one_engine_earn_what_it_does_and_an_over_declarer_what_it_del
     # ... and each of its streams ran at half the speed of the honest miner's: it earns less than the honest miner.
     assert served["over"] < served["honest"] and paid["over"] < paid["honest"], (served, paid)
     honest = paid["honest"]
-    figure("capacity: tokens/s delivered, rounds 2-3", "; ".join(", ".join(f"{n} {d[n]:.0f}" for n in MINERS) for d in warm))
+    figure("capacity: tokens/s delivered, round 2", "; ".join(", ".join(f"{n} {d[n]:.0f}" for n in MINERS) for d in warm))
     pay = {name: standings[wallets[name].hotkey.ss58_address][1].capacity ** CAPACITY_EXPONENT for name in MINERS}
     pairs = {"sybils": ("sybil1", "sybil2"), "mergers": ("merger1", "merger2"), "over": ("over",)}
     figure("capacity: capacity^0.8 vs honest", ", ".join(f"{what} {sum(pay[n] for n in names) / pay['honest']:.2f}" for what, names in pairs.items()))
-    figure("capacity: standing (per stream; 3 rounds, few checkable answers)", ", ".join(f"{n} {served[n]:.3f}" for n in MINERS))
+    figure(f"capacity: standing (per stream; {ROUNDS} rounds, few checkable answers)", ", ".join(f"{n} {served[n]:.3f}" for n in MINERS))
     figure("capacity: weight vs honest", ", ".join(f"{n} {paid[n] / honest:.2f}" for n in MINERS))
     with sqlite3.connect(state / "validator.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM weights").fetchone()[0] >= 1

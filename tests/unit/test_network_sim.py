@@ -33,7 +33,7 @@ def test_every_detectable_cheat_stops_being_paid_and_no_honest_miner_is_zeroed()
 
 
 def test_two_hotkeys_on_one_engine_are_paid_about_as_one_and_an_over_declarer_less_than_the_truth():
-    args = ["--miners", "64", "--validators", "4", "--tempos", "20", "--seeds", "2", "--workers", "1", "--cheat-share", "0.4"]
+    args = ["--miners", "48", "--validators", "4", "--tempos", "12", "--seeds", "2", "--workers", "1", "--cheat-share", "0.4"]
     done = subprocess.run(
         [sys.executable, "-m", "bench.network_sim", *args, "--cheats", "sybil,over-declarer,refuser", "--json"], capture_output=True, text=True, timeout=600
     )
