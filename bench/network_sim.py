@@ -45,7 +45,7 @@ from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
 from scoring.weights import CAPACITY_EXPONENT, to_weights
 from gateway.router import sample_share
-from validator.rounds import PROBE_WAVES, Result, Target, UserVerdict, probed_models, score_round
+from validator.rounds import Result, Target, UserVerdict, challenge_count, probe_sizes, probed_models, score_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 
 MODEL = "smollm2-135m"
@@ -268,13 +268,13 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
         queried = [t for t in targets if not (known := sim.evidence.get(t.hotkey)) or not known.flagged]
         group = [miners[uids[t.uid]] for t in queried]
         results: dict[int, list[Result]] = {}
-        probing = MODEL in probed_models(sim.round_index, {MODEL}, settings.probe_every, queried, sim.standings)
-        probed = {t.uid: min(t.capacity, settings.probe_concurrency) for t in queried} if probing else {}
+        probing = probed_models(sim.round_index, {MODEL}, settings.probe_every, queried, sim.standings)
+        probed = probe_sizes(queried, probing, settings.probe_concurrency)
         # a probe sends each miner as many at once as it declares, and as many again to keep them full
-        count = max(settings.per_round, PROBE_WAVES * max(probed.values(), default=0))
+        count = challenge_count(settings.per_round, max(probed.values(), default=0))
         answered = _answers(rng, group, count, settings, [probed[t.uid] for t in queried] if probing else None)
         for target, answers in zip(queried, answered):
-            answers = answers[: max(settings.per_round, PROBE_WAVES * probed.get(target.uid, 0))]
+            answers = answers[: challenge_count(settings.per_round, probed.get(target.uid, 0))]
             results[target.uid] = [
                 Result(target.uid, target.hotkey, "sim", o, stats=stats) for o, stats, _ in answers
             ]  # as the live _judge: failed answers count too

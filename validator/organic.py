@@ -228,11 +228,10 @@ async def verify_samples(
 
 
 def verdicts_of(
-    round_index: int, targets: Sequence[Target], report: RoundReport, threshold: float, serves: Optional[Mapping[int, int]] = None
+    round_index: int, targets: Sequence[Target], report: RoundReport, threshold: float, serves: Optional[Mapping[tuple[str, str], int]] = None
 ) -> MinerVerdicts:
-    """The round's word on every miner, for the gateway; ``serves``: uid → the streams it serves at
-    once, from its last capacity probe (this round's where it was probed)."""
-    serves = {**(serves or {}), **report.serves}
+    """The round's word on every miner, for the gateway; ``serves``: (hotkey, model) → the streams it
+    serves at once, from its last capacity probe (this round's where it was probed)."""
     verdicts = []
     for target in targets:
         evidence = report.evidence.get(target.hotkey)
@@ -245,7 +244,7 @@ def verdicts_of(
                 standing=standing,
                 answers=evidence.answers if evidence else 0,
                 evidence=min(1.0, evidence.cusum / threshold) if evidence else 0.0,
-                serves=serves.get(target.uid),
+                serves=report.serves.get(target.uid) or (serves or {}).get((target.hotkey, target.model)),
             )
         )
     return MinerVerdicts(round=round_index, verdicts=verdicts)

@@ -34,7 +34,7 @@ from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import StreamTiming, measure
 from validator.challenges import REPLAY, Challenge, generate, grade, miner_seed, slots
-from validator.rounds import PROBE_WAVES, Result, Target, current_evidence, pool_evidence, score_round
+from validator.rounds import Result, Target, challenge_count, current_evidence, pool_evidence, score_round
 from validator.standings import apply_rewards
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
@@ -156,7 +156,7 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
         if not mine:
             continue  # flagged before the round, or no reference then: not queried
         own = miner_seed(seed, target.hotkey)
-        count = current_evidence(before, target, summary.block).challenges(max(summary.challenges, PROBE_WAVES * summary.probed.get(target.uid, 0)))
+        count = current_evidence(before, target, summary.block).challenges(challenge_count(summary.challenges, summary.probed.get(target.uid, 0)))
         challenges, replayable = generate(own, count), [r for _, r in slots(own, count)]
         if len(mine) != len(challenges):
             replay.differences.append(f"uid {target.uid}: {len(mine)} answers recorded, the round sent {len(challenges)}")

@@ -15,8 +15,8 @@ is what the weights pay for. Other rounds send at most ``LIGHT_CONCURRENCY`` req
 and never more than half the declared capacity (the other half stays free for users). What
 a probe costs an honest miner serving users at that moment: the slots its users hold refuse
 part of the probe (nothing delivered), and a gateway may meet a 429 while the probe fills
-it; both last as long as the probe's answers, one round in ``probe_every``. The models' turns
-are spread over the rounds (by a hash of the model id), and so is the reference's work.
+it; both last as long as the probe's answers, one round in ``probe_every``. Every model is
+probed in the same rounds (``probed_models``), so the references' work comes in those rounds.
 The reference engine verifies at most ``verify_concurrency`` answers at once.
 
 What a miner sent decides its outcome, never the round's fate: a stream that breaks the
@@ -32,7 +32,6 @@ import asyncio
 import json
 import logging
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
@@ -237,7 +236,7 @@ async def run_round(
     verifying = asyncio.Semaphore(verify_concurrency)
     already = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
     eligible = [t for t in targets if t.model in references and not already[t.hotkey].flagged]
-    probed = {t.uid: min(t.capacity, probe_concurrency) for t in eligible if t.model in probing}
+    probed = probe_sizes(eligible, probing, probe_concurrency)
     concurrency = {t.uid: probed.get(t.uid) or max(1, min(LIGHT_CONCURRENCY, t.capacity // 2)) for t in eligible}
     lag = LoopLag().start()
     try:
@@ -249,7 +248,7 @@ async def run_round(
                     t,
                     generate(
                         miner_seed(seed, t.hotkey),
-                        already[t.hotkey].challenges(max(challenges_per_miner, PROBE_WAVES * probed.get(t.uid, 0)), sequential),
+                        already[t.hotkey].challenges(challenge_count(challenges_per_miner, probed.get(t.uid, 0)), sequential),
                         users=(users or {}).get(t.model, UserPrompts()),
                     ),
                     references[t.model],
@@ -270,16 +269,26 @@ async def run_round(
 def probed_models(
     round_index: int, models: Iterable[str], every: int, targets: Sequence[Target] = (), standings: Optional[Mapping[str, tuple[int, Standing]]] = None
 ) -> set[str]:
-    """The models whose miners round ``round_index`` probes for capacity: each once every ``every``
-    rounds (the models spread over the rounds), and at once any model with a miner never scored
-    (a newcomer: it earns nothing before its capacity is measured; a banned or reset miner keeps
-    its record, so it cannot force a probe a round), every miner of it at the same moment —
-    so a hotkey cannot be probed apart from the twins on its engine. Knowing the schedule buys a
-    miner nothing: what it delivers is verified, and its twins are probed with it."""
+    """The models whose miners round ``round_index`` probes for capacity: all of them or none, once
+    every ``every`` rounds, and at once when a miner was never scored (a newcomer earns nothing
+    before its capacity is measured; a banned or reset miner keeps its record, so it cannot force a
+    probe a round). Every miner of every model at the same moment: hotkeys in front of one engine,
+    or engines of different models sharing one GPU, are measured sharing it — models probed in
+    turns would each find the GPU whole. Knowing the schedule buys a miner nothing: what it
+    delivers is verified, and everything it shares hardware with is probed with it."""
     models = set(models)
-    due = {m for m in models if (round_index + zlib.crc32(m.encode())) % max(1, every) == 0}
-    new = {t.model for t in targets if t.model in models and t.hotkey not in (standings or {})}
-    return due | new
+    new = any(t.model in models and t.hotkey not in (standings or {}) for t in targets)
+    return models if new or round_index % max(1, every) == 0 else set()
+
+
+def probe_sizes(targets: Iterable[Target], probing: Collection[str], probe_concurrency: int) -> dict[int, int]:
+    """uid → the requests a probed miner is sent at once: its declared capacity, at most ``probe_concurrency``."""
+    return {t.uid: min(t.capacity, probe_concurrency) for t in targets if t.model in probing}
+
+
+def challenge_count(challenges_per_miner: int, probed: int = 0) -> int:
+    """Challenges a miner is sent in a round (before a suspect's extra): a probe's ``PROBE_WAVES`` × its concurrency at least."""
+    return max(challenges_per_miner, PROBE_WAVES * probed)
 
 
 def score_round(

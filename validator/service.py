@@ -51,11 +51,13 @@ class Validator:
         self.round_log = RoundLog(config, self.store)
         self.outbox: Optional[Outbox] = None  # opened with the HTTP session (``run``)
         self.users = UsersSeen()
-        self.serves: dict[int, int] = {}  # uid → streams it served at once in its last capacity probe (since this process started)
+        # (hotkey, model) → streams it served at once in its last capacity probe (since this process started): a uid
+        # taken by another hotkey, or a model declared anew, starts without one.
+        self.serves: dict[tuple[str, str], int] = {}
 
-    def apply(self, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> Standings:
-        """New standings: this round's scores folded in; hotkeys gone from the subnet dropped."""
-        return fold(self.store.standings(), {n.uid: n.hotkey for n in graph.neurons}, report, round_index, self.config.aggregation)
+    def apply(self, before: Standings, round_index: int, graph: chain.MetagraphView, report: RoundReport) -> Standings:
+        """New standings: this round's scores folded into ``before``; hotkeys gone from the subnet dropped."""
+        return fold(before, {n.uid: n.hotkey for n in graph.neurons}, report, round_index, self.config.aggregation)
 
     async def one_round(self, net: chain.Chain, session: aiohttp.ClientSession, references: dict[str, ReferenceEngine]) -> tuple[Standings, int]:
         """Run, store and log one round; returns the standings after it and the subnet's tempo."""
@@ -78,6 +80,7 @@ class Validator:
                 since, seen = service_since(reports, seen)
                 service = {t.uid: since[t.hotkey] for t in targets if t.hotkey in since}
         organic = self.store.take_organic(round_index)
+        before = self.store.standings()
         report = await run_round(
             session,
             self.keypair,
@@ -94,11 +97,11 @@ class Validator:
             organic=organic,
             block=graph.block,
             service=service,
-            probing=probed_models(round_index, ready, self.config.probe_every, targets, self.store.standings()),
+            probing=probed_models(round_index, ready, self.config.probe_every, targets, before),
         )
         apply_rewards(report, targets, self.config.models)
         crashpoint("organic-taken")
-        standings = self.apply(round_index, graph, report)
+        standings = self.apply(before, round_index, graph, report)
         effective = effective_scores(standings, self.config.aggregation, round_index + 1)
         rows = [r.row(round_index) for r in report.results]
         summary = RoundSummary(
@@ -122,7 +125,7 @@ class Validator:
         self.store.save_round(round_index, seed, graph.block, started, summary, standings, rows, report.evidence)
         crashpoint("round-stored")
         self.round_log.round(summary, report)
-        self.serves.update(report.serves)
+        self.serves.update({(t.hotkey, t.model): report.serves[t.uid] for t in targets if t.uid in report.serves})
         if self.outbox is not None:
             await self.outbox.publish(verdicts_of(round_index, targets, report, SequentialParams().threshold, self.serves))
         return standings, graph.tempo
