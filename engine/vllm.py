@@ -56,8 +56,13 @@ SAMPLER = "engine.sampling:VerifiableSampler"
 # HTTP front end to share the rest with the engine core, which spins for a second after every
 # step: on 2 vCPUs the front end then wrote whole answers at their end, in phases of dozens of
 # requests (30-115 of 120 straight from the engine; 369 of 762 honest answers judged bursts by
-# the validator). Unbound: 3 of 762. GPU engines ignore both. The operator's own settings win.
-ENGINE_ENV_DEFAULTS = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+# the validator). Unbound: 3 of 762. A single-process engine core: the CPU build otherwise runs
+# its one worker in a third process (each of the three imports vLLM, ~15 s here) and hands it
+# every step over shared memory; in the engine core's own process a tiny engine is healthy in
+# 25-28 s instead of 39 and decodes 256 tokens in 0.9-1.1 s instead of 1.9-2.5, the same tokens
+# (measured here; GPU engines with one worker already run it so). GPU engines ignore the first
+# two. The operator's own settings win.
+ENGINE_ENV_DEFAULTS = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 @dataclass(frozen=True)

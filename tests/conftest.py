@@ -1,5 +1,4 @@
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -35,46 +34,47 @@ def localnet(tmp_path) -> Localnet:
 
 @dataclass(frozen=True)
 class TinyEngine:
-    url: str
-    folder: Path  # the tiny seed-0 model it serves
-
-
-def _serve(folder: Path, tmp: Path) -> Iterator[TinyEngine]:
-    """A vLLM engine serving the model in ``folder`` as slmnet/tiny-qwen2-s0, for a fixture's lifetime."""
-    from tests.harness.processes import start_vllm, warm_engine
-
-    server = start_vllm(folder, "slmnet/tiny-qwen2-s0", tmp)
-    try:
-        server.wait_healthy()
-        warm_engine(server.url, "slmnet/tiny-qwen2-s0")
-        yield TinyEngine(server.url, folder)
-    finally:
-        server.stop()
+    url: str  # a vLLM engine serving as slmnet/tiny-qwen2-s0
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory) -> Iterator[TinyEngine]:
-    """One vLLM engine serving the tiny seed-0 model as slmnet/tiny-qwen2-s0, shared by every
-    module that only asks it questions (each start costs ~70 s on 2 cores). Modules that kill
-    or change an engine start their own."""
-    from models.tiny import build_tiny
+def _engines(tmp_path_factory) -> Iterator[dict[str, TinyEngine]]:
+    """The session's two shared engines, started side by side (an engine's start is mostly three
+    single-threaded imports of vLLM: two start on 2 cores in little more than one's time):
 
-    tmp = tmp_path_factory.mktemp("tiny-engine")
-    build_tiny(tmp / "s0", seed=0)
-    yield from _serve(tmp / "s0", tmp)
+    - ``honest``: the tiny seed-0 model as slmnet/tiny-qwen2-s0, for every module that only asks it questions;
+    - ``noisy``: a cheaper copy of it (weights + 1e-2 × std noise) under its name: what a cheating miner runs.
 
-
-@pytest.fixture(scope="session")
-def noisy_engine(tmp_path_factory) -> Iterator[TinyEngine]:
-    """An engine serving a cheaper copy of the tiny seed-0 model (weights + 1e-2 × std noise) under
-    its name: what a cheating miner runs. Shared by the modules that need one."""
+    Modules that kill or change an engine start their own."""
     from models.tiny import build_tiny
     from tests.harness.adversary import perturbed_copy
+    from tests.harness.processes import start_vllm, warm_engine
 
-    tmp = tmp_path_factory.mktemp("noisy-engine")
+    tmp = tmp_path_factory.mktemp("engines")
     build_tiny(tmp / "s0", seed=0)
     perturbed_copy(tmp / "s0", tmp / "s0-noise", "noise", 1e-2)
-    yield from _serve(tmp / "s0-noise", tmp)
+    folders = {"honest": tmp / "s0", "noisy": tmp / "s0-noise"}
+    servers = {}
+    try:
+        for name, folder in folders.items():
+            servers[name] = start_vllm(folder, "slmnet/tiny-qwen2-s0", tmp)
+        for server in servers.values():
+            server.wait_healthy()
+            warm_engine(server.url, "slmnet/tiny-qwen2-s0")
+        yield {name: TinyEngine(server.url) for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(_engines) -> TinyEngine:
+    return _engines["honest"]
+
+
+@pytest.fixture(scope="session")
+def noisy_engine(_engines) -> TinyEngine:
+    return _engines["noisy"]
 
 
 # What the reliability tests measured (``figure`` fixture), printed as one table at the end of

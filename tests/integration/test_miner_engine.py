@@ -47,11 +47,16 @@ async def test_engine_killed_mid_stream_gives_503_then_the_miner_recovers(tmp_pa
         assert health == {"status": 503, "engine": "starting"}
         process.wait_healthy()
         first_engine = _engine_pid(process.process.pid)
-        # The engine runs with oneDNN's primitive cache off and its worker unbound (the worker inherits
-        # them; vLLM's retitled processes hide their environment): bound, honest answers came out whole
-        # in phases; cached, a worker grew by gigabytes an hour (engine/vllm.py, bench/engine_memory.py).
+        # The engine runs with oneDNN's primitive cache off, its worker unbound and in the engine core's
+        # process (which inherits them; vLLM's retitled processes hide their environment): bound, honest
+        # answers came out whole in phases; cached, a worker grew by gigabytes an hour; in a third
+        # process, each start imported vLLM once more (engine/vllm.py, bench/engine_memory.py).
         environ = psutil.Process(first_engine).environ()
-        assert {name: environ.get(name) for name in ENGINE_ENV_DEFAULTS} == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+        assert {name: environ.get(name) for name in ENGINE_ENV_DEFAULTS} == {
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0",
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        }
 
         async with aiohttp.ClientSession() as session:
             c = MinerClient(session, process.url, validator.hotkey, miner.hotkey.ss58_address)
