@@ -40,7 +40,7 @@ $(STAMP): requirements/cpu.lock pyproject.toml | python-version
 	$(PIP) install --quiet --no-deps -r requirements/cpu.lock
 	$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -c "import vllm, bittensor, chain, limits, playwright.sync_api, openai"
+	$(PY) -c "import vllm, bittensor, chain, redis, playwright.sync_api, openai"
 	touch $(STAMP)
 
 test: install system-packages lint

@@ -9,9 +9,16 @@ answer, the SQLite ledger. The load generator (a third process) sends requests o
 at each rate for ``--seconds`` and measures each one to its last byte, first straight to
 the upstream, then through the gateway, alternating rates so drift hits both alike.
 
-    python -m bench.gateway_overhead [--rates 100,500,1000] [--seconds 5] [--workers N] [--vs litellm] [--json]
+Beside it, in the same run: the floor (a bare aiohttp proxy of the same two hops: read the
+request, forward it on one client session, relay the answer's bytes; no checks, no ledger)
+and, with ``--vs``, real peers in front of the same upstream: the LiteLLM proxy and
+Portkey's open-source gateway (each installed on first use, in its own folder).
 
-On a 2-core machine the three processes share the cores: the figures include that.
+    python -m bench.gateway_overhead [--rates 5,100,200,500] [--seconds 5] [--workers N] [--vs litellm] [--vs portkey] [--profile FILE] [--json]
+
+On a 2-core machine the processes share the cores: the figures include that. ``--json`` ends
+with one object; ``added_p50_ratio_vs_PEER`` is the gateway's added p50 over the peer's,
+the median over the rows (below 1: lighter than the peer).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ def _pieces(tokenizer: str, text: str) -> list[tuple[int, str]]:
     return [(ids[i], texts[i][len(texts[i - 1]) if i else 0 :]) for i in range(len(ids))]
 
 
-def _serve_upstream(port: int, tokenizer: str) -> None:
+def serve_upstream(port: int, tokenizer: str) -> None:
     """The stand-in miner: answers every completion at once."""
     import uvloop
 
@@ -82,7 +89,10 @@ def _serve_upstream(port: int, tokenizer: str) -> None:
         "usage": {"prompt_tokens": 12, "completion_tokens": len(pieces), "total_tokens": 12 + len(pieces)},
     }
 
+    arrivals: list[float] = []  # when each completion request arrived (monotonic: one clock for every process here)
+
     async def chat(request: web.Request) -> web.StreamResponse:
+        arrivals.append(time.monotonic())
         body = await request.json()
         if not body.get("stream"):
             return web.json_response(whole)
@@ -96,14 +106,46 @@ def _serve_upstream(port: int, tokenizer: str) -> None:
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def arrived(request: web.Request) -> web.Response:
+        return web.json_response(arrivals)
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/health", health)
+    app.router.add_get("/arrivals", arrived)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str, redis_url: str | None = None, worker: str = "") -> None:
+def serve_floor(port: int, upstream: str) -> None:
+    """The floor: what two HTTP hops cost in aiohttp alone, with nothing the gateway does between them."""
+    import uvloop
+
+    async def session_ctx(app: web.Application):
+        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app["session"].close()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        async with request.app["session"].post(upstream + request.path, data=body, headers={"Content-Type": "application/json"}) as answer:
+            if answer.content_type != "text/event-stream":
+                return web.Response(body=await answer.read(), status=answer.status, content_type=answer.content_type)
+            response = web.StreamResponse(status=answer.status, headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            async for data in answer.content.iter_any():
+                await response.write(data)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.cleanup_ctx.append(session_ctx)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def serve_gateway(port: int, upstream: str, db: str, tokenizer: str, redis_url: str | None = None, worker: str = "", profile: str | None = None) -> None:
     """The real gateway app, routed to the stand-in as one miner of large capacity; with
     ``redis_url`` one of several workers on the port, its limits in Redis."""
     import uvloop
@@ -121,15 +163,24 @@ def _serve_gateway(port: int, upstream: str, db: str, tokenizer: str, redis_url:
     router.update_from_chain([MinerView(1, keypair.ss58_address, upstream, MODEL, capacity=100_000, incentive=1.0)])
     state = GatewayState(store=Store(Path(db)), router=router, tokenizers={MODEL: ModelTokenizer(tokenizer)}, keypair=keypair, settings=settings)
     uvloop.install()
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     web.run_app(create_app(state), host="127.0.0.1", port=port, print=None, access_log=None, reuse_port=bool(worker))
+    if profiler is not None:  # SIGTERM ends run_app cleanly
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
-async def _load(url: str, key: str, rate: float, seconds: float, stream: bool) -> tuple[list[float], int]:
+async def _load(url: str, headers: dict[str, str], rate: float, seconds: float, stream: bool) -> tuple[list[float], int]:
     """Open-loop load: request i leaves at i / rate; returns latencies (s) and the error count."""
     body = json.dumps(
         {"model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16, "stream": stream}
     ).encode()
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    headers = {"Content-Type": "application/json", **headers}
     latencies, errors = [], 0
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -161,10 +212,10 @@ async def _load(url: str, key: str, rate: float, seconds: float, stream: bool) -
     return latencies, errors
 
 
-def _measure(url: str, key: str, rate: float, seconds: float, stream: bool) -> dict:
+def _measure(url: str, headers: dict[str, str], rate: float, seconds: float, stream: bool) -> dict:
     import uvloop
 
-    latencies, errors = uvloop.run(_load(url, key, rate, seconds, stream))
+    latencies, errors = uvloop.run(_load(url, headers, rate, seconds, stream))
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
     return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "ok": len(latencies), "errors": errors}
@@ -185,13 +236,19 @@ def wait_ready(url: str, process: multiprocessing.Process, timeout: float = 120)
     raise SystemExit(f"{url} not ready after {timeout:g} s")
 
 
+PEERS = ("litellm", "portkey")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 500.0, 1000.0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[5.0, 100.0, 200.0, 500.0])
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--max-rate-steps", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0])
     parser.add_argument("--workers", type=int, default=1, help="gateway processes on the port; above 1 their limits are in a redis-server the bench starts")
-    parser.add_argument("--vs", choices=["litellm"], default=None, help="also measure the LiteLLM proxy in front of the same upstream (installed on first use)")
+    parser.add_argument(
+        "--vs", choices=PEERS, action="append", default=[], help="also measure this peer in front of the same upstream (installed on first use; repeatable)"
+    )
+    parser.add_argument("--profile", metavar="FILE", help="run the (one) gateway process under cProfile and write its stats here")
     parser.add_argument("--json", action="store_true", help="end with one JSON object of the figures")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="slmnet-bench-") as tmp_name:
@@ -200,8 +257,8 @@ def main() -> None:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
-    """The stand-in upstream and a gateway in front of it as processes; each rate direct, then
-    through the gateway; then the highest rate the gateway holds with p99 under 10 ms."""
+    """The stand-in upstream, the floor, a gateway and the peers in front of it as processes; each
+    rate direct, then through each of them; then the highest rate the gateway holds with p99 under 10 ms."""
     from gateway.store import Store
     from models.tiny import build_tiny
 
@@ -209,47 +266,49 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
     build_tiny(tmp / "tiny", seed=0)
     # Limits that never bind but are checked on every request (in Redis with workers, as deployed).
     key, _ = Store(tmp / "gateway.sqlite").create_key("bench", rpm=10**7, tpm=10**9)
-    upstream_port, gateway_port = free_port(), free_port()
+    upstream_port, gateway_port, floor_port = free_port(), free_port(), free_port()
     upstream_url, gateway_url = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{gateway_port}"
     redis = _redis(tmp) if args.workers > 1 else None
     gateway_args = (gateway_port, upstream_url, str(tmp / "gateway.sqlite"), str(tmp / "tiny"))
     workers = [("", None)] if redis is None else [(f"w{i}", redis[1]) for i in range(args.workers)]
-    processes = [spawn.Process(target=_serve_upstream, args=(upstream_port, str(tmp / "tiny")), daemon=True)]
-    processes += [spawn.Process(target=_serve_gateway, args=(*gateway_args, url, name), daemon=True) for name, url in workers]
+    processes = [spawn.Process(target=serve_upstream, args=(upstream_port, str(tmp / "tiny")), daemon=True)]
+    processes.append(spawn.Process(target=serve_floor, args=(floor_port, upstream_url), daemon=True))
+    processes += [spawn.Process(target=serve_gateway, args=(*gateway_args, url, name, args.profile), daemon=True) for name, url in workers]
     for p in processes:
         p.start()
-    litellm = None
+    # Each target: its URL and the headers a request to it carries.
+    targets = {"direct": (upstream_url, {}), "gateway": (gateway_url, {"Authorization": f"Bearer {key}"}), "floor": (f"http://127.0.0.1:{floor_port}", {})}
+    peers = []
     try:
-        if args.vs == "litellm":
-            from bench import _litellm
+        for name in args.vs:
+            port = free_port()
+            if name == "litellm":
+                from bench import _litellm
 
-            litellm_port = free_port()
-            litellm = _litellm.start(upstream_url, MODEL, litellm_port, tmp)
-            litellm_url = f"http://127.0.0.1:{litellm_port}"
-        for p in processes[1:]:
+                peers.append(_litellm.start(upstream_url, MODEL, port, tmp))
+                targets[name] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {_litellm.MASTER_KEY}"})
+            else:
+                from bench import _portkey
+
+                peers.append(_portkey.start(port, tmp))
+                targets[name] = (f"http://127.0.0.1:{port}", _portkey.headers(upstream_url))
+        for p in processes[2:]:
             wait_ready(gateway_url + "/health", p)  # imports (transformers, bittensor) take seconds
-        for stream in (False, True):  # warm both paths
-            _measure(gateway_url, key, 50, 1, stream)
-            _measure(upstream_url, key, 50, 1, stream)
-            if litellm is not None:
-                _measure(litellm_url, _litellm.MASTER_KEY, 20, 1, stream)
+        for stream in (False, True):  # warm every path
+            for url, headers in targets.values():
+                _measure(url, headers, 50, 1, stream)
         rows = []
         for stream in (False, True):
             for rate in args.rates:
-                direct = _measure(upstream_url, key, rate, args.seconds, stream)
-                through = _measure(gateway_url, key, rate, args.seconds, stream)
-                added = {"added_p50_ms": through["p50_ms"] - direct["p50_ms"], "added_p99_ms": through["p99_ms"] - direct["p99_ms"]}
-                if litellm is not None:
-                    other = _measure(litellm_url, _litellm.MASTER_KEY, rate, args.seconds, stream)
-                    added |= {
-                        "litellm": other,
-                        "litellm_added_p50_ms": other["p50_ms"] - direct["p50_ms"],
-                        "litellm_added_p99_ms": other["p99_ms"] - direct["p99_ms"],
-                    }
-                rows.append({"stream": stream, "rate": rate, "direct": direct, "gateway": through, **added})
+                row = {"stream": stream, "rate": rate}
+                for name, (url, headers) in targets.items():  # one after another at each rate, so drift hits all alike
+                    row[name] = _measure(url, headers, rate, args.seconds, stream)
+                for name in targets.keys() - {"direct"}:
+                    row[name] |= {"added_p50_ms": row[name]["p50_ms"] - row["direct"]["p50_ms"], "added_p99_ms": row[name]["p99_ms"] - row["direct"]["p99_ms"]}
+                rows.append(row)
         held = 0.0
         for rate in args.max_rate_steps:
-            through = _measure(gateway_url, key, rate, args.seconds, False)
+            through = _measure(gateway_url, targets["gateway"][1], rate, args.seconds, False)
             if through["errors"] or through["p99_ms"] >= 10.0:
                 break
             held = rate
@@ -258,7 +317,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
         for p in processes:
             p.terminate()
             p.join()
-        for server in (redis[0] if redis else None, litellm):
+        for server in [redis[0] if redis else None, *peers]:
             if server is not None:
                 server.terminate()
                 server.wait()
@@ -280,33 +339,31 @@ def _redis(tmp: Path):
 
 def _report(rows: list[dict], held: float, as_json: bool, workers: int = 1) -> None:
     print(f"gateway workers: {workers}" + (" (limits in Redis)" if workers > 1 else " (limits in memory)"))
-    vs = any("litellm" in r for r in rows)
-    extra = " LiteLLM added p50 ms | LiteLLM added p99 ms | LiteLLM errors | LiteLLM / slmnet added p50 |" if vs else ""
-    print("| stream | rate rps | direct p50 ms | direct p99 ms | gateway p50 ms | gateway p99 ms | added p50 ms | added p99 ms | errors |" + extra)
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if vs else ""))
+    others = [name for name in ("floor", *PEERS) if name in rows[0]]
+    head = "| stream | rate rps | direct p50 ms | gateway p50 ms | gateway p99 ms | added p50 ms | added p99 ms | errors |"
+    head += "".join(f" {name} added p50 ms | {name} added p99 ms | {name} errors |" for name in others)
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        line = (
-            f"| {r['stream']} | {r['rate']:.0f} | {r['direct']['p50_ms']:.2f} | {r['direct']['p99_ms']:.2f} | {r['gateway']['p50_ms']:.2f} | "
-            f"{r['gateway']['p99_ms']:.2f} | {r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {r['gateway']['errors']} |"
-        )
-        if "litellm" in r:
-            ratio = r["litellm_added_p50_ms"] / r["added_p50_ms"] if r["added_p50_ms"] > 0 else float("nan")
-            line += f" {r['litellm_added_p50_ms']:.2f} | {r['litellm_added_p99_ms']:.2f} | {r['litellm']['errors']} | {ratio:.1f} |"
+        line = f"| {r['stream']} | {r['rate']:.0f} | {r['direct']['p50_ms']:.2f} | {r['gateway']['p50_ms']:.2f} | {r['gateway']['p99_ms']:.2f} | "
+        line += f"{r['gateway']['added_p50_ms']:.2f} | {r['gateway']['added_p99_ms']:.2f} | {r['gateway']['errors']} |"
+        line += "".join(f" {r[name]['added_p50_ms']:.2f} | {r[name]['added_p99_ms']:.2f} | {r[name]['errors']} |" for name in others)
         print(line)
     print(f"\nhighest rate held with gateway p99 < 10 ms (non-streaming): {held:.0f} rps")
-    figures = {"workers": workers, "max_rate_p99_under_10ms_rps": held}
+    figures: dict[str, object] = {"workers": workers, "max_rate_p99_under_10ms_rps": held}
     for r in rows:
         tag = f"{'stream' if r['stream'] else 'whole'}_{r['rate']:.0f}rps"
-        figures[f"added_p50_ms_{tag}"] = r["added_p50_ms"]
-        figures[f"gateway_p50_ms_{tag}"] = r["gateway"]["p50_ms"]
-        figures[f"gateway_p99_ms_{tag}"] = r["gateway"]["p99_ms"]
+        figures[f"direct_p50_ms_{tag}"] = r["direct"]["p50_ms"]
+        for name in ("gateway", *others):
+            prefix = "" if name == "gateway" else f"{name}_"
+            figures[f"{prefix}added_p50_ms_{tag}"] = r[name]["added_p50_ms"]
+            figures[f"{prefix}added_p99_ms_{tag}"] = r[name]["added_p99_ms"]
+            figures[f"{prefix}errors_{tag}"] = r[name]["errors"]
         figures[f"gateway_ok_{tag}"] = r["gateway"]["ok"]
-        figures[f"gateway_errors_{tag}"] = r["gateway"]["errors"]
-        figures[f"added_p99_ms_{tag}"] = r["added_p99_ms"]
-        figures[f"gateway_to_direct_p50_ratio_{tag}"] = r["gateway"]["p50_ms"] / r["direct"]["p50_ms"]
-        if "litellm" in r:
-            figures[f"litellm_added_p50_ms_{tag}"] = r["litellm_added_p50_ms"]
-            figures[f"litellm_to_gateway_added_p50_ratio_{tag}"] = r["litellm_added_p50_ms"] / r["added_p50_ms"] if r["added_p50_ms"] > 0 else None
+        figures[f"gateway_p50_ms_{tag}"], figures[f"gateway_p99_ms_{tag}"] = r["gateway"]["p50_ms"], r["gateway"]["p99_ms"]
+    for name in others:  # ours over theirs, the median over the rows: below 1, lighter than them
+        ratios = sorted(r["gateway"]["added_p50_ms"] / r[name]["added_p50_ms"] for r in rows if r[name]["added_p50_ms"] > 0 and not r[name]["errors"])
+        figures[f"added_p50_ratio_vs_{name}"] = ratios[len(ratios) // 2] if ratios else None
     if as_json:
         print(json.dumps(figures))
 

@@ -6,10 +6,10 @@ what the user asked for: logprobs, token ids), so nothing a miner adds reaches a
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from gateway.state import ENTROPY
 from protocol.requests import miner_request
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
 
@@ -34,7 +34,7 @@ class Generation:
     usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
     # Every miner is sent a seed (the user's, else one drawn here, 31 bits like a challenge's): its
     # sampling is then checkable (protocol.sampling), and users cannot be told from validators.
-    seed: int = field(default_factory=lambda: secrets.randbits(31))
+    seed: int = field(default_factory=ENTROPY.seed)
 
     def mark(self) -> tuple[int, int, int]:
         """Where the answer stands before a miner adds to it (for ``rewind``)."""

@@ -68,13 +68,16 @@ async def samples(request: web.Request) -> web.Response:
     await _validator(request)
     after, limit = _int(request, "after", 0), min(_int(request, "limit", 32), MAX_SAMPLES)
     state: GatewayState = request.app[STATE]
+    await state.ledger.synced()
     found, skipped = state.store.samples_after(after, limit)
     return web.Response(text=OrganicSamples(samples=found, skipped=skipped).model_dump_json(), content_type="application/json")
 
 
 async def service(request: web.Request) -> web.Response:
     await _validator(request)
-    reports = ServiceReports(miners=request.app[STATE].store.service_reports())
+    state: GatewayState = request.app[STATE]
+    await state.ledger.synced()
+    reports = ServiceReports(miners=state.store.service_reports())
     return web.Response(text=reports.model_dump_json(), content_type="application/json")
 
 

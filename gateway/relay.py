@@ -130,7 +130,7 @@ class Relay:
                     raise MinerFailed("violation", violation.reason) from violation
                 if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
                     self.last_progress = time.monotonic()
-                    self.state.store.progress(self.request["request_id"], completion_tokens(self.gen))
+                    self.state.ledger.progress(self.request["request_id"], completion_tokens(self.gen))
         if len(self.gen.parts) == 1:
             self.gen.first_answer = fold
         elapsed = time.monotonic() - sent
@@ -195,7 +195,7 @@ class Relay:
                 failures.append((f"uid {miner.uid}: {exc.what}", exc.busy))
                 if exc.busy:  # full, it says: nothing was produced; the validator weighs the refusal (we had it under its capacity)
                     self.gen.parts.pop()
-                    self.state.store.count_service(miner.hotkey, "refused")
+                    self.state.ledger.count_service(miner.hotkey, "refused")
                     continue
                 attempts += 1
                 log.warning(
@@ -207,7 +207,7 @@ class Relay:
                 )
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
                 self.state.router.failed(miner)
-                self.state.store.count_service(miner.hotkey, "failed")
+                self.state.ledger.count_service(miner.hotkey, "failed")
                 if self.gen.upstream_tokens >= self.gen.max_tokens:
                     self.gen.finish_reason = "length"  # it failed after the last token it was owed: the answer is whole
                     break
@@ -257,7 +257,7 @@ def maybe_sample(state: GatewayState, generation: Generation) -> None:
     miner = state.router.miners.get(generation.parts[0][0])
     if miner is None or state.rng.random() >= state.router.verify_share(miner, state.settings.verify_share):
         return
-    state.store.record_sample(
+    state.ledger.record_sample(
         miner.uid,
         miner.hotkey,
         generation.model,

@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -24,11 +23,12 @@ from pydantic import ValidationError
 
 from gateway import handover
 from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, NoMinerAvailable, PayloadTooLarge
+from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
 from gateway.answer import Generation
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
 from gateway.router import Router
-from gateway.state import CLIENT_ID, STATE, GatewayState, request_headers
+from gateway.state import CLIENT_ID, ENTROPY, STATE, GatewayState, request_headers
 from models.tokenizer import ModelTokenizer
 from protocol import openapi
 from protocol.errors import error_body, http_layer_refusal, internal_error
@@ -57,7 +57,7 @@ STATIC = Path(__file__).with_name("static")
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
     """Request ids, and every error as one OpenAI error body: ours with its status, anything else a 500."""
-    request_id = request["request_id"] = uuid.uuid4().hex  # the ledger's key: never the client's
+    request_id = request["request_id"] = ENTROPY.request_id()  # the ledger's key: never the client's
     client_id = request.headers.get("X-Request-Id", "")
     request["echo_id"] = client_id if CLIENT_ID.fullmatch(client_id) else request_id
     state: GatewayState = request.app[STATE]
@@ -196,7 +196,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
     request["ratelimit"] = reservation.headers
     request_id = request["request_id"]
-    state.store.open_request(request_id, key.id, model, prompt_tokens)
+    state.ledger.open_request(request_id, key.id, model, prompt_tokens)
     generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
     overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
     state.metrics.overhead.observe(overhead_ms / 1000)
@@ -219,7 +219,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             await state.limits.settle(reservation, usage["total_tokens"])
         except Exception as exc:  # Redis gone after admission: the ledger keeps the tokens; the shared counter misses them
             log.error("could not settle request %s's quota in the limits store: %s", request_id, exc)
-        state.store.close_request(request_id, status, usage["completion_tokens"], generation.failovers, parts_of(state, generation))
+        state.ledger.close_request(request_id, status, usage["completion_tokens"], generation.failovers, parts_of(state, generation))
         state.metrics.tokens.labels("prompt").inc(prompt_tokens)
         state.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
         if status == "ok":
@@ -270,21 +270,20 @@ async def own_key(request: web.Request) -> web.Response:
     state: GatewayState = request.app[STATE]
     key = _authenticate(request, state)
     now = time.time()
+    await state.ledger.synced()  # this process's requests so far are in the counters read below
     left = await state.limits.window_remaining(key)
+    quota_left = await state.limits.remaining_quota(key)
     body = {
         "id": key.id,
         "name": key.name,
         "prefix": key.prefix,
         "expires": key.expires,
         "limits": {"requests_per_minute": key.rpm, "tokens_per_minute": key.tpm, "quota_tokens": key.quota_tokens, "quota_period_s": key.quota_period},
-        "remaining": {
-            "requests_this_minute": left["requests"],
-            "tokens_this_minute": left["tokens"],
-            "quota_tokens": await state.limits.remaining_quota(key),
-        },
+        "remaining": {"requests_this_minute": left["requests"], "tokens_this_minute": left["tokens"], "quota_tokens": quota_left},
         "quota_resets_at": key.period_end(now),
         "usage": state.store.usage(key.id),
-        "usage_this_period": state.store.tokens_used(key.id, since=key.period_start(now)),
+        # The quota's own counter when the key has one; else its totals (a period without a quota: that period's rows)
+        "usage_this_period": key.quota_tokens - quota_left if quota_left is not None else state.store.tokens_used(key.id, since=key.period_start(now)),
     }
     return web.json_response(body)
 
@@ -361,6 +360,8 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
         state.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
     if state.limits is None:
         state.limits = KeyLimits(state.store, state.settings.redis_url)
+    if state.ledger is None:
+        state.ledger = Ledger(state.store.path)
     # What the process built to start (the SDK, tokenizers, pydantic models: ~4·10⁵ objects) lives as
     # long as it does: kept out of the collector's scans, a full collection under load costs what the
     # requests made since, not the 130 ms a scan of everything took here (every request waits on it).
@@ -368,6 +369,7 @@ async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await state.session.close()
     await state.limits.close()
+    state.ledger.close()  # every queued write committed before the process ends
 
 
 def create_app(state: GatewayState) -> web.Application:

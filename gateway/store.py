@@ -15,15 +15,16 @@ engines and scores the miner. The gateway only writes; it never verifies.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
 import json
+import logging
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from protocol.records import SAMPLE_COLUMNS, AnswerRecord, MinerVerdict, OrganicSample, ServiceReport, sample_from_row
 
@@ -48,8 +49,33 @@ CREATE TABLE IF NOT EXISTS usage_by_miner (
     request_id TEXT NOT NULL REFERENCES usage(request_id), miner_uid INTEGER NOT NULL, miner_hotkey TEXT NOT NULL, completion_tokens INTEGER NOT NULL
 );
 """
+# Kept by triggers in the transaction of every write, whoever writes (any worker, the CLI): a key's
+# totals (what /v1/key reports, without summing its ledger) and a version of the keys table that
+# moves with every change to a key (what tells each worker's key cache to drop what it holds).
+COUNTERS = """
+CREATE TABLE IF NOT EXISTS key_usage (
+    key_id INTEGER PRIMARY KEY, requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, failovers INTEGER NOT NULL DEFAULT 0
+);
+CREATE TRIGGER IF NOT EXISTS usage_opened AFTER INSERT ON usage BEGIN
+    INSERT INTO key_usage VALUES (NEW.key_id, 1, NEW.prompt_tokens, NEW.completion_tokens, NEW.failovers)
+    ON CONFLICT(key_id) DO UPDATE SET requests = requests + 1, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = completion_tokens + excluded.completion_tokens, failovers = failovers + excluded.failovers;
+END;
+CREATE TRIGGER IF NOT EXISTS usage_counted AFTER UPDATE OF prompt_tokens, completion_tokens, failovers ON usage BEGIN
+    UPDATE key_usage SET prompt_tokens = prompt_tokens + NEW.prompt_tokens - OLD.prompt_tokens,
+        completion_tokens = completion_tokens + NEW.completion_tokens - OLD.completion_tokens, failovers = failovers + NEW.failovers - OLD.failovers
+    WHERE key_id = NEW.key_id;
+END;
+CREATE TABLE IF NOT EXISTS keys_version (id INTEGER PRIMARY KEY CHECK (id = 0), version INTEGER NOT NULL);
+INSERT OR IGNORE INTO keys_version VALUES (0, 0);
+CREATE TRIGGER IF NOT EXISTS key_added AFTER INSERT ON api_keys BEGIN UPDATE keys_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS key_changed AFTER UPDATE ON api_keys BEGIN UPDATE keys_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS key_removed AFTER DELETE ON api_keys BEGIN UPDATE keys_version SET version = version + 1; END;
+"""
 log = logging.getLogger(__name__)
 KEY_PREFIX = "slm-"
+MAX_CACHED_KEYS = 100_000
 KEY_COLUMNS = "id, name, prefix, created, revoked, rpm, tpm, quota_tokens, quota_period, expires"
 
 
@@ -80,13 +106,17 @@ def hash_key(key: str) -> str:
 
 class Store:
     def __init__(self, path: Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
         self._migrate()
+        self._count_existing_usage()
+        self._keys: dict[str, Optional[ApiKey]] = {}  # hash → record (None: unknown), valid while keys_version holds
+        self._keys_version = -1
 
     def close(self) -> None:
         self.db.close()
@@ -103,6 +133,30 @@ class Store:
         ):
             if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _count_existing_usage(self) -> None:
+        """The counters and their triggers, made once; a ledger written before them is counted then (one scan, ever)."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'key_usage'").fetchone():
+            return
+        # One script, one transaction. Two processes opening an old ledger at once: the second's backfill finds every row there (OR IGNORE).
+        backfill = (
+            "INSERT OR IGNORE INTO key_usage SELECT key_id, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(failovers) FROM usage GROUP BY key_id"
+        )
+        self.db.executescript(f"BEGIN IMMEDIATE; {COUNTERS} {backfill}; COMMIT;")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around the block, or part of the caller's when one is open."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None, quota_tokens: Optional[int] = None, **more) -> tuple[str, ApiKey]:
         """A new key: the plaintext (shown once) and its record; ``more``: quota_period, expires."""
@@ -131,8 +185,19 @@ class Store:
         return self._key("id", key_id)
 
     def lookup(self, key: str) -> Optional[ApiKey]:
-        """The record of a presented key (revoked ones included), or None."""
-        return self._key("hash", hash_key(key))
+        """The record of a presented key (revoked ones included), or None. Answered from memory while
+        no key changed anywhere (one read of keys_version): a revocation, a new limit or expiry made by
+        any process counts from the next request, as without the cache."""
+        (version,) = self.db.execute("SELECT version FROM keys_version").fetchone()
+        if version != self._keys_version:
+            self._keys.clear()
+            self._keys_version = version
+        digest = hash_key(key)
+        if digest not in self._keys:
+            if len(self._keys) >= MAX_CACHED_KEYS:  # unknown keys are cached too: a flood of them must not grow it
+                self._keys.clear()
+            self._keys[digest] = self._key("hash", digest)
+        return self._keys[digest]
 
     def keys(self) -> list[ApiKey]:
         return [ApiKey(*row) for row in self.db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id")]
@@ -149,16 +214,18 @@ class Store:
     # ledger
 
     def tokens_used(self, key_id: int, since: float = 0.0) -> int:
-        """Counted tokens of the key's requests started at or after ``since``."""
+        """Counted tokens of the key's requests started at or after ``since`` (0: its totals' counter,
+        else the period's rows by the (key, time) index)."""
+        if since <= 0:
+            totals = self.usage(key_id)
+            return totals["prompt_tokens"] + totals["completion_tokens"]
         row = self.db.execute("SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage WHERE key_id = ? AND started >= ?", (key_id, since))
         return row.fetchone()[0]
 
     def usage(self, key_id: int) -> dict[str, int]:
-        row = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(failovers), 0) FROM usage WHERE key_id = ?",
-            (key_id,),
-        ).fetchone()
-        return dict(zip(("requests", "prompt_tokens", "completion_tokens", "failovers"), row))
+        """The key's totals over its whole ledger (a counter the ledger's triggers keep: one row read)."""
+        row = self.db.execute("SELECT requests, prompt_tokens, completion_tokens, failovers FROM key_usage WHERE key_id = ?", (key_id,)).fetchone()
+        return dict(zip(("requests", "prompt_tokens", "completion_tokens", "failovers"), row or (0, 0, 0, 0)))
 
     def open_request(self, request_id: str, key_id: int, model: str, prompt_tokens: int) -> None:
         self.db.execute(
@@ -171,8 +238,7 @@ class Store:
 
     def close_request(self, request_id: str, status: str, completion_tokens: int, failovers: int, parts: list[tuple[int, str, int]]) -> None:
         """Final counts, and ``parts``: (miner uid, hotkey, completion tokens) per miner that answered."""
-        with self.db:
-            self.db.execute("BEGIN")
+        with self.transaction():
             self.db.execute(
                 "UPDATE usage SET status = ?, completion_tokens = ?, failovers = ?, finished = ? WHERE request_id = ?",
                 (status, completion_tokens, failovers, time.time(), request_id),
@@ -208,7 +274,7 @@ class Store:
         return found, skipped
 
     def save_verdicts(self, verdicts: list[MinerVerdict]) -> None:
-        with self.db:
+        with self.transaction():
             self.db.executemany(
                 "INSERT INTO miner_verdicts VALUES (?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET verdict = excluded.verdict, time = excluded.time",
                 [(v.hotkey, v.model_dump_json(), time.time()) for v in verdicts],
@@ -220,7 +286,7 @@ class Store:
 
     def count_service(self, hotkey: str, kind: str) -> None:
         """One more ``kind`` (refused, failed) for the miner, in the ledger every worker shares."""
-        with self.db:
+        with self.transaction():
             self.db.execute("INSERT INTO miner_service VALUES (?, ?, 1) ON CONFLICT(hotkey, kind) DO UPDATE SET count = count + 1", (hotkey, kind))
 
     def service_reports(self) -> list[ServiceReport]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -193,3 +194,15 @@ class RedisServer:
         if self.child is not None:
             self.child.stop(5)
             self.child = None
+
+
+def ledger_rows(db: Path, request_ids: list[str], columns: str = "status", timeout: float = 5.0) -> list[tuple]:
+    """The gateway's ledger rows of ``request_ids`` (in that order) once none is 'open' any more, or as they
+    are at ``timeout``: the gateway writes its ledger off the event loop, milliseconds behind its answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(db) as conn:
+            rows = [conn.execute(f"SELECT {columns}, status FROM usage WHERE request_id = ?", (rid,)).fetchone() for rid in request_ids]
+        if all(row is not None and row[-1] != "open" for row in rows) or time.monotonic() > deadline:
+            return [row[:-1] if row else None for row in rows]
+        time.sleep(0.05)

@@ -26,7 +26,7 @@ import chain
 from models.tiny import build_tiny
 from tests.harness.adversary import HOSTILE, HOSTILE_TEXT
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import create_key, engine_env, start_adversary, start_gateway, start_miners
+from tests.harness.processes import create_key, engine_env, ledger_rows, start_adversary, start_gateway, start_miners
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -227,6 +227,5 @@ def test_a_reused_request_id_is_echoed_but_each_request_keeps_its_own_ledger_row
     first, second = (_post(url, key, "/v1/chat/completions", body, {"X-Request-Id": "client-retry-1"}) for _ in range(2))
     assert first[0] == second[0] == 200
     assert first[1]["X-Request-Id"] == second[1]["X-Request-Id"] == "client-retry-1"
-    ours = {first[1]["x-slmnet-request-id"], second[1]["x-slmnet-request-id"]}
-    rows = sqlite3.connect(db).execute(f"SELECT status FROM usage WHERE request_id IN ({','.join('?' * len(ours))})", tuple(ours)).fetchall()
-    assert len(ours) == 2 and rows == [("ok",), ("ok",)]
+    ours = [first[1]["x-slmnet-request-id"], second[1]["x-slmnet-request-id"]]
+    assert len(set(ours)) == 2 and ledger_rows(db, ours) == [("ok",), ("ok",)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -80,9 +82,9 @@ async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
     async with aiohttp.ClientSession() as session:
         engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
         challenges = generate(seed=2026, count=24)
-        for challenge in challenges:
-            body = challenge.request(MODEL)
-            answer = await _stream(session, url, body)
+        bodies = [challenge.request(MODEL) for challenge in challenges]
+        answers = await asyncio.gather(*(_stream(session, url, body) for body in bodies))  # as a round sends them: at once
+        for challenge, body, answer in zip(challenges, bodies, answers):
             verdict = await verify(engine, body, answer)
             assert verdict.passed, (challenge.family, body["temperature"], body["top_p"], verdict.reasons)
             assert verdict.max_abs_dlp is not None and verdict.max_abs_dlp < 1e-3  # same engine: equal to float noise
@@ -98,11 +100,11 @@ async def test_running_past_the_end_or_cutting_before_it_fails(reference):
     caught = 0
     async with aiohttp.ClientSession() as session:
         engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
-        for challenge in generate(seed=5, count=160):
+        bodies = [{**challenge.request(MODEL), "temperature": 0.0} for challenge in generate(seed=5, count=160)]
+        answers = await asyncio.gather(*(_stream(session, url, body) for body in bodies))  # the engine batches them: seconds, not a minute
+        for body, honest in zip(bodies, answers):
             if caught == 2:
                 break
-            body = {**challenge.request(MODEL), "temperature": 0.0}
-            honest = await _stream(session, url, body)
             if honest.finish_reason != "stop" or len(honest.token_ids) < 3:
                 continue
             assert (await verify(engine, body, honest)).passed

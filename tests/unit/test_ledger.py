@@ -1,0 +1,86 @@
+"""The gateway's ledger off the event loop (``gateway.ledger``), its counters and its key cache (``gateway.store``)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from gateway.ledger import Ledger
+from gateway.store import Store
+
+MODEL = "slmnet/tiny-qwen2-s0"
+
+
+def test_queued_writes_are_committed_in_order_and_a_reader_that_syncs_sees_them(tmp_path):
+    store = Store(tmp_path / "g.sqlite")
+    _, key = store.create_key("k")
+
+    async def run() -> None:
+        ledger = Ledger(store.path)
+        for i in range(300):
+            ledger.open_request(f"r{i}", key.id, MODEL, 10)
+            ledger.progress(f"r{i}", 3)
+            ledger.close_request(f"r{i}", "ok", 5, i % 2, [(1, "h1", 5)])
+        ledger.count_service("h2", "refused")
+        await ledger.synced()
+        assert store.usage(key.id) == {"requests": 300, "prompt_tokens": 3000, "completion_tokens": 1500, "failovers": 150}
+        assert store.miner_tokens() == {1: 1500} and [(r.hotkey, r.refused) for r in store.service_reports()] == [("h1", 0), ("h2", 1)]
+        assert ledger.written == 901 and ledger.lost == 0
+        ledger.close()
+
+    asyncio.run(run())
+
+
+def test_a_clean_stop_commits_everything_queued(tmp_path):
+    store = Store(tmp_path / "g.sqlite")
+    _, key = store.create_key("k")
+    ledger = Ledger(store.path)
+    for i in range(1000):
+        ledger.open_request(f"r{i}", key.id, MODEL, 1)
+    ledger.close()
+    assert store.usage(key.id)["requests"] == 1000 and store.mark_interrupted() == 1000
+
+
+def test_a_write_the_database_refuses_is_logged_and_loses_no_other(tmp_path, caplog):
+    store = Store(tmp_path / "g.sqlite")
+    _, key = store.create_key("k")
+    ledger = Ledger(store.path)
+    ledger.open_request("r1", key.id, MODEL, 4)
+    ledger.open_request("r1", key.id, MODEL, 4)  # the same request id twice: the database refuses the second
+    ledger.open_request("r2", key.id, MODEL, 6)
+    ledger.close()
+    assert store.usage(key.id) == {"requests": 2, "prompt_tokens": 10, "completion_tokens": 0, "failovers": 0}
+    assert ledger.lost == 1 and "ledger write open_request('r1'" in caplog.text
+
+
+def test_the_key_counters_follow_every_write_and_a_ledger_made_before_them_is_counted_once(tmp_path):
+    path = tmp_path / "g.sqlite"
+    store = Store(path)
+    _, key = store.create_key("k")
+    store.open_request("a", key.id, MODEL, 10)
+    store.progress("a", 4)
+    store.close_request("a", "ok", 6, 2, [])
+    sums = "SELECT COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(failovers) FROM usage WHERE key_id = ?"
+    assert tuple(store.usage(key.id).values()) == store.db.execute(sums, (key.id,)).fetchone() == (1, 10, 6, 2)
+    # A ledger written by a gateway before the counters existed: counted when a newer one opens it, once.
+    store.db.executescript("DROP TABLE key_usage; DROP TRIGGER usage_opened; DROP TRIGGER usage_counted;")
+    store.db.execute(
+        "INSERT INTO usage (request_id, key_id, model, status, prompt_tokens, completion_tokens, started) VALUES ('b', ?, ?, 'ok', 5, 5, 0)", (key.id, MODEL)
+    )
+    store.close()
+    for _ in range(2):
+        again = Store(path)
+        assert again.usage(key.id) == {"requests": 2, "prompt_tokens": 15, "completion_tokens": 11, "failovers": 2}
+        again.close()
+
+
+def test_the_key_cache_sees_a_revocation_or_a_new_key_made_by_another_process_at_once(tmp_path):
+    gateway = Store(tmp_path / "g.sqlite")
+    plain, key = gateway.create_key("k", rpm=5)
+    assert gateway.lookup(plain).revoked is None and gateway.lookup("slm-not-yet") is None
+    cli = sqlite3.connect(tmp_path / "g.sqlite", isolation_level=None)  # `slmnet keys` in another process
+    cli.execute("UPDATE api_keys SET revoked = 1.0, rpm = 9 WHERE id = ?", (key.id,))
+    assert (gateway.lookup(plain).revoked, gateway.lookup(plain).rpm) == (1.0, 9)
+    other = Store(tmp_path / "g.sqlite")
+    made, _ = other.create_key("new")
+    assert gateway.lookup(made).name == "new"
