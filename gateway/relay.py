@@ -88,7 +88,7 @@ class Relay:
             ids = choice.token_ids or []
             self.gen.token_ids += ids
             self.gen.upstream_tokens += len(ids) if ids else (1 if piece else 0)
-            if isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:
+            if self.gen.body.get("logprobs") and isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:  # kept only for a user who asked
                 self.gen.logprobs += [entry.model_dump() for entry in choice.logprobs.content or []]
             if choice.finish_reason:
                 self.gen.finish_reason = choice.finish_reason

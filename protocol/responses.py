@@ -112,6 +112,11 @@ DONE = "[DONE]"
 
 def parse_event(data: str, chat: bool) -> Event:
     """One SSE data string of a chat (``chat``) or text completion stream; StreamViolation if it is not one."""
+    if '"error"' not in data:  # a chunk, as nearly every event is: pydantic reads the JSON itself (half the time of loads + validate)
+        try:
+            return (ChatCompletionChunk if chat else TextCompletionChunk).model_validate_json(data)
+        except (ValidationError, RecursionError):
+            pass  # not a valid chunk: the reading below names what is wrong with it
     try:
         raw = json.loads(data)
     except RecursionError as exc:
