@@ -168,18 +168,15 @@ async def test_seeded_choices_are_the_references_gumbel_max_and_a_miner_with_its
     """The engine samples seeded requests through the verifiable sampler: the validator recomputes
     every choice. A miner that samples with its own RNG (the request's seed dropped) mismatches."""
     url, _, vocabulary = reference
-    honest_stats, own_stats = [], []
     async with aiohttp.ClientSession() as session:
         engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
-        for challenge in generate(seed=77, count=30):
-            body = challenge.request(MODEL)
-            if not body["temperature"]:
-                continue
-            honest = await verify(engine, body, await _stream(session, url, body))
-            own = await verify(engine, body, await _stream(session, url, {k: v for k, v in body.items() if k != "seed"}))
-            assert honest.passed and own.passed  # each answer alone is a plausible sample
-            honest_stats.append(honest.stats)
-            own_stats.append(own.stats)
+        bodies = [body for body in (challenge.request(MODEL) for challenge in generate(seed=77, count=30)) if body["temperature"]]
+        # All at once, as a round sends them: the engine batches them.
+        honest = await asyncio.gather(*(_stream(session, url, body) for body in bodies))
+        own = await asyncio.gather(*(_stream(session, url, {k: v for k, v in body.items() if k != "seed"}) for body in bodies))
+        verdicts = await asyncio.gather(*(verify(engine, body, answer) for body, answer in zip(bodies + bodies, honest + own)))
+        assert all(verdict.passed for verdict in verdicts)  # each answer alone is a plausible sample
+        honest_stats, own_stats = [v.stats for v in verdicts[: len(bodies)]], [v.stats for v in verdicts[len(bodies) :]]
     assert sum(s.tokens for s in honest_stats) > 300 and sum(s.mismatches for s in honest_stats) == 0
     assert sum(s.mismatches for s in own_stats) > 0.2 * sum(s.tokens for s in own_stats)
 
