@@ -20,7 +20,6 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -109,13 +108,13 @@ class Ledger:
                     getattr(store, name)(*args)
             self.written += len(writes)
             return
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the thread must outlive any write: every later one, and synced(), depend on it
             log.warning("ledger batch of %s writes refused (%s); writing them one by one", len(writes), exc)
         for name, args in writes:  # one bad write (or a full disk for a moment) must not take the others with it
             try:
                 with store.transaction():
                     getattr(store, name)(*args)
                 self.written += 1
-            except sqlite3.Error as exc:
+            except Exception as exc:
                 self.lost += 1
                 log.error("ledger write %s%s lost: %s", name, args[:2], exc)
