@@ -31,11 +31,12 @@ def model_or_tiny(model: str | None, tmp: Path) -> tuple[Path, ModelManifest]:
     return folder, manifest
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 600, path: str = "/health") -> None:
+    """Returns once ``url + path`` answers 200; SystemExit if ``process`` exits or ``timeout`` passes first."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            with urllib.request.urlopen(url + path, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:

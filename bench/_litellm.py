@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from bench._common import wait_healthy
 
 VERSION = "1.80.0"  # the newest whose proxy extra installs from PyPI (1.106+ need a litellm-proxy package that is not published)
 MASTER_KEY = "sk-slmnet-bench"
@@ -49,14 +49,9 @@ def start(upstream_url: str, model: str, port: int, tmp: Path) -> subprocess.Pop
         stderr=subprocess.STDOUT,
         env=env,
     )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=1):
-                return proxy
-        except OSError:
-            if proxy.poll() is not None:
-                raise SystemExit(f"the LiteLLM proxy exited with {proxy.returncode}: see {tmp / 'litellm.log'}")
-            time.sleep(0.5)
-    proxy.kill()
-    raise SystemExit("the LiteLLM proxy was not ready after 180 s")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proxy, timeout=180, path="/health/liveliness")
+    except SystemExit:
+        proxy.kill()
+        raise SystemExit(f"the LiteLLM proxy did not start: see {tmp / 'litellm.log'}")
+    return proxy

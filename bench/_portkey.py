@@ -8,9 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from bench._common import wait_healthy
 
 VERSION = "1.15.2"
 
@@ -36,16 +36,9 @@ def headers(upstream_url: str) -> dict[str, str]:
 def start(port: int, tmp: Path) -> subprocess.Popen:
     log = open(tmp / "portkey.log", "wb")
     proxy = subprocess.Popen(["node", str(ensure_installed()), f"--port={port}", "--headless"], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1):
-                return proxy
-        except urllib.error.HTTPError:
-            return proxy  # it answers: up
-        except OSError:
-            if proxy.poll() is not None:
-                raise SystemExit(f"Portkey's gateway exited with {proxy.returncode}: see {tmp / 'portkey.log'}")
-            time.sleep(0.3)
-    proxy.kill()
-    raise SystemExit("Portkey's gateway was not ready after 60 s")
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proxy, timeout=60, path="/")
+    except SystemExit:
+        proxy.kill()
+        raise SystemExit(f"Portkey's gateway did not start: see {tmp / 'portkey.log'}")
+    return proxy

@@ -44,7 +44,7 @@ class Ledger:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.written = 0  # writes committed (for /metrics and the tests)
+        self.written = 0  # writes committed
         self.lost = 0  # writes the database refused (logged one by one)
         self.thread = threading.Thread(target=self._run, name="slmnet-ledger", daemon=True)
         self.thread.start()
