@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+from gateway.auto import AutoRouter
 from protocol.records import MinerVerdict
 
 EWMA_ALPHA = 0.2
@@ -143,9 +144,16 @@ class Router:
     """The miners a gateway knows and every request's bookkeeping on them; ``clock`` (seconds,
     monotonic) and ``rng`` are injected, so routing and breakers can be replayed in tests."""
 
-    def __init__(self, explore: float = 0.05, rng: Optional[random.Random] = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        explore: float = 0.05,
+        rng: Optional[random.Random] = None,
+        clock: Callable[[], float] = time.monotonic,
+        prior_speeds: Optional[dict[str, float]] = None,
+    ):
         self.miners: dict[int, MinerView] = {}
         self.verdicts: dict[str, MinerVerdict] = {}  # hotkey → its validator's latest verdict
+        self.auto = AutoRouter(prior_speeds)  # "auto": per-model quality from the verdicts, latency from the traffic
         self.explore = explore
         self.rng = rng or random.Random()
         self.clock = clock
@@ -187,6 +195,7 @@ class Router:
             self.verdicts[verdict.hotkey] = verdict
         for miner in self.miners.values():
             miner.verdict = self.verdicts.get(miner.hotkey)
+        self.auto.learn(self.verdicts.values())
 
     @staticmethod
     def verify_share(miner: MinerView, base: float) -> float:
@@ -238,8 +247,11 @@ class Router:
         return [first] + [m for m in ranked if m is not first]
 
     def snapshot(self) -> None:
-        """Append each miner's live figures to its history (for the dashboard's charts)."""
+        """Append each miner's live figures to its history (for the dashboard's charts); each served
+        model's medians to auto routing."""
         now = time.time()
         for m in self.miners.values():
             m.history.append((now, m.ttft, m.tokens_per_s, m.error_rate))
             del m.history[:-360]
+        for model, miners in self.models().items():
+            self.auto.measured(model, [m.ttft for m in miners if m.ttft], [m.tokens_per_s for m in miners if m.tokens_per_s])

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Optional
 
 import aiohttp
 from aiohttp import web
@@ -26,10 +26,9 @@ from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, 
 from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
 from gateway.answer import Generation
+from gateway.auto import FLAVOURS, KINDS as AUTO_KINDS, Choice, classify
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
-from gateway.router import Router
-from gateway.state import CLIENT_ID, ENTROPY, STATE, GatewayState, request_headers
-from models.tokenizer import ModelTokenizer
+from gateway.state import CLIENT_ID, ENTROPY, MODEL_HEADER, ROUTE_HEADER, STATE, GatewayState, request_headers
 from protocol import openapi
 from protocol.errors import error_body, http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
@@ -80,8 +79,10 @@ async def errors_middleware(request: web.Request, handler: Callable) -> web.Stre
 
 
 CORS_HEADERS = "Authorization, Content-Type, X-Request-Id"
-EXPOSED = "X-Request-Id, x-slmnet-request-id, x-slmnet-miner-uid, x-slmnet-overhead-ms, Retry-After, x-ratelimit-limit-requests, \
+EXPOSED = (
+    "X-Request-Id, x-slmnet-request-id, x-slmnet-miner-uid, x-slmnet-overhead-ms, x-slmnet-model, x-slmnet-route, Retry-After, x-ratelimit-limit-requests, \
 x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"
+)
 
 
 def _allowed_origin(request: web.Request) -> str | None:
@@ -133,22 +134,25 @@ def _authenticate(request: web.Request, state: GatewayState):
     return key
 
 
-def _resolve_model(requested: str, router: Router, known: dict[str, ModelTokenizer]) -> str:
-    served = router.models()
-    if requested == "auto":
+def _resolve_model(requested: str, body: dict[str, Any], max_tokens: int, state: GatewayState) -> tuple[str, Optional[Choice]]:
+    """The model to serve (and, for "auto", the choice that named it): 404 for a model no miner
+    declares, naming those that are served; 503 for one whose miners are all down now."""
+    served = state.router.models()
+    if requested in FLAVOURS:
         if not served:
             raise NoMinerAvailable("no healthy miner serves any model right now", headers={"Retry-After": "5"})
-        # The best model for a request: the one the validators pay most for in total.
-        return max(served, key=lambda model: (sum(m.incentive for m in served[model]), len(served[model])))
-    if requested not in known:
-        raise ModelNotFound(f"model '{requested}' is not served on this subnet; GET /v1/models lists the models (or use 'auto')")
-    if requested not in served:
+        choice = state.router.auto.choose(requested, classify(body), served, max_tokens)
+        return choice.model, choice
+    if requested in served:
+        return requested, None
+    if requested in state.tokenizers and any(m.model == requested for m in state.router.miners.values()):
         raise NoMinerAvailable(f"no healthy miner serves '{requested}' right now", headers={"Retry-After": "5"})
-    return requested
+    names = ", ".join(f"'{m}'" for m in [*sorted(served), *FLAVOURS])
+    raise ModelNotFound(f"model '{requested}' is not served on this subnet; the models served now: {names} (GET /v1/models lists them)")
 
 
-async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[str, Any], str]:
-    """(chat?, the request as the gateway forwards it, the model to serve); BadRequest naming the field."""
+async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[str, Any], str, Optional[Choice]]:
+    """(chat?, the request as the gateway forwards it, the model to serve, auto's choice); BadRequest naming the field."""
     try:
         raw = await request.json()
     except RecursionError as exc:
@@ -166,7 +170,6 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
         raise BadRequest(describe_validation_error(exc), "invalid_fields") from exc
     if parsed.n != 1:
         raise BadRequest("n > 1 is not supported: send n requests", "unsupported_n")
-    model = _resolve_model(parsed.model, state.router, state.tokenizers)
     chat = wire is ChatCompletionRequest
     # Only the fields slmnet knows and has checked go on; the rest (and the user's own tag) stay here.
     # A null is OpenAI's "the default": left out, since engines refuse some (vLLM: ignore_eos).
@@ -178,7 +181,9 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
             raise BadRequest(str(exc), "unsupported_content") from exc
     elif not isinstance(body["prompt"], str):
         raise BadRequest("the gateway takes a single string prompt on /v1/completions", "unsupported_prompt")
-    return chat, body, model
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
+    model, choice = _resolve_model(parsed.model, body, max_tokens, state)
+    return chat, body, model, choice
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -187,7 +192,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > state.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {state.settings.max_body_bytes}-byte limit")
     key = _authenticate(request, state)
-    chat, body, model = await _parse(request, state)
+    chat, body, model, choice = await _parse(request, state)
+    if choice is not None:  # "auto": which model it chose, and for what kind of request, for the user to see
+        request["route"] = {MODEL_HEADER: model, ROUTE_HEADER: choice.header()}
     prompt_tokens = state.tokenizers[model].prompt_tokens(messages=body.get("messages"), prompt=body.get("prompt", ""))
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
     context = state.contexts.get(model)
@@ -224,6 +231,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         state.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
         if status == "ok":
             maybe_sample(state, generation)
+            # answer lengths by model and kind, for auto's latency estimates (after the answer: no user waits on it)
+            state.router.auto.answered(model, choice.kind if choice else classify(body), usage["completion_tokens"])
 
 
 def _model_entry(state: GatewayState, model: str, miners: list) -> dict[str, Any]:
@@ -243,7 +252,12 @@ def _model_entry(state: GatewayState, model: str, miners: list) -> dict[str, Any
         "miners": len(miners),
         "p50_ttft_s": ttfts[len(ttfts) // 2] if ttfts else None,
         "p50_tokens_per_s": speeds[len(speeds) // 2] if speeds else None,
+        "quality": state.router.auto.report(model),
     }
+
+
+def _auto_entry(flavour: str, miners: int) -> dict[str, Any]:
+    return {"id": flavour, "object": "model", "created": 0, "owned_by": "slmnet", "miners": miners, "routes_to": "each request's best model: see the README"}
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -252,7 +266,7 @@ async def list_models(request: web.Request) -> web.Response:
     served = state.router.models()
     data = [_model_entry(state, model, miners) for model, miners in sorted(served.items())]
     if served:
-        data.append({"id": "auto", "object": "model", "created": 0, "owned_by": "slmnet", "miners": sum(len(m) for m in served.values())})
+        data += [_auto_entry(flavour, sum(len(m) for m in served.values())) for flavour in FLAVOURS]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -263,6 +277,40 @@ async def get_model(request: web.Request) -> web.Response:
     if model not in state.tokenizers:
         raise ModelNotFound(f"model '{model}' is not served on this subnet; GET /v1/models lists the models")
     return web.json_response(_model_entry(state, model, state.router.models().get(model, [])))
+
+
+async def quality(request: web.Request) -> web.Response:
+    """Per model, in the open: the validators' graded answers by task family (overall and per miner),
+    the gateway's live latency, and what each auto flavour picks for each kind of request now."""
+    state: GatewayState = request.app[STATE]
+    served = state.router.models()
+    models = sorted(set(state.tokenizers) | set(served))
+    out = []
+    for model in models:
+        figures = state.router.auto.model(model)
+        miners = [m for m in state.router.miners.values() if m.model == model]
+        out.append(
+            {
+                "id": model,
+                "served": model in served,
+                **state.router.auto.report(model),
+                "p50_ttft_s": figures.ttft_s,
+                "p50_tokens_per_s": figures.tokens_per_s,
+                "answer_tokens": {kind: round(n, 1) for kind, n in sorted(figures.lengths.items())},
+                "miners": [
+                    {"uid": m.uid, "hotkey": m.hotkey, "families": {q.family: {"answers": q.answers, "correct": q.correct} for q in m.verdict.quality}}
+                    for m in sorted(miners, key=lambda m: m.uid)
+                    if m.verdict is not None and m.verdict.model == model
+                ],
+            }
+        )
+    kinds = sorted({kind for kind, _ in AUTO_KINDS} | {"multi_turn", "conversation", "open_prompt"})
+    routes = (
+        {flavour: {kind: state.router.auto.choose(flavour, kind, served, state.settings.default_max_tokens).model for kind in kinds} for flavour in FLAVOURS}
+        if served
+        else {}
+    )
+    return web.json_response({"models": out, "auto": routes})
 
 
 async def own_key(request: web.Request) -> web.Response:
@@ -332,6 +380,7 @@ GATEWAY_OPERATIONS = [
     openapi.Operation("get", "/v1/models", "The models served now, with their miners' live figures"),
     openapi.Operation("get", "/v1/models/{model}", "One model", errors=(401, 404), path_params=("model",)),
     openapi.Operation("get", "/v1/key", "The caller's own key: limits, what is left, usage"),
+    openapi.Operation("get", "/api/quality", "Per model: graded answers by task family, live latency, auto's routes", authenticated=False),
     openapi.Operation("get", "/health", "Whether any miner is serving", errors=(503,), authenticated=False),
 ]
 
@@ -340,8 +389,8 @@ BEARER = {"apiKey": {"type": "http", "scheme": "bearer", "description": "a key f
 
 
 def openapi_spec(models: list[str]) -> dict[str, Any]:
-    """The gateway's OpenAPI document, for a gateway that knows ``models`` (and takes "auto")."""
-    return openapi.document("slmnet gateway", GATEWAY_OPERATIONS, sorted(models) + ["auto"], BEARER)
+    """The gateway's OpenAPI document, for a gateway that knows ``models`` (and takes each "auto" flavour)."""
+    return openapi.document("slmnet gateway", GATEWAY_OPERATIONS, sorted(models) + list(FLAVOURS), BEARER)
 
 
 async def openapi_document(request: web.Request) -> web.Response:
@@ -384,6 +433,7 @@ def create_app(state: GatewayState) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/leaderboard", leaderboard)
+    app.router.add_get("/api/quality", quality)
     app.router.add_get("/openapi.json", openapi_document)
     app.router.add_get("/", dashboard)
     handover.add_routes(app)

@@ -74,7 +74,7 @@ class Gateway:
         tokenizers = {model: ModelTokenizer(folder) for model, folder in config.tokenizers.items()}
         self.state = GatewayState(
             store=self.store,
-            router=Router(explore=config.settings.explore),
+            router=Router(explore=config.settings.explore, prior_speeds={m.id: m.stream_tokens_per_s for m in config.models.models}),
             tokenizers=tokenizers,
             keypair=self.wallet.hotkey,
             settings=config.settings,

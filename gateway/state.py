@@ -24,6 +24,8 @@ OVERHEAD_HEADER = "x-slmnet-overhead-ms"
 LEDGER_ID_HEADER = "x-slmnet-request-id"  # the gateway's own id for the request (the ledger's key)
 MINER_HEADER = "x-slmnet-miner-uid"
 WORKER_HEADER = "x-slmnet-worker"
+MODEL_HEADER = "x-slmnet-model"  # the model that answered (for "auto": the one it chose)
+ROUTE_HEADER = "x-slmnet-route"  # for "auto": the flavour, the request's kind, the chosen model's expected accuracy and latency
 CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # a client's X-Request-Id we echo: printable, no spaces, bounded
 
 
@@ -97,7 +99,13 @@ STATE = web.AppKey("state", GatewayState)
 
 def request_headers(request: web.Request) -> dict[str, str]:
     """What every response carries: the request ids, and the key's x-ratelimit-* once admitted."""
-    headers = {"X-Request-Id": request["echo_id"], LEDGER_ID_HEADER: request["request_id"], **request.get("ratelimit", {}), **request.get("cors", {})}
+    headers = {
+        "X-Request-Id": request["echo_id"],
+        LEDGER_ID_HEADER: request["request_id"],
+        **request.get("ratelimit", {}),
+        **request.get("cors", {}),
+        **request.get("route", {}),
+    }
     if worker := request.app[STATE].settings.worker:
         headers[WORKER_HEADER] = worker
     return headers

@@ -4,8 +4,9 @@ models it prepares, each process's command line, readiness, memory, the chain's 
 Everything runs as separate processes on loopback, each in its own process group with
 its log under ``DIR/logs``: one vLLM engine for SmolLM2-135M-Instruct shared by two
 miners (two engines would not fit the 12 GiB budget beside the validator's references),
-one miner serving the tiny random model with its own engine, a validator that starts a
-reference engine per model, and a gateway with the validator's hotkey.
+one miner serving Gemma 3 270M (a second model family) and one serving the tiny random
+model, each with its own engine, a validator that starts a reference engine per model,
+and a gateway with the validator's hotkey, which routes "auto" between the models.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from neurons.common import CliError, http_status
 
 NETUID = 1
 SMOLLM2 = "slmnet/SmolLM2-135M-Instruct-Q4_1"
+GEMMA = "slmnet/gemma-3-270m-Q4_K_M"
 TINY = "slmnet/tiny-qwen2-s0"
 MARKER = ".slmnet-up"  # a folder holding this was made by `slmnet up`: safe to reset
 QUESTION = "What is the capital of France?"
@@ -92,7 +94,7 @@ class Subnet:
 
         admin.init(self.root / "chain", netuid=NETUID, tempo=10, block_time=0.2)
         wallets = {}
-        for name in ("smollm2-a", "smollm2-b", "tiny", "validator"):
+        for name in ("smollm2-a", "smollm2-b", "gemma", "tiny", "validator"):
             wallets[name] = bt.wallets.create(name, "default", path=str(self.root / "wallets"), use_password=False, on_mnemonic=lambda *_: None)
             admin.fund(self.root / "chain", wallets[name].coldkeypub.ss58_address, 1000)
 
@@ -139,13 +141,15 @@ class Subnet:
                 failed[proc.name] = [c.line() for c in diagnose(role, proc.cmd[len(SLMNET) + 1 :]) if not c.ok]
         return failed
 
-    def models(self) -> tuple[Path, Path]:
+    def models(self) -> tuple[Path, Path, Path]:
+        """SmolLM2's, Gemma's and the tiny model's folders (prepared the first time)."""
         from models.prepare import default_cache_dir, prepare
         from neurons.common import model_folder
 
         smollm2, _ = prepare("smollm2-135m", default_cache_dir())
+        gemma, _ = prepare("gemma3-270m", default_cache_dir())
         tiny = Path(model_folder("tiny:0", default_cache_dir()))
-        return smollm2, tiny
+        return smollm2, gemma, tiny
 
     def start(self, proc: Proc) -> None:
         proc.log = self.root / "logs" / f"{proc.name}.log"
@@ -164,12 +168,13 @@ class Subnet:
         gateway = ["--port", str(self.port), "--db", str(self.root / "gateway.sqlite"), "--sync-interval", "3", "--replay-prompts"]
         self.start(Proc("gateway", [*SLMNET, "gateway", *self.chain_flags("validator"), *gateway], health=f"http://127.0.0.1:{self.port}/health"))
 
-    def judging(self, tiny: Path) -> None:
-        """The tiny model's miner (its own engine) and the validator with a reference engine
-        per model, started once the serving processes are ready."""
+    def judging(self, gemma: Path, tiny: Path) -> None:
+        """Gemma's and the tiny model's miners (each its own engine) and the validator with a
+        reference engine per model, started once the serving processes are ready."""
         engine_flags = [f"--engine-arg={arg}" for arg in ENGINE_ARGS]
+        self.miner("gemma", "--model", str(gemma), "--dtype", "float32", "--max-model-len", "4096", *engine_flags)
         self.miner("tiny", "--model", str(tiny), "--dtype", "float32", "--max-model-len", "2048", *engine_flags)
-        references = [flag for model in (SMOLLM2, TINY) for flag in ("--serve-reference", model)]
+        references = [flag for model in (SMOLLM2, GEMMA, TINY) for flag in ("--serve-reference", model)]
         loop = ["--challenges-per-miner", "4", "--round-interval", "5", "--weights-interval", "1"]
         validator = ["--state-dir", str(self.root / "validator"), *references, "--dtype", "float32", *engine_flags, *loop]
         organic = ["--organic-from", f"http://127.0.0.1:{self.port}"]  # signed HTTP, as across machines (the gateway shares this hotkey)
@@ -269,10 +274,10 @@ class Subnet:
     def elapsed(self) -> float:
         return time.monotonic() - self.began
 
-    def ask(self, key: str, patience: float = 120.0) -> tuple[str, str]:
-        """One question through the gateway; its 503s (miners not yet seen on chain, with a
-        Retry-After) are waited out for ``patience`` seconds."""
-        body = json.dumps({"model": SMOLLM2, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 48, "temperature": 0}).encode()
+    def ask(self, key: str, model: str = SMOLLM2, patience: float = 120.0) -> tuple[str, str]:
+        """One question to ``model`` through the gateway: (the model that answered, the answer); its
+        503s (miners not yet seen on chain, with a Retry-After) are waited out for ``patience`` seconds."""
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 48, "temperature": 0}).encode()
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/chat/completions", data=body, method="POST", headers=headers)
         give_up = time.monotonic() + patience

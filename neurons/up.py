@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shell.net import free_port
 from neurons.common import CliError, HelpFormatter, http_status
-from neurons.local_subnet import QUESTION, Subnet
+from neurons.local_subnet import GEMMA, QUESTION, Subnet
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -107,8 +107,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     subnet.reset()
     with console.status("localnet: chain, wallets, registrations"):
         subnet.setup_chain()
-    with console.status("models: SmolLM2-135M-Instruct (prepared once, ~40 s) and the tiny model"):
-        smollm2, tiny = subnet.models()
+    with console.status("models: SmolLM2-135M-Instruct and Gemma 3 270M (each prepared once, ~40 s and ~95 s) and the tiny model"):
+        smollm2, gemma, tiny = subnet.models()
     outcome = "failed"
     try:
         subnet.serving(smollm2)
@@ -118,7 +118,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         first_at = subnet.elapsed()
         if not run.smoke:
             run.banner(key)
-        subnet.judging(tiny)
+        subnet.judging(gemma, tiny)
         run.until_ready()
         if not run.smoke:
             console.print(f"[bold]every process is ready[/] ({subnet.elapsed():.0f} s, {subnet.memory_gib():.1f} GiB in all)")
@@ -128,6 +128,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         paid = run.until_ranked()
         model, answer = first
         result = {"question": QUESTION, "model": model, "answer": answer, "incentive": paid, "seconds_to_first_answer": round(first_at, 1)}
+        result["gemma"] = subnet.ask(key, GEMMA)  # the second family, pinned
+        result["auto"] = {flavour: subnet.ask(key, flavour) for flavour in ("auto", "auto:fast", "auto:best")}
         result |= {"seconds_to_weights": round(subnet.elapsed(), 1), "memory_gib": round(subnet.memory_gib(), 2), "doctor": subnet.doctor()}
         print(json.dumps(result))
         if not answer.strip():

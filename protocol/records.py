@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protocol.responses import StreamFold
 
@@ -136,6 +136,22 @@ class ServiceReports(BaseModel):
     miners: list[ServiceReport] = Field(max_length=65536)
 
 
+class FamilyScore(BaseModel):
+    """How a miner's verified answers to one family of checkable challenges graded, all rounds so far."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str = Field(min_length=1, max_length=64)
+    answers: int = Field(ge=0, description="answers graded: the miner's answer passed verification and the family has a known answer")
+    correct: int = Field(ge=0, description="of those, the answers that were right")
+
+    @model_validator(mode="after")
+    def _at_most_answers(self) -> "FamilyScore":
+        if self.correct > self.answers:
+            raise ValueError(f"{self.correct} correct of {self.answers} answers")
+        return self
+
+
 class MinerVerdict(BaseModel):
     """What one validator's evidence says of a miner now."""
 
@@ -151,6 +167,9 @@ class MinerVerdict(BaseModel):
     evidence: float = Field(ge=0, description="the evidence's CUSUM over the flagging threshold: 1 flags")
     serves: Optional[int] = Field(
         default=None, ge=1, description="streams it served at once at its model's best speed in its last capacity probe: the gateway admits no more"
+    )
+    quality: list[FamilyScore] = Field(
+        default_factory=list, max_length=64, description="its graded answers on the model it serves now, by task family (what auto routing learns from)"
     )
 
 

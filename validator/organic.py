@@ -37,7 +37,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from btauth.client import MinerClient
-from protocol.records import SAMPLE_COLUMNS, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, ServiceReports, sample_from_row
+from protocol.records import SAMPLE_COLUMNS, FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, ServiceReports, sample_from_row
 from validator.challenges import UserPrompts, sampling_of
 from validator.rounds import RoundReport, Target, UserVerdict
 from validator.store import Store
@@ -228,10 +228,16 @@ async def verify_samples(
 
 
 def verdicts_of(
-    round_index: int, targets: Sequence[Target], report: RoundReport, threshold: float, serves: Optional[Mapping[tuple[str, str], int]] = None
+    round_index: int,
+    targets: Sequence[Target],
+    report: RoundReport,
+    threshold: float,
+    serves: Optional[Mapping[tuple[str, str], int]] = None,
+    quality: Optional[Mapping[tuple[str, str], list[FamilyScore]]] = None,
 ) -> MinerVerdicts:
     """The round's word on every miner, for the gateway; ``serves``: (hotkey, model) → the streams it
-    serves at once, from its last capacity probe (this round's where it was probed)."""
+    serves at once, from its last capacity probe (this round's where it was probed); ``quality``:
+    (hotkey, model) → its graded answers by family (``Store.quality``)."""
     verdicts = []
     for target in targets:
         evidence = report.evidence.get(target.hotkey)
@@ -245,6 +251,7 @@ def verdicts_of(
                 answers=evidence.answers if evidence else 0,
                 evidence=min(1.0, evidence.cusum / threshold) if evidence else 0.0,
                 serves=report.serves.get(target.uid) or (serves or {}).get((target.hotkey, target.model)),
+                quality=(quality or {}).get((target.hotkey, target.model), []),
             )
         )
     return MinerVerdicts(round=round_index, verdicts=verdicts)

@@ -127,7 +127,7 @@ class Validator:
         self.round_log.round(summary, report)
         self.serves.update({(t.hotkey, t.model): report.serves[t.uid] for t in targets if t.uid in report.serves})
         if self.outbox is not None:
-            await self.outbox.publish(verdicts_of(round_index, targets, report, SequentialParams().threshold, self.serves))
+            await self.outbox.publish(verdicts_of(round_index, targets, report, SequentialParams().threshold, self.serves, self.store.quality()))
         return standings, graph.tempo
 
     async def maybe_set_weights(self, net: chain.Chain, standings: Standings, tempo: int) -> Optional[dict[int, float]]:

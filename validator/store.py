@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from protocol.records import RoundSummary
+from protocol.records import FamilyScore, RoundSummary
 from scoring.aggregate import Standing
 from scoring.evidence import Evidence
 from scoring.fidelity import AnswerStats
@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS results (
     passed INTEGER, reasons TEXT, correct REAL, ttft REAL, tokens_per_s REAL, tokens INTEGER, streamed INTEGER
 );
 CREATE INDEX IF NOT EXISTS results_by_uid ON results (uid, round);
+CREATE INDEX IF NOT EXISTS results_by_round ON results (round);
+CREATE TABLE IF NOT EXISTS quality (
+    hotkey TEXT NOT NULL, model TEXT NOT NULL, family TEXT NOT NULL, answers INTEGER NOT NULL, correct INTEGER NOT NULL,
+    PRIMARY KEY (hotkey, model, family)
+);
 CREATE TABLE IF NOT EXISTS weights (block INTEGER PRIMARY KEY, weights TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS organic (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
@@ -55,6 +60,14 @@ RESULT_COLUMNS = (
 EVIDENCE_FIELDS = ("model", "cusum", "answers", "tokens", "mismatches", "reported", "exceedances", "flagged_round", "flagged_block")
 # Columns added to other tables after their first release: (table, column, type).
 ADDED_COLUMNS = (("organic", "stats", "TEXT"), ("evidence", "flagged_block", "INTEGER"), ("standings", "capacity", "REAL NOT NULL DEFAULT 0"))
+# Graded answers (a checkable family, verification passed) by miner, the model it was asked for, and
+# family, added to ``quality`` in the transaction that stores their round. A right answer is one graded 1.
+ADD_QUALITY = """
+INSERT INTO quality (hotkey, model, family, answers, correct)
+SELECT hotkey, json_extract(request, '$.model'), family, COUNT(*), SUM(correct >= 1.0) FROM results
+WHERE {where} AND correct IS NOT NULL AND json_extract(request, '$.model') IS NOT NULL GROUP BY 1, 2, 3
+ON CONFLICT (hotkey, model, family) DO UPDATE SET answers = answers + excluded.answers, correct = correct + excluded.correct
+"""
 
 
 class Store:
@@ -63,12 +76,15 @@ class Store:
         self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        had_quality = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'quality'").fetchone() is not None
         self.db.executescript(SCHEMA)
         if "declaration" in self._columns("evidence"):  # evidence was kept per declaration before it was kept per model
             self.db.execute("ALTER TABLE evidence RENAME COLUMN declaration TO model")
         for table, name, kind in (*(("results", n, k) for n, k in ADDED_RESULT_COLUMNS), *ADDED_COLUMNS):
             if name not in self._columns(table):
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        if not had_quality:  # state from before per-family quality was kept: counted once, from every stored round
+            self.db.execute(ADD_QUALITY.format(where="1"))
 
     def _columns(self, table: str) -> set[str]:
         return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
@@ -100,6 +116,7 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, summary.model_dump_json()))
             self.db.executemany(f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) VALUES ({', '.join(':' + c for c in RESULT_COLUMNS)})", results)
+            self.db.execute(ADD_QUALITY.format(where="round = :round"), {"round": round_index})
             self.db.executemany(
                 f"INSERT OR REPLACE INTO evidence VALUES (?, {', '.join('?' for _ in EVIDENCE_FIELDS)})",
                 [(hotkey, *(getattr(e, f) for f in EVIDENCE_FIELDS)) for hotkey, e in (evidence or {}).items()],
@@ -120,6 +137,13 @@ class Store:
     def summary(self, round_index: int) -> Optional[RoundSummary]:
         row = self.db.execute("SELECT summary FROM rounds WHERE round = ?", (round_index,)).fetchone()
         return RoundSummary.model_validate_json(row[0]) if row else None
+
+    def quality(self) -> dict[tuple[str, str], list[FamilyScore]]:
+        """(hotkey, model) → its graded answers by family, every round so far."""
+        scores: dict[tuple[str, str], list[FamilyScore]] = {}
+        for hotkey, model, family, answers, correct in self.db.execute("SELECT hotkey, model, family, answers, correct FROM quality ORDER BY family"):
+            scores.setdefault((hotkey, model), []).append(FamilyScore(family=family, answers=answers, correct=correct))
+        return scores
 
     def evidence(self) -> dict[str, Evidence]:
         """Hotkey → its pooled evidence about the model it was last judged on."""

@@ -104,7 +104,7 @@ def test_each_server_documents_its_routes_and_the_model_it_serves(subnet):
     assert set(gateway["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model}", "/v1/key", "/health"}
     chat = miner["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert chat["model"]["enum"] == [MODEL] and chat["temperature"]["anyOf"][0] == {"maximum": 2, "minimum": 0, "type": "number"}
-    assert gateway["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"] == [MODEL, "auto"]
+    assert gateway["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"] == [MODEL, "auto", "auto:fast", "auto:best"]
     assert set(miner["components"]["securitySchemes"]) == {"version", "hotkey", "nonce", "signature", "receiver"}
     # aiohttp's own refusals are OpenAI errors too
     for url in (subnet["miner"].url, subnet["gateway"].url):

@@ -110,7 +110,7 @@ def ledger(subnet, request_id: str) -> tuple:
 
 def test_models_lists_the_served_model_and_auto(subnet):
     ids = {m.id for m in client(subnet).models.list().data}
-    assert ids == {MODEL, "auto"}
+    assert ids == {MODEL, "auto", "auto:fast", "auto:best"}
 
 
 def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by_the_gateway(subnet):
@@ -139,6 +139,9 @@ def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by
     assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content) >= 5  # really streamed, chunk by chunk
     assert all(ch.model == MODEL for ch in chunks)  # 'auto' resolved to the model that answered
+    best = c.chat.completions.with_raw_response.create(model="auto:best", messages=[{"role": "user", "content": "What is 12 + 30?"}], max_tokens=8)
+    assert best.parse().model == MODEL and best.headers["x-slmnet-model"] == MODEL
+    assert best.headers["x-slmnet-route"].startswith("auto:best; kind=arithmetic;")
 
     text_completion = c.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0)
     assert text_completion.choices[0].text and text_completion.usage.completion_tokens > 0
@@ -151,6 +154,7 @@ def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
     with pytest.raises(openai.NotFoundError) as unknown:
         client(subnet).chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
     assert unknown.value.body["code"] == "model_not_found"
+    assert f"the models served now: '{MODEL}', 'auto', 'auto:fast', 'auto:best'" in unknown.value.body["message"]
     status, headers, body = post(subnet, "/v1/chat/completions", b"{not json")
     assert (status, body["error"]["code"]) == (400, "invalid_json") and headers["X-Request-Id"]
     status, _, body = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [], "temperature": 9}).encode())

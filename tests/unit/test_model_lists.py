@@ -16,7 +16,7 @@ def test_the_public_lists_pay_only_real_hub_models_and_the_localnet_keeps_the_te
         assert models.models and all(m.from_hub and "/" in m.id and not m.id.startswith("slmnet/") for m in models.models)
         assert all(m.end_token_ids and m.max_context >= 2048 for m in models.models)
     local = subnet.load(subnet.for_network("localnet:/somewhere"))
-    assert {m.id for m in local.models} == {"slmnet/SmolLM2-135M-Instruct-Q4_1", "slmnet/tiny-qwen2-s0"} and not local.unpinned()
+    assert {m.id for m in local.models} == {"slmnet/SmolLM2-135M-Instruct-Q4_1", "slmnet/gemma-3-270m-Q4_K_M", "slmnet/tiny-qwen2-s0"} and not local.unpinned()
     assert subnet.for_network("ws://127.0.0.1:9944") == subnet.for_network("local") == subnet.DEFAULT_LIST
 
 

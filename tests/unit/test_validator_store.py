@@ -183,3 +183,27 @@ def test_slmnet_validator_forgive_records_a_pending_forgiveness_and_refuses_with
     assert done.returncode == 0 and "forgiven" in done.stdout and "flagged since block 1000" in done.stderr
     again = Store(tmp_path / "validator.sqlite")
     assert again.apply_forgiveness(1) == ["5Miner"] and "5Miner" not in again.evidence()
+
+
+def _graded(round_index: int, hotkey: str, model: str, family: str, correct) -> dict:
+    return {**ROW, "round": round_index, "hotkey": hotkey, "family": family, "correct": correct, "request": f'{{"model": "{model}", "seed": 1}}'}
+
+
+def test_graded_answers_are_counted_by_miner_model_and_family_and_old_state_is_counted_once(tmp_path):
+    path = tmp_path / "v.sqlite"
+    store = Store(path)
+    store.save_round(0, 42, 100, 1.0, _summary(0), {}, [
+        _graded(0, "5A", "m1", "arithmetic", 1.0), _graded(0, "5A", "m1", "arithmetic", 0.0), _graded(0, "5A", "m1", "uppercase", 1.0),
+        _graded(0, "5A", "m1", "open_prompt", None),  # nothing to grade (or its verification failed): not counted
+        _graded(0, "5B", "m2", "arithmetic", 0.0),
+    ])  # fmt: skip
+    store.save_round(1, 43, 101, 2.0, _summary(1), {}, [_graded(1, "5A", "m1", "arithmetic", 1.0), _graded(1, "5A", "m2", "arithmetic", 1.0)])
+    quality = {key: {s.family: (s.answers, s.correct) for s in scores} for key, scores in store.quality().items()}
+    assert quality == {("5A", "m1"): {"arithmetic": (3, 2), "uppercase": (1, 1)}, ("5A", "m2"): {"arithmetic": (1, 1)}, ("5B", "m2"): {"arithmetic": (1, 0)}}
+    # state from before the quality table: its stored rounds are counted when it is first opened, and only then
+    store.db.execute("DROP TABLE quality")
+    store.close()
+    for _ in range(2):
+        again = Store(path)
+        assert {key: {s.family: (s.answers, s.correct) for s in scores} for key, scores in again.quality().items()} == quality
+        again.close()

@@ -1,0 +1,177 @@
+"""``model: "auto"``: each request to the model expected to serve it best, chosen per request.
+
+A request is classified by what it asks (``classify``: a few regular expressions over its
+last user message, the task families the validators grade), then each served model gets
+an expected outcome for that kind of request:
+
+- accuracy: the share of its graded answers in that family that were right, from the
+  validators' verdicts (``MinerVerdict.quality``, summed over the model's miners), smoothed
+  toward one half by one right and one wrong answer (a model with no graded answers is a
+  coin toss, and a single lucky answer does not make it best); for a kind the validators
+  do not grade (open prompts, questions, code, rewriting, conversations), its accuracy
+  over every graded family;
+- latency: the median time to first token of its miners at this gateway plus the answer's
+  expected length (the gateway's running mean of completion tokens for that model and
+  kind) at the median tokens/s — the model list's reference speed until measured.
+
+The flavours, all documented in the README:
+
+- ``"auto:best"``: the most accurate (ties: the fastest);
+- ``"auto:fast"``: the fastest (ties: the most accurate);
+- ``"auto"``: the fastest of those within ``BALANCED_MARGIN`` of the most accurate.
+
+Every figure is kept up to date when a verdict or an answer arrives (``AutoRouter.learn``,
+``AutoRouter.answered``); a choice reads a few dict entries, takes no lock, no I/O and
+no model call (``bench/auto_routing.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional
+
+from protocol.records import MinerVerdict
+
+FLAVOURS = ("auto", "auto:fast", "auto:best")
+BALANCED_MARGIN = 0.02  # "auto" gives up at most this much expected accuracy for speed
+PRIOR_TTFT_S = 0.5  # a model's time to first token before the gateway has measured any
+PRIOR_TOKENS = 64.0  # an answer's length before the gateway has seen any for the model and kind
+LENGTH_ALPHA = 0.1  # weight of the newest answer in the running mean of answer lengths
+SCAN_CHARS = 2000  # a request is classified on the first characters of its last user message
+OPEN = "open"  # kinds nobody grades share their accuracy: the model's over all graded families
+
+# (kind, pattern), first match wins: the validators' checkable families first, then open kinds.
+KINDS = tuple(
+    (kind, re.compile(pattern, re.IGNORECASE | re.DOTALL))
+    for kind, pattern in (
+        ("json_format", r"\bjson\b"),
+        ("uppercase", r"upper ?case|capital letters|all caps|\bcapitali[sz]e"),
+        ("reverse_string", r"\brevers|backwards"),
+        ("count_letter", r"\bhow many\b.*\b(letter|times)\b|\bcount the letter|how many '.'s"),
+        ("sort_numbers", r"^(?=.*\d\s*,\s*\d)(?=.*\b(sort|order|ascending|descending|increasing|decreasing)\b)"),
+        ("arithmetic", r"\d\s*[-+*/×x]\s*\d|\b(plus|minus|times|divided by|sum of|product of)\b"),
+        ("code", r"\b(python|javascript|typescript|rust|golang|bash|sql|function|code|script|regex)\b"),
+        ("rewrite", r"\b(summari[sz]e|rewrite|translate|paraphrase|more formal|grammar|main point)\b"),
+        ("question", r"\b(explain|how does|why|what is|what are|compare|example)\b"),
+    )
+)
+HOW_MANY = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
+GRADED = frozenset({"arithmetic", "reverse_string", "sort_numbers", "count_letter", "json_format", "uppercase", "multi_turn"})
+
+
+def _text(content: Any) -> str:
+    return content if isinstance(content, str) else ""
+
+
+def classify(body: Mapping[str, Any]) -> str:
+    """The kind of request ``body`` is (a validator task family, or ``open_prompt``)."""
+    messages = body.get("messages")
+    if messages is None:
+        return _kind(_text(body.get("prompt"))[:SCAN_CHARS])
+    users = [m for m in messages if m.get("role") == "user"]
+    last = _text(users[-1].get("content"))[:SCAN_CHARS] if users else ""
+    kind = _kind(last)
+    if len(users) > 1 and kind in ("question", "open_prompt", "count_letter"):
+        # a follow-up: "how many do I have now?" counts on an earlier turn; anything else open is a conversation
+        return "multi_turn" if HOW_MANY.search(last) and "letter" not in last.lower() else "conversation"
+    return kind
+
+
+def _kind(text: str) -> str:
+    for kind, pattern in KINDS:
+        if pattern.search(text):
+            return kind
+    return "open_prompt"
+
+
+@dataclass
+class ModelFigures:
+    """What auto routing knows of one model."""
+
+    graded: dict[str, tuple[int, int]] = field(default_factory=dict)  # family → (answers, correct), over its miners
+    ttft_s: Optional[float] = None  # median over its miners, measured here
+    tokens_per_s: Optional[float] = None
+    prior_tokens_per_s: float = 40.0  # the model list's reference speed
+    lengths: dict[str, float] = field(default_factory=dict)  # kind → running mean of completion tokens
+
+    def accuracy(self, kind: str) -> float:
+        answers, correct = self.graded.get(kind, (0, 0)) if kind in GRADED else self.pooled()
+        return (correct + 1) / (answers + 2)
+
+    def pooled(self) -> tuple[int, int]:
+        return sum(a for a, _ in self.graded.values()), sum(c for _, c in self.graded.values())
+
+    def latency(self, kind: str, max_tokens: int) -> float:
+        tokens = min(self.lengths.get(kind, PRIOR_TOKENS), max_tokens)
+        return (self.ttft_s if self.ttft_s is not None else PRIOR_TTFT_S) + tokens / (self.tokens_per_s or self.prior_tokens_per_s)
+
+
+@dataclass(frozen=True)
+class Choice:
+    flavour: str
+    model: str
+    kind: str
+    accuracy: float  # expected
+    latency_s: float  # expected
+
+    def header(self) -> str:
+        """What ``x-slmnet-route`` says of the choice."""
+        return f"{self.flavour}; kind={self.kind}; accuracy={self.accuracy:.3f}; latency_s={self.latency_s:.2f}"
+
+
+class AutoRouter:
+    """Per-model figures, learnt from verdicts and answers; ``choose`` picks for one request."""
+
+    def __init__(self, prior_speeds: Optional[Mapping[str, float]] = None):
+        self.figures: dict[str, ModelFigures] = {}
+        self.prior_speeds = dict(prior_speeds or {})
+
+    def model(self, model: str) -> ModelFigures:
+        figures = self.figures.get(model)
+        if figures is None:
+            figures = self.figures[model] = ModelFigures(prior_tokens_per_s=self.prior_speeds.get(model, 40.0))
+        return figures
+
+    def learn(self, verdicts: Iterable[MinerVerdict]) -> None:
+        """Every miner's latest verdict (all of them, not only the new): the graded answers of each
+        model summed over the miners whose verdict is about it."""
+        graded: dict[str, dict[str, tuple[int, int]]] = {}
+        for verdict in verdicts:
+            families = graded.setdefault(verdict.model, {})
+            for score in verdict.quality:
+                answers, correct = families.get(score.family, (0, 0))
+                families[score.family] = (answers + score.answers, correct + score.correct)
+        for model, families in graded.items():
+            self.model(model).graded = families
+
+    def measured(self, model: str, ttfts: list[float], speeds: list[float]) -> None:
+        """The live figures of the model's miners at this gateway (medians kept)."""
+        figures = self.model(model)
+        figures.ttft_s = sorted(ttfts)[len(ttfts) // 2] if ttfts else None
+        figures.tokens_per_s = sorted(speeds)[len(speeds) // 2] if speeds else None
+
+    def answered(self, model: str, kind: str, completion_tokens: int) -> None:
+        lengths = self.model(model).lengths
+        old = lengths.get(kind)
+        lengths[kind] = completion_tokens if old is None else LENGTH_ALPHA * completion_tokens + (1 - LENGTH_ALPHA) * old
+
+    def choose(self, flavour: str, kind: str, served: Iterable[str], max_tokens: int) -> Choice:
+        """The model for a request of ``kind`` among ``served`` (not empty), by ``flavour``."""
+        options = [Choice(flavour, m, kind, self.model(m).accuracy(kind), self.model(m).latency(kind, max_tokens)) for m in served]
+        if flavour == "auto:best":
+            return max(options, key=lambda c: (c.accuracy, -c.latency_s, c.model))
+        if flavour == "auto:fast":
+            return min(options, key=lambda c: (c.latency_s, -c.accuracy, c.model))
+        best = max(c.accuracy for c in options)
+        return min((c for c in options if c.accuracy >= best - BALANCED_MARGIN), key=lambda c: (c.latency_s, -c.accuracy, c.model))
+
+    def report(self, model: str) -> dict[str, Any]:
+        """The model's quality as ``/v1/models`` and ``/api/quality`` show it."""
+        figures = self.model(model)
+        answers, correct = figures.pooled()
+        return {
+            "graded_answers": answers,
+            "accuracy": correct / answers if answers else None,
+            "families": {family: {"answers": a, "correct": c, "accuracy": c / a if a else None} for family, (a, c) in sorted(figures.graded.items())},
+        }

@@ -1,0 +1,74 @@
+"""``model: "auto"``: requests classified by kind, and each flavour's pick from the validators'
+graded answers and the gateway's latency."""
+
+from __future__ import annotations
+
+import random
+
+from gateway.auto import FLAVOURS, GRADED, AutoRouter, classify
+from gateway.router import MinerView, Router
+from protocol.records import FamilyScore, MinerVerdict
+from validator.challenges.tasks import FAMILIES
+
+
+def _verdict(hotkey: str, model: str, **families: tuple[int, int]) -> MinerVerdict:
+    quality = [FamilyScore(family=f, answers=a, correct=c) for f, (a, c) in families.items()]
+    return MinerVerdict(uid=0, hotkey=hotkey, model=model, standing="ok", answers=10, evidence=0.0, quality=quality)
+
+
+def test_the_validators_task_families_are_told_apart_from_the_request_alone():
+    rng = random.Random(11)  # fixed: the same 50 tasks a family every run
+    wrong = {}
+    for family, build in FAMILIES.items():
+        kinds = [classify({"messages": list(build(rng).messages)}) for _ in range(50)]
+        wrong[family] = sum(kind != family for kind in kinds)
+    # every checkable family (what auto's accuracy figures are about) is recognised every time
+    assert {f: n for f, n in wrong.items() if f in GRADED and n} == {}
+    # open kinds share one accuracy figure; most still land in their own kind
+    assert sum(wrong[f] for f in FAMILIES if f not in GRADED) < 0.25 * 50 * (len(FAMILIES) - len(GRADED)), wrong
+    assert classify({"prompt": "What is 7 * 6?"}) == "arithmetic"
+
+
+def test_best_takes_the_most_accurate_fast_the_quickest_and_auto_the_quickest_within_two_points():
+    auto = AutoRouter({"big": 10.0, "small": 100.0})
+    # big: 90 of 100 right on arithmetic; small: 89 of 100 (within 2 points), and far faster
+    auto.learn([_verdict("a", "big", arithmetic=(60, 54)), _verdict("b", "big", arithmetic=(40, 36)), _verdict("c", "small", arithmetic=(100, 89))])
+    assert auto.model("big").graded == {"arithmetic": (100, 90)}  # summed over the model's miners
+    picks = {flavour: auto.choose(flavour, "arithmetic", ["big", "small"], 64).model for flavour in FLAVOURS}
+    assert picks == {"auto:best": "big", "auto:fast": "small", "auto": "small"}
+    # 70 of 100: more than 2 points below: balanced keeps the accurate one
+    auto.learn([_verdict("c", "small", arithmetic=(100, 70))])
+    assert auto.choose("auto", "arithmetic", ["big", "small"], 64).model == "big"
+    assert auto.choose("auto:fast", "arithmetic", ["big", "small"], 64).model == "small"
+
+
+def test_an_ungraded_kind_uses_the_pooled_accuracy_and_unknown_models_are_a_coin_toss():
+    auto = AutoRouter()
+    auto.learn([_verdict("a", "m1", arithmetic=(10, 9), uppercase=(10, 9)), _verdict("b", "m2", arithmetic=(10, 1))])
+    assert auto.model("m1").accuracy("code") == (18 + 1) / (20 + 2)
+    assert auto.model("m3").accuracy("arithmetic") == 0.5  # nothing graded yet
+    assert auto.choose("auto:best", "open_prompt", ["m1", "m2", "m3"], 64).model == "m1"
+
+
+def test_latency_is_learnt_from_answers_and_measured_speeds():
+    auto = AutoRouter({"chatty": 40.0, "terse": 12.0})
+    for _ in range(50):
+        auto.answered("chatty", "question", 200)
+        auto.answered("terse", "question", 6)
+    auto.measured("chatty", [0.2, 0.3, 0.25], [40.0, 38.0])
+    auto.measured("terse", [0.4], [12.0])
+    # 0.25 + 200/40 s against 0.4 + 6/12 s: the slower model with the shorter answers is faster for this kind
+    assert auto.choose("auto:fast", "question", ["chatty", "terse"], 256).model == "terse"
+    # a request that caps the answer at 8 tokens: 0.25 + 0.2 s against 0.4 + 0.5 s
+    assert auto.choose("auto:fast", "question", ["chatty", "terse"], 8).model == "chatty"
+
+
+def test_the_router_feeds_verdicts_and_live_figures_to_auto():
+    router = Router(rng=random.Random(0), prior_speeds={"m1": 40.0, "m2": 10.0})
+    router.update_from_chain([MinerView(1, "h1", "http://a", "m1", 4), MinerView(2, "h2", "http://b", "m2", 4)])
+    router.apply_verdicts([_verdict("h1", "m1", json_format=(20, 2)), _verdict("h2", "m2", json_format=(20, 18))])
+    router.miners[1].success(0.1, 50.0)
+    router.snapshot()
+    assert router.auto.model("m1").ttft_s == 0.1 and router.auto.model("m1").tokens_per_s == 50.0
+    assert router.auto.choose("auto:best", classify({"messages": [{"role": "user", "content": "Give it as JSON."}]}), router.models(), 64).model == "m2"
+    assert router.auto.report("m2")["families"] == {"json_format": {"answers": 20, "correct": 18, "accuracy": 0.9}}
