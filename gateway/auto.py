@@ -17,8 +17,15 @@ an expected outcome for that kind of request:
 The flavours, all documented in the README:
 
 - ``"auto:best"``: the most accurate (ties: the fastest);
-- ``"auto:fast"``: the fastest (ties: the most accurate);
-- ``"auto"``: the fastest of those within ``BALANCED_MARGIN`` of the most accurate.
+- ``"auto"``: the fastest of those within ``MARGINS["auto"]`` (2 points) of the most accurate;
+- ``"auto:fast"``: the fastest of those within ``MARGINS["auto:fast"]`` (10 points): speed
+  first, but never a model that is fast because it answers anything (a test model).
+
+Only models with at least ``MIN_GRADED`` graded answers are candidates: a model the
+validators have not judged yet is not a coin toss to bet a user's request on (and the tiny
+test model, fastest of all, would win every such bet). While no served model has that
+many, "auto" takes the model the validators pay most for in total (summed incentive),
+as it did before per-family figures existed.
 
 Every figure is kept up to date when a verdict or an answer arrives (``AutoRouter.learn``,
 ``AutoRouter.answered``); a choice reads a few dict entries, takes no lock, no I/O and
@@ -34,7 +41,8 @@ from typing import Any, Iterable, Mapping, Optional
 from protocol.records import MinerVerdict
 
 FLAVOURS = ("auto", "auto:fast", "auto:best")
-BALANCED_MARGIN = 0.02  # "auto" gives up at most this much expected accuracy for speed
+MIN_GRADED = 8  # graded answers a model needs before auto routes by its figures
+MARGINS = {"auto:best": 0.0, "auto": 0.02, "auto:fast": 0.10}  # expected accuracy each flavour gives up at most for speed
 PRIOR_TTFT_S = 0.5  # a model's time to first token before the gateway has measured any
 PRIOR_TOKENS = 64.0  # an answer's length before the gateway has seen any for the model and kind
 LENGTH_ALPHA = 0.1  # weight of the newest answer in the running mean of answer lengths
@@ -156,15 +164,15 @@ class AutoRouter:
         old = lengths.get(kind)
         lengths[kind] = completion_tokens if old is None else LENGTH_ALPHA * completion_tokens + (1 - LENGTH_ALPHA) * old
 
-    def choose(self, flavour: str, kind: str, served: Iterable[str], max_tokens: int) -> Choice:
-        """The model for a request of ``kind`` among ``served`` (not empty), by ``flavour``."""
-        options = [Choice(flavour, m, kind, self.model(m).accuracy(kind), self.model(m).latency(kind, max_tokens)) for m in served]
-        if flavour == "auto:best":
-            return max(options, key=lambda c: (c.accuracy, -c.latency_s, c.model))
-        if flavour == "auto:fast":
-            return min(options, key=lambda c: (c.latency_s, -c.accuracy, c.model))
-        best = max(c.accuracy for c in options)
-        return min((c for c in options if c.accuracy >= best - BALANCED_MARGIN), key=lambda c: (c.latency_s, -c.accuracy, c.model))
+    def choose(self, flavour: str, kind: str, served: Mapping[str, float], max_tokens: int) -> Choice:
+        """The model for a request of ``kind`` among ``served`` (model → its miners' summed incentive; not empty), by ``flavour``."""
+        judged = [m for m in served if self.model(m).pooled()[0] >= MIN_GRADED]
+        if not judged:
+            model = max(served, key=lambda m: (served[m], m))
+            return Choice(flavour, model, kind, self.model(model).accuracy(kind), self.model(model).latency(kind, max_tokens))
+        options = [Choice(flavour, m, kind, self.model(m).accuracy(kind), self.model(m).latency(kind, max_tokens)) for m in judged]
+        floor = max(c.accuracy for c in options) - MARGINS[flavour] - 1e-12
+        return min((c for c in options if c.accuracy >= floor), key=lambda c: (c.latency_s, -c.accuracy, c.model))
 
     def report(self, model: str) -> dict[str, Any]:
         """The model's quality as ``/v1/models`` and ``/api/quality`` show it."""

@@ -141,7 +141,7 @@ def _resolve_model(requested: str, body: dict[str, Any], max_tokens: int, state:
     if requested in FLAVOURS:
         if not served:
             raise NoMinerAvailable("no healthy miner serves any model right now", headers={"Retry-After": "5"})
-        choice = state.router.auto.choose(requested, classify(body), served, max_tokens)
+        choice = state.router.auto.choose(requested, classify(body), {m: sum(v.incentive for v in miners) for m, miners in served.items()}, max_tokens)
         return choice.model, choice
     if requested in served:
         return requested, None

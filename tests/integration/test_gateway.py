@@ -32,7 +32,7 @@ from models import subnet as model_list
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, ledger_rows, start_adversary, start_gateway, start_miners
-from protocol.records import MinerVerdict, MinerVerdicts
+from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts
 from validator.organic import SignedOutbox, verify_samples
 from validator.rounds import Target
 from validator.store import Store
@@ -366,11 +366,42 @@ def test_user_answers_and_verdicts_cross_between_gateway_and_validator_over_sign
 
 
 @pytest.mark.parametrize("setup", ["one process", "two workers"])
-def test_dashboard_shows_the_leaderboard_and_streams_in_the_playground(setup, request):
+def test_dashboard_shows_the_leaderboard_quality_by_family_and_streams_in_the_playground(setup, request):
     from playwright.sync_api import sync_playwright
 
     subnet = request.getfixturevalue("subnet" if setup == "one process" else "workers")
     shot = ARTIFACTS / f"dashboard-{setup.replace(' ', '-')}.png"
+    # what a validator's round hands over: two miners' graded answers on the model, by family
+    graded = {"fast1": [("arithmetic", 12, 9), ("uppercase", 10, 4)], "fast2": [("arithmetic", 8, 6)]}
+    verdicts = [
+        MinerVerdict(
+            uid=subnet["uids"][name], hotkey=subnet["wallets"][name].hotkey.ss58_address, model=MODEL, standing="ok", answers=300, evidence=0.0,
+            quality=[FamilyScore(family=f, answers=a, correct=c) for f, a, c in scores],
+        )
+        for name, scores in graded.items()
+    ]  # fmt: skip
+
+    async def publish() -> None:
+        async with aiohttp.ClientSession() as session:
+            await SignedOutbox(session, subnet["url"], subnet["wallets"]["gateway"].hotkey).publish(MinerVerdicts(round=2, verdicts=verdicts))
+
+    asyncio.run(publish())
+    workers = {"w0", "w1"} if setup == "two workers" else {None}
+    up_to_date, deadline = set(), time.monotonic() + 30  # posted to one worker: in force in every one within a health tick
+    while up_to_date != workers and time.monotonic() < deadline:
+        with urllib.request.urlopen(subnet["url"] + "/api/quality", timeout=30) as response:  # a fresh connection: any worker
+            quality = {m["id"]: m for m in json.loads(response.read())["models"]}
+            if quality[MODEL]["graded_answers"] == 30:
+                up_to_date.add(response.headers.get("x-slmnet-worker"))
+        time.sleep(0.1)
+    assert up_to_date == workers
+    assert quality[MODEL]["families"] == {
+        "arithmetic": {"answers": 20, "correct": 15, "accuracy": 0.75},
+        "uppercase": {"answers": 10, "correct": 4, "accuracy": 0.4},
+    }  # summed over the model's miners; each miner's own figures beside them
+    assert {m["uid"]: m["families"] for m in quality[MODEL]["miners"]}[subnet["uids"]["fast2"]] == {"arithmetic": {"answers": 8, "correct": 6}}
+    listed = client(subnet).models.retrieve(MODEL).model_extra["quality"]
+    assert listed["graded_answers"] == 30 and listed["families"]["uppercase"]["accuracy"] == 0.4
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -379,6 +410,13 @@ def test_dashboard_shows_the_leaderboard_and_streams_in_the_playground(setup, re
         page.goto(subnet["url"] + "/")
         page.wait_for_function("document.querySelectorAll('#board tbody tr').length >= 4")
         assert MODEL in page.inner_text("#board")
+        card = f'#model-cards [data-model="{MODEL}"]'
+        page.wait_for_selector(f"{card} svg rect")
+        assert "30 graded answers" in page.inner_text(card)
+        bars = {page.get_attribute(f"{card} svg rect:nth-of-type({i})", "height") for i in (1, 2)}
+        assert {round(float(h), 1) for h in bars} == {82.5, 44.0}  # 75% and 40% of the chart's 110 units
+        assert "75% of 20" in page.inner_text(card) and "40% of 10" in page.inner_text(card)
+        assert MODEL in page.inner_text("#quality") and "30" in page.inner_text("#quality")
         page.fill("#key", subnet["key"])
         page.click("#send")
         page.wait_for_function("document.getElementById('meta').textContent.includes('tokens')", timeout=60_000)

@@ -45,4 +45,4 @@ def test_smollm2_is_prepared_once_and_answers_a_question():
 def test_an_unknown_model_name_is_refused_with_the_known_ones(tmp_path):
     done = _prepare("gpt-5", "--cache-dir", str(tmp_path))
     assert done.returncode == 1
-    assert "unknown model 'gpt-5'; known: smollm2-135m" in done.stderr
+    assert "unknown model 'gpt-5'; known: gemma3-270m, smollm2-135m" in done.stderr

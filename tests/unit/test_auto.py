@@ -34,33 +34,41 @@ def test_best_takes_the_most_accurate_fast_the_quickest_and_auto_the_quickest_wi
     # big: 90 of 100 right on arithmetic; small: 89 of 100 (within 2 points), and far faster
     auto.learn([_verdict("a", "big", arithmetic=(60, 54)), _verdict("b", "big", arithmetic=(40, 36)), _verdict("c", "small", arithmetic=(100, 89))])
     assert auto.model("big").graded == {"arithmetic": (100, 90)}  # summed over the model's miners
-    picks = {flavour: auto.choose(flavour, "arithmetic", ["big", "small"], 64).model for flavour in FLAVOURS}
+    picks = {flavour: auto.choose(flavour, "arithmetic", {"big": 0.0, "small": 0.0}, 64).model for flavour in FLAVOURS}
     assert picks == {"auto:best": "big", "auto:fast": "small", "auto": "small"}
-    # 70 of 100: more than 2 points below: balanced keeps the accurate one
-    auto.learn([_verdict("c", "small", arithmetic=(100, 70))])
-    assert auto.choose("auto", "arithmetic", ["big", "small"], 64).model == "big"
-    assert auto.choose("auto:fast", "arithmetic", ["big", "small"], 64).model == "small"
+    # 85 of 100: 5 points below: balanced keeps the accurate one, fast still takes the quick one
+    auto.learn([_verdict("c", "small", arithmetic=(100, 85))])
+    assert auto.choose("auto", "arithmetic", {"big": 0.0, "small": 0.0}, 64).model == "big"
+    assert auto.choose("auto:fast", "arithmetic", {"big": 0.0, "small": 0.0}, 64).model == "small"
+    # 10 of 100: fast as it is, it answers anything: no flavour takes it
+    auto.learn([_verdict("c", "small", arithmetic=(100, 10))])
+    assert {auto.choose(flavour, "arithmetic", {"big": 0.0, "small": 0.0}, 64).model for flavour in FLAVOURS} == {"big"}
 
 
-def test_an_ungraded_kind_uses_the_pooled_accuracy_and_unknown_models_are_a_coin_toss():
+def test_an_ungraded_kind_uses_the_pooled_accuracy_and_unjudged_models_are_not_bet_on():
     auto = AutoRouter()
+    served = {"m1": 0.2, "m2": 0.1, "m3": 0.7}
+    # nobody judged yet: the model the validators pay most for, whatever the flavour
+    assert {auto.choose(flavour, "arithmetic", served, 64).model for flavour in FLAVOURS} == {"m3"}
     auto.learn([_verdict("a", "m1", arithmetic=(10, 9), uppercase=(10, 9)), _verdict("b", "m2", arithmetic=(10, 1))])
     assert auto.model("m1").accuracy("code") == (18 + 1) / (20 + 2)
-    assert auto.model("m3").accuracy("arithmetic") == 0.5  # nothing graded yet
-    assert auto.choose("auto:best", "open_prompt", ["m1", "m2", "m3"], 64).model == "m1"
+    assert auto.model("m3").accuracy("arithmetic") == 0.5  # nothing graded: a coin toss, and not a candidate
+    assert auto.choose("auto:best", "open_prompt", served, 64).model == "m1"
+    assert auto.choose("auto:fast", "arithmetic", served, 64).model == "m1"
 
 
 def test_latency_is_learnt_from_answers_and_measured_speeds():
     auto = AutoRouter({"chatty": 40.0, "terse": 12.0})
+    auto.learn([_verdict("a", "chatty", arithmetic=(10, 5)), _verdict("b", "terse", arithmetic=(10, 5))])
     for _ in range(50):
         auto.answered("chatty", "question", 200)
         auto.answered("terse", "question", 6)
     auto.measured("chatty", [0.2, 0.3, 0.25], [40.0, 38.0])
     auto.measured("terse", [0.4], [12.0])
-    # 0.25 + 200/40 s against 0.4 + 6/12 s: the slower model with the shorter answers is faster for this kind
-    assert auto.choose("auto:fast", "question", ["chatty", "terse"], 256).model == "terse"
+    # (equally accurate) 0.25 + 200/40 s against 0.4 + 6/12 s: the slower model with the shorter answers is faster for this kind
+    assert auto.choose("auto:fast", "question", {"chatty": 0.0, "terse": 0.0}, 256).model == "terse"
     # a request that caps the answer at 8 tokens: 0.25 + 0.2 s against 0.4 + 0.5 s
-    assert auto.choose("auto:fast", "question", ["chatty", "terse"], 8).model == "chatty"
+    assert auto.choose("auto:fast", "question", {"chatty": 0.0, "terse": 0.0}, 8).model == "chatty"
 
 
 def test_the_router_feeds_verdicts_and_live_figures_to_auto():
@@ -70,5 +78,5 @@ def test_the_router_feeds_verdicts_and_live_figures_to_auto():
     router.miners[1].success(0.1, 50.0)
     router.snapshot()
     assert router.auto.model("m1").ttft_s == 0.1 and router.auto.model("m1").tokens_per_s == 50.0
-    assert router.auto.choose("auto:best", classify({"messages": [{"role": "user", "content": "Give it as JSON."}]}), router.models(), 64).model == "m2"
+    assert router.auto.choose("auto:best", classify({"messages": [{"role": "user", "content": "Give it as JSON."}]}), {"m1": 0.9, "m2": 0.1}, 64).model == "m2"
     assert router.auto.report("m2")["families"] == {"json_format": {"answers": 20, "correct": 18, "accuracy": 0.9}}
