@@ -83,10 +83,19 @@ class TextBinding:
 
 
 def binding_reasons(
-    tokenizer: ModelTokenizer, token_ids: Sequence[int], text: str, stop: Union[str, list[str], None], prompt_length: int = 0, max_context: int = 1 << 30
+    tokenizer: ModelTokenizer,
+    token_ids: Sequence[int],
+    text: str,
+    stop: Union[str, list[str], None],
+    prompt_length: int = 0,
+    max_context: int = 1 << 30,
+    ended_by: Optional[int] = None,
 ) -> list[str]:
     """Why a whole answer's ids and text do not belong together (empty: they do): an id outside
-    the vocabulary, more tokens than the context holds, or text that is not what the ids spell."""
+    the vocabulary, more tokens than the context holds, or text that is not what the ids spell.
+    ``ended_by``: the answer's last id when it is one of the model's end tokens and the answer
+    stopped on it; vLLM never shows an end token's text (nothing for a special token like
+    ``<eos>``, but Gemma's answers end on a newline), so it spells nothing here either."""
     binding = TextBinding(tokenizer)
     outside = [i for i in token_ids if not 0 <= i < tokenizer.size]
     if outside:
@@ -94,7 +103,7 @@ def binding_reasons(
     if prompt_length + len(token_ids) > max_context:
         return [f"{prompt_length} prompt + {len(token_ids)} completion tokens exceed the model's context of {max_context}"]
     try:
-        binding.feed(token_ids, text)
+        binding.feed(token_ids[:-1] if ended_by is not None and token_ids and token_ids[-1] == ended_by else token_ids, text)
     except StreamViolation as exc:
         return [str(exc) + f", the miner showed {text[:60]!r}"]
     rest = binding.unshown(stop)

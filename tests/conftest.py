@@ -1,3 +1,4 @@
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,10 +21,12 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session", autouse=True)
 def _shared_model_cache(tmp_path_factory):
-    """One model cache a session (``$SLMNET_CACHE``, which child processes inherit): SmolLM2 is prepared from
-    its GGUF once (~40 s), whether `slmnet up` or the prepare test needs it first."""
+    """One model cache a session (``$SLMNET_CACHE``, which child processes inherit): the one `make test`
+    prepared the real models in before the tests (``make models``), else a fresh one where each is
+    prepared once (SmolLM2 ~40 s, Gemma ~95 s), whether `slmnet up` or the prepare test needs it first."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SLMNET_CACHE", str(tmp_path_factory.mktemp("slmnet-cache")))
+        if not os.environ.get("SLMNET_CACHE"):
+            patch.setenv("SLMNET_CACHE", str(tmp_path_factory.mktemp("slmnet-cache")))
         yield
 
 

@@ -166,8 +166,10 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
         return _failed("the miner's prompt tokens differ from the reference tokenization of the conversation")
     if response.error is not None or response.finish_reason is None:
         return _failed(f"the stream did not complete: {response.error or 'no finish_reason'}")
+    last = response.token_ids[-1] if response.token_ids else None
+    ended_by = last if response.finish_reason == "stop" and last in reference.end_token_ids else None
     broken = await asyncio.to_thread(
-        binding_reasons, reference.tokenizer, response.token_ids, response.text, request.get("stop"), len(prompt_ids), reference.max_context
+        binding_reasons, reference.tokenizer, response.token_ids, response.text, request.get("stop"), len(prompt_ids), reference.max_context, ended_by
     )
     if broken:
         return _failed(broken[0])

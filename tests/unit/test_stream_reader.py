@@ -128,3 +128,11 @@ def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
         shown.feed([], " <script>")
     with pytest.raises(StreamViolation, match="outside the model's vocabulary"):
         TextBinding(tokenizer).feed([10**6], "x")
+    # a whole answer that stopped on an end token with text (Gemma's newline): vLLM never shows that token's text
+    from models.tokenizer import binding_reasons
+
+    newline = tokenizer.fast.encode("\n", add_special_tokens=False).ids
+    assert len(newline) == 1 and binding_reasons(tokenizer, ids + newline, "Paris is the capital of France.", None, ended_by=newline[0]) == []
+    assert binding_reasons(tokenizer, ids + newline, "Paris is the capital of France.", None)  # not an end token: its text is missing
+    # only the last id, and only that id: an end token in the middle spells its text as any other
+    assert binding_reasons(tokenizer, newline + ids, "Paris is the capital of France.", None, ended_by=newline[0])
