@@ -181,9 +181,12 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
             raise BadRequest(str(exc), "unsupported_content") from exc
     elif not isinstance(body["prompt"], str):
         raise BadRequest("the gateway takes a single string prompt on /v1/completions", "unsupported_prompt")
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
-    model, choice = _resolve_model(parsed.model, body, max_tokens, state)
+    model, choice = _resolve_model(parsed.model, body, _max_tokens(body, state), state)
     return chat, body, model, choice
+
+
+def _max_tokens(body: dict[str, Any], state: GatewayState) -> int:
+    return body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -196,7 +199,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if choice is not None:  # "auto": which model it chose, and for what kind of request, for the user to see
         request["route"] = {MODEL_HEADER: model, ROUTE_HEADER: choice.header()}
     prompt_tokens = state.tokenizers[model].prompt_tokens(messages=body.get("messages"), prompt=body.get("prompt", ""))
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or state.settings.default_max_tokens
+    max_tokens = _max_tokens(body, state)
     context = state.contexts.get(model)
     if context is not None and prompt_tokens + max_tokens > context:
         raise BadRequest(f"{prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed {model}'s context of {context} tokens", "context_length_exceeded")

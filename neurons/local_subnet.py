@@ -3,10 +3,11 @@ models it prepares, each process's command line, readiness, memory, the chain's 
 
 Everything runs as separate processes on loopback, each in its own process group with
 its log under ``DIR/logs``: one vLLM engine for SmolLM2-135M-Instruct shared by two
-miners (two engines would not fit the 12 GiB budget beside the validator's references),
-one miner serving Gemma 3 270M (a second model family) and one serving the tiny random
-model, each with its own engine, a validator that starts a reference engine per model,
-and a gateway with the validator's hotkey, which routes "auto" between the models.
+miners (two engines would not fit beside the validator's references), then, as
+``--models`` says, one miner serving Gemma 3 270M (a second model family) and one serving
+the tiny random model, each with its own engine, a validator that starts a reference
+engine per model, and a gateway with the validator's hotkey, which routes "auto" between
+the models.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ GEMMA = "slmnet/gemma-3-270m-Q4_K_M"
 TINY = "slmnet/tiny-qwen2-s0"
 MARKER = ".slmnet-up"  # a folder holding this was made by `slmnet up`: safe to reset
 QUESTION = "What is the capital of France?"
+LINEUPS = ("smollm2", "gemma", "tiny")  # what --models names; SmolLM2 always (the first answers come from it)
+MINERS = {"smollm2": ("smollm2-a", "smollm2-b"), "gemma": ("gemma",), "tiny": ("tiny",)}
 SLMNET = [sys.executable, "-m", "neurons.cli"]
 # No torch.compile: four engines compiling a 30-layer model at once took over 10 minutes on
 # 2 cores (measured); eager engines are healthy in about a minute and decode fast enough.
 # KV cache per engine: 256 MiB holds ~5600 SmolLM2 tokens (46 KB each in fp32), enough for
 # the demo's concurrency; the 1 GiB minimum of VLLM_CPU_KVCACHE_SPACE put four engines over 12 GiB.
-ENGINE_ARGS = ("--enforce-eager", f"--kv-cache-memory-bytes={256 * 2**20}")
+# At most 16 sequences at once (miners take 2 streams each, the capacity probe 4): the sampler's
+# buffers are sized by it, 262k floats a sequence for Gemma's vocabulary (vLLM's default 256: 268 MB).
+ENGINE_ARGS = ("--enforce-eager", f"--kv-cache-memory-bytes={256 * 2**20}", "--max-num-seqs=16")
 
 
 @dataclass
@@ -58,9 +63,10 @@ class Proc:
 
 
 class Subnet:
-    def __init__(self, root: Path, port: int):
+    def __init__(self, root: Path, port: int, lineup: tuple[str, ...] = ("smollm2", "gemma")):
         self.root = root
         self.port = port
+        self.lineup = lineup
         self.procs: list[Proc] = []
         self.env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         self.env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
@@ -94,7 +100,7 @@ class Subnet:
 
         admin.init(self.root / "chain", netuid=NETUID, tempo=10, block_time=0.2)
         wallets = {}
-        for name in ("smollm2-a", "smollm2-b", "gemma", "tiny", "validator"):
+        for name in (*(miner for model in self.lineup for miner in MINERS[model]), "validator"):
             wallets[name] = bt.wallets.create(name, "default", path=str(self.root / "wallets"), use_password=False, on_mnemonic=lambda *_: None)
             admin.fund(self.root / "chain", wallets[name].coldkeypub.ss58_address, 1000)
 
@@ -141,15 +147,13 @@ class Subnet:
                 failed[proc.name] = [c.line() for c in diagnose(role, proc.cmd[len(SLMNET) + 1 :]) if not c.ok]
         return failed
 
-    def models(self) -> tuple[Path, Path, Path]:
-        """SmolLM2's, Gemma's and the tiny model's folders (prepared the first time)."""
-        from models.prepare import default_cache_dir, prepare
+    def models(self) -> dict[str, Path]:
+        """The lineup's model folders (prepared or built the first time)."""
+        from models.prepare import default_cache_dir
         from neurons.common import model_folder
 
-        smollm2, _ = prepare("smollm2-135m", default_cache_dir())
-        gemma, _ = prepare("gemma3-270m", default_cache_dir())
-        tiny = Path(model_folder("tiny:0", default_cache_dir()))
-        return smollm2, gemma, tiny
+        sources = {"smollm2": "prepared:smollm2-135m", "gemma": "prepared:gemma3-270m", "tiny": "tiny:0"}
+        return {model: Path(model_folder(sources[model], default_cache_dir())) for model in self.lineup}
 
     def start(self, proc: Proc) -> None:
         proc.log = self.root / "logs" / f"{proc.name}.log"
@@ -168,13 +172,15 @@ class Subnet:
         gateway = ["--port", str(self.port), "--db", str(self.root / "gateway.sqlite"), "--sync-interval", "3", "--replay-prompts"]
         self.start(Proc("gateway", [*SLMNET, "gateway", *self.chain_flags("validator"), *gateway], health=f"http://127.0.0.1:{self.port}/health"))
 
-    def judging(self, gemma: Path, tiny: Path) -> None:
-        """Gemma's and the tiny model's miners (each its own engine) and the validator with a
-        reference engine per model, started once the serving processes are ready."""
+    def judging(self, folders: dict[str, Path]) -> None:
+        """Gemma's and the tiny model's miners, as the lineup has them (each its own engine), and the
+        validator with a reference engine per model, started once the serving processes are ready."""
         engine_flags = [f"--engine-arg={arg}" for arg in ENGINE_ARGS]
-        self.miner("gemma", "--model", str(gemma), "--dtype", "float32", "--max-model-len", "4096", *engine_flags)
-        self.miner("tiny", "--model", str(tiny), "--dtype", "float32", "--max-model-len", "2048", *engine_flags)
-        references = [flag for model in (SMOLLM2, GEMMA, TINY) for flag in ("--serve-reference", model)]
+        for model in ("gemma", "tiny"):
+            if model in self.lineup:
+                self.miner(model, "--model", str(folders[model]), "--dtype", "float32", "--max-model-len", "2048", *engine_flags)
+        ids = {"smollm2": SMOLLM2, "gemma": GEMMA, "tiny": TINY}
+        references = [flag for model in self.lineup for flag in ("--serve-reference", ids[model])]
         loop = ["--challenges-per-miner", "4", "--round-interval", "5", "--weights-interval", "1"]
         validator = ["--state-dir", str(self.root / "validator"), *references, "--dtype", "float32", *engine_flags, *loop]
         organic = ["--organic-from", f"http://127.0.0.1:{self.port}"]  # signed HTTP, as across machines (the gateway shares this hotkey)

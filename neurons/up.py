@@ -2,12 +2,14 @@
 
 It starts in two stages so the first answer comes early: first what serves users
 (SmolLM2's engine, its two miners, the gateway), alone on the cores; once those are ready
-the gateway URL, a fresh API key and a ``curl`` line are printed, and the tiny model's
-miner and the validator with its reference engines start. A live table shows each
-process's state. Ctrl-C (or SIGTERM) stops every process and checks none is left.
-``--smoke`` asks the gateway one question as soon as it can answer, then waits until the
-validator has set weights and the chain ranks both SmolLM2 miners above the tiny one,
-prints both times and stops (exit 0; 1 with the reason on any failure).
+the gateway URL, a fresh API key and a ``curl`` line are printed, and the other models'
+miners (``--models``: Gemma 3 270M by default, the tiny test model on request) and the
+validator with its reference engines start. A live table shows each process's state.
+Ctrl-C (or SIGTERM) stops every process and checks none is left. ``--smoke`` asks the
+gateway one question as soon as it can answer, then waits until the validator has set
+weights and the chain ranks both SmolLM2 miners above the tiny one (pays every miner,
+without it), asks Gemma (when served) and each "auto" flavour, prints the times and
+answers and stops (exit 0; 1 with the reason on any failure).
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from pathlib import Path
 
 from shell.net import free_port
 from neurons.common import CliError, HelpFormatter, http_status
-from neurons.local_subnet import GEMMA, QUESTION, Subnet
+from neurons.local_subnet import GEMMA, LINEUPS, QUESTION, Subnet
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
-    p = groups.add_parser("up", help="run the whole subnet on this machine: localnet, 3 miners, validator, gateway", formatter_class=HelpFormatter)
+    p = groups.add_parser("up", help="run the whole subnet on this machine: localnet, miners, validator, gateway", formatter_class=HelpFormatter)
     p.add_argument("--dir", default="./slmnet-up", help="all state and logs (reset at each start)")
     p.add_argument("--port", type=int, default=8000, help="the gateway's port")
     p.add_argument("--smoke", action="store_true", help="one answer through the gateway, then wait for weights, then stop (exit 0 on success)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds --smoke waits in all")
+    p.add_argument(
+        "--models",
+        default="smollm2,gemma",
+        help="the models served, comma-separated, of smollm2 (always: two miners), gemma (Gemma 3 270M: a second family), tiny (the random test model)",
+    )
     p.set_defaults(func=cmd_up)
 
 
@@ -49,7 +56,10 @@ class Run:
         port = free_port() if args.smoke else args.port
         if http_status(f"http://127.0.0.1:{port}/health", timeout=1.0) is not None:
             raise CliError(f"port {port} is taken; pass --port")
-        self.subnet = Subnet(self.root, port)
+        lineup = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        if "smollm2" not in lineup or not set(lineup) <= set(LINEUPS):
+            raise CliError(f"--models {args.models}: smollm2 and any of {', '.join(LINEUPS[1:])}")
+        self.subnet = Subnet(self.root, port, tuple(m for m in LINEUPS if m in lineup))
         self.url = f"http://127.0.0.1:{port}"
         self.deadline = time.monotonic() + args.timeout
         self.signal = None
@@ -79,13 +89,18 @@ class Run:
                 live.update(self.subnet.table())
 
     def until_ranked(self) -> dict[str, float]:
+        """The chain's incentive once the validator's weights rank both SmolLM2 miners above the tiny
+        one (in a lineup with it), else once they pay every miner."""
         validator = next(p for p in self.subnet.procs if p.name == "validator")
-        with self.console.status("waiting for the validator's weights to rank the SmolLM2 miners above the tiny one") as status:
+        tiny = "tiny" in self.subnet.lineup
+        goal = "rank the SmolLM2 miners above the tiny one" if tiny else "pay every miner"
+        with self.console.status(f"waiting for the validator's weights to {goal}") as status:
             while True:
                 self.check()
                 paid = self.subnet.incentives()
                 status.update(f"incentive: {', '.join(f'{n} {v:.3f}' for n, v in paid.items() if n != 'validator')}  (validator: {validator.note})")
-                if min(paid["smollm2-a"], paid["smollm2-b"]) > paid["tiny"]:
+                miners = [v for n, v in paid.items() if n != "validator"]
+                if (min(paid["smollm2-a"], paid["smollm2-b"]) > paid["tiny"]) if tiny else min(miners) > 0:
                     return paid
                 time.sleep(2)
 
@@ -107,18 +122,18 @@ def cmd_up(args: argparse.Namespace) -> None:
     subnet.reset()
     with console.status("localnet: chain, wallets, registrations"):
         subnet.setup_chain()
-    with console.status("models: SmolLM2-135M-Instruct and Gemma 3 270M (each prepared once, ~40 s and ~95 s) and the tiny model"):
-        smollm2, gemma, tiny = subnet.models()
+    with console.status(f"models: {', '.join(subnet.lineup)} (SmolLM2 and Gemma are prepared once, ~40 s and ~95 s)"):
+        folders = subnet.models()
     outcome = "failed"
     try:
-        subnet.serving(smollm2)
+        subnet.serving(folders["smollm2"])
         run.until_ready()
         key, _ = Store(run.root / "gateway.sqlite").create_key("slmnet-up")
         first = subnet.ask(key) if run.smoke else None
         first_at = subnet.elapsed()
         if not run.smoke:
             run.banner(key)
-        subnet.judging(gemma, tiny)
+        subnet.judging(folders)
         run.until_ready()
         if not run.smoke:
             console.print(f"[bold]every process is ready[/] ({subnet.elapsed():.0f} s, {subnet.memory_gib():.1f} GiB in all)")
@@ -128,7 +143,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         paid = run.until_ranked()
         model, answer = first
         result = {"question": QUESTION, "model": model, "answer": answer, "incentive": paid, "seconds_to_first_answer": round(first_at, 1)}
-        result["gemma"] = subnet.ask(key, GEMMA)  # the second family, pinned
+        if "gemma" in subnet.lineup:
+            result["gemma"] = subnet.ask(key, GEMMA)  # the second family, pinned
         result["auto"] = {flavour: subnet.ask(key, flavour) for flavour in ("auto", "auto:fast", "auto:best")}
         result |= {"seconds_to_weights": round(subnet.elapsed(), 1), "memory_gib": round(subnet.memory_gib(), 2), "doctor": subnet.doctor()}
         print(json.dumps(result))
