@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=56, help="held-out tasks (the same for every configuration)")
     parser.add_argument("--seed", type=int, default=None, help="the tasks' seed (default: fresh from the OS)")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--warmup-answers", type=int, default=24, help="graded answers every served model needs before the run")
+    parser.add_argument("--warmup-answers", type=int, default=16, help="graded answers every served model needs before the run")
     parser.add_argument("--url", help="a running gateway (default: start `slmnet up`)")
     parser.add_argument("--key", help="its API key (with --url)")
     parser.add_argument("--timeout", type=float, default=1800.0)
