@@ -9,7 +9,7 @@ the client) and tokens per answer side by side, with the models each flavour cho
 The tasks are the bench's own: other phrasings than the validators' (``HELD_OUT``), drawn
 from a fresh seed, plus a family the validators never ask (capital cities), so neither
 the classifier nor the routing figures have seen them. Every configuration gets the same
-tasks in the same order, one request at a time, temperature 0.
+tasks, one request at a time, temperature 0, the configurations in turn for each task.
 
 The cost of the choice itself (classify + choose over the gateway's own figures, read
 from ``/api/quality``) is timed in this process over the same tasks.
@@ -124,29 +124,38 @@ def _call(url: str, key: str, path: str, body: Optional[dict] = None, timeout: f
         return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
 
 
-def run_config(url: str, key: str, model: str, work: list[tuple[str, str, Answer]], max_tokens: int) -> dict[str, Any]:
-    latencies, right, tokens, chosen, failed = [], 0, [], {}, 0
+def run_configs(url: str, key: str, configs: list[str], work: list[tuple[str, str, Answer]], max_tokens: int) -> list[dict[str, Any]]:
+    """Each task sent once per configuration, the configurations in turn for each task (so a
+    change in the machine's load over the run weighs on every configuration alike)."""
+    seen: dict[str, dict[str, Any]] = {c: {"latencies": [], "right": 0, "tokens": [], "chosen": {}, "failed": 0} for c in configs}
     for _, prompt, answer in work:
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
-        started = time.perf_counter()
-        status, _, reply = _call(url, key, "/v1/chat/completions", body)
-        if status != 200:
-            failed += 1
-            continue
-        latencies.append(time.perf_counter() - started)
-        right += correct(answer, reply["choices"][0]["message"]["content"] or "")
-        tokens.append(reply["usage"]["completion_tokens"])
-        chosen[reply["model"]] = chosen.get(reply["model"], 0) + 1
-    ordered = sorted(latencies)
-    return {
-        "model": model,
-        "accuracy": right / len(work),
-        "p50_s": statistics.median(ordered) if ordered else None,
-        "p90_s": ordered[int(0.9 * (len(ordered) - 1))] if ordered else None,
-        "tokens_per_answer": statistics.mean(tokens) if tokens else None,
-        "failed": failed,
-        "chosen": chosen,
-    }
+        for config in configs:
+            record = seen[config]
+            body = {"model": config, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
+            started = time.perf_counter()
+            status, _, reply = _call(url, key, "/v1/chat/completions", body)
+            if status != 200:
+                record["failed"] += 1
+                continue
+            record["latencies"].append(time.perf_counter() - started)
+            record["right"] += correct(answer, reply["choices"][0]["message"]["content"] or "")
+            record["tokens"].append(reply["usage"]["completion_tokens"])
+            record["chosen"][reply["model"]] = record["chosen"].get(reply["model"], 0) + 1
+    rows = []
+    for config, record in seen.items():
+        ordered = sorted(record["latencies"])
+        rows.append(
+            {
+                "model": config,
+                "accuracy": record["right"] / len(work),
+                "p50_s": statistics.median(ordered) if ordered else None,
+                "p90_s": ordered[int(0.9 * (len(ordered) - 1))] if ordered else None,
+                "tokens_per_answer": statistics.mean(record["tokens"]) if record["tokens"] else None,
+                "failed": record["failed"],
+                "chosen": record["chosen"],
+            }
+        )
+    return rows
 
 
 def choice_cost(quality: dict, work: list[tuple[str, str, Answer]], repeats: int = 200) -> tuple[float, float]:
@@ -222,7 +231,7 @@ def main() -> None:
             key_of = _key_maker(tmp / "up" / "gateway.sqlite")
         key, quality = wait_for(url, key_of, up, args.warmup_answers, args.timeout)
         served = sorted(m["id"] for m in quality["models"] if m["served"])
-        rows = [run_config(url, key, model, work, args.max_tokens) for model in [*served, *FLAVOURS]]
+        rows = run_configs(url, key, [*served, *FLAVOURS], work, args.max_tokens)
         _, _, quality = _call(url, key, "/api/quality")
     finally:
         if up is not None:
