@@ -14,7 +14,7 @@ tasks, one request at a time, temperature 0, the configurations in turn for each
 The cost of the choice itself (classify + choose over the gateway's own figures, read
 from ``/api/quality``) is timed in this process over the same tasks.
 
-    python -m bench.auto_routing [--tasks 60] [--url URL --key KEY] [--json]
+    python -m bench.auto_routing [--tasks 21] [--url URL --key KEY] [--json]
 
 ``--json`` ends with one JSON object: per configuration its figures, and
 ``auto_accuracy_ratio_vs_best_single``, ``auto_latency_ratio_vs_best_single`` (the best single
@@ -114,13 +114,18 @@ def correct(answer: Answer, text: str) -> bool:
     return grade(answer, text) >= 1.0
 
 
-def _call(url: str, key: str, path: str, body: Optional[dict] = None, timeout: float = 300) -> tuple[int, dict, Any]:
+def _call(url: str, key: str, path: str, body: Optional[dict] = None, timeout: float = 300, retries: int = 0) -> tuple[int, dict, Any]:
+    """One request; a 503 (every miner of the model busy) is retried ``retries`` times after its
+    Retry-After, as the OpenAI client does (the wait counts in the request's latency)."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url + path, data=data, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 503 and retries:
+            time.sleep(float(exc.headers.get("Retry-After") or 1))
+            return _call(url, key, path, body, timeout, retries - 1)
         return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
 
 
@@ -133,7 +138,7 @@ def run_configs(url: str, key: str, configs: list[str], work: list[tuple[str, st
             record = seen[config]
             body = {"model": config, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
             started = time.perf_counter()
-            status, _, reply = _call(url, key, "/v1/chat/completions", body)
+            status, _, reply = _call(url, key, "/v1/chat/completions", body, retries=3)
             if status != 200:
                 record["failed"] += 1
                 continue
@@ -199,7 +204,10 @@ def wait_for(url: str, key_of: Callable[[], Optional[str]], up: Optional[subproc
             raise SystemExit(f"slmnet up exited with {up.returncode}: see its log")
         key = key_of()
         if key:
-            status, _, quality = _call(url, key, "/api/quality")
+            try:
+                status, _, quality = _call(url, key, "/api/quality")
+            except (urllib.error.URLError, ConnectionError):  # the gateway is not listening yet
+                status, quality = 0, {}
             served = [m for m in quality.get("models", []) if m["served"]] if status == 200 else []
             if len(served) >= 2 and all(m["graded_answers"] >= warmup for m in served):
                 return key, quality
@@ -209,10 +217,10 @@ def wait_for(url: str, key_of: Callable[[], Optional[str]], up: Optional[subproc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=56, help="held-out tasks (the same for every configuration)")
+    parser.add_argument("--tasks", type=int, default=21, help="held-out tasks (the same for every configuration)")
     parser.add_argument("--seed", type=int, default=None, help="the tasks' seed (default: fresh from the OS)")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--warmup-answers", type=int, default=16, help="graded answers every served model needs before the run")
+    parser.add_argument("--warmup-answers", type=int, default=8, help="graded answers every served model needs before the run")
     parser.add_argument("--url", help="a running gateway (default: start `slmnet up`)")
     parser.add_argument("--key", help="its API key (with --url)")
     parser.add_argument("--timeout", type=float, default=1800.0)

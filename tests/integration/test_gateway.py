@@ -111,6 +111,10 @@ def ledger(subnet, request_id: str) -> tuple:
 def test_models_lists_the_served_model_and_auto(subnet):
     ids = {m.id for m in client(subnet).models.list().data}
     assert ids == {MODEL, "auto", "auto:fast", "auto:best"}
+    # before any validator's verdict: no graded answer, and every flavour takes the one model there is
+    quality = json.loads(urllib.request.urlopen(subnet["url"] + "/api/quality", timeout=30).read())
+    assert [(m["id"], m["graded_answers"]) for m in quality["models"]] == [(MODEL, 0)]
+    assert {model for routes in quality["auto"].values() for model in routes.values()} == {MODEL}
 
 
 def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by_the_gateway(subnet):
