@@ -385,7 +385,7 @@ GATEWAY_OPERATIONS = [
     openapi.Operation("get", "/v1/models", "The models served now, with their miners' live figures"),
     openapi.Operation("get", "/v1/models/{model}", "One model", errors=(401, 404), path_params=("model",)),
     openapi.Operation("get", "/v1/key", "The caller's own key: limits, what is left, usage"),
-    openapi.Operation("get", "/api/quality", "Per model: graded answers by task family, live latency, auto's routes", authenticated=False),
+    openapi.Operation("get", "/api/quality", "Per model: graded answers by task family, live latency, auto's routes", errors=(), authenticated=False),
     openapi.Operation("get", "/health", "Whether any miner is serving", errors=(503,), authenticated=False),
 ]
 

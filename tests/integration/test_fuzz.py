@@ -101,7 +101,7 @@ def test_each_server_documents_its_routes_and_the_model_it_serves(subnet):
     gateway = requests.get(subnet["gateway"].url + "/openapi.json", timeout=10).json()
     assert miner == miner_spec(MODEL) and gateway == gateway_spec([MODEL])
     assert set(miner["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"}
-    assert set(gateway["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model}", "/v1/key", "/health"}
+    assert set(gateway["paths"]) == {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model}", "/v1/key", "/api/quality", "/health"}
     chat = miner["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     assert chat["model"]["enum"] == [MODEL] and chat["temperature"]["anyOf"][0] == {"maximum": 2, "minimum": 0, "type": "number"}
     assert gateway["components"]["schemas"]["CompletionRequest"]["properties"]["model"]["enum"] == [MODEL, "auto", "auto:fast", "auto:best"]
