@@ -180,7 +180,9 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
             assert text.rstrip().endswith("data: [DONE]") and '"finish_reason":"error"' not in text
         else:
             choice = json.loads(raw)["choices"][0]
-            assert choice["finish_reason"] in ("stop", "length") and (choice.get("text") or choice.get("message", {}).get("content"))
+            text = choice["text"] if "text" in choice else choice["message"]["content"]
+            # the honest text: some words, or none when the random test model drew its end token first (each request gets a fresh seed)
+            assert isinstance(text, str) and (choice["finish_reason"] == "stop" or (choice["finish_reason"] == "length" and text))
     metrics = urllib.request.urlopen(url + "/metrics").read().decode()
     failed = {int(uid) for uid in re.findall(r'slmnet_gateway_miner_errors_total\{kind="[a-z_0-9]+",uid="(\d+)"\}', metrics)}
     assert len(failed & {subnet["uids"][name] for name in HOSTILE}) >= 6  # the hostile miners were really tried
