@@ -215,6 +215,11 @@ class Router:
         return served
 
     @staticmethod
+    def paid(served: dict[str, list[MinerView]]) -> dict[str, float]:
+        """``models()``'s model → its miners' summed incentive (what auto falls back on)."""
+        return {model: sum(m.incentive for m in miners) for model, miners in served.items()}
+
+    @staticmethod
     def weights(pool: list[MinerView]) -> dict[int, float]:
         """Each candidate's routing weight (uid → weight); the pool's totals are taken once."""
         total_incentive = sum(m.incentive for m in pool) or 1.0

@@ -141,8 +141,7 @@ def _resolve_model(requested: str, body: dict[str, Any], max_tokens: int, state:
     if requested in FLAVOURS:
         if not served:
             raise NoMinerAvailable("no healthy miner serves any model right now", headers={"Retry-After": "5"})
-        paid = {model: sum(m.incentive for m in miners) for model, miners in served.items()}
-        choice = state.router.auto.choose(requested, classify(body), paid, max_tokens)
+        choice = state.router.auto.choose(requested, classify(body), state.router.paid(served), max_tokens)
         return choice.model, choice
     if requested in served:
         return requested, None
@@ -309,7 +308,7 @@ async def quality(request: web.Request) -> web.Response:
             }
         )
     kinds = sorted({kind for kind, _ in AUTO_KINDS} | {"multi_turn", "conversation", "open_prompt"})
-    paid = {model: sum(m.incentive for m in miners) for model, miners in served.items()}
+    paid = state.router.paid(served)
     routes = (
         {flavour: {kind: state.router.auto.choose(flavour, kind, paid, state.settings.default_max_tokens).model for kind in kinds} for flavour in FLAVOURS}
         if served
