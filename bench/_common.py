@@ -46,6 +46,18 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 600, path
         time.sleep(1)
 
 
+def start_peer(name: str, cmd: list[str], port: int, log: Path, timeout: float, path: str, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """A peer gateway the bench compares with, its output in ``log``, once ``path`` answers 200
+    (SystemExit naming the log when it does not)."""
+    proxy = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proxy, timeout=timeout, path=path)
+    except SystemExit:
+        proxy.kill()
+        raise SystemExit(f"{name} did not start: see {log}")
+    return proxy
+
+
 def stop(process: subprocess.Popen) -> None:
     """SIGTERM, then SIGKILL to the process group after a minute."""
     if process.poll() is None:

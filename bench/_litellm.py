@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench._common import wait_healthy
+from bench._common import start_peer
 
 VERSION = "1.80.0"  # the newest whose proxy extra installs from PyPI (1.106+ need a litellm-proxy package that is not published)
 MASTER_KEY = "sk-slmnet-bench"
@@ -41,17 +41,6 @@ def start(upstream_url: str, model: str, port: int, tmp: Path) -> subprocess.Pop
         "  drop_params: true\n"
         "  telemetry: false\n"
     )
-    log = open(tmp / "litellm.log", "wb")
     env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False")
-    proxy = subprocess.Popen(
-        [str(ensure_installed()), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proxy, timeout=180, path="/health/liveliness")
-    except SystemExit:
-        proxy.kill()
-        raise SystemExit(f"the LiteLLM proxy did not start: see {tmp / 'litellm.log'}")
-    return proxy
+    cmd = [str(ensure_installed()), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    return start_peer("the LiteLLM proxy", cmd, port, tmp / "litellm.log", 180, "/health/liveliness", env)

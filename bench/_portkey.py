@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench._common import wait_healthy
+from bench._common import start_peer
 
 VERSION = "1.15.2"
 
@@ -34,11 +34,4 @@ def headers(upstream_url: str) -> dict[str, str]:
 
 
 def start(port: int, tmp: Path) -> subprocess.Popen:
-    log = open(tmp / "portkey.log", "wb")
-    proxy = subprocess.Popen(["node", str(ensure_installed()), f"--port={port}", "--headless"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", proxy, timeout=60, path="/")
-    except SystemExit:
-        proxy.kill()
-        raise SystemExit(f"Portkey's gateway did not start: see {tmp / 'portkey.log'}")
-    return proxy
+    return start_peer("Portkey's gateway", ["node", str(ensure_installed()), f"--port={port}", "--headless"], port, tmp / "portkey.log", 60, "/")
