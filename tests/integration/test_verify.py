@@ -120,6 +120,50 @@ async def test_running_past_the_end_or_cutting_before_it_fails(reference):
     assert caught == 2  # the tiny model ends early on a few greedy prompts in a hundred (seeded: the same ones every run)
 
 
+def _ended_early(honest: MinerResponse, vocabulary: ModelTokenizer, keep: int, end_logprob: float) -> MinerResponse:
+    """``honest`` cut to its first ``keep`` tokens, then the model's end token with the logprob
+    the model gives it there: an answer that reads as one that ended naturally."""
+    cut = _keep(honest, vocabulary, list(range(keep)), finish_reason="stop")
+    return MinerResponse(
+        **{**vars(cut), "token_ids": [*cut.token_ids, ENDS[0]], "reported_logprobs": [*cut.reported_logprobs, end_logprob], "completion_tokens": keep + 1}
+    )
+
+
+async def test_an_end_token_a_miner_appends_where_the_model_goes_on_is_caught(reference):
+    """The last id of an answer that stopped on an end token spells no text (vLLM never shows
+    it). A miner that knows it cuts answers short and appends an end token, reporting the
+    logprob its own engine gives the end there: the binding lets the end's text go, and the
+    end itself is judged as a choice — greedy, a token the model would not produce; sampled,
+    not the reference's Gumbel-max winner: evidence against the miner."""
+    url, _, vocabulary = reference
+    async with aiohttp.ClientSession() as session:
+        engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
+        sampled = [body for body in (c.request(MODEL) for c in generate(seed=9, count=40)) if body["temperature"] >= 0.5][:6]
+        bodies = [{**sampled[0], "temperature": 0.0}, *sampled]
+        answers = await asyncio.gather(*(_stream(session, url, body) for body in bodies))
+        verdicts = []
+        for body, honest in zip(bodies, answers):
+            if honest.finish_reason != "length" or len(honest.token_ids) < 16:
+                continue
+            keep = len(honest.token_ids) // 2
+            scored = await engine.score(honest.prompt_token_ids, [*honest.token_ids[:keep], ENDS[0]])
+            verdicts.append(
+                (
+                    body["temperature"],
+                    await verify(engine, body, honest),
+                    await verify(engine, body, _ended_early(honest, vocabulary, keep, scored[-1][ENDS[0]][0])),
+                )
+            )
+    greedy, *rest = verdicts
+    assert greedy[0] == 0 and len(rest) >= 2, [v[0] for v in verdicts]
+    for _, honest_verdict, _ in verdicts:
+        assert honest_verdict.passed and honest_verdict.stats.mismatches == 0
+    for _, _, ended in verdicts:
+        assert not any("spell" in reason for reason in ended.reasons), ended.reasons  # the end's text is not asked for
+        assert ended.stats.mismatches >= 1 and log_likelihood_ratio(ended.stats, TOLERANCES["float32"]) > 0
+    assert not greedy[2].passed and "would not produce at temperature 0" in " ".join(greedy[2].reasons)
+
+
 async def test_another_model_behind_the_declared_name_fails(reference):
     url, tmp, vocabulary = reference
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Reverse the string 'harbor'."}], "max_tokens": 24, "temperature": 0, "logprobs": True}
