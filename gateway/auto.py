@@ -5,11 +5,14 @@ last user message, the task families the validators grade), then each served mod
 an expected outcome for that kind of request:
 
 - accuracy: the share of its graded answers in that family that were right, from the
-  validators' verdicts (``MinerVerdict.quality``, summed over the model's miners), smoothed
-  toward one half by one right and one wrong answer (a model with no graded answers is a
-  coin toss, and a single lucky answer does not make it best); for a kind the validators
-  do not grade (open prompts, questions, code, rewriting, conversations), its accuracy
-  over every graded family;
+  validators' verdicts (``MinerVerdict.quality``, summed over the model's miners), shrunk
+  toward the model's accuracy over every family by ``PRIOR_ANSWERS`` answers, and that one
+  toward the network's (every model's answers, smoothed by one right and one wrong). A family
+  the model has few or no graded answers in takes its overall record, not a coin toss: with
+  a flat prior a model never graded on a family (or graded less, every answer wrong) looked
+  better there than one graded often and mostly wrong, and ``bench/auto_routing.py`` measured
+  auto:best at 0.7 of the best single model's accuracy for it. For a kind the validators do
+  not grade (open prompts, questions, code, rewriting, conversations): the overall record;
 - latency: the median time to first token of its miners at this gateway plus the answer's
   expected length (the gateway's running mean of completion tokens for that model and
   kind) at the median tokens/s — the model list's reference speed until measured.
@@ -42,6 +45,7 @@ from protocol.records import MinerVerdict
 
 FLAVOURS = ("auto", "auto:fast", "auto:best")
 MIN_GRADED = 8  # graded answers a model needs before auto routes by its figures
+PRIOR_ANSWERS = 4  # how many graded answers the record one level up counts for in a family's (or a model's) figure
 MARGINS = {"auto:best": 0.0, "auto": 0.02, "auto:fast": 0.10}  # expected accuracy each flavour gives up at most for speed
 PRIOR_TTFT_S = 0.5  # a model's time to first token before the gateway has measured any
 PRIOR_TOKENS = 64.0  # an answer's length before the gateway has seen any for the model and kind
@@ -103,9 +107,14 @@ class ModelFigures:
     prior_tokens_per_s: float = 40.0  # the model list's reference speed
     lengths: dict[str, float] = field(default_factory=dict)  # kind → running mean of completion tokens
 
-    def accuracy(self, kind: str) -> float:
-        answers, correct = self.graded.get(kind, (0, 0)) if kind in GRADED else self.pooled()
-        return (correct + 1) / (answers + 2)
+    def accuracy(self, kind: str, network: float) -> float:
+        """The expected share right for a request of ``kind``; ``network``: every model's (``AutoRouter.network``)."""
+        answers, correct = self.pooled()
+        overall = (correct + PRIOR_ANSWERS * network) / (answers + PRIOR_ANSWERS)
+        if kind not in GRADED:
+            return overall
+        answers, correct = self.graded.get(kind, (0, 0))
+        return (correct + PRIOR_ANSWERS * overall) / (answers + PRIOR_ANSWERS)
 
     def pooled(self) -> tuple[int, int]:
         return sum(a for a, _ in self.graded.values()), sum(c for _, c in self.graded.values())
@@ -164,13 +173,26 @@ class AutoRouter:
         old = lengths.get(kind)
         lengths[kind] = completion_tokens if old is None else LENGTH_ALPHA * completion_tokens + (1 - LENGTH_ALPHA) * old
 
+    def network(self) -> float:
+        """The share right over every model's graded answers, smoothed by one right and one wrong."""
+        answers = correct = 0
+        for figures in self.figures.values():
+            a, c = figures.pooled()
+            answers, correct = answers + a, correct + c
+        return (correct + 1) / (answers + 2)
+
     def choose(self, flavour: str, kind: str, served: Mapping[str, float], max_tokens: int) -> Choice:
         """The model for a request of ``kind`` among ``served`` (model → its miners' summed incentive; not empty), by ``flavour``."""
+        network = self.network()
+
+        def option(model: str) -> Choice:
+            figures = self.model(model)
+            return Choice(flavour, model, kind, figures.accuracy(kind, network), figures.latency(kind, max_tokens))
+
         judged = [m for m in served if self.model(m).pooled()[0] >= MIN_GRADED]
         if not judged:
-            model = max(served, key=lambda m: (served[m], m))
-            return Choice(flavour, model, kind, self.model(model).accuracy(kind), self.model(model).latency(kind, max_tokens))
-        options = [Choice(flavour, m, kind, self.model(m).accuracy(kind), self.model(m).latency(kind, max_tokens)) for m in judged]
+            return option(max(served, key=lambda m: (served[m], m)))
+        options = [option(m) for m in judged]
         floor = max(c.accuracy for c in options) - MARGINS[flavour] - 1e-12
         return min((c for c in options if c.accuracy >= floor), key=lambda c: (c.latency_s, -c.accuracy, c.model))
 

@@ -51,10 +51,40 @@ def test_an_ungraded_kind_uses_the_pooled_accuracy_and_unjudged_models_are_not_b
     # nobody judged yet: the model the validators pay most for, whatever the flavour
     assert {auto.choose(flavour, "arithmetic", served, 64).model for flavour in FLAVOURS} == {"m3"}
     auto.learn([_verdict("a", "m1", arithmetic=(10, 9), uppercase=(10, 9)), _verdict("b", "m2", arithmetic=(10, 1))])
-    assert auto.model("m1").accuracy("code") == (18 + 1) / (20 + 2)
-    assert auto.model("m3").accuracy("arithmetic") == 0.5  # nothing graded: a coin toss, and not a candidate
+    network = (19 + 1) / (30 + 2)  # every model's answers
+    assert auto.network() == network
+    assert auto.model("m1").accuracy("code", network) == (18 + 4 * network) / (20 + 4)  # its record over every family
+    assert auto.model("m3").accuracy("arithmetic", network) == network  # nothing graded: the network's figure, and not a candidate
     assert auto.choose("auto:best", "open_prompt", served, 64).model == "m1"
     assert auto.choose("auto:fast", "arithmetic", served, 64).model == "m1"
+
+
+def test_a_family_a_model_is_rarely_or_never_graded_on_takes_its_overall_record_not_a_coin_toss():
+    """What the bench's run of 2026-12-04 met with a flat prior: SmolLM2 right on 8 of 42 graded
+    answers (7 of 13 JSON), Gemma on none of 27; Gemma never graded on reversing a string."""
+    auto = AutoRouter()
+    verdicts = [
+        _verdict(
+            "a",
+            "smollm2",
+            arithmetic=(4, 0),
+            count_letter=(4, 1),
+            json_format=(13, 7),
+            multi_turn=(6, 0),
+            reverse_string=(5, 0),
+            uppercase=(5, 0),
+            sort_numbers=(5, 0),
+        ),
+        _verdict("b", "gemma", arithmetic=(1, 0), count_letter=(4, 0), json_format=(1, 0), multi_turn=(11, 0), sort_numbers=(7, 0), uppercase=(3, 0)),
+    ]
+    auto.learn(verdicts)
+    served = {"smollm2": 0.5, "gemma": 0.5}
+    # was gemma: (0+1)/(0+2) = 0.5 against (0+1)/(5+2) on reversing; (0+1)/(1+2) against (0+1)/(4+2) on arithmetic
+    for kind in ("reverse_string", "arithmetic", "uppercase", "question"):
+        assert auto.choose("auto:best", kind, served, 64).model == "smollm2", kind
+    # a family where the weaker model (6 right of 37 against 8 of 42) has a real record still goes to it
+    auto.learn([*verdicts, _verdict("c", "gemma", arithmetic=(10, 6))])
+    assert auto.choose("auto:best", "arithmetic", served, 64).model == "gemma"
 
 
 def test_latency_is_learnt_from_answers_and_measured_speeds():
