@@ -504,8 +504,13 @@ def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet, f
     deadline = time.monotonic() + 10  # the row is closed just after the last byte went out
     while ledger(subnet, request_id)[0] == "open" and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert ledger(subnet, request_id)[3] == 1  # one failover in the ledger
-    figure("miner SIGKILLed mid-stream", f"the stream went on on another miner: {len(before_kill)} characters before, {len(text)} in all, one failover")
+    # failovers mid-stream in the ledger: the slow miner's, then one for each dead fast miner the
+    # continuation met before the health checks saw it die (each is tried once: 3 at most)
+    assert 1 <= ledger(subnet, request_id)[3] <= 3
+    figure(
+        "miner SIGKILLed mid-stream",
+        f"the stream went on on another miner: {len(before_kill)} characters before, {len(text)} in all, {ledger(subnet, request_id)[3]} failover(s)",
+    )
     metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
     assert 'slmnet_gateway_failovers_total{phase="mid_stream"}' in metrics
 
