@@ -142,6 +142,7 @@ class AutoRouter:
 
     def __init__(self, prior_speeds: Optional[Mapping[str, float]] = None):
         self.figures: dict[str, ModelFigures] = {}
+        self._network = 0.5  # nothing graded yet: one right and one wrong
         self.prior_speeds = dict(prior_speeds or {})
 
     def model(self, model: str) -> ModelFigures:
@@ -161,6 +162,8 @@ class AutoRouter:
                 families[score.family] = (answers + score.answers, correct + score.correct)
         for model, families in graded.items():
             self.model(model).graded = families
+        totals = [figures.pooled() for figures in self.figures.values()]
+        self._network = (sum(c for _, c in totals) + 1) / (sum(a for a, _ in totals) + 2)
 
     def measured(self, model: str, ttfts: list[float], speeds: list[float]) -> None:
         """The live figures of the model's miners at this gateway (medians kept)."""
@@ -174,16 +177,13 @@ class AutoRouter:
         lengths[kind] = completion_tokens if old is None else LENGTH_ALPHA * completion_tokens + (1 - LENGTH_ALPHA) * old
 
     def network(self) -> float:
-        """The share right over every model's graded answers, smoothed by one right and one wrong."""
-        answers = correct = 0
-        for figures in self.figures.values():
-            a, c = figures.pooled()
-            answers, correct = answers + a, correct + c
-        return (correct + 1) / (answers + 2)
+        """The share right over every model's graded answers, smoothed by one right and one wrong
+        (summed when verdicts arrive, not per request)."""
+        return self._network
 
     def choose(self, flavour: str, kind: str, served: Mapping[str, float], max_tokens: int) -> Choice:
         """The model for a request of ``kind`` among ``served`` (model → its miners' summed incentive; not empty), by ``flavour``."""
-        network = self.network()
+        network = self._network
 
         def option(model: str) -> Choice:
             figures = self.model(model)
