@@ -44,6 +44,7 @@ from scoring.evidence import SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
 from scoring.weights import CAPACITY_EXPONENT, to_weights
+from protocol.records import ServiceCounts
 from gateway.router import sample_share
 from validator.rounds import Result, Target, UserVerdict, challenge_count, probe_sizes, probed_models, score_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
@@ -77,6 +78,7 @@ class Kind:
     cheat: bool = True
     declares: float = 1.0  # the capacity it declares over the streams its engine serves
     shares: int = 1  # hotkeys in front of its engine, probed at the same moment
+    reachable: bool = True  # whether gateways reach it (a dark miner fails their health checks and answers validators only)
 
 
 # Rates under the declared dtype's tolerance, from docs/calibration.md Run 2 (SmolLM2-135M):
@@ -85,7 +87,10 @@ class Kind:
 # declaring fp32 (0.54% / 37.5% under fp32's tolerance); a sampler with its own RNG (34% of
 # choices, tiny model, Run 2 notes). The two-faced miner answers challenges honestly and users
 # with int8 (users' sampled answers pool into the same evidence as challenges');
-# the refuser answers challenges and refuses users; a sybil is one of two hotkeys on one engine
+# the refuser answers challenges and refuses users; the dark miner answers challenges and fails
+# every gateway's health check, so no user is ever routed to it; the steerer solves the checkable
+# families from the public generator and forces the graded answer's tokens, within the evidence
+# budget (4× honest bf16's mismatches); a sybil is one of two hotkeys on one engine
 # (each declares and is worth half of it: its service is real, the question is whether two
 # hotkeys are paid more than one); the over-declarer claims 4× the streams its engine serves;
 # the burster holds every answer back and sends it whole.
@@ -101,6 +106,8 @@ KINDS: dict[str, Kind] = {
     "burster": Kind("bfloat16", 0.000758, 0.0243, burst=1.0, value=0.5),
     "two-faced": Kind("bfloat16", 0.000758, 0.0243, users_get="int8", value=0.0),
     "refuser": Kind("bfloat16", 0.000758, 0.0243, value=0.0),
+    "dark": Kind("bfloat16", 0.000758, 0.0243, value=0.0, reachable=False),
+    "steerer": Kind("bfloat16", 0.003, 0.0243, accuracy=1.0),
     "sybil": Kind("bfloat16", 0.000758, 0.0243, declares=0.5, shares=2),
     "over-declarer": Kind("bfloat16", 0.000758, 0.0243, declares=4.0),
 }
@@ -115,7 +122,10 @@ class Settings:
     rounds: int = 2  # rounds a validator runs each tempo
     challenges: int = 8  # challenges per miner per tempo, spread over the rounds
     verify_share: float = 0.05  # of users' answers, verified by the gateway's validator
-    users_per_tempo: float = 40.0  # users' answers per miner per tempo through one validator's gateway
+    users_per_tempo: float = 40.0  # users' answers per miner per tempo through the gateways a validator reads
+    health_checks: int = 12  # health checks a gateway sends each miner between two rounds (every 5 s... of a round's 60 s here)
+    gateway_share: float = 1.0  # of validators (by count, the smallest stake first: the worst case), those that run a gateway
+    shared_gateways: bool = True  # every validator reads every gateway it trusts; False: only those that run one see users
     cheat_share: float = 0.2  # of miners, spread evenly over the cheat kinds
     cheats: tuple[str, ...] = CHEATS
     churn_per_day: float = 8.0  # miners replaced per day (a new hotkey, a kind drawn like the first ones)
@@ -202,6 +212,8 @@ class ValidatorSim:
     reference_tokens: int = 0
     zeroed: set = field(default_factory=set)  # honest hotkeys this validator ever set to zero after they earned
 
+    sees_users: bool = True  # it reads a gateway: service counts and users' answers reach it
+
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng([self.seed, 1, self.index])
 
@@ -279,14 +291,30 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
                 Result(target.uid, target.hotkey, "sim", o, stats=stats) for o, stats, _ in answers
             ]  # as the live _judge: failed answers count too
             sim.reference_tokens += sum(PROMPT_TOKENS + n for _, _, n in answers)
-        # users' answers the gateway hands over, judged like challenges: a refuser answers no user, so none of its is sampled
-        routed = rng.poisson(settings.users_per_tempo / settings.rounds, len(group)).tolist()
+        # users' answers the gateway hands over, judged like challenges: a refuser answers no user, so none of its is sampled;
+        # a dark miner is never routed one (it fails the gateway's health checks); a validator that reads no gateway sees none
+        reachable = [KINDS[m.kind].reachable and sim.sees_users for m in group]
+        routed = (rng.poisson(settings.users_per_tempo / settings.rounds, len(group)) * np.array(reachable)).tolist()
         # the gateway's share per miner follows its validator's verdict (more for the new and the suspect)
         judged = [sim.evidence.get(t.hotkey) for t in queried]
         shares = [sample_share(settings.verify_share, e.answers if e else 0, e.level(settings.sequential) if e else 0.0) for e in judged]
         sampled = rng.binomial(routed, shares).tolist()
-        # what the gateway reports each served: a refuser served none of the users routed to it
-        service = {t.uid: (0, n, 0) if m.kind == "refuser" else (n, 0, 0) for t, m, n in zip(queried, group, routed)}
+        # what the gateways report each served and how many of their health checks it passed: a refuser served none of
+        # the users routed to it, a dark miner passed no check
+        checks = settings.health_checks
+        service = (
+            {
+                t.uid: ServiceCounts(
+                    served=0 if m.kind == "refuser" else n,
+                    refused=n if m.kind == "refuser" else 0,
+                    checked=checks,
+                    unreachable=0 if KINDS[m.kind].reachable else checks,
+                )
+                for t, m, n in zip(queried, group, routed)
+            }
+            if sim.sees_users
+            else {}
+        )
         serving = [replace(m, kind=KINDS[m.kind].users_get or m.kind) for m in group]
         drawn = _answers(rng, serving, max(sampled, default=0), settings) if any(sampled) else [[] for _ in group]
         handed = [(target, answers[:users]) for target, miner, users, answers in zip(queried, group, sampled, drawn) if miner.kind != "refuser"]
@@ -317,7 +345,7 @@ def run_validators(job: tuple[Settings, int, list[int], list[Miner], list[list[i
     """Every tempo of a group of validators (validators are independent until Yuma): their weight rows."""
     settings, seed, indices, miners, at = job
     models = ModelList(version=1, models=(SupportedModel(id=MODEL, source="prepared:smollm2-135m", max_context=2048),))
-    sims = [ValidatorSim(index, seed) for index in indices]
+    sims = [ValidatorSim(index, seed, sees_users=settings.shared_gateways or index < round(settings.gateway_share * settings.validators)) for index in indices]
     rows = np.zeros((settings.tempos, len(sims), settings.miners), dtype=np.float32)
     for tempo in range(settings.tempos):
         for i, sim in enumerate(sims):
@@ -336,7 +364,7 @@ def simulate(settings: Settings, seed: int, workers: int) -> dict:
     """One seeded run: the incentive each uid gets each tempo, and what the validators did."""
     miners, at = roster(settings, seed)
     rng = np.random.default_rng([seed, 2])
-    stake = (rng.pareto(1.16, settings.validators) + 1) * 1000.0
+    stake = np.sort((rng.pareto(1.16, settings.validators) + 1) * 1000.0)  # validator 0 the smallest: gateway_share counts from it (the worst case)
     groups = [list(range(settings.validators))[i::workers] for i in range(workers)]
     jobs = [(settings, seed, g, miners, at) for g in groups if g]
     if workers > 1:
@@ -376,6 +404,7 @@ def simulate(settings: Settings, seed: int, workers: int) -> dict:
         "incentive": incentive,
         "unclipped": unclipped,
         "vtrust": vtrust,
+        "gateway_stake": float(stake[: round(settings.gateway_share * settings.validators)].sum() / stake.sum()),
         "answers": sum(c["answers"] for _, c in parts),
         "reference_tokens": sum(c["reference_tokens"] for _, c in parts),
         "zeroed": zeroed,
@@ -436,6 +465,7 @@ def figures(settings: Settings, run: dict) -> dict:
         "cheat_pay_unclipped": float(run["unclipped"][is_cheat].sum()) / settings.tempos,
         "cheat_pay_clipped": float(incentive[is_cheat].sum()) / settings.tempos,
         "vtrust_min": float(run["vtrust"][settings.tempos // 2 :].min()),
+        "gateway_stake": run["gateway_stake"],
         "reference_tokens_per_validator_tempo": run["reference_tokens"] / settings.validators / settings.tempos,
     }
 
@@ -474,6 +504,7 @@ def _combine(per_seed: list[dict], settings: Settings) -> dict:
         "cheat_pay_clipped": clipped,
         "cheat_pay_clip_ratio": clipped / unclipped if unclipped else 1.0,
         "vtrust_min": min(f["vtrust_min"] for f in per_seed),
+        "gateway_stake": mean("gateway_stake"),
         "reference_tokens_per_validator_tempo": mean("reference_tokens_per_validator_tempo"),
     }
 
@@ -550,7 +581,9 @@ def _fmt(x: Optional[float], never: bool = False) -> str:
 def print_table(settings: Settings, result: dict, seeds: int) -> None:
     print(
         f"network: {settings.miners} miners, {settings.validators} validators, {settings.tempos} tempos ({settings.tempos / TEMPOS_PER_DAY:.1f} days), "
-        f"{settings.challenges} challenges/miner/tempo in {settings.rounds} rounds, {seeds} seeds, {result['seconds']:.0f} s"
+        f"{settings.challenges} challenges/miner/tempo in {settings.rounds} rounds, {seeds} seeds, {result['seconds']:.0f} s; "
+        f"{'every validator reads every gateway' if settings.shared_gateways else 'a validator sees users through its own gateway only'}; "
+        f"validators with a gateway: {settings.gateway_share:.0%} of them, {result['gateway_stake']:.0%} of the stake"
     )
     print(
         f"{'kind':14} {'miners':>6} {'tempos paid p50':>16} {'worst':>6} {'still paid':>10} {'take (honest tempos)':>21} {'pay ratio':>10} {'vs honest engine':>16}"
@@ -605,6 +638,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--challenges", type=int, default=defaults.challenges, help="challenges per miner per tempo")
     parser.add_argument("--verify-share", type=float, default=defaults.verify_share, help="share of users' answers verified")
     parser.add_argument("--users", type=float, default=defaults.users_per_tempo, help="users' answers per miner per tempo per gateway")
+    parser.add_argument("--gateway-share", type=float, default=defaults.gateway_share, help="share of validators (smallest stake first) that run a gateway")
+    parser.add_argument(
+        "--own-gateway-only",
+        action="store_true",
+        help="a validator sees users only through a gateway of its own (default: every validator reads every gateway)",
+    )
     parser.add_argument("--cheat-share", type=float, default=defaults.cheat_share)
     parser.add_argument("--cheats", default=",".join(CHEATS), help="cheat kinds, comma-separated: " + ", ".join(CHEATS))
     parser.add_argument("--churn", type=float, default=defaults.churn_per_day, help="miners replaced per day")
@@ -629,6 +668,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         challenges=args.challenges,
         verify_share=args.verify_share,
         users_per_tempo=args.users,
+        gateway_share=args.gateway_share,
+        shared_gateways=not args.own_gateway_only,
         cheat_share=args.cheat_share,
         cheats=cheats,
         churn_per_day=args.churn,

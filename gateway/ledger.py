@@ -1,7 +1,7 @@
 """The gateway's ledger writes, off the event loop: one writer thread, one transaction per batch.
 
 A request's rows (opened at admission, its tokens while it streams, closed at its end), the
-miners' refusals and failures, and the organic samples are handed to a queue in constant
+miners' refusals, failures and health checks, and the organic samples are handed to a queue in constant
 time; one thread with its own SQLite connection writes whatever is waiting in one
 transaction, then the next batch. A slow disk, a full one or another worker's write holds
 that thread, never a stream. A clean stop (SIGTERM, Ctrl-C) commits everything queued
@@ -62,6 +62,9 @@ class Ledger:
 
     def count_service(self, hotkey: str, kind: str) -> None:
         self.queue.put(("count_service", (hotkey, kind)))
+
+    def count_health(self, checks: dict[str, bool]) -> None:
+        self.queue.put(("count_health", (checks,)))
 
     def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: AnswerRecord, replayable: bool = False) -> None:
         self.queue.put(("record_sample", (uid, hotkey, model, request, answer, replayable)))

@@ -1,9 +1,10 @@
 """Running a gateway: chain sync, miner health, the organic outbox, the HTTP server.
 
-Three loops beside the server: the metagraph (every ``settings.metagraph_interval`` s: miners with an
-endpoint and a declaration of a supported model, their capacity and incentive), each
-miner's unsigned ``/health`` (every ``health_interval`` s), and a snapshot of the live
-figures for the dashboard's charts. A gateway that cannot reach the chain at start exits
+Two loops beside the server: the metagraph (every ``settings.metagraph_interval`` s: miners with an
+endpoint and a declaration of a supported model, their capacity and incentive), and each
+miner's unsigned ``/health`` (every ``health_interval`` s), which also counts, per miner, the
+checks sent and failed (what validators read as reachability: ``ServiceReport.unreachable``)
+and takes a snapshot of the live figures for the dashboard's charts. A gateway that cannot reach the chain at start exits
 with the reason; one that loses it later keeps routing on the last metagraph it read.
 """
 
@@ -115,7 +116,12 @@ class Gateway:
 
         while True:
             try:
-                await asyncio.gather(*(probe(m) for m in list(self.state.router.miners.values())))
+                miners = list(self.state.router.miners.values())
+                await asyncio.gather(*(probe(m) for m in miners))
+                # What users could reach, for the validators: a miner that fails its check is not routed to, and
+                # that time counts against it like refusing (validator.rounds.service_factor).
+                if self.state.ledger is not None and miners:
+                    self.state.ledger.count_health({m.hotkey: m.healthy for m in miners})
                 self.state.router.snapshot()
                 self.state.router.apply_verdicts(self.store.verdicts())  # posted to any worker: in force in every one within a tick
             except Exception:  # a bug here must not stop health checks for good: log it, go on at the next tick

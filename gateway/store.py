@@ -289,8 +289,16 @@ class Store:
         with self.transaction():
             self.db.execute("INSERT INTO miner_service VALUES (?, ?, 1) ON CONFLICT(hotkey, kind) DO UPDATE SET count = count + 1", (hotkey, kind))
 
+    def count_health(self, checks: dict[str, bool]) -> None:
+        """One health tick: every miner checked (hotkey → whether it answered 200) counts one ``checked``, a failed one one ``unreachable``."""
+        upsert = "INSERT INTO miner_service VALUES (?, ?, 1) ON CONFLICT(hotkey, kind) DO UPDATE SET count = count + 1"
+        with self.transaction():
+            self.db.executemany(upsert, [(hotkey, "checked") for hotkey in checks])
+            self.db.executemany(upsert, [(hotkey, "unreachable") for hotkey, healthy in checks.items() if not healthy])
+
     def service_reports(self) -> list[ServiceReport]:
-        """Each miner's service to users so far: answers and tokens from the ledger, refusals and failures counted as they happened."""
+        """Each miner's service to users so far: answers and tokens from the ledger; refusals, failures and
+        health checks (sent, failed) counted as they happened."""
         served = {h: (n, t) for h, n, t in self.db.execute(
             "SELECT miner_hotkey, COUNT(*), SUM(completion_tokens) FROM usage_by_miner WHERE completion_tokens > 0 GROUP BY miner_hotkey"
         )}  # fmt: skip
@@ -302,8 +310,7 @@ class Store:
                 hotkey=hotkey,
                 served=served.get(hotkey, (0, 0))[0],
                 tokens=served.get(hotkey, (0, 0))[1],
-                refused=counted.get(hotkey, {}).get("refused", 0),
-                failed=counted.get(hotkey, {}).get("failed", 0),
+                **{kind: counted.get(hotkey, {}).get(kind, 0) for kind in ("refused", "failed", "checked", "unreachable")},
             )
             for hotkey in sorted(set(served) | set(counted))
         ]

@@ -65,12 +65,20 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument("--wandb-project", default=None, help="log rounds to wandb online (offline runs go to the state dir otherwise)")
     p.add_argument(
         "--organic-from",
-        default=None,
-        metavar="URL|DB",
-        help="a gateway: its URL (signed HTTP; it must trust this hotkey: slmnet gateway --validator-hotkey) or its --db file; verify the user answers it samples each round, and hand it the verdicts (URL only)",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a gateway's URL (repeatable: every gateway this validator trusts): each round, read what it did for users and the user answers it samples (signed HTTP; it must trust this hotkey: slmnet gateway --validator-hotkey), verify them, hand it the verdicts",
     )
     p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds in the state (smoke runs)")
     p.set_defaults(func=cmd_validator, default_log_level=logging.INFO)
+
+
+ORGANIC_URL_ONLY = (
+    "--organic-from {}: give the gateway's URL (e.g. http://127.0.0.1:8000). A validator reads a gateway over signed HTTP only, on the "
+    "same machine too: its database file carries no service counts and takes no verdicts back, so reading it paid miners that cheat "
+    "users (refusing them, or serving them another model) as honest ones"
+)
 
 
 def build_config(args: argparse.Namespace):
@@ -104,6 +112,8 @@ def build_config(args: argparse.Namespace):
     for model_id, _ in references:
         if model_id not in tokenizers:
             tokenizers[model_id] = model_folder(models.get(model_id).source, default_cache_dir())
+    if bad := [url for url in args.organic_from if not url.startswith(("http://", "https://"))]:
+        raise CliError(ORGANIC_URL_ONLY.format(bad[0]))
     return ValidatorConfig(
         chain=chain_config(args),
         state_dir=Path(args.state_dir).expanduser(),
@@ -122,7 +132,7 @@ def build_config(args: argparse.Namespace):
         metrics_port=args.metrics_port,
         wandb_project=args.wandb_project,
         max_rounds=args.max_rounds,
-        organic_from=args.organic_from,
+        organic_from=tuple(args.organic_from),
     )
 
 

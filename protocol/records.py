@@ -50,6 +50,41 @@ class AnswerRecord(BaseModel):
         )
 
 
+class ServiceCounts(BaseModel):
+    """What gateways saw one miner do for their users over a span (running totals, or what
+    changed between two reads): the inputs of its service factor (``validator.rounds.service_factor``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    served: int = Field(0, ge=0, description="answers (or parts of answers) it produced for users")
+    refused: int = Field(0, ge=0, description="requests it answered 429 while the gateway had it under its declared capacity")
+    failed: int = Field(0, ge=0, description="requests it failed: an error status, a broken stream, a stall, a disconnect")
+    checked: int = Field(0, ge=0, description="health checks a gateway sent it while it declared a model the gateway serves")
+    unreachable: int = Field(0, ge=0, description="of those, the ones it failed: no answer, a refused connection, a status other than 200")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_triple(cls, value: Any) -> Any:
+        """Rounds stored before reachability was counted hold (served, refused, failed)."""
+        if isinstance(value, (list, tuple)) and len(value) == 3:
+            return dict(zip(("served", "refused", "failed"), value))
+        return value
+
+    def __add__(self, other: "ServiceCounts") -> "ServiceCounts":
+        return ServiceCounts(**{name: getattr(self, name) + getattr(other, name) for name in ServiceCounts.model_fields})
+
+    def since(self, before: "ServiceCounts") -> "ServiceCounts":
+        """What changed since ``before`` (the same gateway's earlier read); all of it where a count went down (a new ledger)."""
+        fields = ServiceCounts.model_fields
+        if any(getattr(self, name) < getattr(before, name) for name in fields):
+            return self
+        return ServiceCounts(**{name: getattr(self, name) - getattr(before, name) for name in fields})
+
+    @property
+    def empty(self) -> bool:
+        return not any(getattr(self, name) for name in ServiceCounts.model_fields)
+
+
 class RoundSummary(BaseModel):
     """One validator round as stored (its ``rounds`` row and a line of ``rounds.jsonl``): what a
     replay needs to rebuild it and what the logs show. Keys are uids."""
@@ -67,13 +102,24 @@ class RoundSummary(BaseModel):
     buffered: list[int] = Field(default_factory=list)
     flagged: list[int] = Field(default_factory=list)
     effective: dict[int, float] = Field(default_factory=dict, description="the standing weights are set from, after the round")
-    service: dict[int, tuple[int, int, int]] = Field(
-        default_factory=dict, description="uid → (served, refused, failed) for the gateway's users since the previous round: the round's service factor"
+    service: dict[int, ServiceCounts] = Field(
+        default_factory=dict, description="uid → what the gateways it reads saw it do for users since the previous round, summed: the round's service factor"
     )
-    service_seen: dict[str, tuple[int, int, int]] = Field(default_factory=dict, description="hotkey → the gateway's running counts at this round")
+    service_seen: dict[str, dict[str, ServiceCounts]] = Field(
+        default_factory=dict, description="gateway (its URL) → hotkey → that gateway's running counts at this round"
+    )
     probed: dict[int, int] = Field(default_factory=dict, description="uid → requests sent to it at once: its capacity probe")
     delivered: dict[int, float] = Field(default_factory=dict, description="uid → verified tokens/s it delivered at that load")
     duration_s: float = 0.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_gateway(cls, value: Any) -> Any:
+        """Rounds stored when a validator read one gateway hold hotkey → counts: that gateway's, under no URL."""
+        seen = value.get("service_seen") if isinstance(value, dict) else None
+        if isinstance(seen, dict) and any(isinstance(counts, (list, tuple)) for counts in seen.values()):
+            return {**value, "service_seen": {"": seen}}
+        return value
 
 
 class OrganicSample(BaseModel):
@@ -118,16 +164,14 @@ class OrganicSamples(BaseModel):
     skipped: list[int] = Field(default_factory=list, description="ids of rows that are not answer records (a gateway bug): read past")
 
 
-class ServiceReport(BaseModel):
+class ServiceReport(ServiceCounts):
     """What one miner did for a gateway's users, counted since the gateway's ledger began."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     hotkey: str
-    served: int = Field(ge=0, description="answers (or parts of answers) it produced for users")
-    tokens: int = Field(ge=0, description="completion tokens in them")
-    refused: int = Field(ge=0, description="requests it answered 429 while the gateway had it under its declared capacity")
-    failed: int = Field(ge=0, description="requests it failed: an error status, a broken stream, a stall, a disconnect")
+    tokens: int = Field(0, ge=0, description="completion tokens in the answers it served")
+
+    def counts(self) -> ServiceCounts:
+        return ServiceCounts(**{name: getattr(self, name) for name in ServiceCounts.model_fields})
 
 
 class ServiceReports(BaseModel):

@@ -2,16 +2,22 @@
 
 Units: every score is in [0, 1]. A round score is
 
-    reliability² × (QUALITY_SHARE × quality + (1 − QUALITY_SHARE) × speed)
+    reliability² × speed
 
 - reliability: answered requests / requests sent (errors, timeouts, and 429s while the
   miner was under its declared capacity count against it);
-- quality: the share of checkable tasks answered correctly (a property of the declared
-  model as much as of the miner: routing by weight sends users to better models);
 - speed: half TTFT, half throughput, each relative to the best miner of the round that
   serves the same model (best p50 TTFT / own p50 TTFT; own p30 tokens/s / best p30
   tokens/s): a miner serving a larger, better model is not beaten on speed by one serving
-  a tiny model; the quality term is where the model choice pays.
+  a tiny model; the model list's reward is where the model choice pays.
+
+Correctness is no term of a miner's pay. Within one model every honest miner has the same
+expected quality, so a miner's graded answers only add noise (a handful of them a round)
+and a price on steering: a miner that forces the graded answer's tokens within what the
+evidence tolerates would buy pay with fidelity. What is paid is that the answer is the
+declared model's (fidelity gates the score), how fast, and how much capacity. The share of
+checkable tasks answered correctly (``RoundStats.quality``) is still kept, per model, for
+routing between models (``auto``) and the leaderboard.
 
 Any fidelity failure (the answer did not come from the declared model, or the miner sent
 something that cannot be verified) zeroes the miner and keeps it at zero for
@@ -46,7 +52,6 @@ from typing import Literal, Mapping, Optional, Sequence
 
 from scoring.latency import BURST_MIN_TOKENS, Speed, quantile
 
-QUALITY_SHARE = 0.5
 THROUGHPUT_QUANTILE = 0.3  # a low percentile: a miner is as fast as its slow answers
 BUFFERED_WINDOW = 24
 BUFFERED_MIN_JUDGED = 6
@@ -71,7 +76,7 @@ class RoundStats:
     answered: int
     sent: int
     fidelity_failed: bool  # an answer failed verification
-    quality: Optional[float]
+    quality: Optional[float]  # share of checkable tasks answered right: the model's record, not the miner's pay
     ttft_p50: Optional[float]
     tokens_per_s_p30: Optional[float]
     buffered: bool = False  # the miner's recent answers came in bursts: the round scores 0
@@ -177,9 +182,8 @@ def round_scores(stats: Mapping[int, RoundStats], models: Optional[Mapping[int, 
         if best_rate and s.tokens_per_s_p30:
             speed_parts.append(min(1.0, s.tokens_per_s_p30 / best_rate))
         speed = statistics.fmean(speed_parts) if speed_parts else 0.0
-        quality = s.quality if s.quality is not None else speed  # open prompts only: speed alone
         reliability = s.answered / s.sent
-        scores[uid] = reliability**2 * (QUALITY_SHARE * quality + (1 - QUALITY_SHARE) * speed)
+        scores[uid] = reliability**2 * speed
     return scores
 
 

@@ -36,4 +36,4 @@ class ValidatorConfig:
     metrics_port: Optional[int] = None  # Prometheus on loopback
     wandb_project: Optional[str] = None  # online wandb; offline runs are written under state_dir
     max_rounds: Optional[int] = None  # stop after this many rounds (tests, smoke runs)
-    organic_from: Optional[str] = None  # a gateway's URL or SQLite file: its organic outbox of user answers to verify
+    organic_from: tuple[str, ...] = ()  # the gateways it reads (URLs): users' answers to verify, service counts; verdicts go back

@@ -2,11 +2,13 @@
 
 A gateway puts a sampled share of its users' answers, each as one miner sent it with the
 request it answered, in its outbox (``organic_samples`` in its SQLite). The validator reads
-it with ``--organic-from``: a gateway's URL (``SignedOutbox``: signed HTTP, no shared disk;
-``gateway.handover``) or its database file (``FileOutbox``, read-only, on the same disk).
-It takes the samples after the last one it read (its cursor lives in its own store and moves
+every gateway it is given (``--organic-from URL``, repeatable) over signed HTTP
+(``SignedOutbox``, ``gateway.handover``), on the same machine or not: one hand-over, which
+carries the samples, what each miner did for users and the verdicts back (a database file
+read on the side carried the samples alone, and paid cheats of users as honest miners).
+From each it takes the samples after the last one it read (its cursor lives in its own store and moves
 in the transaction that records the verdicts, so a restart neither skips nor repeats one),
-at most ``SAMPLES_PER_ROUND`` a round — the miners with the fewest judged answers first,
+at most ``SAMPLES_PER_ROUND`` a round over all of them — the miners with the fewest judged answers first,
 the rest read past — verifies each with its own reference engine for the model and the
 miner's declared dtype, and records the verdict and its evidence, which the next round
 folds in: a user's answer counts like a challenge's (a failure zeroes the round; its
@@ -14,8 +16,11 @@ evidence pools with the challenges', so a miner serving users a cheaper copy is 
 users' answers). A sample the reference cannot score, whose model has no reference here,
 or whose miner no longer serves that model under that hotkey counts neither way.
 
-Back the other way, after each round the validator publishes its verdict on every miner
-(``protocol.records.MinerVerdicts``) to a gateway it reads over HTTP, which stops routing
+What each gateway saw each miner do for its users (served, refused, failed, and its health
+checks sent and failed: ``protocol.records.ServiceCounts``) is summed over the gateways for
+the round's service factor: a miner is paid for what users could get from it, wherever they
+came in. Back the other way, after each round the validator publishes its verdict on every
+miner (``protocol.records.MinerVerdicts``) to every gateway it reads, which stops routing
 users to a flagged or failing miner at once and samples suspect ones more.
 
 The samples also tell what users send: the sampling choices of recent requests (which
@@ -27,17 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Mapping, Optional, Protocol, Sequence
 
 import aiohttp
 from pydantic import ValidationError
 
 from btauth.client import MinerClient
-from protocol.records import SAMPLE_COLUMNS, FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, ServiceReports, sample_from_row
+from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, ServiceCounts, ServiceReports
 from validator.challenges import UserPrompts, sampling_of
 from validator.rounds import RoundReport, Target, UserVerdict
 from validator.store import Store
@@ -60,43 +63,6 @@ class Outbox(Protocol):
 
     async def service(self) -> Optional[ServiceReports]:
         """What each miner did for the gateway's users so far (None: not known this round)."""
-
-
-class FileOutbox:
-    """A gateway's outbox in its SQLite file on this disk, read-only. Verdicts cannot go back this way."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.source = str(self.path)
-
-    def _read(self, last_id: int, limit: int) -> tuple[list[OrganicSample], int]:
-        if not self.path.exists():
-            return [], last_id
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
-        try:
-            rows = db.execute(f"SELECT {SAMPLE_COLUMNS} FROM organic_samples WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
-        except sqlite3.OperationalError as exc:  # a gateway older than the outbox, or a file that is not a gateway's
-            log.warning("no organic outbox in %s: %s", self.path, exc)
-            return [], last_id
-        finally:
-            db.close()
-        samples = []
-        for row in rows:
-            try:
-                samples.append(sample_from_row(row))
-            except ValueError as exc:  # one unreadable row must not hold up every sample after it
-                log.warning("%s: skipped", exc)
-        return samples, rows[-1][0] if rows else last_id
-
-    async def after(self, last_id: int, limit: int) -> tuple[list[OrganicSample], int]:
-        # Another process's SQLite file, maybe on a slow disk: read off the event loop, which times miners' streams.
-        return await asyncio.to_thread(self._read, last_id, limit)
-
-    async def publish(self, verdicts: MinerVerdicts) -> None:
-        return None
-
-    async def service(self) -> Optional[ServiceReports]:
-        return None  # the gateway's service counts come over HTTP only (--organic-from URL)
 
 
 class SignedOutbox:
@@ -153,9 +119,9 @@ class SignedOutbox:
             log.warning("verdicts not handed to %s this round: %s", self.url, exc)
 
 
-def open_outbox(where: str, session: aiohttp.ClientSession, keypair: Any) -> Outbox:
-    """``--organic-from``: a gateway's URL, or its database file."""
-    return SignedOutbox(session, where, keypair) if where.startswith(("http://", "https://")) else FileOutbox(Path(where).expanduser())
+def open_outbox(url: str, session: aiohttp.ClientSession, keypair: Any) -> Outbox:
+    """``--organic-from URL``: a gateway, over signed HTTP (``validator.config`` refuses anything but a URL)."""
+    return SignedOutbox(session, url, keypair)
 
 
 class UsersSeen:
@@ -257,17 +223,27 @@ def verdicts_of(
     return MinerVerdicts(round=round_index, verdicts=verdicts)
 
 
-Counts = tuple[int, int, int]  # (served, refused, failed)
-
-
-def service_since(reports: ServiceReports, seen: Mapping[str, Counts]) -> tuple[dict[str, Counts], dict[str, Counts]]:
+def service_since(reports: ServiceReports, seen: Mapping[str, ServiceCounts]) -> tuple[dict[str, ServiceCounts], dict[str, ServiceCounts]]:
     """From a gateway's running counts and those seen at the previous round: (hotkey → what happened
     since, hotkey → the running counts now). Counts that went down (a new ledger) count from zero."""
-    now = {r.hotkey: (r.served, r.refused, r.failed) for r in reports.miners}
-    since = {}
-    for hotkey, counts in now.items():
-        before = seen.get(hotkey, (0, 0, 0))
-        delta = tuple(c - b for c, b in zip(counts, before)) if all(c >= b for c, b in zip(counts, before)) else counts
-        if any(delta):
-            since[hotkey] = delta
+    now = {r.hotkey: r.counts() for r in reports.miners}
+    since = {hotkey: delta for hotkey, counts in now.items() if not (delta := counts.since(seen.get(hotkey, ServiceCounts()))).empty}
     return since, now
+
+
+async def read_service(
+    outboxes: Sequence[Outbox], seen: Mapping[str, Mapping[str, ServiceCounts]]
+) -> tuple[dict[str, ServiceCounts], dict[str, dict[str, ServiceCounts]]]:
+    """What every gateway saw since the previous round, summed per hotkey, and each gateway's running
+    counts now (``seen``: gateway source → hotkey → its counts at the previous round). A gateway that
+    does not answer this round keeps its last counts: what it saw meanwhile counts at the next read."""
+    total: dict[str, ServiceCounts] = {}
+    now = {source: dict(counts) for source, counts in seen.items()}
+    for outbox in outboxes:
+        reports = await outbox.service()
+        if reports is None:
+            continue
+        since, now[outbox.source] = service_since(reports, seen.get(outbox.source, {}))
+        for hotkey, counts in since.items():
+            total[hotkey] = total.get(hotkey, ServiceCounts()) + counts
+    return total, now

@@ -38,7 +38,7 @@ from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 import aiohttp
 
 from btauth.client import MinerClient
-from protocol.records import AnswerRecord
+from protocol.records import AnswerRecord, ServiceCounts
 from scoring.aggregate import Outcome, RoundStats, Standing, judged_streamed, round_scores, summarize
 from scoring.evidence import FLAG_HOLD_BLOCKS, TOLERANCES, Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
@@ -220,14 +220,14 @@ async def run_round(
     users: Optional[Mapping[str, UserPrompts]] = None,
     organic: Sequence[UserVerdict] = (),
     block: Optional[int] = None,
-    service: Optional[Mapping[int, tuple[int, int, int]]] = None,
+    service: Optional[Mapping[int, ServiceCounts]] = None,
     probing: Collection[str] = (),
 ) -> RoundReport:
     """Query, verify and score every target; miners whose model has no reference are skipped.
     ``probing``: the models whose miners this round probes for capacity (``probed_models``).
     ``users``: model → what its users recently sent, for challenges that look like it; ``organic``: verdicts on
     users' answers, pooled with the challenges'; ``block``: the head block (how long flags hold);
-    ``service``: uid → (served, refused, failed) for the gateway's users since the last round.
+    ``service``: uid → what the gateways saw it do for their users since the last round (``service_factor``).
     ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first.
     ``evidence``: hotkey → its pooled evidence so far; a miner already flagged under its current
     declaration is not queried and scores 0; ``sequential``: the per-miner test (and how many
@@ -301,7 +301,7 @@ def score_round(
     sequential: SequentialParams = SequentialParams(),
     organic: Sequence[UserVerdict] = (),
     block: Optional[int] = None,
-    service: Optional[Mapping[int, tuple[int, int, int]]] = None,
+    service: Optional[Mapping[int, ServiceCounts]] = None,
     probed: Optional[Mapping[int, int]] = None,
 ) -> RoundReport:
     """The round's report from each queried miner's results (uid → results in challenge order)
@@ -309,8 +309,9 @@ def score_round(
     replay`` recomputes from a record. A user's answer weighs like a challenge's: its evidence
     pools with the challenges' (a miner serving users another model is flagged on it), and a
     failed one makes the round a fidelity failure. What a miner did for users counts too: its
-    score is multiplied by the share of the gateway's requests it served (``service_factor``),
-    so a miner that refuses users earns at most what it serves. ``probed``: uid → the requests it
+    score is multiplied by the share of the gateways' requests it served and the share of their
+    health checks it passed (``service_factor``), so a miner that refuses users, or that users
+    cannot reach, earns at most what it serves. ``probed``: uid → the requests it
     was sent at once in its capacity probe; only a probed miner's delivered capacity is measured."""
     report = RoundReport(seed=seed, probed=dict(probed or {}))
     pooled = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
@@ -364,13 +365,18 @@ def serving_streams(report: RoundReport, stats: Mapping[int, RoundStats], target
     return {uid: max(1, min(report.probed[uid], round(delivered / best[model[uid]]))) for uid, delivered in report.delivered.items() if model[uid] in best}
 
 
-def service_factor(counts: Optional[tuple[int, int, int]]) -> float:
-    """The share of the gateway's requests a miner served since the last round: (served, refused,
-    failed) → served / all (1 when it was sent none: no users, nothing held against it)."""
-    if not counts or not sum(counts):
+def service_factor(counts: Optional[ServiceCounts]) -> float:
+    """What users could get of a miner since the last round, in [0, 1]: the share of the gateways'
+    requests it served (served / served + refused + failed) times the share of their health checks
+    it passed. A miner no gateway can reach is never routed a user, so it refuses none; the checks
+    are where that shows: time it declared capacity and failed them counts like refusing. 1 where
+    the gateways saw nothing (no gateway read, or none that knows the miner yet)."""
+    if counts is None:
         return 1.0
-    served, refused, failed = counts
-    return served / (served + refused + failed)
+    asked = counts.served + counts.refused + counts.failed
+    served = counts.served / asked if asked else 1.0
+    reachable = (counts.checked - counts.unreachable) / counts.checked if counts.checked else 1.0
+    return served * max(0.0, reachable)
 
 
 def current_evidence(evidence: Mapping[str, Evidence], target: Target, block: Optional[int] = None) -> Evidence:

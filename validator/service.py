@@ -32,7 +32,7 @@ from models.subnet import ModelListMismatch, check_graph
 from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
 from scoring.evidence import SequentialParams
-from validator.organic import RECENT_REQUESTS, Outbox, UsersSeen, open_outbox, service_since, verdicts_of, verify_samples
+from validator.organic import RECENT_REQUESTS, SAMPLES_PER_ROUND, Outbox, UsersSeen, open_outbox, read_service, verdicts_of, verify_samples
 from validator.rounds import RoundReport, Target, probed_models, run_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 from validator.store import Store
@@ -49,7 +49,7 @@ class Validator:
         self.wallet = config.chain.wallet()
         self.keypair = self.wallet.hotkey
         self.round_log = RoundLog(config, self.store)
-        self.outbox: Optional[Outbox] = None  # opened with the HTTP session (``run``)
+        self.outboxes: list[Outbox] = []  # one per gateway it reads, opened with the HTTP session (``run``)
         self.users = UsersSeen()
         # (hotkey, model) → streams it served at once in its last capacity probe (since this process started): a uid
         # taken by another hotkey, or a model declared anew, starts without one.
@@ -74,11 +74,12 @@ class Validator:
         ready = {model: ref for model, ref in references.items() if ref is not None}
         previous = self.store.summary(round_index - 1)
         seen, service = previous.service_seen if previous else {}, {}
-        if self.outbox is not None:
-            await verify_samples(self.outbox, self.store, ready, {t.hotkey: t for t in targets}, self.users)
-            if (reports := await self.outbox.service()) is not None:
-                since, seen = service_since(reports, seen)
-                service = {t.uid: since[t.hotkey] for t in targets if t.hotkey in since}
+        if self.outboxes:
+            share = max(1, SAMPLES_PER_ROUND // len(self.outboxes))
+            for outbox in self.outboxes:
+                await verify_samples(outbox, self.store, ready, {t.hotkey: t for t in targets}, self.users, share)
+            since, seen = await read_service(self.outboxes, seen)
+            service = {t.uid: since[t.hotkey] for t in targets if t.hotkey in since}
         organic = self.store.take_organic(round_index)
         before = self.store.standings()
         report = await run_round(
@@ -126,8 +127,9 @@ class Validator:
         crashpoint("round-stored")
         self.round_log.round(summary, report)
         self.serves.update({(t.hotkey, t.model): report.serves[t.uid] for t in targets if t.uid in report.serves})
-        if self.outbox is not None:
-            await self.outbox.publish(verdicts_of(round_index, targets, report, SequentialParams().threshold, self.serves, self.store.quality()))
+        verdicts = verdicts_of(round_index, targets, report, SequentialParams().threshold, self.serves, self.store.quality())
+        for outbox in self.outboxes:
+            await outbox.publish(verdicts)
         return standings, graph.tempo
 
     async def maybe_set_weights(self, net: chain.Chain, standings: Standings, tempo: int) -> Optional[dict[int, float]]:
@@ -165,11 +167,11 @@ class Validator:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
             await require_registered(net, self.config.chain.netuid, self.keypair.ss58_address, "register the validator's hotkey first")
             await self._check_subnet(net)
-            if self.config.organic_from:
-                self.outbox = open_outbox(self.config.organic_from, session, self.keypair)
+            self.outboxes = [open_outbox(url, session, self.keypair) for url in self.config.organic_from]
+            for outbox in self.outboxes:
                 # The users' requests sampled lately, for challenges shaped like them from the first round on.
-                cursor = self.store.organic_cursor(self.outbox.source)
-                self.users.add((await self.outbox.after(max(0, cursor - RECENT_REQUESTS), min(cursor, RECENT_REQUESTS)))[0] if cursor else [])
+                cursor = self.store.organic_cursor(outbox.source)
+                self.users.add((await outbox.after(max(0, cursor - RECENT_REQUESTS), min(cursor, RECENT_REQUESTS)))[0] if cursor else [])
             if appended := self.round_log.catch_up():
                 log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.round_log.journal.name)
             self.round_log.start_wandb(self.keypair.ss58_address)

@@ -23,7 +23,7 @@ module.exports = {
       interpreter: "none",
       args: ["validator", ...chain("validator"), "--state-dir", "/var/lib/slmnet/validator",
              "--serve-reference", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "--dtype", "bfloat16",
-             "--organic-from", "/var/lib/slmnet/gateway.sqlite", "--metrics-port", "9101"],
+             "--organic-from", "http://127.0.0.1:8000", "--metrics-port", "9101"],
       kill_timeout: 90000,
       restart_delay: 10000,
       autorestart: true,

@@ -46,3 +46,22 @@ def test_two_hotkeys_on_one_engine_are_paid_about_as_one_and_an_over_declarer_le
     assert kinds["over-declarer"]["engine_pay_vs_honest"] < 1.0, kinds["over-declarer"]
     assert kinds["refuser"]["take_honest_tempos"] == 0
     assert result["honest_zeroed"] == 0
+
+
+def test_cheats_of_users_earn_nothing_at_every_validator_and_steering_buys_nothing():
+    """Every validator reads every gateway, though only the quarter of validators with the least stake (9% of it here)
+    run one: the dark miner (fails every gateway's health check), the refuser and the two-faced miner are paid at no
+    validator; the steerer (forces the graded answers within the evidence budget) earns no more than an honest miner."""
+    args = ["--miners", "48", "--validators", "8", "--tempos", "12", "--seeds", "2", "--workers", "1", "--cheat-share", "0.4", "--gateway-share", "0.25"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.network_sim", *args, "--cheats", "dark,refuser,two-faced,steerer", "--json"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    kinds = result["kinds"]
+    assert result["gateway_stake"] < 0.5  # the validators with a gateway could not carry Yuma's consensus alone
+    for kind in ("dark", "refuser"):
+        assert kinds[kind]["miners"] >= 3 and kinds[kind]["take_honest_tempos"] == 0, (kind, kinds[kind])
+    assert kinds["two-faced"]["still_paid"] == 0 and kinds["two-faced"]["take_honest_tempos"] < 0.1, kinds["two-faced"]
+    assert kinds["steerer"]["miners"] >= 3 and kinds["steerer"]["pay_ratio"] <= 1.0, kinds["steerer"]
+    assert result["honest_zeroed"] == 0

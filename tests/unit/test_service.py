@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.store import Store as GatewayStore
-from protocol.records import ServiceReport, ServiceReports
+from protocol.records import ServiceCounts, ServiceReport, ServiceReports
 from scoring.aggregate import Outcome
 from scoring.latency import StreamTiming, measure
-from validator.organic import service_since
+from validator.organic import read_service, service_since
 from validator.rounds import Result, Target, score_round, service_factor
 
 
@@ -21,10 +23,13 @@ def test_the_gateway_counts_each_miners_service_from_its_ledger_and_its_refusals
     store.count_service("5Refuser", "refused")
     store.count_service("5Refuser", "refused")
     store.count_service("5Flaky", "failed")
+    store.count_health({"5Good": True, "5Dark": False})
+    store.count_health({"5Good": True, "5Dark": False, "5Refuser": True})
     assert store.service_reports() == [
+        ServiceReport(hotkey="5Dark", checked=2, unreachable=2),  # failed every check: never routed a user
         ServiceReport(hotkey="5Flaky", served=1, tokens=8, refused=0, failed=1),  # a part with no token served nothing
-        ServiceReport(hotkey="5Good", served=2, tokens=16, refused=0, failed=0),
-        ServiceReport(hotkey="5Refuser", served=0, tokens=0, refused=2, failed=0),
+        ServiceReport(hotkey="5Good", served=2, tokens=16, refused=0, failed=0, checked=2),
+        ServiceReport(hotkey="5Refuser", served=0, tokens=0, refused=2, failed=0, checked=1),
     ]
 
 
@@ -36,7 +41,7 @@ def test_the_validator_takes_what_happened_since_the_last_round_and_a_refuser_ea
         ]
     )
     since, seen = service_since(first, {})
-    assert since == {"5Good": (10, 0, 0), "5Ref": (0, 4, 0)}
+    assert since == {"5Good": ServiceCounts(served=10), "5Ref": ServiceCounts(refused=4)}
     later = ServiceReports(
         miners=[
             ServiceReport(hotkey="5Good", served=13, tokens=130, refused=0, failed=1),
@@ -44,10 +49,37 @@ def test_the_validator_takes_what_happened_since_the_last_round_and_a_refuser_ea
         ]
     )
     since, seen = service_since(later, seen)
-    assert since == {"5Good": (3, 0, 1)} and seen["5Good"] == (13, 0, 1)  # nothing new for 5Ref: nothing held for or against it
+    assert since == {"5Good": ServiceCounts(served=3, failed=1)} and seen["5Good"] == ServiceCounts(served=13, failed=1)  # nothing new for 5Ref
     restarted = ServiceReports(miners=[ServiceReport(hotkey="5Good", served=2, tokens=20, refused=0, failed=0)])
-    assert service_since(restarted, seen)[0] == {"5Good": (2, 0, 0)}  # a new ledger counts from zero
-    assert service_factor((0, 4, 0)) == 0.0 and service_factor((3, 0, 1)) == 0.75 and service_factor(None) == 1.0 == service_factor((0, 0, 0))
+    assert service_since(restarted, seen)[0] == {"5Good": ServiceCounts(served=2)}  # a new ledger counts from zero
+    assert service_factor(ServiceCounts(refused=4)) == 0.0 and service_factor(ServiceCounts(served=3, failed=1)) == 0.75
+    assert service_factor(None) == 1.0 == service_factor(ServiceCounts())  # nothing seen: nothing held for or against it
+
+
+def test_a_miner_users_cannot_reach_earns_nothing_and_every_gateway_counts():
+    # Dark: it fails every health check a gateway sends (503, a dropped connection, reachable from a validator's address only),
+    # so it is never routed a user and refuses none; the checks are what users could get of it.
+    assert service_factor(ServiceCounts(checked=12, unreachable=12)) == 0.0
+    assert service_factor(ServiceCounts(served=6, checked=12, unreachable=3)) == 0.75  # down a quarter of the time
+    assert service_factor(ServiceCounts(served=6, refused=2, checked=10)) == 0.75
+
+    class Gateway:
+        def __init__(self, source: str, reports: list[ServiceReport] | None):
+            self.source, self.reports = source, reports
+
+        async def service(self) -> ServiceReports | None:
+            return None if self.reports is None else ServiceReports(miners=self.reports)
+
+    seen = {"http://a": {"5Dark": ServiceCounts(checked=4, unreachable=4)}, "http://down": {"5Good": ServiceCounts(served=9)}}
+    gateways = [
+        Gateway("http://a", [ServiceReport(hotkey="5Dark", checked=10, unreachable=10), ServiceReport(hotkey="5Good", served=3, checked=6)]),
+        Gateway("http://b", [ServiceReport(hotkey="5Dark", checked=5, unreachable=5), ServiceReport(hotkey="5Good", served=2, refused=1, checked=5)]),
+        Gateway("http://down", None),  # did not answer this round: what it sees meanwhile counts at its next read
+    ]
+    since, now = asyncio.run(read_service(gateways, seen))
+    assert since == {"5Dark": ServiceCounts(checked=11, unreachable=11), "5Good": ServiceCounts(served=5, refused=1, checked=11)}
+    assert now["http://down"] == seen["http://down"] and now["http://b"]["5Good"] == ServiceCounts(served=2, refused=1, checked=5)
+    assert service_factor(since["5Dark"]) == 0.0 and service_factor(since["5Good"]) == pytest.approx(5 / 6)
 
 
 def test_a_capacity_probe_finds_how_many_streams_each_miner_serves_and_only_probed_miners_are_measured():

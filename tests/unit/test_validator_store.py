@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from typing import AsyncIterator
 
+import aiohttp
 import pytest
+from aiohttp import web
+from bittensor.wallets import Keypair
 
-from protocol.records import RoundSummary
+from gateway.router import Router
+from gateway.server import create_app
+from gateway.state import GatewayState
+from gateway.store import Store as GatewayStore
+from protocol.records import AnswerRecord, RoundSummary, ServiceCounts
+from validator.organic import SignedOutbox
 from scoring.aggregate import Standing
 from scoring.evidence import Evidence
 from validator.store import RESULT_COLUMNS, Store
@@ -77,28 +87,42 @@ def _target(uid: int):
     return Target(uid, f"5Hot{uid}", "", "m", 4)
 
 
-async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_across_restarts(tmp_path):
-    from gateway.store import Store as GatewayStore
-    from protocol.records import AnswerRecord
-    from validator.organic import FileOutbox, verify_samples
+@contextlib.asynccontextmanager
+async def _gateway(path) -> AsyncIterator[tuple[SignedOutbox, GatewayStore]]:
+    """A real gateway app (its hand-over routes over signed HTTP) on a loopback port, and a validator's outbox reading it
+    (the gateway trusts its own hotkey, which this validator shares, as a local subnet's does)."""
+    keypair = Keypair.create_from_uri("//Gateway")
+    store = GatewayStore(path)
+    runner = web.AppRunner(create_app(GatewayState(store=store, router=Router(), tokenizers={}, keypair=keypair)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield SignedOutbox(session, f"http://127.0.0.1:{port}", keypair), store
+    finally:
+        await runner.cleanup()
 
-    gateway = GatewayStore(tmp_path / "gateway.sqlite")
+
+async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_across_restarts(tmp_path):
+    from validator.organic import verify_samples
+
     request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     answer = AnswerRecord(prompt_token_ids=[1, 2], token_ids=[5, 6], logprobs=[-0.1], text="ab", finish_reason="length", completion_tokens=2)
-    for uid in (3, 4):
-        gateway.record_sample(uid, f"5Hot{uid}", "m", request, answer)
-    outbox = FileOutbox(tmp_path / "gateway.sqlite")
-    samples, last = await outbox.after(0, 10)
-    assert [(s.uid, s.request, s.answer) for s in samples] == [(3, request, answer), (4, request, answer)] and last == 2
-    assert await FileOutbox(tmp_path / "no-gateway-yet.sqlite").after(0, 10) == ([], 0)
+    async with _gateway(tmp_path / "gateway.sqlite") as (outbox, gateway):
+        for uid in (3, 4):
+            gateway.record_sample(uid, f"5Hot{uid}", "m", request, answer)
+        samples, last = await outbox.after(0, 10)
+        assert [(s.uid, s.request, s.answer) for s in samples] == [(3, request, answer), (4, request, answer)] and last == 2
 
-    store = Store(tmp_path / "v.sqlite")
-    targets = {t.hotkey: t for t in map(_target, (3, 4, 5))}
-    assert await verify_samples(outbox, store, {}, targets) == 0  # no reference for the model here: nothing held for or against
-    store.close()
-    gateway.record_sample(5, "5Hot5", "m", request, answer)
-    again = Store(tmp_path / "v.sqlite")
-    assert [s.uid for s in (await outbox.after(again.organic_cursor(outbox.source), 10))[0]] == [5]  # a restart neither skips nor repeats one
+        store = Store(tmp_path / "v.sqlite")
+        targets = {t.hotkey: t for t in map(_target, (3, 4, 5))}
+        assert await verify_samples(outbox, store, {}, targets) == 0  # no reference for the model here: nothing held for or against
+        store.close()
+        gateway.record_sample(5, "5Hot5", "m", request, answer)
+        again = Store(tmp_path / "v.sqlite")
+        assert [s.uid for s in (await outbox.after(again.organic_cursor(outbox.source), 10))[0]] == [5]  # a restart neither skips nor repeats one
 
 
 def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again(tmp_path):
@@ -120,22 +144,24 @@ def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again
 
 
 async def test_an_outbox_row_that_is_not_an_answer_record_is_skipped_and_read_past(tmp_path):
-    from gateway.store import Store as GatewayStore
-    from protocol.records import AnswerRecord
-    from validator.organic import FileOutbox, verify_samples
+    from validator.organic import verify_samples
 
-    gateway = GatewayStore(tmp_path / "gateway.sqlite")
     request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    gateway.record_sample(3, "5Hot3", "m", request, AnswerRecord(token_ids=[5], text="a", finish_reason="length"))
-    gateway.db.execute("UPDATE organic_samples SET answer = ? WHERE uid = 3", ('{"token_ids": "not ids"}',))
-    gateway.record_sample(4, "5Hot4", "m", request, AnswerRecord(token_ids=[6], text="b", finish_reason="length"))
-    outbox = FileOutbox(tmp_path / "gateway.sqlite")
-    samples, last = await outbox.after(0, 10)
-    assert [s.uid for s in samples] == [4] and last == 2
-    assert gateway.samples_after(0, 10) == (samples, [1])  # the gateway's signed endpoint reads past it the same way
-    store = Store(tmp_path / "v.sqlite")
-    assert await verify_samples(outbox, store, {}, {}) == 0
-    assert await outbox.after(store.organic_cursor(outbox.source), 10) == ([], 2)  # read past, not stuck on it
+    async with _gateway(tmp_path / "gateway.sqlite") as (outbox, gateway):
+        gateway.record_sample(3, "5Hot3", "m", request, AnswerRecord(token_ids=[5], text="a", finish_reason="length"))
+        gateway.db.execute("UPDATE organic_samples SET answer = ? WHERE uid = 3", ('{"token_ids": "not ids"}',))
+        gateway.record_sample(4, "5Hot4", "m", request, AnswerRecord(token_ids=[6], text="b", finish_reason="length"))
+        samples, last = await outbox.after(0, 10)
+        assert [s.uid for s in samples] == [4] and last == 2
+        store = Store(tmp_path / "v.sqlite")
+        assert await verify_samples(outbox, store, {}, {}) == 0
+        assert await outbox.after(store.organic_cursor(outbox.source), 10) == ([], 2)  # read past, not stuck on it
+
+
+def test_a_round_stored_when_a_validator_read_one_gateway_reads_back():
+    old = {"round": 3, "block": 1, "seed": "1", "miners": 1, "challenges": 1, "service": {"1": [2, 1, 0]}, "service_seen": {"5Hot": [9, 1, 0]}}
+    summary = RoundSummary.model_validate(old)
+    assert summary.service == {1: ServiceCounts(served=2, refused=1)} and summary.service_seen == {"": {"5Hot": ServiceCounts(served=9, refused=1)}}
 
 
 def test_over_the_rounds_budget_the_least_judged_miners_are_verified_first():
