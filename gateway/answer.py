@@ -1,7 +1,8 @@
 """One user's answer: what it holds while miners build it, and how the user is shown it.
 
 Every chunk the user gets is rebuilt from the validated wire models field by field (only
-what the user asked for: logprobs, token ids), so nothing a miner adds reaches a user.
+what the user asked for: logprobs, token ids), so nothing a miner adds reaches a user; the
+tokens logprobs name are spelled from their ids with the model's tokenizer, never copied.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Optional, Union
 
 from gateway.state import ENTROPY
 from protocol.requests import miner_request
+from models.tokenizer import ModelTokenizer
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
 
 
@@ -74,31 +76,58 @@ class Head:
         return {"id": self.id, "object": self.chunk_object, "created": self.created, "model": self.gen.model, "choices": choices, **extra}
 
 
-def user_choice(head: Head, choice: Union[ChatChunkChoice, TextChunkChoice], continuing: bool) -> dict[str, Any]:
+def _spelled(token: str, tokenizer: ModelTokenizer) -> dict[str, Any]:
+    text = tokenizer.token_text(token)[1]
+    return {"token": text, "bytes": list(text.encode("utf-8", errors="replace"))}
+
+
+def chat_logprobs(choice: ChatChunkChoice, tokenizer: ModelTokenizer) -> list[dict[str, Any]]:
+    """The choice's logprob entries as the user gets them: each token (and each top alternative)
+    spelled from its id with the model's tokenizer (``StreamFold`` has checked that each names
+    its id, the chunk's). StreamViolation for an id the model does not have."""
+    entries = (choice.logprobs.content if choice.logprobs is not None else None) or []
+    out = []
+    for entry in entries:
+        tops = [{**_spelled(top.token, tokenizer), "logprob": top.logprob} for top in entry.top_logprobs]
+        out.append({**_spelled(entry.token, tokenizer), "logprob": entry.logprob, "top_logprobs": tops})
+    return out
+
+
+def text_logprobs(choice: TextChunkChoice, tokenizer: ModelTokenizer) -> Optional[dict[str, Any]]:
+    """A text completion's logprobs with every token, and every top alternative's key, spelled from its id."""
+    if choice.logprobs is None:
+        return None
+    lp = choice.logprobs
+    tops = None if lp.top_logprobs is None else [None if t is None else {tokenizer.token_text(k)[1]: v for k, v in t.items()} for t in lp.top_logprobs]
+    tokens = [tokenizer.token_text(t)[1] for t in lp.tokens]
+    return {"tokens": tokens, "token_logprobs": lp.token_logprobs, "top_logprobs": tops, "text_offset": lp.text_offset}
+
+
+def user_choice(head: Head, choice: Union[ChatChunkChoice, TextChunkChoice], continuing: bool, tokenizer: ModelTokenizer) -> dict[str, Any]:
     """A miner's choice as the user's chunk carries it."""
     body = head.gen.body
     if isinstance(choice, ChatChunkChoice):
         delta = choice.delta.model_dump(exclude_none=True)
         if continuing:
             delta.pop("role", None)
-        logprobs = choice.logprobs.model_dump() if body.get("logprobs") and choice.logprobs is not None else None
+        logprobs = {"content": chat_logprobs(choice, tokenizer)} if body.get("logprobs") and choice.logprobs is not None else None
         out: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     else:
-        logprobs = choice.logprobs.model_dump() if body.get("logprobs") is not None and choice.logprobs is not None else None
+        logprobs = text_logprobs(choice, tokenizer) if body.get("logprobs") is not None else None
         out = {"index": 0, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     if body.get("return_token_ids"):
         out["token_ids"] = choice.token_ids
     return out
 
 
-def user_chunk(head: Head, chunk: Chunk, continuing: bool) -> Optional[dict[str, Any]]:
+def user_chunk(head: Head, chunk: Chunk, continuing: bool, tokenizer: ModelTokenizer) -> Optional[dict[str, Any]]:
     """The user's chunk for a miner's (None for the usage chunk: the gateway's own count replaces it at the end)."""
     if not chunk.choices:
         return None
     extra = {}
     if head.gen.body.get("return_token_ids") and chunk.prompt_token_ids is not None and not continuing:
         extra["prompt_token_ids"] = chunk.prompt_token_ids
-    return head.chunk([user_choice(head, c, continuing) for c in chunk.choices], **extra)
+    return head.chunk([user_choice(head, c, continuing, tokenizer) for c in chunk.choices], **extra)
 
 
 def usage_chunk(head: Head, usage: dict[str, int]) -> dict[str, Any]:

@@ -28,9 +28,9 @@ from aiohttp import web
 
 from gateway.errors import NoMinerAvailable, UpstreamFailed
 from gateway.router import MinerView
-from gateway.answer import Generation, Head, error_chunk, usage_chunk, user_chunk, whole_completion
+from gateway.answer import Generation, Head, chat_logprobs, error_chunk, usage_chunk, user_chunk, whole_completion
 from gateway.state import OVERHEAD_HEADER, MINER_HEADER, GatewayState, request_headers
-from models.tokenizer import TextBinding
+from models.tokenizer import ModelTokenizer, TextBinding
 from gateway.upstream import MinerFailed, miner_events
 from protocol.errors import error_body
 from protocol.records import AnswerRecord
@@ -80,7 +80,7 @@ class Relay:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
 
-    def _absorb(self, chunk: Chunk, binding: TextBinding) -> None:
+    def _absorb(self, chunk: Chunk, binding: TextBinding, tokenizer: ModelTokenizer) -> None:
         for choice in chunk.choices:
             piece = choice.delta.content if isinstance(choice, ChatChunkChoice) else choice.text
             binding.feed(choice.token_ids or [], piece)  # StreamViolation: the user must not read text its ids do not spell
@@ -89,7 +89,7 @@ class Relay:
             self.gen.token_ids += ids
             self.gen.upstream_tokens += len(ids) if ids else (1 if piece else 0)
             if self.gen.body.get("logprobs") and isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:  # kept only for a user who asked
-                self.gen.logprobs += [entry.model_dump() for entry in choice.logprobs.content or []]
+                self.gen.logprobs += chat_logprobs(choice, tokenizer)  # StreamViolation: a token not named by its id
             if choice.finish_reason:
                 self.gen.finish_reason = choice.finish_reason
 
@@ -102,7 +102,8 @@ class Relay:
         first_token_at = None
         tokens_before = self.gen.upstream_tokens
         self.gen.parts.append([miner.uid, miner.hotkey, len(self.gen.text), self.gen.upstream_tokens])
-        binding = TextBinding(self.state.tokenizers[self.gen.model])
+        tokenizer = self.state.tokenizers[self.gen.model]
+        binding = TextBinding(tokenizer)
         async with contextlib.aclosing(miner_events(self.state, miner, body, fold, lambda: first_token_at is not None)) as batches:
             async for batch in batches:
                 # The user's chunks of a batch go out in one write, the chunks before a bad one included:
@@ -110,7 +111,7 @@ class Relay:
                 events, violation = [], None
                 for chunk in batch:
                     try:
-                        self._absorb(chunk, binding)
+                        self._absorb(chunk, binding, tokenizer)
                     except StreamViolation as exc:
                         violation = exc
                         break
@@ -120,7 +121,12 @@ class Relay:
                         self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
                     # (before the first token a stream has not started: nothing to show yet)
                     if self.user_stream and (self.response is not None or first_token_at is not None):
-                        if (user_event := user_chunk(self.head, chunk, continuing)) is not None:
+                        try:
+                            user_event = user_chunk(self.head, chunk, continuing, tokenizer)
+                        except StreamViolation as exc:
+                            violation = exc
+                            break
+                        if user_event is not None:
                             events.append(user_event)
                 if self.user_stream and first_token_at is not None and self.response is None:
                     await self._start_stream()

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 from tokenizers.decoders import DecodeStream
 
+from protocol.responses import token_id_of
 from protocol.sse import StreamViolation
 
 HELD_BACK = "\ufffd"  # what the decoder shows for bytes a stream holds back
@@ -41,6 +42,15 @@ class ModelTokenizer:
         if messages is not None:
             return self.count(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return self.count(prompt)
+
+    def token_text(self, token: str) -> tuple[int, str]:
+        """A logprob entry's token as a miner sends it (``token_id:N``: requests ask for ids, never
+        strings) → (N, what N spells alone, special tokens included, as vLLM names a token).
+        StreamViolation for anything else: a token string is the miner's words, never the user's to read."""
+        token_id = token_id_of(token)
+        if token_id is None or token_id >= self.size:
+            raise StreamViolation(f"a logprob token that is not one of the model's ids: {token[:40]!r}")
+        return token_id, self.fast.decode([token_id], skip_special_tokens=False)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """What ``token_ids`` spell (special tokens skipped, as vLLM shows them)."""

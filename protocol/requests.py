@@ -26,6 +26,7 @@ FIELD_ORDER = (
     "logprobs",
     "top_logprobs",
     "return_token_ids",
+    "return_tokens_as_token_ids",
     "continue_final_message",
     "add_generation_prompt",
 )
@@ -36,10 +37,12 @@ GATEWAY_ONLY = ("stream", "stream_options", "n", "max_completion_tokens")
 
 def miner_request(fields: Mapping[str, Any], *, model: str, max_tokens: int, seed: int) -> dict[str, Any]:
     """The body sent to a miner: ``fields`` (the conversation or prompt and the sampling choices),
-    with the model, budget and seed given, streaming with usage, token ids and (for a conversation)
-    logprobs — the fields the verifier needs — in ``FIELD_ORDER``."""
+    with the model, budget and seed given, streaming with usage, token ids, logprob tokens as ids and
+    (for a conversation) logprobs — the fields the verifier needs — in ``FIELD_ORDER``."""
     body = {k: v for k, v in fields.items() if k not in GATEWAY_ONLY}
-    body.update(model=model, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True}, return_token_ids=True)
+    # Logprob entries name their tokens by id (``token_id:N``): the gateway spells them with the model's tokenizer, so no
+    # string a miner writes there reaches a user.
+    body.update(model=model, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True}, return_token_ids=True, return_tokens_as_token_ids=True)
     if body.get("seed") is None:
         body["seed"] = seed
     if "messages" in body:

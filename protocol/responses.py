@@ -139,6 +139,12 @@ def _first_error(exc: Exception) -> str:
     return type(exc).__name__
 
 
+def token_id_of(token: str) -> Optional[int]:
+    """The id a logprob entry names (``token_id:N``, as every request asks: ``return_tokens_as_token_ids``); None for anything else."""
+    head, _, digits = token.partition(":")
+    return int(digits) if head == "token_id" and digits.isdigit() and len(digits) <= 10 else None
+
+
 class StreamFold:
     """One answer (``n`` = 1) built from its events, checking what must hold across them.
 
@@ -192,7 +198,11 @@ class StreamFold:
             raise StreamViolation(f"more token ids than max_tokens ({self.max_tokens})")
         self.text += piece or ""
         if isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:
-            self.logprobs += choice.logprobs.content or []
+            entries = choice.logprobs.content or []
+            for index, entry in enumerate(entries):  # each names its token by id, the id the chunk sent (the user reads them spelled from ids)
+                if token_id_of(entry.token) != (ids[index] if index < len(ids) else None) or any(token_id_of(top.token) is None for top in entry.top_logprobs):
+                    raise StreamViolation(f"a logprob token that is not the chunk's token id as asked (token_id:N): {entry.token[:40]!r}")
+            self.logprobs += entries
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
 

@@ -40,7 +40,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from btauth.client import MinerClient
-from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, ServiceCounts, ServiceReports
+from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, RoundSummary, ServiceCounts, ServiceReports
 from validator.challenges import UserPrompts, sampling_of
 from validator.rounds import RoundReport, Target, UserVerdict
 from validator.store import Store
@@ -229,6 +229,17 @@ def service_since(reports: ServiceReports, seen: Mapping[str, ServiceCounts]) ->
     now = {r.hotkey: r.counts() for r in reports.miners}
     since = {hotkey: delta for hotkey, counts in now.items() if not (delta := counts.since(seen.get(hotkey, ServiceCounts()))).empty}
     return since, now
+
+
+def service_picture(since: Mapping[str, ServiceCounts], targets: Sequence[Target], previous: Optional[RoundSummary]) -> dict[int, ServiceCounts]:
+    """uid → what the gateways saw it do since the last round (``since``: hotkey → counts). A miner they
+    saw nothing new of (rounds closer together than their health checks) keeps the last round's picture
+    of it, under the same hotkey: a dark miner is not paid in the rounds between two checks."""
+    service = {t.uid: since[t.hotkey] for t in targets if t.hotkey in since}
+    if previous is not None:
+        kept = {t.uid: previous.service[t.uid] for t in targets if t.uid in previous.service and previous.targets.get(t.uid, ("",))[0] == t.hotkey}
+        service = {**kept, **service}
+    return service
 
 
 async def read_service(

@@ -32,7 +32,7 @@ from models.subnet import ModelListMismatch, check_graph
 from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
 from scoring.evidence import SequentialParams
-from validator.organic import RECENT_REQUESTS, SAMPLES_PER_ROUND, Outbox, UsersSeen, open_outbox, read_service, verdicts_of, verify_samples
+from validator.organic import RECENT_REQUESTS, SAMPLES_PER_ROUND, Outbox, UsersSeen, open_outbox, read_service, service_picture, verdicts_of, verify_samples
 from validator.rounds import RoundReport, Target, probed_models, run_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 from validator.store import Store
@@ -79,7 +79,7 @@ class Validator:
             for outbox in self.outboxes:
                 await verify_samples(outbox, self.store, ready, {t.hotkey: t for t in targets}, self.users, share)
             since, seen = await read_service(self.outboxes, seen)
-            service = {t.uid: since[t.hotkey] for t in targets if t.hotkey in since}
+            service = service_picture(since, targets, previous)
         organic = self.store.take_organic(round_index)
         before = self.store.standings()
         report = await run_round(

@@ -20,7 +20,8 @@ Hostile modes attack the validator and the gateway rather than cheat on the mode
 token ids outside the vocabulary under honest text, text that is not what the ids spell
 (HTML), every request refused with a 400 whose message is HTML and script, a 1 MiB event,
 an endless stream, a slow drip of comments and no token, a drip of valid empty chunks, an HTML page as the stream,
-bytes that are not UTF-8, every token id sent twice, an event after ``[DONE]``.
+bytes that are not UTF-8, every token id sent twice, an event after ``[DONE]``, HTML as every
+logprob's token string (the ids and the text honest).
 
 One process serves every mode: a miner attached to ``URL/MODE`` gets that mode (or
 ``--mode`` for paths without one).
@@ -60,6 +61,7 @@ HOSTILE = (
     "bad-utf8",
     "double-ids",
     "after-done",
+    "html-logprobs",
 )
 MODES = CHEATS + HOSTILE
 HOSTILE_TEXT = "<script>alert('pwned')</script><b>BUY $SCAM</b>"
@@ -271,6 +273,11 @@ class Adversary:
                 choice["token_ids"] = choice["token_ids"] * 2
             elif mode == "endless":
                 choice["finish_reason"] = None
+            elif mode == "html-logprobs":
+                for entry in (choice.get("logprobs") or {}).get("content") or []:
+                    entry["token"] = HOSTILE_TEXT
+                    for top in entry.get("top_logprobs") or []:
+                        top["token"] = HOSTILE_TEXT
         return sse_event(event)
 
 

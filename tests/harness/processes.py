@@ -114,20 +114,35 @@ def start_miners(
     servers: list[Server],
     capacity: int | dict[str, int] = 8,
     dtypes: Optional[dict[str, str]] = None,
+    fronts: Optional[dict[str, DarkFront]] = None,
 ) -> dict[str, Server]:
     """A real `slmnet miner` per wallet name of ``net``, attached to the engine at ``upstream[name]``
     and declaring the model in ``model`` (in ``dtypes[name]``, float32 by default) and ``capacity``
     (or ``capacity[name]``); each is added to ``servers`` (for the caller's cleanup) as it starts,
-    and all are healthy on return."""
+    and all are healthy on return. ``fronts``: a front (``DarkFront``) the miner of that name
+    announces on chain instead of its own port."""
     miners = {}
     for name, url in upstream.items():
         declared = capacity[name] if isinstance(capacity, dict) else capacity
         args = [*net.flags(name), "--model", str(model), "--engine-url", url, "--capacity", str(declared), "--metagraph-interval", "1"]
         args += ["--dtype", (dtypes or {}).get(name, "float32")]
-        servers.append(miners.setdefault(name, start_miner(args, free_port(), tmp)))
+        front = (fronts or {}).get(name)
+        if front is not None:
+            args += ["--external-port", str(front.port)]
+        port = front.upstream_port if front is not None else free_port()
+        servers.append(miners.setdefault(name, start_miner(args, port, tmp)))
     for miner in miners.values():
         miner.wait_healthy(timeout=180)
     return miners
+
+
+class DarkFront(Server):
+    """``tests.harness.dark`` on a free port, in front of the miner that will listen on ``upstream_port``."""
+
+    def __init__(self, tmp: Path):
+        self.port, self.upstream_port = free_port(), free_port()
+        cmd = [sys.executable, "-m", "tests.harness.dark", "--upstream", f"http://127.0.0.1:{self.upstream_port}", "--port", str(self.port)]
+        super().__init__(cmd, f"http://127.0.0.1:{self.port}", tmp / f"dark-{self.port}.log")
 
 
 def start_machines(upstream: str, tmp: Path, rate: float, streams: int) -> Server:

@@ -34,7 +34,7 @@ MODEL = "slmnet/tiny-qwen2-s0"
 BREACH = {
     "list-event": "JSON list",
     "string-error": "not a valid ErrorEvent",
-    "bad-ids": "outside the model's vocabulary",
+    "bad-ids": "outside the model's vocabulary|not the chunk's token id",
     "html-text": "not what the token ids spell",
     "refuse-html": "HTTP 400",
     "oversized-event": "event is over",
@@ -45,6 +45,7 @@ BREACH = {
     "bad-utf8": "not UTF-8",
     "double-ids": "more token ids than max_tokens|logprob entries for",
     "after-done": r"after \[DONE\]",
+    "html-logprobs": "not the chunk's token id",
 }
 NOT_FIDELITY = ("refuse-html", "drip", "empty-drip")  # an error status and timeouts: unpaid, but not a verdict on the model
 
@@ -158,6 +159,9 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
     for i in range(24):
         if i % 4 == 3:
             asks.append(("/v1/completions", {"model": MODEL, "prompt": f"Once upon a time {i}", "max_tokens": 24}))
+        elif i % 4 == 2:  # logprobs with alternatives: every token spelled from its id, never a miner's string
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 24, "logprobs": True, "top_logprobs": 3}
+            asks.append(("/v1/chat/completions", {**body, "stream": i % 8 == 2}))
         else:
             asks.append(
                 (
@@ -181,6 +185,10 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
         else:
             choice = json.loads(raw)["choices"][0]
             text = choice["text"] if "text" in choice else choice["message"]["content"]
+            if body.get("logprobs"):
+                entries = choice["logprobs"]["content"]
+                assert entries and all(len(e["top_logprobs"]) == 3 for e in entries)
+                assert all(not e["token"].startswith("token_id:") and e["bytes"] == list(e["token"].encode()) for e in entries)
             # the honest text: some words, or none when the random test model drew its end token first (each request gets a fresh seed)
             assert isinstance(text, str) and (choice["finish_reason"] == "stop" or (choice["finish_reason"] == "length" and text))
     metrics = urllib.request.urlopen(url + "/metrics").read().decode()

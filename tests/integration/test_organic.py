@@ -11,8 +11,11 @@ cacher (``--mode cache``): a conversation it has answered before gets the stored
 once, whatever the seed — the speed a cache would buy, on users who ask the same thing. A
 fifth answers every challenge and refuses every user with a 429 (``--mode refuse-users``):
 the gateway reports what each miner did for its users, and the validator pays a miner at
-most the share of users it served. Last, the flagged two-faced miner re-declares (bf16, a new
-capacity): still flagged.
+most the share of users it served. A sixth is dark (``tests.harness.dark``): a real miner on the
+honest engine behind a front at the address it announces, which fails every health check the
+gateway sends and forwards the validator's signed challenges: it is never routed a user, and
+the gateway's count of the checks it failed pays it nothing. Last, the flagged two-faced miner
+re-declares (bf16, a new capacity): still flagged.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import chain
 from models.tiny import build_tiny
 from tests.harness.adversary import looks_like_challenge
 from tests.harness.localnet import make_localnet
-from tests.harness.processes import create_key, engine_env, start_adversary, start_gateway, start_miners
+from tests.harness.processes import DarkFront, create_key, engine_env, start_adversary, start_gateway, start_miners
 from validator.challenges import generate
 
 pytestmark = pytest.mark.slow
@@ -41,6 +44,7 @@ MODEL = "slmnet/tiny-qwen2-s0"
 HONEST = ("honest1", "honest2")
 CHEATS = ("two-faced", "cache")  # flagged on users' answers
 REFUSER = "refuse-users"
+DARK = "dark"
 # What users ask here: nothing the generator's vocabulary or phrasings would give away.
 USERS = ("Name a colour.", "Suggest a name for a cat.", "Give me a fun fact about bees.", "Say hello in Spanish.", "Recommend a board game.", "Tell me a joke.")
 
@@ -57,13 +61,14 @@ def subnet(tmp_path_factory, tiny_engine, noisy_engine):
     build_tiny(tmp / "s0", seed=0)
     servers = []
     net = make_localnet(tmp)
-    wallets, uids = net.register((*HONEST, *CHEATS, REFUSER, "validator"))
+    wallets, uids = net.register((*HONEST, *CHEATS, REFUSER, DARK, "validator"))
     net.stake(wallets["validator"], 2000)
     try:
         servers.append(proxy := start_adversary(tiny_engine.url, None, tmp, cheap=noisy_engine.url))  # the mode named by each miner's URL
         proxy.wait_healthy(timeout=60)
-        upstream = {**{name: tiny_engine.url for name in HONEST}, **{mode: f"{proxy.url}/{mode}" for mode in (*CHEATS, REFUSER)}}
-        miners = start_miners(net, upstream, tmp / "s0", tmp, servers, capacity=4)
+        upstream = {**{name: tiny_engine.url for name in (*HONEST, DARK)}, **{mode: f"{proxy.url}/{mode}" for mode in (*CHEATS, REFUSER)}}
+        servers.append(front := DarkFront(tmp))
+        miners = start_miners(net, upstream, tmp / "s0", tmp, servers, capacity=4, fronts={DARK: front})
         db = tmp / "gateway.sqlite"
         key = create_key(db, "users")
         # The gateway signs with the validator's hotkey, so it trusts that validator by default (as `slmnet up` runs them).
@@ -149,13 +154,19 @@ def test_miners_serving_users_a_cheaper_copy_or_a_cached_answer_are_flagged_on_t
     assert all(paid.get(uids[name], 0.0) == 0 for name in CHEATS) and all(paid[uids[name]] > 0 for name in HONEST)
     # The refuser answered every challenge and no user: paid at most what it served (nothing), and never flagged (it is no forger).
     service = [r["service"].get(str(uids[REFUSER])) for r in rounds]
-    assert all(counts and counts[0] == 0 and counts[1] > 0 for counts in service), service
+    assert service[0] and all(counts and counts["served"] == 0 and counts["refused"] > 0 for counts in service), service
     assert paid.get(uids[REFUSER], 0.0) <= 0.5 * min(paid[uids[name]] for name in HONEST)
     assert uids[REFUSER] not in {uid for r in rounds for uid in r["flagged"]}
     figure(
-        "refuse-users: (served, refused, failed) per round; weight vs lowest honest",
+        "refuse-users: service per round; weight vs lowest honest",
         f"{service}; {paid.get(uids[REFUSER], 0.0):.3f} vs {min(paid[uids[n]] for n in HONEST):.3f}",
     )
+    # The dark miner answered every challenge (through its front) and no user reached it: every health check failed, nothing paid.
+    dark = [r["service"].get(str(uids[DARK])) for r in rounds]
+    assert all(counts and counts["served"] == 0 and counts["checked"] == counts["unreachable"] > 0 for counts in dark), dark
+    assert db.execute("SELECT COUNT(*) FROM results WHERE uid = ? AND outcome = 'ok'", (uids[DARK],)).fetchone()[0] >= 6  # validators reach it
+    assert paid.get(uids[DARK], 0.0) == 0.0 and uids[DARK] not in {uid for r in rounds for uid in r["flagged"]}
+    figure("dark: service per round; weight vs lowest honest", f"{dark}; {paid.get(uids[DARK], 0.0):.3f} vs {min(paid[uids[n]] for n in HONEST):.3f}")
     judged = db.execute("SELECT hotkey, COUNT(*), SUM(passed) FROM organic GROUP BY hotkey").fetchall()
     assert sum(n for _, n, _ in judged) >= 4
     evidence = {hotkey: (answers, flagged) for hotkey, answers, flagged in db.execute("SELECT hotkey, answers, flagged_round FROM evidence")}

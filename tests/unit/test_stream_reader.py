@@ -46,7 +46,7 @@ def test_oversized_events_streams_and_bad_utf8_are_violations_before_the_rest_is
 
 
 def _chunk(ids: list[int], text: str, finish: str | None = None, **extra) -> str:
-    logprobs = {"content": [{"token": "t", "logprob": -0.5, "bytes": [116], "top_logprobs": []} for _ in ids]}
+    logprobs = {"content": [{"token": f"token_id:{i}", "logprob": -0.5, "bytes": [116], "top_logprobs": []} for i in ids]}
     choice = {"index": 0, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": finish, "token_ids": ids}
     return json.dumps({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice], **extra})
 
@@ -91,7 +91,14 @@ def test_an_honest_stream_folds_into_one_answer():
         ([_chunk([1], "a", "stop"), "[DONE]", _chunk([], "")], "after \\[DONE\\]"),
         ([_chunk([1], "a", "stop")], "without \\[DONE\\]"),
         ([_chunk([1], "a")], "without a finish_reason"),
-        ([_chunk([1, 2], "a", "stop").replace('{"token": "t", "logprob": -0.5, "bytes": [116], "top_logprobs": []}, ', "", 1), "[DONE]"], "logprob entries"),
+        (
+            [_chunk([1, 2], "a", "stop").replace(', {"token": "token_id:2", "logprob": -0.5, "bytes": [116], "top_logprobs": []}', "", 1), "[DONE]"],
+            "logprob entries",
+        ),
+        # A logprob's token is named by its id, the chunk's (the user reads it spelled from the id): never a string of the miner's.
+        ([_chunk([1], "a", "stop").replace('"token_id:1"', '"<script>"'), "[DONE]"], "not the chunk's token id"),
+        ([_chunk([1], "a", "stop").replace('"token_id:1"', '"token_id:2"'), "[DONE]"], "not the chunk's token id"),
+        ([_chunk([1], "a", "stop").replace('"top_logprobs": []', '"top_logprobs": [{"token": "BUY", "logprob": -1.0}]'), "[DONE]"], "token_id:N"),
         ([_chunk([1], "a", "tool_calls"), "[DONE]"], "finish_reason"),
         ([_chunk([1], "a", "stop").replace("-0.5", "NaN"), "[DONE]"], "logprob"),
     ],
