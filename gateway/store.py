@@ -8,9 +8,11 @@ splits one answer between miners). A gateway killed mid-request leaves its ``ope
 with the tokens counted so far; the next start marks them ``interrupted``.
 
 The organic outbox (``organic_samples``) holds a sampled share of user answers exactly as
-one miner sent them, with the request it answered: a validator reads it (``slmnet
-validator --organic-from`` this file, read-only), verifies each with its own reference
-engines and scores the miner. The gateway only writes; it never verifies.
+one miner sent them, with the request it answered: every validator the gateway trusts reads
+it over signed HTTP (``gateway.handover``; ``slmnet validator --organic-from URL``), with
+what each miner did for users (``miner_service``: refusals, failures, health checks sent and
+failed), verifies each answer with its own reference engines and scores the miner. The
+gateway only writes; it never verifies.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         "--verify-share",
         type=float,
         default=GatewaySettings.verify_share,
-        help="base share of chat answers put in the organic outbox for a validator to verify (more for new and suspect miners): slmnet validator --organic-from URL|DB",
+        help="base share of chat answers put in the organic outbox for a validator to verify (more for new and suspect miners): slmnet validator --organic-from URL",
     )
     p.add_argument(
         "--validator-hotkey",
