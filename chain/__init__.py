@@ -3,6 +3,7 @@
 from .client import Chain, connect, parse_network
 from .config import ChainConfig
 from .errors import ChainLayerError, InvalidWeights, NetworkError, NotRegistered, RateLimited, WriteFailed
+from .presence import announce
 from .views import MetagraphView, NeuronView
 from .writes import WriteResult
 
@@ -18,6 +19,7 @@ __all__ = [
     "RateLimited",
     "WriteFailed",
     "WriteResult",
+    "announce",
     "connect",
     "parse_network",
 ]

@@ -13,7 +13,7 @@ from typing import Optional
 
 import bittensor as bt
 
-from protocol.commitment import CommitmentDecodeError, ModelDeclaration
+from protocol.commitment import CommitmentDecodeError, GatewayDeclaration, ModelDeclaration
 
 log = logging.getLogger(__name__)
 RAO_PER_TAO = 1_000_000_000
@@ -36,6 +36,12 @@ class NeuronView:
     dividends: float
     emission: float  # TAO-equivalent emitted to this uid in the last epoch
     last_update: int  # block of its last weights
+    gateway: bool = False  # its commitment declares a gateway (at its endpoint), not a model
+
+    @property
+    def trusted_gateway(self) -> bool:
+        """A declared gateway with an endpoint whose hotkey holds a validator permit: what validators read."""
+        return self.gateway and self.validator_permit and self.endpoint is not None
 
     @property
     def endpoint(self) -> Optional[str]:
@@ -109,6 +115,7 @@ def from_sdk(graph: bt.Metagraph) -> MetagraphView:
                 dividends=n.dividends,
                 emission=n.emission.rao / RAO_PER_TAO,
                 last_update=n.last_update,
+                gateway=GatewayDeclaration.declared_by(text),
             )
         )
     return MetagraphView(

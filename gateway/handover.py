@@ -11,9 +11,10 @@
   failing miner gets no user from the next request on, and a suspect one (new, or with
   rising evidence) has more of its answers sampled (``Router.verify_share``).
 
-Both are btauth/1 requests addressed to the gateway's hotkey and signed by a validator
-hotkey it trusts (``--validator-hotkey``; by default its own, which the local subnet's
-validator shares). Anything else is answered 401 (no or bad signature, stale, replayed,
+Each is a btauth/1 request addressed to the gateway's hotkey and signed by a validator
+hotkey it trusts: by default its own (which the local subnet's validator shares) and every
+hotkey with a validator permit on the subnet, so every validator sees the same service
+picture; ``--validator-hotkey`` names exactly which instead. Anything else is answered 401 (no or bad signature, stale, replayed,
 misaddressed) or 403 (a signer it does not trust), and changes nothing.
 """
 
@@ -51,9 +52,9 @@ async def _validator(request: web.Request, body: bytes = b"") -> str:
         sender = state.signatures.sender(request.headers, body, request.method, request.path_qs)  # the query is signed too
     except AuthFailed as exc:
         raise Unsigned(str(exc), exc.code) from exc
-    trusted = state.settings.validator_hotkeys or (state.keypair.ss58_address,)
+    trusted = state.settings.validator_hotkeys or (state.keypair.ss58_address, *state.permitted)
     if sender not in trusted:
-        raise NotTrusted(f"{sender} is not a validator this gateway hands its users' answers to (--validator-hotkey)")
+        raise NotTrusted(f"{sender} is not a validator this gateway hands its users' answers to (a validator permit, or --validator-hotkey)")
     return sender
 
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Optional
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +28,7 @@ from shell.role import StartupError, require_registered, serve, stop_on_signals
 from gateway.store import Store
 from models.tokenizer import ModelTokenizer
 from models.subnet import ModelList, ModelListMismatch, check_graph
+from protocol.commitment import GatewayDeclaration
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class GatewayConfig:
     health_interval: float = 5.0
     workers: int = 1  # processes sharing the port (SO_REUSEPORT); above 1 the limits must be in Redis
     recover_ledger: bool = True  # mark requests a killed gateway left open as interrupted (once, before workers start)
+    announce: Optional[tuple[str, int]] = None  # (ip, port) to serve on chain with the gateway role: every permitted validator reads it
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -93,10 +95,24 @@ class Gateway:
         self.app = create_app(self.state)
 
     async def sync(self, net: chain.Chain) -> None:
-        self.route(await net.metagraph(self.config.chain.netuid))
+        graph = await net.metagraph(self.config.chain.netuid)
+        self.route(graph)
+        await self.announce(net, graph)
 
     def route(self, graph: chain.MetagraphView) -> None:
         self.state.router.update_from_chain(views_from(graph, self.config.models, self.wallet.hotkey.ss58_address))
+        self.state.permitted = frozenset(n.hotkey for n in graph.neurons if n.validator_permit)
+
+    async def announce(self, net: chain.Chain, graph: chain.MetagraphView) -> None:
+        """Serve the endpoint and commit the gateway role, where they differ from the chain's (``--external-ip``)."""
+        if self.config.announce is None:
+            return
+        ip, port = self.config.announce
+        try:
+            if written := await chain.announce(net, self.wallet, graph, ip, port, GatewayDeclaration().to_commitment()):
+                log.info("announced on chain as a gateway at %s:%s (%s)", ip, port, ", ".join(written))
+        except chain.ChainLayerError as exc:  # routing users goes on; the next metagraph read tries again
+            log.warning("could not announce this gateway on chain: %s", exc)
 
     async def _sync_loop(self, net: chain.Chain) -> None:
         while True:
@@ -152,6 +168,7 @@ class Gateway:
             except ModelListMismatch as exc:
                 raise StartupError(str(exc)) from exc
             self.route(graph)
+            await self.announce(net, graph)
             self.app.cleanup_ctx.append(self._loops_ctx(net))
             runner = await serve(self.app, self.config.host, self.config.port, reuse_port=self.config.workers > 1)
             log.info(

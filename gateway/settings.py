@@ -19,7 +19,7 @@ class GatewaySettings:
     default_max_tokens: int = 512
     busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
     verify_share: float = 0.05  # share of chat answers put in the organic outbox for a validator to verify
-    validator_hotkeys: tuple[str, ...] = ()  # who may read the outbox and post verdicts over HTTP; () = the gateway's own hotkey
+    validator_hotkeys: tuple[str, ...] = ()  # who may read the outbox and post verdicts over HTTP; () = its own hotkey and every permitted validator
     replay_prompts: bool = False  # whether a validator may replay the sampled users' prompts to miners as challenges
     redis_url: Optional[str] = None  # per-key windows and quotas shared by every worker and host; None: in this process
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)

@@ -8,8 +8,7 @@ from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
-from chain import Chain, ChainLayerError
-from miner.presence import reconcile
+from chain import Chain, ChainLayerError, announce
 from miner.state import STATE, MinerState
 
 log = logging.getLogger(__name__)
@@ -21,7 +20,7 @@ async def refresh(state: MinerState, chain: Chain, wallet: Any) -> list[str]:
     state.gate.update(graph)
     neuron = graph.by_hotkey(state.hotkey)
     state.uid = neuron.uid if neuron else None
-    return await reconcile(chain, wallet, graph, state.config.external_ip, state.config.announced_port, state.declaration)
+    return await announce(chain, wallet, graph, state.config.external_ip, state.config.announced_port, state.declaration.to_commitment())
 
 
 async def _loop(state: MinerState, chain: Chain, wallet: Any) -> None:

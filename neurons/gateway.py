@@ -43,8 +43,14 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="SS58",
-        help="a validator that may read the organic outbox and post verdicts over HTTP (/v1/organic/*; repeatable; default: this gateway's own hotkey)",
+        help="a validator that may read the organic outbox and service counts and post verdicts over HTTP (/v1/organic/*; repeatable; default: this gateway's own hotkey and every hotkey with a validator permit on the subnet)",
     )
+    p.add_argument(
+        "--external-ip",
+        default=None,
+        help="announce this gateway on chain at this address (its hotkey serves the endpoint and commits the gateway role): every validator with a permit then reads it",
+    )
+    p.add_argument("--external-port", type=int, default=None, help="port announced with --external-ip (default: --port)")
     p.add_argument(
         "--replay-prompts",
         action="store_true",
@@ -262,6 +268,7 @@ def _config(args: argparse.Namespace, models, tokenizers: dict[str, str], settin
         settings=settings,
         workers=args.workers,
         recover_ledger=args.workers == 1,
+        announce=(args.external_ip, args.external_port or args.port) if args.external_ip else None,
     )
 
 

@@ -1,8 +1,9 @@
-"""The model declaration a miner publishes as its on-chain commitment.
+"""What a hotkey publishes as its on-chain commitment: a miner's model declaration, or a gateway's role.
 
-The chain stores at most 3 × 128 bytes per commitment, so the declaration is
-compact JSON. Validators and the gateway read it to know which model a miner
-claims to serve, in which dtype, and how much load it accepts.
+The chain stores at most 3 × 128 bytes per commitment, so each is compact JSON.
+Validators and gateways read a miner's to know which model it claims to serve, in
+which dtype, and how much load it accepts; validators read a gateway's (with the
+endpoint it serves) to find every gateway whose users' service they read.
 """
 
 from __future__ import annotations
@@ -52,3 +53,24 @@ class ModelDeclaration(BaseModel):
         if declaration.v != COMMITMENT_VERSION:
             raise CommitmentDecodeError(f"declaration version {declaration.v} is not {COMMITMENT_VERSION}")
         return declaration
+
+
+class GatewayDeclaration(BaseModel):
+    """A gateway, as declared on chain: its endpoint is the one its hotkey serves. A validator reads
+    every declared gateway whose hotkey holds a validator permit (stake stands behind what it reports)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["gateway"] = "gateway"
+    v: int = Field(default=COMMITMENT_VERSION, description="Declaration format version")
+
+    def to_commitment(self) -> str:
+        return json.dumps(self.model_dump(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def declared_by(cls, text: str | None) -> bool:
+        """Whether a commitment declares a gateway (this version's)."""
+        try:
+            return bool(text) and cls.model_validate(json.loads(text or "")).v == COMMITMENT_VERSION
+        except (ValueError, ValidationError):
+            return False

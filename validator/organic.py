@@ -2,19 +2,21 @@
 
 A gateway puts a sampled share of its users' answers, each as one miner sent it with the
 request it answered, in its outbox (``organic_samples`` in its SQLite). The validator reads
-every gateway it is given (``--organic-from URL``, repeatable) over signed HTTP
-(``SignedOutbox``, ``gateway.handover``), on the same machine or not: one hand-over, which
-carries the samples, what each miner did for users and the verdicts back (a database file
-read on the side carried the samples alone, and paid cheats of users as honest miners).
-From each it takes the samples after the last one it read (its cursor lives in its own store and moves
-in the transaction that records the verdicts, so a restart neither skips nor repeats one),
-at most ``SAMPLES_PER_ROUND`` a round over all of them — the miners with the fewest judged answers first,
-the rest read past — verifies each with its own reference engine for the model and the
-miner's declared dtype, and records the verdict and its evidence, which the next round
-folds in: a user's answer counts like a challenge's (a failure zeroes the round; its
-evidence pools with the challenges', so a miner serving users a cheaper copy is flagged on
-users' answers). A sample the reference cannot score, whose model has no reference here,
-or whose miner no longer serves that model under that hotkey counts neither way.
+every gateway it is given (``--organic-from URL``, repeatable) and every gateway declared on
+chain by a hotkey with a validator permit (``gateways``), over signed HTTP (``SignedOutbox``,
+``gateway.handover``), on the same machine or not: one hand-over, which carries the samples,
+what each miner did for users and the verdicts back (a database file read on the side
+carried the samples alone, and paid cheats of users as honest miners). From each it takes
+the samples after the last one it read (its cursor lives in its own store and moves in the
+transaction that records the verdicts, so a restart neither skips nor repeats one), at most
+``SAMPLES_PER_ROUND`` a round over all of them or one for each miner with a sample waiting,
+whichever is more — the miners with the fewest judged answers first, the rest read past —
+verifies each with its own reference engine for the model and the miner's declared dtype,
+and records the verdict and its evidence, which the next round folds in: a user's answer
+counts like a challenge's (a failure zeroes the round; its evidence pools with the
+challenges', so a miner serving users a cheaper copy is flagged on users' answers). A sample
+the reference cannot score, whose model has no reference here, or whose miner no longer
+serves that model under that hotkey counts neither way.
 
 What each gateway saw each miner do for its users (served, refused, failed, and its health
 checks sent and failed: ``protocol.records.ServiceCounts``) is summed over the gateways for
@@ -40,6 +42,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from btauth.client import MinerClient
+from chain import MetagraphView
 from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, RoundSummary, ServiceCounts, ServiceReports
 from validator.challenges import UserPrompts, sampling_of
 from validator.rounds import RoundReport, Target, UserVerdict
@@ -48,7 +51,7 @@ from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, ve
 
 log = logging.getLogger(__name__)
 SAMPLES_PER_ROUND = 32  # verified a round at most: the reference engine's extra work (≤ 32 × (prompt + 256) tokens)
-READ_PER_ROUND = 4 * SAMPLES_PER_ROUND  # read a round at most: the share beyond the budget is read past, unverified
+READ_PER_ROUND = 256  # read a round at most (a gateway's most a read): the share beyond the budget is read past, unverified
 RECENT_REQUESTS = 200  # per model: the users' requests challenges are shaped on
 
 
@@ -66,21 +69,33 @@ class Outbox(Protocol):
 
 
 class SignedOutbox:
-    """A gateway's outbox over signed HTTP (``gateway.handover``), addressed to the hotkey its ``/health`` names."""
+    """A gateway's outbox over signed HTTP (``gateway.handover``), addressed to the gateway's hotkey: the one it
+    is registered under (a gateway found on chain), or the one its ``/health`` names (a URL given by hand)."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, keypair: Any):
+    def __init__(self, session: aiohttp.ClientSession, url: str, keypair: Any, hotkey: Optional[str] = None):
         self.session, self.url, self.keypair = session, url.rstrip("/"), keypair
         self.source = self.url
+        self.hotkey = hotkey
         self.client: Optional[MinerClient] = None
 
     async def _client(self) -> MinerClient:
         if self.client is None:
-            async with self.session.get(self.url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as response:
-                hotkey = (await response.json(content_type=None)).get("hotkey")
-            if not isinstance(hotkey, str):
-                raise aiohttp.ClientError(f"{self.url}/health names no hotkey: not an slmnet gateway")
-            self.client = MinerClient(self.session, self.url, self.keypair, hotkey)
+            if self.hotkey is None:
+                async with self.session.get(self.url + "/health", timeout=aiohttp.ClientTimeout(total=10)) as response:
+                    hotkey = (await response.json(content_type=None)).get("hotkey")
+                if not isinstance(hotkey, str):
+                    raise aiohttp.ClientError(f"{self.url}/health names no hotkey: not an slmnet gateway")
+                self.hotkey = hotkey
+            self.client = MinerClient(self.session, self.url, self.keypair, self.hotkey)
         return self.client
+
+    async def resolve(self) -> Optional[str]:
+        """The gateway's hotkey (None while it cannot be reached)."""
+        try:
+            await self._client()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            log.warning("gateway %s not reached: %s", self.url, exc)
+        return self.hotkey
 
     async def after(self, last_id: int, limit: int) -> tuple[list[OrganicSample], int]:
         try:
@@ -119,9 +134,27 @@ class SignedOutbox:
             log.warning("verdicts not handed to %s this round: %s", self.url, exc)
 
 
-def open_outbox(url: str, session: aiohttp.ClientSession, keypair: Any) -> Outbox:
-    """``--organic-from URL``: a gateway, over signed HTTP (``validator.config`` refuses anything but a URL)."""
+def open_outbox(url: str, session: aiohttp.ClientSession, keypair: Any) -> SignedOutbox:
+    """``--organic-from URL``: a gateway, over signed HTTP (``neurons.validator`` refuses anything but a URL)."""
     return SignedOutbox(session, url, keypair)
+
+
+async def gateways(outboxes: Sequence[SignedOutbox], graph: MetagraphView, session: aiohttp.ClientSession, keypair: Any) -> list[SignedOutbox]:
+    """The gateways to read this round: those given by hand, and every gateway declared on chain by a
+    hotkey with a validator permit (``NeuronView.trusted_gateway``), each once (by its hotkey: a gateway
+    given by URL and found on chain is read once, so no user's answer is judged twice)."""
+    known = {o.url for o in outboxes}
+    found = [SignedOutbox(session, n.endpoint, keypair, n.hotkey) for n in graph.neurons if n.trusted_gateway and n.endpoint and n.endpoint not in known]
+    everyone = [*outboxes, *found]
+    await asyncio.gather(*(o.resolve() for o in everyone if o.hotkey is None))
+    distinct, seen = [], set()
+    for outbox in everyone:
+        if outbox.hotkey is None or outbox.hotkey not in seen:
+            distinct.append(outbox)
+            seen.add(outbox.hotkey)
+    if new := [o for o in found if o in distinct]:
+        log.info("gateways found on chain: %s", ", ".join(f"{o.url} ({o.hotkey})" for o in new))
+    return distinct
 
 
 class UsersSeen:
@@ -166,13 +199,15 @@ async def verify_samples(
     users: Optional[UsersSeen] = None,
     limit: int = SAMPLES_PER_ROUND,
 ) -> int:
-    """Verify the samples not yet read (at most ``limit``) and record their verdicts; returns how many
-    were judged. ``targets``: hotkey → the miner as it declares itself now (its dtype is its tolerance)."""
+    """Verify the samples not yet read (at most ``limit``, or one for each miner with a sample waiting,
+    whichever is more) and record their verdicts; returns how many were judged. ``targets``: hotkey → the miner as it declares itself now (its dtype is its tolerance)."""
     samples, last_id = await outbox.after(store.organic_cursor(outbox.source), READ_PER_ROUND)
     if users is not None:
         users.add(samples)
     evidence = store.evidence()
-    chosen = budgeted(samples, {hotkey: e.answers for hotkey, e in evidence.items()}, limit)
+    # Every miner with an answer waiting gets at least one verified a round, however many miners there are:
+    # a flat budget would verify ~0.1 a miner a round at 256 miners.
+    chosen = budgeted(samples, {hotkey: e.answers for hotkey, e in evidence.items()}, max(limit, len({s.hotkey for s in samples})))
     if len(chosen) < len(samples):
         log.info("%d of %d users' answers read past unverified: over the round's budget of %d", len(samples) - len(chosen), len(samples), limit)
     verdicts = []
@@ -232,13 +267,26 @@ def service_since(reports: ServiceReports, seen: Mapping[str, ServiceCounts]) ->
 
 
 def service_picture(since: Mapping[str, ServiceCounts], targets: Sequence[Target], previous: Optional[RoundSummary]) -> dict[int, ServiceCounts]:
-    """uid → what the gateways saw it do since the last round (``since``: hotkey → counts). A miner they
-    saw nothing new of (rounds closer together than their health checks) keeps the last round's picture
-    of it, under the same hotkey: a dark miner is not paid in the rounds between two checks."""
-    service = {t.uid: since[t.hotkey] for t in targets if t.hotkey in since}
-    if previous is not None:
-        kept = {t.uid: previous.service[t.uid] for t in targets if t.uid in previous.service and previous.targets.get(t.uid, ("",))[0] == t.hotkey}
-        service = {**kept, **service}
+    """uid → what the gateways saw it do since the last round (``since``: hotkey → counts). What they saw
+    nothing new of keeps the last round's picture, under the same hotkey: a miner no user was sent to
+    since (rounds closer together than users come, or a refuser the gateway has stopped trying) keeps
+    its last served share, one not checked since keeps its last reachability. A refuser or a dark
+    miner is not paid in the gaps."""
+    last = {t.uid: previous.service[t.uid] for t in targets if previous and t.uid in previous.service and previous.targets.get(t.uid, ("",))[0] == t.hotkey}
+    service = dict(last)
+    for t in targets:
+        now = since.get(t.hotkey)
+        if now is None:
+            continue
+        before = last.get(t.uid, ServiceCounts())
+        asked, checked = now.served + now.refused + now.failed, now.checked
+        service[t.uid] = ServiceCounts(
+            served=now.served if asked else before.served,
+            refused=now.refused if asked else before.refused,
+            failed=now.failed if asked else before.failed,
+            checked=checked if checked else before.checked,
+            unreachable=now.unreachable if checked else before.unreachable,
+        )
     return service
 
 

@@ -85,7 +85,7 @@ def evidence_before(store: Store, round_index: int) -> dict[str, Evidence]:
 
 def _sent(target: Target, challenge: Challenge, replayable: bool, row: Mapping[str, Any], replay: Replay) -> Optional[dict[str, Any]]:
     """The request the record says was sent for one of the seed's challenges, when it is the seed's:
-    a generated challenge's prompt, budget and seed are the seed's own; a replayed user prompt may
+    a generated challenge's prompt and seed are the seed's own (its sampling and budget may be a user's); a replayed user prompt may
     stand only where the seed put a replay. None (and a difference) otherwise."""
     request = json.loads(row["request"])
     where = f"uid {target.uid} challenge {row['family']}"
@@ -95,7 +95,7 @@ def _sent(target: Target, challenge: Challenge, replayable: bool, row: Mapping[s
             return None
         return request
     seeds = challenge.request(target.model)
-    if row["family"] != challenge.family or any(request.get(k) != seeds[k] for k in ("messages", "max_tokens", "seed")):
+    if row["family"] != challenge.family or any(request.get(k) != seeds[k] for k in ("messages", "seed")):  # the budget may be a user's
         replay.differences.append(f"{where}: the recorded request is not the seed's {challenge.family} challenge")
         return None
     return request

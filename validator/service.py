@@ -24,7 +24,7 @@ from engine import Engine
 from scoring.aggregate import BUFFERED_WINDOW
 from scoring.weights import to_weights
 from shell.role import StartupError, on_chain, require_registered, stop_on_signals, supervise
-from validator.challenges import round_seed
+from validator.challenges import round_secret, round_seed
 from validator.config import ValidatorConfig
 from validator.journal import RoundLog
 from validator.crashpoints import crashpoint
@@ -32,7 +32,18 @@ from models.subnet import ModelListMismatch, check_graph
 from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
 from scoring.evidence import SequentialParams
-from validator.organic import RECENT_REQUESTS, SAMPLES_PER_ROUND, Outbox, UsersSeen, open_outbox, read_service, service_picture, verdicts_of, verify_samples
+from validator.organic import (
+    RECENT_REQUESTS,
+    SAMPLES_PER_ROUND,
+    SignedOutbox,
+    UsersSeen,
+    gateways,
+    open_outbox,
+    read_service,
+    service_picture,
+    verdicts_of,
+    verify_samples,
+)
 from validator.rounds import RoundReport, Target, probed_models, run_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 from validator.store import Store
@@ -49,7 +60,8 @@ class Validator:
         self.wallet = config.chain.wallet()
         self.keypair = self.wallet.hotkey
         self.round_log = RoundLog(config, self.store)
-        self.outboxes: list[Outbox] = []  # one per gateway it reads, opened with the HTTP session (``run``)
+        self.secret = round_secret(config.state_dir / "round-secret")
+        self.outboxes: list[SignedOutbox] = []  # one per gateway it reads: given by hand (``run``) and found on chain (each round)
         self.users = UsersSeen()
         # (hotkey, model) → streams it served at once in its last capacity probe (since this process started): a uid
         # taken by another hotkey, or a model declared anew, starts without one.
@@ -65,13 +77,14 @@ class Validator:
         for hotkey in self.store.apply_forgiveness(round_index):
             log.warning("%s forgiven (slmnet validator forgive): its evidence starts afresh this round (%d)", hotkey, round_index)
         graph = await on_chain("reading the metagraph", lambda: net.metagraph(self.config.chain.netuid))
-        seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index)
+        seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index, self.secret)
         started = time.time()
         targets = [
             Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, n.model.dtype, n.model.to_commitment())
             for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)
         ]
         ready = {model: ref for model, ref in references.items() if ref is not None}
+        self.outboxes = await gateways(self.outboxes, graph, session, self.keypair)
         previous = self.store.summary(round_index - 1)
         seen, service = previous.service_seen if previous else {}, {}
         if self.outboxes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import chain
-from miner.presence import reconcile
-from protocol.commitment import ModelDeclaration
+from chain import announce
+from protocol.commitment import GatewayDeclaration, ModelDeclaration
 
 DECLARED = ModelDeclaration(model="slmnet/tiny-qwen2-s0", weights_sha256="ab" * 32, max_context=1024, capacity=8)
 
@@ -17,19 +17,28 @@ async def test_presence_is_published_once_and_republished_when_anything_changes(
         (await c.register(miner, 1)).raise_for_failure()
         hotkey = miner.hotkey.ss58_address
 
-        assert await reconcile(c, miner, await c.metagraph(1), "127.0.0.1", 8091, DECLARED) == ["serve", "commit"]
-        assert await reconcile(c, miner, await c.metagraph(1), "127.0.0.1", 8091, DECLARED) == []
+        assert await announce(c, miner, await c.metagraph(1), "127.0.0.1", 8091, DECLARED.to_commitment()) == ["serve", "commit"]
+        assert await announce(c, miner, await c.metagraph(1), "127.0.0.1", 8091, DECLARED.to_commitment()) == []
         bigger = DECLARED.model_copy(update={"capacity": 16})
-        assert await reconcile(c, miner, await c.metagraph(1), "127.0.0.1", 8091, bigger) == ["commit"]
-        assert await reconcile(c, miner, await c.metagraph(1), "127.0.0.1", 9000, bigger) == ["serve"]
+        assert await announce(c, miner, await c.metagraph(1), "127.0.0.1", 8091, bigger.to_commitment()) == ["commit"]
+        assert await announce(c, miner, await c.metagraph(1), "127.0.0.1", 9000, bigger.to_commitment()) == ["serve"]
 
         neuron = (await c.metagraph(1)).by_hotkey(hotkey)
     assert neuron.endpoint == "http://127.0.0.1:9000"
-    assert neuron.model == bigger
+    assert neuron.model == bigger and not neuron.gateway
+
+
+async def test_a_gateway_announces_its_endpoint_and_role_and_reads_back_as_one(localnet):
+    gateway = localnet.wallet("gateway")
+    async with chain.connect(localnet.network) as c:
+        (await c.register(gateway, 1)).raise_for_failure()
+        assert await announce(c, gateway, await c.metagraph(1), "127.0.0.1", 8000, GatewayDeclaration().to_commitment()) == ["serve", "commit"]
+        neuron = (await c.metagraph(1)).by_hotkey(gateway.hotkey.ss58_address)
+    assert neuron.gateway and neuron.model is None and neuron.endpoint == "http://127.0.0.1:8000"
 
 
 async def test_an_unregistered_hotkey_has_no_presence_to_publish(localnet):
     stranger = localnet.wallet("stranger")
     async with chain.connect(localnet.network) as c:
         with pytest.raises(chain.NotRegistered, match="not registered on subnet 1"):
-            await reconcile(c, stranger, await c.metagraph(1), "127.0.0.1", 8091, DECLARED)
+            await announce(c, stranger, await c.metagraph(1), "127.0.0.1", 8091, DECLARED.to_commitment())

@@ -10,15 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.openai import ChatCompletionRequest
-from validator.challenges import FAMILY_WEIGHTS, REPLAY, REPLAY_SHARE, UserPrompts, generate, grade, miner_seed, round_seed, slots
+from validator.challenges import FAMILY_WEIGHTS, REPLAY, REPLAY_SHARE, UserPrompts, generate, grade, miner_seed, round_secret, round_seed, slots
 from validator.challenges.tasks import Answer
 
 
-def test_a_round_is_replayable_from_its_seed_and_no_two_miners_get_the_same_body():
-    seed = round_seed("0x" + "ab" * 32, "5Validator", 7)
+def test_a_round_is_replayable_from_its_seed_and_no_two_miners_get_the_same_body(tmp_path):
+    secret = round_secret(tmp_path / "round-secret")
+    assert round_secret(tmp_path / "round-secret") == secret and (tmp_path / "round-secret").stat().st_mode & 0o077 == 0  # kept, private
+    seed = round_seed("0x" + "ab" * 32, "5Validator", 7, secret)
     assert generate(seed, 50) == generate(seed, 50)
-    assert generate(seed, 50) != generate(round_seed("0x" + "ab" * 32, "5Validator", 8), 50)
-    assert round_seed("0x" + "ab" * 32, "5Other", 7) != seed
+    assert generate(seed, 50) != generate(round_seed("0x" + "ab" * 32, "5Validator", 8, secret), 50)
+    assert round_seed("0x" + "ab" * 32, "5Other", 7, secret) != seed
+    # What a miner can compute from public values (the block hash, the hotkey, the round number) is not the seed.
+    assert round_seed("0x" + "ab" * 32, "5Validator", 7, b"") != seed != round_seed("0x" + "ab" * 32, "5Validator", 7, round_secret(tmp_path / "other"))
     # Per miner: 64 hotkeys x 8 challenges, not one request body shared by two miners (a copy cannot answer for two).
     bodies = [json.dumps(c.request("m")) for hotkey in range(64) for c in generate(miner_seed(seed, f"5Miner{hotkey}"), 8)]
     assert len(set(bodies)) == len(bodies)
@@ -49,6 +53,18 @@ def test_a_share_of_challenges_replays_users_prompts_with_their_choices_and_a_fr
     plain = generate(77, 2000)
     assert all(c.body["messages"] == p.body["messages"] and c.max_tokens == p.max_tokens for c, p in zip(challenges, plain) if c.family != REPLAY)
     assert [r for _, r in slots(77, 2000)] == [c.family == REPLAY for c in challenges]
+
+
+def test_challenges_copy_every_field_users_choose_so_none_tells_them_apart():
+    shape = {"temperature": 0.7, "max_tokens": 700, "stop": ["\n\n"], "presence_penalty": 0.5, "top_k": 40}
+    prompt = {"messages": [{"role": "user", "content": "a user's question"}], "max_tokens": 900, "stop": "END", "frequency_penalty": 0.3, "seed": 5}
+    challenges = generate(5, 400, users=UserPrompts(shapes=[shape], replays=[prompt]))
+    generated = [c.body for c in challenges if c.family != REPLAY]
+    replayed = [c.body for c in challenges if c.family == REPLAY]
+    assert generated and all({k: b.get(k) for k in shape} == shape for b in generated)  # a user's budget, stop strings, penalties
+    assert replayed and all(b["max_tokens"] == 900 and b["stop"] == "END" and b["frequency_penalty"] == 0.3 and b["seed"] != 5 for b in replayed)
+    huge = generate(5, 50, max_context=1024, users=UserPrompts(shapes=[{**shape, "max_tokens": 100_000}]))
+    assert {c.max_tokens for c in huge} == {512}  # at most half the context (and MAX_CHALLENGE_TOKENS): the reference's work stays bounded
 
 
 @given(st.integers(0, 2**63 - 1))

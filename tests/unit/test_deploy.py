@@ -29,6 +29,10 @@ def _env(path: Path) -> dict[str, str]:
 def _parses_as(role: str, argv: list[str]) -> None:
     args, rest = build_parser().parse_known_args(argv)
     assert args.group == role and not rest, (role, rest)
+    if role == "validator":  # a validator reads its gateway over signed HTTP: a database file would pay cheats of users
+        assert args.organic_from and all(url.startswith("http") for url in args.organic_from), args.organic_from
+    if role == "gateway":  # announced on chain: every validator with a permit reads what it saw
+        assert args.external_ip
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -10,7 +10,7 @@ from gateway.store import Store as GatewayStore
 from protocol.records import ServiceCounts, ServiceReport, ServiceReports
 from scoring.aggregate import Outcome
 from scoring.latency import StreamTiming, measure
-from validator.organic import read_service, service_since
+from validator.organic import read_service, service_picture, service_since
 from validator.rounds import Result, Target, score_round, service_factor
 
 
@@ -97,3 +97,20 @@ def test_a_capacity_probe_finds_how_many_streams_each_miner_serves_and_only_prob
     report = score_round(0, targets, results, None, None, 0, probed={1: 4, 2: 8})
     assert report.delivered == {1: pytest.approx(80.0), 2: pytest.approx(80.0)}  # the light round's miner is not measured
     assert report.serves == {1: 4, 2: 4}
+
+
+def test_a_round_that_saw_nothing_new_of_a_miner_keeps_its_last_picture():
+    from protocol.records import RoundSummary
+
+    targets = [Target(1, "5Ref", "", "m", 4), Target(2, "5Dark", "", "m", 4), Target(3, "5New", "", "m", 4)]
+    before = {1: ServiceCounts(refused=9, checked=2), 2: ServiceCounts(checked=2, unreachable=2)}
+    previous = RoundSummary(
+        round=0, block=1, seed="1", miners=3, challenges=1, targets={1: ("5Ref", "m", "float32", ""), 2: ("5Dark", "m", "float32", "")}, service=before
+    )
+    # Since then: the gateway stopped trying the refuser (only checks, passed); nothing at all of the dark miner.
+    picture = service_picture({"5Ref": ServiceCounts(checked=2), "5New": ServiceCounts(served=3, checked=1)}, targets, previous)
+    assert picture[1] == ServiceCounts(refused=9, checked=2) and service_factor(picture[1]) == 0.0  # its last served share holds
+    assert picture[2] == before[2] and service_factor(picture[2]) == 0.0
+    assert picture[3] == ServiceCounts(served=3, checked=1)
+    taken = [Target(1, "5Other", "", "m", 4)]  # the uid went to another hotkey: nothing of the old one carries over
+    assert service_picture({}, taken, previous) == {}

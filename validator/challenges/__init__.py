@@ -2,15 +2,18 @@
 prompts of many kinds, and replays of real users' prompts, all drawn from one seed.
 
 ``round_seed`` mixes a block hash (unknown to miners before the block) with the
-validator's hotkey and the round number; ``miner_seed`` mixes that with a miner's hotkey,
+validator's hotkey, the round number and a secret the validator keeps (``round_secret``: a
+miner that has read this code cannot recompute a round's challenges from public values and
+recognise them; the round's seed is stored with it, so a replay needs no secret);
+``miner_seed`` mixes that with a miner's hotkey,
 so no two miners are sent the same body and one computation cannot answer two hotkeys.
 ``generate`` turns a seed into challenges deterministically; each challenge's request is
 built by ``protocol.requests.miner_request``, as a gateway's is, so its fields and their
 order are a user's.
 
-What users choose is copied, not invented: ``SamplingShapes`` holds the sampling choices
-of users' recent requests (which fields they set, and to what), and a challenge draws one
-of them when there are any. A share ``REPLAY_SHARE`` of the challenges are a user's own
+What users choose is copied, not invented: ``UserPrompts.shapes`` holds what users' recent
+requests chose (sampling, stop strings, penalties, which fields they set and to what, and
+their ``max_tokens``), and a challenge draws one of them when there are any. A share ``REPLAY_SHARE`` of the challenges are a user's own
 recent prompt, replayed with a fresh seed (when a gateway allows its users' prompts to be
 replayed, ``slmnet gateway --replay-prompts``): those no miner can tell from users, since
 they are users'. A replay is recorded with its round, so the round stays rebuildable.
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from protocol.requests import miner_request
@@ -31,6 +36,7 @@ __all__ = [
     "generate",
     "grade",
     "round_seed",
+    "round_secret",
     "miner_seed",
     "FAMILY_WEIGHTS",
     "REPLAY",
@@ -58,9 +64,11 @@ FAMILY_WEIGHTS = {
 }
 REPLAY = "replay"  # the family of a replayed user prompt
 REPLAY_SHARE = 0.25  # of the challenges, when users' prompts may be replayed
-# Sampling choices a challenge copies from users: the ones the verifier checks (other choices —
-# penalties, stop strings — are a user's own and are not put in a challenge).
-SAMPLING_FIELDS = ("temperature", "top_p", "top_logprobs")
+# What a challenge copies from a user's recent request, so no field tells a miner which is which: the
+# sampling choices, stop strings and penalties (the verifier models temperature and top_p; with the others
+# it keeps the checks that still apply, as it does on users' own answers), and the answer's budget.
+SAMPLING_FIELDS = ("temperature", "top_p", "top_logprobs", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty", "top_k", "min_p")
+MAX_CHALLENGE_TOKENS = 1024  # a copied budget at most (and half the model's context): the reference's work per answer
 # When no user request is known yet: what the verifier must be able to check, spread as users spread it.
 TEMPERATURES = (0.0, 0.0, 0.3, 0.6, 0.7, 1.0)
 TOP_PS = (1.0, 1.0, 0.95, 0.9)
@@ -93,13 +101,29 @@ class UserPrompts:
 
 
 def sampling_of(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The sampling choices of a user's request that a challenge may copy."""
-    return {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
+    """What a challenge may copy of a user's request: its sampling choices and its ``max_tokens``."""
+    return {k: body[k] for k in (*SAMPLING_FIELDS, "max_tokens") if body.get(k) is not None}
 
 
-def round_seed(block_hash: str, validator_hotkey: str, round_index: int) -> int:
-    digest = hashlib.sha256(f"{block_hash}|{validator_hotkey}|{round_index}".encode()).digest()
+def _budget(copied: Any, max_context: int) -> int:
+    return max(1, min(int(copied), MAX_CHALLENGE_TOKENS, max_context // 2))
+
+
+def round_seed(block_hash: str, validator_hotkey: str, round_index: int, secret: bytes) -> int:
+    digest = hashlib.sha256(secret + f"|{block_hash}|{validator_hotkey}|{round_index}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+def round_secret(path: Path) -> bytes:
+    """The validator's secret for its round seeds: 32 random bytes, made at its first start and kept in
+    ``path`` (readable by its user only)."""
+    if not path.exists():
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    secret = path.read_bytes()
+    if len(secret) < 16:
+        raise ValueError(f"{path} holds {len(secret)} bytes, not a round secret: remove it to make a new one")
+    return secret
 
 
 def miner_seed(seed: int, hotkey: str) -> int:
@@ -120,13 +144,16 @@ def _generated(rng: random.Random, seed: int, users: UserPrompts, max_context: i
     checkable = task.answer is not None
     max_tokens = rng.randint(16, 64) if checkable else rng.randint(48, min(256, max_context // 4))
     fields = {"messages": [dict(m) for m in task.messages], **_sampling(rng, users)}
+    if (copied := fields.pop("max_tokens", None)) is not None:  # a user's budget, where users are known
+        max_tokens = _budget(copied, max_context)
     return Challenge(family=task.family, seed=seed, fields=fields, max_tokens=max_tokens, answer=task.answer)
 
 
 def _replayed(rng: random.Random, seed: int, users: UserPrompts, max_context: int) -> Challenge:
+    """A user's prompt with everything the user chose (sampling, stop strings, penalties, budget) and a fresh seed."""
     prompt = rng.choice(users.replays)
-    max_tokens = max(1, min(int(prompt.get("max_tokens") or 256), 256, max_context // 4))
     fields = {"messages": [dict(m) for m in prompt["messages"]], **sampling_of(prompt)}
+    max_tokens = _budget(fields.pop("max_tokens", 256), max_context)
     return Challenge(family=REPLAY, seed=seed, fields=fields, max_tokens=max_tokens, answer=None)
 
 
@@ -139,8 +166,8 @@ def slots(seed: int, count: int) -> list[tuple[int, bool]]:
 
 def generate(seed: int, count: int, max_context: int = 2048, users: UserPrompts = UserPrompts()) -> list[Challenge]:
     """``count`` challenges for a seed (a miner's: ``miner_seed``); the same seed and user prompts
-    always give the same list, and a generated challenge's family, prompt and max_tokens depend on
-    the seed alone."""
+    always give the same list, and a generated challenge's family and prompt depend on the seed
+    alone (its sampling choices and budget are a user's, where users are known)."""
     challenges = []
     for challenge_seed, replay in slots(seed, count):
         local = random.Random(challenge_seed)

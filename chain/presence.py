@@ -1,8 +1,8 @@
-"""The miner's on-chain presence: its served endpoint and its model declaration.
+"""A hotkey's on-chain presence: its served endpoint and its commitment.
 
-``reconcile`` compares what the chain shows for this hotkey with what the miner serves
-and writes only what differs, so a restart with the same flags costs no transaction,
-and a changed port, model, revision, weights, context or capacity is re-published.
+``announce`` compares what the chain shows for a hotkey with what its process serves and
+writes only what differs, so a restart with the same flags costs no transaction, and a
+changed port or commitment (a miner's model declaration, a gateway's role) is re-published.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from chain import Chain, MetagraphView, NotRegistered
-from protocol.commitment import ModelDeclaration
+from chain.client import Chain
+from chain.errors import NotRegistered
+from chain.views import MetagraphView
 
 log = logging.getLogger(__name__)
 
 
-async def reconcile(chain: Chain, wallet: Any, graph: MetagraphView, ip: str, port: int, declaration: ModelDeclaration) -> list[str]:
+async def announce(chain: Chain, wallet: Any, graph: MetagraphView, ip: str, port: int, commitment: str) -> list[str]:
     """Bring the chain in line; returns the writes made (``serve``, ``commit``).
 
     NotRegistered when the hotkey has no uid on the subnet; WriteFailed when a write is refused.
@@ -30,8 +31,8 @@ async def reconcile(chain: Chain, wallet: Any, graph: MetagraphView, ip: str, po
         (await chain.serve(wallet, graph.netuid, ip, port)).raise_for_failure()
         log.info("served endpoint %s:%s for uid %s", ip, port, neuron.uid)
         writes.append("serve")
-    if neuron.model != declaration:
-        (await chain.commit(wallet, graph.netuid, declaration.to_commitment())).raise_for_failure()
-        log.info("committed model declaration %s for uid %s", declaration.to_commitment(), neuron.uid)
+    if neuron.commitment != commitment:
+        (await chain.commit(wallet, graph.netuid, commitment)).raise_for_failure()
+        log.info("committed %s for uid %s", commitment, neuron.uid)
         writes.append("commit")
     return writes
