@@ -26,7 +26,7 @@ from typing import Any, Optional
 import aiohttp
 from aiohttp import web
 
-from gateway.errors import NoMinerAvailable, UpstreamFailed
+from gateway.errors import BadRequest, NoMinerAvailable, UpstreamFailed
 from gateway.router import MinerView
 from gateway.answer import Generation, Head, chat_logprobs, error_chunk, usage_chunk, user_chunk, whole_completion
 from gateway.state import OVERHEAD_HEADER, MINER_HEADER, GatewayState, request_headers
@@ -174,6 +174,8 @@ class Relay:
         failures: list[tuple[str, bool]] = []  # (what happened, whether it was only a full miner)
         busy_until = time.monotonic() + self.state.settings.busy_wait
         attempts = 0  # miners that took the request (a 429 is not an attempt)
+        refusals = 0  # 429s met: the first counts against its miner
+        refused_request: list[MinerView] = []  # miners that refused the request itself (a 4xx) before any token
         order: list[MinerView] = []  # the router's order, drawn once and walked: a retry goes to the next best, not to a new draw
         while attempts < self.state.settings.max_attempts and self.gen.finish_reason is None:
             if not order:
@@ -201,7 +203,9 @@ class Relay:
                 failures.append((f"uid {miner.uid}: {exc.what}", exc.busy))
                 if exc.busy:  # full, it says: nothing was produced; the validator weighs the refusal (we had it under its capacity)
                     self.gen.parts.pop()
-                    self.state.ledger.count_service(miner.hotkey, "refused")
+                    if not refusals:  # a request walking several full miners counts once: a user's flood is not each miner's refusal
+                        self.state.ledger.count_service(miner.hotkey, "refused")
+                    refusals += 1
                     continue
                 attempts += 1
                 log.warning(
@@ -212,8 +216,10 @@ class Relay:
                     "continuing on another" if self.gen.text else "retrying",
                 )
                 self.state.metrics.miner_errors.labels(str(miner.uid), exc.kind).inc()
-                self.state.router.failed(miner)
-                self.state.ledger.count_service(miner.hotkey, "failed")
+                if exc.refused_request and not self.gen.text:
+                    refused_request.append(miner)  # the request's fault or the miner's: known once every miner that tries it has
+                else:
+                    self._failed(miner)
                 if self.gen.upstream_tokens >= self.gen.max_tokens:
                     self.gen.finish_reason = "length"  # it failed after the last token it was owed: the answer is whole
                     break
@@ -224,14 +230,28 @@ class Relay:
                 attempts += 1
             finally:
                 self.state.router.release(miner, trial)
+        # Refused as malformed by every miner that tried it, the request is at fault (the user's 400), not they: no
+        # breaker moves and no failure is counted, so a user cannot grief honest miners with requests their engines
+        # refuse. Answered or failed otherwise by another, each miner that refused it failed it.
+        user_fault = bool(refused_request) and len(refused_request) == attempts and self.gen.finish_reason is None
+        for miner in refused_request if not user_fault else ():
+            self._failed(miner)
         if self.gen.finish_reason is None:
-            return await self._fail(failures)
+            return await self._fail(failures, user_fault)
         return await self._finish()
 
-    async def _fail(self, failures: list[tuple[str, bool]]) -> web.StreamResponse:
+    def _failed(self, miner: MinerView) -> None:
+        """A miner failed this request: its breaker and the service counts validators read know it."""
+        self.state.router.failed(miner)
+        self.state.ledger.count_service(miner.hotkey, "failed")
+
+    async def _fail(self, failures: list[tuple[str, bool]], user_fault: bool = False) -> web.StreamResponse:
+        """``user_fault``: every miner that tried the request refused it as malformed (a 4xx): the user's 400."""
         self.first_token.set()  # no keep-alive from here on
         detail = "; ".join(what for what, _ in failures) or "no miner could take the request"
         if self.response is None:
+            if user_fault:
+                raise BadRequest(f"every miner that tried this request refused it ({detail}): check its fields against the model")
             if all(busy for _, busy in failures):
                 raise NoMinerAvailable(f"every miner serving '{self.gen.model}' is busy or down; retry shortly", headers={"Retry-After": "2"})
             raise UpstreamFailed(f"no miner could answer ({detail})")

@@ -282,7 +282,27 @@ async def get_model(request: web.Request) -> web.Response:
     return web.json_response(_model_entry(state, model, state.router.models().get(model, [])))
 
 
-async def quality(request: web.Request) -> web.Response:
+PUBLIC_PAGE_S = 1.0  # a public page's body is built at most once a second, however often it is asked
+
+
+def public_page(build: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+    """A keyless JSON page (the leaderboard, quality, the OpenAPI document) whose body is built at most
+    once every ``PUBLIC_PAGE_S`` and served from memory between: a flood of them from anyone costs the
+    event loop a dictionary read each, not a walk over every miner, and cannot stall the users' streams."""
+
+    async def handler(request: web.Request) -> web.Response:
+        pages = request.app[STATE].pages
+        now = time.monotonic()
+        built = pages.get(request.path)
+        if built is None or now - built[0] > PUBLIC_PAGE_S:
+            built = pages[request.path] = (now, json.dumps(await build(request)).encode())
+        return web.Response(body=built[1], content_type="application/json")
+
+    return handler
+
+
+@public_page
+async def quality(request: web.Request) -> dict[str, Any]:
     """Per model, in the open: the validators' graded answers by task family (overall and per miner),
     the gateway's live latency, and what each auto flavour picks for each kind of request now."""
     state: GatewayState = request.app[STATE]
@@ -314,7 +334,7 @@ async def quality(request: web.Request) -> web.Response:
         if served
         else {}
     )
-    return web.json_response({"models": out, "auto": routes})
+    return {"models": out, "auto": routes}
 
 
 async def own_key(request: web.Request) -> web.Response:
@@ -351,7 +371,8 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(request.app[STATE].metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def leaderboard(request: web.Request) -> web.Response:
+@public_page
+async def leaderboard(request: web.Request) -> dict[str, Any]:
     """What the dashboard shows: every miner the gateway knows, with its live figures and history."""
     state: GatewayState = request.app[STATE]
     rows = []
@@ -376,7 +397,7 @@ async def leaderboard(request: web.Request) -> web.Response:
                 "history": [{"t": t, "ttft_s": a, "tokens_per_s": b, "error_rate": c} for t, a, b, c in m.history],
             }
         )
-    return web.json_response({"miners": rows, "models": sorted(state.router.models()), "organic_share": state.settings.verify_share})
+    return {"miners": rows, "models": sorted(state.router.models()), "organic_share": state.settings.verify_share}
 
 
 GATEWAY_OPERATIONS = [
@@ -397,8 +418,9 @@ def openapi_spec(models: list[str]) -> dict[str, Any]:
     return openapi.document("slmnet gateway", GATEWAY_OPERATIONS, sorted(models) + list(FLAVOURS), BEARER)
 
 
-async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi_spec(list(request.app[STATE].tokenizers)))
+@public_page
+async def openapi_document(request: web.Request) -> dict[str, Any]:
+    return openapi_spec(list(request.app[STATE].tokenizers))
 
 
 async def dashboard(request: web.Request) -> web.FileResponse:

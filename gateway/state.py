@@ -92,6 +92,7 @@ class GatewayState:
     contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
     rng: random.Random = field(default_factory=random.Random)
     signatures: Optional[SignatureCheck] = None  # btauth/1 checks of the validator's hand-over calls (made on first use)
+    pages: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # a public page's path → (when it was built, its body)
     permitted: frozenset[str] = frozenset()  # hotkeys with a validator permit on the last metagraph read: trusted by default
 
 

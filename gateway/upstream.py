@@ -41,6 +41,12 @@ class MinerFailed(Exception):
         """It answered 429: at capacity, not broken."""
         return self.kind == "busy"
 
+    @property
+    def refused_request(self) -> bool:
+        """It refused the request itself (a 4xx other than 429: its engine took the body as malformed). The
+        user's fault when every miner that tried it did the same; the miner's, when another served it."""
+        return self.status is not None and 400 <= self.status < 500 and not self.busy
+
 
 async def miner_events(
     state: GatewayState, miner: MinerView, body: dict[str, Any], fold: StreamFold, got_tokens: Callable[[], bool]

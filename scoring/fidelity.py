@@ -16,9 +16,10 @@ model's raw (pre-temperature) distribution, on both sides. A response fails when
 - a reported logprob is more than ``max_abs_dlp`` from the reference's, or logprobs were
   asked for and are missing;
 - it ended where the model would not, or did not end where it would (when the model's
-  end-of-text ids are known and the request did not ask for ``ignore_eos`` or ``stop``):
-  ``stop`` without an end token (cut short), an end token before the last position, an
-  end token the model gives less than ``min_end_prob``, or continuing through positions
+  end-of-text ids are known and the request did not ask for ``ignore_eos``): ``stop``
+  without an end token (cut short; not judged when the request has stop strings or stop
+  ids of its own, which end an answer without one), an end token before the last position,
+  an end token the model gives less than ``min_end_prob``, or continuing through positions
   where a lower bound of the end token's probability makes not stopping less likely than
   ``min_continue_prob`` (run past end-of-text).
 
@@ -60,7 +61,8 @@ class ResponseEvidence:
     top_p: float = 1.0
     logprobs_requested: bool = True
     end_token_ids: frozenset[int] = frozenset()  # the model's end-of-text ids; empty: end checks off
-    end_checks: bool = True  # False when the request set ignore_eos or its own stop sequences
+    end_checks: bool = True  # False when the request set ignore_eos (the model's end is not an end then)
+    own_stops: bool = False  # the request set stop strings or stop ids: an answer may stop without an end token
     seed: Optional[int] = None  # the request's seed: sampled choices are checkable (protocol.sampling)
     sampler_checkable: bool = False  # no filter or penalty the check does not model (top_k, min_p, penalties)
 
@@ -163,7 +165,7 @@ def _end_reasons(evidence: ResponseEvidence, params: FidelityParams) -> list[str
     early = next((i for i, t in enumerate(tokens[:-1]) if t.token_id in ends), None)
     if early is not None:
         reasons.append(f"an end-of-text token at position {early} was followed by {len(tokens) - 1 - early} more: ran past the end")
-    if evidence.finish_reason == "stop" and (not tokens or tokens[-1].token_id not in ends):
+    if evidence.finish_reason == "stop" and not evidence.own_stops and (not tokens or tokens[-1].token_id not in ends):
         reasons.append(f"finish_reason 'stop' after {len(tokens)} tokens without an end-of-text token: cut short")
     if tokens and tokens[-1].token_id in ends and evidence.temperature > 0:
         p_end = tempered_bounds(tokens[-1], evidence.temperature)[tokens[-1].token_id]

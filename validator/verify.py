@@ -190,7 +190,8 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
         top_p=float(_given(request, "top_p", 1.0)),
         logprobs_requested=bool(request.get("logprobs")),
         end_token_ids=reference.end_token_ids,
-        end_checks=not (request.get("ignore_eos") or request.get("stop") or request.get("stop_token_ids")),
+        end_checks=not request.get("ignore_eos"),
+        own_stops=bool(request.get("stop") or request.get("stop_token_ids")),
         seed=request.get("seed"),
         sampler_checkable=sampler_checkable(request),
     )

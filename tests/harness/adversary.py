@@ -170,10 +170,12 @@ class Adversary:
             async with self.session.post(engine + path, json=body) as upstream:
                 return web.Response(body=await upstream.read(), status=upstream.status, content_type="application/json")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
         cut_at = max(2, int(body.get("max_tokens") or 48) // 3)
         sent, held, answer = 0, [], []
         async with self.session.post(engine + path, json=body) as upstream:
+            if upstream.status != 200:  # the engine refused the request itself: passed on as it said it
+                return web.Response(body=await upstream.read(), status=upstream.status, content_type="application/json")
+            await response.prepare(request)
             if mode in ("slow", "lagging"):
                 await asyncio.sleep(3.0)
             async for event in sse_events(upstream):

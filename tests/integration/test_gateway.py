@@ -32,6 +32,7 @@ from models import subnet as model_list
 from models.tiny import build_tiny
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, ledger_rows, start_adversary, start_gateway, start_miners
+from gateway.store import Store as GatewayStore
 from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts
 from validator.organic import SignedOutbox, verify_samples
 from validator.rounds import Target
@@ -170,6 +171,22 @@ def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
     assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "tools" in body["error"]["message"]
     status, _, body = post(subnet, "/v1/chat/completions", b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}')
     assert (status, body["error"]["code"]) == (413, "payload_too_large")
+
+
+def test_a_request_every_miner_refuses_is_the_users_400_and_no_miners_failure(subnet):
+    """A user who sends what the gateway accepts and every engine refuses (a budget past the engines' 1024-token
+    context, within the model list's 2048) cannot grief the miners: the user gets a 400 naming it, no miner's
+    failures (what validators pay by) move, and the miners keep serving."""
+    failed = lambda: {r.hotkey: r.failed for r in GatewayStore(subnet["db"]).service_reports()}  # noqa: E731
+    before = failed()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1500}
+    for _ in range(3):
+        status, _, error = post(subnet, "/v1/chat/completions", json.dumps(body).encode())
+        assert status == 400 and "every miner that tried this request refused it" in error["error"]["message"], error
+    time.sleep(0.5)  # the ledger commits a few milliseconds behind the answers
+    assert failed() == before
+    answer = client(subnet).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert answer.choices[0].finish_reason in ("stop", "length")  # no breaker opened on them
 
 
 def within_one_minute(seconds: float) -> None:

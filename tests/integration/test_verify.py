@@ -10,7 +10,7 @@ import pytest
 from btauth.client import sse_events
 from models.tiny import build_tiny
 from models import subnet as model_list
-from validator.challenges import generate
+from validator.challenges import UserPrompts, generate
 from scoring.evidence import TOLERANCES, log_likelihood_ratio
 from models.tokenizer import ModelTokenizer
 from validator.verify import MinerResponse, ReferenceEngine, collect, verify
@@ -91,6 +91,28 @@ async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
             finishes.append(answer.finish_reason)
             if answer.finish_reason == "stop":
                 assert answer.token_ids[-1] in ENDS  # the engine returns the end token: what the end checks rely on
+
+
+async def test_honest_answers_to_challenges_shaped_like_users_with_stop_strings_and_penalties_pass(reference):
+    """Challenges copy what users send, stop strings and penalties included: the honest engine's answers pass
+    (an answer a stop string ended is no cut answer; the checks the penalties leave still hold)."""
+    url, _, vocabulary = reference
+    shapes = [
+        {"temperature": 0.7, "stop": ["e", " the"], "max_tokens": 40},
+        {"temperature": 0.0, "stop": "a", "presence_penalty": 0.5, "repetition_penalty": 1.1},
+        {"temperature": 1.0, "top_k": 40, "frequency_penalty": 0.3, "max_tokens": 24},
+    ]
+    async with aiohttp.ClientSession() as session:
+        engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
+        challenges = generate(seed=2027, count=18, users=UserPrompts(shapes=shapes))
+        bodies = [challenge.request(MODEL) for challenge in challenges]
+        answers = await asyncio.gather(*(_stream(session, url, body) for body in bodies))
+        stopped_by_string = 0
+        for body, answer in zip(bodies, answers):
+            verdict = await verify(engine, body, answer)
+            assert verdict.passed, (body.get("stop"), body.get("temperature"), verdict.reasons)
+            stopped_by_string += answer.finish_reason == "stop" and answer.token_ids[-1] not in ENDS
+    assert stopped_by_string >= 1  # a stop string did end answers: the case the end checks must let pass
 
 
 async def test_running_past_the_end_or_cutting_before_it_fails(reference):

@@ -119,8 +119,21 @@ def test_with_known_end_tokens_cutting_running_past_and_ending_early_each_fail()
         _evidence(tokens + [_token(unlikely, EOS)], finish_reason="stop", max_tokens=64, reported_completion_tokens=11, temperature=0.7, end_token_ids=ENDS)
     )
     assert not early.passed and any("ended early" in r for r in early.reasons)
-    # The same ending without the model's end ids, or when the caller asked for its own stops, is not judged.
+    # The same ending without the model's end ids, or when the caller asked for ignore_eos, is not judged; with stop
+    # strings of the caller's own a stop without an end token is no cut, but every other end check still holds.
     assert check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS, end_checks=False)).passed
+    assert check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS, own_stops=True)).passed
+    assert not check(_evidence(past, end_token_ids=ENDS, own_stops=True)).passed
+    early_with_stops = _evidence(
+        tokens + [_token(unlikely, EOS)],
+        finish_reason="stop",
+        max_tokens=64,
+        reported_completion_tokens=11,
+        temperature=0.7,
+        end_token_ids=ENDS,
+        own_stops=True,
+    )
+    assert any("ended early" in r for r in check(early_with_stops).reasons)
 
 
 def test_going_on_through_many_likely_ends_fails_and_through_a_few_passes():
