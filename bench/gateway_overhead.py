@@ -73,7 +73,7 @@ def serve_upstream(port: int, tokenizer: str) -> None:
                     "delta": {"content": word},
                     "finish_reason": finish,
                     "token_ids": [token_id],
-                    "logprobs": {"content": [{"token": word, "logprob": -0.1, "top_logprobs": []}]},
+                    "logprobs": {"content": [{"token": f"token_id:{token_id}", "logprob": -0.1, "top_logprobs": []}]},
                 }
             ],
         }

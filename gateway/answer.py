@@ -32,7 +32,9 @@ class Generation:
     token_ids: list[int] = field(default_factory=list)
     parts: list[list[Any]] = field(default_factory=list)  # [uid, hotkey, text chars at start, tokens at start]
     failovers: int = 0
-    first_answer: Optional[StreamFold] = None  # the first miner's whole answer, as it sent it (organic verification)
+    # The miner that finished the answer: the request it was sent (the user's, or the continuation of what an earlier
+    # miner wrote) and its part as it sent it, whole (organic verification).
+    finished_part: Optional[tuple[dict[str, Any], StreamFold]] = None
     usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
     # Every miner is sent a seed (the user's, else one drawn here, 31 bits like a challenge's): its
     # sampling is then checkable (protocol.sampling), and users cannot be told from validators.

@@ -137,8 +137,7 @@ class Relay:
                 if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
                     self.last_progress = time.monotonic()
                     self.state.ledger.progress(self.request["request_id"], completion_tokens(self.gen))
-        if len(self.gen.parts) == 1:
-            self.gen.first_answer = fold
+        self.gen.finished_part = (body, fold)
         elapsed = time.monotonic() - sent
         produced = self.gen.upstream_tokens - tokens_before
         self.state.router.succeeded(miner, first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
@@ -275,22 +274,20 @@ class Relay:
 
 
 def maybe_sample(state: GatewayState, generation: Generation) -> None:
-    """Put a sampled share of chat answers that one miner wrote whole in the organic outbox, for a
-    validator to verify like a challenge (it teacher-forces a conversation: text completions are left out)."""
-    answer = generation.first_answer
-    if not (generation.chat and answer is not None and not generation.failovers and state.settings.verify_share):
+    """Put a sampled share of chat answers in the organic outbox, for a validator to verify like a challenge:
+    the part of the miner that finished each, with the request it was sent — the user's, or, after a
+    failover mid-stream, the continuation of what the miners before it wrote (a conversation ending in
+    that partial assistant turn, which the reference renders the same way). Text completions are left out:
+    the verifier teacher-forces conversations."""
+    if not (generation.chat and generation.finished_part is not None and generation.parts and state.settings.verify_share):
         return
-    miner = state.router.miners.get(generation.parts[0][0])
+    request, answer = generation.finished_part
+    miner = state.router.miners.get(generation.parts[-1][0])
     if miner is None or state.rng.random() >= state.router.verify_share(miner, state.settings.verify_share):
         return
-    state.ledger.record_sample(
-        miner.uid,
-        miner.hotkey,
-        generation.model,
-        generation.upstream_body(from_start=True),
-        AnswerRecord.from_fold(answer),
-        replayable=state.settings.replay_prompts,
-    )
+    # A continuation is no user's prompt to replay; a whole answer's request is the user's own.
+    replayable = state.settings.replay_prompts and not request.get("continue_final_message")
+    state.ledger.record_sample(miner.uid, miner.hotkey, generation.model, request, AnswerRecord.from_fold(answer), replayable=replayable)
     miner.sampled += 1
 
 

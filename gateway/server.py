@@ -50,6 +50,9 @@ REFUSED_FIELDS = (
     "modalities",
     "prediction",
 )
+# Values of those fields that ask for nothing the models do not do anyway: accepted, and dropped with them
+# (clients and agent frameworks send them by default).
+HARMLESS_VALUES = {"response_format": ({"type": "text"},), "tool_choice": ("none",), "parallel_tool_calls": (False,), "function_call": ("none",)}
 STATIC = Path(__file__).with_name("static")
 
 
@@ -161,7 +164,7 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from exc
     if json_depth(raw) > MAX_JSON_DEPTH:
         raise BadRequest(f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
-    if isinstance(raw, dict) and (refused := [name for name in REFUSED_FIELDS if raw.get(name) not in (None, [], {})]):
+    if isinstance(raw, dict) and (refused := [name for name in REFUSED_FIELDS if raw.get(name) not in (None, [], {}, *HARMLESS_VALUES.get(name, ()))]):
         raise BadRequest(f"not supported by slmnet: {', '.join(refused)} (the models are served without tools or constrained output)", "unsupported_parameter")
     wire = REQUEST_MODELS[request.path]
     try:

@@ -48,6 +48,8 @@ class GatewayConfig:
     announce: Optional[tuple[str, int]] = None  # (ip, port) to serve on chain with the gateway role: every permitted validator reads it
 
     def __post_init__(self) -> None:
+        if self.announce is not None:
+            self.chain.check_announced(self.announce[0])
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
         if self.workers > 1 and not self.settings.redis_url:

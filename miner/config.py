@@ -46,6 +46,7 @@ class MinerConfig:
         for name in ("capacity", "max_in_flight_per_caller", "max_body_bytes", "max_context"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        self.chain.check_announced(self.external_ip)
         if self.external_port is not None and not 0 < self.external_port < 65536:
             raise ValueError(f"external port {self.external_port} is not a TCP port")
         if self.min_stake < 0 or self.metagraph_interval <= 0:

@@ -71,6 +71,7 @@ class GatewayDeclaration(BaseModel):
     def declared_by(cls, text: str | None) -> bool:
         """Whether a commitment declares a gateway (this version's)."""
         try:
-            return bool(text) and cls.model_validate(json.loads(text or "")).v == COMMITMENT_VERSION
+            raw = json.loads(text or "")
+            return isinstance(raw, dict) and "role" in raw and cls.model_validate(raw).v == COMMITMENT_VERSION
         except (ValueError, ValidationError):
             return False

@@ -1,7 +1,7 @@
 """Evidence per miner: does this miner serve the declared model, judged over all its answers?
 
 A single answer cannot tell honest precision drift from a quantized model: honest stacks
-drift as far as int8 does on some answers (``shared/facts/verification.md``). Each
+drift as far as int8 does on some answers (``docs/calibration.md``, Run 2). Each
 verified answer — a challenge's or a user's, sampled by the gateway — therefore yields
 counts, and a sequential test per (miner, model) pools them across answers and rounds,
 whatever else the miner re-declares (dtype, capacity): starting afresh is not for sale.

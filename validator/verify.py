@@ -124,8 +124,11 @@ class ReferenceEngine:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise ReferenceFailed(f"reference engine at {self.url} failed on {path}: {exc}") from exc
 
-    async def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        payload = await self._post("/tokenize", {"model": self.model, "messages": messages, "add_generation_prompt": True})
+    async def prompt_ids(self, messages: list[dict[str, Any]], continue_final: bool = False) -> list[int]:
+        """The conversation as the engine feeds it: with the generation prompt, or (``continue_final``: a gateway's
+        continuation of an answer another miner began) continuing its last, partial assistant turn."""
+        body = {"model": self.model, "messages": messages, "add_generation_prompt": not continue_final, "continue_final_message": continue_final}
+        payload = await self._post("/tokenize", body)
         return list(payload["tokens"])
 
     async def score(self, prompt_ids: list[int], completion_ids: list[int]) -> list[dict[int, tuple[float, int]]]:
@@ -161,7 +164,7 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
     """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine:
     the evidence to judge, or the failed verdict when the answer cannot even be scored.
     ReferenceFailed when the reference itself fails: then nothing is known about the miner."""
-    prompt_ids = await reference.prompt_ids(request["messages"])
+    prompt_ids = await reference.prompt_ids(request["messages"], bool(request.get("continue_final_message")))
     if response.prompt_token_ids is not None and response.prompt_token_ids != prompt_ids:
         return _failed("the miner's prompt tokens differ from the reference tokenization of the conversation")
     if response.error is not None or response.finish_reason is None:

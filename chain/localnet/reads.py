@@ -1,7 +1,6 @@
 """Answers to the SDK's storage queries and runtime-API calls, from localnet state.
 
-Values come back in the shapes the SDK decodes from a real node (see
-``shared/facts/bittensor-sdk-11.md``): scores as u16 fractions, amounts in rao,
+Values come back in the shapes the SDK (bittensor 11.3.0) decodes from a real node: scores as u16 fractions, amounts in rao,
 axons as ``{ip: int, port, ip_type, ...}``. Reads see the current state whatever
 block hash they are pinned to: the localnet keeps no history.
 """

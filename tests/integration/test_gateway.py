@@ -38,7 +38,7 @@ from validator.organic import SignedOutbox, verify_samples
 from validator.rounds import Target
 from validator.store import Store
 from models.tokenizer import ModelTokenizer
-from validator.verify import ReferenceEngine
+from validator.verify import MinerResponse, ReferenceEngine, verify
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -169,6 +169,10 @@ def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
         subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": tools}).encode()
     )
     assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "tools" in body["error"]["message"]
+    # What clients send by default and asks for nothing the models do not do: answered.
+    defaults = {"response_format": {"type": "text"}, "tool_choice": "none", "parallel_tool_calls": False, "max_tokens": 2}
+    status, _, body = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **defaults}).encode())
+    assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length"), body
     status, _, body = post(subnet, "/v1/chat/completions", b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}')
     assert (status, body["error"]["code"]) == (413, "payload_too_large")
 
@@ -530,6 +534,17 @@ def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet, f
     )
     metrics = urllib.request.urlopen(subnet["url"] + "/metrics").read().decode()
     assert 'slmnet_gateway_failovers_total{phase="mid_stream"}' in metrics
+    # The continuing miner's part is sampled too (--verify-share 1), with the continuation it was sent, and verifies honest.
+    continued = [s for s in GatewayStore(subnet["db"]).samples_after(0, 10_000)[0] if s.request.get("continue_final_message")]
+    assert continued and text.endswith(continued[-1].answer.text)
+    assert continued[-1].request["messages"][-1] == {"role": "assistant", "content": text[: len(text) - len(continued[-1].answer.text)]}
+
+    async def judge(sample) -> bool:
+        async with aiohttp.ClientSession() as session:
+            reference = ReferenceEngine(session, subnet["engine"].url, MODEL, ModelTokenizer(subnet["tmp"] / "s0"), ENDS)
+            return (await verify(reference, sample.request, MinerResponse.from_record(sample.answer))).passed
+
+    assert asyncio.run(judge(continued[-1]))
 
 
 def test_a_user_who_hangs_up_mid_stream_is_charged_for_what_was_sent_and_the_row_says_cancelled(subnet):

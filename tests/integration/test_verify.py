@@ -206,6 +206,7 @@ async def test_invented_logprobs_cut_answers_lied_counts_and_foreign_prompts_fai
         "seed": 1,
         "logprobs": True,
         "return_token_ids": True,
+        "return_tokens_as_token_ids": True,
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
@@ -259,6 +260,7 @@ async def test_text_is_bound_to_the_ids_and_ids_to_the_vocabulary(reference):
         "seed": 3,
         "logprobs": True,
         "return_token_ids": True,
+        "return_tokens_as_token_ids": True,
         "stream": True,
         "ignore_eos": True,
     }

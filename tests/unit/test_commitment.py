@@ -1,7 +1,13 @@
+"""On-chain commitments: a miner's model declaration, a gateway's role, and the address a neuron may announce."""
+
+from __future__ import annotations
+
 import pytest
 
+from chain import ChainConfig
 from chain.writes import commitment_info
-from protocol.commitment import CommitmentDecodeError, ModelDeclaration
+from miner.config import MinerConfig
+from protocol.commitment import CommitmentDecodeError, GatewayDeclaration, ModelDeclaration
 
 
 def test_declaration_round_trips_through_commitment_text():
@@ -25,3 +31,18 @@ def test_anything_else_is_not_a_declaration(text):
 def test_oversize_commitment_is_refused_before_submission():
     with pytest.raises(ValueError, match="at most 384"):
         commitment_info("x" * 400)
+
+
+def test_a_gateway_declares_its_role_and_a_model_declaration_is_no_gateway():
+    assert GatewayDeclaration.declared_by(GatewayDeclaration().to_commitment())
+    model = ModelDeclaration(model="m", max_context=2048, capacity=4).to_commitment()
+    assert not any(GatewayDeclaration.declared_by(text) for text in (model, None, "", "{}", '{"role":"miner","v":1}', '{"role":"gateway","v":9}', "[1"))
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "192.168.0.7", "169.254.1.1", "::1", "not-an-ip"])
+def test_an_address_nothing_can_reach_is_refused_on_a_public_network_and_allowed_on_a_local_one(ip):
+    with pytest.raises(ValueError, match="external-ip"):
+        MinerConfig(chain=ChainConfig("finney", 1, "/w", "m"), port=8091, external_ip=ip, engine_url="http://e", model_id="m")
+    if ip != "not-an-ip":  # a localnet or a node of one's own: loopback is what it is for
+        MinerConfig(chain=ChainConfig("localnet:/tmp/x", 1, "/w", "m"), port=8091, external_ip=ip, engine_url="http://e", model_id="m")
+    MinerConfig(chain=ChainConfig("test", 1, "/w", "m"), port=8091, external_ip="1.2.3.4", engine_url="http://e", model_id="m")
