@@ -2,7 +2,7 @@
 #   make test    create .venv, install every pinned dependency, run the test suite
 #   make demo    the same environment, then `slmnet up`: the whole subnet on this machine
 #   make install only the environment (re-run: skips what is already installed)
-#   make lint    ruff: lint and format check (make test runs it first)
+#   make lint    ruff (lint and format check) and mypy (make test runs it first)
 #   make soak    the long runs (tests marked soak): real SmolLM2 miners against the verifier
 PYTHON ?= python3
 VENV   := .venv
@@ -60,6 +60,7 @@ soak: install system-packages models
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 demo: install models
 	SLMNET_CACHE=$(MODELS_CACHE) $(PY) -m neurons.cli up --dir ./slmnet-up

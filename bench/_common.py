@@ -12,7 +12,6 @@ from typing import Any, Mapping
 
 import aiohttp
 
-
 from btauth.client import sse_events
 from engine import EngineSpec
 from models.manifest import ModelManifest
@@ -52,9 +51,9 @@ def start_peer(name: str, cmd: list[str], port: int, log: Path, timeout: float, 
     proxy = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", proxy, timeout=timeout, path=path)
-    except SystemExit:
+    except SystemExit as exc:
         proxy.kill()
-        raise SystemExit(f"{name} did not start: see {log}")
+        raise SystemExit(f"{name} did not start: see {log}") from exc
     return proxy
 
 

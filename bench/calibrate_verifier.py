@@ -38,15 +38,14 @@ from typing import Any, Optional
 
 import aiohttp
 
-
 from bench._common import start_engine, stop, stream_chat
 from models import subnet as model_list
 from models.tiny import build_tiny
+from models.tokenizer import ModelTokenizer
 from scoring.evidence import TOLERANCES, SequentialParams, log_likelihood_ratio
 from scoring.fidelity import ResponseEvidence, TokenEvidence, Verdict
 from tests.harness.adversary import perturbed_copy
 from validator.challenges import generate
-from models.tokenizer import ModelTokenizer
 from validator.verify import MinerResponse, ReferenceEngine, collect, gather, judge
 
 HONEST = ["fp32-c1", "fp32-c16", "fp32-t1", "bf16", "hf-fp32", "hf-bf16"]
@@ -229,7 +228,7 @@ def table(rows: list[dict[str, Any]], threshold: float) -> str:
     ]
     for r in rows:
 
-        def flag(tag):
+        def flag(tag, r=r):
             n = r[f"{tag}_answers_to_flag"]
             return "never" if n is None else f"{n} ({math.ceil(n / ROUND)})"
 

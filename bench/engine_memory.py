@@ -33,7 +33,6 @@ from typing import Any
 import aiohttp
 import psutil
 
-
 from bench._common import free_port, stop, stream_chat, wait_healthy
 from engine import EngineSpec
 from engine.vllm import ENGINE_ENV_DEFAULTS

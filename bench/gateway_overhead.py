@@ -37,7 +37,6 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-
 from bench._common import free_port
 
 MODEL = "slmnet/tiny-qwen2-s0"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import bittensor as bt
 
-
 import chain
 from chain.localnet import admin, reads, registry, runtime, store
 

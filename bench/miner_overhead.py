@@ -32,11 +32,10 @@ from pathlib import Path
 import aiohttp
 import bittensor as bt
 
-
 import chain
-from chain.localnet import admin
 from bench._common import free_port, model_or_tiny, stop, wait_healthy
 from btauth.client import signed_headers
+from chain.localnet import admin
 from engine import EngineSpec
 from models.manifest import ModelManifest
 

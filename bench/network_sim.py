@@ -38,14 +38,14 @@ from typing import Optional
 import numpy as np
 
 from chain.localnet import yuma
+from gateway.router import sample_share
 from models.subnet import ModelList, SupportedModel
+from protocol.records import ServiceCounts
 from scoring.aggregate import BUFFERED_WINDOW, AggregationParams, Outcome
 from scoring.evidence import SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
 from scoring.weights import CAPACITY_EXPONENT, to_weights
-from protocol.records import ServiceCounts
-from gateway.router import sample_share
 from validator.rounds import Result, Target, UserVerdict, challenge_count, probe_sizes, probed_models, score_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 

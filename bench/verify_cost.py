@@ -28,16 +28,14 @@ import time
 from pathlib import Path
 
 import aiohttp
-
-
-from bittensor.sp_core import Keypair
 from aiohttp import web
+from bittensor.sp_core import Keypair
 
 from bench._common import free_port, model_or_tiny, start_engine, stop, stream_chat
 from models import subnet as model_list
+from models.tokenizer import ModelTokenizer
 from validator.challenges import generate
 from validator.rounds import Target, run_round
-from models.tokenizer import ModelTokenizer
 from validator.verify import ReferenceEngine, collect, verify
 
 ROUND_SEED = 404

@@ -47,9 +47,12 @@ class Chain:
         self.network = network
         self.localnet_dir = folder
         substrate = LocalnetSubstrate(folder) if folder is not None else None
-        # Pin the client to the one endpoint asked for: no public fallback pools.
-        extra = {} if substrate is not None else {"fallback_endpoints": [], "archive_endpoints": []}
-        self.client = bt.Client(label, substrate=substrate, **extra)
+        # Pin the client to the one endpoint asked for: no public fallback pools. (The SDK's protocol types block_hash
+        # as always a hash; a node answers null for a block it does not have, and so does the localnet.)
+        if substrate is not None:
+            self.client = bt.Client(label, substrate=substrate)  # type: ignore[arg-type]
+        else:
+            self.client = bt.Client(label, fallback_endpoints=[], archive_endpoints=[])
 
     async def __aenter__(self) -> "Chain":
         try:
@@ -119,7 +122,7 @@ class Chain:
             retry=retry_if_result(lambda result: result.error_name == FULL_BLOCK),
             stop=stop_after_attempt(REGISTRATION_BLOCKS),
             sleep=lambda _seconds: self._reading(self.client.wait_for_block()),  # the next block, not a fixed time
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome is not None else None,
         )
         return await retrying(writes.register, self.client, wallet, netuid)
 

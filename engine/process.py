@@ -29,13 +29,18 @@ class Child:
         self, cmd: Sequence[str], log_path: Optional[Path] = None, env: Optional[dict[str, str]] = None, append: bool = False, die_with_parent: bool = False
     ):
         self.log_path = log_path
-        out = open(log_path, "ab" if append else "wb") if log_path else subprocess.DEVNULL
+        out = open(log_path, "ab" if append else "wb") if log_path else None
         try:
             self.process = subprocess.Popen(
-                list(cmd), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent if die_with_parent else None
+                list(cmd),
+                env=env,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent else None,
             )
         finally:
-            if log_path:
+            if out is not None:
                 out.close()
         self.started = time.monotonic()
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import aiohttp
 import bittensor as bt
 
-
 from btauth.client import MinerClient, sse_events
 
 

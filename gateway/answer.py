@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from gateway.state import ENTROPY
-from protocol.requests import miner_request
 from models.tokenizer import ModelTokenizer
+from protocol.requests import miner_request
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
+from protocol.sse import StreamViolation
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Generation:
     text: str = ""
     upstream_tokens: int = 0  # tokens the miners sent (for the budget of a continuation)
     finish_reason: Optional[str] = None
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # chat: one entry a token; text: one logprobs object a chunk
     token_ids: list[int] = field(default_factory=list)
     parts: list[list[Any]] = field(default_factory=list)  # [uid, hotkey, text chars at start, tokens at start]
     failovers: int = 0
@@ -95,14 +96,23 @@ def chat_logprobs(choice: ChatChunkChoice, tokenizer: ModelTokenizer) -> list[di
     return out
 
 
-def text_logprobs(choice: TextChunkChoice, tokenizer: ModelTokenizer) -> Optional[dict[str, Any]]:
-    """A text completion's logprobs with every token, and every top alternative's key, spelled from its id."""
+def text_logprobs(choice: TextChunkChoice, tokenizer: ModelTokenizer, offset: int = 0) -> Optional[dict[str, Any]]:
+    """A text completion's logprobs with every token, and every top alternative's key, spelled from its id
+    (each token the chunk's id: StreamViolation otherwise); ``offset``: characters of the answer before this
+    miner's part (a continuation's offsets count from the user's answer's start)."""
     if choice.logprobs is None:
         return None
     lp = choice.logprobs
+    named = [tokenizer.token_text(t) for t in lp.tokens]
+    if choice.token_ids is not None and [token_id for token_id, _ in named] != choice.token_ids:
+        raise StreamViolation("a text completion's logprob tokens are not the chunk's token ids")
     tops = None if lp.top_logprobs is None else [None if t is None else {tokenizer.token_text(k)[1]: v for k, v in t.items()} for t in lp.top_logprobs]
-    tokens = [tokenizer.token_text(t)[1] for t in lp.tokens]
-    return {"tokens": tokens, "token_logprobs": lp.token_logprobs, "top_logprobs": tops, "text_offset": lp.text_offset}
+    return {
+        "tokens": [text for _, text in named],
+        "token_logprobs": lp.token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": [o + offset for o in lp.text_offset],
+    }
 
 
 def user_choice(head: Head, choice: Union[ChatChunkChoice, TextChunkChoice], continuing: bool, tokenizer: ModelTokenizer) -> dict[str, Any]:
@@ -115,7 +125,7 @@ def user_choice(head: Head, choice: Union[ChatChunkChoice, TextChunkChoice], con
         logprobs = {"content": chat_logprobs(choice, tokenizer)} if body.get("logprobs") and choice.logprobs is not None else None
         out: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     else:
-        logprobs = text_logprobs(choice, tokenizer) if body.get("logprobs") is not None else None
+        logprobs = text_logprobs(choice, tokenizer, head.gen.parts[-1][2] if head.gen.parts else 0) if body.get("logprobs") is not None else None
         out = {"index": 0, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     if body.get("return_token_ids"):
         out["token_ids"] = choice.token_ids
@@ -152,7 +162,10 @@ def whole_completion(head: Head, usage: dict[str, int]) -> dict[str, Any]:
             "logprobs": {"content": gen.logprobs} if gen.body.get("logprobs") else None,
         }
     else:
-        choice = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
+        logprobs = None
+        if gen.body.get("logprobs") is not None:  # the parts' logprobs, one object as OpenAI's text completions carry them
+            logprobs = {key: [x for part in gen.logprobs for x in (part[key] or [])] for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+        choice = {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": logprobs}
     if gen.body.get("return_token_ids"):
         choice["token_ids"] = gen.token_ids
     return {

@@ -20,6 +20,7 @@ misaddressed) or 403 (a signer it does not trust), and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -70,7 +71,7 @@ async def samples(request: web.Request) -> web.Response:
     after, limit = _int(request, "after", 0), min(_int(request, "limit", 32), MAX_SAMPLES)
     state: GatewayState = request.app[STATE]
     await state.ledger.synced()
-    found, skipped = state.store.samples_after(after, limit)
+    found, skipped = await asyncio.to_thread(state.store.samples_after, after, limit)  # off the loop: users' streams go on
     return web.Response(text=OrganicSamples(samples=found, skipped=skipped).model_dump_json(), content_type="application/json")
 
 
@@ -78,7 +79,7 @@ async def service(request: web.Request) -> web.Response:
     await _validator(request)
     state: GatewayState = request.app[STATE]
     await state.ledger.synced()
-    reports = ServiceReports(miners=state.store.service_reports())
+    reports = ServiceReports(miners=await asyncio.to_thread(state.store.service_reports))
     return web.Response(text=reports.model_dump_json(), content_type="application/json")
 
 
@@ -92,7 +93,7 @@ async def verdicts(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise BadRequest(f"not a MinerVerdicts record: {exc.errors()[0]['msg']}") from exc
     state: GatewayState = request.app[STATE]
-    state.store.save_verdicts(posted.verdicts)
+    await asyncio.to_thread(state.store.save_verdicts, posted.verdicts)
     state.router.apply_verdicts(posted.verdicts)
     out = [v for v in posted.verdicts if v.standing != "ok"]
     if out:

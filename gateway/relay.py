@@ -26,15 +26,15 @@ from typing import Any, Optional
 import aiohttp
 from aiohttp import web
 
+from gateway.answer import Generation, Head, chat_logprobs, error_chunk, text_logprobs, usage_chunk, user_chunk, whole_completion
 from gateway.errors import BadRequest, NoMinerAvailable, UpstreamFailed
 from gateway.router import MinerView
-from gateway.answer import Generation, Head, chat_logprobs, error_chunk, usage_chunk, user_chunk, whole_completion
-from gateway.state import OVERHEAD_HEADER, MINER_HEADER, GatewayState, request_headers
-from models.tokenizer import ModelTokenizer, TextBinding
+from gateway.state import MINER_HEADER, OVERHEAD_HEADER, GatewayState, request_headers
 from gateway.upstream import MinerFailed, miner_events
+from models.tokenizer import ModelTokenizer, TextBinding
 from protocol.errors import error_body
 from protocol.records import AnswerRecord
-from protocol.responses import ChatChunkChoice, Chunk, StreamFold
+from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
 from protocol.sse import SSE_HEADERS, StreamViolation
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,8 @@ class Relay:
             self.gen.upstream_tokens += len(ids) if ids else (1 if piece else 0)
             if self.gen.body.get("logprobs") and isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:  # kept only for a user who asked
                 self.gen.logprobs += chat_logprobs(choice, tokenizer)  # StreamViolation: a token not named by its id
+            elif self.gen.body.get("logprobs") is not None and isinstance(choice, TextChunkChoice) and choice.logprobs is not None:
+                self.gen.logprobs.append(text_logprobs(choice, tokenizer, self.gen.parts[-1][2]))
             if choice.finish_reason:
                 self.gen.finish_reason = choice.finish_reason
 
@@ -277,9 +279,9 @@ def maybe_sample(state: GatewayState, generation: Generation) -> None:
     """Put a sampled share of chat answers in the organic outbox, for a validator to verify like a challenge:
     the part of the miner that finished each, with the request it was sent — the user's, or, after a
     failover mid-stream, the continuation of what the miners before it wrote (a conversation ending in
-    that partial assistant turn, which the reference renders the same way). Text completions are left out:
-    the verifier teacher-forces conversations."""
-    if not (generation.chat and generation.finished_part is not None and generation.parts and state.settings.verify_share):
+    that partial assistant turn, which the reference renders the same way). Text completions too: the
+    reference tokenizes their prompt as the miner's engine does."""
+    if not (generation.finished_part is not None and generation.parts and state.settings.verify_share):
         return
     request, answer = generation.finished_part
     miner = state.router.miners.get(generation.parts[-1][0])

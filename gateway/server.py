@@ -22,11 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from gateway import handover
+from gateway.answer import Generation
+from gateway.auto import FLAVOURS, Choice, classify
+from gateway.auto import KINDS as AUTO_KINDS
 from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, NoMinerAvailable, PayloadTooLarge
 from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
-from gateway.answer import Generation
-from gateway.auto import FLAVOURS, KINDS as AUTO_KINDS, Choice, classify
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
 from gateway.state import CLIENT_ID, ENTROPY, MODEL_HEADER, ROUTE_HEADER, STATE, GatewayState, request_headers
 from protocol import openapi
@@ -103,7 +104,9 @@ async def cors_middleware(request: web.Request, handler: Callable) -> web.Stream
     request["cors"] = {}
     if (origin := _allowed_origin(request)) is not None:
         request["cors"] = {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": EXPOSED, "Vary": "Origin"}
-    response = await handler(request)
+    # A preflight is answered here, before routing: an OPTIONS route over /v1/* would turn every unknown
+    # path under it into a 405 (the path "exists" for OPTIONS) instead of the 404 it is.
+    response = await (preflight(request) if request.method == "OPTIONS" and request.path.startswith("/v1/") else handler(request))
     if not response.prepared:
         response.headers.update(request["cors"])
     return response
@@ -184,6 +187,8 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
             raise BadRequest(str(exc), "unsupported_content") from exc
     elif not isinstance(body["prompt"], str):
         raise BadRequest("the gateway takes a single string prompt on /v1/completions", "unsupported_prompt")
+    elif body.pop("echo", False):  # a miner's echo would be its own copy of the prompt: nothing binds it to what the user sent
+        raise BadRequest("echo is not supported by slmnet: prepend the prompt yourself", "unsupported_parameter")
     model, choice = _resolve_model(parsed.model, body, _max_tokens(body, state), state)
     return chat, body, model, choice
 
@@ -204,6 +209,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompt_tokens = state.tokenizers[model].prompt_tokens(messages=body.get("messages"), prompt=body.get("prompt", ""))
     max_tokens = _max_tokens(body, state)
     context = state.contexts.get(model)
+    if context is not None and not (body.get("max_completion_tokens") or body.get("max_tokens")):
+        max_tokens = max(1, min(max_tokens, context - prompt_tokens))  # a budget nobody asked for: what the context leaves, at most
     if context is not None and prompt_tokens + max_tokens > context:
         raise BadRequest(f"{prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed {model}'s context of {context} tokens", "context_length_exceeded")
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
@@ -280,9 +287,12 @@ async def get_model(request: web.Request) -> web.Response:
     state: GatewayState = request.app[STATE]
     _authenticate(request, state)
     model = request.match_info["model"]
+    served = state.router.models()
+    if model in FLAVOURS and served:  # every id /v1/models lists answers here
+        return web.json_response(_auto_entry(model, sum(len(m) for m in served.values())))
     if model not in state.tokenizers:
         raise ModelNotFound(f"model '{model}' is not served on this subnet; GET /v1/models lists the models")
-    return web.json_response(_model_entry(state, model, state.router.models().get(model, [])))
+    return web.json_response(_model_entry(state, model, served.get(model, [])))
 
 
 PUBLIC_PAGE_S = 1.0  # a public page's body is built at most once a second, however often it is asked
@@ -458,7 +468,6 @@ def create_app(state: GatewayState) -> web.Application:
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/v1/key", own_key)
-    app.router.add_route("OPTIONS", "/v1/{tail:.*}", preflight)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/leaderboard", leaderboard)

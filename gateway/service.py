@@ -24,11 +24,11 @@ from chain import ChainConfig
 from gateway.router import MinerView, Router
 from gateway.server import create_app
 from gateway.state import GatewaySettings, GatewayState
-from shell.role import StartupError, require_registered, serve, stop_on_signals
 from gateway.store import Store
-from models.tokenizer import ModelTokenizer
 from models.subnet import ModelList, ModelListMismatch, check_graph
+from models.tokenizer import ModelTokenizer
 from protocol.commitment import GatewayDeclaration
+from shell.role import StartupError, require_registered, serve, stop_on_signals, supervise
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ class Gateway:
                 if self.state.ledger is not None and miners:
                     self.state.ledger.count_health({m.hotkey: m.healthy for m in miners})
                 self.state.router.snapshot()
-                self.state.router.apply_verdicts(self.store.verdicts())  # posted to any worker: in force in every one within a tick
+                # posted to any worker: in force in every one within a tick (read off the loop: users' streams go on)
+                self.state.router.apply_verdicts(await asyncio.to_thread(self.store.verdicts))
             except Exception:  # a bug here must not stop health checks for good: log it, go on at the next tick
                 log.exception("health round failed")
             await asyncio.sleep(self.config.health_interval)
@@ -150,7 +151,10 @@ class Gateway:
         """The metagraph and health loops, for the app's lifetime (after its client session opens, before it closes)."""
 
         async def loops(app: web.Application) -> AsyncIterator[None]:
-            tasks = [asyncio.create_task(self._sync_loop(net)), asyncio.create_task(self._health_loop())]
+            tasks = [
+                asyncio.create_task(supervise("the metagraph sync", lambda: self._sync_loop(net))),
+                asyncio.create_task(supervise("the health checks", self._health_loop)),
+            ]
             yield
             for task in tasks:
                 task.cancel()

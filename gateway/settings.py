@@ -16,7 +16,7 @@ class GatewaySettings:
     connect_timeout: float = 2.0
     first_token_timeout: float = 15.0
     stall_timeout: float = 10.0
-    default_max_tokens: int = 512
+    default_max_tokens: int = 512  # a request's budget when it names none (--default-max-tokens); at most what the context leaves
     busy_wait: float = 5.0  # seconds to wait for a slot when every miner answers 429
     verify_share: float = 0.05  # share of chat answers put in the organic outbox for a validator to verify
     validator_hotkeys: tuple[str, ...] = ()  # who may read the outbox and post verdicts over HTTP; () = its own hotkey and every permitted validator

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from btauth.server import SignatureCheck
 from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
-from gateway.settings import GatewaySettings
 from gateway.router import Router
+from gateway.settings import GatewaySettings
 from gateway.store import Store
 from models.tokenizer import ModelTokenizer
 

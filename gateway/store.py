@@ -75,6 +75,15 @@ CREATE TRIGGER IF NOT EXISTS key_added AFTER INSERT ON api_keys BEGIN UPDATE key
 CREATE TRIGGER IF NOT EXISTS key_changed AFTER UPDATE ON api_keys BEGIN UPDATE keys_version SET version = version + 1; END;
 CREATE TRIGGER IF NOT EXISTS key_removed AFTER DELETE ON api_keys BEGIN UPDATE keys_version SET version = version + 1; END;
 """
+# What each miner served users (answers with at least one token, and their tokens), kept by a trigger as parts are
+# written: the service reports validators read every round cost a row a miner, not a scan of the whole ledger.
+MINER_COUNTERS = """
+CREATE TABLE IF NOT EXISTS miner_served (hotkey TEXT PRIMARY KEY, answers INTEGER NOT NULL, tokens INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS part_served AFTER INSERT ON usage_by_miner WHEN NEW.completion_tokens > 0 BEGIN
+    INSERT INTO miner_served VALUES (NEW.miner_hotkey, 1, NEW.completion_tokens)
+    ON CONFLICT(hotkey) DO UPDATE SET answers = answers + 1, tokens = tokens + excluded.tokens;
+END;
+"""
 log = logging.getLogger(__name__)
 KEY_PREFIX = "slm-"
 MAX_CACHED_KEYS = 100_000
@@ -117,6 +126,7 @@ class Store:
         self.db.executescript(SCHEMA)
         self._migrate()
         self._count_existing_usage()
+        self._count_existing_service()
         self._keys: dict[str, Optional[ApiKey]] = {}  # hash → record (None: unknown), valid while keys_version holds
         self._keys_version = -1
 
@@ -145,6 +155,16 @@ class Store:
             "INSERT OR IGNORE INTO key_usage SELECT key_id, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(failovers) FROM usage GROUP BY key_id"
         )
         self.db.executescript(f"BEGIN IMMEDIATE; {COUNTERS} {backfill}; COMMIT;")
+
+    def _count_existing_service(self) -> None:
+        """The per-miner counters and their trigger, made once; parts written before them are counted then."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'miner_served'").fetchone():
+            return
+        backfill = (
+            "INSERT OR IGNORE INTO miner_served SELECT miner_hotkey, COUNT(*), SUM(completion_tokens) FROM usage_by_miner "
+            "WHERE completion_tokens > 0 GROUP BY miner_hotkey"
+        )
+        self.db.executescript(f"BEGIN IMMEDIATE; {MINER_COUNTERS} {backfill}; COMMIT;")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -301,9 +321,7 @@ class Store:
     def service_reports(self) -> list[ServiceReport]:
         """Each miner's service to users so far: answers and tokens from the ledger; refusals, failures and
         health checks (sent, failed) counted as they happened."""
-        served = {h: (n, t) for h, n, t in self.db.execute(
-            "SELECT miner_hotkey, COUNT(*), SUM(completion_tokens) FROM usage_by_miner WHERE completion_tokens > 0 GROUP BY miner_hotkey"
-        )}  # fmt: skip
+        served = {h: (n, t) for h, n, t in self.db.execute("SELECT hotkey, answers, tokens FROM miner_served")}
         counted: dict[str, dict[str, int]] = {}
         for hotkey, kind, count in self.db.execute("SELECT hotkey, kind, count FROM miner_service"):
             counted.setdefault(hotkey, {})[kind] = count

@@ -20,7 +20,6 @@ from gateway.state import GatewayState
 from protocol.responses import Chunk, StreamFold
 from protocol.sse import StreamViolation
 
-
 FailureKind = Literal["busy", "http_status", "connection", "error_event", "stalled", "violation"]
 
 

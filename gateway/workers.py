@@ -18,8 +18,8 @@ import sys
 import time
 
 from gateway.service import GatewayConfig, recover_ledger, run_gateway
-from shell.role import StartupError
 from gateway.store import Store
+from shell.role import StartupError
 
 log = logging.getLogger(__name__)
 STARTUP_FAILED = 3

@@ -8,6 +8,7 @@ from typing import Optional
 from btauth import CALLER_MIN_STAKE_TAO
 from chain import ChainConfig
 from engine import EngineSpec
+from protocol.commitment import Dtype
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class MinerConfig:
     model_id: str = ""  # the declared model; the engine serves it under this name
     revision: Optional[str] = None
     weights_sha256: Optional[str] = None
-    dtype: str = "float32"  # declared: what the engine computes in
+    dtype: Dtype = "float32"  # declared: what the engine computes in
     max_context: int = 2048
     capacity: int = 16  # declared; also the global in-flight limit
     max_in_flight_per_caller: Optional[int] = None  # None: capacity
@@ -54,4 +55,12 @@ class MinerConfig:
 
     @property
     def upstream(self) -> str:
-        return self.engine.url if self.engine is not None else self.engine_url.rstrip("/")
+        if self.engine is not None:
+            return self.engine.url
+        assert self.engine_url is not None  # __post_init__: one or the other
+        return self.engine_url.rstrip("/")
+
+    @property
+    def caller_limit(self) -> int:
+        """Requests one caller may have in flight at once."""
+        return self.max_in_flight_per_caller or self.capacity

@@ -22,16 +22,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from chain import Chain
-from miner.auth import Sender
 from engine import Engine
+from miner.auth import Sender
 from miner.errors import BadRequest, EngineUnavailable, HttpError, ModelNotFound, PayloadTooLarge
 from miner.metrics import MinerMetrics
 from miner.state import STATE, MinerState
 from miner.sync import metagraph_ctx
 from protocol import openapi
-from protocol.sse import SSE_HEADERS
 from protocol.errors import http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, describe_validation_error
+from protocol.sse import SSE_HEADERS
+from shell.role import supervise
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ async def _send(state: MinerState, path: str, body: bytes) -> aiohttp.ClientResp
     (ServerDisconnectedError before any answer) is retried once on a fresh connection."""
     for attempt in (1, 2):
         try:
-            return await state.session.post(state.engine.url + path, data=body, headers=JSON_HEADERS)
+            return await state.http.post(state.engine.url + path, data=body, headers=JSON_HEADERS)
         except aiohttp.ServerDisconnectedError as exc:
             if attempt == 2:
                 raise EngineUnavailable("the engine closed the connection; retry later", headers={"Retry-After": "1"}) from exc
@@ -278,7 +279,7 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
-    task = asyncio.create_task(state.engine.run(state.session), name="engine")
+    task = asyncio.create_task(supervise("the engine's supervisor", lambda: state.engine.run(state.http)), name="engine")
     yield
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

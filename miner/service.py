@@ -10,16 +10,16 @@ from typing import Any
 import aiohttp
 
 import chain
+from engine import Engine
 from miner.admission import Admission
 from miner.auth import Gatekeeper
 from miner.config import MinerConfig
-from engine import Engine
-from shell.role import StartupError, require_registered, serve, stop_on_signals
 from miner.metrics import MinerMetrics
 from miner.server import create_app
 from miner.state import MinerState
 from miner.sync import refresh
 from protocol.commitment import ModelDeclaration
+from shell.role import StartupError, require_registered, serve, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def build_state(config: MinerConfig, hotkey: str, max_context: int) -> MinerStat
         hotkey=hotkey,
         declaration=declaration,
         gate=Gatekeeper(hotkey, config.min_stake),
-        admission=Admission(config.capacity, config.max_in_flight_per_caller),
+        admission=Admission(config.capacity, config.caller_limit),
         engine=engine,
         metrics=MinerMetrics(),
     )

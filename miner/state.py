@@ -8,10 +8,10 @@ from typing import Optional
 import aiohttp
 from aiohttp import web
 
+from engine import Engine
 from miner.admission import Admission
 from miner.auth import Gatekeeper
 from miner.config import MinerConfig
-from engine import Engine
 from miner.metrics import MinerMetrics
 from protocol.commitment import ModelDeclaration
 
@@ -27,8 +27,15 @@ class MinerState:
     admission: Admission
     engine: Engine
     metrics: MinerMetrics
-    session: Optional[aiohttp.ClientSession] = None
+    session: Optional[aiohttp.ClientSession] = None  # the engine's client, made with the app (``http``)
     uid: Optional[int] = None
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The client session to the engine; RuntimeError before the app has started."""
+        if self.session is None:
+            raise RuntimeError("the miner's client session is made when its app starts")
+        return self.session
 
 
 STATE = web.AppKey("state", MinerState)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from chain import Chain, ChainLayerError, announce
 from miner.state import STATE, MinerState
+from shell.role import supervise
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ async def _loop(state: MinerState, chain: Chain, wallet: Any) -> None:
 
 def metagraph_ctx(chain: Chain, wallet: Any) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_loop(app[STATE], chain, wallet), name="metagraph")
+        task = asyncio.create_task(supervise("the metagraph refresh", lambda: _loop(app[STATE], chain, wallet)), name="metagraph")
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

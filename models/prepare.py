@@ -108,7 +108,7 @@ def locate_gguf(spec: PreparedModel, cache_dir: Path) -> Path:
             return Path(package.assemble(Path(cache_dir) / "gguf" / package.MODEL_NAME))
         except (OSError, ValueError) as exc:
             raise PrepareError(f"{spec.distribution} {spec.version} could not assemble its GGUF: {exc}") from exc
-    path = Path(dist.locate_file(spec.gguf))
+    path = Path(str(dist.locate_file(spec.gguf)))
     if not path.is_file():
         raise PrepareError(f"{spec.distribution} {spec.version} has no {spec.gguf}")
     return path
@@ -147,7 +147,7 @@ def prepare(name: str, cache_dir: Path, on_step: Callable[[str], None] = lambda 
     on_step(STEPS[3])
     # Loading a GGUF already dequantized every tensor to fp32; what is left of the
     # quantizer only stops save_pretrained and would tell vLLM to expect GGUF weights.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types the attribute as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if spec.end_token_ids:

@@ -95,7 +95,7 @@ def build_tiny(out: Path, seed: int = 0, spec: TinySpec = TinySpec()) -> str:
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         bos_token_id=None,
-        torch_dtype="float32",
+        torch_dtype="float32",  # type: ignore[call-arg]  # transformers 5 still reads it; the stubs name it dtype
     )
     generator = torch.Generator().manual_seed(seed)
     model = Qwen2ForCausalLM(config)

@@ -40,7 +40,7 @@ class ModelTokenizer:
     def prompt_tokens(self, messages: Optional[list[dict[str, Any]]] = None, prompt: str = "") -> int:
         """A conversation as the chat template renders it (with the generation prompt, as the engine feeds it), or a text prompt."""
         if messages is not None:
-            return self.count(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            return self.count(str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)))
         return self.count(prompt)
 
     def token_text(self, token: str) -> tuple[int, str]:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from neurons import doctor as doctor_cli
 from neurons import gateway as gateway_cli
+from neurons import localnet as localnet_cli
 from neurons import miner as miner_cli
+from neurons import owner as owner_cli
 from neurons import up as up_cli
 from neurons import validator as validator_cli
-from neurons import doctor as doctor_cli
-from neurons import localnet as localnet_cli
-from neurons import owner as owner_cli
 from neurons.common import CliError, add_chain_flags, chain_config, emit
 from protocol.version import VERSION_KEY, __version__
 

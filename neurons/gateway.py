@@ -56,6 +56,12 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         action="store_true",
         help="let a validator replay the sampled users' prompts to miners as challenges (which miners then cannot tell from users); off: only their sampling choices are copied",
     )
+    p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=GatewaySettings.default_max_tokens,
+        help="the answer's budget when a request names none (max_tokens and max_completion_tokens absent); reserved against the key's limits",
+    )
     p.add_argument("--explore", type=float, default=GatewaySettings.explore, help="share of requests routed uniformly, so new miners earn a record")
     p.add_argument("--max-attempts", type=int, default=GatewaySettings.max_attempts, help="miners tried per request, failovers included")
     p.add_argument(
@@ -245,6 +251,7 @@ def build_config(args: argparse.Namespace):
         cors_origins=tuple(args.cors_origin),
         keepalive_s=args.keepalive,
         explore=args.explore,
+        default_max_tokens=args.default_max_tokens,
         metagraph_interval=args.metagraph_interval,
     )
     if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from engine import Child, EngineSpec, stop_all
-from shell.net import free_port
 from neurons.common import CliError, http_status
+from shell.net import free_port
 
 NETUID = 1
 SMOLLM2 = "slmnet/SmolLM2-135M-Instruct-Q4_1"

@@ -14,7 +14,6 @@ from rich.table import Table
 
 from neurons.common import CliError, emit
 
-
 # --- localnet -------------------------------------------------------------------------
 
 

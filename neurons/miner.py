@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 from btauth import CALLER_MIN_STAKE_TAO
-from shell.net import free_port
 from neurons.common import CliError, HelpFormatter, add_chain_flags, chain_config, given, run_service
+from shell.net import free_port
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -66,8 +66,8 @@ def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple
 
 
 def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (imported inside: heavy)
-    from miner.config import MinerConfig
     from engine import EngineSpec
+    from miner.config import MinerConfig
     from models.prepare import default_cache_dir
 
     source, model_id, revision, digest, manifest_context = resolve_model(args.model, args.revision, default_cache_dir())
@@ -112,7 +112,7 @@ def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (impo
 
 def cmd_miner(args: argparse.Namespace) -> None:
     import chain
-    from shell.role import StartupError
     from miner.service import run_miner
+    from shell.role import StartupError
 
     run_service(run_miner(build_config(args)), StartupError, chain.ChainLayerError)

@@ -20,9 +20,9 @@ import signal
 import time
 from pathlib import Path
 
-from shell.net import free_port
 from neurons.common import CliError, HelpFormatter, http_status
 from neurons.local_subnet import GEMMA, LINEUPS, QUESTION, Subnet
+from shell.net import free_port
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from shell.net import free_port
 from neurons.common import CliError, HelpFormatter, add_chain_flags, chain_config, given, load_model_list, model_folder, model_pairs, run_service
+from shell.net import free_port
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:

@@ -9,12 +9,12 @@ endpoint it serves) to find every gateway whose users' service they read.
 from __future__ import annotations
 
 import json
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 COMMITMENT_VERSION = 1
+Dtype = Literal["float32", "bfloat16", "float16"]  # what a miner computes in
 MAX_COMMITMENT_BYTES = 384
 
 
@@ -34,7 +34,7 @@ class ModelDeclaration(BaseModel):
     capacity: int = Field(description="Concurrent requests the miner accepts", gt=0)
     # The dtype the miner computes in: the verifier judges its drift with that dtype's tolerance
     # (scoring.evidence.TOLERANCES), and the model list says which dtypes each model is paid for.
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="bfloat16", description="Serving dtype")
+    dtype: Dtype = Field(default="bfloat16", description="Serving dtype")
     v: int = Field(default=COMMITMENT_VERSION, description="Declaration format version")
 
     def to_commitment(self) -> str:

@@ -77,7 +77,9 @@ class SamplingFields(OpenAIModel):
     stream_options: Optional[StreamOptions] = None
     temperature: Optional[float] = Field(default=None, ge=0, le=2)
     top_p: Optional[float] = Field(default=None, gt=0, le=1)
-    user: Optional[str] = Field(default=None, max_length=256, description="Kept by the gateway, never sent to a miner")
+    user: Optional[str] = Field(
+        default=None, max_length=256, description="Accepted and dropped: never sent to a miner (miners are strangers), not recorded in the ledger"
+    )
     # vLLM's sampling extensions, same names
     top_k: Optional[int] = Field(default=None, ge=-1, le=1 << 20, description="-1 or 0: no top-k")
     min_p: Optional[float] = Field(default=None, ge=0, le=1)

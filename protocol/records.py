@@ -47,6 +47,7 @@ class AnswerRecord(BaseModel):
             text=fold.text,
             finish_reason=fold.finish_reason,
             completion_tokens=fold.usage.completion_tokens if fold.usage else None,
+            chunks=None,
         )
 
 

@@ -128,13 +128,13 @@ def delivered(outcomes: Sequence[Outcome]) -> Optional[float]:
     window closes early on what the admitted one delivered); the tail, where fewer are in flight
     as the last answers end, is left out, so a hotkey declaring many streams is not measured
     lower than one declaring few. Unverified answers count neither way; None when nothing was timed."""
-    timed = [o for o in outcomes if o.kind != "unverified" and o.sent_at is not None and o.done_at is not None]
+    timed = [(o, o.sent_at, o.done_at) for o in outcomes if o.kind != "unverified" and o.sent_at is not None and o.done_at is not None]
     if not timed:
         return None
-    end = max(max(o.sent_at for o in timed), min(o.done_at for o in timed))
+    end = max(max(sent for _, sent, _ in timed), min(done for _, _, done in timed))
     if end <= 0:
         return None
-    tokens = sum(n for o in timed if o.kind == "ok" and o.fidelity_passed for at, n in o.chunks if o.sent_at + at <= end)
+    tokens = sum(n for o, sent, _ in timed if o.kind == "ok" and o.fidelity_passed for at, n in o.chunks if sent + at <= end)
     return tokens / end
 
 

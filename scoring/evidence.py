@@ -108,10 +108,12 @@ def choice_mismatch(token: TokenEvidence, position: int, evidence: ResponseEvide
     if evidence.temperature == 0:
         best = max(known.values())
         return token.reference_rank > 1 and best - token.reference_logprob > margin
-    temperature = evidence.temperature
-    mine = token.reference_logprob / temperature + gumbel(evidence.seed, position, token.token_id)
+    temperature, seed = evidence.temperature, evidence.seed
+    if seed is None:  # unseeded sampling: no winner to recompute (answer_stats judges no choice then)
+        return False
+    mine = token.reference_logprob / temperature + gumbel(seed, position, token.token_id)
     rivals = _kept_for_sure(token, temperature, evidence.top_p)
-    best = max((known[tid] / temperature + gumbel(evidence.seed, position, tid) for tid in rivals), default=-math.inf)
+    best = max((known[tid] / temperature + gumbel(seed, position, tid) for tid in rivals), default=-math.inf)
     return best - mine > margin / temperature
 
 

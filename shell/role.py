@@ -53,7 +53,9 @@ async def on_chain(what: str, call: Callable[[], Awaitable[T]], attempts: int = 
         wait=wait_exponential(multiplier=0.5, max=15),
         stop=stop_after_attempt(attempts),
         reraise=True,
-        before_sleep=lambda state: log.warning("%s failed (%s), attempt %s of %s; retrying", what, state.outcome.exception(), state.attempt_number, attempts),
+        before_sleep=lambda state: log.warning(
+            "%s failed (%s), attempt %s of %s; retrying", what, state.outcome.exception() if state.outcome else None, state.attempt_number, attempts
+        ),
     )
     async for attempt in retrying:
         with attempt:

@@ -28,7 +28,6 @@ from protocol.sse import StreamViolation
 from scoring.latency import StreamTiming
 from validator.verify import MinerResponse
 
-
 BUSY_LAG_S = 1.0  # the loop woke this late: the validator's machine, not the miner, may have been slow
 
 

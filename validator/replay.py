@@ -28,6 +28,7 @@ import aiohttp
 
 from engine import Engine
 from models.subnet import ModelList
+from models.tokenizer import ModelTokenizer
 from protocol.records import AnswerRecord, RoundSummary
 from scoring.aggregate import BUFFERED_WINDOW, Outcome
 from scoring.evidence import Evidence, SequentialParams
@@ -37,7 +38,6 @@ from validator.challenges import REPLAY, Challenge, generate, grade, miner_seed,
 from validator.rounds import Result, Target, challenge_count, current_evidence, pool_evidence, score_round
 from validator.standings import apply_rewards
 from validator.store import Store
-from models.tokenizer import ModelTokenizer
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
 
 

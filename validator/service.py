@@ -21,17 +21,18 @@ import aiohttp
 
 import chain
 from engine import Engine
+from models.subnet import ModelListMismatch, check_graph
+from models.tokenizer import ModelTokenizer
+from protocol.records import RoundSummary
+from protocol.version import VERSION_KEY, __version__
 from scoring.aggregate import BUFFERED_WINDOW
+from scoring.evidence import SequentialParams
 from scoring.weights import to_weights
 from shell.role import StartupError, on_chain, require_registered, stop_on_signals, supervise
 from validator.challenges import round_secret, round_seed
 from validator.config import ValidatorConfig
-from validator.journal import RoundLog
 from validator.crashpoints import crashpoint
-from models.subnet import ModelListMismatch, check_graph
-from protocol.records import RoundSummary
-from protocol.version import VERSION_KEY, __version__
-from scoring.evidence import SequentialParams
+from validator.journal import RoundLog
 from validator.organic import (
     RECENT_REQUESTS,
     SAMPLES_PER_ROUND,
@@ -47,7 +48,6 @@ from validator.organic import (
 from validator.rounds import RoundReport, Target, probed_models, run_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 from validator.store import Store
-from models.tokenizer import ModelTokenizer
 from validator.verify import ReferenceEngine
 
 log = logging.getLogger(__name__)

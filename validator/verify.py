@@ -131,6 +131,11 @@ class ReferenceEngine:
         payload = await self._post("/tokenize", body)
         return list(payload["tokens"])
 
+    async def text_prompt_ids(self, prompt: str) -> list[int]:
+        """A text completion's prompt as the engine feeds it."""
+        payload = await self._post("/tokenize", {"model": self.model, "prompt": prompt})
+        return list(payload["tokens"])
+
     async def score(self, prompt_ids: list[int], completion_ids: list[int]) -> list[dict[int, tuple[float, int]]]:
         """For each completion position: token id → (logprob, rank) for the top-K and the actual token."""
         body = {"model": self.model, "prompt": prompt_ids + completion_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": TOP_K}
@@ -161,10 +166,13 @@ def _failed(reason: str) -> Verdict:
 
 
 async def gather(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse) -> Union[ResponseEvidence, Verdict]:
-    """Teacher-force ``response`` to ``request`` (a chat completion body) on the reference engine:
+    """Teacher-force ``response`` to ``request`` (a chat or text completion body) on the reference engine:
     the evidence to judge, or the failed verdict when the answer cannot even be scored.
     ReferenceFailed when the reference itself fails: then nothing is known about the miner."""
-    prompt_ids = await reference.prompt_ids(request["messages"], bool(request.get("continue_final_message")))
+    if isinstance(request.get("prompt"), str):  # a user's text completion, sampled by a gateway
+        prompt_ids = await reference.text_prompt_ids(request["prompt"])
+    else:
+        prompt_ids = await reference.prompt_ids(request["messages"], bool(request.get("continue_final_message")))
     if response.prompt_token_ids is not None and response.prompt_token_ids != prompt_ids:
         return _failed("the miner's prompt tokens differ from the reference tokenization of the conversation")
     if response.error is not None or response.finish_reason is None:
@@ -191,7 +199,7 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
         reported_completion_tokens=response.completion_tokens,
         temperature=float(_given(request, "temperature", 1.0)),
         top_p=float(_given(request, "top_p", 1.0)),
-        logprobs_requested=bool(request.get("logprobs")),
+        logprobs_requested=bool(request.get("logprobs")) and "messages" in request,  # a text completion's are not kept
         end_token_ids=reference.end_token_ids,
         end_checks=not request.get("ignore_eos"),
         own_stops=bool(request.get("stop") or request.get("stop_token_ids")),

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .runtime import account, Context, DispatchError, set_account
+from .runtime import Context, DispatchError, account, set_account
 from .store import RAO_PER_TAO
 
 
 def transfer(ctx: Context, sender: str, p: dict) -> None:
-    dest = p["dest"]
-    dest = dest.get("Id") if isinstance(dest, dict) else str(dest)
+    raw = p["dest"]
+    dest = str(raw.get("Id") if isinstance(raw, dict) else raw)
     value = int(p["value"])
     free, nonce = account(ctx.conn, sender)
     if value <= 0 or free < value:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import codec
-from .runtime import Context, DispatchError, MAX_COMMITMENT_FIELDS, subnet, uid_of
+from .runtime import MAX_COMMITMENT_FIELDS, Context, DispatchError, subnet, uid_of
 
 
 def set_commitment(ctx: Context, hotkey: str, p: dict) -> None:

@@ -18,7 +18,6 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 
-
 from bittensor.balance import Balance
 from bittensor.result import ChainError, ExtrinsicResult, RpcConnectionError
 from bittensor.sp_core import ss58_decode
@@ -197,7 +196,7 @@ class LocalnetSubstrate:
         number = self._number_of(block_hash) if block_hash else store.current_block(self._require()[1])
 
         def read(conn: sqlite3.Connection, head: int) -> list[dict]:
-            out = []
+            out: list[dict] = []
             for row in conn.execute("SELECT idx, events FROM extrinsics WHERE block = ? ORDER BY idx", (number,)):
                 out.extend({"extrinsic_idx": row["idx"], "event": e} for e in codec.from_json(row["events"]))
             return out
@@ -315,11 +314,14 @@ class LocalnetSubstrate:
         if (rejected := pool.admit(extrinsic, genesis)) is not None:
             return pool.rejection(rejected)
 
+        mev_key = self._mev_key
+        assert mev_key is not None  # made with the genesis, before any extrinsic is admitted
+
         def work() -> ExtrinsicResult | str:
             with self._lock, store.write(conn):
                 block = store.current_block(genesis)
                 epoch.catch_up(conn, block)
-                outcome = pool.apply(conn, genesis, self._mev_key, block, extrinsic)
+                outcome = pool.apply(conn, genesis, mev_key, block, extrinsic)
                 if isinstance(outcome, str):
                     return outcome
                 row = conn.execute("SELECT * FROM extrinsics WHERE hash = ?", (extrinsic.hash,)).fetchone()

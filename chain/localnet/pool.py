@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from hashlib import blake2b
-from typing import Optional
+from typing import Any, Optional
 
 import bittensor_core
 from bittensor.balance import Balance
@@ -81,7 +81,7 @@ def apply(conn: sqlite3.Connection, genesis: store.Genesis, mev_key: mlkem.MLKEM
 
 def _record(conn: sqlite3.Connection, block: int, extrinsic: codec.Extrinsic, module: str, function: str, error: Optional[dict], events: list) -> None:
     idx = conn.execute("SELECT COUNT(*) FROM extrinsics WHERE block = ?", (block,)).fetchone()[0]
-    outcome_event = {"module_id": "System", "event_id": "ExtrinsicSuccess" if error is None else "ExtrinsicFailed", "attributes": {}}
+    outcome_event: dict[str, Any] = {"module_id": "System", "event_id": "ExtrinsicSuccess" if error is None else "ExtrinsicFailed", "attributes": {}}
     conn.execute(
         "INSERT INTO extrinsics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (extrinsic.hash, block, idx, extrinsic.signer, module, function, int(error is None), codec.to_json(error), codec.to_json(events + [outcome_event])),

@@ -185,7 +185,11 @@ for _item, _score in {
     "Rank": "rank",
     "ValidatorTrust": "validator_trust",
 }.items():
-    STORAGE[("SubtensorModule", _item)] = _column(_item, lambda r, s=_score: _u16(codec.from_json(r["scores"]).get(s, 0.0)))
+
+    def _score_of(r: sqlite3.Row, s: str = _score) -> int:
+        return _u16(codec.from_json(r["scores"]).get(s, 0.0))
+
+    STORAGE[("SubtensorModule", _item)] = _column(_item, _score_of)
 
 
 @storage("Timestamp", "Now")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from . import codec
-from .runtime import account, Context, DispatchError, neurons, registered_uid, save_subnet, set_account, subnet, uid_of
+from .runtime import Context, DispatchError, account, neurons, registered_uid, save_subnet, set_account, subnet, uid_of
 from .store import RAO_PER_TAO
 
 

@@ -8,7 +8,7 @@ from hashlib import blake2b
 from bittensor.sp_core import ss58_decode
 
 from . import codec
-from .runtime import Context, DispatchError, hotkey_stake, MAX_UNREVEALED_COMMITS, registered_uid, subnet
+from .runtime import MAX_UNREVEALED_COMMITS, Context, DispatchError, hotkey_stake, registered_uid, subnet
 from .store import RAO_PER_TAO, U16_MAX
 
 

@@ -21,10 +21,10 @@ import urllib.request
 import pytest
 
 from models.tiny import build_tiny
+from scoring.aggregate import AggregationParams
 from scoring.weights import CAPACITY_EXPONENT, to_weights
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import engine_env, start_machines, start_miners
-from scoring.aggregate import AggregationParams
 from validator.standings import capacities, effective_scores
 from validator.store import Store
 

@@ -28,16 +28,16 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.store import Store as GatewayStore
 from models import subnet as model_list
 from models.tiny import build_tiny
+from models.tokenizer import ModelTokenizer
+from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, ledger_rows, start_adversary, start_gateway, start_miners
-from gateway.store import Store as GatewayStore
-from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts
 from validator.organic import SignedOutbox, verify_samples
 from validator.rounds import Target
 from validator.store import Store
-from models.tokenizer import ModelTokenizer
 from validator.verify import MinerResponse, ReferenceEngine, verify
 
 pytestmark = pytest.mark.slow
@@ -89,6 +89,17 @@ def subnet(tmp_path_factory, tiny_engine):
             server.stop()
 
 
+def verified(subnet, sample: OrganicSample) -> bool:
+    """Whether a sampled user answer passes the validator's verifier on the module's reference engine."""
+
+    async def judge() -> bool:
+        async with aiohttp.ClientSession() as session:
+            reference = ReferenceEngine(session, subnet["engine"].url, MODEL, ModelTokenizer(subnet["tmp"] / "s0"), ENDS)
+            return (await verify(reference, sample.request, MinerResponse.from_record(sample.answer))).passed
+
+    return asyncio.run(judge())
+
+
 def client(subnet, key=None) -> openai.OpenAI:
     return openai.OpenAI(base_url=subnet["url"] + "/v1", api_key=key or subnet["key"], max_retries=0, timeout=120)
 
@@ -112,6 +123,9 @@ def ledger(subnet, request_id: str) -> tuple:
 def test_models_lists_the_served_model_and_auto(subnet):
     ids = {m.id for m in client(subnet).models.list().data}
     assert ids == {MODEL, "auto", "auto:fast", "auto:best"}
+    assert all(client(subnet).models.retrieve(model).id == model for model in ids)  # every listed id answers on its own
+    status, _, body = post(subnet, "/v1/nothing", None, method="GET")
+    assert (status, body["error"]["code"]) == (404, "unknown_path")  # an unknown path is a 404, not a 405
     # before any validator's verdict: no graded answer, and every flavour takes the one model there is
     quality = json.loads(urllib.request.urlopen(subnet["url"] + "/api/quality", timeout=30).read())
     assert [(m["id"], m["graded_answers"]) for m in quality["models"]] == [(MODEL, 0)]
@@ -150,6 +164,14 @@ def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by
 
     text_completion = c.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8, temperature=0)
     assert text_completion.choices[0].text and text_completion.usage.completion_tokens > 0
+    # Logprobs on a whole text completion, as OpenAI's: a token each, the alternatives asked for, spelled from the ids.
+    lp = (
+        c.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=2, extra_body={"ignore_eos": True})
+        .choices[0]
+        .logprobs
+    )
+    assert lp is not None and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    assert all(len(top) >= 1 and not any(t.startswith("token_id:") for t in [*top, token]) for top, token in zip(lp.top_logprobs, lp.tokens))
 
 
 def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
@@ -169,6 +191,8 @@ def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
         subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": tools}).encode()
     )
     assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "tools" in body["error"]["message"]
+    status, _, body = post(subnet, "/v1/completions", json.dumps({"model": MODEL, "prompt": "hi", "echo": True}).encode())
+    assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "echo" in body["error"]["message"]
     # What clients send by default and asks for nothing the models do not do: answered.
     defaults = {"response_format": {"type": "text"}, "tool_choice": "none", "parallel_tool_calls": False, "max_tokens": 2}
     status, _, body = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **defaults}).encode())
@@ -349,6 +373,7 @@ def test_user_answers_and_verdicts_cross_between_gateway_and_validator_over_sign
     verifies them with its own reference; its verdict takes a flagged miner out of routing at once."""
     c = client(subnet)
     c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=16)
+    c.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12)  # a text completion is sampled and verified too
     wallets, uids = subnet["wallets"], subnet["uids"]
     validator = wallets["gateway"].hotkey  # the gateway trusts its own hotkey by default (a local subnet's validator shares it)
     store = Store(subnet["tmp"] / "validator.sqlite")
@@ -371,8 +396,10 @@ def test_user_answers_and_verdicts_cross_between_gateway_and_validator_over_sign
     assert sum(m.served for m in service.miners) >= 1 and {m.hotkey for m in service.miners} <= set(targets)  # what each miner did for users
     assert status == 401 and code == "auth_missing" and stranger == ([], 0)
     rows = store.take_organic(round_index=0)
-    assert first >= 1 and again == 0  # --verify-share 1: every whole chat answer sampled, each verified once (the cursor is the validator's)
+    assert first >= 2 and again == 0  # --verify-share 1: every answer sampled, each verified once (the cursor is the validator's)
     assert len(rows) == first and all(v.passed and v.stats.tokens >= 0 for v in rows)  # honest miners pass on real traffic, with their evidence
+    text = [s for s in GatewayStore(subnet["db"]).samples_after(0, 10_000)[0] if s.request.get("prompt") == "Once upon a time"]
+    assert text and verified(subnet, text[-1])
     served = {
         c.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2).headers["x-slmnet-miner-uid"]
         for _ in range(12)
@@ -538,13 +565,7 @@ def test_a_miner_killed_mid_stream_is_replaced_without_a_visible_break(subnet, f
     continued = [s for s in GatewayStore(subnet["db"]).samples_after(0, 10_000)[0] if s.request.get("continue_final_message")]
     assert continued and text.endswith(continued[-1].answer.text)
     assert continued[-1].request["messages"][-1] == {"role": "assistant", "content": text[: len(text) - len(continued[-1].answer.text)]}
-
-    async def judge(sample) -> bool:
-        async with aiohttp.ClientSession() as session:
-            reference = ReferenceEngine(session, subnet["engine"].url, MODEL, ModelTokenizer(subnet["tmp"] / "s0"), ENDS)
-            return (await verify(reference, sample.request, MinerResponse.from_record(sample.answer))).passed
-
-    assert asyncio.run(judge(continued[-1]))
+    assert verified(subnet, continued[-1])
 
 
 def test_a_user_who_hangs_up_mid_stream_is_charged_for_what_was_sent_and_the_row_says_cancelled(subnet):

@@ -177,7 +177,7 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
             )
     answers = [_post(url, key, path, json.dumps(body).encode()) for path, body in asks]
     assert [status for status, _, _ in answers] == [200] * len(asks), [(s, b[:200]) for s, _, b in answers if s != 200]
-    for (path, body), (_, headers, raw) in zip(asks, answers):
+    for (_path, body), (_, _headers, raw) in zip(asks, answers):
         text = raw.decode()
         assert "<script" not in text and HOSTILE_TEXT not in text and "BUY" not in text
         if body.get("stream"):

@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 
 import chain
+from models import subnet as model_list
 from models.tiny import build_tiny
+from models.tokenizer import ModelTokenizer
 from tests.harness.localnet import FAST, make_localnet
 from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm, warm_engine
-from models import subnet as model_list
 from validator.rounds import Target, run_round
-from models.tokenizer import ModelTokenizer
 from validator.verify import ReferenceEngine
 
 pytestmark = pytest.mark.slow

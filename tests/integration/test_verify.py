@@ -8,11 +8,11 @@ import aiohttp
 import pytest
 
 from btauth.client import sse_events
-from models.tiny import build_tiny
 from models import subnet as model_list
-from validator.challenges import UserPrompts, generate
-from scoring.evidence import TOLERANCES, log_likelihood_ratio
+from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
+from scoring.evidence import TOLERANCES, log_likelihood_ratio
+from validator.challenges import UserPrompts, generate
 from validator.verify import MinerResponse, ReferenceEngine, collect, verify
 
 pytestmark = pytest.mark.slow

@@ -32,7 +32,7 @@ def test_honest_fp32_and_bf16_miners_are_paid_and_int8_and_int4_get_weight_zero(
     engines = {}
     servers = []
     try:
-        for name, (dtype, rounding) in MINERS.items():  # one at a time: four engines compiling at once starve two cores
+        for name, (_dtype, rounding) in MINERS.items():  # one at a time: four engines compiling at once starve two cores
             weights = perturbed_copy(folder, tmp_path / name, rounding) if rounding else folder
             engines[name] = start_vllm(weights, MODEL, tmp_path, max_model_len=2048, dtype="bfloat16" if name == "bf16" else "float32")
             servers.append(engines[name])

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.errors import QuotaExceeded, KeyRateLimited
+from gateway.errors import KeyRateLimited, QuotaExceeded
 from gateway.limits import KeyLimits
 from gateway.router import BREAKER_FAILURES, MinerView, Router
 from gateway.store import Store

@@ -119,8 +119,8 @@ def test_fields_a_miner_adds_are_dropped():
 
 
 def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
-    from models.tokenizer import ModelTokenizer, TextBinding
     from models.tiny import build_tiny
+    from models.tokenizer import ModelTokenizer, TextBinding
 
     build_tiny(tmp_path / "s0", seed=0)
     tokenizer = ModelTokenizer(tmp_path / "s0")

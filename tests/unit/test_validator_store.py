@@ -16,9 +16,9 @@ from gateway.server import create_app
 from gateway.state import GatewayState
 from gateway.store import Store as GatewayStore
 from protocol.records import AnswerRecord, RoundSummary, ServiceCounts
-from validator.organic import SignedOutbox
 from scoring.aggregate import Standing
 from scoring.evidence import Evidence
+from validator.organic import SignedOutbox
 from validator.store import RESULT_COLUMNS, Store
 
 
