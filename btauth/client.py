@@ -8,7 +8,7 @@ its keyfile on every signature. Each call signs a fresh nonce, so retries are sa
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Optional
 
 import aiohttp
 import bittensor as bt
@@ -47,7 +47,7 @@ async def miner_chunks(response: aiohttp.ClientResponse, fold: StreamFold, limit
             yield chunk
 
 
-async def miner_chunk_batches(response: aiohttp.ClientResponse, fold: StreamFold, limits: SseLimits = SseLimits()) -> AsyncIterator[list[Chunk]]:
+async def miner_chunk_batches(response: aiohttp.ClientResponse, fold: StreamFold, limits: SseLimits = SseLimits()) -> AsyncGenerator[list[Chunk], None]:
     """``miner_chunks`` a network read at a time: the chunks that arrived together, together, so
     a relay can pass them on in one write (one system call for a burst, not one per chunk).
     ``StreamViolation`` comes as soon as a bad event is read, before its batch is yielded: the

@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 from gateway.state import ENTROPY
 from models.tokenizer import ModelTokenizer
 from protocol.requests import miner_request
-from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
+from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice, TextLogprobs
 from protocol.sse import StreamViolation
 
 
@@ -96,13 +96,10 @@ def chat_logprobs(choice: ChatChunkChoice, tokenizer: ModelTokenizer) -> list[di
     return out
 
 
-def text_logprobs(choice: TextChunkChoice, tokenizer: ModelTokenizer, offset: int = 0) -> Optional[dict[str, Any]]:
-    """A text completion's logprobs with every token, and every top alternative's key, spelled from its id
-    (each token the chunk's id: StreamViolation otherwise); ``offset``: characters of the answer before this
+def text_logprobs(choice: TextChunkChoice, lp: TextLogprobs, tokenizer: ModelTokenizer, offset: int = 0) -> dict[str, Any]:
+    """A text completion choice's logprobs ``lp`` with every token, and every top alternative's key, spelled from
+    its id (each token the chunk's id: StreamViolation otherwise); ``offset``: characters of the answer before this
     miner's part (a continuation's offsets count from the user's answer's start)."""
-    if choice.logprobs is None:
-        return None
-    lp = choice.logprobs
     named = [tokenizer.token_text(t) for t in lp.tokens]
     if choice.token_ids is not None and [token_id for token_id, _ in named] != choice.token_ids:
         raise StreamViolation("a text completion's logprob tokens are not the chunk's token ids")
@@ -125,7 +122,8 @@ def user_choice(head: Head, choice: Union[ChatChunkChoice, TextChunkChoice], con
         logprobs = {"content": chat_logprobs(choice, tokenizer)} if body.get("logprobs") and choice.logprobs is not None else None
         out: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     else:
-        logprobs = text_logprobs(choice, tokenizer, head.gen.parts[-1][2] if head.gen.parts else 0) if body.get("logprobs") is not None else None
+        lp, offset = choice.logprobs, head.gen.parts[-1][2] if head.gen.parts else 0
+        logprobs = text_logprobs(choice, lp, tokenizer, offset) if body.get("logprobs") is not None and lp is not None else None
         out = {"index": 0, "text": choice.text, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     if body.get("return_token_ids"):
         out["token_ids"] = choice.token_ids

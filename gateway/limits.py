@@ -166,13 +166,15 @@ class KeyLimits:
 
     def _reserve_quota_memory(self, key: ApiKey, tokens: int, reservation: Reservation, now: float) -> None:
         start, end = key.period_start(now), key.period_end(now)
+        quota = key.quota_tokens
+        assert quota is not None  # called for a key with a quota only
         used = self.used.setdefault((key.id, start), self.store.tokens_used(key.id, since=start))
         reserved = self.reserved.get(key.id, 0)
-        if used + reserved + tokens > key.quota_tokens:
+        if used + reserved + tokens > quota:
             raise QuotaExceeded(_exhausted(key, used + reserved, tokens, end))
         self.reserved[key.id] = reserved + tokens
         reservation.tokens, reservation.period = tokens, start
-        reservation.headers["x-slmnet-quota-remaining-tokens"] = str(max(0, key.quota_tokens - used - reserved - tokens))
+        reservation.headers["x-slmnet-quota-remaining-tokens"] = str(max(0, quota - used - reserved - tokens))
 
     # in Redis: one script, one round trip
 
@@ -200,6 +202,7 @@ class KeyLimits:
         into = (now % WINDOW_S) / WINDOW_S
         if answer[0] == "refused":
             kind, limit = (("requests", key.rpm), ("tokens", key.tpm))[int(answer[1]) - 1]
+            assert limit is not None  # the script refuses on a limit the key has
             left, wait = window_figures(float(answer[2]), float(answer[3]), into, limit, 1 if kind == "requests" else tokens)
             self._refuse(key, kind, limit, left, wait)
         if answer[0] == "quota":
@@ -223,7 +226,7 @@ class KeyLimits:
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """The request ended having used ``used_tokens`` (a failure to reach Redis here is logged by the caller)."""
-        if reservation.counter is not None:
+        if reservation.counter is not None and self.redis is not None:  # a counter only comes from Redis
             await self.redis.incrby(reservation.counter, used_tokens - reservation.tokens)
             return
         if reservation.tokens:
@@ -250,7 +253,7 @@ class KeyLimits:
             answer, _, _ = await _guarded(self._run_script(key, 0, commit=False))
             counts = {kind: (answer[2 + 2 * i], answer[3 + 2 * i]) for i, kind in enumerate(KINDS)}
         else:
-            counts = {kind: self._counts(key, kind, limit, minute) for kind, limit in zip(KINDS, (key.rpm, key.tpm))}
+            counts = {kind: self._counts(key, kind, limit, minute) for kind, limit in zip(KINDS, (key.rpm, key.tpm)) if limit is not None}
         left: dict[str, Optional[int]] = {}
         for kind, limit in zip(KINDS, (key.rpm, key.tpm)):
             left[kind] = None if limit is None else max(0, int(window_figures(float(counts[kind][0]), float(counts[kind][1]), into, limit, 0)[0]))

@@ -65,18 +65,23 @@ class Relay:
             headers[MINER_HEADER] = ",".join(str(part[0]) for part in self.gen.parts)  # the miners that answered, in turn
         return headers
 
-    async def _start_stream(self) -> None:
+    async def _start_stream(self) -> web.StreamResponse:
         self.response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self._headers()})
         try:
             await self.response.prepare(self.request)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
+        return self.response
+
+    async def _stream(self) -> web.StreamResponse:
+        """The user's stream, started if it is not yet."""
+        return self.response if self.response is not None else await self._start_stream()
 
     async def _write(self, events: list[dict[str, Any]], raw: bytes = b"") -> None:
         """``events`` as SSE, then ``raw``, in one write."""
         frames = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" for event in events]
         try:
-            await self.response.write(b"".join(frames) + raw)
+            await (await self._stream()).write(b"".join(frames) + raw)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
 
@@ -91,7 +96,7 @@ class Relay:
             if self.gen.body.get("logprobs") and isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:  # kept only for a user who asked
                 self.gen.logprobs += chat_logprobs(choice, tokenizer)  # StreamViolation: a token not named by its id
             elif self.gen.body.get("logprobs") is not None and isinstance(choice, TextChunkChoice) and choice.logprobs is not None:
-                self.gen.logprobs.append(text_logprobs(choice, tokenizer, self.gen.parts[-1][2]))
+                self.gen.logprobs.append(text_logprobs(choice, choice.logprobs, tokenizer, self.gen.parts[-1][2]))
             if choice.finish_reason:
                 self.gen.finish_reason = choice.finish_reason
 
@@ -156,9 +161,7 @@ class Relay:
             except asyncio.TimeoutError:
                 pass
             try:
-                if self.response is None:
-                    await self._start_stream()
-                await self.response.write(b": keep-alive\n\n")
+                await (await self._stream()).write(b": keep-alive\n\n")
             except (ClientGone, ConnectionResetError, aiohttp.ClientConnectionResetError):
                 return  # the relay finds out at its next write
 
@@ -265,12 +268,11 @@ class Relay:
         self.first_token.set()
         usage = self.gen.usage = usage_of(self.state, self.gen)
         if self.user_stream:
-            if self.response is None:  # finished without a single token
-                await self._start_stream()
+            stream = await self._stream()  # started here when it finished without a single token
             final = [usage_chunk(self.head, usage)] if (self.gen.body.get("stream_options") or {}).get("include_usage") else []
             await self._write(final, b"data: [DONE]\n\n")
-            await self.response.write_eof()
-            return self.response
+            await stream.write_eof()
+            return stream
         payload = whole_completion(self.head, usage)
         return web.json_response(payload, headers=self._headers())
 

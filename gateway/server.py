@@ -29,7 +29,7 @@ from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, 
 from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
-from gateway.state import CLIENT_ID, ENTROPY, MODEL_HEADER, ROUTE_HEADER, STATE, GatewayState, request_headers
+from gateway.state import CLIENT_ID, ENTROPY, MODEL_HEADER, ROUTE_HEADER, STATE, Clients, GatewayState, request_headers
 from protocol import openapi
 from protocol.errors import error_body, http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
@@ -180,7 +180,7 @@ async def _parse(request: web.Request, state: GatewayState) -> tuple[bool, dict[
     # Only the fields slmnet knows and has checked go on; the rest (and the user's own tag) stay here.
     # A null is OpenAI's "the default": left out, since engines refuse some (vLLM: ignore_eos).
     body = {k: v for k, v in parsed.model_dump(exclude_unset=True, exclude_none=True, mode="json").items() if k in wire.model_fields and k != "user"}
-    if chat:
+    if isinstance(parsed, ChatCompletionRequest):
         try:
             body["messages"] = [m.plain(i) for i, m in enumerate(parsed.messages)]
         except ContentNotSupported as exc:
@@ -443,13 +443,9 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 async def _clients_ctx(app: web.Application) -> AsyncIterator[None]:
     """The process's one client session to miners and its per-key limits, for the app's lifetime."""
     state = app[STATE]
-    if state.session is None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
-        state.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
-    if state.limits is None:
-        state.limits = KeyLimits(state.store, state.settings.redis_url)
-    if state.ledger is None:
-        state.ledger = Ledger(state.store.path)
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+    state.clients = Clients(session=session, limits=KeyLimits(state.store, state.settings.redis_url), ledger=Ledger(state.store.path))
     # What the process built to start (the SDK, tokenizers, pydantic models: ~4·10⁵ objects) lives as
     # long as it does: kept out of the collector's scans, a full collection under load costs what the
     # requests made since, not the 130 ms a scan of everything took here (every request waits on it).

@@ -66,6 +66,7 @@ def views_from(graph: chain.MetagraphView, models: ModelList, own_hotkey: str) -
     return [
         MinerView(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, incentive=n.incentive / total, max_context=n.model.max_context, healthy=False)
         for n in models.serving(graph.neurons, own_hotkey)
+        if n.model is not None and n.endpoint is not None  # as serving() ensures: said again for the type checker
     ]
 
 
@@ -138,7 +139,7 @@ class Gateway:
                 await asyncio.gather(*(probe(m) for m in miners))
                 # What users could reach, for the validators: a miner that fails its check is not routed to, and
                 # that time counts against it like refusing (validator.rounds.service_factor).
-                if self.state.ledger is not None and miners:
+                if self.state.clients is not None and miners:
                     self.state.ledger.count_health({m.hotkey: m.healthy for m in miners})
                 self.state.router.snapshot()
                 # posted to any worker: in force in every one within a tick (read off the loop: users' streams go on)

@@ -78,6 +78,15 @@ class GatewayMetrics:
         self.tokens = Counter("slmnet_gateway_tokens", "Tokens counted with the model's tokenizer", ["kind"], registry=self.registry)
 
 
+@dataclass(frozen=True)
+class Clients:
+    """What a running gateway talks through: made when its app starts (inside the event loop), closed when it stops."""
+
+    session: aiohttp.ClientSession  # the one client session to miners
+    limits: KeyLimits  # per-key windows and quotas (in memory, or Redis)
+    ledger: Ledger  # the store's writes, off the event loop
+
+
 @dataclass
 class GatewayState:
     store: Store
@@ -86,14 +95,29 @@ class GatewayState:
     keypair: Any
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    session: Optional[aiohttp.ClientSession] = None
-    limits: Optional[KeyLimits] = None
-    ledger: Optional[Ledger] = None  # the store's writes, off the event loop (made with the app's clients)
+    clients: Optional[Clients] = None  # made when the app starts (``gateway.server``), closed when it stops
     contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
     rng: random.Random = field(default_factory=random.Random)
     signatures: Optional[SignatureCheck] = None  # btauth/1 checks of the validator's hand-over calls (made on first use)
     pages: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # a public page's path → (when it was built, its body)
     permitted: frozenset[str] = frozenset()  # hotkeys with a validator permit on the last metagraph read: trusted by default
+
+    def _running(self) -> Clients:
+        if self.clients is None:
+            raise RuntimeError("the gateway's clients are made when its app starts")
+        return self.clients
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._running().session
+
+    @property
+    def limits(self) -> KeyLimits:
+        return self._running().limits
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._running().ledger
 
 
 STATE = web.AppKey("state", GatewayState)

@@ -187,7 +187,7 @@ class Store:
             "INSERT INTO api_keys (name, prefix, hash, created, rpm, tpm, quota_tokens, quota_period, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (name, key[:12], hash_key(key), time.time(), rpm, tpm, quota_tokens, more.get("quota_period"), more.get("expires")),
         )
-        return key, self.key_by_id(cursor.lastrowid)
+        return key, self._existing(cursor.lastrowid)
 
     def update_key(self, key_id: int, **fields) -> ApiKey:
         """Change a key's limits or expiry (rpm, tpm, quota_tokens, quota_period, expires; None lifts one)."""
@@ -197,7 +197,14 @@ class Store:
         if fields:
             assignments = ", ".join(f"{name} = ?" for name in fields)
             self.db.execute(f"UPDATE api_keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))
-        return self.key_by_id(key_id)
+        return self._existing(key_id)
+
+    def _existing(self, key_id: Optional[int]) -> ApiKey:
+        """The record of a key just written: LookupError if it is not there (deleted meanwhile by another process)."""
+        key = self.key_by_id(key_id) if key_id is not None else None
+        if key is None:
+            raise LookupError(f"no API key with id {key_id}")
+        return key
 
     def _key(self, where: str, value: object) -> Optional[ApiKey]:
         row = self.db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE {where} = ?", (value,)).fetchone()

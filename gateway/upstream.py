@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Callable, Literal, Optional
+from typing import Any, AsyncGenerator, Callable, Literal, Optional
 
 import aiohttp
 
@@ -49,7 +49,7 @@ class MinerFailed(Exception):
 
 async def miner_events(
     state: GatewayState, miner: MinerView, body: dict[str, Any], fold: StreamFold, got_tokens: Callable[[], bool]
-) -> AsyncIterator[list[Chunk]]:
+) -> AsyncGenerator[list[Chunk], None]:
     """One miner's chunks, validated and folded into ``fold``, in batches of those that arrived
     together (``miner_chunk_batches``); MinerFailed for anything the miner
     did wrong: an error status (any: the gateway sent a request it validated), a stream that

@@ -8,7 +8,7 @@ import json
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional
 
 
 class CliError(Exception):
@@ -60,7 +60,7 @@ def http_status(url: str, timeout: float = 2.0) -> Optional[int]:
         return None
 
 
-def run_service(service: Awaitable[None], *expected: type[BaseException]) -> None:
+def run_service(service: Coroutine[Any, Any, None], *expected: type[BaseException]) -> None:
     """Run a long-lived service on uvloop (less CPU per relayed chunk, which matters where the
     engine's own API server shares the cores); ``expected`` errors become one-line CLI errors."""
     import uvloop
@@ -113,4 +113,4 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default where it has one here; a flag left None takes its config class's default, which its help names."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default is None else super()._get_help_string(action)
+        return (action.help if action.default is None else super()._get_help_string(action)) or ""

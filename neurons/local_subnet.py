@@ -61,6 +61,13 @@ class Proc:
     note: str = ""
     started: float = field(default_factory=time.monotonic)
 
+    @property
+    def running(self) -> Child:
+        """Its process (RuntimeError before ``Subnet.start`` started it)."""
+        if self.child is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self.child
+
 
 class Subnet:
     def __init__(self, root: Path, port: int, lineup: tuple[str, ...] = ("smollm2", "gemma")):
@@ -207,7 +214,7 @@ class Subnet:
 
     def poll(self) -> None:
         for proc in self.procs:
-            code = proc.child.returncode
+            code = proc.running.returncode
             if code is not None:
                 proc.state, proc.note = "exited", f"exit {code}: see {proc.log}"
                 continue
@@ -251,7 +258,7 @@ class Subnet:
         total = 0
         for p in self.procs:
             try:
-                parent = psutil.Process(p.child.pid)
+                parent = psutil.Process(p.running.pid)
                 total += sum(proc.memory_full_info().pss for proc in [parent, *parent.children(recursive=True)])
             except psutil.NoSuchProcess:
                 pass
@@ -266,10 +273,10 @@ class Subnet:
         family = []
         for p in self.procs:
             try:
-                family += [psutil.Process(p.child.pid), *psutil.Process(p.child.pid).children(recursive=True)]
+                family += [psutil.Process(p.running.pid), *psutil.Process(p.running.pid).children(recursive=True)]
             except psutil.NoSuchProcess:
                 pass
-        stop_all([p.child for p in self.procs], grace=60)
+        stop_all([p.child for p in self.procs if p.child is not None], grace=60)
         _, alive = psutil.wait_procs(family, timeout=15)
         for straggler in alive:
             with contextlib.suppress(psutil.NoSuchProcess):

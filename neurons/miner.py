@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from btauth import CALLER_MIN_STAKE_TAO
 from neurons.common import CliError, HelpFormatter, add_chain_flags, chain_config, given, run_service
 from shell.net import free_port
+
+if TYPE_CHECKING:  # imported inside build_config at run time: heavy
+    from miner.config import MinerConfig
 
 
 def add_parser(groups: argparse._SubParsersAction) -> None:
@@ -65,7 +68,7 @@ def resolve_model(model: str, revision: Optional[str], cache_dir: Path) -> tuple
     return model, model, revision, None, None
 
 
-def build_config(args: argparse.Namespace) -> "MinerConfig":  # noqa: F821 (imported inside: heavy)
+def build_config(args: argparse.Namespace) -> MinerConfig:
     from engine import EngineSpec
     from miner.config import MinerConfig
     from models.prepare import default_cache_dir

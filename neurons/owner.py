@@ -104,9 +104,9 @@ def hub_pin(repo_id: str, revision: str) -> tuple[str, str]:
     if not files:
         raise CliError(f"{repo_id}@{revision} has no safetensors weights at its top level")
     if len(files) == 1 and files[0].lfs is not None:
-        return info.sha, files[0].lfs.sha256
+        return info.sha or revision, files[0].lfs.sha256
     try:
         folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=["*.safetensors"])
     except Exception as exc:  # as above
         raise CliError(f"downloading {repo_id}@{info.sha} to hash its weights failed ({type(exc).__name__}: {exc})") from exc
-    return info.sha, weights_sha256(Path(folder))
+    return info.sha or revision, weights_sha256(Path(folder))

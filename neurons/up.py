@@ -73,7 +73,7 @@ class Run:
         """Raise when a process died, a signal came or --smoke's time ran out."""
         self.subnet.poll()
         if (dead := self.subnet.failed()) is not None:
-            raise CliError(f"{dead.name} exited:\n{_log_tail(dead.log)}")
+            raise CliError(f"{dead.name} exited:\n{_log_tail(dead.log) if dead.log else '(no log)'}")
         if self.signal is not None:
             raise Stopped
         if self.smoke and time.monotonic() > self.deadline:
@@ -141,6 +141,7 @@ def cmd_up(args: argparse.Namespace) -> None:
                 time.sleep(1)
                 run.check()
         paid = run.until_ranked()
+        assert first is not None  # asked in a smoke run, before the ranking
         model, answer = first
         result = {"question": QUESTION, "model": model, "answer": answer, "incentive": paid, "seconds_to_first_answer": round(first_at, 1)}
         if "gemma" in subnet.lineup:

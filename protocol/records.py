@@ -57,11 +57,11 @@ class ServiceCounts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    served: int = Field(0, ge=0, description="answers (or parts of answers) it produced for users")
-    refused: int = Field(0, ge=0, description="requests it answered 429 while the gateway had it under its declared capacity")
-    failed: int = Field(0, ge=0, description="requests it failed: an error status, a broken stream, a stall, a disconnect")
-    checked: int = Field(0, ge=0, description="health checks a gateway sent it while it declared a model the gateway serves")
-    unreachable: int = Field(0, ge=0, description="of those, the ones it failed: no answer, a refused connection, a status other than 200")
+    served: int = Field(default=0, ge=0, description="answers (or parts of answers) it produced for users")
+    refused: int = Field(default=0, ge=0, description="requests it answered 429 while the gateway had it under its declared capacity")
+    failed: int = Field(default=0, ge=0, description="requests it failed: an error status, a broken stream, a stall, a disconnect")
+    checked: int = Field(default=0, ge=0, description="health checks a gateway sent it while it declared a model the gateway serves")
+    unreachable: int = Field(default=0, ge=0, description="of those, the ones it failed: no answer, a refused connection, a status other than 200")
 
     @model_validator(mode="before")
     @classmethod
@@ -169,7 +169,7 @@ class ServiceReport(ServiceCounts):
     """What one miner did for a gateway's users, counted since the gateway's ledger began."""
 
     hotkey: str
-    tokens: int = Field(0, ge=0, description="completion tokens in the answers it served")
+    tokens: int = Field(default=0, ge=0, description="completion tokens in the answers it served")
 
     def counts(self) -> ServiceCounts:
         return ServiceCounts(**{name: getattr(self, name) for name in ServiceCounts.model_fields})

@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Any, Literal, Mapping, Optional, Protocol, Sequence
 
 import aiohttp
 from pydantic import ValidationError
@@ -242,7 +242,9 @@ def verdicts_of(
     verdicts = []
     for target in targets:
         evidence = report.evidence.get(target.hotkey)
-        standing = "flagged" if target.uid in report.flagged else "failing" if target.uid in report.fidelity_failed else "ok"
+        standing: Literal["ok", "failing", "flagged"] = (
+            "flagged" if target.uid in report.flagged else "failing" if target.uid in report.fidelity_failed else "ok"
+        )
         verdicts.append(
             MinerVerdict(
                 uid=target.uid,

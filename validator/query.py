@@ -83,7 +83,8 @@ async def ask(client: MinerClient, body: dict[str, Any], timeouts: Timeouts, lag
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
     fold = StreamFold(chat=True, max_tokens=int(body["max_tokens"]), logprobs=bool(body.get("logprobs")))
     sent = time.monotonic()
-    arrivals, counts = [], []
+    arrivals: list[float] = []
+    counts: list[int] = []
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeouts.ttft) as deadline:

@@ -2,7 +2,7 @@
 
 A round's record holds its seed, the miners it queried (hotkey, model, dtype, declaration),
 and for each challenge the request sent and what the miner sent: token ids, reported logprobs, text, finish and
-the arrival of every chunk (``validator.rounds._answer_record``). The replay rebuilds each
+the arrival of every chunk (``validator.rounds._judge``). The replay rebuilds each
 miner's challenges from the seed and its hotkey (checking that every generated request is the
 seed's and every replayed user prompt stands where the seed put a replay), verifies every answer again on the given reference engine,
 recomputes speed and correctness from the recorded chunks, pools the evidence of all
@@ -115,12 +115,13 @@ async def _recheck(target: Target, challenge: Challenge, request: dict[str, Any]
         replay.differences.append(
             f"{where}: recorded {'passed' if row['passed'] else 'failed'}, replayed {'passed' if verdict.passed else 'failed'} ({'; '.join(verdict.reasons)})"
         )
-    if row["stats"] and asdict(verdict.stats) != json.loads(row["stats"]):
-        replay.differences.append(f"{where}: recorded evidence {json.loads(row['stats'])}, replayed {asdict(verdict.stats)}")
-    chunks = answer.chunks
+    replayed = asdict(verdict.stats) if verdict.stats is not None else None
+    if row["stats"] and replayed != json.loads(row["stats"]):
+        replay.differences.append(f"{where}: recorded evidence {json.loads(row['stats'])}, replayed {replayed}")
+    chunks = answer.chunks or []
     speed = measure(StreamTiming(0.0, tuple(t for t, _ in chunks), tuple(n for _, n in chunks))) if chunks and row["family"] != REPLAY else None
     correct = grade(challenge.answer, answer.text) if row["family"] != REPLAY and challenge.answer is not None and verdict.passed else None
-    outcome = Outcome("ok", verdict.passed, correct, speed, tuple(map(tuple, chunks)), row["sent_at"], row["done_at"])
+    outcome = Outcome("ok", verdict.passed, correct, speed, tuple((at, n) for at, n in chunks), row["sent_at"], row["done_at"])
     return Result(target.uid, target.hotkey, row["family"], outcome, verdict.reasons, stats=verdict.stats)
 
 
@@ -161,8 +162,8 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
         if len(mine) != len(challenges):
             replay.differences.append(f"uid {target.uid}: {len(mine)} answers recorded, the round sent {len(challenges)}")
             continue
-        sent = [_sent(target, c, r, row, replay) for c, r, row in zip(challenges, replayable, mine)]
-        if any(request is None for request in sent):
+        sent = [request for c, r, row in zip(challenges, replayable, mine) if (request := _sent(target, c, r, row, replay)) is not None]
+        if len(sent) != len(challenges):
             continue
         if target.model not in references:
             raise ReferenceFailed(f"no reference engine for {target.model} (uid {target.uid}): give --reference {target.model}=URL")

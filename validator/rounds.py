@@ -144,30 +144,28 @@ async def _judge(
     if result.kind == "violation":
         log.warning("uid %s (%s) broke the protocol on %s: %s", target.uid, target.hotkey, challenge.family, result.detail)
         return Result(target.uid, target.hotkey, challenge.family, Outcome("error", fidelity_passed=False), (f"unverifiable: {result.detail}",))
-    if result.kind != "ok":
+    if result.kind != "ok" or result.response is None or result.timing is None:
         return Result(target.uid, target.hotkey, challenge.family, Outcome(result.kind), detail=result.detail)
+    response, timing = result.response, result.timing  # an answer ("ok") has both
     async with verifying:
         try:
-            verdict = await verify(reference, body, result.response, tolerance=target.tolerance)
+            verdict = await verify(reference, body, response, tolerance=target.tolerance)
         except ReferenceFailed as exc:
             # Our engine failed, not the miner: nothing is known about this answer, for or against.
             log.warning("could not verify uid %s: %s", target.uid, exc)
             return Result(target.uid, target.hotkey, challenge.family, Outcome("unverified"), detail=str(exc))
     # Speed only where no cache could have bought it: a replayed user prompt may sit in the miner's
     # prefix cache (it served that user), a freshly generated one cannot.
-    speed = measure(result.timing) if result.timing.arrivals and challenge.family != REPLAY else None
+    speed = measure(timing) if timing.arrivals and challenge.family != REPLAY else None
     # The grader reads the text the verifier bound to the ids (equal to the detokenization once verified).
-    correct = grade(challenge.answer, result.response.text) if challenge.answer is not None and verdict.passed else None
-    outcome = Outcome("ok", verdict.passed, correct, speed, chunks=result.timing.relative())
+    correct = grade(challenge.answer, response.text) if challenge.answer is not None and verdict.passed else None
+    outcome = Outcome("ok", verdict.passed, correct, speed, chunks=timing.relative())
     if not verdict.passed:
         log.warning("uid %s (%s) failed verification on %s: %s", target.uid, target.hotkey, challenge.family, "; ".join(verdict.reasons))
-    return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons, stats=verdict.stats, answer=_answer_record(result))
-
-
-def _answer_record(result: QueryResult) -> AnswerRecord:
-    """What a replay needs of the answer: the ids and logprobs the verdict was reached on, and the
-    timing, unrounded (seconds after sending, tokens) per chunk, so a replay's speeds equal the round's."""
-    return result.response.record(chunks=list(result.timing.relative()))
+    # What a replay needs of the answer: the ids and logprobs the verdict was reached on, and the timing, unrounded
+    # (seconds after sending, tokens) per chunk, so a replay's speeds equal the round's.
+    record = response.record(chunks=list(timing.relative()))
+    return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons, stats=verdict.stats, answer=record)
 
 
 async def _challenge_miner(
@@ -336,8 +334,8 @@ def score_round(
         if answers is None:
             continue
         stats[target.uid] = summarize([r.outcome for r in answers], (history or {}).get(target.hotkey, ()))
-        if target.uid in report.probed and stats[target.uid].delivered is not None:
-            report.delivered[target.uid] = stats[target.uid].delivered
+        if target.uid in report.probed and (measured := stats[target.uid].delivered) is not None:
+            report.delivered[target.uid] = measured
         if stats[target.uid].fidelity_failed or failed:
             report.fidelity_failed.add(target.uid)
         if stats[target.uid].buffered:

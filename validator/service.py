@@ -15,6 +15,7 @@ import logging
 import sqlite3
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Optional
 
 import aiohttp
@@ -82,6 +83,7 @@ class Validator:
         targets = [
             Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, n.model.dtype, n.model.to_commitment())
             for n in self.config.models.serving(graph.neurons, self.keypair.ss58_address)
+            if n.model is not None and n.endpoint is not None  # as serving() ensures: said again for the type checker
         ]
         ready = {model: ref for model, ref in references.items() if ref is not None}
         self.outboxes = await gateways(self.outboxes, graph, session, self.keypair)
@@ -188,7 +190,7 @@ class Validator:
             if appended := self.round_log.catch_up():
                 log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.round_log.journal.name)
             self.round_log.start_wandb(self.keypair.ss58_address)
-            tasks = [asyncio.create_task(supervise(f"reference engine {name}", lambda e=e: e.run(session))) for name, e in engines.items()]
+            tasks = [asyncio.create_task(supervise(f"reference engine {name}", partial(e.run, session))) for name, e in engines.items()]
             metrics_runner = await self.round_log.serve_metrics()
             try:
                 while not stop.is_set():

@@ -22,7 +22,7 @@ Standings = dict[str, tuple[int, Standing]]  # hotkey → (its uid, its standing
 def apply_rewards(report: RoundReport, targets: list[Target], models: ModelList) -> None:
     """Each score times its model's reward in the model list; each delivered capacity in streams of
     its model at the list's reference speed (``stream_tokens_per_s``): what the weights pay for."""
-    declared = {t.uid: models.get(t.model) for t in targets}
+    declared = {t.uid: supported for t in targets if (supported := models.get(t.model)) is not None}  # targets serve listed models
     report.scores = {uid: score * declared[uid].reward for uid, score in report.scores.items()}
     report.capacity = {uid: tokens_per_s / declared[uid].stream_tokens_per_s for uid, tokens_per_s in report.delivered.items()}
 

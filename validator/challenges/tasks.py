@@ -269,7 +269,7 @@ def code(rng: random.Random) -> Task:
 def conversation(rng: random.Random) -> Task:
     """An open conversation of a few turns: the last question follows up the first."""
     subject, audience = rng.choice(SUBJECTS), rng.choice(AUDIENCES)
-    messages = (
+    messages: tuple[dict[str, str], ...] = (
         {
             "role": "user",
             "content": f"I'm {rng.choice(NAMES)} ({rng.randint(6, 90)}). "
