@@ -22,7 +22,7 @@ module.exports = {
       script: slmnet,
       interpreter: "none",
       args: ["validator", ...chain("validator"), "--state-dir", "/var/lib/slmnet/validator",
-             "--serve-reference", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "--dtype", "bfloat16",
+             "--serve-reference", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "--dtype", "float32",
              "--organic-from", "http://127.0.0.1:8000", "--metrics-port", "9101"],
       kill_timeout: 90000,
       restart_delay: 10000,

@@ -31,6 +31,7 @@ def _parses_as(role: str, argv: list[str]) -> None:
     assert args.group == role and not rest, (role, rest)
     if role == "validator":  # a validator reads its gateway over signed HTTP: a database file would pay cheats of users
         assert args.organic_from and all(url.startswith("http") for url in args.organic_from), args.organic_from
+        assert args.dtype == "float32"  # the reference is the model itself: a miner's declared dtype sets its drift from it
     if role == "gateway":  # announced on chain: every validator with a permit reads what it saw
         assert args.external_ip
 
