@@ -5,6 +5,7 @@ The request-level ones share ``protocol.errors.HttpError`` (the same OpenAI erro
 HttpError
 ├── BadRequest, ModelNotFound, PayloadTooLarge    (shared: 400, 404, 413)
 ├── InvalidApiKey       401 missing, unknown or revoked key
+├── MetricsRefused      403 /metrics from elsewhere than this host without the metrics token
 ├── KeyRateLimited      429 over requests or tokens per minute (Retry-After)
 ├── QuotaExceeded       402 the key's token quota is used up (not retryable: it refills only with its period)
 ├── NoMinerAvailable    503 no healthy miner serves the model right now (Retry-After)
@@ -21,6 +22,7 @@ __all__ = [
     "HttpError",
     "InvalidApiKey",
     "LimitsUnavailable",
+    "MetricsRefused",
     "ModelNotFound",
     "NoMinerAvailable",
     "PayloadTooLarge",
@@ -32,6 +34,10 @@ __all__ = [
 
 class InvalidApiKey(HttpError):
     status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class MetricsRefused(HttpError):
+    status, type, code = 403, "permission_error", "metrics_not_allowed"
 
 
 class KeyRateLimited(HttpError):

@@ -25,7 +25,7 @@ from gateway import handover
 from gateway.answer import Generation
 from gateway.auto import FLAVOURS, Choice, classify
 from gateway.auto import KINDS as AUTO_KINDS
-from gateway.errors import BadRequest, HttpError, InvalidApiKey, ModelNotFound, NoMinerAvailable, PayloadTooLarge
+from gateway.errors import BadRequest, HttpError, InvalidApiKey, MetricsRefused, ModelNotFound, NoMinerAvailable, PayloadTooLarge
 from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
 from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
@@ -33,6 +33,7 @@ from gateway.state import CLIENT_ID, ENTROPY, MODEL_HEADER, ROUTE_HEADER, STATE,
 from protocol import openapi
 from protocol.errors import error_body, http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
+from shell.role import may_scrape
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +382,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus, for a scraper the gateway allows (``shell.role.may_scrape``: loopback, or ``--metrics-token``)."""
+    if not may_scrape(request, request.app[STATE].settings.metrics_token):
+        raise MetricsRefused("/metrics: scrape from this host, or send the bearer token the gateway was started with (--metrics-token)")
     return web.Response(body=generate_latest(request.app[STATE].metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -24,6 +24,7 @@ class GatewaySettings:
     redis_url: Optional[str] = None  # per-key windows and quotas shared by every worker and host; None: in this process
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API ("*": any)
     keepalive_s: float = 10.0  # an SSE comment this often while a stream waits for its first token (0: none)
+    metrics_token: Optional[str] = None  # who may scrape /metrics: this bearer token; None: loopback only
     explore: float = 0.05  # share of requests routed uniformly, so new miners earn a record
     metagraph_interval: float = 12.0  # seconds between metagraph reads
     worker: str = ""  # this process's name among --workers (sent as x-slmnet-worker), "" when it is the only one

@@ -32,6 +32,7 @@ class MinerConfig:
     metagraph_interval: float = 12.0  # seconds between metagraph refreshes
     engine_timeout: float = 300.0  # seconds without a byte from the engine before giving up
     engine_wait: float = 600.0  # seconds to wait for an attached engine at start
+    metrics_token: Optional[str] = None  # who may scrape /metrics unsigned: this bearer token; None: loopback only
 
     @property
     def announced_port(self) -> int:

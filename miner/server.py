@@ -32,7 +32,7 @@ from protocol import openapi
 from protocol.errors import http_layer_refusal, internal_error
 from protocol.openai import REQUEST_MODELS, describe_validation_error
 from protocol.sse import SSE_HEADERS
-from shell.role import supervise
+from shell.role import may_scrape, supervise
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,10 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus: for a scraper this role allows (``shell.role.may_scrape``), or a signed caller (a validator)."""
     state = request.app[STATE]
-    await _authenticate(request, state)
+    if not may_scrape(request, state.config.metrics_token):
+        await _authenticate(request, state)
     m = state.metrics
     m.engine_up.set(1 if state.engine.ready else 0)
     m.engine_restarts.set(state.engine.restarts)

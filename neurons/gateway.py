@@ -6,6 +6,7 @@ import argparse
 import calendar
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -77,6 +78,11 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         type=float,
         default=GatewaySettings.metagraph_interval,
         help="seconds between metagraph reads (--sync-interval: the old name)",
+    )
+    p.add_argument(
+        "--metrics-token",
+        default=None,
+        help="who may scrape /metrics: whoever sends Authorization: Bearer TOKEN (default $SLMNET_METRICS_TOKEN; unset: this host only)",
     )
     p.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port (SO_REUSEPORT); above 1 needs --redis")
     p.add_argument("--redis", default=None, metavar="URL", help="redis://host:port/db: per-key windows and quotas shared by every worker and host")
@@ -252,6 +258,7 @@ def build_config(args: argparse.Namespace):
         keepalive_s=args.keepalive,
         explore=args.explore,
         default_max_tokens=args.default_max_tokens,
+        metrics_token=args.metrics_token or os.environ.get("SLMNET_METRICS_TOKEN"),  # the environment keeps it out of `ps`
         metagraph_interval=args.metagraph_interval,
     )
     if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -42,6 +43,11 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     limits.add_argument("--capacity", type=int, default=None, help="requests in flight at once (declared on chain; default: MinerConfig.capacity)")
     limits.add_argument("--max-in-flight-per-caller", type=int, default=None, help="requests in flight per calling hotkey (default: capacity)")
     limits.add_argument("--min-stake", type=float, default=None, help=f"TAO a caller without a validator permit must hold (default: {CALLER_MIN_STAKE_TAO:g})")
+    p.add_argument(
+        "--metrics-token",
+        default=None,
+        help="who may scrape /metrics unsigned: whoever sends Authorization: Bearer TOKEN (default $SLMNET_METRICS_TOKEN; unset: this host only)",
+    )
     limits.add_argument("--max-body-bytes", type=int, default=None, help="largest request body accepted (default: MinerConfig.max_body_bytes)")
     p.add_argument("--metagraph-interval", type=float, default=None, help="seconds between metagraph refreshes (default: MinerConfig.metagraph_interval)")
     p.set_defaults(func=cmd_miner, default_log_level=logging.INFO)
@@ -101,6 +107,7 @@ def build_config(args: argparse.Namespace) -> MinerConfig:
             weights_sha256=digest,
             dtype=args.dtype,
             max_context=max_context,
+            metrics_token=args.metrics_token or os.environ.get("SLMNET_METRICS_TOKEN"),  # the environment keeps it out of `ps`
             **given(
                 capacity=args.capacity,
                 max_in_flight_per_caller=args.max_in_flight_per_caller,

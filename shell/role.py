@@ -1,6 +1,6 @@
 """What every long-running role (miner, validator, gateway) does the same way, once: the start-up error, the
 registration check at start, stopping on signals, supervised background tasks, chain calls
-retried while the chain is unreachable, and the aiohttp app pattern.
+retried while the chain is unreachable, the aiohttp app pattern, and who may scrape metrics.
 
 A role that cannot start raises ``StartupError`` with what to do; ``neurons.common.run_service``
 prints it and exits 2.
@@ -9,6 +9,8 @@ prints it and exits 2.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import logging
 import signal
 from typing import Awaitable, Callable, TypeVar
@@ -26,6 +28,19 @@ T = TypeVar("T")
 
 class StartupError(Exception):
     """A role cannot start; the message says what to do."""
+
+
+def may_scrape(request: web.Request, token: str | None) -> bool:
+    """Whether ``request`` may read the role's Prometheus ``/metrics``: with a token set (``--metrics-token``),
+    whoever sends ``Authorization: Bearer TOKEN``; without one, a scraper on this host (loopback) only. A
+    role's figures (its miners, its users' traffic) are not the world's to read."""
+    if token:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return hmac.compare_digest(sent.encode(), token.encode())
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:  # a unix socket, or no peer address: not a remote scraper
+        return request.remote is None
 
 
 async def require_registered(net: chain.Chain, netuid: int, hotkey: str, fix: str) -> int:

@@ -43,6 +43,7 @@ from validator.verify import MinerResponse, ReferenceEngine, verify
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
 MINERS = ("fast1", "fast2", "slow1", "slow2")
+METRICS_TOKEN = "a-scrapers-secret"  # the two-worker gateway's --metrics-token
 ENDS = model_list.load().get(MODEL).end_token_ids
 ARTIFACTS = Path(__file__).resolve().parents[1] / ".artifacts"
 ORIGIN = "https://app.example"
@@ -314,7 +315,7 @@ def workers(subnet):
     subnet["servers"].append(redis)
     db = tmp / "gateway.sqlite"
     key = create_key(db, "tester")
-    flags = ("--workers", "2", "--redis", redis.url, "--keepalive", "0.5", "--max-attempts", "4")
+    flags = ("--workers", "2", "--redis", redis.url, "--keepalive", "0.5", "--max-attempts", "4", "--metrics-token", METRICS_TOKEN)
     gateway = start_gateway(subnet["net"], "gateway", db, f"{MODEL}={subnet['tmp'] / 's0'}", tmp, *flags)
     subnet["servers"].append(gateway)
     # Healthy means one worker answers; the tests need both listening (a burst sent while one still starts all goes to the other).
@@ -597,6 +598,14 @@ def test_a_stream_waiting_for_its_first_token_gets_keepalive_comments(workers):
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {"))
     assert first_data >= 2 and all(line == ": keep-alive" for line in lines[:first_data])
     assert lines[-1] == "data: [DONE]"
+
+
+def test_metrics_are_read_with_the_token_the_gateway_was_given_and_refused_without(workers):
+    status, _, body = post(workers, "/metrics", None, method="GET")  # on this host, but the gateway was given a token
+    assert (status, body["error"]["code"]) == (403, "metrics_not_allowed")
+    request = urllib.request.Request(workers["url"] + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200 and b"slmnet_gateway_requests_total" in response.read()
 
 
 def test_a_gateway_killed_mid_request_keeps_a_ledger_that_charges_what_was_streamed(subnet, figure):

@@ -23,6 +23,7 @@ from tests.harness.sse import read_sse
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
 CAPACITY, PER_CALLER, BODY_LIMIT = 3, 2, 64 * 1024
+METRICS_TOKEN = "a-scrapers-secret"  # the slow miner's --metrics-token
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "What is 17 + 25?"}], "max_tokens": 16, "temperature": 0, "seed": 7}
 
 
@@ -62,8 +63,8 @@ def subnet(tmp_path_factory, tiny_engine):
     slow_engine, miners = start_adversary(engine.url, "slow", tmp), []
     try:
         slow_engine.wait_healthy(timeout=60)
-        for name, url in (("miner", engine.url), ("slow", slow_engine.url)):
-            miners.append(start_miner([*net.flags(name), "--model", str(tmp / "tiny"), "--engine-url", url, *limits], free_port(), tmp))
+        for name, url, extra in (("miner", engine.url, []), ("slow", slow_engine.url, ["--metrics-token", METRICS_TOKEN])):
+            miners.append(start_miner([*net.flags(name), "--model", str(tmp / "tiny"), "--engine-url", url, *limits, *extra], free_port(), tmp))
         for process in miners:
             process.wait_healthy(timeout=120)
         yield Subnet(net.network, str(net.wallets_dir), miner, validators, unstaked, outsider, miners[0].url, engine.url, digest, slow, miners[1].url)
@@ -143,11 +144,18 @@ async def test_models_lists_the_declared_identity_and_the_chain_shows_it(subnet)
     assert neuron.model.model_dump(exclude_none=True) == declared
 
 
-async def test_health_needs_no_signature_and_metrics_need_one(subnet):
+async def test_health_needs_no_signature_and_metrics_a_scraper_on_this_host_the_token_or_a_signature(subnet):
     assert health_json(subnet.miner_url)["engine"] == "ready"
     async with aiohttp.ClientSession() as session:
-        async with session.get(subnet.miner_url + "/metrics") as response:
+        async with session.get(subnet.miner_url + "/metrics") as response:  # Prometheus on this host, no token set
+            assert response.status == 200 and "slmnet_miner_engine_up 1.0" in await response.text()
+        # The slow miner was started with --metrics-token: then nobody reads it without the token or a signature.
+        async with session.get(subnet.slow_url + "/metrics") as response:
             assert response.status == 401
+        async with session.get(subnet.slow_url + "/metrics", headers={"Authorization": "Bearer wrong"}) as response:
+            assert response.status == 401
+        async with session.get(subnet.slow_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as response:
+            assert response.status == 200
         async with client(session, subnet, subnet.validators[0]).get("/metrics") as response:
             text = await response.text()
     assert 'slmnet_miner_requests_total{route="/v1/chat/completions",status="200"}' in text

@@ -64,3 +64,18 @@ def test_pm2_ecosystem_runs_every_role_with_flags_slmnet_accepts():
     for app in apps:
         assert app["script"].endswith("/.venv/bin/slmnet") and app["interpreter"] == "none" and app["autorestart"]
         _parses_as(app["name"].removeprefix("slmnet-"), app["args"])
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_roles_grafana_dashboard_reads_only_series_the_role_exports(role):
+    """deploy/grafana/ROLE.json: a dashboard Grafana imports, each panel's query on a series the role's /metrics serves."""
+    from gateway.state import GatewayMetrics
+    from miner.metrics import MinerMetrics
+    from validator.journal import ValidatorMetrics
+
+    registry = {"miner": MinerMetrics, "validator": ValidatorMetrics, "gateway": GatewayMetrics}[role]().registry
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}  # labelled ones have no sample yet
+    exported = {family.name + suffix for family in registry.collect() for suffix in suffixes[family.type]}
+    dashboard = json.loads((DEPLOY / "grafana" / f"{role}.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"] for name in re.findall(r"slmnet_\w+", target["expr"])}
+    assert dashboard["panels"] and queried and queried <= exported, queried - exported
