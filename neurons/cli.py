@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from neurons import doctor as doctor_cli
 from neurons import gateway as gateway_cli
@@ -110,6 +111,53 @@ def cmd_models_prepare(args: argparse.Namespace) -> None:
     emit(args, payload, lambda: print(f"{manifest.id} in {out}\nweights sha256 {manifest.weights_sha256}\nserve it with: slmnet miner --model {args.name} ..."))
 
 
+def cmd_models_list(args: argparse.Namespace) -> None:
+    """What a miner needs to choose a model: per model of the subnet's list, who serves it, how many
+    streams they declare, the model's share of the incentive, and that share per declared stream."""
+    import asyncio
+
+    import chain
+    from neurons.common import load_model_list
+
+    models = load_model_list(args.model_list, args.network)
+
+    async def read() -> chain.MetagraphView:
+        async with chain.connect(args.network) as c:
+            return await c.metagraph(args.netuid)
+
+    graph = asyncio.run(read())
+    serving = [n for n in models.serving(graph.neurons, own_hotkey="") if n.model is not None]
+    total = sum(n.incentive for n in graph.neurons) or 1.0
+    rows = []
+    for model in models.models:
+        miners = [n for n in serving if n.model is not None and n.model.model == model.id]
+        streams = sum(n.model.capacity for n in miners if n.model is not None)
+        share = sum(n.incentive for n in miners) / total
+        rows.append(
+            {
+                "model": model.id,
+                "reward": model.reward,
+                "stream_tokens_per_s": model.stream_tokens_per_s,
+                "miners": len(miners),
+                "streams_declared": streams,
+                "incentive_share": share,
+                "incentive_per_stream": share / streams if streams else None,
+            }
+        )
+
+    def table() -> None:
+        out = Table(title=f"models of subnet {args.netuid} on {args.network} (block {graph.block})")
+        for column in ("model", "reward", "miners", "streams declared", "incentive share", "per stream"):
+            out.add_column(column)
+        for r in rows:
+            per = "—" if r["incentive_per_stream"] is None else f"{r['incentive_per_stream']:.4f}"
+            out.add_row(r["model"], f"{r['reward']:g}", str(r["miners"]), str(r["streams_declared"]), f"{r['incentive_share']:.3f}", per)
+        Console().print(out)
+        print("Pay follows verified capacity (streams at each model's reference speed), fidelity and speed: declared streams are what miners claim.")
+
+    emit(args, {"block": graph.block, "models": rows}, table)
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -140,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", default=None, help="cache folder (default $SLMNET_CACHE or ~/.cache/slmnet)")
     prep.add_argument("--json", action="store_true", help="print JSON")
     prep.set_defaults(func=cmd_models_prepare)
+
+    listed = models.add_parser("list", help="per model of the subnet's list: miners serving it, streams declared, its share of the incentive")
+    add_chain_flags(listed)
+    listed.add_argument("--model-list", default=None, help="the subnet's model list (default: models/lists/NETWORK.json)")
+    listed.add_argument("--json", action="store_true", help="print JSON")
+    listed.set_defaults(func=cmd_models_list)
 
     miner_cli.add_parser(groups)
     validator_cli.add_parser(groups)
