@@ -150,7 +150,7 @@ def check_published(models: ModelList, published: Optional[Published], network: 
     if published.digest != models.digest:
         raise ModelListMismatch(
             f"the model list {models.path} (version {models.version}, sha256 {models.digest[:12]}…) is not the one the subnet owner published "
-            f"(version {published.version}, sha256 {published.digest[:12]}…): update slmnet (git pull && make install) or pass the published list with --model-list"
+            f"(version {published.version}, sha256 {published.digest[:12]}…): update slmnet (slmnet update) or pass the published list with --model-list"
         )
     return None
 

@@ -21,6 +21,7 @@ from neurons import localnet as localnet_cli
 from neurons import miner as miner_cli
 from neurons import owner as owner_cli
 from neurons import up as up_cli
+from neurons import update as update_cli
 from neurons import validator as validator_cli
 from neurons.common import CliError, add_chain_flags, chain_config, emit
 from protocol.version import VERSION_KEY, __version__
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway_cli.add_parser(groups)
     up_cli.add_parser(groups)
     doctor_cli.add_parser(groups)
+    update_cli.add_parser(groups)
     return parser
 
 

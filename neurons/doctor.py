@@ -159,7 +159,7 @@ def _model_list(graph, args: argparse.Namespace, subnet) -> Check:
         models = subnet.load(Path(args.model_list).expanduser() if args.model_list else subnet.for_network(args.network))
         warning = subnet.check_graph(graph, models, args.network)
     except (ValueError, subnet.ModelListMismatch) as exc:
-        return Check("model list", False, str(exc), "git pull && make install, or --model-list with the list the owner published")
+        return Check("model list", False, str(exc), "slmnet update, or --model-list with the list the owner published")
     if warning:
         return Check("model list", True, warning)
     return Check("model list", True, f"version {models.version} (sha256 {models.digest[:12]}…) is the one the owner published")
@@ -170,7 +170,7 @@ async def _version(net, netuid: int) -> Check:
 
     required = await net.weights_version(netuid)
     detail = f"slmnet {__version__} (key {VERSION_KEY}); the subnet requires {required}"
-    return Check("version", VERSION_KEY >= required, detail, "upgrade: git pull && make install")
+    return Check("version", VERSION_KEY >= required, detail, "upgrade: slmnet update")
 
 
 def _endpoints(role: str, args: argparse.Namespace) -> list[Check]:

@@ -221,7 +221,7 @@ class Validator:
         required = await on_chain("reading the weights version", lambda: net.weights_version(netuid))
         if VERSION_KEY < required:
             raise StartupError(
-                f"subnet {netuid} requires version key {required}; this is slmnet {__version__} (key {VERSION_KEY}): upgrade with `git pull && make install`"
+                f"subnet {netuid} requires version key {required}; this is slmnet {__version__} (key {VERSION_KEY}): upgrade with `slmnet update`"
             )
         try:
             graph = await on_chain("reading the metagraph", lambda: net.metagraph(netuid))

@@ -79,3 +79,16 @@ def test_each_roles_grafana_dashboard_reads_only_series_the_role_exports(role):
     dashboard = json.loads((DEPLOY / "grafana" / f"{role}.json").read_text())
     queried = {name for panel in dashboard["panels"] for target in panel["targets"] for name in re.findall(r"slmnet_\w+", target["expr"])}
     assert dashboard["panels"] and queried and queried <= exported, queried - exported
+
+
+def test_an_update_installs_the_engine_of_the_host_and_restarts_what_runs_there():
+    from neurons.update import plan
+
+    gpu = plan(Path("/opt/slmnet"), True, ["slmnet-miner.service"], [])
+    cpu = plan(Path("/opt/slmnet"), False, [], ["slmnet-gateway"])
+    assert gpu[0] == cpu[0] == ["git", "-C", "/opt/slmnet", "pull", "--ff-only"]  # a fast-forward, never a merge on a node
+    assert gpu[1][-1] == "/opt/slmnet[gpu]" and not any("make" in step for step in gpu)  # never the CPU stack on a GPU host
+    assert cpu[1] == ["make", "-C", "/opt/slmnet", "install"] and not any("[gpu]" in " ".join(step) for step in cpu)
+    assert gpu[2:] == [["systemctl", "restart", "slmnet-miner.service"]] and cpu[2:] == [["pm2", "restart", "slmnet-gateway"]]
+    parsed = build_parser().parse_args(["update", "--dry-run", "--no-gpu"])
+    assert parsed.group == "update" and parsed.dry_run and parsed.gpu is False
