@@ -36,7 +36,8 @@ class Generation:
     # The miner that finished the answer: the request it was sent (the user's, or the continuation of what an earlier
     # miner wrote) and its part as it sent it, whole (organic verification).
     finished_part: Optional[tuple[dict[str, Any], StreamFold]] = None
-    usage: Optional[dict[str, int]] = None  # counted once, when the answer is complete
+    usage: Optional[dict[str, Any]] = None  # counted once, when the answer is complete
+    price: Optional[float] = None  # the key's price per million tokens: the answer's usage says its cost
     # Every miner is sent a seed (the user's, else one drawn here, 31 bits like a challenge's): its
     # sampling is then checkable (protocol.sampling), and users cannot be told from validators.
     seed: int = field(default_factory=ENTROPY.seed)

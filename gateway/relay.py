@@ -303,9 +303,21 @@ def completion_tokens(generation: Generation) -> int:
     return min(generation.upstream_tokens, generation.max_tokens)
 
 
-def usage_of(state: GatewayState, generation: Generation) -> dict[str, int]:
+def usage_of(state: GatewayState, generation: Generation) -> dict[str, Any]:
+    """OpenAI's usage: the counts, their details where known (no prompt token is billed as cached, and these models
+    reason in the open: no hidden reasoning tokens), and what the answer cost under the key's price, if it has one."""
     completion = completion_tokens(generation)
-    return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": completion, "total_tokens": generation.prompt_tokens + completion}
+    total = generation.prompt_tokens + completion
+    usage: dict[str, Any] = {
+        "prompt_tokens": generation.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
+    if generation.price is not None:
+        usage["cost"] = round(total * generation.price / 1e6, 10)
+    return usage
 
 
 def parts_of(state: GatewayState, generation: Generation) -> list[tuple[int, str, int]]:

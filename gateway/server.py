@@ -218,7 +218,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     request["ratelimit"] = reservation.headers
     request_id = request["request_id"]
     state.ledger.open_request(request_id, key.id, model, prompt_tokens)
-    generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens)
+    generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens, price=key.price)
     overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
     state.metrics.overhead.observe(overhead_ms / 1000)
     status = "failed"

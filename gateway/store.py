@@ -87,7 +87,7 @@ END;
 log = logging.getLogger(__name__)
 KEY_PREFIX = "slm-"
 MAX_CACHED_KEYS = 100_000
-KEY_COLUMNS = "id, name, prefix, created, revoked, rpm, tpm, quota_tokens, quota_period, expires"
+KEY_COLUMNS = "id, name, prefix, created, revoked, rpm, tpm, quota_tokens, quota_period, expires, price"
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ class ApiKey:
     quota_tokens: Optional[int]  # tokens per quota period, or for the key's lifetime (counted tokens)
     quota_period: Optional[int] = None  # seconds; the quota refills at each multiple of it (UTC); None: lifetime
     expires: Optional[float] = None  # unix time after which the key is refused
+    price: Optional[float] = None  # what the key's holder is charged per million tokens (prompt + completion); None: nothing said
 
     def period_start(self, now: float) -> float:
         """When the key's current quota period began (0: a lifetime quota counts everything)."""
@@ -141,6 +142,7 @@ class Store:
         for table, column, kind in (
             ("api_keys", "quota_period", "INTEGER"),
             ("api_keys", "expires", "REAL"),
+            ("api_keys", "price", "REAL"),
             ("organic_samples", "replayable", "INTEGER NOT NULL DEFAULT 0"),
         ):
             if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
@@ -181,17 +183,17 @@ class Store:
         self.db.execute("COMMIT")
 
     def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None, quota_tokens: Optional[int] = None, **more) -> tuple[str, ApiKey]:
-        """A new key: the plaintext (shown once) and its record; ``more``: quota_period, expires."""
+        """A new key: the plaintext (shown once) and its record; ``more``: quota_period, expires, price."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         cursor = self.db.execute(
-            "INSERT INTO api_keys (name, prefix, hash, created, rpm, tpm, quota_tokens, quota_period, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, key[:12], hash_key(key), time.time(), rpm, tpm, quota_tokens, more.get("quota_period"), more.get("expires")),
+            "INSERT INTO api_keys (name, prefix, hash, created, rpm, tpm, quota_tokens, quota_period, expires, price) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (name, key[:12], hash_key(key), time.time(), rpm, tpm, quota_tokens, more.get("quota_period"), more.get("expires"), more.get("price")),
         )
         return key, self._existing(cursor.lastrowid)
 
     def update_key(self, key_id: int, **fields) -> ApiKey:
-        """Change a key's limits or expiry (rpm, tpm, quota_tokens, quota_period, expires; None lifts one)."""
-        unknown = set(fields) - {"rpm", "tpm", "quota_tokens", "quota_period", "expires"}
+        """Change a key's limits, expiry or price (rpm, tpm, quota_tokens, quota_period, expires, price; None lifts one)."""
+        unknown = set(fields) - {"rpm", "tpm", "quota_tokens", "quota_period", "expires", "price"}
         if unknown:
             raise ValueError(f"not a key setting: {sorted(unknown)}")
         if fields:

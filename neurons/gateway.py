@@ -103,6 +103,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         sub.add_argument("--quota", type=_limit, default=default, help="tokens per quota period (default: unlimited)")
         sub.add_argument("--quota-period", type=_period, default=default, help="day | week | month (30 days) | SECONDS | lifetime (the default)")
         sub.add_argument("--expires", type=_expiry, default=default, help="YYYY-MM-DD (UTC), +DAYSd, or never (the default)")
+        sub.add_argument("--price", type=_price, default=default, help="what the key is charged per million tokens, shown as usage.cost (default: none)")
     listing = keys.add_parser("list", help="every key: name, prefix, limits, state")
     revoke = keys.add_parser("revoke", help="revoke a key by id, name or prefix")
     revoke.add_argument("key")
@@ -124,6 +125,15 @@ def _limit(text: str) -> Optional[int]:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("a limit is a positive number, or 0/none for unlimited")
+    return value
+
+
+def _price(text: str) -> Optional[float]:
+    if text.lower() in ("none", "0"):
+        return None
+    value = float(text)
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError("a price is a positive amount per million tokens, or none")
     return value
 
 
@@ -172,22 +182,23 @@ def _describe(key) -> dict:
         "quota_tokens": key.quota_tokens,
         "quota_period_s": key.quota_period,
         "expires": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(key.expires)) if key.expires else None,
+        "price_per_million_tokens": key.price,
     }
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
     store = _store(args)
-    secret, key = store.create_key(args.name, args.rpm, args.tpm, args.quota, quota_period=args.quota_period, expires=args.expires)
+    secret, key = store.create_key(args.name, args.rpm, args.tpm, args.quota, quota_period=args.quota_period, expires=args.expires, price=args.price)
     print(json.dumps({"key": secret, **_describe(key)}) if args.json else f"{secret}\n(key {key.id} '{key.name}': shown once, only its hash is stored)")
 
 
 def cmd_keys_update(args: argparse.Namespace) -> None:
     store = _store(args)
     key = _key_or_fail(store, args.key)
-    names = {"rpm": "rpm", "tpm": "tpm", "quota": "quota_tokens", "quota_period": "quota_period", "expires": "expires"}
+    names = {"rpm": "rpm", "tpm": "tpm", "quota": "quota_tokens", "quota_period": "quota_period", "expires": "expires", "price": "price"}
     changes = {column: getattr(args, flag) for flag, column in names.items() if getattr(args, flag) is not KEEP}
     if not changes:
-        raise CliError("nothing to change: give --rpm, --tpm, --quota, --quota-period or --expires")
+        raise CliError("nothing to change: give --rpm, --tpm, --quota, --quota-period, --expires or --price")
     key = store.update_key(key.id, **changes)
     print(json.dumps(_describe(key)) if args.json else f"key {key.id} '{key.name}' updated: {', '.join(f'{k}={v}' for k, v in changes.items())}")
 

@@ -139,6 +139,13 @@ def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by
     completion = whole.parse()
     assert completion.choices[0].message.content and completion.choices[0].finish_reason in ("stop", "length")
     assert completion.usage.completion_tokens > 0 and completion.usage.prompt_tokens > 0
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 0 and completion.usage.prompt_tokens_details.cached_tokens == 0
+    assert "cost" not in completion.usage.model_dump()  # a key without a price: no cost is made up
+    priced = create_key(subnet["db"], "priced", "--price", "2.5")  # per million tokens
+    status, _, body = post(
+        subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode(), priced
+    )
+    assert status == 200 and body["usage"]["cost"] == pytest.approx(body["usage"]["total_tokens"] * 2.5e-6)
     assert whole.headers["x-request-id"] and float(whole.headers["x-slmnet-overhead-ms"]) >= 0
     ((status, prompt_tokens, completion_tokens, failovers),) = ledger_rows(
         subnet["db"], [whole.headers["x-slmnet-request-id"]], "status, prompt_tokens, completion_tokens, failovers"
