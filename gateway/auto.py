@@ -41,6 +41,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
+from protocol.families import GRADED as GRADED_FAMILIES
+from protocol.families import check_families
 from protocol.records import MinerVerdict
 
 FLAVOURS = ("auto", "auto:fast", "auto:best")
@@ -69,7 +71,8 @@ KINDS = tuple(
     )
 )
 HOW_MANY = re.compile(r"\bhow (many|much)\b", re.IGNORECASE)
-GRADED = frozenset({"arithmetic", "reverse_string", "sort_numbers", "count_letter", "json_format", "uppercase", "multi_turn"})
+GRADED = frozenset(GRADED_FAMILIES)
+check_families([kind for kind, _ in KINDS], "gateway.auto.KINDS", every=False)
 
 
 def _text(content: Any) -> str:

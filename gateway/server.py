@@ -24,7 +24,6 @@ from pydantic import ValidationError
 from gateway import handover
 from gateway.answer import Generation
 from gateway.auto import FLAVOURS, Choice, classify
-from gateway.auto import KINDS as AUTO_KINDS
 from gateway.errors import BadRequest, HttpError, InvalidApiKey, MetricsRefused, ModelNotFound, NoMinerAvailable, PayloadTooLarge
 from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
@@ -32,6 +31,7 @@ from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
 from gateway.state import CLIENT_ID, ENTROPY, MODEL_HEADER, ROUTE_HEADER, STATE, Clients, GatewayState, request_headers
 from protocol import openapi
 from protocol.errors import error_body, http_layer_refusal, internal_error
+from protocol.families import FAMILIES
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
 from shell.role import may_scrape
 
@@ -341,7 +341,7 @@ async def quality(request: web.Request) -> dict[str, Any]:
                 ],
             }
         )
-    kinds = sorted({kind for kind, _ in AUTO_KINDS} | {"multi_turn", "conversation", "open_prompt"})
+    kinds = sorted(FAMILIES)  # every kind auto tells apart
     paid = state.router.paid(served)
     routes = (
         {flavour: {kind: state.router.auto.choose(flavour, kind, paid, state.settings.default_max_tokens).model for kind in kinds} for flavour in FLAVOURS}

@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,3 +100,12 @@ def test_each_generated_answer_is_right_for_its_prompt():
         elif challenge.family == "reverse_string":
             word = prompt.split("'")[1]
             assert challenge.answer.value == word[::-1]
+
+
+def test_the_families_a_validator_grades_are_the_ones_protocol_names_and_a_renamed_one_fails_loudly():
+    from protocol.families import GRADED, check_families
+
+    challenges = generate(2024, 2000)
+    assert {c.family for c in challenges if c.answer is not None} == set(GRADED)  # what gateways learn accuracy on
+    with pytest.raises(ValueError, match="not task families \\['sort_nums'\\]"):
+        check_families([*FAMILY_WEIGHTS, "sort_nums"], "a table")

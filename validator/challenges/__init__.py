@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from protocol.families import check_families
 from protocol.requests import miner_request
 from validator.challenges.tasks import FAMILIES, Answer, Task, grade
 
@@ -62,6 +63,7 @@ FAMILY_WEIGHTS = {
     "code": 0.08,
     "conversation": 0.08,
 }
+check_families(FAMILY_WEIGHTS, "validator.challenges.FAMILY_WEIGHTS")
 REPLAY = "replay"  # the family of a replayed user prompt
 REPLAY_SHARE = 0.25  # of the challenges, when users' prompts may be replayed
 # What a challenge copies from a user's recent request, so no field tells a miner which is which: the

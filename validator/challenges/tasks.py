@@ -20,6 +20,8 @@ import string
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
+from protocol.families import check_families
+
 WORDS = (
     "lighthouse harbor meadow lantern orchard compass glacier violin pebble canyon ribbon thunder marble "
     "falcon velvet cobalt saddle prairie beacon quartz willow ember lagoon summit cricket anchor mosaic"
@@ -292,6 +294,7 @@ FAMILIES: dict[str, Callable[[random.Random], Task]] = {
     f.__name__: f
     for f in (arithmetic, reverse_string, sort_numbers, count_letter, json_format, uppercase, multi_turn, open_prompt, question, rewrite, code, conversation)
 }
+check_families(FAMILIES, "validator.challenges.tasks.FAMILIES")
 
 
 def grade(answer: Answer, reply: str) -> float:
