@@ -22,13 +22,13 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from protocol.records import SAMPLE_COLUMNS, AnswerRecord, MinerVerdict, OrganicSample, ServiceReport, sample_from_row
+from shell.sqlite import add_columns, open_db, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -119,11 +119,7 @@ def hash_key(key: str) -> str:
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db = open_db(self.path, threads=True, timeout=5.0)
         self.db.executescript(SCHEMA)
         self._migrate()
         self._count_existing_usage()
@@ -139,14 +135,15 @@ class Store:
     def _migrate(self) -> None:
         """Columns added since the first schema (quota periods, expiry), added to every database
         that lacks them: a new one, or one made by an older gateway."""
-        for table, column, kind in (
-            ("api_keys", "quota_period", "INTEGER"),
-            ("api_keys", "expires", "REAL"),
-            ("api_keys", "price", "REAL"),
-            ("organic_samples", "replayable", "INTEGER NOT NULL DEFAULT 0"),
-        ):
-            if column not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        add_columns(
+            self.db,
+            (
+                ("api_keys", "quota_period", "INTEGER"),
+                ("api_keys", "expires", "REAL"),
+                ("api_keys", "price", "REAL"),
+                ("organic_samples", "replayable", "INTEGER NOT NULL DEFAULT 0"),
+            ),
+        )
 
     def _count_existing_usage(self) -> None:
         """The counters and their triggers, made once; a ledger written before them is counted then (one scan, ever)."""
@@ -168,19 +165,9 @@ class Store:
         )
         self.db.executescript(f"BEGIN IMMEDIATE; {MINER_COUNTERS} {backfill}; COMMIT;")
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
         """One transaction around the block, or part of the caller's when one is open."""
-        if self.db.in_transaction:
-            yield
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        return transaction(self.db)
 
     def create_key(self, name: str, rpm: Optional[int] = None, tpm: Optional[int] = None, quota_tokens: Optional[int] = None, **more) -> tuple[str, ApiKey]:
         """A new key: the plaintext (shown once) and its record; ``more``: quota_period, expires, price."""

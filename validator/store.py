@@ -12,7 +12,6 @@ with the standings of the last complete round.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from protocol.records import FamilyScore, RoundSummary
 from scoring.aggregate import Standing
 from scoring.evidence import Evidence
 from scoring.fidelity import AnswerStats
+from shell.sqlite import add_columns, open_db, transaction
 from validator.rounds import UserVerdict
 
 SCHEMA = """
@@ -72,17 +72,12 @@ ON CONFLICT (hotkey, model, family) DO UPDATE SET answers = answers + excluded.a
 
 class Store:
     def __init__(self, path: Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = open_db(Path(path))
         had_quality = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'quality'").fetchone() is not None
         self.db.executescript(SCHEMA)
         if "declaration" in self._columns("evidence"):  # evidence was kept per declaration before it was kept per model
             self.db.execute("ALTER TABLE evidence RENAME COLUMN declaration TO model")
-        for table, name, kind in (*(("results", n, k) for n, k in ADDED_RESULT_COLUMNS), *ADDED_COLUMNS):
-            if name not in self._columns(table):
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        add_columns(self.db, (*(("results", n, k) for n, k in ADDED_RESULT_COLUMNS), *ADDED_COLUMNS))
         if not had_quality:  # state from before per-family quality was kept: counted once, from every stored round
             self.db.execute(ADD_QUALITY.format(where="1"))
 
@@ -112,8 +107,7 @@ class Store:
         evidence: Optional[dict[str, Evidence]] = None,
     ) -> None:
         """The round, its results, the new standings and evidence, all or nothing."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             self.db.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", (round_index, str(seed), block, started, summary.model_dump_json()))
             self.db.executemany(f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) VALUES ({', '.join(':' + c for c in RESULT_COLUMNS)})", results)
             self.db.execute(ADD_QUALITY.format(where="round = :round"), {"round": round_index})
@@ -173,7 +167,7 @@ class Store:
         return recent
 
     def save_weights(self, block: int, weights: dict[int, float]) -> None:
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (block, json.dumps(weights)))
 
     def last_weights(self) -> Optional[tuple[int, dict[int, float]]]:
@@ -184,8 +178,7 @@ class Store:
         """Verdicts on the samples read from the outbox at ``source`` up to ``last_id`` — (time, model,
         verdict) each — and the new cursor, in one transaction: a validator killed at any moment has
         either recorded a sample's verdict and moved past it, or neither."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             self.db.executemany(
                 "INSERT INTO organic (time, uid, hotkey, model, passed, reasons, stats) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -200,8 +193,7 @@ class Store:
         Those a round took that was never stored (the validator died before ``save_round``: its
         index is ``round_index`` or later) are taken again."""
         pending = "taken_in_round IS NULL OR taken_in_round >= ?"
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             rows = self.db.execute(f"SELECT {VERDICT_COLUMNS} FROM organic WHERE {pending} ORDER BY id", (round_index,)).fetchall()
             self.db.execute(f"UPDATE organic SET taken_in_round = ? WHERE {pending}", (round_index, round_index))
         return [_verdict(row) for row in rows]
@@ -220,15 +212,14 @@ class Store:
         """Lift ``hotkey``'s flag (and its evidence) on purpose, from the next round the validator starts
         (``apply_forgiveness``): recorded, so a replay pools as the live loop did. Returns the evidence
         held now (None: none)."""
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT INTO forgiven (hotkey, before_round, time, reason) VALUES (?, NULL, ?, ?)", (hotkey, time.time(), reason))
         return self.evidence().get(hotkey)
 
     def apply_forgiveness(self, round_index: int) -> list[str]:
         """At the start of ``round_index``: the hotkeys forgiven since the last round start, their evidence
         dropped and the round they start afresh at recorded."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             pending = [hotkey for (hotkey,) in self.db.execute("SELECT hotkey FROM forgiven WHERE before_round IS NULL")]
             self.db.execute("UPDATE forgiven SET before_round = ? WHERE before_round IS NULL", (round_index,))
             self.db.executemany("DELETE FROM evidence WHERE hotkey = ?", [(hotkey,) for hotkey in pending])
