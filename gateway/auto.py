@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
+from models.subnet import DEFAULT_STREAM_SPEED
 from protocol.families import GRADED as GRADED_FAMILIES
 from protocol.families import check_families
 from protocol.records import MinerVerdict
@@ -107,7 +108,7 @@ class ModelFigures:
     graded: dict[str, tuple[int, int]] = field(default_factory=dict)  # family → (answers, correct), over its miners
     ttft_s: Optional[float] = None  # median over its miners, measured here
     tokens_per_s: Optional[float] = None
-    prior_tokens_per_s: float = 40.0  # the model list's reference speed
+    prior_tokens_per_s: float = DEFAULT_STREAM_SPEED  # the model list's reference speed
     lengths: dict[str, float] = field(default_factory=dict)  # kind → running mean of completion tokens
 
     def accuracy(self, kind: str, network: float) -> float:
@@ -151,7 +152,7 @@ class AutoRouter:
     def model(self, model: str) -> ModelFigures:
         figures = self.figures.get(model)
         if figures is None:
-            figures = self.figures[model] = ModelFigures(prior_tokens_per_s=self.prior_speeds.get(model, 40.0))
+            figures = self.figures[model] = ModelFigures(prior_tokens_per_s=self.prior_speeds.get(model, DEFAULT_STREAM_SPEED))
         return figures
 
     def learn(self, verdicts: Iterable[MinerVerdict]) -> None:

@@ -20,6 +20,9 @@ DEFAULT_LIST = LISTS / "localnet.json"
 COMMITMENT_PREFIX = "slmnet-models"  # the owner's commitment: slmnet-models:VERSION:SHA256
 
 
+DEFAULT_STREAM_SPEED = 100.0  # tokens/s of one stream on the reference hardware, for a model the list gives none
+
+
 class SupportedModel(BaseModel):
     """One model of the list, as the list file spells it (unknown fields are refused: a typo is not a default)."""
 
@@ -32,7 +35,7 @@ class SupportedModel(BaseModel):
     end_token_ids: tuple[int, ...] = Field((), description="where the model ends a turn: the verifier's end-of-text checks")
     reward: float = Field(1.0, ge=0, description="multiplies a miner's round score: the subnet's say in which models it wants served")
     stream_tokens_per_s: float = Field(
-        100.0,
+        DEFAULT_STREAM_SPEED,
         gt=0,
         description="tokens/s one stream of this model gets on the subnet's reference hardware: capacity is paid in streams at this speed "
         "(a miner's verified tokens/s over it), so a token of a larger model counts for more than a tiny one's",

@@ -11,6 +11,7 @@ from engine import EngineSpec
 from models.subnet import ModelList
 from scoring.aggregate import AggregationParams
 from validator.query import Timeouts
+from validator.rounds import PROBE_CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class ValidatorConfig:
     # The capacity probe (validator.rounds): each model's miners once every `probe_every` rounds, each
     # sent as many challenges at once as it declares (at most `probe_concurrency`), all at one moment.
     probe_every: int = 4
-    probe_concurrency: int = 64
+    probe_concurrency: int = PROBE_CONCURRENCY
     round_interval: float = 270.0  # seconds between round starts
     weights_interval_blocks: Optional[int] = None  # default: the subnet's tempo
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -49,6 +49,7 @@ from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
 
+PROBE_CONCURRENCY = 64  # the most requests a capacity probe sends one miner at once (--probe-concurrency)
 LIGHT_CONCURRENCY = 4  # requests in flight to one miner outside its capacity probe
 PROBE_WAVES = 2  # a probe sends twice its concurrency: the second half keeps the slots full while the first ends
 
@@ -208,7 +209,7 @@ async def run_round(
     targets: list[Target],
     references: Mapping[str, ReferenceEngine],
     challenges_per_miner: int,
-    probe_concurrency: int = 64,
+    probe_concurrency: int = PROBE_CONCURRENCY,
     verify_concurrency: int = 4,
     timeouts: Optional[Timeouts] = None,
     history: Optional[Mapping[str, Sequence[bool]]] = None,
