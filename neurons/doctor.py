@@ -136,6 +136,8 @@ async def _on_chain(role: str, args: argparse.Namespace, wallet) -> list[Check]:
                 ]
             checks.append(Check("registered", True, f"uid {me.uid}"))
             checks.append(_standing(role, args, me))
+            if role in ("miner", "gateway"):
+                checks.append(_announced(args.network, me))
             if role != "miner":
                 checks.append(_model_list(graph, args, subnet))
             if role == "validator":
@@ -192,6 +194,20 @@ def _endpoints(role: str, args: argparse.Namespace) -> list[Check]:
         _health(f"reference {ref}", ref.split("=", 1)[1].rstrip("/") + "/health", "start the reference vLLM server or use --serve-reference")
         for ref in args.reference
     ]
+
+
+def _announced(network: str, me) -> Check:
+    """The endpoint the chain shows for this hotkey, asked at that address: what validators, gateways and users reach."""
+    from chain import ChainConfig
+
+    fix = "announce a public address: --external-ip (and --external-port where a port mapping forwards to --port)"
+    if me.endpoint is None:
+        return Check("announced", False, "the chain shows no endpoint for this hotkey yet", f"start the role; it announces itself ({fix})")
+    try:
+        ChainConfig(network, 0, "-", "-").check_announced(me.ip)
+    except ValueError as exc:
+        return Check("announced", False, str(exc), fix)
+    return _health("announced", f"{me.endpoint}/health", f"nothing answers where the chain sends callers: open the port, or {fix}")
 
 
 def _health(name: str, url: str, fix: str) -> Check:

@@ -119,6 +119,7 @@ def test_doctor_names_the_fix_for_each_failure(localnet, tmp_path):
     assert not gateway["permit"]["ok"] and "slmnet localnet stake" in gateway["permit"]["fix"]
     assert gateway["model list"]["ok"]  # nothing published yet: the list is used unchecked, with a warning
     assert not gateway["gateway"]["ok"] and "nothing answers" in gateway["gateway"]["detail"]
+    assert not gateway["announced"]["ok"] and "--external-ip" in gateway["announced"]["fix"]  # the chain shows no endpoint to call
     assert gateway["python"]["ok"] and gateway["bittensor"]["ok"] and gateway["vllm"]["ok"] and gateway["chain"]["ok"]
     miner = doctor("miner", *localnet.flags("validator"), "--model", "nowhere/model", "--engine-url", "http://127.0.0.1:9", "--port", str(free_port()))
     assert not miner["miner"]["ok"] and not miner["engine"]["ok"] and miner["stake"]["ok"]
