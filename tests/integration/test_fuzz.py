@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from pydantic import ValidationError
 from schemathesis.config import SchemathesisConfig
 
-from gateway.server import openapi_spec as gateway_spec
+from gateway.views import openapi_spec as gateway_spec
 from miner.server import openapi_spec as miner_spec
 from models.tiny import build_tiny
 from protocol.errors import ErrorBody

@@ -1,0 +1,71 @@
+"""``POST /v1/chat/completions`` and ``/v1/completions``: a request checked (``gateway.parse``), admitted against the
+key's limits, counted in the ledger, and run across miners by ``gateway.relay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from gateway.answer import Generation
+from gateway.auto import classify
+from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.parse import authenticate, max_tokens_of, parse_request
+from gateway.relay import ClientGone, Relay, maybe_sample, parts_of, usage_of
+from gateway.state import MODEL_HEADER, ROUTE_HEADER, STATE, GatewayState
+
+log = logging.getLogger(__name__)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state: GatewayState = request.app[STATE]
+    started = time.monotonic()
+    if request.content_length is not None and request.content_length > state.settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {state.settings.max_body_bytes}-byte limit")
+    key = authenticate(request, state)
+    chat, body, model, choice = await parse_request(request, state)
+    if choice is not None:  # "auto": which model it chose, and for what kind of request, for the user to see
+        request["route"] = {MODEL_HEADER: model, ROUTE_HEADER: choice.header()}
+    prompt_tokens = state.tokenizers[model].prompt_tokens(messages=body.get("messages"), prompt=body.get("prompt", ""))
+    max_tokens = max_tokens_of(body, state)
+    context = state.contexts.get(model)
+    if context is not None and not (body.get("max_completion_tokens") or body.get("max_tokens")):
+        max_tokens = max(1, min(max_tokens, context - prompt_tokens))  # a budget nobody asked for: what the context leaves, at most
+    if context is not None and prompt_tokens + max_tokens > context:
+        raise BadRequest(f"{prompt_tokens} prompt tokens + max_tokens {max_tokens} exceed {model}'s context of {context} tokens", "context_length_exceeded")
+    reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
+    request["ratelimit"] = reservation.headers
+    request_id = request["request_id"]
+    state.ledger.open_request(request_id, key.id, model, prompt_tokens)
+    generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens, price=key.price)
+    overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
+    state.metrics.overhead.observe(overhead_ms / 1000)
+    status = "failed"
+    relay = Relay(request, state, generation, overhead_ms)
+    try:
+        response = await relay.run()
+        status = "ok" if generation.finish_reason else "cut"
+        return response
+    except (ClientGone, asyncio.CancelledError) as exc:
+        # The user hung up: the upstream request was closed with the stream; the tokens so far are charged.
+        status = "cancelled"
+        log.info("client went away on request %s after %s characters", request_id, len(generation.text))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return relay.response or web.Response(status=499)
+    finally:
+        usage = generation.usage or usage_of(state, generation)
+        try:
+            await state.limits.settle(reservation, usage["total_tokens"])
+        except Exception as exc:  # Redis gone after admission: the ledger keeps the tokens; the shared counter misses them
+            log.error("could not settle request %s's quota in the limits store: %s", request_id, exc)
+        state.ledger.close_request(request_id, status, usage["completion_tokens"], generation.failovers, parts_of(state, generation))
+        state.metrics.tokens.labels("prompt").inc(prompt_tokens)
+        state.metrics.tokens.labels("completion").inc(usage["completion_tokens"])
+        if status == "ok":
+            maybe_sample(state, generation)
+            # answer lengths by model and kind, for auto's latency estimates (after the answer: no user waits on it)
+            state.router.auto.answered(model, choice.kind if choice else classify(body), usage["completion_tokens"])
