@@ -1,6 +1,6 @@
 """The subnet at network scale, simulated with its own code: miners, validators, cheats, churn.
 
-Each validator runs the project's real scoring on synthetic answers: ``validator.rounds.score_round``
+Each validator runs the project's real scoring on synthetic answers: ``validator.round_score.score_round``
 (per-miner pooled evidence, hard failures, buffering, round scores), ``validator.standings``
 (rewards, organic verdicts, the fold into standings), ``scoring.weights.to_weights``; once a
 tempo every validator's weights go through the localnet's Yuma epoch
@@ -46,7 +46,9 @@ from scoring.evidence import SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
 from scoring.weights import CAPACITY_EXPONENT, to_weights
-from validator.rounds import Result, Target, UserVerdict, challenge_count, probe_sizes, probed_models, score_round
+from validator.records import Result, Target, UserVerdict
+from validator.round_score import score_round
+from validator.rounds import challenge_count, probe_sizes, probed_models
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 
 MODEL = "smollm2-135m"

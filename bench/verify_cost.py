@@ -35,7 +35,8 @@ from bench._common import free_port, model_or_tiny, start_engine, stop, stream_c
 from models import subnet as model_list
 from models.tokenizer import ModelTokenizer
 from validator.challenges import generate
-from validator.rounds import Target, run_round
+from validator.records import Target
+from validator.rounds import run_round
 from validator.verify import ReferenceEngine, collect, verify
 
 ROUND_SEED = 404

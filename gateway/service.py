@@ -138,7 +138,7 @@ class Gateway:
                 miners = list(self.state.router.miners.values())
                 await asyncio.gather(*(probe(m) for m in miners))
                 # What users could reach, for the validators: a miner that fails its check is not routed to, and
-                # that time counts against it like refusing (validator.rounds.service_factor).
+                # that time counts against it like refusing (validator.round_score.service_factor).
                 if self.state.clients is not None and miners:
                     self.state.ledger.count_health({m.hotkey: m.healthy for m in miners})
                 self.state.router.snapshot()

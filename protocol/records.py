@@ -53,7 +53,7 @@ class AnswerRecord(BaseModel):
 
 class ServiceCounts(BaseModel):
     """What gateways saw one miner do for their users over a span (running totals, or what
-    changed between two reads): the inputs of its service factor (``validator.rounds.service_factor``)."""
+    changed between two reads): the inputs of its service factor (``validator.round_score.service_factor``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from protocol.records import RoundSummary
 from shell.role import serve
 from validator.config import ValidatorConfig
-from validator.rounds import RoundReport
+from validator.records import RoundReport
 from validator.store import Store
 
 log = logging.getLogger(__name__)

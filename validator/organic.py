@@ -45,7 +45,7 @@ from btauth.client import MinerClient
 from chain import MetagraphView
 from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, RoundSummary, ServiceCounts, ServiceReports
 from validator.challenges import UserPrompts, sampling_of
-from validator.rounds import RoundReport, Target, UserVerdict
+from validator.records import RoundReport, Target, UserVerdict
 from validator.store import Store
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
 

@@ -35,7 +35,9 @@ from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import StreamTiming, measure
 from validator.challenges import REPLAY, Challenge, generate, grade, miner_seed, slots
-from validator.rounds import Result, Target, challenge_count, current_evidence, pool_evidence, score_round
+from validator.records import Result, Target
+from validator.round_score import current_evidence, pool_evidence, score_round
+from validator.rounds import challenge_count
 from validator.standings import apply_rewards
 from validator.store import Store
 from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify

@@ -29,22 +29,22 @@ exception in one miner's challenge is logged and scored as that answer's error.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import aiohttp
 
 from btauth.client import MinerClient
-from protocol.records import AnswerRecord, ServiceCounts
-from scoring.aggregate import Outcome, RoundStats, Standing, judged_streamed, round_scores, summarize
-from scoring.evidence import FLAG_HOLD_BLOCKS, TOLERANCES, Evidence, SequentialParams
-from scoring.fidelity import AnswerStats
+from protocol.records import ServiceCounts
+from scoring.aggregate import Outcome, Standing
+from scoring.evidence import Evidence, SequentialParams
 from scoring.latency import measure
 from validator.challenges import REPLAY, Challenge, UserPrompts, generate, grade, miner_seed
 from validator.query import LoopLag, QueryResult, Timeouts, ask
+from validator.records import Result, RoundReport, Target, UserVerdict
+from validator.round_score import current_evidence, score_round
 from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
@@ -52,91 +52,6 @@ log = logging.getLogger(__name__)
 PROBE_CONCURRENCY = 64  # the most requests a capacity probe sends one miner at once (--probe-concurrency)
 LIGHT_CONCURRENCY = 4  # requests in flight to one miner outside its capacity probe
 PROBE_WAVES = 2  # a probe sends twice its concurrency: the second half keeps the slots full while the first ends
-
-
-@dataclass(frozen=True)
-class Target:
-    uid: int
-    hotkey: str
-    url: str
-    model: str
-    capacity: int
-    dtype: str = "float32"  # declared: the verifier's tolerance for its drift
-    declaration: str = ""  # what its evidence is kept under: a new declaration starts it afresh
-
-    @property
-    def tolerance(self):
-        return TOLERANCES.get(self.dtype, TOLERANCES["float32"])
-
-
-@dataclass
-class Result:
-    """One challenge answered (or not) by one miner, as stored."""
-
-    uid: int
-    hotkey: str
-    family: str
-    outcome: Outcome
-    reasons: tuple[str, ...] = ()
-    detail: str = ""
-    stats: Optional[AnswerStats] = None  # the answer's evidence for the per-miner test
-    answer: Optional[AnswerRecord] = None  # what the miner sent, for replay: token ids, logprobs, chunk timings
-    request: Optional[dict[str, Any]] = None  # what it was sent (a replayed user prompt cannot be rebuilt from the seed)
-
-    @property
-    def streamed(self) -> Optional[bool]:
-        """For an answer long enough to judge: whether it was streamed (buffering evidence)."""
-        return judged_streamed(self.outcome)
-
-    def row(self, round_index: int) -> dict[str, Any]:
-        """The result as the store's ``results`` row, by column name."""
-        speed = self.outcome.speed
-        return {
-            "round": round_index,
-            "uid": self.uid,
-            "hotkey": self.hotkey,
-            "family": self.family,
-            "outcome": self.outcome.kind,
-            "passed": None if self.outcome.fidelity_passed is None else int(self.outcome.fidelity_passed),
-            "reasons": "; ".join(self.reasons) or self.detail or None,
-            "correct": self.outcome.correct,
-            "ttft": speed.ttft if speed else None,
-            "tokens_per_s": speed.tokens_per_s if speed else None,
-            "tokens": speed.tokens if speed else None,
-            "streamed": None if self.streamed is None else int(self.streamed),
-            "sent_at": self.outcome.sent_at,
-            "done_at": self.outcome.done_at,
-            "stats": json.dumps(asdict(self.stats)) if self.stats is not None else None,
-            "answer": self.answer.model_dump_json() if self.answer is not None else None,
-            "request": json.dumps(self.request) if self.request is not None else None,
-        }
-
-
-@dataclass(frozen=True)
-class UserVerdict:
-    """The verdict on one user's answer a gateway handed over (``validator.organic``): it counts like a
-    challenge's — a failure zeroes the round, its evidence pools with the challenges'."""
-
-    uid: int
-    hotkey: str
-    passed: bool
-    reasons: str = ""
-    stats: Optional[AnswerStats] = None
-
-
-@dataclass
-class RoundReport:
-    seed: int
-    results: list[Result] = field(default_factory=list)
-    scores: dict[int, float] = field(default_factory=dict)
-    fidelity_failed: set[int] = field(default_factory=set)
-    buffered: set[int] = field(default_factory=set)  # recent answers came in bursts: score 0, standing from zero
-    evidence: dict[str, Evidence] = field(default_factory=dict)  # hotkey → its pooled evidence after the round
-    flagged: set[int] = field(default_factory=set)  # the evidence says another model: weight 0 until it declares anew
-    probed: dict[int, int] = field(default_factory=dict)  # uid → requests it was sent at once (its capacity probe)
-    delivered: dict[int, float] = field(default_factory=dict)  # uid → verified tokens/s it delivered so
-    serves: dict[int, int] = field(default_factory=dict)  # uid → streams it served at once at its model's best stream speed
-    capacity: dict[int, float] = field(default_factory=dict)  # uid → delivered in streams at its model's reference speed (standings.apply_rewards)
 
 
 async def _judge(
@@ -288,132 +203,3 @@ def probe_sizes(targets: Iterable[Target], probing: Collection[str], probe_concu
 def challenge_count(challenges_per_miner: int, probed: int = 0) -> int:
     """Challenges a miner is sent in a round (before a suspect's extra): a probe's ``PROBE_WAVES`` × its concurrency at least."""
     return max(challenges_per_miner, PROBE_WAVES * probed)
-
-
-def score_round(
-    seed: int,
-    targets: list[Target],
-    results: Mapping[int, list[Result]],
-    history: Optional[Mapping[str, Sequence[bool]]],
-    evidence: Optional[Mapping[str, Evidence]],
-    round_index: int,
-    sequential: SequentialParams = SequentialParams(),
-    organic: Sequence[UserVerdict] = (),
-    block: Optional[int] = None,
-    service: Optional[Mapping[int, ServiceCounts]] = None,
-    probed: Optional[Mapping[int, int]] = None,
-) -> RoundReport:
-    """The round's report from each queried miner's results (uid → results in challenge order)
-    and the verdicts on users' answers: what ``run_round`` returns, and what ``slmnet validator
-    replay`` recomputes from a record. A user's answer weighs like a challenge's: its evidence
-    pools with the challenges' (a miner serving users another model is flagged on it), and a
-    failed one makes the round a fidelity failure. What a miner did for users counts too: its
-    score is multiplied by the share of the gateways' requests it served and the share of their
-    health checks it passed (``service_factor``), so a miner that refuses users, or that users
-    cannot reach, earns at most what it serves. ``probed``: uid → the requests it
-    was sent at once in its capacity probe; only a probed miner's delivered capacity is measured."""
-    report = RoundReport(seed=seed, probed=dict(probed or {}))
-    pooled = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
-    report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
-    users: dict[int, list[UserVerdict]] = {}
-    for verdict in organic:
-        users.setdefault(verdict.uid, []).append(verdict)
-    stats = {}
-    for target in targets:
-        answers = results.get(target.uid)
-        mine = [v for v in users.get(target.uid, ()) if v.hotkey == target.hotkey]
-        if answers is None and not mine:
-            continue
-        report.results += answers or []
-        user_stats = [Result(target.uid, target.hotkey, "organic", Outcome("ok", v.passed), stats=v.stats) for v in mine]
-        pooled[target.hotkey] = pool_evidence(pooled[target.hotkey], target, [*(answers or []), *user_stats], round_index, sequential, block=block)
-        if pooled[target.hotkey].flagged:
-            report.flagged.add(target.uid)
-        failed = [v for v in mine if not v.passed]
-        if failed:
-            log.warning("uid %s (%s) failed verification on %d user answer(s): %s", target.uid, target.hotkey, len(failed), failed[0].reasons)
-        if answers is None:
-            continue
-        stats[target.uid] = summarize([r.outcome for r in answers], (history or {}).get(target.hotkey, ()))
-        if target.uid in report.probed and (measured := stats[target.uid].delivered) is not None:
-            report.delivered[target.uid] = measured
-        if stats[target.uid].fidelity_failed or failed:
-            report.fidelity_failed.add(target.uid)
-        if stats[target.uid].buffered:
-            log.warning("uid %s (%s) sends its answers in bursts (buffered, not streamed): round score 0, standing from zero", target.uid, target.hotkey)
-            report.buffered.add(target.uid)
-    report.scores = round_scores(stats, {t.uid: t.model for t in targets if t.uid in stats})
-    report.serves = serving_streams(report, stats, targets)
-    for target in targets:  # no pay on credit: a score shrinks as the evidence against its miner rises
-        if target.uid in report.scores:
-            report.scores[target.uid] *= pooled[target.hotkey].credit(sequential) * service_factor((service or {}).get(target.uid))
-    report.scores.update({uid: 0.0 for uid in report.flagged | report.fidelity_failed})
-    report.evidence = pooled
-    return report
-
-
-def serving_streams(report: RoundReport, stats: Mapping[int, RoundStats], targets: Sequence[Target]) -> dict[int, int]:
-    """uid → how many streams a probed miner serves at once at full speed: what it delivered over the
-    best per-stream rate among the probed miners of its model (at least 1, at most what it was sent).
-    A miner declaring more than its engine serves is found out here, and the gateway admits it so many."""
-    model = {t.uid: t.model for t in targets}
-    best: dict[str, float] = {}
-    for uid in report.delivered:
-        if (rate := stats[uid].tokens_per_s_p30) and not stats[uid].fidelity_failed:
-            best[model[uid]] = max(best.get(model[uid], 0.0), rate)
-    return {uid: max(1, min(report.probed[uid], round(delivered / best[model[uid]]))) for uid, delivered in report.delivered.items() if model[uid] in best}
-
-
-def service_factor(counts: Optional[ServiceCounts]) -> float:
-    """What users could get of a miner since the last round, in [0, 1]: the share of the gateways'
-    requests it served (served / served + refused + failed) times the share of their health checks
-    it passed. A miner no gateway can reach is never routed a user, so it refuses none; the checks
-    are where that shows: time it declared capacity and failed them counts like refusing. 1 where
-    the gateways saw nothing (no gateway read, or none that knows the miner yet)."""
-    if counts is None:
-        return 1.0
-    asked = counts.served + counts.refused + counts.failed
-    served = counts.served / asked if asked else 1.0
-    reachable = (counts.checked - counts.unreachable) / counts.checked if counts.checked else 1.0
-    return served * max(0.0, reachable)
-
-
-def current_evidence(evidence: Mapping[str, Evidence], target: Target, block: Optional[int] = None) -> Evidence:
-    """The target's evidence about the model it serves now: carried across any other change of its
-    declaration; a flag holds (whatever it declares) until ``FLAG_HOLD_BLOCKS`` after it was raised."""
-    known = evidence.get(target.hotkey)
-    if known is not None and known.held(block):
-        return known
-    return known if known is not None and not known.flagged and known.model == target.model else Evidence(target.model)
-
-
-def pool_evidence(
-    evidence: Evidence,
-    target: Target,
-    results: list[Result],
-    round_index: int,
-    sequential: SequentialParams,
-    announce: bool = True,
-    block: Optional[int] = None,
-) -> Evidence:
-    was_flagged = evidence.flagged
-    for result in results:
-        if result.stats is not None:
-            evidence = evidence.add(result.stats, target.tolerance, round_index, sequential, block)
-    if announce and evidence.flagged and not was_flagged:
-        log.warning(
-            "uid %s (%s) flagged: its answers do not come from %s in %s (%d answers, %d/%d choices mismatched, %d/%d logprobs off; evidence %.1f ≥ %.1f); weight 0 for %d blocks, whatever it declares",
-            target.uid,
-            target.hotkey,
-            target.model,
-            target.dtype,
-            evidence.answers,
-            evidence.mismatches,
-            evidence.tokens,
-            evidence.exceedances,
-            evidence.reported,
-            evidence.cusum,
-            sequential.threshold,
-            FLAG_HOLD_BLOCKS,
-        )
-    return evidence

@@ -46,7 +46,8 @@ from validator.organic import (
     verdicts_of,
     verify_samples,
 )
-from validator.rounds import RoundReport, Target, probed_models, run_round
+from validator.records import RoundReport, Target
+from validator.rounds import probed_models, run_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 from validator.store import Store
 from validator.verify import ReferenceEngine

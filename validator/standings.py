@@ -12,7 +12,7 @@ from typing import Mapping
 
 from models.subnet import ModelList
 from scoring.aggregate import AggregationParams, Standing, update
-from validator.rounds import RoundReport, Target
+from validator.records import RoundReport, Target
 
 log = logging.getLogger(__name__)
 

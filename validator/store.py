@@ -22,7 +22,7 @@ from scoring.aggregate import Standing
 from scoring.evidence import Evidence
 from scoring.fidelity import AnswerStats
 from shell.sqlite import add_columns, open_db, transaction
-from validator.rounds import UserVerdict
+from validator.records import UserVerdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS standings (hotkey TEXT PRIMARY KEY, uid INTEGER NOT NULL, ema REAL NOT NULL, rounds INTEGER NOT NULL, banned_until INTEGER NOT NULL);

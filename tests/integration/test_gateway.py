@@ -36,7 +36,7 @@ from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSa
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, ledger_rows, start_adversary, start_gateway, start_miners
 from validator.organic import SignedOutbox, verify_samples
-from validator.rounds import Target
+from validator.records import Target
 from validator.store import Store
 from validator.verify import MinerResponse, ReferenceEngine, verify
 

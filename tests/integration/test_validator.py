@@ -25,7 +25,8 @@ from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
 from tests.harness.localnet import FAST, make_localnet
 from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm, warm_engine
-from validator.rounds import Target, run_round
+from validator.records import Target
+from validator.rounds import run_round
 from validator.verify import ReferenceEngine
 
 pytestmark = pytest.mark.slow

@@ -95,7 +95,7 @@ def test_one_answer_never_flags_alone_and_a_flag_stays():
     evidence = Evidence("d").add(worst, BF16, 0).add(worst, BF16, 0)
     assert evidence.flagged_round == 0
     clean = AnswerStats(tokens=1000, reported=1000)
-    assert evidence.add(clean, BF16, 5).flagged_round == 0  # it holds (for FLAG_HOLD_BLOCKS, whatever is declared: validator.rounds)
+    assert evidence.add(clean, BF16, 5).flagged_round == 0  # it holds (for FLAG_HOLD_BLOCKS, whatever is declared: validator.round_score)
 
 
 def test_pay_falls_and_sampling_rises_with_the_evidence_before_the_flag():

@@ -11,7 +11,8 @@ from protocol.records import ServiceCounts, ServiceReport, ServiceReports
 from scoring.aggregate import Outcome
 from scoring.latency import StreamTiming, measure
 from validator.organic import read_service, service_picture, service_since
-from validator.rounds import Result, Target, score_round, service_factor
+from validator.records import Result, Target
+from validator.round_score import score_round, service_factor
 
 
 def test_the_gateway_counts_each_miners_service_from_its_ledger_and_its_refusals(tmp_path):

@@ -82,7 +82,7 @@ def test_pooled_evidence_survives_a_restart_and_old_state_gains_the_new_columns(
 
 
 def _target(uid: int):
-    from validator.rounds import Target
+    from validator.records import Target
 
     return Target(uid, f"5Hot{uid}", "", "m", 4)
 
@@ -127,7 +127,7 @@ async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_ac
 
 def test_organic_verdicts_taken_by_a_round_that_was_never_stored_are_taken_again(tmp_path):
     from scoring.fidelity import AnswerStats
-    from validator.rounds import UserVerdict
+    from validator.records import UserVerdict
 
     store = Store(tmp_path / "v.sqlite")
     verdict = UserVerdict(3, "5Hot3", False, "cut answer", AnswerStats(40, 3, 40, 9))
@@ -177,7 +177,8 @@ def test_over_the_rounds_budget_the_least_judged_miners_are_verified_first():
 
 def test_a_flag_holds_whatever_the_miner_declares_until_forgiven(tmp_path):
     from scoring.evidence import FLAG_HOLD_BLOCKS
-    from validator.rounds import Target, current_evidence
+    from validator.records import Target
+    from validator.round_score import current_evidence
 
     store = Store(tmp_path / "v.sqlite")
     flagged = Evidence("m", cusum=30.0, answers=40, flagged_round=0, flagged_block=1000)
