@@ -136,7 +136,7 @@ async def _on_chain(role: str, args: argparse.Namespace, wallet) -> list[Check]:
                 ]
             checks.append(Check("registered", True, f"uid {me.uid}"))
             checks.append(_standing(role, args, me))
-            if role in ("miner", "gateway"):
+            if role == "miner" or role == "gateway" and args.external_ip:  # a gateway announces itself only when told to
                 checks.append(_announced(args.network, me))
             if role != "miner":
                 checks.append(_model_list(graph, args, subnet))

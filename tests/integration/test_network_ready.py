@@ -115,7 +115,8 @@ def test_doctor_names_the_fix_for_each_failure(localnet, tmp_path):
         not unregistered["registered"]["ok"] and "slmnet register" in unregistered["registered"]["fix"] and "burns 1 TAO" in unregistered["registered"]["fix"]
     )
     localnet.register(["validator"])
-    gateway = doctor("gateway", *localnet.flags("validator"), "--port", str(free_port()), "--model-list", str(other_list(tmp_path)))
+    port = str(free_port())
+    gateway = doctor("gateway", *localnet.flags("validator"), "--port", port, "--external-ip", "127.0.0.1", "--model-list", str(other_list(tmp_path)))
     assert not gateway["permit"]["ok"] and "slmnet localnet stake" in gateway["permit"]["fix"]
     assert gateway["model list"]["ok"]  # nothing published yet: the list is used unchecked, with a warning
     assert not gateway["gateway"]["ok"] and "nothing answers" in gateway["gateway"]["detail"]
