@@ -12,9 +12,10 @@
   rising evidence) has more of its answers sampled (``Router.verify_share``).
 
 Each is a btauth/1 request addressed to the gateway's hotkey and signed by a validator
-hotkey it trusts: by default its own (which the local subnet's validator shares) and every
-hotkey with a validator permit on the subnet, so every validator sees the same service
-picture; ``--validator-hotkey`` names exactly which instead. Anything else is answered 401 (no or bad signature, stale, replayed,
+hotkey it trusts: to read, by default its own (which the local subnet's validator shares)
+and every hotkey with a validator permit on the subnet, so every validator sees the same
+service picture; to post verdicts, its own only (they take miners out of its routing).
+``--validator-hotkey`` names exactly which validators may do both instead. Anything else is answered 401 (no or bad signature, stale, replayed,
 misaddressed) or 403 (a signer it does not trust), and changes nothing.
 """
 
@@ -44,8 +45,11 @@ class NotTrusted(HttpError):
     status, type, code = 403, "permission_error", "validator_not_trusted"
 
 
-async def _validator(request: web.Request, body: bytes = b"") -> str:
-    """The trusted validator hotkey that signed ``request``; Unsigned or NotTrusted otherwise."""
+async def _validator(request: web.Request, body: bytes = b"", verdicts: bool = False) -> str:
+    """The trusted validator hotkey that signed ``request``; Unsigned or NotTrusted otherwise. Reading
+    (samples, service counts) is open to every validator with a permit by default; posting ``verdicts``,
+    which take miners out of this gateway's routing, only to the validators named (or this hotkey's own):
+    one permit holder must not be able to hold honest miners out of every gateway's users."""
     state: GatewayState = request.app[STATE]
     if state.signatures is None:
         state.signatures = SignatureCheck(state.keypair.ss58_address)
@@ -53,7 +57,8 @@ async def _validator(request: web.Request, body: bytes = b"") -> str:
         sender = state.signatures.sender(request.headers, body, request.method, request.path_qs)  # the query is signed too
     except AuthFailed as exc:
         raise Unsigned(str(exc), exc.code) from exc
-    trusted = state.settings.validator_hotkeys or (state.keypair.ss58_address, *state.permitted)
+    named = state.settings.validator_hotkeys or (state.keypair.ss58_address,)
+    trusted = named if verdicts or state.settings.validator_hotkeys else (*named, *state.permitted)
     if sender not in trusted:
         raise NotTrusted(f"{sender} is not a validator this gateway hands its users' answers to (a validator permit, or --validator-hotkey)")
     return sender
@@ -87,7 +92,7 @@ async def verdicts(request: web.Request) -> web.Response:
     body = await request.content.read(MAX_VERDICTS_BYTES + 1)
     if len(body) > MAX_VERDICTS_BYTES:
         raise BadRequest(f"verdicts over {MAX_VERDICTS_BYTES} bytes")
-    sender = await _validator(request, body)
+    sender = await _validator(request, body, verdicts=True)
     try:
         posted = MinerVerdicts.model_validate_json(body)
     except ValidationError as exc:

@@ -44,7 +44,7 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="SS58",
-        help="a validator that may read the organic outbox and service counts and post verdicts over HTTP (/v1/organic/*; repeatable; default: this gateway's own hotkey and every hotkey with a validator permit on the subnet)",
+        help="a validator that may read the organic outbox and service counts and post verdicts over HTTP (/v1/organic/*; repeatable; default: reads by this gateway's own hotkey and every hotkey with a validator permit on the subnet, verdicts by its own only)",
     )
     p.add_argument(
         "--external-ip",

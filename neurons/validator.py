@@ -70,6 +70,13 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="a gateway's URL (repeatable: every gateway this validator trusts): each round, read what it did for users and the user answers it samples (signed HTTP; it must trust this hotkey: slmnet gateway --validator-hotkey), verify them, hand it the verdicts",
     )
+    p.add_argument(
+        "--trust-gateway",
+        action="append",
+        default=[],
+        metavar="SS58",
+        help="a gateway's hotkey (repeatable): read it wherever it announces itself on chain (a gateway's samples are its word for what miners sent: trust it as you would your own)",
+    )
     p.add_argument("--max-rounds", type=int, default=None, help="stop after this many rounds in the state (smoke runs)")
     p.set_defaults(func=cmd_validator, default_log_level=logging.INFO)
 
@@ -133,6 +140,7 @@ def build_config(args: argparse.Namespace):
         wandb_project=args.wandb_project,
         max_rounds=args.max_rounds,
         organic_from=tuple(args.organic_from),
+        trust_gateways=tuple(args.trust_gateway),
     )
 
 

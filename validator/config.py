@@ -37,4 +37,5 @@ class ValidatorConfig:
     metrics_port: Optional[int] = None  # Prometheus on loopback
     wandb_project: Optional[str] = None  # online wandb; offline runs are written under state_dir
     max_rounds: Optional[int] = None  # stop after this many rounds (tests, smoke runs)
+    trust_gateways: tuple[str, ...] = ()  # hotkeys whose gateways announced on chain it reads (its own always)
     organic_from: tuple[str, ...] = ()  # the gateways it reads (URLs): users' answers to verify, service counts; verdicts go back

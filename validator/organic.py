@@ -2,8 +2,8 @@
 
 A gateway puts a sampled share of its users' answers, each as one miner sent it with the
 request it answered, in its outbox (``organic_samples`` in its SQLite). The validator reads
-every gateway it is given (``--organic-from URL``, repeatable) and every gateway declared on
-chain by a hotkey with a validator permit (``gateways``), over signed HTTP (``SignedOutbox``,
+every gateway it is given (``--organic-from URL``, repeatable) and every gateway it trusts
+(``--trust-gateway``) declared on chain by a hotkey with a validator permit (``gateways``), over signed HTTP (``SignedOutbox``,
 ``gateway.handover``), on the same machine or not: one hand-over, which carries the samples,
 what each miner did for users and the verdicts back (a database file read on the side
 carried the samples alone, and paid cheats of users as honest miners). From each it takes
@@ -36,7 +36,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Literal, Mapping, Optional, Protocol, Sequence
+from typing import Any, Collection, Literal, Mapping, Optional, Protocol, Sequence
 
 import aiohttp
 from pydantic import ValidationError
@@ -139,12 +139,21 @@ def open_outbox(url: str, session: aiohttp.ClientSession, keypair: Any) -> Signe
     return SignedOutbox(session, url, keypair)
 
 
-async def gateways(outboxes: Sequence[SignedOutbox], graph: MetagraphView, session: aiohttp.ClientSession, keypair: Any) -> list[SignedOutbox]:
+async def gateways(
+    outboxes: Sequence[SignedOutbox], graph: MetagraphView, session: aiohttp.ClientSession, keypair: Any, trusted: Collection[str]
+) -> list[SignedOutbox]:
     """The gateways to read this round: those given by hand, and every gateway declared on chain by a
-    hotkey with a validator permit (``NeuronView.trusted_gateway``), each once (by its hotkey: a gateway
-    given by URL and found on chain is read once, so no user's answer is judged twice)."""
+    hotkey with a validator permit (``NeuronView.trusted_gateway``) that this validator trusts (``trusted``:
+    ``--trust-gateway``, and its own hotkey), each once (by its hotkey: a gateway given by URL and found on
+    chain is read once, so no user's answer is judged twice). Only trusted ones: a gateway's samples are its
+    word for what a miner sent (miners sign nothing they send), so a gateway read on a permit alone could
+    frame any miner at every validator that reads it."""
     known = {o.url for o in outboxes}
-    found = [SignedOutbox(session, n.endpoint, keypair, n.hotkey) for n in graph.neurons if n.trusted_gateway and n.endpoint and n.endpoint not in known]
+    found = [
+        SignedOutbox(session, n.endpoint, keypair, n.hotkey)
+        for n in graph.neurons
+        if n.trusted_gateway and n.hotkey in trusted and n.endpoint and n.endpoint not in known
+    ]
     everyone = [*outboxes, *found]
     await asyncio.gather(*(o.resolve() for o in everyone if o.hotkey is None))
     distinct, seen = [], set()

@@ -87,7 +87,7 @@ class Validator:
             if n.model is not None and n.endpoint is not None  # as serving() ensures: said again for the type checker
         ]
         ready = {model: ref for model, ref in references.items() if ref is not None}
-        self.outboxes = await gateways(self.outboxes, graph, session, self.keypair)
+        self.outboxes = await gateways(self.outboxes, graph, session, self.keypair, {self.keypair.ss58_address, *self.config.trust_gateways})
         previous = self.store.summary(round_index - 1)
         seen, service = previous.service_seen if previous else {}, {}
         if self.outboxes:

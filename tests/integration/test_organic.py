@@ -6,7 +6,7 @@ whatever looks like a challenge it streams from the declared model, and every ot
 — users' — from a copy with 1e-2 weight noise (a cheaper model, which the validator's suite
 catches on every answer it sees). The gateway samples users' answers and lets its users'
 prompts be replayed. It runs under a hotkey of its own and announces itself on chain; the
-validator, told of no gateway, finds it there, reads it over signed HTTP (no shared disk),
+validator, given its hotkey and no URL (--trust-gateway), finds it there, reads it over signed HTTP (no shared disk),
 pools the users' answers with its challenges' evidence, and hands its verdicts back. A fourth miner is an answer
 cacher (``--mode cache``): a conversation it has answered before gets the stored answer at
 once, whatever the seed — the speed a cache would buy, on users who ask the same thing. A
@@ -64,7 +64,7 @@ def subnet(tmp_path_factory, tiny_engine, noisy_engine):
     net = make_localnet(tmp)
     wallets, uids = net.register((*HONEST, *CHEATS, REFUSER, DARK, "validator", "gateway"))
     net.stake(wallets["validator"], 2000)
-    net.stake(wallets["gateway"], 1000)  # a validator permit: miners answer it, and validators read what it announces
+    net.stake(wallets["gateway"], 1000)  # a validator permit: miners answer it, and validators that trust it read what it announces
     try:
         servers.append(proxy := start_adversary(tiny_engine.url, None, tmp, cheap=noisy_engine.url))  # the mode named by each miner's URL
         proxy.wait_healthy(timeout=60)
@@ -73,12 +73,25 @@ def subnet(tmp_path_factory, tiny_engine, noisy_engine):
         miners = start_miners(net, upstream, tmp / "s0", tmp, servers, capacity=4, fronts={DARK: front})
         db = tmp / "gateway.sqlite"
         key = create_key(db, "users")
-        # The gateway is its own hotkey, announced on chain (--external-ip): the validator is not told of it, finds it there
-        # (a permitted hotkey declaring the gateway role), and the gateway trusts it for its permit. Half the requests routed uniformly: the cacher, instant on its hits, would otherwise draw nearly all users (268 of
+        # The gateway is its own hotkey, announced on chain (--external-ip): the validator is given its hotkey, not its URL
+        # (--trust-gateway), and finds it there; the gateway takes the validator's verdicts (--validator-hotkey). Half the requests routed uniformly: the cacher, instant on its hits, would otherwise draw nearly all users (268 of
         # 300 in one run) and leave the others too few to sample.
         servers.append(
             gateway := start_gateway(
-                net, "gateway", db, f"{MODEL}={tmp / 's0'}", tmp, "--verify-share", "0.25", "--replay-prompts", "--explore", "0.5", "--external-ip", "127.0.0.1"
+                net,
+                "gateway",
+                db,
+                f"{MODEL}={tmp / 's0'}",
+                tmp,
+                "--verify-share",
+                "0.25",
+                "--replay-prompts",
+                "--explore",
+                "0.5",
+                "--external-ip",
+                "127.0.0.1",
+                "--validator-hotkey",
+                wallets["validator"].hotkey.ss58_address,
             )
         )
         hotkeys = {name: wallet.hotkey.ss58_address for name, wallet in wallets.items()}
@@ -122,6 +135,7 @@ def test_miners_serving_users_a_cheaper_copy_or_a_cached_answer_are_flagged_on_t
         "--challenges-per-miner", "6",
         "--probe-concurrency", "3",  # the first round probes capacity: still 6 challenges, 3 at once
         "--round-interval", "1",
+        "--trust-gateway", subnet["hotkeys"]["gateway"],
         "--weights-interval", "1",
     ]  # fmt: skip
     args = [*validator, "--max-rounds", "2"]
