@@ -14,7 +14,6 @@ from gateway.state import ENTROPY
 from models.tokenizer import ModelTokenizer
 from protocol.requests import miner_request
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice, TextLogprobs
-from protocol.sse import StreamViolation
 
 
 @dataclass
@@ -99,11 +98,9 @@ def chat_logprobs(choice: ChatChunkChoice, tokenizer: ModelTokenizer) -> list[di
 
 def text_logprobs(choice: TextChunkChoice, lp: TextLogprobs, tokenizer: ModelTokenizer, offset: int = 0) -> dict[str, Any]:
     """A text completion choice's logprobs ``lp`` with every token, and every top alternative's key, spelled from
-    its id (each token the chunk's id: StreamViolation otherwise); ``offset``: characters of the answer before this
-    miner's part (a continuation's offsets count from the user's answer's start)."""
+    its id (``StreamFold`` has checked that each names one, the tokens the chunk's); ``offset``: characters of the
+    answer before this miner's part (a continuation's offsets count from the user's answer's start)."""
     named = [tokenizer.token_text(t) for t in lp.tokens]
-    if choice.token_ids is not None and [token_id for token_id, _ in named] != choice.token_ids:
-        raise StreamViolation("a text completion's logprob tokens are not the chunk's token ids")
     tops = None if lp.top_logprobs is None else [None if t is None else {tokenizer.token_text(k)[1]: v for k, v in t.items()} for t in lp.top_logprobs]
     return {
         "tokens": [text for _, text in named],

@@ -93,10 +93,12 @@ class Relay:
             ids = choice.token_ids or []
             self.gen.token_ids += ids
             self.gen.upstream_tokens += len(ids) if ids else (1 if piece else 0)
-            if self.gen.body.get("logprobs") and isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:  # kept only for a user who asked
-                self.gen.logprobs += chat_logprobs(choice, tokenizer)  # StreamViolation: a token not named by its id
-            elif self.gen.body.get("logprobs") is not None and isinstance(choice, TextChunkChoice) and choice.logprobs is not None:
-                self.gen.logprobs.append(text_logprobs(choice, choice.logprobs, tokenizer, self.gen.parts[-1][2]))
+            asked = self.gen.body.get("logprobs")
+            if not self.user_stream and choice.logprobs is not None:  # a whole answer's, for a user who asked (a stream's: user_chunk)
+                if asked and isinstance(choice, ChatChunkChoice):
+                    self.gen.logprobs += chat_logprobs(choice, tokenizer)  # StreamViolation: a token not named by its id
+                elif asked is not None and isinstance(choice, TextChunkChoice):
+                    self.gen.logprobs.append(text_logprobs(choice, choice.logprobs, tokenizer, self.gen.parts[-1][2]))
             if choice.finish_reason:
                 self.gen.finish_reason = choice.finish_reason
 

@@ -145,6 +145,15 @@ def token_id_of(token: str) -> Optional[int]:
     return int(digits) if head == "token_id" and digits.isdigit() and len(digits) <= 10 else None
 
 
+def _named_by_ids(tokens: list[str], ids: list[int], alternatives: list[str]) -> None:
+    """StreamViolation unless each token names the chunk's id at its place and each alternative names an id."""
+    for index, token in enumerate(tokens):
+        if token_id_of(token) != (ids[index] if index < len(ids) else None):
+            raise StreamViolation(f"a logprob token that is not the chunk's token id as asked (token_id:N): {token[:40]!r}")
+    if any(token_id_of(token) is None for token in alternatives):
+        raise StreamViolation("a logprob alternative not named by its token id as asked (token_id:N)")
+
+
 class StreamFold:
     """One answer (``n`` = 1) built from its events, checking what must hold across them.
 
@@ -197,12 +206,14 @@ class StreamFold:
         if len(self.token_ids) > self.max_tokens:
             raise StreamViolation(f"more token ids than max_tokens ({self.max_tokens})")
         self.text += piece or ""
+        # Each logprob names its token by id, the id the chunk sent, and its alternatives by id (users read them spelled from ids).
         if isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:
             entries = choice.logprobs.content or []
-            for index, entry in enumerate(entries):  # each names its token by id, the id the chunk sent (the user reads them spelled from ids)
-                if token_id_of(entry.token) != (ids[index] if index < len(ids) else None) or any(token_id_of(top.token) is None for top in entry.top_logprobs):
-                    raise StreamViolation(f"a logprob token that is not the chunk's token id as asked (token_id:N): {entry.token[:40]!r}")
+            _named_by_ids([e.token for e in entries], ids, [top.token for e in entries for top in e.top_logprobs])
             self.logprobs += entries
+        elif isinstance(choice, TextChunkChoice) and choice.logprobs is not None:
+            text = choice.logprobs
+            _named_by_ids(text.tokens, ids, [key for top in text.top_logprobs or [] if top for key in top])
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
 

@@ -276,10 +276,14 @@ class Adversary:
             elif mode == "endless":
                 choice["finish_reason"] = None
             elif mode == "html-logprobs":
-                for entry in (choice.get("logprobs") or {}).get("content") or []:
+                logprobs = choice.get("logprobs") or {}
+                for entry in logprobs.get("content") or []:  # a chat completion's
                     entry["token"] = HOSTILE_TEXT
                     for top in entry.get("top_logprobs") or []:
                         top["token"] = HOSTILE_TEXT
+                if logprobs.get("tokens"):  # a text completion's: its tokens and its alternatives' keys
+                    logprobs["tokens"] = [HOSTILE_TEXT] * len(logprobs["tokens"])
+                    logprobs["top_logprobs"] = [{HOSTILE_TEXT: -0.1} for _ in logprobs["tokens"]]
         return sse_event(event)
 
 

@@ -157,8 +157,8 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
         time.sleep(0.5)
     asks = []
     for i in range(24):
-        if i % 4 == 3:
-            asks.append(("/v1/completions", {"model": MODEL, "prompt": f"Once upon a time {i}", "max_tokens": 24}))
+        if i % 4 == 3:  # half of them with logprobs: a text completion's tokens are spelled from their ids too
+            asks.append(("/v1/completions", {"model": MODEL, "prompt": f"Once upon a time {i}", "max_tokens": 24, **({"logprobs": 2} if i % 8 == 3 else {})}))
         elif i % 4 == 2:  # logprobs with alternatives: every token spelled from its id, never a miner's string
             body = {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {i}."}], "max_tokens": 24, "logprobs": True, "top_logprobs": 3}
             asks.append(("/v1/chat/completions", {**body, "stream": i % 8 == 2}))
@@ -185,7 +185,10 @@ def test_users_never_see_a_hostile_miner_through_the_gateway(subnet, gateway):
         else:
             choice = json.loads(raw)["choices"][0]
             text = choice["text"] if "text" in choice else choice["message"]["content"]
-            if body.get("logprobs"):
+            if body.get("logprobs") and "prompt" in body:  # a text completion's: a token each, each spelled from its id
+                tokens = choice["logprobs"]["tokens"]
+                assert len(tokens) == json.loads(raw)["usage"]["completion_tokens"] and not any(t.startswith("token_id:") for t in tokens)
+            elif body.get("logprobs"):
                 entries = choice["logprobs"]["content"]
                 assert entries and all(len(e["top_logprobs"]) == 3 for e in entries)
                 assert all(not e["token"].startswith("token_id:") and e["bytes"] == list(e["token"].encode()) for e in entries)

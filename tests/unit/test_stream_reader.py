@@ -143,3 +143,17 @@ def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
     assert binding_reasons(tokenizer, ids + newline, "Paris is the capital of France.", None)  # not an end token: its text is missing
     # only the last id, and only that id: an end token in the middle spells its text as any other
     assert binding_reasons(tokenizer, newline + ids, "Paris is the capital of France.", None, ended_by=newline[0])
+
+
+def test_a_text_completions_logprob_tokens_must_be_its_ids_too():
+    def text_chunk(tokens: list[str], tops: list) -> str:
+        logprobs = {"tokens": tokens, "token_logprobs": [-0.5] * len(tokens), "top_logprobs": tops, "text_offset": [0] * len(tokens)}
+        choice = {"index": 0, "text": "a", "logprobs": logprobs, "finish_reason": "length", "token_ids": [1]}
+        return json.dumps({"id": "x", "object": "text_completion", "created": 1, "model": "m", "choices": [choice]})
+
+    fold = StreamFold(chat=False, max_tokens=8)
+    fold.add(text_chunk(["token_id:1"], [{"token_id:1": -0.5, "token_id:7": -2.0}]))
+    with pytest.raises(StreamViolation, match="not the chunk's token id"):
+        StreamFold(chat=False, max_tokens=8).add(text_chunk(["<b>BUY</b>"], [None]))
+    with pytest.raises(StreamViolation, match="alternative"):
+        StreamFold(chat=False, max_tokens=8).add(text_chunk(["token_id:1"], [{"<script>": -0.1}]))
