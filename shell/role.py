@@ -33,10 +33,13 @@ class StartupError(Exception):
 def may_scrape(request: web.Request, token: str | None) -> bool:
     """Whether ``request`` may read the role's Prometheus ``/metrics``: with a token set (``--metrics-token``),
     whoever sends ``Authorization: Bearer TOKEN``; without one, a scraper on this host (loopback) only. A
-    role's figures (its miners, its users' traffic) are not the world's to read."""
+    role's figures (its miners, its users' traffic) are not the world's to read; a request a proxy on this host
+    forwards is not this host's."""
     if token:
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
         return hmac.compare_digest(sent.encode(), token.encode())
+    if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:  # a proxy on this host, for someone elsewhere
+        return False
     try:
         return ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:  # a unix socket, or no peer address: not a remote scraper
