@@ -184,6 +184,11 @@ class Validator:
             await require_registered(net, self.config.chain.netuid, self.keypair.ss58_address, "register the validator's hotkey first")
             await self._check_subnet(net)
             self.outboxes = [open_outbox(url, session, self.keypair) for url in self.config.organic_from]
+            if not self.outboxes and not self.config.trust_gateways:
+                log.warning(
+                    "no gateway to read (--organic-from URL, --trust-gateway SS58; only one under this hotkey, if it announces itself): "
+                    "miners that refuse users or that users cannot reach are paid here as if they served them"
+                )
             for outbox in self.outboxes:
                 # The users' requests sampled lately, for challenges shaped like them from the first round on.
                 cursor = self.store.organic_cursor(outbox.source)
