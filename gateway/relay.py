@@ -106,7 +106,7 @@ class Relay:
         """Stream ``miner``'s answer into the user's; MinerFailed and ClientGone escape."""
         continuing = bool(self.gen.parts) and bool(self.gen.text)
         body = self.gen.upstream_body()
-        fold = StreamFold(chat=self.gen.chat, max_tokens=body["max_tokens"], logprobs=bool(body.get("logprobs")))
+        fold = StreamFold(chat=self.gen.chat, max_tokens=body["max_tokens"], logprobs=body.get("logprobs") not in (None, False))
         sent = time.monotonic()
         first_token_at = None
         tokens_before = self.gen.upstream_tokens
@@ -203,6 +203,8 @@ class Relay:
             try:
                 await self._from(miner)
             except MinerFailed as exc:
+                if self.gen.text and not self.gen.continuable and self.response is None:
+                    self.gen.restart()  # a grammar's answer another miner cannot continue, unseen yet: asked afresh
                 if not self.gen.text:
                     self.gen.rewind(produced)  # nothing reached the user: the next miner starts afresh, with every token
                 # What the miner said goes to the log only: users never read a miner's own words.
@@ -229,6 +231,8 @@ class Relay:
                 if self.gen.upstream_tokens >= self.gen.max_tokens:
                     self.gen.finish_reason = "length"  # it failed after the last token it was owed: the answer is whole
                     break
+                if self.gen.text and not self.gen.continuable:
+                    break  # a grammar's streamed answer the user has begun to read: no miner can continue it
                 if self.gen.text:
                     self.gen.failovers += 1
                 self.state.metrics.failovers.labels("mid_stream" if self.gen.text else "before_first_token").inc()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protocol.sse import StreamViolation
 
@@ -68,6 +68,13 @@ class TextLogprobs(MinerWireModel):
     token_logprobs: list[Optional[float]] = Field(default_factory=list)
     top_logprobs: Optional[list[Optional[dict[str, float]]]] = None
     text_offset: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_of_each_per_token(self) -> TextLogprobs:
+        n = len(self.tokens)
+        if len(self.token_logprobs) != n or len(self.text_offset) != n or (self.top_logprobs is not None and len(self.top_logprobs) != n):
+            raise ValueError("tokens, token_logprobs, top_logprobs and text_offset differ in length")
+        return self
 
 
 class TextChunkChoice(ChunkChoice):
@@ -206,14 +213,20 @@ class StreamFold:
         if len(self.token_ids) > self.max_tokens:
             raise StreamViolation(f"more token ids than max_tokens ({self.max_tokens})")
         self.text += piece or ""
-        # Each logprob names its token by id, the id the chunk sent, and its alternatives by id (users read them spelled from ids).
+        # Asked for, a chunk's logprobs are one per token id it sent, each naming that id, and its alternatives by id
+        # (users read them spelled from ids; a chunk short of entries would leave a user's answer with fewer than it charges).
+        named = 0
         if isinstance(choice, ChatChunkChoice) and choice.logprobs is not None:
             entries = choice.logprobs.content or []
             _named_by_ids([e.token for e in entries], ids, [top.token for e in entries for top in e.top_logprobs])
             self.logprobs += entries
+            named = len(entries)
         elif isinstance(choice, TextChunkChoice) and choice.logprobs is not None:
             text = choice.logprobs
             _named_by_ids(text.tokens, ids, [key for top in text.top_logprobs or [] if top for key in top])
+            named = len(text.tokens)
+        if self.logprobs_asked and named != len(ids):
+            raise StreamViolation(f"{named} logprob entries for a chunk's {len(ids)} token ids")
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason
 
@@ -225,7 +238,5 @@ class StreamFold:
             raise StreamViolation("the stream ended without a finish_reason")
         if require_done and not self.done:
             raise StreamViolation("the stream ended without [DONE]")
-        if self.chat and self.logprobs_asked and len(self.logprobs) != len(self.token_ids):
-            raise StreamViolation(f"{len(self.logprobs)} logprob entries for {len(self.token_ids)} token ids")
         if self.usage is not None and self.usage.total_tokens != self.usage.prompt_tokens + self.usage.completion_tokens:
             raise StreamViolation("usage.total_tokens is not prompt_tokens + completion_tokens")

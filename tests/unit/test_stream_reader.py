@@ -157,3 +157,30 @@ def test_a_text_completions_logprob_tokens_must_be_its_ids_too():
         StreamFold(chat=False, max_tokens=8).add(text_chunk(["<b>BUY</b>"], [None]))
     with pytest.raises(StreamViolation, match="alternative"):
         StreamFold(chat=False, max_tokens=8).add(text_chunk(["token_id:1"], [{"<script>": -0.1}]))
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_a_chunk_short_of_logprobs_breaks_the_stream_where_it_comes_not_at_the_end(chat):
+    """Asked for, logprobs come one per token id in every chunk: a miner doubling its ids or dropping a chunk's
+    logprobs is caught on that chunk, before the gateway hands a user an answer with fewer entries than it charges
+    (a failover after a later breach would otherwise keep the short part)."""
+
+    def chunk(ids: list[int], logprobs: bool) -> str:
+        if chat:
+            entries = [{"token": f"token_id:{ids[0]}", "logprob": -0.5, "top_logprobs": []}]
+            choice = {"index": 0, "delta": {"content": "a"}, "token_ids": ids, "logprobs": {"content": entries} if logprobs else None}
+        else:
+            lp = {"tokens": [f"token_id:{ids[0]}"], "token_logprobs": [-0.5], "top_logprobs": None, "text_offset": [0]}
+            choice = {"index": 0, "text": "a", "token_ids": ids, "logprobs": lp if logprobs else None}
+        return json.dumps({"id": "x", "object": "chat.completion.chunk" if chat else "text_completion", "created": 1, "model": "m", "choices": [choice]})
+
+    StreamFold(chat=chat, max_tokens=8, logprobs=True).add(chunk([5], logprobs=True))
+    StreamFold(chat=chat, max_tokens=8, logprobs=False).add(chunk([5], logprobs=False))  # not asked: none needed
+    for ids, logprobs in (([5, 5], True), ([5], False)):
+        with pytest.raises(StreamViolation, match="logprob entries for a chunk's"):
+            StreamFold(chat=chat, max_tokens=8, logprobs=True).add(chunk(ids, logprobs))
+    if not chat:  # a text completion's four lists agree in length
+        torn = json.loads(chunk([5], True))
+        torn["choices"][0]["logprobs"]["text_offset"] = []
+        with pytest.raises(StreamViolation, match="differ in length"):
+            StreamFold(chat=False, max_tokens=8, logprobs=True).add(json.dumps(torn))
