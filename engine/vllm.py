@@ -23,6 +23,7 @@ from typing import Literal, Mapping, Optional
 import aiohttp
 
 from engine.process import Child
+from protocol import structured
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class EngineSpec:
                 cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(self.max_model_len, 2048))]
         if self.verifiable_sampling:
             cmd += ["--logits-processors", SAMPLER]
+        cmd += ["--structured-outputs-config", structured.ENGINE_CONFIG]  # the grammar validators rebuild (protocol.structured)
         return cmd + list(self.extra_args)
 
 

@@ -14,6 +14,7 @@ from gateway.state import ENTROPY
 from models.tokenizer import ModelTokenizer
 from protocol.requests import miner_request
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice, TextLogprobs
+from protocol.structured import grammar_of
 
 
 @dataclass
@@ -40,6 +41,17 @@ class Generation:
     # Every miner is sent a seed (the user's, else one drawn here, 31 bits like a challenge's): its
     # sampling is then checkable (protocol.sampling), and users cannot be told from validators.
     seed: int = field(default_factory=ENTROPY.seed)
+
+    @property
+    def continuable(self) -> bool:
+        """Whether another miner can continue what one began: not under a grammar, which an engine applies from
+        the answer's start (a continuation would restart it mid-JSON, and verify under it no more)."""
+        return grammar_of(self.body) is None
+
+    def restart(self) -> None:
+        """Forget a whole answer the user has not seen yet, to ask the next miner for it afresh."""
+        self.text, self.upstream_tokens, self.finish_reason = "", 0, None
+        self.token_ids, self.logprobs, self.parts = [], [], []
 
     def mark(self) -> tuple[int, int, int]:
         """Where the answer stands before a miner adds to it (for ``rewind``)."""

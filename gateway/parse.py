@@ -18,8 +18,9 @@ from gateway.state import GatewayState
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
 
 MAX_JSON_DEPTH = 32
-# OpenAI fields that change what an answer is: dropping them would answer another question, so they are refused.
-# Others the gateway does not know (metadata, store, service_tier, user, …) are dropped: they never reach a miner.
+# OpenAI fields that change what an answer is: dropping them would answer another question, so they are refused
+# where the request's wire model does not take them (``response_format`` is served on chat completions: a grammar
+# the miner's engine decodes under and the validator verifies under). Others the gateway does not know (metadata, store, service_tier, user, …) are dropped: they never reach a miner.
 REFUSED_FIELDS = (
     "tools",
     "tool_choice",
@@ -78,9 +79,11 @@ async def parse_request(request: web.Request, state: GatewayState) -> tuple[bool
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from exc
     if json_depth(raw) > MAX_JSON_DEPTH:
         raise BadRequest(f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
-    if isinstance(raw, dict) and (refused := [name for name in REFUSED_FIELDS if raw.get(name) not in (None, [], {}, *HARMLESS_VALUES.get(name, ()))]):
-        raise BadRequest(f"not supported by slmnet: {', '.join(refused)} (the models are served without tools or constrained output)", "unsupported_parameter")
     wire = REQUEST_MODELS[request.path]
+    if isinstance(raw, dict) and (
+        refused := [name for name in REFUSED_FIELDS if name not in wire.model_fields and raw.get(name) not in (None, [], {}, *HARMLESS_VALUES.get(name, ()))]
+    ):
+        raise BadRequest(f"not supported by slmnet on {request.path}: {', '.join(refused)}", "unsupported_parameter")
     try:
         parsed = wire.model_validate(raw)
     except ValidationError as exc:
@@ -91,6 +94,8 @@ async def parse_request(request: web.Request, state: GatewayState) -> tuple[bool
     # Only the fields slmnet knows and has checked go on; the rest (and the user's own tag) stay here.
     # A null is OpenAI's "the default": left out, since engines refuse some (vLLM: ignore_eos).
     body = {k: v for k, v in parsed.model_dump(exclude_unset=True, exclude_none=True, mode="json").items() if k in wire.model_fields and k != "user"}
+    if body.get("response_format") in HARMLESS_VALUES["response_format"]:
+        del body["response_format"]  # free text: what the models write anyway
     if isinstance(parsed, ChatCompletionRequest):
         try:
             body["messages"] = [m.plain(i) for i, m in enumerate(parsed.messages)]

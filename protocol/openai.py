@@ -8,9 +8,12 @@ the sampling limits, streaming, and the token ids and logprobs verification need
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from protocol.structured import MAX_SCHEMA_BYTES
 
 
 class OpenAIModel(BaseModel):
@@ -59,6 +62,30 @@ class ChatMessage(OpenAIModel):
         return message
 
 
+class JsonSchemaFormat(OpenAIModel):
+    model_config = ConfigDict(extra="allow", serialize_by_alias=True, validate_by_name=False)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: Optional[str] = Field(default=None, max_length=4096)
+    schema_: dict[str, Any] = Field(alias="schema")  # required: vLLM compiles no grammar from a json_schema without one
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(OpenAIModel):
+    """OpenAI's ``response_format``: plain text, any JSON object, or JSON that follows a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_with_json_schema(self) -> "ResponseFormat":
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type 'json_schema', and only then")
+        if self.json_schema is not None and len(json.dumps(self.json_schema.schema_)) > MAX_SCHEMA_BYTES:
+            raise ValueError(f"the schema is longer than {MAX_SCHEMA_BYTES} bytes of JSON")
+        return self
+
+
 class StreamOptions(OpenAIModel):
     include_usage: Optional[bool] = None
 
@@ -94,6 +121,7 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: Optional[bool] = None
     max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=1 << 20)
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+    response_format: Optional[ResponseFormat] = None
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":

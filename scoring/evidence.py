@@ -127,9 +127,11 @@ def answer_stats(evidence: ResponseEvidence, tolerance: Tolerance) -> AnswerStat
             positions += 1
             mismatches += choice_mismatch(token, position, evidence, tolerance.margin)
         top = max([*token.reference_top.values(), token.reference_logprob])
-        if math.exp(top) < INFORMATIVE_BELOW and token.reported_logprob is not None:
+        delta = token.reported_delta()
+        # (a grammar's range wider than the tolerance says nothing of drift: such a position is not counted)
+        if math.exp(top + token.offset[1]) < INFORMATIVE_BELOW and delta is not None and token.offset[1] - token.offset[0] <= tolerance.logprob:
             reported += 1
-            exceedances += abs(token.reported_logprob - token.reference_logprob) > tolerance.logprob
+            exceedances += delta > tolerance.logprob
     return AnswerStats(positions, mismatches, reported, exceedances)
 
 

@@ -49,6 +49,16 @@ class TokenEvidence:
     reference_rank: int  # 1 = the reference's most likely token
     reference_top: Mapping[int, float]  # the reference's top-K token ids → logprobs at this position
     reported_logprob: Optional[float] = None  # what the miner reported, if it did
+    # Under a grammar the engine reports the logprob over the tokens the grammar allows: the reference's plus
+    # −log of their mass, which its top-K bounds (``validator.verify``); (0, 0) for free text.
+    offset: tuple[float, float] = (0.0, 0.0)
+
+    def reported_delta(self) -> Optional[float]:
+        """How far the reported logprob lies from the declared model's (from its range, under a grammar); None if not reported."""
+        if self.reported_logprob is None:
+            return None
+        low, high = self.reference_logprob + self.offset[0], self.reference_logprob + self.offset[1]
+        return max(0.0, low - self.reported_logprob, self.reported_logprob - high)
 
 
 @dataclass(frozen=True)
@@ -196,7 +206,7 @@ def check(evidence: ResponseEvidence, params: FidelityParams = FidelityParams())
 
     reasons += _end_reasons(evidence, params)
 
-    deltas = [abs(t.reported_logprob - t.reference_logprob) for t in evidence.tokens if t.reported_logprob is not None]
+    deltas = [delta for t in evidence.tokens if (delta := t.reported_delta()) is not None]
     if evidence.logprobs_requested and n and len(deltas) < n:
         reasons.append(f"logprobs were requested but {n - len(deltas)} of {n} tokens have none")
     mean_dlp = sum(deltas) / len(deltas) if deltas else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Union
 
@@ -27,10 +28,14 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from models.tokenizer import ModelTokenizer, binding_reasons
 from protocol.records import AnswerRecord
 from protocol.responses import StreamFold
+from protocol.structured import grammar_of
 from scoring.evidence import TOLERANCES, Tolerance, answer_stats
 from scoring.fidelity import FidelityParams, ResponseEvidence, TokenEvidence, Verdict, check
+from validator.grammar import Allowed, GrammarBook
 
 TOP_K = 5  # reference logprobs per position: 20 cost 2.7× the verification time (0.244 vs 0.100 of generation) for no check that needs them
+# Under a grammar more: the top tokens the grammar forbids are dropped, and the allowed ones bound the mass a reported logprob is renormalized by.
+TOP_K_UNDER_GRAMMAR = 20
 
 
 class ReferenceFailed(Exception):
@@ -106,6 +111,14 @@ class ReferenceEngine:
         self.end_token_ids = frozenset(end_token_ids)  # from the model list; empty turns the end checks off
         self.max_context = max_context
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self._grammars: Optional[GrammarBook] = None
+
+    @property
+    def grammars(self) -> GrammarBook:
+        """The model's grammar compiler, built on first use (a tokenizer's tables: ~1 s for a 49k vocabulary)."""
+        if self._grammars is None:
+            self._grammars = GrammarBook(self.tokenizer, self.end_token_ids)
+        return self._grammars
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         # A pooled keep-alive connection the server has just closed fails at once ("Server
@@ -136,9 +149,9 @@ class ReferenceEngine:
         payload = await self._post("/tokenize", {"model": self.model, "prompt": prompt})
         return list(payload["tokens"])
 
-    async def score(self, prompt_ids: list[int], completion_ids: list[int]) -> list[dict[int, tuple[float, int]]]:
+    async def score(self, prompt_ids: list[int], completion_ids: list[int], top_k: int = TOP_K) -> list[dict[int, tuple[float, int]]]:
         """For each completion position: token id → (logprob, rank) for the top-K and the actual token."""
-        body = {"model": self.model, "prompt": prompt_ids + completion_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": TOP_K}
+        body = {"model": self.model, "prompt": prompt_ids + completion_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": top_k}
         payload = await self._post("/v1/completions", body)
         try:
             positions = payload["choices"][0]["prompt_logprobs"][len(prompt_ids) :]
@@ -184,14 +197,24 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
     )
     if broken:
         return _failed(broken[0])
-    scores = await reference.score(prompt_ids, response.token_ids) if response.token_ids else []
+    grammar, allowed = grammar_of(request), None
+    if grammar is not None:
+        walked = await asyncio.to_thread(reference.grammars.walk, grammar, response.token_ids, request.get("stop_token_ids") or ())
+        if isinstance(walked, str):
+            return _failed(walked)
+        allowed = walked
+    top_k = TOP_K if grammar is None else TOP_K_UNDER_GRAMMAR
+    scores = await reference.score(prompt_ids, response.token_ids, top_k) if response.token_ids else []
     if len(scores) != len(response.token_ids) or any(token_id not in position for token_id, position in zip(response.token_ids, scores)):
         raise ReferenceFailed("the reference engine scored other positions than it was given")
     tokens = []
-    for token_id, reported, position in zip(response.token_ids, response.reported_logprobs, scores):
+    for index, (token_id, reported, position) in enumerate(zip(response.token_ids, response.reported_logprobs, scores)):
         logprob, rank = position[token_id]
-        top = {tid: lp for tid, (lp, r) in position.items() if r <= TOP_K}
-        tokens.append(TokenEvidence(token_id, logprob, rank, top, reported))
+        top = {tid: lp for tid, (lp, r) in position.items() if r <= top_k}
+        if allowed is None:
+            tokens.append(TokenEvidence(token_id, logprob, rank, top, reported))
+        else:
+            tokens.append(_under_grammar(token_id, logprob, top, reported, allowed[index]))
     return ResponseEvidence(
         tokens=tokens,
         finish_reason=response.finish_reason,
@@ -206,6 +229,24 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
         seed=request.get("seed"),
         sampler_checkable=sampler_checkable(request),
     )
+
+
+def _under_grammar(token_id: int, logprob: float, top: dict[int, float], reported: Optional[float], allowed: Allowed) -> TokenEvidence:
+    """One position's evidence read over the tokens the grammar allows there: the top-K it forbids dropped, the
+    rank counted among the allowed, and the range of the renormalizing −log Z the engine's reported logprob carries:
+    Z, the allowed tokens' raw mass, is at least the known allowed ones' and at most that plus the unseen tail's."""
+    kept = {tid: lp for tid, lp in top.items() if tid in allowed}
+    known_mass = sum(math.exp(lp) for lp in {**top, token_id: logprob}.values())
+    log_allowed = _log_sum_exp([*kept.values(), logprob] if token_id not in kept else list(kept.values()))
+    tail = max(0.0, 1.0 - known_mass)
+    offset = (-math.log(max(1e-300, min(1.0, math.exp(log_allowed) + tail))), -log_allowed)
+    rank = 1 + sum(lp > logprob for tid, lp in kept.items() if tid != token_id)
+    return TokenEvidence(token_id, logprob, rank, kept, reported, offset)
+
+
+def _log_sum_exp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def judge(evidence: ResponseEvidence, params: FidelityParams = FidelityParams(), tolerance: Tolerance = TOLERANCES["float32"]) -> Verdict:

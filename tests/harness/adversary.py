@@ -245,7 +245,9 @@ class Adversary:
             base = {"id": "x", "object": "chat.completion.chunk", "model": body.get("model")}
             more = {"content": [{"token": "token_id:42", "logprob": -1.0, "top_logprobs": []}]}  # well formed but for its length
             for _ in range(100_000):
-                await response.write(sse_event({**base, "choices": [{"index": 0, "delta": {"content": "more "}, "token_ids": [42], "logprobs": more, "finish_reason": None}]}))
+                await response.write(
+                    sse_event({**base, "choices": [{"index": 0, "delta": {"content": "more "}, "token_ids": [42], "logprobs": more, "finish_reason": None}]})
+                )
         await response.write(b"data: [DONE]\n\n")
         if mode == "after-done":
             await response.write(

@@ -23,9 +23,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import openai
+import pydantic
 import pytest
 
 from gateway.store import Store as GatewayStore
@@ -33,6 +35,7 @@ from models import subnet as model_list
 from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
 from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample
+from protocol.responses import StreamFold
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, ledger_rows, start_adversary, start_gateway, start_miners
 from validator.organic import SignedOutbox, verify_samples
@@ -207,6 +210,49 @@ def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
     assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length"), body
     status, _, body = post(subnet, "/v1/chat/completions", b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}')
     assert (status, body["error"]["code"]) == (413, "payload_too_large")
+
+
+class Reading(pydantic.BaseModel):
+    """What a client's ``parse`` asks for: a typed object, its fields bounded so the random test model ends it."""
+
+    ok: bool
+    level: Literal["low", "high"]
+    count: int = pydantic.Field(ge=0, le=99)
+
+
+def test_structured_output_reaches_the_openai_clients_parse_and_is_verified_under_its_grammar(subnet):
+    """``response_format`` is decoded under its grammar by the miner's engine (the openai client's ``parse`` gets
+    its pydantic object, whole or streamed), every sampled answer passes the validator's verifier under the same
+    grammar, and the same request answered as free text — a miner ignoring the grammar — fails it."""
+    c = client(subnet)
+    messages = [{"role": "user", "content": "Read the gauge."}]
+    for seed in range(4):
+        parsed = c.beta.chat.completions.parse(model=MODEL, messages=messages, response_format=Reading, max_tokens=100, seed=seed)
+        assert parsed.choices[0].finish_reason == "stop" and isinstance(parsed.choices[0].message.parsed, Reading)
+    with c.beta.chat.completions.stream(model=MODEL, messages=messages, response_format=Reading, max_tokens=100, temperature=0.7) as stream:
+        final = stream.get_final_completion()
+    assert isinstance(final.choices[0].message.parsed, Reading)
+    whole = c.chat.completions.create(model=MODEL, messages=messages, response_format={"type": "json_object"}, max_tokens=40)
+    assert whole.choices[0].finish_reason == "length" or isinstance(json.loads(whole.choices[0].message.content), dict)
+    deadline, samples = time.monotonic() + 10, []
+    while len(samples) < 6 and time.monotonic() < deadline:  # the ledger's thread writes them just after each answer
+        samples = [s for s in GatewayStore(subnet["db"]).samples_after(0, 10_000)[0] if s.request.get("response_format")]
+        time.sleep(0.2)
+    assert len(samples) == 6 and all(verified(subnet, s) for s in samples)
+
+    async def free_text() -> MinerResponse:  # what a miner that drops the grammar sends: the same request, unconstrained
+        request = {k: v for k, v in samples[0].request.items() if k != "response_format"}
+        async with aiohttp.ClientSession() as session, session.post(subnet["engine"].url + "/v1/chat/completions", json=request) as answer:
+            fold = StreamFold(chat=True, max_tokens=request["max_tokens"])
+            async for line in answer.content:
+                if line.startswith(b"data: "):
+                    fold.add(line[6:].decode().strip())
+        return MinerResponse.from_fold(fold)
+
+    ignoring = asyncio.run(free_text())
+    assert not verified(subnet, samples[0].model_copy(update={"answer": ignoring.record()}))
+    status, _, body = post(subnet, "/v1/completions", json.dumps({"model": MODEL, "prompt": "hi", "response_format": {"type": "json_object"}}).encode())
+    assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "response_format" in body["error"]["message"]
 
 
 def test_a_request_every_miner_refuses_is_the_users_400_and_no_miners_failure(subnet):
