@@ -12,6 +12,7 @@ from typing import Any, Optional, Union
 
 from gateway.state import ENTROPY
 from models.tokenizer import ModelTokenizer
+from protocol import tools
 from protocol.requests import miner_request
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice, TextLogprobs
 from protocol.structured import grammar_of
@@ -41,6 +42,12 @@ class Generation:
     # Every miner is sent a seed (the user's, else one drawn here, 31 bits like a challenge's): its
     # sampling is then checkable (protocol.sampling), and users cannot be told from validators.
     seed: int = field(default_factory=ENTROPY.seed)
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the answer is a tool call or content under the tool grammar (``protocol.tools``): the user
+        reads it whole, turned into OpenAI's message, never as the JSON the model writes."""
+        return bool(self.body.get("tools")) and self.body.get("tool_choice") != "none"
 
     @property
     def continuable(self) -> bool:
@@ -150,6 +157,19 @@ def user_chunk(head: Head, chunk: Chunk, continuing: bool, tokenizer: ModelToken
     return head.chunk([user_choice(head, c, continuing, tokenizer) for c in chunk.choices], **extra)
 
 
+def whole_as_chunks(head: Head, whole: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole chat answer streamed as OpenAI streams one: its message in one delta, then its finish
+    (tool calls carry an ``index``; their arguments come whole)."""
+    choice = whole["choices"][0]
+    delta = {k: v for k, v in choice["message"].items() if v is not None}
+    if "tool_calls" in delta:
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(delta["tool_calls"])]
+    return [
+        head.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]),
+        head.chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}]),
+    ]
+
+
 def usage_chunk(head: Head, usage: dict[str, int]) -> dict[str, Any]:
     return head.chunk([], usage=usage)
 
@@ -162,8 +182,11 @@ def error_chunk(head: Head) -> dict[str, Any]:
 def whole_completion(head: Head, usage: dict[str, int]) -> dict[str, Any]:
     """The answer as one (non-streamed) completion object."""
     gen = head.gen
-    if gen.chat:
-        choice: dict[str, Any] = {
+    if gen.calls_tools:
+        message, finish_reason = tools.message_of(gen.text, gen.finish_reason)
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+    elif gen.chat:
+        choice = {
             "index": 0,
             "message": {"role": "assistant", "content": gen.text},
             "finish_reason": gen.finish_reason,

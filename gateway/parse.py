@@ -15,16 +15,17 @@ from pydantic import ValidationError
 from gateway.auto import FLAVOURS, Choice, classify
 from gateway.errors import BadRequest, InvalidApiKey, ModelNotFound, NoMinerAvailable
 from gateway.state import GatewayState
+from protocol import tools
 from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSupported, describe_validation_error, json_depth
 
 MAX_JSON_DEPTH = 32
 # OpenAI fields that change what an answer is: dropping them would answer another question, so they are refused
 # where the request's wire model does not take them (``response_format`` is served on chat completions: a grammar
-# the miner's engine decodes under and the validator verifies under). Others the gateway does not know (metadata, store, service_tier, user, …) are dropped: they never reach a miner.
+# the miner's engine decodes under and the validator verifies under, and so are tools: ``protocol.tools``). Others the gateway does not know (metadata, store, service_tier, user, …) are dropped: they never reach a miner.
 REFUSED_FIELDS = (
     "tools",
     "tool_choice",
-    "functions",
+    "functions",  # OpenAI's deprecated spelling of tools
     "function_call",
     "parallel_tool_calls",
     "response_format",
@@ -98,9 +99,15 @@ async def parse_request(request: web.Request, state: GatewayState) -> tuple[bool
         del body["response_format"]  # free text: what the models write anyway
     if isinstance(parsed, ChatCompletionRequest):
         try:
-            body["messages"] = [m.plain(i) for i, m in enumerate(parsed.messages)]
+            messages = [m.plain(i) for i, m in enumerate(parsed.messages)]
         except ContentNotSupported as exc:
             raise BadRequest(str(exc), "unsupported_content") from exc
+        try:
+            body["messages"], tool_grammar = tools.render(messages, body.get("tools") or [], body.get("tool_choice"))
+        except ValueError as exc:
+            raise BadRequest(str(exc), "invalid_tools") from exc
+        if tool_grammar is not None:
+            body["response_format"] = tool_grammar
     elif not isinstance(body["prompt"], str):
         raise BadRequest("the gateway takes a single string prompt on /v1/completions", "unsupported_prompt")
     elif body.pop("echo", False):  # a miner's echo would be its own copy of the prompt: nothing binds it to what the user sent

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import aiohttp
 from aiohttp import web
 
-from gateway.answer import Generation, Head, chat_logprobs, error_chunk, text_logprobs, usage_chunk, user_chunk, whole_completion
+from gateway.answer import Generation, Head, chat_logprobs, error_chunk, text_logprobs, usage_chunk, user_chunk, whole_as_chunks, whole_completion
 from gateway.errors import BadRequest, NoMinerAvailable, UpstreamFailed
 from gateway.router import MinerView
 from gateway.state import MINER_HEADER, OVERHEAD_HEADER, GatewayState, request_headers
@@ -53,7 +53,7 @@ class Relay:
     def __init__(self, request: web.Request, state: GatewayState, generation: Generation, overhead_ms: float):
         self.request, self.state, self.gen = request, state, generation
         self.overhead_ms = overhead_ms  # sent as OVERHEAD_HEADER
-        self.user_stream = bool(generation.body.get("stream"))
+        self.user_stream = bool(generation.body.get("stream")) and not generation.calls_tools  # a tool answer is read whole
         self.response: Optional[web.StreamResponse] = None
         self.head = Head(("chatcmpl-" if generation.chat else "cmpl-") + request["request_id"], int(time.time()), generation)
         self.last_progress = time.monotonic()
@@ -280,6 +280,12 @@ class Relay:
             await stream.write_eof()
             return stream
         payload = whole_completion(self.head, usage)
+        if self.gen.body.get("stream"):  # a tool answer a user streams: the whole message as stream chunks
+            stream = await self._stream()
+            final = [usage_chunk(self.head, usage)] if (self.gen.body.get("stream_options") or {}).get("include_usage") else []
+            await self._write([*whole_as_chunks(self.head, payload), *final], b"data: [DONE]\n\n")
+            await stream.write_eof()
+            return stream
         return web.json_response(payload, headers=self._headers())
 
 

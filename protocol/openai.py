@@ -39,10 +39,47 @@ class ContentPart(OpenAIModel):
     text: Optional[str] = None
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class CalledFunction(OpenAIModel):
+    name: FunctionName
+    arguments: str = Field(max_length=MAX_SCHEMA_BYTES)
+
+
+class ToolCall(OpenAIModel):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class FunctionSpec(OpenAIModel):
+    name: FunctionName
+    description: Optional[str] = Field(default=None, max_length=4096)
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class ToolSpec(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(OpenAIModel):
+    name: FunctionName
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(OpenAIModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[ContentPart], None] = None
     name: Optional[str] = Field(default=None, max_length=256)
+    tool_calls: Optional[list[ToolCall]] = Field(default=None, max_length=16)
+    tool_call_id: Optional[str] = Field(default=None, max_length=256)
 
     def plain(self, index: int) -> dict[str, Any]:
         """The message with its content as one string (text parts joined, null as empty):
@@ -59,6 +96,10 @@ class ChatMessage(OpenAIModel):
         message: dict[str, Any] = {"role": self.role, "content": content or ""}
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_calls:  # (``protocol.tools`` writes these as plain turns)
+            message["tool_calls"] = [call.model_dump(mode="json") for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
 
 
@@ -122,11 +163,24 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Optional[int] = Field(default=None, ge=1, le=1 << 20)
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     response_format: Optional[ResponseFormat] = None
+    tools: Optional[list[ToolSpec]] = Field(default=None, max_length=64)
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: Optional[bool] = None
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs: true")
+        return self
+
+    @model_validator(mode="after")
+    def _tools_answer_in_their_own_format(self) -> "ChatCompletionRequest":
+        if self.tools and self.tool_choice != "none" and self.response_format is not None and self.response_format.type != "text":
+            raise ValueError("response_format cannot be combined with tools: a tool call is its own format")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if self.tools and len(json.dumps([t.model_dump(mode="json") for t in self.tools])) > MAX_SCHEMA_BYTES:
+            raise ValueError(f"the tools are longer than {MAX_SCHEMA_BYTES} bytes of JSON")
         return self
 
 

@@ -32,7 +32,8 @@ FIELD_ORDER = (
 )
 _RANK = {name: index for index, name in enumerate(FIELD_ORDER)}
 # What a user's body may carry that never reaches a miner: the gateway decides these per miner.
-GATEWAY_ONLY = ("stream", "stream_options", "n", "max_completion_tokens")
+# (Tools reach a miner as plain turns and a grammar: ``protocol.tools``.)
+GATEWAY_ONLY = ("stream", "stream_options", "n", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls")
 
 
 def miner_request(fields: Mapping[str, Any], *, model: str, max_tokens: int, seed: int) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from aiohttp import web
 
 from btauth.client import sse_events
 
-CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "lagging", "flaky", "two-faced", "steer", "cache", "refuse-users")
+CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "lagging", "flaky", "two-faced", "steer", "cache", "refuse-users", "ignore-grammar")
 HOSTILE = (
     "empty-drip",
     "list-event",
@@ -163,6 +163,8 @@ class Adversary:
         engine = self.cheap if mode == "two-faced" and not looks_like_challenge(body) else self.upstream
         if mode == "steer" and looks_like_challenge(body):
             body = {**body, "temperature": 0.0}
+        if mode == "ignore-grammar":  # structured output or a tool call answered as free text: no grammar to decode under
+            body = {k: v for k, v in body.items() if k != "response_format"}
         key = json.dumps([body.get("messages"), body.get("max_tokens")])
         if mode == "cache" and key in self.answers:
             return web.Response(body=b"".join(self.answers[key]) + b"data: [DONE]\n\n", content_type="text/event-stream")

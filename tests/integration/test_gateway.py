@@ -197,11 +197,19 @@ def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
     assert (status, body["error"]["code"]) == (400, "invalid_json") and headers["X-Request-Id"]
     status, _, body = post(subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [], "temperature": 9}).encode())
     assert status == 400 and "messages" in body["error"]["message"] and "temperature" in body["error"]["message"]
+    functions = [{"name": "f", "parameters": {}}]  # OpenAI's deprecated spelling of tools
+    status, _, body = post(
+        subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "functions": functions}).encode()
+    )
+    assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "functions" in body["error"]["message"]
+    named = {"type": "function", "function": {"name": "g"}}
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     status, _, body = post(
-        subnet, "/v1/chat/completions", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": tools}).encode()
+        subnet,
+        "/v1/chat/completions",
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "tools": tools, "tool_choice": named}).encode(),
     )
-    assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "tools" in body["error"]["message"]
+    assert (status, body["error"]["code"]) == (400, "invalid_tools") and "'g'" in body["error"]["message"]
     status, _, body = post(subnet, "/v1/completions", json.dumps({"model": MODEL, "prompt": "hi", "echo": True}).encode())
     assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "echo" in body["error"]["message"]
     # What clients send by default and asks for nothing the models do not do: answered.
@@ -240,19 +248,63 @@ def test_structured_output_reaches_the_openai_clients_parse_and_is_verified_unde
         time.sleep(0.2)
     assert len(samples) == 6 and all(verified(subnet, s) for s in samples)
 
-    async def free_text() -> MinerResponse:  # what a miner that drops the grammar sends: the same request, unconstrained
-        request = {k: v for k, v in samples[0].request.items() if k != "response_format"}
-        async with aiohttp.ClientSession() as session, session.post(subnet["engine"].url + "/v1/chat/completions", json=request) as answer:
+    async def free_text(url: str) -> MinerResponse:  # the sampled request, answered by a miner that drops its grammar
+        request = samples[0].request
+        async with aiohttp.ClientSession() as session, session.post(url + "/v1/chat/completions", json=request) as answer:
             fold = StreamFold(chat=True, max_tokens=request["max_tokens"])
             async for line in answer.content:
                 if line.startswith(b"data: "):
                     fold.add(line[6:].decode().strip())
         return MinerResponse.from_fold(fold)
 
-    ignoring = asyncio.run(free_text())
-    assert not verified(subnet, samples[0].model_copy(update={"answer": ignoring.record()}))
+    ignoring = start_adversary(subnet["engine"].url, "ignore-grammar", subnet["tmp"])
+    try:
+        ignoring.wait_healthy(timeout=60)
+        answer = asyncio.run(free_text(ignoring.url))
+    finally:
+        ignoring.stop()
+    assert answer.text != samples[0].answer.text  # (the same seed, another answer: not the grammar's)
+    assert not verified(subnet, samples[0].model_copy(update={"answer": answer.record()}))
     status, _, body = post(subnet, "/v1/completions", json.dumps({"model": MODEL, "prompt": "hi", "response_format": {"type": "json_object"}}).encode())
     assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "response_format" in body["error"]["message"]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"], "additionalProperties": False},
+    },
+}
+
+
+def test_a_tool_call_round_trip_through_the_openai_client_is_verified_like_any_answer(subnet):
+    """Tools on a model without a tool format: the client gets ``tool_calls`` whose arguments follow the tool's
+    schema (asked for, named, or streamed), sends the result back, and gets a plain answer; every answer a miner
+    wrote for it is a grammar's answer the validator verifies."""
+    c = client(subnet)
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    called = c.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice="required", max_tokens=60)
+    call = called.choices[0].message.tool_calls[0]
+    assert called.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments)["city"] in ("Paris", "Rome")
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    streamed = c.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER], tool_choice=named, max_tokens=60, stream=True)
+    deltas = [chunk.choices[0] for chunk in streamed if chunk.choices]
+    assert deltas[0].delta.tool_calls[0].function.name == "get_weather" and deltas[-1].finish_reason == "tool_calls"
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'}
+    answered = c.chat.completions.create(model=MODEL, messages=[*messages, called.choices[0].message, result], tools=[WEATHER], max_tokens=60)
+    choice = answered.choices[0]  # "auto": a call or content, each in OpenAI's shape
+    assert (choice.finish_reason == "tool_calls" and choice.message.tool_calls) or isinstance(choice.message.content, str)
+    plain = c.chat.completions.create(model=MODEL, messages=[*messages, called.choices[0].message, result], tools=[WEATHER], tool_choice="none", max_tokens=8)
+    assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")
+    deadline, samples = time.monotonic() + 10, []
+    while len(samples) < 3 and time.monotonic() < deadline:  # the three answered under the tool grammar
+        samples = [s for s in GatewayStore(subnet["db"]).samples_after(0, 10_000)[0] if "tool_call" in json.dumps(s.request.get("response_format"))]
+        time.sleep(0.2)
+    assert len(samples) == 3 and all(verified(subnet, s) for s in samples)
+    assert all("tools" not in s.request and "tool_choice" not in s.request for s in samples)  # a miner sees turns and a grammar
 
 
 def test_a_request_every_miner_refuses_is_the_users_400_and_no_miners_failure(subnet):

@@ -23,8 +23,10 @@ def test_every_miner_of_one_answer_gets_the_same_seed_and_a_users_seed_is_kept()
 def test_a_users_request_has_the_fields_of_a_challenge_in_the_same_order():
     for challenge in generate(3, 20):
         body = challenge.request("m")
-        user = _generation(**{k: body[k] for k in ("temperature", "top_p", "top_logprobs") if k in body}).upstream_body()
+        user = _generation(**{k: body[k] for k in ("temperature", "top_p", "top_logprobs", "response_format") if k in body}).upstream_body()
         assert list(body) == list(user)  # the same keys, sent in the same order: json.dumps(body) differs only in values
     # A challenge copying what users send (here: users who set only a temperature) has their fields, no more.
     shaped = generate(4, 10, users=UserPrompts(shapes=[{"temperature": 0.5}]))
-    assert all(list(c.request("m")) == list(_generation(temperature=0.5).upstream_body()) for c in shaped)
+    for c in shaped:  # (and a JSON task's response_format, which users who ask for JSON send too)
+        format_ = {"response_format": c.fields["response_format"]} if "response_format" in c.fields else {}
+        assert list(c.request("m")) == list(_generation(temperature=0.5, **format_).upstream_body())

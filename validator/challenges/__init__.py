@@ -146,15 +146,20 @@ def _generated(rng: random.Random, seed: int, users: UserPrompts, max_context: i
     checkable = task.answer is not None
     max_tokens = rng.randint(16, 64) if checkable else rng.randint(48, min(256, max_context // 4))
     fields = {"messages": [dict(m) for m in task.messages], **_sampling(rng, users)}
+    if task.response_format is not None:
+        fields["response_format"] = task.response_format
     if (copied := fields.pop("max_tokens", None)) is not None:  # a user's budget, where users are known
         max_tokens = _budget(copied, max_context)
     return Challenge(family=task.family, seed=seed, fields=fields, max_tokens=max_tokens, answer=task.answer)
 
 
 def _replayed(rng: random.Random, seed: int, users: UserPrompts, max_context: int) -> Challenge:
-    """A user's prompt with everything the user chose (sampling, stop strings, penalties, budget) and a fresh seed."""
+    """A user's prompt with everything the user chose (sampling, stop strings, penalties, budget, the grammar of
+    its structured output or tools) and a fresh seed."""
     prompt = rng.choice(users.replays)
     fields = {"messages": [dict(m) for m in prompt["messages"]], **sampling_of(prompt)}
+    if prompt.get("response_format") is not None:
+        fields["response_format"] = prompt["response_format"]
     max_tokens = _budget(fields.pop("max_tokens", 256), max_context)
     return Challenge(family=REPLAY, seed=seed, fields=fields, max_tokens=max_tokens, answer=None)
 

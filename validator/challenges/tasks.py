@@ -61,6 +61,7 @@ class Task:
     family: str
     messages: tuple[dict, ...]
     answer: Optional[Answer]  # None: an open prompt, nothing to check
+    response_format: Optional[dict] = None  # structured output, as users ask for it (``protocol.structured``)
 
 
 def _dress(rng: random.Random, prompt: str, system_share: float = 0.3) -> tuple[dict, ...]:
@@ -135,7 +136,17 @@ def json_format(rng: random.Random) -> Task:
         ]
     )
     prompt = phrasing.format(n=name, a=age, c=city) + " " + _only(rng, "JSON object")
-    return Task("json_format", _dress(rng, prompt), Answer("json", {"name": name, "age": age, "city": city}))
+    # Users asking for JSON often ask the API for it too: the same request then decodes under a grammar.
+    response_format = rng.choice((None, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}))
+    return Task("json_format", _dress(rng, prompt), Answer("json", {"name": name, "age": age, "city": city}), response_format)
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}},
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
 
 
 def uppercase(rng: random.Random) -> Task:
