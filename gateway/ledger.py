@@ -52,7 +52,7 @@ class Ledger:
     # what the handlers call: each returns at once
 
     def open_request(self, request_id: str, key_id: int, model: str, prompt_tokens: int) -> None:
-        self.queue.put(("open_request", (request_id, key_id, model, prompt_tokens)))
+        self.queue.put(("open_request", (request_id, key_id, model, prompt_tokens, time.time())))
 
     def progress(self, request_id: str, completion_tokens: int) -> None:
         self.queue.put(("progress", (request_id, completion_tokens)))
@@ -107,7 +107,7 @@ class Ledger:
     def _write(self, store: Store, writes: list[tuple[str, tuple]]) -> None:
         try:
             with store.transaction():
-                for name, args in writes:
+                for name, args in coalesced(writes):
                     getattr(store, name)(*args)
             self.written += len(writes)
             return
@@ -121,3 +121,23 @@ class Ledger:
             except Exception as exc:
                 self.lost += 1
                 log.error("ledger write %s%s lost: %s", name, args[:2], exc)
+
+
+def coalesced(writes: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+    """``writes`` with each request opened and closed in the same batch written as one row, whole, where it
+    closed (its progress dropped): one statement instead of three, in the transaction that held all of them.
+    A request still open at the batch's end keeps its open row: a crash then leaves what it must charge."""
+    opened = {args[0] for name, args in writes if name == "open_request"}
+    whole = {args[0] for name, args in writes if name == "close_request" and args[0] in opened}
+    if not whole:
+        return writes
+    opens = {args[0]: args for name, args in writes if name == "open_request" and args[0] in whole}
+    out = []
+    for name, args in writes:
+        if name in ("open_request", "progress") and args[0] in whole:
+            continue
+        if name == "close_request" and args[0] in whole:
+            out.append(("record_request", (*opens[args[0]], *args[1:])))
+        else:
+            out.append((name, args))
+    return out

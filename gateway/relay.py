@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any, Optional
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from gateway.answer import Generation, Head, chat_logprobs, error_chunk, text_logprobs, usage_chunk, user_chunk, whole_as_chunks, whole_completion
@@ -37,6 +37,7 @@ from protocol.records import AnswerRecord
 from protocol.responses import ChatChunkChoice, Chunk, StreamFold, TextChunkChoice
 from protocol.sse import SSE_HEADERS, StreamViolation
 
+ENCODE = msgspec.json.Encoder().encode  # the user's chunks and answers: compiled, ~15× json.dumps on a chunk
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_S = 0.25
@@ -79,7 +80,7 @@ class Relay:
 
     async def _write(self, events: list[dict[str, Any]], raw: bytes = b"") -> None:
         """``events`` as SSE, then ``raw``, in one write."""
-        frames = [b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n" for event in events]
+        frames = [b"data: " + ENCODE(event) + b"\n\n" for event in events]
         try:
             await (await self._stream()).write(b"".join(frames) + raw)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
@@ -286,7 +287,7 @@ class Relay:
             await self._write([*whole_as_chunks(self.head, payload), *final], b"data: [DONE]\n\n")
             await stream.write_eof()
             return stream
-        return web.json_response(payload, headers=self._headers())
+        return web.Response(body=ENCODE(payload), content_type="application/json", headers=self._headers())
 
 
 def maybe_sample(state: GatewayState, generation: Generation) -> None:

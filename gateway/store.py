@@ -245,10 +245,10 @@ class Store:
         row = self.db.execute("SELECT requests, prompt_tokens, completion_tokens, failovers FROM key_usage WHERE key_id = ?", (key_id,)).fetchone()
         return dict(zip(("requests", "prompt_tokens", "completion_tokens", "failovers"), row or (0, 0, 0, 0)))
 
-    def open_request(self, request_id: str, key_id: int, model: str, prompt_tokens: int) -> None:
+    def open_request(self, request_id: str, key_id: int, model: str, prompt_tokens: int, started: Optional[float] = None) -> None:
         self.db.execute(
             "INSERT INTO usage (request_id, key_id, model, status, prompt_tokens, started) VALUES (?, ?, ?, 'open', ?, ?)",
-            (request_id, key_id, model, prompt_tokens, time.time()),
+            (request_id, key_id, model, prompt_tokens, time.time() if started is None else started),
         )
 
     def progress(self, request_id: str, completion_tokens: int) -> None:
@@ -260,6 +260,27 @@ class Store:
             self.db.execute(
                 "UPDATE usage SET status = ?, completion_tokens = ?, failovers = ?, finished = ? WHERE request_id = ?",
                 (status, completion_tokens, failovers, time.time(), request_id),
+            )
+            self.db.executemany("INSERT INTO usage_by_miner VALUES (?, ?, ?, ?)", [(request_id, uid, hotkey, n) for uid, hotkey, n in parts])
+
+    def record_request(
+        self,
+        request_id: str,
+        key_id: int,
+        model: str,
+        prompt_tokens: int,
+        started: float,
+        status: str,
+        completion_tokens: int,
+        failovers: int,
+        parts: list[tuple[int, str, int]],
+    ) -> None:
+        """A request opened and closed at once (``open_request`` then ``close_request``, as one row)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO usage (request_id, key_id, model, status, prompt_tokens, completion_tokens, failovers, started, finished)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, key_id, model, status, prompt_tokens, completion_tokens, failovers, started, time.time()),
             )
             self.db.executemany("INSERT INTO usage_by_miner VALUES (?, ?, ?, ?)", [(request_id, uid, hotkey, n) for uid, hotkey, n in parts])
 

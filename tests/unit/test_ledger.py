@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-from gateway.ledger import Ledger
+from gateway.ledger import Ledger, coalesced
 from gateway.store import Store
 
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -29,6 +29,26 @@ def test_queued_writes_are_committed_in_order_and_a_reader_that_syncs_sees_them(
         ledger.close()
 
     asyncio.run(run())
+
+
+def test_a_request_opened_and_closed_in_one_batch_is_one_row_and_one_still_open_keeps_its_open_row(tmp_path):
+    store = Store(tmp_path / "g.sqlite")
+    _, key = store.create_key("k")
+    writes = [
+        ("open_request", ("whole", key.id, MODEL, 10, 100.0)),
+        ("open_request", ("streaming", key.id, MODEL, 7, 100.5)),
+        ("progress", ("whole", 3)),
+        ("progress", ("streaming", 2)),
+        ("close_request", ("whole", "ok", 5, 1, [(1, "h1", 5)])),
+    ]
+    merged = coalesced(writes)
+    assert [name for name, _ in merged] == ["open_request", "progress", "record_request"]
+    with store.transaction():
+        for name, args in merged:
+            getattr(store, name)(*args)
+    rows = store.db.execute("SELECT request_id, status, prompt_tokens, completion_tokens, failovers, started FROM usage ORDER BY request_id").fetchall()
+    assert rows == [("streaming", "open", 7, 2, 0, 100.5), ("whole", "ok", 10, 5, 1, 100.0)]
+    assert store.usage(key.id) == {"requests": 2, "prompt_tokens": 17, "completion_tokens": 7, "failovers": 1} and store.miner_tokens() == {1: 5}
 
 
 def test_a_clean_stop_commits_everything_queued(tmp_path):
