@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -183,6 +184,17 @@ def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by
     )
     assert lp is not None and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
     assert all(len(top) >= 1 and not any(t.startswith("token_id:") for t in [*top, token]) for top, token in zip(lp.top_logprobs, lp.tokens))
+
+
+def test_the_readmes_openai_snippet_streams_an_answer_from_auto(subnet):
+    """The README's Python block, as written but for the URL and key `make demo` prints."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(r"<!-- readme-test: openai snippet[^>]*-->\n```python\n(.*?)```", readme, re.S)
+    assert found, "the README lost its openai snippet marker"
+    script = found.group(1).replace("http://127.0.0.1:8000/v1", subnet["url"] + "/v1").replace('"slm-…"', repr(subnet["key"]))
+    assert subnet["url"] in script and subnet["key"] in script  # the snippet still names the demo's URL and key
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]  # (its text may be empty: the random test model can end at once)
 
 
 def test_bad_keys_unknown_models_and_malformed_bodies_get_openai_errors(subnet):
