@@ -42,12 +42,17 @@ class Generation:
     # Every miner is sent a seed (the user's, else one drawn here, 31 bits like a challenge's): its
     # sampling is then checkable (protocol.sampling), and users cannot be told from validators.
     seed: int = field(default_factory=ENTROPY.seed)
+    message: Optional[tuple[dict[str, Any], Optional[str]]] = None  # a tool answer's, once the miner that finished it passed
 
     @property
     def calls_tools(self) -> bool:
         """Whether the answer is a tool call or content under the tool grammar (``protocol.tools``): the user
         reads it whole, turned into OpenAI's message, never as the JSON the model writes."""
-        return bool(self.body.get("tools")) and self.body.get("tool_choice") != "none"
+        return tools.plan(self.body.get("tools") or [], self.body.get("tool_choice")) is not None
+
+    def tool_message(self) -> tuple[dict[str, Any], Optional[str]]:
+        """The answer as OpenAI's assistant message and finish reason (``protocol.tools.message_of``)."""
+        return tools.message_of(self.text, self.finish_reason, self.body.get("tools") or [], self.body.get("tool_choice"))
 
     @property
     def continuable(self) -> bool:
@@ -182,8 +187,8 @@ def error_chunk(head: Head) -> dict[str, Any]:
 def whole_completion(head: Head, usage: dict[str, int]) -> dict[str, Any]:
     """The answer as one (non-streamed) completion object."""
     gen = head.gen
-    if gen.calls_tools:
-        message, finish_reason = tools.message_of(gen.text, gen.finish_reason)
+    if gen.message is not None:
+        message, finish_reason = gen.message
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
     elif gen.chat:
         choice = {

@@ -127,11 +127,10 @@ def coalesced(writes: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
     """``writes`` with each request opened and closed in the same batch written as one row, whole, where it
     closed (its progress dropped): one statement instead of three, in the transaction that held all of them.
     A request still open at the batch's end keeps its open row: a crash then leaves what it must charge."""
-    opened = {args[0] for name, args in writes if name == "open_request"}
-    whole = {args[0] for name, args in writes if name == "close_request" and args[0] in opened}
+    opens = {args[0]: args for name, args in writes if name == "open_request"}
+    whole = {args[0] for name, args in writes if name == "close_request" and args[0] in opens}
     if not whole:
         return writes
-    opens = {args[0]: args for name, args in writes if name == "open_request" and args[0] in whole}
     out = []
     for name, args in writes:
         if name in ("open_request", "progress") and args[0] in whole:

@@ -20,8 +20,9 @@ from protocol.openai import REQUEST_MODELS, ChatCompletionRequest, ContentNotSup
 
 MAX_JSON_DEPTH = 32
 # OpenAI fields that change what an answer is: dropping them would answer another question, so they are refused
-# where the request's wire model does not take them (``response_format`` is served on chat completions: a grammar
-# the miner's engine decodes under and the validator verifies under, and so are tools: ``protocol.tools``). Others the gateway does not know (metadata, store, service_tier, user, …) are dropped: they never reach a miner.
+# where the request's wire model does not take them (chat completions take ``response_format``, a grammar the
+# miner's engine decodes under and the validator verifies under, and tools: ``protocol.tools``). Others the
+# gateway does not know (metadata, store, service_tier, user, …) are dropped: they never reach a miner.
 REFUSED_FIELDS = (
     "tools",
     "tool_choice",

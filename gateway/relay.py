@@ -147,6 +147,12 @@ class Relay:
                 if time.monotonic() - self.last_progress > PROGRESS_INTERVAL_S:
                     self.last_progress = time.monotonic()
                     self.state.ledger.progress(self.request["request_id"], completion_tokens(self.gen))
+        if self.gen.calls_tools and self.gen.finish_reason is not None:
+            try:  # the gateway reads a tool answer to build the user's message: checked here, where a miner's text enters
+                self.gen.message = self.gen.tool_message()
+            except ValueError as exc:
+                self.gen.finish_reason = None  # no answer: the next miner is asked afresh
+                raise MinerFailed("violation", str(exc)) from exc
         self.gen.finished_part = (body, fold)
         elapsed = time.monotonic() - sent
         produced = self.gen.upstream_tokens - tokens_before

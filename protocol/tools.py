@@ -74,7 +74,7 @@ def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]], choice: 
                 raise ValueError(f"a tool message answers tool_call_id {message.get('tool_call_id')!r}, which no earlier assistant turn called")
             plain.append({"role": "user", "content": f"The result of {name}: {message['content']}"})
         else:
-            plain.append({"role": message["role"], "content": message["content"]})
+            plain.append({k: v for k, v in message.items() if k not in ("tool_calls", "tool_call_id")})
     if callable_tools is None:
         return plain, None
     specs = "\n".join(json.dumps(t["function"], separators=(",", ":")) for t in callable_tools)
@@ -93,18 +93,24 @@ def _arguments(arguments: str) -> Any:
         return arguments  # a client's own malformed arguments: shown as the string it sent
 
 
-def message_of(text: str, finish_reason: Optional[str]) -> tuple[dict[str, Any], Optional[str]]:
-    """The assistant's message an answer under the tool grammar is, with its finish reason: a call
-    ("tool_calls"), content, or (cut short by max_tokens) the unfinished JSON as content."""
+def message_of(text: str, finish_reason: Optional[str], tools: list[dict[str, Any]], choice: Any) -> tuple[dict[str, Any], Optional[str]]:
+    """The assistant's message an answer under the tool grammar of ``tools`` and ``choice`` is, with its finish
+    reason: a call ("tool_calls"), content, or (cut short by max_tokens) the unfinished JSON as content.
+    ValueError for a whole answer that grammar could not have produced: a miner's that ignored it."""
     try:
         answer = json.loads(text)
     except json.JSONDecodeError:
-        return {"role": "assistant", "content": text}, finish_reason
-    if isinstance(answer, dict) and "name" in answer:
+        if finish_reason == "length":
+            return {"role": "assistant", "content": text}, finish_reason
+        raise ValueError("a tool answer that is not JSON") from None
+    names = {t["function"]["name"] for t in plan(tools, choice) or []}
+    if isinstance(answer, dict) and set(answer) == {"name", "arguments"} and answer["name"] in names:
         call = {
             "id": "call_" + secrets.token_hex(12),
             "type": "function",
             "function": {"name": answer["name"], "arguments": json.dumps(answer["arguments"], ensure_ascii=False)},
         }
         return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
-    return {"role": "assistant", "content": answer.get("content", "") if isinstance(answer, dict) else text}, finish_reason
+    if choice in (None, "auto") and isinstance(answer, dict) and set(answer) == {"content"} and isinstance(answer["content"], str):
+        return {"role": "assistant", "content": answer["content"]}, finish_reason
+    raise ValueError("a tool answer that is neither a call of a given tool nor content the choice allows")

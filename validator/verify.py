@@ -199,7 +199,9 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
         return _failed(broken[0])
     grammar, allowed = grammar_of(request), None
     if grammar is not None:
-        walked = await asyncio.to_thread(reference.grammars.walk, grammar, response.token_ids, request.get("stop_token_ids") or ())
+        stops = request.get("stop_token_ids") or ()
+        # (the grammar book built, on first use, off the event loop too: a large vocabulary's tables take a second)
+        walked = await asyncio.to_thread(lambda: reference.grammars.walk(grammar, response.token_ids, stops))
         if isinstance(walked, str):
             return _failed(walked)
         allowed = walked

@@ -36,8 +36,22 @@ def test_a_conversation_with_tool_turns_becomes_plain_turns_under_a_grammar_of_c
 
 
 def test_the_answer_under_the_grammar_becomes_openais_message():
-    message, finish = tools.message_of('{"name":"add","arguments":{"a":2}}', "stop")
+    message, finish = tools.message_of('{"name":"add","arguments":{"a":2}}', "stop", [ADD], "auto")
     assert finish == "tool_calls" and message["content"] is None
     assert message["tool_calls"][0]["function"] == {"name": "add", "arguments": '{"a": 2}'} and message["tool_calls"][0]["id"].startswith("call_")
-    assert tools.message_of('{"content":"It is 4."}', "stop") == ({"role": "assistant", "content": "It is 4."}, "stop")
-    assert tools.message_of('{"name":"ad', "length") == ({"role": "assistant", "content": '{"name":"ad'}, "length")  # cut by max_tokens
+    assert tools.message_of('{"content":"It is 4."}', "stop", [ADD], "auto") == ({"role": "assistant", "content": "It is 4."}, "stop")
+    assert tools.message_of('{"name":"ad', "length", [ADD], "auto") == ({"role": "assistant", "content": '{"name":"ad'}, "length")  # cut by max_tokens
+
+
+def test_a_whole_answer_the_tool_grammar_could_not_have_produced_is_refused():
+    """What a miner that ignores the grammar sends is its failure, never a user's 500 or a call of a tool nobody gave."""
+    for text, choice in (
+        ("It is sunny.", "auto"),  # free text ended by the model
+        ('{"name":"add"}', "auto"),  # a call without arguments
+        ('{"name":"rm","arguments":{}}', "auto"),  # a tool not given
+        ('{"content":"hi"}', "required"),  # content where only calls are allowed
+        ('{"content":5}', "auto"),
+        ("[1]", "auto"),
+    ):
+        with pytest.raises(ValueError):
+            tools.message_of(text, "stop", [ADD], choice)
