@@ -13,6 +13,7 @@ of an unfinished UTF-8 character at its end (they decode as U+FFFD, ``HELD_BACK`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -88,8 +89,20 @@ class TextBinding:
         """What the ids spell beyond the text shown, where an honest engine shows it all (empty
         when the rest is held-back bytes, or a ``stop`` string the engine cut before)."""
         rest = self.spelled[self.shown :]
-        stops = [stop] if isinstance(stop, str) else stop or []
-        return "" if not rest.strip(HELD_BACK) or any(rest.startswith(s) for s in stops) else rest
+        return "" if not rest.strip(HELD_BACK) or self.stopped_on(stop) else rest
+
+    def stopped_on(self, stop: Union[str, list[str], None]) -> bool:
+        """Whether the ids spell one of the ``stop`` strings right after the text shown: where an engine stopped on it."""
+        rest = self.spelled[self.shown :]
+        return any(rest.startswith(s) for s in ([stop] if isinstance(stop, str) else stop or []))
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A whole answer's ids held against its text."""
+
+    reasons: list[str]  # why they do not belong together (empty: they do)
+    on_stop: bool = False  # the ids spell one of the request's stop strings right after the text: the engine stopped on it
 
 
 def binding_reasons(
@@ -100,21 +113,22 @@ def binding_reasons(
     prompt_length: int = 0,
     max_context: int = 1 << 30,
     ended_by: Optional[int] = None,
-) -> list[str]:
-    """Why a whole answer's ids and text do not belong together (empty: they do): an id outside
-    the vocabulary, more tokens than the context holds, or text that is not what the ids spell.
-    ``ended_by``: the answer's last id when it is one of the model's end tokens and the answer
-    stopped on it; vLLM never shows an end token's text (nothing for a special token like
-    ``<eos>``, but Gemma's answers end on a newline), so it spells nothing here either."""
+) -> Bound:
+    """Why a whole answer's ids and text do not belong together: an id outside the vocabulary,
+    more tokens than the context holds, or text that is not what the ids spell; and whether
+    they show it stopped on a ``stop`` string. ``ended_by``: the answer's last id when it is one
+    of the model's end tokens and the answer stopped on it; vLLM never shows an end token's
+    text (nothing for a special token like ``<eos>``, but Gemma's answers end on a newline), so
+    it spells nothing here either."""
     binding = TextBinding(tokenizer)
     outside = [i for i in token_ids if not 0 <= i < tokenizer.size]
     if outside:
-        return [f"{len(outside)} token id(s) outside the model's vocabulary of {tokenizer.size} (first {outside[0]})"]
+        return Bound([f"{len(outside)} token id(s) outside the model's vocabulary of {tokenizer.size} (first {outside[0]})"])
     if prompt_length + len(token_ids) > max_context:
-        return [f"{prompt_length} prompt + {len(token_ids)} completion tokens exceed the model's context of {max_context}"]
+        return Bound([f"{prompt_length} prompt + {len(token_ids)} completion tokens exceed the model's context of {max_context}"])
     try:
         binding.feed(token_ids[:-1] if ended_by is not None and token_ids and token_ids[-1] == ended_by else token_ids, text)
     except StreamViolation as exc:
-        return [str(exc) + f", the miner showed {text[:60]!r}"]
+        return Bound([str(exc) + f", the miner showed {text[:60]!r}"])
     rest = binding.unshown(stop)
-    return [f"the text is not what the token ids spell (they spell {rest[:60]!r} more)"] if rest else []
+    return Bound([f"the text is not what the token ids spell (they spell {rest[:60]!r} more)"] if rest else [], binding.stopped_on(stop))

@@ -17,8 +17,8 @@ model's raw (pre-temperature) distribution, on both sides. A response fails when
   asked for and are missing;
 - it ended where the model would not, or did not end where it would (when the model's
   end-of-text ids are known and the request did not ask for ``ignore_eos``): ``stop``
-  without an end token (cut short; not judged when the request has stop strings or stop
-  ids of its own, which end an answer without one), an end token before the last position,
+  without an end token (cut short) unless it ended on the request's own stop (a stop
+  string its ids spell right after the text shown, a stop id), an end token before the last position,
   an end token the model gives less than ``min_end_prob``, or continuing through positions
   where a lower bound of the end token's probability makes not stopping less likely than
   ``min_continue_prob`` (run past end-of-text).
@@ -72,7 +72,7 @@ class ResponseEvidence:
     logprobs_requested: bool = True
     end_token_ids: frozenset[int] = frozenset()  # the model's end-of-text ids; empty: end checks off
     end_checks: bool = True  # False when the request set ignore_eos (the model's end is not an end then)
-    own_stops: bool = False  # the request set stop strings or stop ids: an answer may stop without an end token
+    own_stop: bool = False  # it ended on one of the request's own stops (a stop string its ids spell, a stop id): no end token is due
     seed: Optional[int] = None  # the request's seed: sampled choices are checkable (protocol.sampling)
     sampler_checkable: bool = False  # no filter or penalty the check does not model (top_k, min_p, penalties)
 
@@ -175,7 +175,7 @@ def _end_reasons(evidence: ResponseEvidence, params: FidelityParams) -> list[str
     early = next((i for i, t in enumerate(tokens[:-1]) if t.token_id in ends), None)
     if early is not None:
         reasons.append(f"an end-of-text token at position {early} was followed by {len(tokens) - 1 - early} more: ran past the end")
-    if evidence.finish_reason == "stop" and not evidence.own_stops and (not tokens or tokens[-1].token_id not in ends):
+    if evidence.finish_reason == "stop" and not evidence.own_stop and (not tokens or tokens[-1].token_id not in ends):
         reasons.append(f"finish_reason 'stop' after {len(tokens)} tokens without an end-of-text token: cut short")
     if tokens and tokens[-1].token_id in ends and evidence.temperature > 0:
         p_end = tempered_bounds(tokens[-1], evidence.temperature)[tokens[-1].token_id]

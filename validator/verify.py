@@ -174,6 +174,12 @@ def sampler_checkable(request: dict[str, Any]) -> bool:
     return request.get("seed") is not None and top_k in (None, 0, -1) and not min_p and not any(penalties) and not request.get("logit_bias")
 
 
+def _shows_its_stop(request: dict[str, Any], text: str) -> bool:
+    """Whether the text ends with one of the request's stop strings, where it asked to see them (``include_stop_str_in_output``)."""
+    stop = request.get("stop")
+    return bool(request.get("include_stop_str_in_output")) and any(text.endswith(s) for s in ([stop] if isinstance(stop, str) else stop or []))
+
+
 def _failed(reason: str) -> Verdict:
     return Verdict(passed=False, reasons=(reason,))
 
@@ -192,16 +198,16 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
         return _failed(f"the stream did not complete: {response.error or 'no finish_reason'}")
     last = response.token_ids[-1] if response.token_ids else None
     ended_by = last if response.finish_reason == "stop" and last in reference.end_token_ids else None
-    broken = await asyncio.to_thread(
+    bound = await asyncio.to_thread(
         binding_reasons, reference.tokenizer, response.token_ids, response.text, request.get("stop"), len(prompt_ids), reference.max_context, ended_by
     )
-    if broken:
-        return _failed(broken[0])
+    if bound.reasons:
+        return _failed(bound.reasons[0])
+    stop_ids = request.get("stop_token_ids") or ()
     grammar, allowed = grammar_of(request), None
     if grammar is not None:
-        stops = request.get("stop_token_ids") or ()
         # (the grammar book built, on first use, off the event loop too: a large vocabulary's tables take a second)
-        walked = await asyncio.to_thread(lambda: reference.grammars.walk(grammar, response.token_ids, stops))
+        walked = await asyncio.to_thread(lambda: reference.grammars.walk(grammar, response.token_ids, stop_ids))
         if isinstance(walked, str):
             return _failed(walked)
         allowed = walked
@@ -227,7 +233,7 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
         logprobs_requested=bool(request.get("logprobs")) and "messages" in request,  # a text completion's are not kept
         end_token_ids=reference.end_token_ids,
         end_checks=not request.get("ignore_eos"),
-        own_stops=bool(request.get("stop") or request.get("stop_token_ids")),
+        own_stop=bound.on_stop or last in stop_ids or _shows_its_stop(request, response.text),
         seed=request.get("seed"),
         sampler_checkable=sampler_checkable(request),
     )

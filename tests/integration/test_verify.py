@@ -95,7 +95,8 @@ async def test_honest_answers_to_a_round_of_challenges_all_pass(reference):
 
 async def test_honest_answers_to_challenges_shaped_like_users_with_stop_strings_and_penalties_pass(reference):
     """Challenges copy what users send, stop strings and penalties included: the honest engine's answers pass
-    (an answer a stop string ended is no cut answer; the checks the penalties leave still hold)."""
+    (an answer a stop string ended is no cut answer; the checks the penalties leave still hold). The same answer
+    cut a token sooner, still 'stop', is: its ids no longer spell the stop string after its text."""
     url, _, vocabulary = reference
     shapes = [
         {"temperature": 0.7, "stop": ["e", " the"], "max_tokens": 40},
@@ -111,7 +112,10 @@ async def test_honest_answers_to_challenges_shaped_like_users_with_stop_strings_
         for body, answer in zip(bodies, answers):
             verdict = await verify(engine, body, answer)
             assert verdict.passed, (body.get("stop"), body.get("temperature"), verdict.reasons)
-            stopped_by_string += answer.finish_reason == "stop" and answer.token_ids[-1] not in ENDS
+            if answer.finish_reason == "stop" and answer.token_ids[-1] not in ENDS:
+                stopped_by_string += 1
+                cut = await verify(engine, body, _keep(answer, vocabulary, list(range(len(answer.token_ids) - 1))))
+                assert not cut.passed and "cut short" in " ".join(cut.reasons), cut.reasons
     assert stopped_by_string >= 1  # a stop string did end answers: the case the end checks must let pass
 
 

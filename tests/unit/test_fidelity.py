@@ -119,11 +119,12 @@ def test_with_known_end_tokens_cutting_running_past_and_ending_early_each_fail()
         _evidence(tokens + [_token(unlikely, EOS)], finish_reason="stop", max_tokens=64, reported_completion_tokens=11, temperature=0.7, end_token_ids=ENDS)
     )
     assert not early.passed and any("ended early" in r for r in early.reasons)
-    # The same ending without the model's end ids, or when the caller asked for ignore_eos, is not judged; with stop
-    # strings of the caller's own a stop without an end token is no cut, but every other end check still holds.
+    # The same ending without the model's end ids, or when the caller asked for ignore_eos, is not judged; ended on a
+    # stop of the caller's own, a stop without an end token is no cut, but every other end check still holds.
     assert check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS, end_checks=False)).passed
-    assert check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS, own_stops=True)).passed
-    assert not check(_evidence(past, end_token_ids=ENDS, own_stops=True)).passed
+    assert check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS, own_stop=True)).passed
+    assert any("cut short" in r for r in check(_evidence(tokens, finish_reason="stop", max_tokens=64, end_token_ids=ENDS)).reasons)
+    assert not check(_evidence(past, end_token_ids=ENDS, own_stop=True)).passed
     early_with_stops = _evidence(
         tokens + [_token(unlikely, EOS)],
         finish_reason="stop",
@@ -131,7 +132,7 @@ def test_with_known_end_tokens_cutting_running_past_and_ending_early_each_fail()
         reported_completion_tokens=11,
         temperature=0.7,
         end_token_ids=ENDS,
-        own_stops=True,
+        own_stop=True,
     )
     assert any("ended early" in r for r in check(early_with_stops).reasons)
 

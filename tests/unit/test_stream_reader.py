@@ -139,10 +139,14 @@ def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
     from models.tokenizer import binding_reasons
 
     newline = tokenizer.fast.encode("\n", add_special_tokens=False).ids
-    assert len(newline) == 1 and binding_reasons(tokenizer, ids + newline, "Paris is the capital of France.", None, ended_by=newline[0]) == []
-    assert binding_reasons(tokenizer, ids + newline, "Paris is the capital of France.", None)  # not an end token: its text is missing
+    assert len(newline) == 1 and binding_reasons(tokenizer, ids + newline, "Paris is the capital of France.", None, ended_by=newline[0]).reasons == []
+    assert binding_reasons(tokenizer, ids + newline, "Paris is the capital of France.", None).reasons  # not an end token: its text is missing
     # only the last id, and only that id: an end token in the middle spells its text as any other
-    assert binding_reasons(tokenizer, newline + ids, "Paris is the capital of France.", None, ended_by=newline[0])
+    assert binding_reasons(tokenizer, newline + ids, "Paris is the capital of France.", None, ended_by=newline[0]).reasons
+    # a stop string ends the text before the ids that spell it: the ids show the engine stopped there; text cut anywhere else does not
+    on_stop = binding_reasons(tokenizer, ids, "Paris is the", [" capital", "x"])
+    assert on_stop.reasons == [] and on_stop.on_stop
+    assert not binding_reasons(tokenizer, ids, "Paris is the capital of France.", [" capital"]).on_stop
 
 
 def test_a_text_completions_logprob_tokens_must_be_its_ids_too():
