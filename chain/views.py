@@ -13,7 +13,7 @@ from typing import Optional
 
 import bittensor as bt
 
-from protocol.commitment import CommitmentDecodeError, GatewayDeclaration, ModelDeclaration
+from protocol.commitment import CommitmentDecodeError, ModelDeclaration, NodeCommitment
 
 log = logging.getLogger(__name__)
 RAO_PER_TAO = 1_000_000_000
@@ -115,7 +115,7 @@ def from_sdk(graph: bt.Metagraph) -> MetagraphView:
                 dividends=n.dividends,
                 emission=n.emission.rao / RAO_PER_TAO,
                 last_update=n.last_update,
-                gateway=GatewayDeclaration.declared_by(text),
+                gateway=NodeCommitment.declares_gateway(text),
             )
         )
     return MetagraphView(

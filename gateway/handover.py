@@ -6,10 +6,12 @@
   answers and tokens served, requests refused (429 while under its declared capacity here)
   and failed, running counts from the shared ledger.
 - ``POST /v1/organic/verdicts``: what the validator's evidence says of each miner now
-  (``protocol.records.MinerVerdicts``). The gateway keeps them in its SQLite (every worker
-  reloads them within a health tick) and applies them at once in this one: a flagged or
-  failing miner gets no user from the next request on, and a suspect one (new, or with
-  rising evidence) has more of its answers sampled (``Router.verify_share``).
+  (``protocol.records.MinerVerdicts``). The gateway keeps each validator's in its SQLite
+  (every worker reloads them within a health tick) and applies them at once in this one,
+  combined with the other validators' (``router.combine``: a miner any of them holds out
+  stays out): a flagged or failing miner gets no user from the next request on, and a
+  suspect one (new, or with rising evidence) has more of its answers sampled
+  (``Router.verify_share``).
 
 Each is a btauth/1 request addressed to the gateway's hotkey and signed by a validator
 hotkey it trusts: to read, by default its own (which the local subnet's validator shares)
@@ -98,8 +100,8 @@ async def verdicts(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise BadRequest(f"not a MinerVerdicts record: {exc.errors()[0]['msg']}") from exc
     state: GatewayState = request.app[STATE]
-    await asyncio.to_thread(state.store.save_verdicts, posted.verdicts)
-    state.router.apply_verdicts(posted.verdicts)
+    await asyncio.to_thread(state.store.save_verdicts, sender, posted.verdicts)
+    state.router.apply_verdicts((sender, v) for v in posted.verdicts)
     out = [v for v in posted.verdicts if v.standing != "ok"]
     if out:
         log.warning("validator %s (round %s): %s out of routing", sender, posted.round, ", ".join(f"uid {v.uid} {v.standing}" for v in out))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from gateway.auto import AutoRouter
 from protocol.records import MinerVerdict
@@ -140,6 +140,27 @@ def sample_share(base: float, answers: int, evidence: float) -> float:
     return min(1.0, base * factor)
 
 
+STANDINGS = ("ok", "failing", "flagged")  # from the least to the most a validator holds against a miner
+
+
+def combine(verdicts: Sequence[MinerVerdict], model: Optional[str] = None) -> MinerVerdict:
+    """One miner's verdicts from every validator this gateway takes them from, as one: those on ``model`` (what it
+    serves now, where any judged it) with the worst standing and the highest evidence any of them holds (a cheat one
+    validator caught is out, whatever another posted after it), the fewest streams any measured, and the graded
+    answers of the one that pooled the most. Verdicts come only from validators the gateway names, so no stranger's
+    word takes an honest miner out."""
+    same = [v for v in verdicts if v.model == model] or list(verdicts)
+    most = max(same, key=lambda v: v.answers)
+    serves = [v.serves for v in same if v.serves is not None]
+    return most.model_copy(
+        update={
+            "standing": max((v.standing for v in same), key=STANDINGS.index),
+            "evidence": max(v.evidence for v in same),
+            "serves": min(serves) if serves else None,
+        }
+    )
+
+
 class Router:
     """The miners a gateway knows and every request's bookkeeping on them; ``clock`` (seconds,
     monotonic) and ``rng`` are injected, so routing and breakers can be replayed in tests."""
@@ -152,7 +173,8 @@ class Router:
         prior_speeds: Optional[dict[str, float]] = None,
     ):
         self.miners: dict[int, MinerView] = {}
-        self.verdicts: dict[str, MinerVerdict] = {}  # hotkey → its validator's latest verdict
+        self.posted: dict[tuple[str, str], MinerVerdict] = {}  # (validator, hotkey) → that validator's latest verdict on the miner
+        self.verdicts: dict[str, MinerVerdict] = {}  # hotkey → every validator's latest, combined (``combine``)
         self.auto = AutoRouter(prior_speeds)  # "auto": per-model quality from the verdicts, latency from the traffic
         self.explore = explore
         self.rng = rng or random.Random()
@@ -189,10 +211,20 @@ class Router:
                 fresh[view.uid] = view
         self.miners = fresh
 
-    def apply_verdicts(self, verdicts: Iterable[MinerVerdict]) -> None:
-        """The validator's latest verdicts (by hotkey), in force from the next request."""
-        for verdict in verdicts:
-            self.verdicts[verdict.hotkey] = verdict
+    def apply_verdicts(self, posted: Iterable[tuple[str, MinerVerdict]]) -> None:
+        """Validators' latest verdicts ((validator hotkey, verdict)), each validator's replacing its own only, in
+        force from the next request."""
+        changed = set()
+        for validator, verdict in posted:
+            self.posted[validator, verdict.hotkey] = verdict
+            changed.add(verdict.hotkey)
+        by_hotkey: dict[str, list[MinerVerdict]] = {}
+        for (_, hotkey), verdict in self.posted.items():
+            if hotkey in changed:
+                by_hotkey.setdefault(hotkey, []).append(verdict)
+        models = {m.hotkey: m.model for m in self.miners.values()}
+        for hotkey, verdicts in by_hotkey.items():
+            self.verdicts[hotkey] = combine(verdicts, models.get(hotkey))
         for miner in self.miners.values():
             miner.verdict = self.verdicts.get(miner.hotkey)
         self.auto.learn(self.verdicts.values())

@@ -27,7 +27,7 @@ from gateway.state import GatewaySettings, GatewayState
 from gateway.store import Store
 from models.subnet import ModelList, ModelListMismatch, check_graph
 from models.tokenizer import ModelTokenizer
-from protocol.commitment import GatewayDeclaration
+from protocol.commitment import NodeCommitment
 from shell.role import StartupError, require_registered, serve, stop_on_signals, supervise
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,18 @@ class Gateway:
         if self.config.announce is None:
             return
         ip, port = self.config.announce
+        neuron = graph.by_hotkey(self.wallet.hotkey.ss58_address)
+        # The role joins whatever else the hotkey commits (a validator's round seeds under the same hotkey).
+        commitment = NodeCommitment.with_part(neuron.commitment if neuron else None, role="gateway")
+        if commitment is None:
+            log.error(
+                "not announced as a gateway: hotkey %s commits something else (%.60s) that the role would erase",
+                self.wallet.hotkey.ss58_address,
+                neuron and neuron.commitment,
+            )
+            return
         try:
-            if written := await chain.announce(net, self.wallet, graph, ip, port, GatewayDeclaration().to_commitment()):
+            if written := await chain.announce(net, self.wallet, graph, ip, port, commitment):
                 log.info("announced on chain as a gateway at %s:%s (%s)", ip, port, ", ".join(written))
         except chain.ChainLayerError as exc:  # routing users goes on; the next metagraph read tries again
             log.warning("could not announce this gateway on chain: %s", exc)

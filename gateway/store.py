@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS organic_samples (
     request TEXT NOT NULL, answer TEXT NOT NULL, replayable INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS miner_service (hotkey TEXT NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (hotkey, kind));
-CREATE TABLE IF NOT EXISTS miner_verdicts (hotkey TEXT PRIMARY KEY, verdict TEXT NOT NULL, time REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS validator_verdicts (
+    validator TEXT NOT NULL, hotkey TEXT NOT NULL, verdict TEXT NOT NULL, time REAL NOT NULL, PRIMARY KEY (validator, hotkey)
+);
 CREATE TABLE IF NOT EXISTS usage_by_miner (
     request_id TEXT NOT NULL REFERENCES usage(request_id), miner_uid INTEGER NOT NULL, miner_hotkey TEXT NOT NULL, completion_tokens INTEGER NOT NULL
 );
@@ -144,6 +146,10 @@ class Store:
                 ("organic_samples", "replayable", "INTEGER NOT NULL DEFAULT 0"),
             ),
         )
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'miner_verdicts'").fetchone():  # one validator's, by hotkey
+            with self.transaction():
+                self.db.execute("INSERT OR IGNORE INTO validator_verdicts SELECT '', hotkey, verdict, time FROM miner_verdicts")
+                self.db.execute("DROP TABLE miner_verdicts")
 
     def _count_existing_usage(self) -> None:
         """The counters and their triggers, made once; a ledger written before them is counted then (one scan, ever)."""
@@ -312,16 +318,17 @@ class Store:
                 skipped.append(row[0])
         return found, skipped
 
-    def save_verdicts(self, verdicts: list[MinerVerdict]) -> None:
+    def save_verdicts(self, validator: str, verdicts: list[MinerVerdict]) -> None:
         with self.transaction():
             self.db.executemany(
-                "INSERT INTO miner_verdicts VALUES (?, ?, ?) ON CONFLICT(hotkey) DO UPDATE SET verdict = excluded.verdict, time = excluded.time",
-                [(v.hotkey, v.model_dump_json(), time.time()) for v in verdicts],
+                "INSERT INTO validator_verdicts VALUES (?, ?, ?, ?) ON CONFLICT(validator, hotkey) DO UPDATE SET verdict = excluded.verdict, time = excluded.time",
+                [(validator, v.hotkey, v.model_dump_json(), time.time()) for v in verdicts],
             )
 
-    def verdicts(self) -> list[MinerVerdict]:
-        """The latest verdict on each miner its validator published."""
-        return [MinerVerdict.model_validate_json(raw) for (raw,) in self.db.execute("SELECT verdict FROM miner_verdicts")]
+    def verdicts(self) -> list[tuple[str, MinerVerdict]]:
+        """Each validator's latest verdict on each miner it published one for: (validator hotkey, verdict)."""
+        rows = self.db.execute("SELECT validator, verdict FROM validator_verdicts")
+        return [(validator, MinerVerdict.model_validate_json(raw)) for validator, raw in rows]
 
     def count_service(self, hotkey: str, kind: str) -> None:
         """One more ``kind`` (refused, failed) for the miner, in the ledger every worker shares."""

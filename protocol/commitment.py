@@ -1,9 +1,10 @@
-"""What a hotkey publishes as its on-chain commitment: a miner's model declaration, or a gateway's role.
+"""What a hotkey publishes as its on-chain commitment: a miner's model declaration, or a node's role and round seeds.
 
 The chain stores at most 3 × 128 bytes per commitment, so each is compact JSON.
 Validators and gateways read a miner's to know which model it claims to serve, in
 which dtype, and how much load it accepts; validators read a gateway's (with the
-endpoint it serves) to find every gateway whose users' service they read.
+endpoint it serves) to find every gateway whose users' service they read; anyone reads a
+validator's to check and replay its rounds' seeds.
 """
 
 from __future__ import annotations
@@ -55,23 +56,59 @@ class ModelDeclaration(BaseModel):
         return declaration
 
 
-class GatewayDeclaration(BaseModel):
-    """A gateway, as declared on chain: its endpoint is the one its hotkey serves. A validator reads
-    every declared gateway whose hotkey holds a validator permit (stake stands behind what it reports)."""
+class SeedCommitment(BaseModel):
+    """A validator's round seeds, committed before it uses them and revealed after. Each tempo's seeds mix a
+    secret of that tempo (``validator.challenges.tempo_secret``) with block hashes: a miner cannot compute its
+    challenges from public values, and once ``revealed`` anyone can recompute the tempo's seeds, check them
+    against ``next`` as it stood, and replay the rounds; the validator cannot pick a secret after the fact."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: Literal["gateway"] = "gateway"
-    v: int = Field(default=COMMITMENT_VERSION, description="Declaration format version")
+    tempo: int = Field(ge=0, description="The tempo (block // (tempo + 1)) whose secret ``next`` commits to")
+    next: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of that tempo's secret, hex")
+    revealed_tempo: int | None = Field(default=None, ge=0, description="The tempo of the secret revealed")
+    revealed: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$", description="That secret, hex: committed before as a tempo's next")
+
+
+class NodeCommitment(BaseModel):
+    """What a validator's or gateway's hotkey commits: its role (a gateway at the endpoint the hotkey serves) and
+    its round seeds. A validator and a gateway may share a hotkey, so each writes its part and keeps the other's
+    (``with_part``). A validator reads every declared gateway whose hotkey it trusts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["gateway"] | None = None
+    seeds: SeedCommitment | None = None
+    v: int = Field(default=COMMITMENT_VERSION, description="Format version")
 
     def to_commitment(self) -> str:
-        return json.dumps(self.model_dump(), separators=(",", ":"), sort_keys=True)
+        text = json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"), sort_keys=True)
+        if len(text.encode()) > MAX_COMMITMENT_BYTES:
+            raise ValueError(f"commitment is {len(text.encode())} bytes; the chain stores {MAX_COMMITMENT_BYTES}")
+        return text
 
     @classmethod
-    def declared_by(cls, text: str | None) -> bool:
-        """Whether a commitment declares a gateway (this version's)."""
+    def of(cls, text: str | None) -> "NodeCommitment | None":
+        """The commitment ``text`` as this version's (an empty one where there is none); None when it holds something
+        else — the owner's model list, a miner's declaration, another format — which a node must not write over."""
+        if not text:
+            return cls()
         try:
-            raw = json.loads(text or "")
-            return isinstance(raw, dict) and "role" in raw and cls.model_validate(raw).v == COMMITMENT_VERSION
+            raw = json.loads(text)
+            parsed = cls.model_validate(raw) if isinstance(raw, dict) else None
         except (ValueError, ValidationError):
-            return False
+            return None
+        return parsed if parsed is not None and parsed.v == COMMITMENT_VERSION else None
+
+    @classmethod
+    def declares_gateway(cls, text: str | None) -> bool:
+        """Whether a commitment declares a gateway (this version's)."""
+        parsed = cls.of(text)
+        return parsed is not None and parsed.role == "gateway"
+
+    @classmethod
+    def with_part(cls, text: str | None, **part: object) -> "str | None":
+        """The commitment ``text`` with ``part`` set (``role=``, ``seeds=``) and every other part kept: what to commit
+        (equal to ``text`` when it already says so); None when ``text`` is not a node's commitment to write over."""
+        parsed = cls.of(text)
+        return None if parsed is None else cls.model_validate({**parsed.model_dump(), **part}).to_commitment()

@@ -95,6 +95,7 @@ class RoundSummary(BaseModel):
     round: int
     block: int
     seed: str = Field(description="the round seed, in decimal: the challenges are rebuilt from it")
+    seed_tempo: Optional[int] = Field(default=None, description="the tempo whose secret the seed mixes (committed on chain, then revealed)")
     miners: int
     challenges: int = Field(description="challenges per miner")
     targets: dict[int, tuple[str, str, str, str]] = Field(default_factory=dict, description="uid → (hotkey, model, dtype, declaration) as queried")

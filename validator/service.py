@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import asdict
 from functools import partial
-from typing import Optional
+from typing import Any, Optional
 
 import aiohttp
 
@@ -24,13 +24,14 @@ import chain
 from engine import Engine
 from models.subnet import ModelListMismatch, check_graph
 from models.tokenizer import ModelTokenizer
+from protocol.commitment import NodeCommitment
 from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
 from scoring.aggregate import BUFFERED_WINDOW
 from scoring.evidence import SequentialParams
 from scoring.weights import to_weights
 from shell.role import StartupError, on_chain, require_registered, stop_on_signals, supervise
-from validator.challenges import round_secret, round_seed
+from validator.challenges import round_secret, round_seed, seed_commitment, tempo_secret
 from validator.config import ValidatorConfig
 from validator.crashpoints import crashpoint
 from validator.journal import RoundLog
@@ -63,6 +64,7 @@ class Validator:
         self.keypair = self.wallet.hotkey
         self.round_log = RoundLog(config, self.store)
         self.secret = round_secret(config.state_dir / "round-secret")
+        self._seeds_skipped: Optional[int] = None  # the tempo it last said it cannot commit its seeds
         self.outboxes: list[SignedOutbox] = []  # one per gateway it reads: given by hand (``run``) and found on chain (each round)
         self.users = UsersSeen()
         # (hotkey, model) → streams it served at once in its last capacity probe (since this process started): a uid
@@ -79,7 +81,12 @@ class Validator:
         for hotkey in self.store.apply_forgiveness(round_index):
             log.warning("%s forgiven (slmnet validator forgive): its evidence starts afresh this round (%d)", hotkey, round_index)
         graph = await on_chain("reading the metagraph", lambda: net.metagraph(self.config.chain.netuid))
-        seed = round_seed(await on_chain("reading the block hash", net.block_hash), self.keypair.ss58_address, round_index, self.secret)
+        tempo = graph.block // (graph.tempo + 1)
+        if await commit_seeds(net, self.wallet, graph, self.secret, tempo) == "kept" and tempo != self._seeds_skipped:
+            log.warning("round seeds not committed: this hotkey commits something else (the owner's model list?), kept as it is")
+            self._seeds_skipped = tempo
+        block_hash = await on_chain("reading the block hash", lambda: net.block_hash(graph.block))
+        seed = round_seed(block_hash, self.keypair.ss58_address, round_index, tempo_secret(self.secret, tempo))
         started = time.time()
         targets = [
             Target(n.uid, n.hotkey, n.endpoint, n.model.model, n.model.capacity, n.model.dtype, n.model.to_commitment())
@@ -125,6 +132,7 @@ class Validator:
             round=round_index,
             block=graph.block,
             seed=str(seed),
+            seed_tempo=tempo,
             miners=len(targets),
             challenges=self.config.challenges_per_miner,
             targets={t.uid: (t.hotkey, t.model, t.dtype, t.declaration) for t in targets},  # what a replay needs to rebuild the round
@@ -273,6 +281,29 @@ class Validator:
             end_token_ids=supported.end_token_ids if supported else (),
             max_context=supported.max_context if supported else 1 << 30,
         )
+
+
+async def commit_seeds(net: chain.Chain, wallet: Any, graph: chain.MetagraphView, master: bytes, tempo: int) -> Optional[str]:
+    """Commit ``tempo``'s seed secret (its hash) and reveal the last one committed, where the chain does not show it yet:
+    once a tempo, before its first round. Returns "committed", "kept" (the hotkey commits something else, such as the
+    owner's model list, which stays) or None (already on chain, or the write failed: logged, and the round goes on,
+    its seeds checkable by others only from the next commitment)."""
+    neuron = graph.by_hotkey(wallet.hotkey.ss58_address)
+    text = neuron.commitment if neuron else None
+    current = NodeCommitment.of(text)
+    if current is None:
+        return "kept"
+    if current.seeds is not None and current.seeds.tempo == tempo:
+        return None
+    revealed = current.seeds.tempo if current.seeds is not None else None
+    commitment = NodeCommitment.with_part(text, seeds=seed_commitment(master, tempo, revealed)) or ""
+    try:
+        (await on_chain("committing round seeds", lambda: net.commit(wallet, graph.netuid, commitment))).raise_for_failure()
+    except chain.ChainLayerError as exc:
+        log.warning("round seeds of tempo %d not committed (the next round tries again): %s", tempo, exc)
+        return None
+    log.info("committed the round seeds of tempo %d%s", tempo, f", revealed tempo {revealed}'s" if revealed is not None else "")
+    return "committed"
 
 
 async def run_validator(config: ValidatorConfig) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 import chain
 from chain import announce
-from protocol.commitment import GatewayDeclaration, ModelDeclaration
+from protocol.commitment import ModelDeclaration, NodeCommitment
 
 DECLARED = ModelDeclaration(model="slmnet/tiny-qwen2-s0", weights_sha256="ab" * 32, max_context=1024, capacity=8)
 
@@ -37,9 +37,52 @@ async def test_a_gateway_announces_its_endpoint_and_role_and_reads_back_as_one(l
     gateway = localnet.wallet("gateway")
     async with chain.connect(localnet.network) as c:
         (await c.register(gateway, 1)).raise_for_failure()
-        assert await announce(c, gateway, await c.metagraph(1), "127.0.0.1", 8000, GatewayDeclaration().to_commitment()) == ["serve", "commit"]
+        assert await announce(c, gateway, await c.metagraph(1), "127.0.0.1", 8000, NodeCommitment(role="gateway").to_commitment()) == ["serve", "commit"]
         neuron = (await c.metagraph(1)).by_hotkey(gateway.hotkey.ss58_address)
     assert neuron.gateway and neuron.model is None and neuron.endpoint == "http://127.0.0.1:8000"
+
+
+async def test_a_validator_commits_each_tempos_seed_secret_before_using_it_and_reveals_it_after(localnet):
+    """Round seeds no miner can compute and anyone can check afterwards: the validator commits the hash of a
+    tempo's secret, and the next tempo reveals it; the seed of a round of the earlier tempo is then recomputed
+    from public values. The gateway sharing the validator's hotkey keeps its role through it, and the seeds
+    survive the gateway's announcing; a hotkey that commits the owner's model list keeps it."""
+    import hashlib
+
+    from validator.challenges import round_seed, tempo_secret
+    from validator.service import commit_seeds
+
+    node, owner = localnet.wallet("node"), localnet.wallet("owner-like")
+    master = b"m" * 32
+    async with chain.connect(localnet.network) as c:
+        for wallet in (node, owner):
+            (await c.register(wallet, 1)).raise_for_failure()
+        hotkey = node.hotkey.ss58_address
+        await announce(c, node, await c.metagraph(1), "127.0.0.1", 8000, NodeCommitment(role="gateway").to_commitment())
+        assert await commit_seeds(c, node, await c.metagraph(1), master, 40) == "committed"
+        assert await commit_seeds(c, node, await c.metagraph(1), master, 40) is None  # on chain already: no write
+        first = NodeCommitment.of((await c.metagraph(1)).by_hotkey(hotkey).commitment)
+        assert first.role == "gateway" and first.seeds.tempo == 40 and first.seeds.revealed is None
+        block_hash = await c.block_hash(await c.block())
+        seed = round_seed(block_hash, hotkey, 3, tempo_secret(master, 40))  # what a round of tempo 40 used
+
+        assert await commit_seeds(c, node, await c.metagraph(1), master, 41) == "committed"
+        graph = await c.metagraph(1)
+        second = NodeCommitment.of(graph.by_hotkey(hotkey).commitment)
+        assert second.seeds.tempo == 41 and second.seeds.revealed_tempo == 40
+        revealed = bytes.fromhex(second.seeds.revealed)
+        assert hashlib.sha256(revealed).hexdigest() == first.seeds.next  # the secret committed before the tempo
+        assert round_seed(block_hash, hotkey, 3, revealed) == seed  # anyone recomputes the round's seed
+        assert second.seeds.next != first.seeds.next  # tempo 41's secret stays hidden
+
+        # the gateway on the same hotkey: its role is already there, nothing to write, the seeds stay
+        assert await announce(c, node, graph, "127.0.0.1", 8000, NodeCommitment.with_part(graph.by_hotkey(hotkey).commitment, role="gateway")) == []
+        assert NodeCommitment.of((await c.metagraph(1)).by_hotkey(hotkey).commitment) == second
+
+        listed = "slmnet-models:1:" + "f" * 64
+        (await c.commit(owner, 1, listed)).raise_for_failure()
+        assert await commit_seeds(c, owner, await c.metagraph(1), master, 41) == "kept"
+        assert (await c.metagraph(1)).by_hotkey(owner.hotkey.ss58_address).commitment == listed
 
 
 async def test_an_unregistered_hotkey_has_no_presence_to_publish(localnet):

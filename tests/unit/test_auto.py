@@ -104,7 +104,7 @@ def test_latency_is_learnt_from_answers_and_measured_speeds():
 def test_the_router_feeds_verdicts_and_live_figures_to_auto():
     router = Router(rng=random.Random(0), prior_speeds={"m1": 40.0, "m2": 10.0})
     router.update_from_chain([MinerView(1, "h1", "http://a", "m1", 4), MinerView(2, "h2", "http://b", "m2", 4)])
-    router.apply_verdicts([_verdict("h1", "m1", json_format=(20, 2)), _verdict("h2", "m2", json_format=(20, 18))])
+    router.apply_verdicts([("v", _verdict("h1", "m1", json_format=(20, 2))), ("v", _verdict("h2", "m2", json_format=(20, 18)))])
     router.miners[1].success(0.1, 50.0)
     router.snapshot()
     assert router.auto.model("m1").ttft_s == 0.1 and router.auto.model("m1").tokens_per_s == 50.0

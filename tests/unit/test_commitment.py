@@ -7,7 +7,7 @@ import pytest
 from chain import ChainConfig
 from chain.writes import commitment_info
 from miner.config import MinerConfig
-from protocol.commitment import CommitmentDecodeError, GatewayDeclaration, ModelDeclaration
+from protocol.commitment import CommitmentDecodeError, ModelDeclaration, NodeCommitment, SeedCommitment
 
 
 def test_declaration_round_trips_through_commitment_text():
@@ -34,9 +34,21 @@ def test_oversize_commitment_is_refused_before_submission():
 
 
 def test_a_gateway_declares_its_role_and_a_model_declaration_is_no_gateway():
-    assert GatewayDeclaration.declared_by(GatewayDeclaration().to_commitment())
+    assert NodeCommitment.declares_gateway(NodeCommitment(role="gateway").to_commitment())
     model = ModelDeclaration(model="m", max_context=2048, capacity=4).to_commitment()
-    assert not any(GatewayDeclaration.declared_by(text) for text in (model, None, "", "{}", '{"role":"miner","v":1}', '{"role":"gateway","v":9}', "[1"))
+    assert not any(NodeCommitment.declares_gateway(text) for text in (model, None, "", "{}", '{"role":"miner","v":1}', '{"role":"gateway","v":9}', "[1"))
+
+
+def test_a_validator_and_a_gateway_on_one_hotkey_each_write_their_part_and_keep_the_others_and_never_the_owners_list():
+    seeds = SeedCommitment(tempo=7, next="a" * 64, revealed_tempo=6, revealed="b" * 64)
+    gateway = NodeCommitment.with_part(None, role="gateway")
+    both = NodeCommitment.with_part(gateway, seeds=seeds)
+    assert both is not None and NodeCommitment.declares_gateway(both) and NodeCommitment.of(both).seeds == seeds
+    assert NodeCommitment.with_part(both, role="gateway") == both  # nothing to write: the chain already says it
+    assert len(commitment_info(both)["fields"]) <= 3
+    # the owner's model list, a miner's declaration, another version: not a node's to write over
+    for other in ("slmnet-models:3:" + "f" * 64, ModelDeclaration(model="m", max_context=2048, capacity=4).to_commitment(), '{"role":"gateway","v":9}'):
+        assert NodeCommitment.with_part(other, seeds=seeds) is None and NodeCommitment.with_part(other, role="gateway") is None
 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "192.168.0.7", "169.254.1.1", "::1", "not-an-ip"])

@@ -99,13 +99,37 @@ def test_a_miner_is_given_the_streams_its_capacity_probe_found_not_the_ones_it_d
     claims = MinerView(1, "h1", "u1", MODEL, 16, incentive=0.5)
     honest = MinerView(2, "h2", "u2", MODEL, 4, incentive=0.5)
     router = _router(claims, honest)
-    router.apply_verdicts([MinerVerdict(uid=1, hotkey="h1", model=MODEL, standing="ok", answers=80, evidence=0.0, serves=4)])
+    router.apply_verdicts([("v", MinerVerdict(uid=1, hotkey="h1", model=MODEL, standing="ok", answers=80, evidence=0.0, serves=4))])
     assert claims.serves == 4 and honest.serves == 4  # no verdict yet: what it declares
     claims.in_flight = 4
     assert [m.uid for m in router.candidates(MODEL)] == [2]  # full at what it serves, whatever it claims
     # A verdict on another model (it re-declared since) says nothing of what it serves now.
-    router.apply_verdicts([MinerVerdict(uid=1, hotkey="h1", model="other", standing="ok", answers=80, evidence=0.0, serves=2)])
+    router.apply_verdicts([("v", MinerVerdict(uid=1, hotkey="h1", model="other", standing="ok", answers=80, evidence=0.0, serves=2))])
     assert claims.serves == 16
+
+
+def test_a_miner_one_validator_holds_out_stays_out_whatever_another_posts_after(tmp_path):
+    """Verdicts from several validators: each replaces only its own. The one that flagged a cheat keeps it out of
+    routing though another (that has not caught it) posts 'ok' later; the fewest streams any probe found are what it
+    is given; a restart reads them all back."""
+    cheat, honest = MinerView(1, "h1", "u1", MODEL, 8), MinerView(2, "h2", "u2", MODEL, 8)
+    router = _router(cheat, honest)
+
+    def verdict(hotkey: str, standing: str, serves: int, evidence: float = 0.0) -> MinerVerdict:
+        return MinerVerdict(uid=int(hotkey[1]), hotkey=hotkey, model=MODEL, standing=standing, answers=40, evidence=evidence, serves=serves)
+
+    store = Store(tmp_path / "g.sqlite")
+    for validator, posted in (("a", [verdict("h1", "flagged", 8, 1.2), verdict("h2", "ok", 8)]), ("b", [verdict("h1", "ok", 4), verdict("h2", "ok", 6)])):
+        store.save_verdicts(validator, posted)
+        router.apply_verdicts((validator, v) for v in posted)
+    assert [m.uid for m in router.candidates(MODEL)] == [2] and honest.serves == 6
+    assert cheat.verdict is not None and cheat.verdict.evidence == 1.2
+    restarted = _router(MinerView(1, "h1", "u1", MODEL, 8), MinerView(2, "h2", "u2", MODEL, 8))
+    restarted.apply_verdicts(store.verdicts())
+    assert [m.uid for m in restarted.candidates(MODEL)] == [2]
+    # the validator that flagged it clears it (its evidence was reset by an operator's forgive): back in routing
+    router.apply_verdicts([("a", verdict("h1", "ok", 8))])
+    assert sorted(m.uid for m in router.candidates(MODEL)) == [1, 2]
 
 
 def test_limits_stay_exact_under_concurrency(tmp_path):

@@ -1,10 +1,13 @@
 """Challenges for a validation round, different for every miner: checkable tasks, open
 prompts of many kinds, and replays of real users' prompts, all drawn from one seed.
 
-``round_seed`` mixes a block hash (unknown to miners before the block) with the
-validator's hotkey, the round number and a secret the validator keeps (``round_secret``: a
-miner that has read this code cannot recompute a round's challenges from public values and
-recognise them; the round's seed is stored with it, so a replay needs no secret);
+``round_seed`` mixes the hash of the round's block (unknown to miners before the block) with
+the validator's hotkey, the round number and a secret of the tempo (``tempo_secret``, from a
+master secret the validator keeps, ``round_secret``): a miner that has read this code cannot
+recompute a round's challenges from public values and recognise them. The validator commits
+each tempo's secret's hash on chain before its rounds use it and reveals the secret the next
+tempo (``seed_commitment``), so anyone can then recompute and replay its rounds, and it cannot
+choose a secret after seeing the block; the round's seed is stored with it too;
 ``miner_seed`` mixes that with a miner's hotkey,
 so no two miners are sent the same body and one computation cannot answer two hotkeys.
 ``generate`` turns a seed into challenges deterministically; each challenge's request is
@@ -22,12 +25,14 @@ they are users'. A replay is recorded with its round, so the round stays rebuild
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from protocol.commitment import SeedCommitment
 from protocol.families import check_families
 from protocol.requests import miner_request
 from validator.challenges.tasks import FAMILIES, Answer, Task, grade
@@ -116,8 +121,23 @@ def round_seed(block_hash: str, validator_hotkey: str, round_index: int, secret:
     return int.from_bytes(digest[:8], "big")
 
 
+def tempo_secret(master: bytes, tempo: int) -> bytes:
+    """The secret of the round seeds in ``tempo`` (block // (tempo length + 1)): safe to reveal once the tempo is over,
+    since no other tempo's secret follows from it."""
+    return hmac.new(master, f"slmnet-round-seeds|{tempo}".encode(), hashlib.sha256).digest()
+
+
+def seed_commitment(master: bytes, tempo: int, revealed_tempo: Optional[int]) -> SeedCommitment:
+    """What a validator commits on chain for ``tempo``: its secret's hash, and the secret of ``revealed_tempo`` (the
+    tempo its previous commitment was for), now over."""
+    revealed = tempo_secret(master, revealed_tempo).hex() if revealed_tempo is not None and revealed_tempo < tempo else None
+    return SeedCommitment(
+        tempo=tempo, next=hashlib.sha256(tempo_secret(master, tempo)).hexdigest(), revealed_tempo=revealed_tempo if revealed else None, revealed=revealed
+    )
+
+
 def round_secret(path: Path) -> bytes:
-    """The validator's secret for its round seeds: 32 random bytes, made at its first start and kept in
+    """The validator's master secret for its round seeds: 32 random bytes, made at its first start and kept in
     ``path`` (readable by its user only)."""
     if not path.exists():
         path.write_bytes(secrets.token_bytes(32))
