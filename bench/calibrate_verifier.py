@@ -32,7 +32,7 @@ import random
 import statistics
 import sys
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,11 +42,12 @@ from bench._common import start_engine, stop, stream_chat
 from models import subnet as model_list
 from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
+from protocol.records import AnswerRecord
 from scoring.evidence import TOLERANCES, SequentialParams, log_likelihood_ratio
 from scoring.fidelity import ResponseEvidence, TokenEvidence, Verdict
 from tests.harness.adversary import perturbed_copy
 from validator.challenges import generate
-from validator.verify import MinerResponse, ReferenceEngine, collect, gather, judge
+from validator.verify import ReferenceEngine, collect, gather, judge
 
 HONEST = ["fp32-c1", "fp32-c16", "fp32-t1", "bf16", "hf-fp32", "hf-bf16"]
 CHEATS = ["int8", "int4", "fp8", "noise-1e-3", "noise-3e-3", "noise-1e-2", "drop-4", "hot", "no-top-p", "own-rng", "invented", "rescored-int4"]
@@ -79,7 +80,7 @@ class Transformers:
         self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
         self.end_ids = end_ids
 
-    def answer(self, prompt_ids: list[int], body: dict[str, Any], vocabulary: ModelTokenizer) -> MinerResponse:
+    def answer(self, prompt_ids: list[int], body: dict[str, Any], vocabulary: ModelTokenizer) -> AnswerRecord:
         from engine.sampling import Seeded, choose
 
         torch = self.torch
@@ -104,7 +105,7 @@ class Transformers:
                     break
                 ids = torch.tensor([[chosen]])
         finish = "stop" if out and out[-1] in self.end_ids else "length"
-        return MinerResponse(token_ids=out, reported_logprobs=reported, text=vocabulary.decode(out), finish_reason=finish, completion_tokens=len(out))
+        return AnswerRecord(token_ids=out, logprobs=reported, text=vocabulary.decode(out), finish_reason=finish, completion_tokens=len(out))
 
 
 def variant_setup(variant: str, folder: Path, tmp: Path) -> dict[str, Any]:
@@ -153,11 +154,11 @@ async def answers_of(variant: str, setup: dict[str, Any], url: Optional[str], st
             else:
                 response = collect(await stream_chat(reference.session, url, setup["body"](body)), body["max_tokens"])
         if variant == "invented":
-            response = replace(response, reported_logprobs=[-rng.uniform(0, 3) for _ in response.token_ids])
+            response = response.model_copy(update={"logprobs": [-rng.uniform(0, 3) for _ in response.token_ids]})
         if variant == "rescored-int4" and response.token_ids:
             prompt = await reference.prompt_ids(body["messages"])
             scored = await reference.score(prompt, response.token_ids)
-            response = replace(response, reported_logprobs=[position[t][0] for t, position in zip(response.token_ids, scored)])
+            response = response.model_copy(update={"logprobs": [position[t][0] for t, position in zip(response.token_ids, scored)]})
         return body, await gather(reference, body, response)
 
     return list(await asyncio.gather(*(one(c) for c in challenges)))

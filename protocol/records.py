@@ -24,7 +24,8 @@ from protocol.responses import StreamFold
 
 
 class AnswerRecord(BaseModel):
-    """One answer (``n`` = 1) as its miner sent it, already validated where it entered."""
+    """One answer (``n`` = 1) as its miner sent it, already validated where it entered: what a validator
+    verifies, from its own challenge, a gateway's sample or a stored round alike."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -37,6 +38,7 @@ class AnswerRecord(BaseModel):
     chunks: Optional[list[tuple[float, int]]] = Field(
         None, description="(seconds after the request left, tokens) per chunk, as the validator timed them: a replay's speeds equal the round's"
     )
+    error: Optional[str] = Field(None, max_length=1024, description="the error event that ended the stream, if one did")
 
     @classmethod
     def from_fold(cls, fold: StreamFold) -> "AnswerRecord":
@@ -48,7 +50,12 @@ class AnswerRecord(BaseModel):
             finish_reason=fold.finish_reason,
             completion_tokens=fold.usage.completion_tokens if fold.usage else None,
             chunks=None,
+            error=fold.error[:1024] if fold.error else None,
         )
+
+    def reported(self) -> list[Optional[float]]:
+        """The miner's logprob of each token id, None where it sent none."""
+        return [*self.logprobs, *[None] * (len(self.token_ids) - len(self.logprobs))]
 
 
 class ServiceCounts(BaseModel):

@@ -47,7 +47,7 @@ from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSa
 from validator.challenges import UserPrompts, sampling_of
 from validator.records import RoundReport, Target, UserVerdict
 from validator.store import Store
-from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
+from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
 log = logging.getLogger(__name__)
 SAMPLES_PER_ROUND = 32  # verified a round at most: the reference engine's extra work (≤ 32 × (prompt + 256) tokens)
@@ -225,7 +225,7 @@ async def verify_samples(
         if reference is None or target is None or target.model != sample.model:
             continue
         try:
-            verdict = await verify(reference, sample.request, MinerResponse.from_record(sample.answer), tolerance=target.tolerance)
+            verdict = await verify(reference, sample.request, sample.answer, tolerance=target.tolerance)
         except ReferenceFailed as exc:
             log.warning("organic sample %s of uid %s not verified: %s", sample.id, sample.uid, exc)
             continue

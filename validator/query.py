@@ -23,10 +23,10 @@ from typing import Any, Literal, Optional
 import aiohttp
 
 from btauth.client import MinerClient, miner_chunks
+from protocol.records import AnswerRecord
 from protocol.responses import StreamFold
 from protocol.sse import StreamViolation
 from scoring.latency import StreamTiming
-from validator.verify import MinerResponse
 
 BUSY_LAG_S = 1.0  # the loop woke this late: the validator's machine, not the miner, may have been slow
 
@@ -72,7 +72,7 @@ class Timeouts:
 class QueryResult:
     # violation: the stream broke the protocol (the miner's fault, never ours); unverified: timed out while we were busy
     kind: Literal["ok", "error", "timeout", "refused", "violation", "unverified"]
-    response: Optional[MinerResponse] = None
+    response: Optional[AnswerRecord] = None
     timing: Optional[StreamTiming] = None
     detail: str = ""
 
@@ -110,7 +110,7 @@ async def ask(client: MinerClient, body: dict[str, Any], timeouts: Timeouts, lag
         return QueryResult("timeout", detail=f"no answer within the limits ({limits})")
     except aiohttp.ClientError as exc:
         return QueryResult("error", detail=f"{type(exc).__name__}: {exc}")
-    answer = MinerResponse.from_fold(fold)
+    answer = AnswerRecord.from_fold(fold)
     if answer.error is not None:
         return QueryResult("error", response=answer, detail=f"the miner's stream reported an error: {answer.error[:300]}")
     return QueryResult("ok", response=answer, timing=StreamTiming(sent, tuple(arrivals), tuple(counts)))

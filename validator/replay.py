@@ -26,21 +26,20 @@ from typing import Any, Mapping, Optional
 
 import aiohttp
 
-from engine import Engine
 from models.subnet import ModelList
-from models.tokenizer import ModelTokenizer
 from protocol.records import AnswerRecord, RoundSummary
 from scoring.aggregate import BUFFERED_WINDOW, Outcome
 from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
-from scoring.latency import StreamTiming, measure
-from validator.challenges import REPLAY, Challenge, generate, grade, miner_seed, slots
+from validator.challenges import REPLAY, Challenge, generate, miner_seed, slots
+from validator.config import ValidatorConfig
 from validator.records import Result, Target
+from validator.references import References
 from validator.round_score import current_evidence, pool_evidence, score_round
-from validator.rounds import challenge_count
+from validator.rounds import challenge_count, outcome_of
 from validator.standings import apply_rewards
 from validator.store import Store
-from validator.verify import MinerResponse, ReferenceEngine, ReferenceFailed, verify
+from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
 
 @dataclass
@@ -111,7 +110,7 @@ async def _recheck(target: Target, challenge: Challenge, request: dict[str, Any]
         passed = None if row["passed"] is None else bool(row["passed"])
         return Result(target.uid, target.hotkey, row["family"], Outcome(row["outcome"], passed, sent_at=row["sent_at"], done_at=row["done_at"]))
     answer = AnswerRecord.model_validate_json(row["answer"])
-    verdict = await verify(reference, request, MinerResponse.from_record(answer), tolerance=target.tolerance)
+    verdict = await verify(reference, request, answer, tolerance=target.tolerance)
     replay.answers += 1
     if int(verdict.passed) != row["passed"]:
         replay.differences.append(
@@ -120,10 +119,7 @@ async def _recheck(target: Target, challenge: Challenge, request: dict[str, Any]
     replayed = asdict(verdict.stats) if verdict.stats is not None else None
     if row["stats"] and replayed != json.loads(row["stats"]):
         replay.differences.append(f"{where}: recorded evidence {json.loads(row['stats'])}, replayed {replayed}")
-    chunks = answer.chunks or []
-    speed = measure(StreamTiming(0.0, tuple(t for t, _ in chunks), tuple(n for _, n in chunks))) if chunks and row["family"] != REPLAY else None
-    correct = grade(challenge.answer, answer.text) if row["family"] != REPLAY and challenge.answer is not None and verdict.passed else None
-    outcome = Outcome("ok", verdict.passed, correct, speed, tuple((at, n) for at, n in chunks), row["sent_at"], row["done_at"])
+    outcome = outcome_of(challenge, row["family"], verdict, answer.text, tuple((at, n) for at, n in answer.chunks or []), row["sent_at"], row["done_at"])
     return Result(target.uid, target.hotkey, row["family"], outcome, verdict.reasons, stats=verdict.stats)
 
 
@@ -192,32 +188,19 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
     return replay
 
 
-async def replay_with(config, round_index: Optional[int] = None, wait: float = 900.0) -> Replay:
+async def replay_with(config: ValidatorConfig, round_index: Optional[int] = None, wait: float = 900.0) -> Replay:
     """Replay a round of the validator whose configuration is ``config`` (its state folder, model
     list, tokenizers and reference engines: attached, or started here and stopped after)."""
-    engines = {spec.served_name: Engine(url=spec.url, spec=spec) for spec in config.engines}
-    engines.update({model: Engine(url=url) for model, url in config.references})
+    engines = References(config)
     store = Store(config.state_dir / "validator.sqlite")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session:
-        tasks = [asyncio.create_task(engine.run(session)) for engine in engines.values()]
+        tasks = [asyncio.create_task(engine.run(session)) for engine in engines.engines.values()]
         try:
             deadline = time.monotonic() + wait
-            while not all(e.ready for e in engines.values()):
+            while len(references := engines.ready(session)) < len(engines.engines):
                 if time.monotonic() > deadline:
-                    raise ReferenceFailed(f"reference engines not ready after {wait:.0f} s: { ({n: e.state for n, e in engines.items()}) }")
+                    raise ReferenceFailed(f"reference engines not ready after {wait:.0f} s: {engines.states()}")
                 await asyncio.sleep(1)
-            tokenizers = {model: ModelTokenizer(folder) for model, folder in config.tokenizers}
-            references = {}
-            for model, engine in engines.items():
-                supported = config.models.get(model)
-                references[model] = ReferenceEngine(
-                    session,
-                    engine.url,
-                    model,
-                    tokenizers[model],
-                    supported.end_token_ids if supported else (),
-                    supported.max_context if supported else 1 << 30,
-                )
             return await replay_round(store, store.last_round() if round_index is None else round_index, references, config.models)
         finally:
             for task in tasks:

@@ -40,7 +40,8 @@ from btauth.client import MinerClient
 from protocol.records import ServiceCounts
 from scoring.aggregate import Outcome, Standing
 from scoring.evidence import Evidence, SequentialParams
-from scoring.latency import measure
+from scoring.fidelity import Verdict
+from scoring.latency import StreamTiming, measure
 from validator.challenges import REPLAY, Challenge, UserPrompts, generate, grade, miner_seed
 from validator.query import LoopLag, QueryResult, Timeouts, ask
 from validator.records import Result, RoundReport, Target, UserVerdict
@@ -52,6 +53,25 @@ log = logging.getLogger(__name__)
 PROBE_CONCURRENCY = 64  # the most requests a capacity probe sends one miner at once (--probe-concurrency)
 LIGHT_CONCURRENCY = 4  # requests in flight to one miner outside its capacity probe
 PROBE_WAVES = 2  # a probe sends twice its concurrency: the second half keeps the slots full while the first ends
+
+
+def outcome_of(
+    challenge: Challenge,
+    family: str,
+    verdict: Verdict,
+    text: str,
+    chunks: tuple[tuple[float, int], ...],
+    sent_at: Optional[float] = None,
+    done_at: Optional[float] = None,
+) -> Outcome:
+    """A verified answer's outcome, in a live round and in its replay alike. ``family``: what was sent in
+    ``challenge``'s place (``REPLAY`` for a user's prompt); ``chunks``: (seconds after sending, tokens) per chunk.
+    Speed only where no cache could have bought it: a replayed user prompt may sit in the miner's prefix cache (it
+    served that user), a freshly generated one cannot. The grader reads the text the verifier bound to the ids."""
+    timing = StreamTiming(0.0, tuple(at for at, _ in chunks), tuple(n for _, n in chunks))
+    speed = measure(timing) if chunks and family != REPLAY else None
+    correct = grade(challenge.answer, text) if family != REPLAY and challenge.answer is not None and verdict.passed else None
+    return Outcome("ok", verdict.passed, correct, speed, chunks, sent_at, done_at)
 
 
 async def _judge(
@@ -70,17 +90,12 @@ async def _judge(
             # Our engine failed, not the miner: nothing is known about this answer, for or against.
             log.warning("could not verify uid %s: %s", target.uid, exc)
             return Result(target.uid, target.hotkey, challenge.family, Outcome("unverified"), detail=str(exc))
-    # Speed only where no cache could have bought it: a replayed user prompt may sit in the miner's
-    # prefix cache (it served that user), a freshly generated one cannot.
-    speed = measure(timing) if timing.arrivals and challenge.family != REPLAY else None
-    # The grader reads the text the verifier bound to the ids (equal to the detokenization once verified).
-    correct = grade(challenge.answer, response.text) if challenge.answer is not None and verdict.passed else None
-    outcome = Outcome("ok", verdict.passed, correct, speed, chunks=timing.relative())
+    outcome = outcome_of(challenge, challenge.family, verdict, response.text, timing.relative())
     if not verdict.passed:
         log.warning("uid %s (%s) failed verification on %s: %s", target.uid, target.hotkey, challenge.family, "; ".join(verdict.reasons))
     # What a replay needs of the answer: the ids and logprobs the verdict was reached on, and the timing, unrounded
     # (seconds after sending, tokens) per chunk, so a replay's speeds equal the round's.
-    record = response.record(chunks=list(timing.relative()))
+    record = response.model_copy(update={"chunks": list(timing.relative())})
     return Result(target.uid, target.hotkey, challenge.family, outcome, verdict.reasons, stats=verdict.stats, answer=record)
 
 

@@ -21,9 +21,7 @@ from typing import Any, Optional
 import aiohttp
 
 import chain
-from engine import Engine
 from models.subnet import ModelListMismatch, check_graph
-from models.tokenizer import ModelTokenizer
 from protocol.commitment import NodeCommitment
 from protocol.records import RoundSummary
 from protocol.version import VERSION_KEY, __version__
@@ -48,6 +46,7 @@ from validator.organic import (
     verify_samples,
 )
 from validator.records import RoundReport, Target
+from validator.references import References
 from validator.rounds import probed_models, run_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
 from validator.store import Store
@@ -182,12 +181,7 @@ class Validator:
 
     async def run(self, stop: asyncio.Event) -> None:
         # One engine per model id: started and supervised here, or attached to.
-        engines = {spec.served_name: Engine(url=spec.url, spec=spec) for spec in self.config.engines}
-        engines.update({model: Engine(url=url) for model, url in self.config.references})
-        tokenizers = {model: ModelTokenizer(folder) for model, folder in self.config.tokenizers}
-        missing = sorted(set(engines) - set(tokenizers))
-        if missing:
-            raise StartupError(f"no tokenizer for {', '.join(missing)}: give --tokenizer ID=DIR")
+        engines = References(self.config)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
             await require_registered(net, self.config.chain.netuid, self.keypair.ss58_address, "register the validator's hotkey first")
             await self._check_subnet(net)
@@ -204,18 +198,18 @@ class Validator:
             if appended := self.round_log.catch_up():
                 log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.round_log.journal.name)
             self.round_log.start_wandb(self.keypair.ss58_address)
-            tasks = [asyncio.create_task(supervise(f"reference engine {name}", partial(e.run, session))) for name, e in engines.items()]
+            tasks = [asyncio.create_task(supervise(f"reference engine {name}", partial(e.run, session))) for name, e in engines.engines.items()]
             metrics_runner = await self.round_log.serve_metrics()
             try:
                 while not stop.is_set():
                     began = time.monotonic()
-                    references = {name: self._reference(session, name, e.url, tokenizers[name]) for name, e in engines.items() if e.ready}
+                    references = engines.ready(session)
                     if references:
                         await self._round_and_weights(net, session, references)
                         if self.config.max_rounds is not None and self.store.last_round() + 1 >= self.config.max_rounds:
                             break
                     else:
-                        log.info("waiting for reference engines: %s", {n: e.state for n, e in engines.items()})
+                        log.info("waiting for reference engines: %s", engines.states())
                     try:
                         await asyncio.wait_for(stop.wait(), max(1.0, self.config.round_interval - (time.monotonic() - began)) if references else 2.0)
                     except asyncio.TimeoutError:
@@ -270,17 +264,6 @@ class Validator:
             if not state_unwritable(exc):
                 raise
             log.error("weights not recorded: the state folder %s cannot be written (%s); the next round tries again", self.config.state_dir, exc)
-
-    def _reference(self, session: aiohttp.ClientSession, model: str, url: str, vocabulary: ModelTokenizer) -> ReferenceEngine:
-        supported = self.config.models.get(model)
-        return ReferenceEngine(
-            session,
-            url,
-            model,
-            vocabulary,
-            end_token_ids=supported.end_token_ids if supported else (),
-            max_context=supported.max_context if supported else 1 << 30,
-        )
 
 
 async def commit_seeds(net: chain.Chain, wallet: Any, graph: chain.MetagraphView, master: bytes, tempo: int) -> Optional[str]:

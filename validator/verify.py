@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Iterable, Optional, Union
 
 import aiohttp
@@ -42,53 +42,13 @@ class ReferenceFailed(Exception):
     """The reference engine could not score a response (it is down, or refused the input)."""
 
 
-@dataclass
-class MinerResponse:
-    """What a validator collected from one streamed answer (see ``from_fold``)."""
-
-    prompt_token_ids: Optional[list[int]] = None
-    token_ids: list[int] = field(default_factory=list)
-    reported_logprobs: list[Optional[float]] = field(default_factory=list)
-    text: str = ""
-    finish_reason: Optional[str] = None
-    completion_tokens: Optional[int] = None
-    error: Optional[str] = None  # an error event ended the stream
-
-    @classmethod
-    def from_fold(cls, fold: StreamFold) -> "MinerResponse":
-        return replace(cls.from_record(AnswerRecord.from_fold(fold)), error=fold.error)
-
-    @classmethod
-    def from_record(cls, record: AnswerRecord) -> "MinerResponse":
-        """An answer handed over by another process (a gateway's organic sample, a stored round)."""
-        return cls(
-            prompt_token_ids=record.prompt_token_ids,
-            token_ids=list(record.token_ids),
-            reported_logprobs=list(record.logprobs) + [None] * (len(record.token_ids) - len(record.logprobs)),
-            text=record.text,
-            finish_reason=record.finish_reason,
-            completion_tokens=record.completion_tokens,
-        )
-
-    def record(self, chunks: Optional[list[tuple[float, int]]] = None) -> AnswerRecord:
-        return AnswerRecord(
-            prompt_token_ids=self.prompt_token_ids,
-            token_ids=self.token_ids,
-            logprobs=self.reported_logprobs,
-            text=self.text,
-            finish_reason=self.finish_reason,
-            completion_tokens=self.completion_tokens,
-            chunks=chunks,
-        )
-
-
-def collect(events: Iterable[dict[str, Any]], max_tokens: int = 1 << 20) -> MinerResponse:
-    """Fold already-decoded events of a chat completion stream (``n`` = 1) into a MinerResponse;
+def collect(events: Iterable[dict[str, Any]], max_tokens: int = 1 << 20) -> AnswerRecord:
+    """Fold already-decoded events of a chat completion stream (``n`` = 1) into an answer;
     StreamViolation when they break the protocol."""
     fold = StreamFold(chat=True, max_tokens=max_tokens)
     for event in events:
         fold.add(json.dumps(event))
-    return MinerResponse.from_fold(fold)
+    return AnswerRecord.from_fold(fold)
 
 
 class ReferenceEngine:
@@ -184,7 +144,7 @@ def _failed(reason: str) -> Verdict:
     return Verdict(passed=False, reasons=(reason,))
 
 
-async def gather(reference: ReferenceEngine, request: dict[str, Any], response: MinerResponse) -> Union[ResponseEvidence, Verdict]:
+async def gather(reference: ReferenceEngine, request: dict[str, Any], response: AnswerRecord) -> Union[ResponseEvidence, Verdict]:
     """Teacher-force ``response`` to ``request`` (a chat or text completion body) on the reference engine:
     the evidence to judge, or the failed verdict when the answer cannot even be scored.
     ReferenceFailed when the reference itself fails: then nothing is known about the miner."""
@@ -216,7 +176,7 @@ async def gather(reference: ReferenceEngine, request: dict[str, Any], response: 
     if len(scores) != len(response.token_ids) or any(token_id not in position for token_id, position in zip(response.token_ids, scores)):
         raise ReferenceFailed("the reference engine scored other positions than it was given")
     tokens = []
-    for index, (token_id, reported, position) in enumerate(zip(response.token_ids, response.reported_logprobs, scores)):
+    for index, (token_id, reported, position) in enumerate(zip(response.token_ids, response.reported(), scores)):
         logprob, rank = position[token_id]
         top = {tid: lp for tid, (lp, r) in position.items() if r <= top_k}
         if allowed is None:
@@ -266,7 +226,7 @@ def judge(evidence: ResponseEvidence, params: FidelityParams = FidelityParams(),
 async def verify(
     reference: ReferenceEngine,
     request: dict[str, Any],
-    response: MinerResponse,
+    response: AnswerRecord,
     params: FidelityParams = FidelityParams(),
     tolerance: Tolerance = TOLERANCES["float32"],
 ) -> Verdict:

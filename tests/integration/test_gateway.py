@@ -35,14 +35,14 @@ from gateway.store import Store as GatewayStore
 from models import subnet as model_list
 from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
-from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample
+from protocol.records import AnswerRecord, FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample
 from protocol.responses import StreamFold
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import RedisServer, create_key, ledger_rows, start_adversary, start_gateway, start_miners
 from validator.organic import SignedOutbox, verify_samples
 from validator.records import Target
 from validator.store import Store
-from validator.verify import MinerResponse, ReferenceEngine, verify
+from validator.verify import ReferenceEngine, verify
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -100,7 +100,7 @@ def verified(subnet, sample: OrganicSample) -> bool:
     async def judge() -> bool:
         async with aiohttp.ClientSession() as session:
             reference = ReferenceEngine(session, subnet["engine"].url, MODEL, ModelTokenizer(subnet["tmp"] / "s0"), ENDS)
-            return (await verify(reference, sample.request, MinerResponse.from_record(sample.answer))).passed
+            return (await verify(reference, sample.request, sample.answer)).passed
 
     return asyncio.run(judge())
 
@@ -260,14 +260,14 @@ def test_structured_output_reaches_the_openai_clients_parse_and_is_verified_unde
         time.sleep(0.2)
     assert len(samples) == 6 and all(verified(subnet, s) for s in samples)
 
-    async def free_text(url: str) -> MinerResponse:  # the sampled request, answered by a miner that drops its grammar
+    async def free_text(url: str) -> AnswerRecord:  # the sampled request, answered by a miner that drops its grammar
         request = samples[0].request
         async with aiohttp.ClientSession() as session, session.post(url + "/v1/chat/completions", json=request) as answer:
             fold = StreamFold(chat=True, max_tokens=request["max_tokens"])
             async for line in answer.content:
                 if line.startswith(b"data: "):
                     fold.add(line[6:].decode().strip())
-        return MinerResponse.from_fold(fold)
+        return AnswerRecord.from_fold(fold)
 
     ignoring = start_adversary(subnet["engine"].url, "ignore-grammar", subnet["tmp"])
     try:

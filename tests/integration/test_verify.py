@@ -11,9 +11,10 @@ from btauth.client import sse_events
 from models import subnet as model_list
 from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
+from protocol.records import AnswerRecord
 from scoring.evidence import TOLERANCES, log_likelihood_ratio
 from validator.challenges import UserPrompts, generate
-from validator.verify import MinerResponse, ReferenceEngine, collect, verify
+from validator.verify import ReferenceEngine, collect, verify
 
 pytestmark = pytest.mark.slow
 MODEL = "slmnet/tiny-qwen2-s0"
@@ -28,14 +29,14 @@ def reference(tmp_path_factory, tiny_engine):
     return tiny_engine.url, tmp, ModelTokenizer(tmp / "s0")
 
 
-async def _stream(session: aiohttp.ClientSession, url: str, body: dict) -> MinerResponse:
+async def _stream(session: aiohttp.ClientSession, url: str, body: dict) -> AnswerRecord:
     """An honest miner: the declared model's own engine, streamed."""
     async with session.post(url + "/v1/chat/completions", json=body) as response:
         assert response.status == 200, await response.text()
         return collect([event async for event in sse_events(response)])
 
 
-def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerResponse:
+def _substitute(model_dir, messages: list[dict], max_tokens: int) -> AnswerRecord:
     """A miner that answers with another model (greedy) and reports that model's logprobs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -51,24 +52,23 @@ def _substitute(model_dir, messages: list[dict], max_tokens: int) -> MinerRespon
             logprobs.append(float(step[token]))
             ids = torch.cat([ids, torch.tensor([[token]])], 1)
     completion = ids[0, prompt.shape[1] :].tolist()
-    return MinerResponse(
+    return AnswerRecord(
         prompt_token_ids=prompt[0].tolist(),
         token_ids=completion,
-        reported_logprobs=logprobs,
+        logprobs=logprobs,
         text=tokenizer.decode(completion, skip_special_tokens=True),
         finish_reason="length",
         completion_tokens=len(completion),
     )
 
 
-def _keep(response: MinerResponse, vocabulary: ModelTokenizer, kept: list[int], **changes) -> MinerResponse:
+def _keep(response: AnswerRecord, vocabulary: ModelTokenizer, kept: list[int], **changes) -> AnswerRecord:
     """``response`` with only the tokens at positions ``kept``, its text their detokenization: a consistent forgery."""
     ids = [response.token_ids[i] for i in kept]
-    return MinerResponse(
-        **{
-            **vars(response),
+    return response.model_copy(
+        update={
             "token_ids": ids,
-            "reported_logprobs": [response.reported_logprobs[i] for i in kept],
+            "logprobs": [response.reported()[i] for i in kept],
             "text": vocabulary.decode(ids),
             "completion_tokens": len(ids),
             **changes,
@@ -146,13 +146,11 @@ async def test_running_past_the_end_or_cutting_before_it_fails(reference):
     assert caught == 2  # the tiny model ends early on a few greedy prompts in a hundred (seeded: the same ones every run)
 
 
-def _ended_early(honest: MinerResponse, vocabulary: ModelTokenizer, keep: int, end_logprob: float) -> MinerResponse:
+def _ended_early(honest: AnswerRecord, vocabulary: ModelTokenizer, keep: int, end_logprob: float) -> AnswerRecord:
     """``honest`` cut to its first ``keep`` tokens, then the model's end token with the logprob
     the model gives it there: an answer that reads as one that ended naturally."""
     cut = _keep(honest, vocabulary, list(range(keep)), finish_reason="stop")
-    return MinerResponse(
-        **{**vars(cut), "token_ids": [*cut.token_ids, ENDS[0]], "reported_logprobs": [*cut.reported_logprobs, end_logprob], "completion_tokens": keep + 1}
-    )
+    return cut.model_copy(update={"token_ids": [*cut.token_ids, ENDS[0]], "logprobs": [*cut.reported(), end_logprob], "completion_tokens": keep + 1})
 
 
 async def test_an_end_token_a_miner_appends_where_the_model_goes_on_is_caught(reference):
@@ -220,10 +218,10 @@ async def test_invented_logprobs_cut_answers_lied_counts_and_foreign_prompts_fai
         honest = await _stream(session, url, body)
         assert (await verify(engine, body, honest)).passed
 
-        invented = MinerResponse(**{**vars(honest), "reported_logprobs": [-0.05] * len(honest.token_ids)})
+        invented = honest.model_copy(update={"logprobs": [-0.05] * len(honest.token_ids)})
         cut = _keep(honest, vocabulary, list(range(len(honest.token_ids) - 4)))
-        inflated = MinerResponse(**{**vars(honest), "completion_tokens": 40})
-        foreign = MinerResponse(**{**vars(honest), "prompt_token_ids": honest.prompt_token_ids[1:]})
+        inflated = honest.model_copy(update={"completion_tokens": 40})
+        foreign = honest.model_copy(update={"prompt_token_ids": honest.prompt_token_ids[1:]})
         verdicts = {name: await verify(engine, body, r) for name, r in [("cut", cut), ("inflated", inflated), ("foreign", foreign)]}
         # Evidence for the per-miner test rather than a failure on its own: logprobs a little off.
         invented_stats = (await verify(engine, body, invented)).stats
@@ -271,8 +269,8 @@ async def test_text_is_bound_to_the_ids_and_ids_to_the_vocabulary(reference):
     async with aiohttp.ClientSession() as session:
         honest = await _stream(session, url, body)
         engine = ReferenceEngine(session, url, MODEL, vocabulary, ENDS)
-        relabelled = MinerResponse(**{**vars(honest), "text": "The answer is 4."})
-        outside = MinerResponse(**{**vars(honest), "token_ids": [*honest.token_ids[:-1], vocabulary.size + 7]})
+        relabelled = honest.model_copy(update={"text": "The answer is 4."})
+        outside = honest.model_copy(update={"token_ids": [*honest.token_ids[:-1], vocabulary.size + 7]})
         short_context = ReferenceEngine(session, url, MODEL, vocabulary, ENDS, max_context=len(honest.prompt_token_ids) + 4)
         assert (await verify(engine, body, honest)).passed
         verdicts = [await verify(engine, body, relabelled), await verify(engine, body, outside), await verify(short_context, body, honest)]
