@@ -11,6 +11,8 @@ from typing import Any, Mapping, Optional
 
 import bittensor as bt
 
+from protocol.errors import Unauthorized
+
 _AUTH_CODES = {
     bt.http_auth.MalformedAuth: "auth_missing",
     bt.http_auth.WrongReceiver: "auth_wrong_receiver",
@@ -21,14 +23,6 @@ _AUTH_CODES = {
 NONCE_RETENTION_S = 60.0
 
 
-class AuthFailed(Exception):
-    """A request that is not a valid btauth/1 request to this receiver; ``code`` says how."""
-
-    def __init__(self, message: str, code: str):
-        super().__init__(message)
-        self.code = code
-
-
 class SignatureCheck:
     """Verifies requests addressed to ``self_hotkey``; every nonce is accepted once."""
 
@@ -37,10 +31,11 @@ class SignatureCheck:
         self.nonces = nonces if nonces is not None else bt.http_auth.InMemoryNonceStore(retention=NONCE_RETENTION_S)
 
     def sender(self, headers: Mapping[str, str], body: bytes, method: str, path: str) -> str:
-        """The signing hotkey (ss58); AuthFailed when the request is missing, forged, stale, replayed or misaddressed."""
+        """The signing hotkey (ss58); ``protocol.errors.Unauthorized`` (every role's 401, its code saying how) when the
+        request is missing, forged, stale, replayed or misaddressed."""
         try:
             caller = bt.http_auth.verify(headers, body, method=method, path=path, self_hotkey_ss58=self.self_hotkey, nonce_store=self.nonces)
         except bt.http_auth.AuthError as exc:
             code = next((c for kind, c in _AUTH_CODES.items() if isinstance(exc, kind)), "auth_failed")
-            raise AuthFailed(f"btauth/1: {exc}", code) from exc
+            raise Unauthorized(f"btauth/1: {exc}", code) from exc
         return caller.hotkey_ss58

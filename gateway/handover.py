@@ -29,9 +29,10 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
-from btauth.server import AuthFailed, SignatureCheck
-from gateway.errors import BadRequest, HttpError
+from btauth.server import SignatureCheck
+from gateway.errors import BadRequest
 from gateway.state import STATE, GatewayState
+from protocol.errors import Forbidden
 from protocol.records import MinerVerdicts, OrganicSamples, ServiceReports
 
 log = logging.getLogger(__name__)
@@ -39,30 +40,21 @@ MAX_SAMPLES = 256  # per read: a bounded answer whatever the validator asks for
 MAX_VERDICTS_BYTES = 8 << 20
 
 
-class Unsigned(HttpError):
-    status, type, code = 401, "invalid_request_error", "auth_failed"
-
-
-class NotTrusted(HttpError):
-    status, type, code = 403, "permission_error", "validator_not_trusted"
-
-
 async def _validator(request: web.Request, body: bytes = b"", verdicts: bool = False) -> str:
-    """The trusted validator hotkey that signed ``request``; Unsigned or NotTrusted otherwise. Reading
+    """The trusted validator hotkey that signed ``request``; Unauthorized (401) or Forbidden (403), as a miner answers, otherwise. Reading
     (samples, service counts) is open to every validator with a permit by default; posting ``verdicts``,
     which take miners out of this gateway's routing, only to the validators named (or this hotkey's own):
     one permit holder must not be able to hold honest miners out of every gateway's users."""
     state: GatewayState = request.app[STATE]
     if state.signatures is None:
         state.signatures = SignatureCheck(state.keypair.ss58_address)
-    try:
-        sender = state.signatures.sender(request.headers, body, request.method, request.path_qs)  # the query is signed too
-    except AuthFailed as exc:
-        raise Unsigned(str(exc), exc.code) from exc
+    sender = state.signatures.sender(request.headers, body, request.method, request.path_qs)  # the query is signed too
     named = state.settings.validator_hotkeys or (state.keypair.ss58_address,)
     trusted = named if verdicts or state.settings.validator_hotkeys else (*named, *state.permitted)
     if sender not in trusted:
-        raise NotTrusted(f"{sender} is not a validator this gateway hands its users' answers to (a validator permit, or --validator-hotkey)")
+        raise Forbidden(
+            f"{sender} is not a validator this gateway hands its users' answers to (a validator permit, or --validator-hotkey)", "validator_not_trusted"
+        )
     return sender
 
 

@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from btauth.server import AuthFailed, SignatureCheck
+from btauth.server import SignatureCheck
 from chain import MetagraphView
-from miner.errors import Forbidden, Unauthorized
+from miner.errors import Forbidden
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,7 @@ class Gatekeeper:
 
     def check(self, headers: Mapping[str, str], body: bytes, method: str, path: str) -> Sender:
         """The sender of a request; Unauthorized (401) or Forbidden (403) with the reason."""
-        try:
-            hotkey = self.signatures.sender(headers, body, method, path)
-        except AuthFailed as exc:
-            raise Unauthorized(str(exc), code=exc.code) from exc
+        hotkey = self.signatures.sender(headers, body, method, path)
         sender = self._senders.get(hotkey)
         if sender is None:
             raise Forbidden(f"hotkey {hotkey} is not registered on subnet {self.netuid}", code="sender_not_registered")

@@ -1,8 +1,8 @@
 """Errors of the miner, each with the HTTP status and error code a caller receives.
 
-protocol.errors.HttpError    one request refused (BadRequest 400, ModelNotFound 404, PayloadTooLarge 413 are shared)
-├── Unauthorized             401 missing, forged, stale, replayed or misaddressed btauth/1
-├── Forbidden                403 a valid signature from a hotkey that may not call this miner
+protocol.errors.HttpError    one request refused (BadRequest 400, Unauthorized 401 — a btauth/1 signature missing,
+│                            forged, stale, replayed or misaddressed —, Forbidden 403, ModelNotFound 404,
+│                            PayloadTooLarge 413 are every role's)
 ├── Overloaded               429 over the per-caller or global in-flight limit (Retry-After)
 └── EngineUnavailable        503 the vLLM engine is down or starting
 
@@ -11,7 +11,7 @@ A miner that cannot start raises ``shell.StartupError`` (hotkey not registered, 
 
 from __future__ import annotations
 
-from protocol.errors import BadRequest, HttpError, ModelNotFound, PayloadTooLarge
+from protocol.errors import BadRequest, Forbidden, HttpError, ModelNotFound, PayloadTooLarge, Unauthorized
 
 __all__ = [
     "BadRequest",
@@ -23,14 +23,6 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
 ]
-
-
-class Unauthorized(HttpError):
-    status, type, code = 401, "authentication_error", "unauthenticated"
-
-
-class Forbidden(HttpError):
-    status, type, code = 403, "permission_error", "forbidden"
 
 
 class Overloaded(HttpError):

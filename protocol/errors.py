@@ -2,6 +2,8 @@
 
 HttpError                   one request refused; ``status``, ``type`` and ``code`` go on the wire
 ├── BadRequest              400 malformed JSON or fields
+├── Unauthorized            401 a btauth/1 signature missing, forged, stale, replayed or misaddressed (``code`` says which)
+├── Forbidden               403 a valid signature from a hotkey that may not make this call
 ├── ModelNotFound           404 a model that is not served here
 └── PayloadTooLarge         413 a body over the size limit
 
@@ -67,6 +69,14 @@ class HttpError(Exception):
 
 class BadRequest(HttpError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class Unauthorized(HttpError):
+    status, type, code = 401, "authentication_error", "unauthenticated"
+
+
+class Forbidden(HttpError):
+    status, type, code = 403, "permission_error", "forbidden"
 
 
 class ModelNotFound(HttpError):
