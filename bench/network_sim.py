@@ -46,7 +46,7 @@ from scoring.evidence import SequentialParams
 from scoring.fidelity import AnswerStats
 from scoring.latency import Speed
 from scoring.weights import CAPACITY_EXPONENT, to_weights
-from validator.records import Result, Target, UserVerdict
+from validator.records import Result, RoundInputs, Target, UserVerdict
 from validator.round_score import score_round
 from validator.rounds import challenge_count, probe_sizes, probed_models
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
@@ -324,9 +324,16 @@ def validator_tempo(sim: ValidatorSim, miners: list[Miner], uids: list[int], set
         sim.reference_tokens += sum(PROMPT_TOKENS + n for _, answers in handed for _, _, n in answers)
         sim.answers += sum(len(r) for r in results.values()) + len(verdicts)
         history = {hotkey: list(flags) for hotkey, flags in sim.history.items()}
-        report = score_round(
-            sim.round_index, targets, results, history, sim.evidence, sim.round_index, settings.sequential, verdicts, service=service, probed=probed
+        inputs = RoundInputs(
+            seed=sim.round_index,
+            round_index=sim.round_index,
+            history=history,
+            evidence=sim.evidence,
+            organic=verdicts,
+            service=service,
+            sequential=settings.sequential,
         )
+        report = score_round(inputs, targets, results, probed)
         apply_rewards(report, targets, models)
         for result in report.results:
             if result.streamed is not None:

@@ -35,7 +35,7 @@ from bench._common import free_port, model_or_tiny, start_engine, stop, stream_c
 from models import subnet as model_list
 from models.tokenizer import ModelTokenizer
 from validator.challenges import generate
-from validator.records import Target
+from validator.records import RoundInputs, Target
 from validator.rounds import run_round
 from validator.verify import ReferenceEngine, collect, verify
 
@@ -85,7 +85,7 @@ async def time_rounds(args: argparse.Namespace, url: str, model: Path, model_id:
             for miners in args.miners:
                 targets = [Target(uid, keypair.ss58_address, f"http://127.0.0.1:{port}/m{uid}", model_id, 4) for uid in range(miners)]
                 started = time.perf_counter()
-                report = await run_round(session, keypair, ROUND_SEED, targets, references, args.round_challenges)
+                report = await run_round(session, keypair, RoundInputs(seed=ROUND_SEED), targets, references, args.round_challenges)
                 elapsed = time.perf_counter() - started
                 verified = [r for r in report.results if r.outcome.fidelity_passed is not None]
                 rows.append(

@@ -1,15 +1,16 @@
 """What a round is made of, as the validator keeps it: a miner queried (``Target``), one challenge's result
-(``Result``), the verdict on one user's answer a gateway handed over (``UserVerdict``), and the round's report."""
+(``Result``), the verdict on one user's answer a gateway handed over (``UserVerdict``), what a round is scored
+from besides its answers (``RoundInputs``), and the round's report."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
-from protocol.records import AnswerRecord
+from protocol.records import AnswerRecord, ServiceCounts
 from scoring.aggregate import Outcome, judged_streamed
-from scoring.evidence import TOLERANCES, Evidence
+from scoring.evidence import TOLERANCES, Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 
 
@@ -81,6 +82,21 @@ class UserVerdict:
     passed: bool
     reasons: str = ""
     stats: Optional[AnswerStats] = None
+
+
+@dataclass(frozen=True)
+class RoundInputs:
+    """What a round is scored from besides its miners' answers: the state it starts from and what users saw.
+    The live round, its replay and the network simulation build one each."""
+
+    seed: int
+    round_index: int = 0
+    block: Optional[int] = None  # the head block: how long flags hold
+    history: Mapping[str, Sequence[bool]] = field(default_factory=dict)  # hotkey → streamed flags of its judged answers in earlier rounds, oldest first
+    evidence: Mapping[str, Evidence] = field(default_factory=dict)  # hotkey → its pooled evidence so far
+    organic: Sequence[UserVerdict] = ()  # verdicts on users' answers, pooled with the challenges'
+    service: Mapping[int, ServiceCounts] = field(default_factory=dict)  # uid → what the gateways saw it do for users since the last round
+    sequential: SequentialParams = SequentialParams()  # the per-miner test (and how many challenges a suspect gets)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import AnswerStats
 from validator.challenges import REPLAY, Challenge, generate, miner_seed, slots
 from validator.config import ValidatorConfig
-from validator.records import Result, Target
+from validator.records import Result, RoundInputs, Target
 from validator.references import References
 from validator.round_score import current_evidence, pool_evidence, score_round
 from validator.rounds import challenge_count, outcome_of
@@ -166,19 +166,16 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
         if target.model not in references:
             raise ReferenceFailed(f"no reference engine for {target.model} (uid {target.uid}): give --reference {target.model}=URL")
         results[target.uid] = [await _recheck(target, c, request, row, references[target.model], replay) for c, request, row in zip(challenges, sent, mine)]
-    history = store.recent_streamed(BUFFERED_WINDOW, before=round_index)
-    report = score_round(
-        seed,
-        targets,
-        results,
-        history,
-        before,
-        round_index,
-        organic=store.organic_taken(round_index),
+    inputs = RoundInputs(
+        seed=seed,
+        round_index=round_index,
         block=summary.block,
+        history=store.recent_streamed(BUFFERED_WINDOW, before=round_index),
+        evidence=before,
+        organic=store.organic_taken(round_index),
         service=summary.service,
-        probed=summary.probed,
     )
+    report = score_round(inputs, targets, results, summary.probed)
     apply_rewards(report, targets, models)
     _compare_figures(replay, "score", summary.scores, report.scores)
     _compare(replay, "fidelity failures", sorted(summary.fidelity_failed), sorted(report.fidelity_failed))

@@ -10,24 +10,12 @@ from typing import Mapping, Optional, Sequence
 from protocol.records import ServiceCounts
 from scoring.aggregate import Outcome, RoundStats, round_scores, summarize
 from scoring.evidence import FLAG_HOLD_BLOCKS, Evidence, SequentialParams
-from validator.records import Result, RoundReport, Target, UserVerdict
+from validator.records import Result, RoundInputs, RoundReport, Target, UserVerdict
 
 log = logging.getLogger(__name__)
 
 
-def score_round(
-    seed: int,
-    targets: list[Target],
-    results: Mapping[int, list[Result]],
-    history: Optional[Mapping[str, Sequence[bool]]],
-    evidence: Optional[Mapping[str, Evidence]],
-    round_index: int,
-    sequential: SequentialParams = SequentialParams(),
-    organic: Sequence[UserVerdict] = (),
-    block: Optional[int] = None,
-    service: Optional[Mapping[int, ServiceCounts]] = None,
-    probed: Optional[Mapping[int, int]] = None,
-) -> RoundReport:
+def score_round(inputs: RoundInputs, targets: list[Target], results: Mapping[int, list[Result]], probed: Optional[Mapping[int, int]] = None) -> RoundReport:
     """The round's report from each queried miner's results (uid → results in challenge order)
     and the verdicts on users' answers: what ``run_round`` returns, and what ``slmnet validator
     replay`` recomputes from a record. A user's answer weighs like a challenge's: its evidence
@@ -37,11 +25,12 @@ def score_round(
     health checks it passed (``service_factor``), so a miner that refuses users, or that users
     cannot reach, earns at most what it serves. ``probed``: uid → the requests it
     was sent at once in its capacity probe; only a probed miner's delivered capacity is measured."""
-    report = RoundReport(seed=seed, probed=dict(probed or {}))
-    pooled = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
+    block, round_index, sequential = inputs.block, inputs.round_index, inputs.sequential
+    report = RoundReport(seed=inputs.seed, probed=dict(probed or {}))
+    pooled = {t.hotkey: current_evidence(inputs.evidence, t, block) for t in targets}
     report.flagged = {t.uid for t in targets if pooled[t.hotkey].flagged}
     users: dict[int, list[UserVerdict]] = {}
-    for verdict in organic:
+    for verdict in inputs.organic:
         users.setdefault(verdict.uid, []).append(verdict)
     stats = {}
     for target in targets:
@@ -59,7 +48,7 @@ def score_round(
             log.warning("uid %s (%s) failed verification on %d user answer(s): %s", target.uid, target.hotkey, len(failed), failed[0].reasons)
         if answers is None:
             continue
-        stats[target.uid] = summarize([r.outcome for r in answers], (history or {}).get(target.hotkey, ()))
+        stats[target.uid] = summarize([r.outcome for r in answers], inputs.history.get(target.hotkey, ()))
         if target.uid in report.probed and (measured := stats[target.uid].delivered) is not None:
             report.delivered[target.uid] = measured
         if stats[target.uid].fidelity_failed or failed:
@@ -71,7 +60,7 @@ def score_round(
     report.serves = serving_streams(report, stats, targets)
     for target in targets:  # no pay on credit: a score shrinks as the evidence against its miner rises
         if target.uid in report.scores:
-            report.scores[target.uid] *= pooled[target.hotkey].credit(sequential) * service_factor((service or {}).get(target.uid))
+            report.scores[target.uid] *= pooled[target.hotkey].credit(sequential) * service_factor(inputs.service.get(target.uid))
     report.scores.update({uid: 0.0 for uid in report.flagged | report.fidelity_failed})
     report.evidence = pooled
     return report

@@ -37,14 +37,12 @@ from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 import aiohttp
 
 from btauth.client import MinerClient
-from protocol.records import ServiceCounts
 from scoring.aggregate import Outcome, Standing
-from scoring.evidence import Evidence, SequentialParams
 from scoring.fidelity import Verdict
 from scoring.latency import StreamTiming, measure
 from validator.challenges import REPLAY, Challenge, UserPrompts, generate, grade, miner_seed
 from validator.query import LoopLag, QueryResult, Timeouts, ask
-from validator.records import Result, RoundReport, Target, UserVerdict
+from validator.records import Result, RoundInputs, RoundReport, Target
 from validator.round_score import current_evidence, score_round
 from validator.verify import ReferenceEngine, ReferenceFailed, verify
 
@@ -135,35 +133,23 @@ async def _challenge_miner(
 async def run_round(
     session: aiohttp.ClientSession,
     keypair: Any,
-    seed: int,
+    inputs: RoundInputs,
     targets: list[Target],
     references: Mapping[str, ReferenceEngine],
     challenges_per_miner: int,
+    probing: Collection[str] = (),
+    users: Optional[Mapping[str, UserPrompts]] = None,
+    timeouts: Optional[Timeouts] = None,
     probe_concurrency: int = PROBE_CONCURRENCY,
     verify_concurrency: int = 4,
-    timeouts: Optional[Timeouts] = None,
-    history: Optional[Mapping[str, Sequence[bool]]] = None,
-    evidence: Optional[Mapping[str, Evidence]] = None,
-    round_index: int = 0,
-    sequential: SequentialParams = SequentialParams(),
-    users: Optional[Mapping[str, UserPrompts]] = None,
-    organic: Sequence[UserVerdict] = (),
-    block: Optional[int] = None,
-    service: Optional[Mapping[int, ServiceCounts]] = None,
-    probing: Collection[str] = (),
 ) -> RoundReport:
-    """Query, verify and score every target; miners whose model has no reference are skipped.
-    ``probing``: the models whose miners this round probes for capacity (``probed_models``).
-    ``users``: model → what its users recently sent, for challenges that look like it; ``organic``: verdicts on
-    users' answers, pooled with the challenges'; ``block``: the head block (how long flags hold);
-    ``service``: uid → what the gateways saw it do for their users since the last round (``service_factor``).
-    ``history``: hotkey → streamed flags of its judged answers in earlier rounds, oldest first.
-    ``evidence``: hotkey → its pooled evidence so far; a miner already flagged under its current
-    declaration is not queried and scores 0; ``sequential``: the per-miner test (and how many
-    challenges a suspect gets)."""
+    """Query, verify and score every target; miners whose model has no reference are skipped. A miner already
+    flagged under its current declaration (``inputs.evidence``) is not queried and scores 0; a suspect gets more
+    challenges (``inputs.sequential``). ``probing``: the models whose miners this round probes for capacity
+    (``probed_models``); ``users``: model → what its users recently sent, for challenges that look like it."""
     timeouts = timeouts or Timeouts()
     verifying = asyncio.Semaphore(verify_concurrency)
-    already = {t.hotkey: current_evidence(evidence or {}, t, block) for t in targets}
+    already = {t.hotkey: current_evidence(inputs.evidence, t, inputs.block) for t in targets}
     eligible = [t for t in targets if t.model in references and not already[t.hotkey].flagged]
     probed = probe_sizes(eligible, probing, probe_concurrency)
     concurrency = {t.uid: probed.get(t.uid) or max(1, min(LIGHT_CONCURRENCY, t.capacity // 2)) for t in eligible}
@@ -176,8 +162,8 @@ async def run_round(
                     keypair,
                     t,
                     generate(
-                        miner_seed(seed, t.hotkey),
-                        already[t.hotkey].challenges(challenge_count(challenges_per_miner, probed.get(t.uid, 0)), sequential),
+                        miner_seed(inputs.seed, t.hotkey),
+                        already[t.hotkey].challenges(challenge_count(challenges_per_miner, probed.get(t.uid, 0)), inputs.sequential),
                         users=(users or {}).get(t.model, UserPrompts()),
                     ),
                     references[t.model],
@@ -191,8 +177,7 @@ async def run_round(
         )
     finally:
         lag.stop()
-    results = dict(zip((t.uid for t in eligible), per_target))
-    return score_round(seed, targets, results, history, evidence, round_index, sequential, organic, block, service, probed)
+    return score_round(inputs, targets, dict(zip((t.uid for t in eligible), per_target)), probed)
 
 
 def probed_models(

@@ -45,7 +45,7 @@ from validator.organic import (
     verdicts_of,
     verify_samples,
 )
-from validator.records import RoundReport, Target
+from validator.records import RoundInputs, RoundReport, Target
 from validator.references import References
 from validator.rounds import probed_models, run_round
 from validator.standings import Standings, apply_rewards, capacities, effective_scores, fold
@@ -104,23 +104,26 @@ class Validator:
             service = service_picture(since, targets, previous)
         organic = self.store.take_organic(round_index)
         before = self.store.standings()
+        inputs = RoundInputs(
+            seed=seed,
+            round_index=round_index,
+            block=graph.block,
+            history=self.store.recent_streamed(BUFFERED_WINDOW),
+            evidence=self.store.evidence(),
+            organic=organic,
+            service=service,
+        )
         report = await run_round(
             session,
             self.keypair,
-            seed,
+            inputs,
             targets,
             ready,
             self.config.challenges_per_miner,
-            self.config.probe_concurrency,
-            timeouts=self.config.timeouts,
-            history=self.store.recent_streamed(BUFFERED_WINDOW),
-            evidence=self.store.evidence(),
-            round_index=round_index,
-            users={model: self.users.prompts(model) for model in ready},
-            organic=organic,
-            block=graph.block,
-            service=service,
             probing=probed_models(round_index, ready, self.config.probe_every, targets, before),
+            users={model: self.users.prompts(model) for model in ready},
+            timeouts=self.config.timeouts,
+            probe_concurrency=self.config.probe_concurrency,
         )
         apply_rewards(report, targets, self.config.models)
         crashpoint("organic-taken")

@@ -25,7 +25,7 @@ from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
 from tests.harness.localnet import FAST, make_localnet
 from tests.harness.processes import engine_env, start_adversary, start_miners, start_vllm, warm_engine
-from validator.records import Target
+from validator.records import RoundInputs, Target
 from validator.rounds import run_round
 from validator.verify import ReferenceEngine
 
@@ -165,9 +165,8 @@ def test_no_honest_answer_is_flagged_across_many_verifications(subnet, answers):
         async with aiohttp.ClientSession() as session:
             references = {MODEL: ReferenceEngine(session, subnet["engines"]["honest"].url, MODEL, vocabulary, ends)}
             for seed in range(answers // (50 * len(targets))):
-                report = await run_round(
-                    session, wallets["validator"].hotkey, 1000 + seed, targets, references, challenges_per_miner=50, evidence=pooled, round_index=seed
-                )
+                inputs = RoundInputs(seed=1000 + seed, round_index=seed, evidence=pooled)
+                report = await run_round(session, wallets["validator"].hotkey, inputs, targets, references, challenges_per_miner=50)
                 results += report.results
                 pooled = report.evidence
                 flagged |= report.fidelity_failed | report.buffered | report.flagged

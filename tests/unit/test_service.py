@@ -11,7 +11,7 @@ from protocol.records import ServiceCounts, ServiceReport, ServiceReports
 from scoring.aggregate import Outcome
 from scoring.latency import StreamTiming, measure
 from validator.organic import read_service, service_picture, service_since
-from validator.records import Result, Target
+from validator.records import Result, RoundInputs, Target
 from validator.round_score import score_round, service_factor
 
 
@@ -95,7 +95,7 @@ def test_a_capacity_probe_finds_how_many_streams_each_miner_serves_and_only_prob
     targets = [Target(1, "5Honest", "", "m", 4), Target(2, "5Claims16", "", "m", 16), Target(3, "5Light", "", "m", 4)]
     # The honest machine serves its 4 streams at 20 tokens/s; the over-declarer's machine is as big, probed at 8: 10 tokens/s each.
     results = {1: probe(4, 20.0), 2: probe(8, 10.0), 3: probe(2, 20.0)[:2]}
-    report = score_round(0, targets, results, None, None, 0, probed={1: 4, 2: 8})
+    report = score_round(RoundInputs(seed=0), targets, results, probed={1: 4, 2: 8})
     assert report.delivered == {1: pytest.approx(80.0), 2: pytest.approx(80.0)}  # the light round's miner is not measured
     assert report.serves == {1: 4, 2: 4}
 
