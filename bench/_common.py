@@ -12,10 +12,10 @@ from typing import Any, Mapping
 
 import aiohttp
 
-from btauth.client import sse_events
 from engine import EngineSpec
 from models.manifest import ModelManifest
 from models.tiny import build_tiny
+from protocol.streams import sse_events
 from shell.net import free_port
 
 

@@ -34,10 +34,10 @@ import bittensor as bt
 
 import chain
 from bench._common import free_port, model_or_tiny, stop, wait_healthy
-from btauth.client import signed_headers
 from chain.localnet import admin
 from engine import EngineSpec
 from models.manifest import ModelManifest
+from signed.client import signed_headers
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, body: bytes, keypair, receiver: str) -> tuple[float, float, int, float]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import aiohttp
 import bittensor as bt
 
-from btauth.client import MinerClient, sse_events
+from protocol.streams import sse_events
+from signed.client import MinerClient
 
 
 async def ask(args: argparse.Namespace) -> int:

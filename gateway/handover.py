@@ -29,11 +29,11 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
-from btauth.server import SignatureCheck
 from gateway.errors import BadRequest
 from gateway.state import STATE, GatewayState
 from protocol.errors import Forbidden
 from protocol.records import MinerVerdicts, OrganicSamples, ServiceReports
+from signed.server import SignatureCheck
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 256  # per read: a bounded answer whatever the validator asks for

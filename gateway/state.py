@@ -12,13 +12,13 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from btauth.server import SignatureCheck
 from gateway.ledger import Ledger
 from gateway.limits import KeyLimits
 from gateway.router import Router
 from gateway.settings import GatewaySettings
 from gateway.store import Store
 from models.tokenizer import ModelTokenizer
+from signed.server import SignatureCheck
 
 OVERHEAD_HEADER = "x-slmnet-overhead-ms"
 LEDGER_ID_HEADER = "x-slmnet-request-id"  # the gateway's own id for the request (the ledger's key)

@@ -14,11 +14,12 @@ from typing import Any, AsyncGenerator, Callable, Literal, Optional
 
 import aiohttp
 
-from btauth.client import MinerClient, miner_chunk_batches
 from gateway.router import MinerView
 from gateway.state import GatewayState
 from protocol.responses import Chunk, StreamFold
 from protocol.sse import StreamViolation
+from protocol.streams import miner_chunk_batches
+from signed.client import MinerClient
 
 FailureKind = Literal["busy", "http_status", "connection", "error_event", "stalled", "violation"]
 

@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from btauth.server import SignatureCheck
 from chain import MetagraphView
 from miner.errors import Forbidden
+from signed.server import SignatureCheck
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from btauth import CALLER_MIN_STAKE_TAO
 from chain import ChainConfig
 from engine import EngineSpec
 from protocol.commitment import Dtype
+from signed import CALLER_MIN_STAKE_TAO
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
 
-from btauth import CALLER_MIN_STAKE_TAO
 from neurons.common import CliError, chain_config, http_status
+from signed import CALLER_MIN_STAKE_TAO
 
 ROLES = ("miner", "validator", "gateway")
 PINS = {"bittensor": "11.3.0", "vllm": "0.32.0"}  # what pyproject.toml pins: every neuron must run the same engine

@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from btauth import CALLER_MIN_STAKE_TAO
 from neurons.common import CliError, HelpFormatter, add_chain_flags, chain_config, given, run_service
 from shell.net import free_port
+from signed import CALLER_MIN_STAKE_TAO
 
 if TYPE_CHECKING:  # imported inside build_config at run time: heavy
     from miner.config import MinerConfig

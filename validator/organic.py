@@ -41,9 +41,9 @@ from typing import Any, Collection, Literal, Mapping, Optional, Protocol, Sequen
 import aiohttp
 from pydantic import ValidationError
 
-from btauth.client import MinerClient
 from chain import MetagraphView
 from protocol.records import FamilyScore, MinerVerdict, MinerVerdicts, OrganicSample, OrganicSamples, RoundSummary, ServiceCounts, ServiceReports
+from signed.client import MinerClient
 from validator.challenges import UserPrompts, sampling_of
 from validator.records import RoundReport, Target, UserVerdict
 from validator.store import Store

@@ -22,11 +22,12 @@ from typing import Any, Literal, Optional
 
 import aiohttp
 
-from btauth.client import MinerClient, miner_chunks
 from protocol.records import AnswerRecord
 from protocol.responses import StreamFold
 from protocol.sse import StreamViolation
+from protocol.streams import miner_chunks
 from scoring.latency import StreamTiming
+from signed.client import MinerClient
 
 BUSY_LAG_S = 1.0  # the loop woke this late: the validator's machine, not the miner, may have been slow
 

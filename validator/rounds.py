@@ -36,10 +36,10 @@ from typing import Any, Collection, Iterable, Mapping, Optional, Sequence
 
 import aiohttp
 
-from btauth.client import MinerClient
 from scoring.aggregate import Outcome, Standing
 from scoring.fidelity import Verdict
 from scoring.latency import StreamTiming, measure
+from signed.client import MinerClient
 from validator.challenges import REPLAY, Challenge, UserPrompts, generate, grade, miner_seed
 from validator.query import LoopLag, QueryResult, Timeouts, ask
 from validator.records import Result, RoundInputs, RoundReport, Target

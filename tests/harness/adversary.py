@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import aiohttp
 from aiohttp import web
 
-from btauth.client import sse_events
+from protocol.streams import sse_events
 
 CHEATS = ("invent-logprobs", "cut", "burst", "over-report", "slow", "lagging", "flaky", "two-faced", "steer", "cache", "refuse-users", "ignore-grammar")
 HOSTILE = (

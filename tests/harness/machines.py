@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from btauth.client import sse_events
+from protocol.streams import sse_events
 from tests.harness.adversary import HOP_HEADERS, event_tokens, sse_event
 
 

@@ -45,7 +45,7 @@ def gemma(tmp_path_factory):
 
 
 async def _answer(session: aiohttp.ClientSession, url: str, body: dict):
-    from btauth.client import sse_events
+    from protocol.streams import sse_events
 
     async with session.post(url + "/v1/chat/completions", json=body) as response:
         assert response.status == 200, await response.text()

@@ -14,8 +14,8 @@ import bittensor as bt
 import pytest
 
 import chain
-from btauth.client import MinerClient, signed_headers
 from models.tiny import build_tiny
+from signed.client import MinerClient, signed_headers
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import free_port, health_json, start_adversary, start_miner
 from tests.harness.sse import read_sse

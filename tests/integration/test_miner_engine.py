@@ -12,9 +12,9 @@ import psutil
 import pytest
 
 import chain
-from btauth.client import MinerClient
 from engine.vllm import ENGINE_ENV_DEFAULTS
 from models.tiny import build_tiny
+from signed.client import MinerClient
 from tests.harness.localnet import make_localnet
 from tests.harness.processes import EAGER, STARTUP_TIMEOUT, engine_env, free_port, health_json, start_miner
 from tests.harness.sse import read_sse

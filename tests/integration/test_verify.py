@@ -7,11 +7,11 @@ import asyncio
 import aiohttp
 import pytest
 
-from btauth.client import sse_events
 from models import subnet as model_list
 from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
 from protocol.records import AnswerRecord
+from protocol.streams import sse_events
 from scoring.evidence import TOLERANCES, log_likelihood_ratio
 from validator.challenges import UserPrompts, generate
 from validator.verify import ReferenceEngine, collect, verify

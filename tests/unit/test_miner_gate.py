@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from bittensor.wallets import Keypair
 
-from btauth.client import signed_headers
 from chain import MetagraphView, NeuronView
 from miner.admission import Admission
 from miner.auth import Gatekeeper
 from miner.errors import Forbidden, Overloaded, Unauthorized
+from signed.client import signed_headers
 
 MINER, VALIDATOR, WHALE, MINNOW = (Keypair.create_from_uri(f"//{name}") for name in ("Miner", "Validator", "Whale", "Minnow"))
 

@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 from bittensor.wallets import Keypair
 
-from btauth.client import MinerClient
+from signed.client import MinerClient
 from validator.query import LoopLag, Timeouts, ask
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}

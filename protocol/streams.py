@@ -1,27 +1,19 @@
-"""Calling a miner: requests signed with btauth/1 for the miner's hotkey.
+"""Reading server-sent event streams off an aiohttp response: an engine's of our own (``sse_events``), and a
+miner's, every chunk validated and folded as it arrives (``miner_chunks``, ``miner_chunk_batches``).
 
-Validators, the gateway, benchmarks and scripts use this; the miner accepts nothing
-else. Sign with the hotkey keypair (``wallet.hotkey``), not the Wallet, which re-reads
-its keyfile on every signature. Each call signs a fresh nonce, so retries are safe.
+The parsing and its limits live in ``protocol.sse``, each chunk's checks in ``protocol.responses``; this binds
+them to a response, for whoever reads a stream: the validator, the gateway, benches and the test harness.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncGenerator, AsyncIterator, Optional
+from typing import Any, AsyncGenerator, AsyncIterator
 
 import aiohttp
-import bittensor as bt
 
 from protocol.responses import Chunk, StreamFold
 from protocol.sse import SseLimits, StreamViolation, sse_batches, sse_data
-
-
-def signed_headers(keypair: Any, receiver: str, method: str, path: str, body: bytes = b"", nonce_ns: Optional[int] = None) -> dict[str, str]:
-    headers = bt.http_auth.sign(keypair, method=method, path=path, body=body, receiver_ss58=receiver, nonce_ns=nonce_ns)
-    if body:
-        headers["Content-Type"] = "application/json"
-    return headers
 
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
@@ -61,21 +53,3 @@ async def miner_chunk_batches(response: aiohttp.ClientResponse, fold: StreamFold
 def _expect_sse(response: aiohttp.ClientResponse) -> None:
     if response.content_type != "text/event-stream":
         raise StreamViolation(f"a stream answered with Content-Type {response.content_type!r}")
-
-
-class MinerClient:
-    """Signed calls to one miner at ``url`` whose hotkey is ``receiver``."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str, keypair: Any, receiver: str):
-        self.session = session
-        self.url = url.rstrip("/")
-        self.keypair = keypair
-        self.receiver = receiver
-
-    def post(self, path: str, payload: dict[str, Any], **kwargs: Any) -> Any:
-        """``session.post`` with a signed JSON body; use as ``async with client.post(...) as r``."""
-        body = json.dumps(payload).encode()
-        return self.session.post(self.url + path, data=body, headers=signed_headers(self.keypair, self.receiver, "POST", path, body), **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.session.get(self.url + path, headers=signed_headers(self.keypair, self.receiver, "GET", path), **kwargs)
