@@ -188,15 +188,15 @@ async def replay_round(store: Store, round_index: int, references: Mapping[str, 
 async def replay_with(config: ValidatorConfig, round_index: Optional[int] = None, wait: float = 900.0) -> Replay:
     """Replay a round of the validator whose configuration is ``config`` (its state folder, model
     list, tokenizers and reference engines: attached, or started here and stopped after)."""
-    engines = References(config)
+    references_of = References(config)
     store = Store(config.state_dir / "validator.sqlite")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session:
-        tasks = [asyncio.create_task(engine.run(session)) for engine in engines.engines.values()]
+        tasks = [asyncio.create_task(engine.run(session)) for engine in references_of.engines.values()]
         try:
             deadline = time.monotonic() + wait
-            while len(references := engines.ready(session)) < len(engines.engines):
+            while len(references := references_of.ready(session)) < len(references_of.engines):
                 if time.monotonic() > deadline:
-                    raise ReferenceFailed(f"reference engines not ready after {wait:.0f} s: {engines.states()}")
+                    raise ReferenceFailed(f"reference engines not ready after {wait:.0f} s: {references_of.states()}")
                 await asyncio.sleep(1)
             return await replay_round(store, store.last_round() if round_index is None else round_index, references, config.models)
         finally:

@@ -184,7 +184,7 @@ class Validator:
 
     async def run(self, stop: asyncio.Event) -> None:
         # One engine per model id: started and supervised here, or attached to.
-        engines = References(self.config)
+        references_of = References(self.config)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=3)) as session, chain.connect(self.config.chain.network) as net:
             await require_registered(net, self.config.chain.netuid, self.keypair.ss58_address, "register the validator's hotkey first")
             await self._check_subnet(net)
@@ -201,18 +201,18 @@ class Validator:
             if appended := self.round_log.catch_up():
                 log.warning("rounds %s were stored but missing from %s (a restart after a kill): appended", appended, self.round_log.journal.name)
             self.round_log.start_wandb(self.keypair.ss58_address)
-            tasks = [asyncio.create_task(supervise(f"reference engine {name}", partial(e.run, session))) for name, e in engines.engines.items()]
+            tasks = [asyncio.create_task(supervise(f"reference engine {name}", partial(e.run, session))) for name, e in references_of.engines.items()]
             metrics_runner = await self.round_log.serve_metrics()
             try:
                 while not stop.is_set():
                     began = time.monotonic()
-                    references = engines.ready(session)
+                    references = references_of.ready(session)
                     if references:
                         await self._round_and_weights(net, session, references)
                         if self.config.max_rounds is not None and self.store.last_round() + 1 >= self.config.max_rounds:
                             break
                     else:
-                        log.info("waiting for reference engines: %s", engines.states())
+                        log.info("waiting for reference engines: %s", references_of.states())
                     try:
                         await asyncio.wait_for(stop.wait(), max(1.0, self.config.round_interval - (time.monotonic() - began)) if references else 2.0)
                     except asyncio.TimeoutError:
