@@ -276,7 +276,7 @@ def test_structured_output_reaches_the_openai_clients_parse_and_is_verified_unde
     finally:
         ignoring.stop()
     assert answer.text != samples[0].answer.text  # (the same seed, another answer: not the grammar's)
-    assert not verified(subnet, samples[0].model_copy(update={"answer": answer.record()}))
+    assert not verified(subnet, samples[0].model_copy(update={"answer": answer}))
     status, _, body = post(subnet, "/v1/completions", json.dumps({"model": MODEL, "prompt": "hi", "response_format": {"type": "json_object"}}).encode())
     assert (status, body["error"]["code"]) == (400, "unsupported_parameter") and "response_format" in body["error"]["message"]
 
