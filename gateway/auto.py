@@ -164,8 +164,8 @@ class AutoRouter:
             for score in verdict.quality:
                 answers, correct = families.get(score.family, (0, 0))
                 families[score.family] = (answers + score.answers, correct + score.correct)
-        for model, families in graded.items():
-            self.model(model).graded = families
+        for model in {*graded, *self.figures}:  # a model no verdict grades any more (they expired) keeps no grades
+            self.model(model).graded = graded.get(model, {})
         totals = [figures.pooled() for figures in self.figures.values()]
         self._network = (sum(c for _, c in totals) + 1) / (sum(a for a, _ in totals) + 2)
 

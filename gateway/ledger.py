@@ -69,6 +69,10 @@ class Ledger:
     def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: AnswerRecord, replayable: bool = False) -> None:
         self.queue.put(("record_sample", (uid, hotkey, model, request, answer, replayable)))
 
+    def prune(self, keep_s: float, samples_keep_s: float) -> None:
+        """The retention rule (``Store.prune``), applied in the writer's turn like any write."""
+        self.queue.put(("prune", (time.time(), keep_s, samples_keep_s)))
+
     async def synced(self) -> None:
         """Returns once every write queued before the call is committed (or refused)."""
         marker: concurrent.futures.Future = concurrent.futures.Future()

@@ -211,10 +211,15 @@ class Router:
                 fresh[view.uid] = view
         self.miners = fresh
 
-    def apply_verdicts(self, posted: Iterable[tuple[str, MinerVerdict]]) -> None:
+    def apply_verdicts(self, posted: Iterable[tuple[str, MinerVerdict]], replace: bool = False) -> None:
         """Validators' latest verdicts ((validator hotkey, verdict)), each validator's replacing its own only, in
-        force from the next request."""
+        force from the next request; ``replace``: they are every verdict in force (those left out expired)."""
         changed = set()
+        if replace:
+            changed = {hotkey for _, hotkey in self.posted}
+            self.posted.clear()
+            for hotkey in changed:
+                self.verdicts.pop(hotkey, None)
         for validator, verdict in posted:
             self.posted[validator, verdict.hotkey] = verdict
             changed.add(verdict.hotkey)

@@ -1,6 +1,6 @@
 """Running a gateway: chain sync, miner health, the organic outbox, the HTTP server.
 
-Two loops beside the server: the metagraph (every ``settings.metagraph_interval`` s: miners with an
+Three loops beside the server: the ledger's retention rule (hourly: ``Store.prune``), the metagraph (every ``settings.metagraph_interval`` s: miners with an
 endpoint and a declaration of a supported model, their capacity and incentive), and each
 miner's unsigned ``/health`` (every ``health_interval`` s), which also counts, per miner, the
 checks sent and failed (what validators read as reachability: ``ServiceReport.unreachable``)
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable, Optional
@@ -28,9 +29,11 @@ from gateway.store import Store
 from models.subnet import ModelList, ModelListMismatch, check_graph
 from models.tokenizer import ModelTokenizer
 from protocol.commitment import NodeCommitment
+from protocol.records import MinerVerdict
 from shell.role import StartupError, require_registered, serve, stop_on_signals, supervise
 
 log = logging.getLogger(__name__)
+RETENTION_INTERVAL_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class Gateway:
             )
         else:
             log.info("organic verification is off (--verify-share 0): no user answer is handed to a validator")
-        self.state.router.apply_verdicts(self.store.verdicts())  # a restart keeps held-out miners out
+        self.state.router.apply_verdicts(self._fresh_verdicts(), replace=True)  # a restart keeps held-out miners out
         self.app = create_app(self.state)
 
     async def sync(self, net: chain.Chain) -> None:
@@ -153,10 +156,22 @@ class Gateway:
                     self.state.ledger.count_health({m.hotkey: m.healthy for m in miners})
                 self.state.router.snapshot()
                 # posted to any worker: in force in every one within a tick (read off the loop: users' streams go on)
-                self.state.router.apply_verdicts(await asyncio.to_thread(self.store.verdicts))
+                self.state.router.apply_verdicts(await asyncio.to_thread(self._fresh_verdicts), replace=True)
             except Exception:  # a bug here must not stop health checks for good: log it, go on at the next tick
                 log.exception("health round failed")
             await asyncio.sleep(self.config.health_interval)
+
+    def _fresh_verdicts(self) -> list[tuple[str, MinerVerdict]]:
+        """Every trusted validator's latest verdicts, those posted within ``verdict_ttl_s``: a validator that
+        stopped posting stops holding a miner out (or letting it in)."""
+        return self.store.verdicts(since=time.time() - self.config.settings.verdict_ttl_s)
+
+    async def _retention_loop(self) -> None:
+        """The ledger's retention rule (``Store.prune``), at start and then hourly, in the ledger's writer thread."""
+        while True:
+            if self.state.clients is not None:
+                self.state.ledger.prune(self.config.settings.ledger_days * 86400, self.config.settings.samples_days * 86400)
+            await asyncio.sleep(RETENTION_INTERVAL_S)
 
     def _loops_ctx(self, net: chain.Chain) -> Callable[[web.Application], AsyncIterator[None]]:
         """The metagraph and health loops, for the app's lifetime (after its client session opens, before it closes)."""
@@ -165,6 +180,7 @@ class Gateway:
             tasks = [
                 asyncio.create_task(supervise("the metagraph sync", lambda: self._sync_loop(net))),
                 asyncio.create_task(supervise("the health checks", self._health_loop)),
+                asyncio.create_task(supervise("the ledger's retention", self._retention_loop)),
             ]
             yield
             for task in tasks:

@@ -27,4 +27,7 @@ class GatewaySettings:
     metrics_token: Optional[str] = None  # who may scrape /metrics: this bearer token; None: loopback only
     explore: float = 0.05  # share of requests routed uniformly, so new miners earn a record
     metagraph_interval: float = 12.0  # seconds between metagraph reads
+    ledger_days: float = 90.0  # finished requests are kept this long in the ledger (never less than a quota period in force; totals are kept for good)
+    samples_days: float = 7.0  # organic samples a validator has not read by then are dropped
+    verdict_ttl_s: float = 3600.0  # a validator's verdict on a miner counts this long after it was posted (validators post every round)
     worker: str = ""  # this process's name among --workers (sent as x-slmnet-worker), "" when it is the only one

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS usage (
     started REAL NOT NULL, finished REAL
 );
 CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage (key_id, started);
+CREATE INDEX IF NOT EXISTS usage_by_time ON usage (started);
 CREATE TABLE IF NOT EXISTS organic_samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
     request TEXT NOT NULL, answer TEXT NOT NULL, replayable INTEGER NOT NULL DEFAULT 0
@@ -52,6 +53,8 @@ CREATE TABLE IF NOT EXISTS validator_verdicts (
 CREATE TABLE IF NOT EXISTS usage_by_miner (
     request_id TEXT NOT NULL REFERENCES usage(request_id), miner_uid INTEGER NOT NULL, miner_hotkey TEXT NOT NULL, completion_tokens INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS usage_by_miner_request ON usage_by_miner (request_id);
+CREATE INDEX IF NOT EXISTS organic_samples_by_time ON organic_samples (time);
 """
 # Kept by triggers in the transaction of every write, whoever writes (any worker, the CLI): a key's
 # totals (what /v1/key reports, without summing its ledger) and a version of the keys table that
@@ -87,6 +90,7 @@ CREATE TRIGGER IF NOT EXISTS part_served AFTER INSERT ON usage_by_miner WHEN NEW
 END;
 """
 log = logging.getLogger(__name__)
+PRUNE_BATCH = 5000  # rows a prune deletes at most a table: the writer thread holds its transaction briefly; the next tick takes the rest
 KEY_PREFIX = "slm-"
 MAX_CACHED_KEYS = 100_000
 KEY_COLUMNS = "id, name, prefix, created, revoked, rpm, tpm, quota_tokens, quota_period, expires, price"
@@ -294,7 +298,36 @@ class Store:
         """At start: requests a killed gateway left open; returns how many."""
         return self.db.execute("UPDATE usage SET status = 'interrupted' WHERE status = 'open'").rowcount
 
+    def prune(self, now: float, keep_s: float, samples_keep_s: float) -> tuple[int, int]:
+        """The retention rule: finished requests (and their parts per miner) that started more than ``keep_s`` ago,
+        and organic samples older than ``samples_keep_s``, deleted, at most ``PRUNE_BATCH`` of each; returns how many
+        (requests, samples). Never a request a quota still counts: the cutoff is at most the start of the longest
+        quota period in force. The totals ``/v1/key`` and the validators' service reports read are counters the
+        triggers keep on insert and update; a delete leaves them whole."""
+        cutoff = now - keep_s
+        for (period,) in self.db.execute("SELECT DISTINCT quota_period FROM api_keys WHERE quota_period > 0 AND quota_tokens IS NOT NULL AND revoked IS NULL"):
+            cutoff = min(cutoff, (now // period) * period)
+        with self.transaction():
+            old = [
+                row[0]
+                for row in self.db.execute(
+                    "SELECT request_id FROM usage WHERE started < ? AND status != 'open' ORDER BY started LIMIT ?", (cutoff, PRUNE_BATCH)
+                )
+            ]
+            self.db.executemany("DELETE FROM usage_by_miner WHERE request_id = ?", [(r,) for r in old])
+            self.db.executemany("DELETE FROM usage WHERE request_id = ?", [(r,) for r in old])
+            samples = self.db.execute(
+                "DELETE FROM organic_samples WHERE id IN (SELECT id FROM organic_samples WHERE time < ? ORDER BY id LIMIT ?)",
+                (now - samples_keep_s, PRUNE_BATCH),
+            ).rowcount
+        if old or samples:
+            log.info(
+                "retention: %s requests older than %s and %s organic samples deleted", len(old), time.strftime("%Y-%m-%d %H:%M", time.gmtime(cutoff)), samples
+            )
+        return len(old), samples
+
     def miner_tokens(self) -> dict[int, int]:
+        """Completion tokens per miner uid over the ledger's rows still kept (``prune``)."""
         return dict(self.db.execute("SELECT miner_uid, SUM(completion_tokens) FROM usage_by_miner GROUP BY miner_uid").fetchall())
 
     def record_sample(self, uid: int, hotkey: str, model: str, request: dict[str, Any], answer: AnswerRecord, replayable: bool = False) -> None:
@@ -325,9 +358,10 @@ class Store:
                 [(validator, v.hotkey, v.model_dump_json(), time.time()) for v in verdicts],
             )
 
-    def verdicts(self) -> list[tuple[str, MinerVerdict]]:
-        """Each validator's latest verdict on each miner it published one for: (validator hotkey, verdict)."""
-        rows = self.db.execute("SELECT validator, verdict FROM validator_verdicts")
+    def verdicts(self, since: float = 0.0) -> list[tuple[str, MinerVerdict]]:
+        """Each validator's latest verdict on each miner it published one for, posted at or after ``since`` (unix
+        time): (validator hotkey, verdict)."""
+        rows = self.db.execute("SELECT validator, verdict FROM validator_verdicts WHERE time >= ?", (since,))
         return [(validator, MinerVerdict.model_validate_json(raw)) for validator, raw in rows]
 
     def count_service(self, hotkey: str, kind: str) -> None:

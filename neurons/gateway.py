@@ -90,6 +90,19 @@ def add_parser(groups: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keepalive", type=float, default=GatewaySettings.keepalive_s, help="seconds between SSE comments while a stream waits for its first token (0: none)"
     )
+    p.add_argument(
+        "--ledger-days",
+        type=float,
+        default=GatewaySettings.ledger_days,
+        help="days a finished request's row stays in the ledger (never less than a quota period in force; each key's totals are kept for good)",
+    )
+    p.add_argument("--samples-days", type=float, default=GatewaySettings.samples_days, help="days an organic sample waits for a validator to read it")
+    p.add_argument(
+        "--verdict-ttl",
+        type=float,
+        default=GatewaySettings.verdict_ttl_s,
+        help="seconds a validator's verdict on a miner counts after it was posted: a validator that stops posting stops holding miners out",
+    )
     p.set_defaults(func=cmd_gateway, default_log_level=logging.INFO)
 
     keys = groups.add_parser("keys", help="the gateway's API keys").add_subparsers(dest="command", required=True)
@@ -257,6 +270,8 @@ def build_config(args: argparse.Namespace):
         tokenizers = {m.id: model_folder(m.source, default_cache_dir()) for m in models.models}
     if not 0 <= args.verify_share <= 1:
         raise CliError("--verify-share is a share: 0 to 1")
+    if min(args.ledger_days, args.samples_days, args.verdict_ttl) <= 0:
+        raise CliError("--ledger-days, --samples-days and --verdict-ttl must be above 0")
     settings = GatewaySettings(
         max_attempts=args.max_attempts,
         first_token_timeout=args.first_token_timeout,
@@ -271,6 +286,9 @@ def build_config(args: argparse.Namespace):
         default_max_tokens=args.default_max_tokens,
         metrics_token=args.metrics_token or os.environ.get("SLMNET_METRICS_TOKEN"),  # the environment keeps it out of `ps`
         metagraph_interval=args.metagraph_interval,
+        ledger_days=args.ledger_days,
+        samples_days=args.samples_days,
+        verdict_ttl_s=args.verdict_ttl,
     )
     if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
         raise CliError(f"--redis {args.redis!r}: expected redis://host:port/db, rediss://… or unix://path")

@@ -32,16 +32,17 @@ def test_the_validators_task_families_are_told_apart_from_the_request_alone():
 def test_best_takes_the_most_accurate_fast_the_quickest_and_auto_the_quickest_within_two_points():
     auto = AutoRouter({"big": 10.0, "small": 100.0})
     # big: 90 of 100 right on arithmetic; small: 89 of 100 (within 2 points), and far faster
-    auto.learn([_verdict("a", "big", arithmetic=(60, 54)), _verdict("b", "big", arithmetic=(40, 36)), _verdict("c", "small", arithmetic=(100, 89))])
+    big = [_verdict("a", "big", arithmetic=(60, 54)), _verdict("b", "big", arithmetic=(40, 36))]  # learn takes every verdict in force each time
+    auto.learn([*big, _verdict("c", "small", arithmetic=(100, 89))])
     assert auto.model("big").graded == {"arithmetic": (100, 90)}  # summed over the model's miners
     picks = {flavour: auto.choose(flavour, "arithmetic", {"big": 0.0, "small": 0.0}, 64).model for flavour in FLAVOURS}
     assert picks == {"auto:best": "big", "auto:fast": "small", "auto": "small"}
     # 85 of 100: 5 points below: balanced keeps the accurate one, fast still takes the quick one
-    auto.learn([_verdict("c", "small", arithmetic=(100, 85))])
+    auto.learn([*big, _verdict("c", "small", arithmetic=(100, 85))])
     assert auto.choose("auto", "arithmetic", {"big": 0.0, "small": 0.0}, 64).model == "big"
     assert auto.choose("auto:fast", "arithmetic", {"big": 0.0, "small": 0.0}, 64).model == "small"
     # 10 of 100: fast as it is, it answers anything: no flavour takes it
-    auto.learn([_verdict("c", "small", arithmetic=(100, 10))])
+    auto.learn([*big, _verdict("c", "small", arithmetic=(100, 10))])
     assert {auto.choose(flavour, "arithmetic", {"big": 0.0, "small": 0.0}, 64).model for flavour in FLAVOURS} == {"big"}
 
 

@@ -132,6 +132,22 @@ def test_a_miner_one_validator_holds_out_stays_out_whatever_another_posts_after(
     assert sorted(m.uid for m in router.candidates(MODEL)) == [1, 2]
 
 
+def test_a_validator_that_stops_posting_stops_holding_a_miner_out(tmp_path):
+    """A verdict counts for the gateway's --verdict-ttl after it was posted: the health loop reads those still
+    in force each tick and they replace what the router held; a stale 'flagged' from a validator gone silent
+    lets the miner back in (and a stale 'ok' no longer vouches for one)."""
+    cheat, honest = MinerView(1, "h1", "u1", MODEL, 8), MinerView(2, "h2", "u2", MODEL, 8)
+    router = _router(cheat, honest)
+    store = Store(tmp_path / "g.sqlite")
+    store.save_verdicts("gone", [MinerVerdict(uid=1, hotkey="h1", model=MODEL, standing="flagged", answers=40, evidence=1.2, serves=8)])
+    store.save_verdicts("live", [MinerVerdict(uid=2, hotkey="h2", model=MODEL, standing="ok", answers=40, evidence=0.0, serves=8)])
+    router.apply_verdicts(store.verdicts(since=time.time() - 3600), replace=True)
+    assert [m.uid for m in router.candidates(MODEL)] == [2]
+    store.db.execute("UPDATE validator_verdicts SET time = time - 7200 WHERE validator = 'gone'")  # two hours of silence
+    router.apply_verdicts(store.verdicts(since=time.time() - 3600), replace=True)
+    assert sorted(m.uid for m in router.candidates(MODEL)) == [1, 2] and cheat.verdict is None and honest.verdict is not None
+
+
 def test_limits_stay_exact_under_concurrency(tmp_path):
     store = Store(tmp_path / "g.sqlite")
     _, key = store.create_key("k", rpm=5, tpm=None, quota_tokens=None)

@@ -104,3 +104,39 @@ def test_the_key_cache_sees_a_revocation_or_a_new_key_made_by_another_process_at
     other = Store(tmp_path / "g.sqlite")
     made, _ = other.create_key("new")
     assert gateway.lookup(made).name == "new"
+
+
+def test_the_retention_rule_deletes_old_finished_requests_and_samples_and_keeps_totals_open_rows_and_a_quotas_period(tmp_path):
+    """``Store.prune`` (the gateway runs it hourly through the ledger's thread): rows of finished requests older
+    than the retention go, with their parts per miner; a request still open stays; rows of a quota period
+    still in force stay whatever their age; /v1/key's totals and the validators' service reports do not move."""
+    from protocol.records import AnswerRecord
+
+    day = 86400.0
+    store = Store(tmp_path / "g.sqlite")
+    _, plain = store.create_key("plain")
+    _, monthly = store.create_key("monthly", quota_tokens=10_000, quota_period=int(30 * day))
+    now = 1000 * 30 * day + 20 * day  # 20 days into a 30-day quota period
+    for request_id, key, age, status in (
+        ("old", plain, 100, "ok"),
+        ("old-open", plain, 100, "open"),
+        ("recent", plain, 1, "ok"),
+        ("this-period", monthly, 10, "ok"),
+        ("last-period", monthly, 25, "ok"),
+    ):
+        store.record_request(request_id, key.id, MODEL, 10, now - age * day, status, 5, 0, [(1, "h1", 5)])
+    store.record_sample(1, "h1", MODEL, {"messages": []}, AnswerRecord(text="x"))
+    store.record_sample(1, "h1", MODEL, {"messages": []}, AnswerRecord(text="y"))
+    store.db.execute("UPDATE organic_samples SET time = ? WHERE id = 1", (now - 8 * day,))
+    store.db.execute("UPDATE organic_samples SET time = ? WHERE id = 2", (now - 1 * day,))
+    totals, reports = (store.usage(plain.id), store.usage(monthly.id)), store.service_reports()
+    period_tokens = store.tokens_used(monthly.id, monthly.period_start(now))
+
+    assert store.prune(now, keep_s=7 * day, samples_keep_s=7 * day) == (2, 1)  # "old" and "last-period"; sample 1
+    kept = {row[0] for row in store.db.execute("SELECT request_id FROM usage")}
+    assert kept == {"old-open", "recent", "this-period"}
+    assert {row[0] for row in store.db.execute("SELECT request_id FROM usage_by_miner")} == kept  # the pruned requests' parts went with them
+    assert (store.usage(plain.id), store.usage(monthly.id)) == totals and store.service_reports() == reports
+    assert store.tokens_used(monthly.id, monthly.period_start(now)) == period_tokens
+    assert [s.answer.text for s in store.samples_after(0, 10)[0]] == ["y"]
+    assert store.prune(now, keep_s=7 * day, samples_keep_s=7 * day) == (0, 0)
