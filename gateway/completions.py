@@ -39,10 +39,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
     request["ratelimit"] = reservation.headers
     request_id = request["request_id"]
-    state.ledger.open_request(request_id, key.id, model, prompt_tokens)
+    # The request's open row and the overhead figure are written at the handler's first wait (the first miner's
+    # answer), not before it is asked: that time is the user's. Queued before any later write of the request.
+    asyncio.get_running_loop().call_soon(state.ledger.open_request, request_id, key.id, model, prompt_tokens)
     generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens, price=key.price)
     overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
-    state.metrics.overhead.observe(overhead_ms / 1000)
+    asyncio.get_running_loop().call_soon(state.metrics.overhead.observe, overhead_ms / 1000)
     status = "failed"
     relay = Relay(request, state, generation, overhead_ms)
     try:

@@ -33,7 +33,6 @@ from gateway.errors import BadRequest
 from gateway.state import STATE, GatewayState
 from protocol.errors import Forbidden
 from protocol.records import MinerVerdicts, OrganicSamples, ServiceReports
-from signed.server import SignatureCheck
 
 log = logging.getLogger(__name__)
 MAX_SAMPLES = 256  # per read: a bounded answer whatever the validator asks for
@@ -46,8 +45,6 @@ async def _validator(request: web.Request, body: bytes = b"", verdicts: bool = F
     which take miners out of this gateway's routing, only to the validators named (or this hotkey's own):
     one permit holder must not be able to hold honest miners out of every gateway's users."""
     state: GatewayState = request.app[STATE]
-    if state.signatures is None:
-        state.signatures = SignatureCheck(state.keypair.ss58_address)
     sender = state.signatures.sender(request.headers, body, request.method, request.path_qs)  # the query is signed too
     named = state.settings.validator_hotkeys or (state.keypair.ss58_address,)
     trusted = named if verdicts or state.settings.validator_hotkeys else (*named, *state.permitted)

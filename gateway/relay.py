@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import aiohttp
 import msgspec
@@ -58,7 +58,8 @@ class Relay:
         self.response: Optional[web.StreamResponse] = None
         self.head = Head(("chatcmpl-" if generation.chat else "cmpl-") + request["request_id"], int(time.time()), generation)
         self.last_progress = time.monotonic()
-        self.first_token = asyncio.Event()  # a token reached the user's answer: keep-alives stop
+        self.first_token = False  # a token reached the user's answer (or it ended): keep-alives stop
+        self.keepalive: Optional[Union[asyncio.TimerHandle, asyncio.Future]] = None  # the next keep-alive's timer, or its write
 
     def _headers(self) -> dict[str, str]:
         headers = {**request_headers(self.request), OVERHEAD_HEADER: f"{self.overhead_ms:.3f}"}
@@ -127,7 +128,7 @@ class Relay:
                         break
                     if first_token_at is None and self.gen.upstream_tokens > tokens_before:
                         first_token_at = time.monotonic()
-                        self.first_token.set()
+                        self.first_token = True
                         self.state.metrics.ttft.labels(str(miner.uid)).observe(first_token_at - sent)
                     # (before the first token a stream has not started: nothing to show yet)
                     if self.user_stream and (self.response is not None or first_token_at is not None):
@@ -158,29 +159,30 @@ class Relay:
         produced = self.gen.upstream_tokens - tokens_before
         self.state.router.succeeded(miner, first_token_at - sent if first_token_at else None, produced / elapsed if produced and elapsed > 0 else None)
 
-    async def _keepalive(self) -> None:
+    def _keepalive_due(self) -> None:
         """While a stream waits for its first token, an SSE comment every ``keepalive_s``: proxies and
         clients with idle timeouts keep the connection. Once it is sent the status is 200: a failure
-        after it ends the stream with finish_reason "error" and an error event."""
-        interval = self.state.settings.keepalive_s
-        while not self.first_token.is_set():
-            try:
-                await asyncio.wait_for(self.first_token.wait(), interval)
-                return
-            except asyncio.TimeoutError:
-                pass
-            try:
-                await (await self._stream()).write(b": keep-alive\n\n")
-            except (ClientGone, ConnectionResetError, aiohttp.ClientConnectionResetError):
-                return  # the relay finds out at its next write
+        after it ends the stream with finish_reason "error" and an error event. A timer, not a task: a
+        request answered within the interval (nearly all) costs one timer handle."""
+        if not self.first_token:
+            self.keepalive = asyncio.ensure_future(self._send_keepalive())
+
+    async def _send_keepalive(self) -> None:
+        try:
+            await (await self._stream()).write(b": keep-alive\n\n")
+        except (ClientGone, ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return  # the relay finds out at its next write
+        if not self.first_token:
+            self.keepalive = asyncio.get_running_loop().call_later(self.state.settings.keepalive_s, self._keepalive_due)
 
     async def run(self) -> web.StreamResponse:
-        keepalive = asyncio.create_task(self._keepalive()) if self.user_stream and self.state.settings.keepalive_s > 0 else None
+        if self.user_stream and self.state.settings.keepalive_s > 0:
+            self.keepalive = asyncio.get_running_loop().call_later(self.state.settings.keepalive_s, self._keepalive_due)
         try:
             return await self._run()
         finally:
-            if keepalive is not None:
-                keepalive.cancel()
+            if self.keepalive is not None:
+                self.keepalive.cancel()
 
     async def _run(self) -> web.StreamResponse:
         tried: set[int] = set()
@@ -264,7 +266,7 @@ class Relay:
 
     async def _fail(self, failures: list[tuple[str, bool]], user_fault: bool = False) -> web.StreamResponse:
         """``user_fault``: every miner that tried the request refused it as malformed (a 4xx): the user's 400."""
-        self.first_token.set()  # no keep-alive from here on
+        self.first_token = True  # no keep-alive from here on
         detail = "; ".join(what for what, _ in failures) or "no miner could take the request"
         if self.response is None:
             if user_fault:
@@ -278,7 +280,7 @@ class Relay:
         return self.response
 
     async def _finish(self) -> web.StreamResponse:
-        self.first_token.set()
+        self.first_token = True
         usage = self.gen.usage = usage_of(self.state, self.gen)
         if self.user_stream:
             stream = await self._stream()  # started here when it finished without a single token
@@ -293,7 +295,14 @@ class Relay:
             await self._write([*whole_as_chunks(self.head, payload), *final], b"data: [DONE]\n\n")
             await stream.write_eof()
             return stream
-        return web.Response(body=ENCODE(payload), content_type="application/json", headers=self._headers())
+        # Written here, before the request's books are closed (completions' finally): the user's answer does not wait on them.
+        response = web.Response(body=ENCODE(payload), content_type="application/json", headers=self._headers())
+        try:
+            await response.prepare(self.request)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            raise ClientGone() from exc
+        return response
 
 
 def maybe_sample(state: GatewayState, generation: Generation) -> None:

@@ -95,12 +95,17 @@ class GatewayState:
     keypair: Any
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
-    clients: Optional[Clients] = None  # made when the app starts (``gateway.server``), closed when it stops
+    # The one part made later: what must live in the running event loop (a client session), made when the app starts
+    # (``gateway.server``) and closed when it stops; the properties below raise outside that time.
+    clients: Optional[Clients] = None
     contexts: dict[str, int] = field(default_factory=dict)  # model id → context length, from the model list
     rng: random.Random = field(default_factory=random.Random)
-    signatures: Optional[SignatureCheck] = None  # btauth/1 checks of the validator's hand-over calls (made on first use)
+    signatures: SignatureCheck = field(init=False)  # btauth/1 checks of the validators' hand-over calls, to this gateway's hotkey
     pages: dict[str, tuple[float, bytes]] = field(default_factory=dict)  # a public page's path → (when it was built, its body)
     permitted: frozenset[str] = frozenset()  # hotkeys with a validator permit on the last metagraph read: trusted by default
+
+    def __post_init__(self) -> None:
+        self.signatures = SignatureCheck(self.keypair.ss58_address)
 
     def _running(self) -> Clients:
         if self.clients is None:
