@@ -43,9 +43,11 @@ class MinerFailed(Exception):
 
     @property
     def refused_request(self) -> bool:
-        """It refused the request itself (a 4xx other than 429: its engine took the body as malformed). The
-        user's fault when every miner that tried it did the same; the miner's, when another served it."""
-        return self.status is not None and 400 <= self.status < 500 and not self.busy
+        """It refused the request itself: a 4xx other than 429, or an engine's error event (the engine took the body
+        as malformed, or failed on its values, as vLLM reports some after its 200). The caller counts it only before
+        any token: then it is the user's fault when every miner that tried the request did the same, the miner's
+        when another served it."""
+        return (self.status is not None and 400 <= self.status < 500 and not self.busy) or self.kind == "error_event"
 
 
 async def miner_events(
