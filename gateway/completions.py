@@ -39,9 +39,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
     reservation = await state.limits.admit(key, prompt_tokens + max_tokens)
     request["ratelimit"] = reservation.headers
     request_id = request["request_id"]
-    # The request's open row and the overhead figure are written at the handler's first wait (the first miner's
-    # answer), not before it is asked: that time is the user's. Queued before any later write of the request.
-    asyncio.get_running_loop().call_soon(state.ledger.open_request, request_id, key.id, model, prompt_tokens)
+    # The request's open row and the overhead figure are queued at the handler's first wait (the first miner's
+    # answer), not before it is asked: that time is the user's. A request that ends before any wait (no miner
+    # could take it) has it queued in ``finally``: the open row always goes before the close.
+    opened = False
+
+    def open_row() -> None:
+        nonlocal opened
+        if not opened:
+            opened = True
+            state.ledger.open_request(request_id, key.id, model, prompt_tokens)
+
+    asyncio.get_running_loop().call_soon(open_row)
     generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens, price=key.price)
     overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
     asyncio.get_running_loop().call_soon(state.metrics.overhead.observe, overhead_ms / 1000)
@@ -59,6 +68,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             raise
         return relay.response or web.Response(status=499)
     finally:
+        open_row()
         usage = generation.usage or usage_of(state, generation)
         try:
             await state.limits.settle(reservation, usage["total_tokens"])

@@ -140,3 +140,48 @@ def test_the_retention_rule_deletes_old_finished_requests_and_samples_and_keeps_
     assert store.tokens_used(monthly.id, monthly.period_start(now)) == period_tokens
     assert [s.answer.text for s in store.samples_after(0, 10)[0]] == ["y"]
     assert store.prune(now, keep_s=7 * day, samples_keep_s=7 * day) == (0, 0)
+
+
+async def test_a_request_no_miner_could_take_leaves_a_closed_row_not_an_open_one(tmp_path):
+    """The open row is queued at the handler's first wait on a miner, or at its end when no miner could take the
+    request (every miner full, no wait for a slot): either way the ledger holds one 'failed' row, counted once in the
+    key's totals, and nothing left 'open' for a restart to call interrupted."""
+    import aiohttp
+    from aiohttp import web
+    from bittensor.sp_core import Keypair
+
+    from gateway.router import MinerView, Router
+    from gateway.server import create_app
+    from gateway.settings import GatewaySettings
+    from gateway.state import GatewayState
+    from models.tiny import build_tiny
+    from models.tokenizer import ModelTokenizer
+
+    build_tiny(tmp_path / "tiny", seed=0)
+    store = Store(tmp_path / "g.sqlite")
+    plaintext, key = store.create_key("k")
+    full = MinerView(1, "h1", "http://127.0.0.1:9", MODEL, capacity=1, incentive=1.0)
+    router = Router(explore=0.0)
+    router.update_from_chain([full])
+    full.healthy, full.in_flight = True, 1  # at its capacity: the router offers it to no request
+    state = GatewayState(
+        store=store,
+        router=router,
+        tokenizers={MODEL: ModelTokenizer(tmp_path / "tiny")},
+        keypair=Keypair.create_from_uri("//G"),
+        settings=GatewaySettings(busy_wait=0.0),
+    )
+    runner = web.AppRunner(create_app(state))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
+            async with session.post(url, json=body, headers={"Authorization": f"Bearer {plaintext}"}) as response:
+                assert response.status == 503, await response.text()
+        await state.ledger.synced()
+    finally:
+        await runner.cleanup()
+    assert store.db.execute("SELECT status FROM usage").fetchall() == [("failed",)] and store.usage(key.id)["requests"] == 1
