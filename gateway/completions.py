@@ -50,10 +50,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
             opened = True
             state.ledger.open_request(request_id, key.id, model, prompt_tokens)
 
-    asyncio.get_running_loop().call_soon(open_row)
+    loop = asyncio.get_running_loop()
+    loop.call_soon(open_row)
     generation = Generation(chat=chat, body=body, model=model, max_tokens=max_tokens, prompt_tokens=prompt_tokens, price=key.price)
     overhead_ms = (time.monotonic() - started) * 1000  # everything before the first miner is asked
-    asyncio.get_running_loop().call_soon(state.metrics.overhead.observe, overhead_ms / 1000)
+    loop.call_soon(state.metrics.overhead.observe, overhead_ms / 1000)
     status = "failed"
     relay = Relay(request, state, generation, overhead_ms)
     try:

@@ -190,7 +190,7 @@ class Relay:
         busy_until = time.monotonic() + self.state.settings.busy_wait
         attempts = 0  # miners that took the request (a 429 is not an attempt)
         refusals = 0  # 429s met: the first counts against its miner
-        refused_request: list[MinerView] = []  # miners that refused the request itself (a 4xx) before any token
+        refused_request: list[MinerView] = []  # miners that refused the request itself (a 4xx, an error event) before any token
         order: list[MinerView] = []  # the router's order, drawn once and walked: a retry goes to the next best, not to a new draw
         while attempts < self.state.settings.max_attempts and self.gen.finish_reason is None:
             if not order:
@@ -265,7 +265,7 @@ class Relay:
         self.state.ledger.count_service(miner.hotkey, "failed")
 
     async def _fail(self, failures: list[tuple[str, bool]], user_fault: bool = False) -> web.StreamResponse:
-        """``user_fault``: every miner that tried the request refused it as malformed (a 4xx): the user's 400."""
+        """``user_fault``: every miner that tried the request refused it (``MinerFailed.refused_request``): the user's 400."""
         self.first_token = True  # no keep-alive from here on
         detail = "; ".join(what for what, _ in failures) or "no miner could take the request"
         if self.response is None:

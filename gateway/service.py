@@ -169,12 +169,11 @@ class Gateway:
     async def _retention_loop(self) -> None:
         """The ledger's retention rule (``Store.prune``), at start and then hourly, in the ledger's writer thread."""
         while True:
-            if self.state.clients is not None:
-                self.state.ledger.prune(self.config.settings.ledger_days * 86400, self.config.settings.samples_days * 86400)
+            self.state.ledger.prune(self.config.settings.ledger_days * 86400, self.config.settings.samples_days * 86400)
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
     def _loops_ctx(self, net: chain.Chain) -> Callable[[web.Application], AsyncIterator[None]]:
-        """The metagraph and health loops, for the app's lifetime (after its client session opens, before it closes)."""
+        """The metagraph, health and retention loops, for the app's lifetime (after its client session opens, before it closes)."""
 
         async def loops(app: web.Application) -> AsyncIterator[None]:
             tasks = [

@@ -41,7 +41,6 @@ CREATE TABLE IF NOT EXISTS usage (
     started REAL NOT NULL, finished REAL
 );
 CREATE INDEX IF NOT EXISTS usage_by_key_time ON usage (key_id, started);
-CREATE INDEX IF NOT EXISTS usage_by_time ON usage (started);
 CREATE TABLE IF NOT EXISTS organic_samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, uid INTEGER NOT NULL, hotkey TEXT NOT NULL, model TEXT NOT NULL,
     request TEXT NOT NULL, answer TEXT NOT NULL, replayable INTEGER NOT NULL DEFAULT 0
@@ -301,19 +300,23 @@ class Store:
     def prune(self, now: float, keep_s: float, samples_keep_s: float) -> tuple[int, int]:
         """The retention rule: finished requests (and their parts per miner) that started more than ``keep_s`` ago,
         and organic samples older than ``samples_keep_s``, deleted, at most ``PRUNE_BATCH`` of each; returns how many
-        (requests, samples). Never a request a quota still counts: the cutoff is at most the start of the longest
-        quota period in force. The totals ``/v1/key`` and the validators' service reports read are counters the
-        triggers keep on insert and update; a delete leaves them whole."""
-        cutoff = now - keep_s
-        for (period,) in self.db.execute("SELECT DISTINCT quota_period FROM api_keys WHERE quota_period > 0 AND quota_tokens IS NOT NULL AND revoked IS NULL"):
-            cutoff = min(cutoff, (now // period) * period)
+        (requests, samples). Never a request its key's quota still counts: a key's cutoff is at most the start of its
+        quota period in force. Read key by key on the (key, time) index every request already writes. The totals
+        ``/v1/key`` and the validators' service reports read are counters the triggers keep on insert and update; a
+        delete leaves them whole."""
+        old: list[str] = []
         with self.transaction():
-            old = [
-                row[0]
-                for row in self.db.execute(
-                    "SELECT request_id FROM usage WHERE started < ? AND status != 'open' ORDER BY started LIMIT ?", (cutoff, PRUNE_BATCH)
-                )
-            ]
+            for key in self.keys():
+                quota_counts_rows = key.quota_tokens is not None and bool(key.quota_period) and key.revoked is None
+                cutoff = min(now - keep_s, key.period_start(now)) if quota_counts_rows else now - keep_s
+                old += [
+                    request_id
+                    for (request_id,) in self.db.execute(
+                        "SELECT request_id FROM usage WHERE key_id = ? AND started < ? AND status != 'open' LIMIT ?", (key.id, cutoff, PRUNE_BATCH - len(old))
+                    )
+                ]
+                if len(old) >= PRUNE_BATCH:
+                    break
             self.db.executemany("DELETE FROM usage_by_miner WHERE request_id = ?", [(r,) for r in old])
             self.db.executemany("DELETE FROM usage WHERE request_id = ?", [(r,) for r in old])
             samples = self.db.execute(
@@ -321,9 +324,7 @@ class Store:
                 (now - samples_keep_s, PRUNE_BATCH),
             ).rowcount
         if old or samples:
-            log.info(
-                "retention: %s requests older than %s and %s organic samples deleted", len(old), time.strftime("%Y-%m-%d %H:%M", time.gmtime(cutoff)), samples
-            )
+            log.info("retention: %s finished requests older than %g days and %s organic samples deleted", len(old), keep_s / 86400, samples)
         return len(old), samples
 
     def miner_tokens(self) -> dict[int, int]:
