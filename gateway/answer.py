@@ -138,9 +138,9 @@ def user_choice(head: Head, choice: Union[ChatChunkChoice, TextChunkChoice], con
     """A miner's choice as the user's chunk carries it."""
     body = head.gen.body
     if isinstance(choice, ChatChunkChoice):
-        delta = choice.delta.model_dump(exclude_none=True)
-        if continuing:
-            delta.pop("role", None)
+        delta = {"content": choice.delta.content} if choice.delta.content is not None else {}
+        if choice.delta.role is not None and not continuing:
+            delta = {"role": choice.delta.role, **delta}
         logprobs = {"content": chat_logprobs(choice, tokenizer)} if body.get("logprobs") and choice.logprobs is not None else None
         out: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     else:

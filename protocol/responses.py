@@ -2,111 +2,113 @@
 
 Every field the validator or the gateway relies on is typed and range-checked where it
 enters; fields nobody reads (``system_fingerprint``, vLLM's ``stop_reason``…) are dropped,
-so nothing a miner adds reaches a user. ``parse_event`` turns one SSE data string into a
-model or raises ``StreamViolation``; ``StreamFold`` folds the events of one answer and
-enforces what holds across events (one kind of chunk, ``n`` = 1, no token after the end,
-no more token ids than asked for, one logprob entry per token id, ``[DONE]`` last).
+so nothing a miner adds reaches a user. The models are ``msgspec`` Structs: a chunk is read
+and checked straight from its JSON by a compiled decoder (~0.6 µs a chunk where pydantic
+took ~3 µs: every token of every answer passes here). ``parse_event`` turns one SSE data
+string into a model or raises ``StreamViolation``; ``StreamFold`` folds the events of one
+answer and enforces what holds across events (one kind of chunk, ``n`` = 1, no token after
+the end, no more token ids than asked for, one logprob entry per token id, ``[DONE]`` last).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
 
 from protocol.sse import StreamViolation
 
 MAX_TOKEN_ID = 2**31 - 1
 FinishReason = Literal["stop", "length"]  # what an engine serving slmnet's requests ends with (no tools)
+Text = Annotated[str, msgspec.Meta(max_length=1024)]
+Name = Annotated[str, msgspec.Meta(max_length=256)]
+# ≤ 0 up to float rounding, finite (vLLM writes -inf as -9999.0)
+Logprob = Annotated[float, msgspec.Meta(ge=-1e300, le=1e-4)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKEN_ID)]
 
 
-class MinerWireModel(BaseModel):
+class MinerWireModel(msgspec.Struct, frozen=True, kw_only=True):
     """Base of every model of a miner's output: unknown fields are dropped, never passed on."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+
+class TopLogprob(MinerWireModel, frozen=True, kw_only=True):
+    token: Text
+    logprob: Logprob
+    bytes: Optional[Annotated[list[int], msgspec.Meta(max_length=1024)]] = None
 
 
-class TopLogprob(MinerWireModel):
-    token: str = Field(max_length=1024)
-    logprob: float = Field(le=1e-4, allow_inf_nan=False)  # ≤ 0 up to float rounding; vLLM writes -inf as -9999.0
-    bytes: Optional[list[int]] = Field(default=None, max_length=1024)
+class LogprobEntry(TopLogprob, frozen=True, kw_only=True):
+    top_logprobs: Annotated[list[TopLogprob], msgspec.Meta(max_length=20)] = []
 
 
-class LogprobEntry(TopLogprob):
-    top_logprobs: list[TopLogprob] = Field(default_factory=list, max_length=20)
-
-
-class ChoiceLogprobs(MinerWireModel):
+class ChoiceLogprobs(MinerWireModel, frozen=True, kw_only=True):
     content: Optional[list[LogprobEntry]] = None
 
 
-class Delta(MinerWireModel):
+class Delta(MinerWireModel, frozen=True, kw_only=True):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
 
 
-class Usage(MinerWireModel):
-    prompt_tokens: int = Field(ge=0, le=MAX_TOKEN_ID)
-    completion_tokens: int = Field(ge=0, le=MAX_TOKEN_ID)
-    total_tokens: int = Field(ge=0, le=MAX_TOKEN_ID)
+class Usage(MinerWireModel, frozen=True, kw_only=True):
+    prompt_tokens: Count
+    completion_tokens: Count
+    total_tokens: Count
 
 
-class ChunkChoice(MinerWireModel):
-    index: Literal[0] = Field(description="slmnet asks for n = 1")
+class ChunkChoice(MinerWireModel, frozen=True, kw_only=True):
+    index: Literal[0]  # slmnet asks for n = 1
     finish_reason: Optional[FinishReason] = None
-    token_ids: Optional[list[int]] = Field(default=None, description="the tokens this chunk adds (return_token_ids)")
+    token_ids: Optional[list[int]] = None  # the tokens this chunk adds (return_token_ids)
 
 
-class ChatChunkChoice(ChunkChoice):
+class ChatChunkChoice(ChunkChoice, frozen=True, kw_only=True):
     delta: Delta
     logprobs: Optional[ChoiceLogprobs] = None
 
 
-class TextLogprobs(MinerWireModel):
-    tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[Optional[float]] = Field(default_factory=list)
+class TextLogprobs(MinerWireModel, frozen=True, kw_only=True):
+    tokens: list[str] = []
+    token_logprobs: list[Optional[float]] = []
     top_logprobs: Optional[list[Optional[dict[str, float]]]] = None
-    text_offset: list[int] = Field(default_factory=list)
+    text_offset: list[int] = []
 
-    @model_validator(mode="after")
-    def _one_of_each_per_token(self) -> TextLogprobs:
+    def __post_init__(self) -> None:
         n = len(self.tokens)
         if len(self.token_logprobs) != n or len(self.text_offset) != n or (self.top_logprobs is not None and len(self.top_logprobs) != n):
             raise ValueError("tokens, token_logprobs, top_logprobs and text_offset differ in length")
-        return self
 
 
-class TextChunkChoice(ChunkChoice):
+class TextChunkChoice(ChunkChoice, frozen=True, kw_only=True):
     text: str = ""
     logprobs: Optional[TextLogprobs] = None
 
 
-class CompletionChunk(MinerWireModel):
-    id: str = Field(default="", max_length=256)
+class CompletionChunk(MinerWireModel, frozen=True, kw_only=True):
+    id: Name = ""
     created: int = 0
-    model: str = Field(default="", max_length=256)
+    model: Name = ""
     usage: Optional[Usage] = None
     prompt_token_ids: Optional[list[int]] = None
 
 
-class ChatCompletionChunk(CompletionChunk):
+class ChatCompletionChunk(CompletionChunk, frozen=True, kw_only=True):
     object: Literal["chat.completion.chunk"]
-    choices: list[ChatChunkChoice] = Field(max_length=1)
+    choices: Annotated[list[ChatChunkChoice], msgspec.Meta(max_length=1)]
 
 
-class TextCompletionChunk(CompletionChunk):
+class TextCompletionChunk(CompletionChunk, frozen=True, kw_only=True):
     object: Literal["text_completion"]
-    choices: list[TextChunkChoice] = Field(max_length=1)
+    choices: Annotated[list[TextChunkChoice], msgspec.Meta(max_length=1)]
 
 
-class ErrorDetail(MinerWireModel):
-    message: str = Field(max_length=4096)
-    type: Optional[str] = Field(default=None, max_length=256)
+class ErrorDetail(MinerWireModel, frozen=True, kw_only=True):
+    message: Annotated[str, msgspec.Meta(max_length=4096)]
+    type: Optional[Name] = None
     code: Union[str, int, None] = None
 
 
-class ErrorEvent(MinerWireModel):
+class ErrorEvent(MinerWireModel, frozen=True, kw_only=True):
     """An engine's own report that the answer failed (vLLM sends one instead of more chunks)."""
 
     error: ErrorDetail
@@ -115,35 +117,30 @@ class ErrorEvent(MinerWireModel):
 Chunk = Union[ChatCompletionChunk, TextCompletionChunk]
 Event = Union[ChatCompletionChunk, TextCompletionChunk, ErrorEvent]
 DONE = "[DONE]"
+DECODERS: dict[type, msgspec.json.Decoder[Event]] = {wire: msgspec.json.Decoder(wire) for wire in (ChatCompletionChunk, TextCompletionChunk, ErrorEvent)}
 
 
 def parse_event(data: str, chat: bool) -> Event:
     """One SSE data string of a chat (``chat``) or text completion stream; StreamViolation if it is not one."""
-    if '"error"' not in data:  # a chunk, as nearly every event is: pydantic reads the JSON itself (half the time of loads + validate)
-        try:
-            return (ChatCompletionChunk if chat else TextCompletionChunk).model_validate_json(data)
-        except (ValidationError, RecursionError):
-            pass  # not a valid chunk: the reading below names what is wrong with it
+    wire: type[Event] = ErrorEvent if '"error"' in data else ChatCompletionChunk if chat else TextCompletionChunk
     try:
-        raw = json.loads(data)
+        return DECODERS[wire].decode(data)
+    except msgspec.ValidationError as exc:
+        if wire is ErrorEvent:  # a chunk that mentions "error" in its text, or an error event that is not one
+            try:
+                return DECODERS[ChatCompletionChunk if chat else TextCompletionChunk].decode(data)
+            except msgspec.ValidationError:
+                pass
+        problem = str(exc)
+    except msgspec.DecodeError as exc:
+        raise StreamViolation(f"an event is not JSON: {data[:80]!r}") from exc
     except RecursionError as exc:
         raise StreamViolation("an event is nested too deeply") from exc
-    except ValueError as exc:
-        raise StreamViolation(f"an event is not JSON: {data[:80]!r}") from exc
-    if not isinstance(raw, dict):
-        raise StreamViolation(f"an event is a JSON {type(raw).__name__}, not an object")
-    wire = ErrorEvent if "error" in raw else ChatCompletionChunk if chat else TextCompletionChunk
-    try:
-        return wire.model_validate(raw)
-    except (ValidationError, RecursionError) as exc:
-        raise StreamViolation(f"an event is not a valid {wire.__name__}: {_first_error(exc)}") from exc
-
-
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError) and exc.errors():
-        error = exc.errors()[0]
-        return f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}"
-    return type(exc).__name__
+    # Valid JSON, not a valid event: name what it is.
+    if not data.lstrip().startswith("{"):
+        kind = {"[": "list", '"': "string"}.get(data.lstrip()[:1], "number, boolean or null")
+        raise StreamViolation(f"an event is a JSON {kind}, not an object")
+    raise StreamViolation(f"an event is not a valid {wire.__name__}: {problem}")
 
 
 def token_id_of(token: str) -> Optional[int]:

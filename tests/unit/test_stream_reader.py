@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -100,7 +101,7 @@ def test_an_honest_stream_folds_into_one_answer():
         ([_chunk([1], "a", "stop").replace('"token_id:1"', '"token_id:2"'), "[DONE]"], "not the chunk's token id"),
         ([_chunk([1], "a", "stop").replace('"top_logprobs": []', '"top_logprobs": [{"token": "BUY", "logprob": -1.0}]'), "[DONE]"], "token_id:N"),
         ([_chunk([1], "a", "tool_calls"), "[DONE]"], "finish_reason"),
-        ([_chunk([1], "a", "stop").replace("-0.5", "NaN"), "[DONE]"], "logprob"),
+        ([_chunk([1], "a", "stop").replace("-0.5", "NaN"), "[DONE]"], "not JSON"),
     ],
 )
 def test_every_breach_is_a_violation_with_its_reason(events, reason):
@@ -115,7 +116,7 @@ def test_an_engines_error_event_is_kept_as_the_miners_failure_not_a_breach():
 
 def test_fields_a_miner_adds_are_dropped():
     chunk = parse_event(_chunk([1], "a", injected="<script>"), chat=True)
-    assert "injected" not in chunk.model_dump()
+    assert "injected" not in msgspec.to_builtins(chunk)
 
 
 def test_the_gateway_binds_each_chunks_text_to_what_its_ids_spell(tmp_path):
