@@ -13,7 +13,9 @@ request in memory, measured: see docs/gateway.md.) The keys of one API key share
 tag, so the script runs on Redis Cluster too.
 
 Tokens per minute are charged at admission with what the request may use (prompt tokens +
-``max_tokens``), as OpenAI does. The quota is charged with counted tokens: a request
+``max_tokens``), as OpenAI does; where the gateway admits a prompt on its bound (a key without a
+quota: its tokens are counted once the miner is asked, ``models.tokenizer.PromptTokens``), what
+the bound was over the count is given back when the request settles. The quota is charged with counted tokens: a request
 reserves its maximum at admission and settles to what it really used. A quota with a
 period refills at each multiple of it (UTC).
 
@@ -106,6 +108,9 @@ class Reservation:
     tokens: int
     period: float = 0.0  # the start of the quota period it was reserved in
     counter: Optional[str] = None  # the Redis counter it was reserved on
+    minute: int = 0  # the minute its tokens per minute were charged in
+    tokens_window: Optional[tuple[int, str, int]] = None  # where: the in-memory window's key
+    tokens_counter: Optional[str] = None  # or the Redis counter
     headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*: what the key has left
 
 
@@ -154,7 +159,9 @@ class KeyLimits:
             left, wait = window_figures(previous, current, into, limit, cost)
             if wait:
                 self._refuse(key, kind, limit, left, wait)
-        reservation = Reservation(key.id, 0, headers=headers)
+        reservation = Reservation(key.id, 0, minute=minute, headers=headers)
+        if key.tpm is not None:
+            reservation.tokens_window = (key.id, "tokens", key.tpm)
         if key.quota_tokens is not None:
             self._reserve_quota_memory(key, tokens, reservation, now)
         for kind, limit, cost in charges:
@@ -207,7 +214,7 @@ class KeyLimits:
             self._refuse(key, kind, limit, left, wait)
         if answer[0] == "quota":
             raise QuotaExceeded(_exhausted(key, int(answer[1]), tokens, key.period_end(now)))
-        reservation = Reservation(key.id, 0)
+        reservation = Reservation(key.id, 0, tokens_counter=keys[3] if key.tpm is not None else None)
         if key.quota_tokens is not None:
             reservation.tokens, reservation.counter = tokens, keys[4]
             reservation.headers["x-slmnet-quota-remaining-tokens"] = str(max(0, key.quota_tokens - int(answer[1])))
@@ -224,11 +231,25 @@ class KeyLimits:
         message = f"over {limit} {kind} per minute for this key"
         raise KeyRateLimited(message, f"rate_limit_{kind}", {"Retry-After": str(max(1, math.ceil(wait))), **headers})
 
-    async def settle(self, reservation: Reservation, used_tokens: int) -> None:
-        """The request ended having used ``used_tokens`` (a failure to reach Redis here is logged by the caller)."""
-        if reservation.counter is not None and self.redis is not None:  # a counter only comes from Redis
-            await self.redis.incrby(reservation.counter, used_tokens - reservation.tokens)
+    async def settle(self, reservation: Reservation, used_tokens: int, overcharged: int = 0) -> None:
+        """The request ended having used ``used_tokens`` (a failure to reach Redis here is logged by the caller).
+        ``overcharged``: tokens its tokens per minute were charged beyond what it may use (its prompt's bound over
+        its count), given back to the minute they were charged in."""
+        if self.redis is not None and (reservation.counter is not None or (overcharged and reservation.tokens_counter is not None)):
+            pipe = self.redis.pipeline(transaction=False)
+            if reservation.counter is not None:
+                pipe.incrby(reservation.counter, used_tokens - reservation.tokens)
+            if overcharged and reservation.tokens_counter is not None:
+                pipe.decrby(reservation.tokens_counter, overcharged)
+                pipe.expire(reservation.tokens_counter, 150)
+            await pipe.execute()
             return
+        if overcharged and reservation.tokens_window is not None and reservation.tokens_window in self.windows:
+            at, previous, current = self.windows[reservation.tokens_window]
+            if at == reservation.minute:
+                self.windows[reservation.tokens_window] = (at, previous, current - overcharged)
+            elif at == reservation.minute + 1:  # charged in what is now the previous minute
+                self.windows[reservation.tokens_window] = (at, previous - overcharged, current)
         if reservation.tokens:
             self.reserved[reservation.key_id] -= reservation.tokens
         period = (reservation.key_id, reservation.period)

@@ -5,10 +5,10 @@ picks one per request), the budget set.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Optional
 
+import msgspec
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -74,10 +74,11 @@ def _resolve_model(requested: str, body: dict[str, Any], max_tokens: int, state:
 async def parse_request(request: web.Request, state: GatewayState) -> tuple[bool, dict[str, Any], str, Optional[Choice]]:
     """(chat?, the request as the gateway forwards it, the model to serve, auto's choice); BadRequest naming the field."""
     try:
-        raw = await request.json()
+        # Strict JSON, compiled: a lone surrogate escape (no text a tokenizer can read), NaN and numbers out of range are refused here.
+        raw = msgspec.json.decode(await request.read())
     except RecursionError as exc:
         raise BadRequest(f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_json") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", "invalid_json") from exc
     if json_depth(raw) > MAX_JSON_DEPTH:
         raise BadRequest(f"the body nests JSON deeper than {MAX_JSON_DEPTH} levels", "invalid_json")

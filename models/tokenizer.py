@@ -13,6 +13,7 @@ of an unfinished UTF-8 character at its end (they decode as U+FFFD, ``HELD_BACK`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -25,6 +26,19 @@ from protocol.sse import StreamViolation
 HELD_BACK = "\ufffd"  # what the decoder shows for bytes a stream holds back
 
 
+# Pre-tokenizers that only split the text (and ByteLevel, which maps each byte to one symbol): none adds a character
+# a token could be made of, but ByteLevel's prefix space (``ModelTokenizer.bound`` counts one).
+SPLITTING = {"ByteLevel", "Split", "Digits", "Punctuation", "Whitespace", "WhitespaceSplit", "BertPreTokenizer", "UnicodeScripts"}
+
+
+def _bpe_of_bytes(spec: dict[str, Any]) -> bool:
+    """Whether a tokenizer (its ``tokenizer.json``) is a BPE whose pre-tokenizers only split: the tokens of a text are
+    then at most the bytes of its normalized form."""
+    pre = spec.get("pre_tokenizer")
+    pres = [] if pre is None else pre.get("pretokenizers", [pre]) if pre["type"] == "Sequence" else [pre]
+    return spec["model"]["type"] == "BPE" and all(p["type"] in SPLITTING for p in pres)
+
+
 class ModelTokenizer:
     """One model's tokenizer, loaded from its folder: which ids exist, what they spell, how many a text takes."""
 
@@ -34,15 +48,28 @@ class ModelTokenizer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.fast = self.tokenizer.backend_tokenizer  # the Rust tokenizer: ~20 µs a call where the wrapper takes ~300
         self.size = self.fast.get_vocab_size(with_added_tokens=True)
+        self.bounded = _bpe_of_bytes(json.loads(self.fast.to_str()))  # ``bound`` holds for it
+        self.normalizer = self.fast.normalizer
 
     def count(self, text: str) -> int:
         return len(self.fast.encode(text, add_special_tokens=False).ids)
 
-    def prompt_tokens(self, messages: Optional[list[dict[str, Any]]] = None, prompt: str = "") -> int:
-        """A conversation as the chat template renders it (with the generation prompt, as the engine feeds it), or a text prompt."""
+    def render(self, messages: Optional[list[dict[str, Any]]] = None, prompt: str = "") -> str:
+        """What the engine feeds the model: a conversation as the chat template renders it (with the generation
+        prompt), or a text prompt as it is."""
         if messages is not None:
-            return self.count(str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)))
-        return self.count(prompt)
+            return str(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        return prompt
+
+    def bound(self, text: str) -> Optional[int]:
+        """At least the tokens ``text`` takes, without tokenizing it (a long prompt's count takes milliseconds):
+        the bytes of its normalized form, + 1 for a prefix space a pre-tokenizer may add. Every token of a BPE
+        spells at least one byte of that form (a byte-level or byte-fallback token one byte, any other at least one
+        character), and a pre-tokenizer that only splits adds none. None where the tokenizer is not such a BPE."""
+        if not self.bounded:
+            return None
+        normalized = text if self.normalizer is None else self.normalizer.normalize_str(text)
+        return (len(normalized) if normalized.isascii() else len(normalized.encode("utf-8"))) + 1
 
     def token_text(self, token: str) -> tuple[int, str]:
         """A logprob entry's token as a miner sends it (``token_id:N``: requests ask for ids, never
@@ -58,6 +85,23 @@ class ModelTokenizer:
         binding = TextBinding(self)
         binding.feed(token_ids, None)
         return binding.spelled
+
+
+class PromptTokens:
+    """A prompt's tokens for the checks made before a miner is asked: ``tokens`` is at first the tokenizer's bound
+    where it gives one (a check that passes on it passes on the count), the count once ``count`` has run — when a
+    check fails on the bound, or once the miner is asked, off the user's time."""
+
+    def __init__(self, tokenizer: ModelTokenizer, text: str):
+        self.tokenizer, self.text = tokenizer, text
+        bound = tokenizer.bound(text)
+        self.counted = bound is None
+        self.tokens = tokenizer.count(text) if bound is None else bound
+
+    def count(self) -> int:
+        if not self.counted:
+            self.tokens, self.counted = self.tokenizer.count(self.text), True
+        return self.tokens
 
 
 class TextBinding:

@@ -7,11 +7,11 @@ its keyfile on every signature. Each call signs a fresh nonce, so retries are sa
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 import aiohttp
 import bittensor as bt
+import msgspec
 
 
 def signed_headers(keypair: Any, receiver: str, method: str, path: str, body: bytes = b"", nonce_ns: Optional[int] = None) -> dict[str, str]:
@@ -32,7 +32,7 @@ class MinerClient:
 
     def post(self, path: str, payload: dict[str, Any], **kwargs: Any) -> Any:
         """``session.post`` with a signed JSON body; use as ``async with client.post(...) as r``."""
-        body = json.dumps(payload).encode()
+        body = msgspec.json.encode(payload)
         return self.session.post(self.url + path, data=body, headers=signed_headers(self.keypair, self.receiver, "POST", path, body), **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> Any:

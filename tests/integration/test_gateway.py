@@ -143,6 +143,8 @@ def test_the_openai_client_gets_whole_and_streamed_answers_with_usage_counted_by
     completion = whole.parse()
     assert completion.choices[0].message.content and completion.choices[0].finish_reason in ("stop", "length")
     assert completion.usage.completion_tokens > 0 and completion.usage.prompt_tokens > 0
+    tokenizer = ModelTokenizer(subnet["tmp"] / "s0")  # counted, not the bound the request was checked on before the miner was asked
+    assert completion.usage.prompt_tokens == tokenizer.count(tokenizer.render(messages=[{"role": "user", "content": "Say hi."}]))
     assert completion.usage.completion_tokens_details.reasoning_tokens == 0 and completion.usage.prompt_tokens_details.cached_tokens == 0
     assert "cost" not in completion.usage.model_dump()  # a key without a price: no cost is made up
     priced = create_key(subnet["db"], "priced", "--price", "2.5")  # per million tokens

@@ -216,6 +216,8 @@ def test_odd_requests_get_a_clear_400_and_odd_content_is_served(gateway):
         "context": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}).encode(), "context"),
         "empty-stop": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": [""]}).encode(), "stop"),  # vLLM refuses it
         "five-stops": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": list("abcde")}).encode(), "stop"),
+        # a lone surrogate escape is no text a tokenizer reads (it was a 500 where the prompt was counted)
+        "lone-surrogate": (json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}]}).encode(), "invalid_json"),
     }
     for name, (body, expected) in cases.items():
         status, headers, raw = _post(url, key, "/v1/chat/completions", body)

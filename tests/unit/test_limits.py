@@ -89,6 +89,25 @@ def test_tokens_a_minute_and_the_quota_are_checked_together_and_a_refusal_charge
     asyncio.run(run())
 
 
+def test_a_prompt_charged_on_its_bound_gets_the_difference_back_in_the_minute_it_was_charged(backend):
+    limits, store, clock = backend
+    _, key = store.create_key("k", tpm=100, quota_tokens=1000)
+
+    async def run() -> None:
+        # Admitted on its prompt's bound (70 + 10 max_tokens), counted later at 20: 50 given back when it settles.
+        first = await limits.admit(key, 80)
+        assert (await limits.window_remaining(key))["tokens"] == 20
+        await limits.settle(first, 25, overcharged=50)
+        assert (await limits.window_remaining(key))["tokens"] == 70 and await limits.remaining_quota(key) == 975
+        # Settled in the next minute: given back to the minute it was charged in, now the previous one.
+        second = await limits.admit(key, 60)
+        clock(MINUTE + 90.0)  # half into the next minute: the previous minute's 30 + 60 weigh half
+        await limits.settle(second, 10, overcharged=40)
+        assert (await limits.window_remaining(key))["tokens"] == 100 - 25
+
+    asyncio.run(run())
+
+
 def test_each_admission_is_one_round_trip_to_redis_whatever_the_key_limits(redis_server, tmp_path, monkeypatch):
     store = Store(tmp_path / "g.sqlite")
     _, key = store.create_key("k", rpm=1000, tpm=10**6, quota_tokens=10**6)
