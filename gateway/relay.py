@@ -79,11 +79,12 @@ class Relay:
         """The user's stream, started if it is not yet."""
         return self.response if self.response is not None else await self._start_stream()
 
-    async def _write(self, events: list[dict[str, Any]], raw: bytes = b"") -> None:
-        """``events`` as SSE, then ``raw``, in one write."""
+    async def _write(self, events: list[dict[str, Any]], raw: bytes = b"", last: bool = False) -> None:
+        """``events`` as SSE, then ``raw``, in one write (``last``: with the stream's end)."""
         frames = [b"data: " + ENCODE(event) + b"\n\n" for event in events]
+        stream = await self._stream()
         try:
-            await (await self._stream()).write(b"".join(frames) + raw)
+            await (stream.write_eof if last else stream.write)(b"".join(frames) + raw)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
             raise ClientGone() from exc
 
@@ -275,8 +276,9 @@ class Relay:
                 raise NoMinerAvailable(f"every miner serving '{self.gen.model}' is busy or down; retry shortly", headers={"Retry-After": "2"})
             raise UpstreamFailed(f"no miner could answer ({detail})")
         # The OpenAI stream convention for a failed answer: a last chunk with finish_reason "error", then the error event.
-        await self._write([error_chunk(self.head), error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed")])
-        await self.response.write_eof()
+        await self._write(
+            [error_chunk(self.head), error_body(f"the answer was cut: no miner could continue it ({detail})", "server_error", "upstream_failed")], last=True
+        )
         return self.response
 
     async def _finish(self) -> web.StreamResponse:
@@ -285,15 +287,13 @@ class Relay:
         if self.user_stream:
             stream = await self._stream()  # started here when it finished without a single token
             final = [usage_chunk(self.head, usage)] if (self.gen.body.get("stream_options") or {}).get("include_usage") else []
-            await self._write(final, b"data: [DONE]\n\n")
-            await stream.write_eof()
+            await self._write(final, b"data: [DONE]\n\n", last=True)
             return stream
         payload = whole_completion(self.head, usage)
         if self.gen.body.get("stream"):  # a tool answer a user streams: the whole message as stream chunks
             stream = await self._stream()
             final = [usage_chunk(self.head, usage)] if (self.gen.body.get("stream_options") or {}).get("include_usage") else []
-            await self._write([*whole_as_chunks(self.head, payload), *final], b"data: [DONE]\n\n")
-            await stream.write_eof()
+            await self._write([*whole_as_chunks(self.head, payload), *final], b"data: [DONE]\n\n", last=True)
             return stream
         # Written here, before the request's books are closed (completions' finally): the user's answer does not wait on them.
         response = web.Response(body=ENCODE(payload), content_type="application/json", headers=self._headers())
