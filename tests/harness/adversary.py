@@ -21,7 +21,9 @@ token ids outside the vocabulary under honest text, text that is not what the id
 (HTML), every request refused with a 400 whose message is HTML and script, a 1 MiB event,
 an endless stream, a slow drip of comments and no token, a drip of valid empty chunks, an HTML page as the stream,
 bytes that are not UTF-8, every token id sent twice, an event after ``[DONE]``, HTML as every
-logprob's token string (the ids and the text honest).
+logprob's token string (the ids and the text honest), and every request refused in-band: a 200
+whose stream is a well-formed error event before any token (what an engine sends for a request it
+cannot run: a miner that wants to skip work without it counting as a failure).
 
 One process serves every mode: a miner attached to ``URL/MODE`` gets that mode (or
 ``--mode`` for paths without one).
@@ -62,6 +64,7 @@ HOSTILE = (
     "double-ids",
     "after-done",
     "html-logprobs",
+    "refuse-event",
 )
 MODES = CHEATS + HOSTILE
 HOSTILE_TEXT = "<script>alert('pwned')</script><b>BUY $SCAM</b>"
@@ -218,6 +221,10 @@ class Adversary:
             return web.Response(text=f"<html><body>{HOSTILE_TEXT}</body></html>", content_type="text/html")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
+        if mode == "refuse-event":
+            await response.write(sse_event({"error": {"message": HOSTILE_TEXT, "type": "BadRequestError", "code": 400}}) + b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
         if mode == "empty-drip":
             for _ in range(600):  # valid chunks with nothing in them, every half second, and never a token
                 await response.write(

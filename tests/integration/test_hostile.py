@@ -46,8 +46,9 @@ BREACH = {
     "double-ids": "more token ids than max_tokens|logprob entries for",
     "after-done": r"after \[DONE\]",
     "html-logprobs": "not the chunk's token id",
+    "refuse-event": "reported an error",
 }
-NOT_FIDELITY = ("refuse-html", "drip", "empty-drip")  # an error status and timeouts: unpaid, but not a verdict on the model
+NOT_FIDELITY = ("refuse-html", "drip", "empty-drip", "refuse-event")  # an error status and timeouts: unpaid, but not a verdict on the model
 
 
 @pytest.fixture(scope="module")
