@@ -117,30 +117,35 @@ class ErrorEvent(MinerWireModel, frozen=True, kw_only=True):
 Chunk = Union[ChatCompletionChunk, TextCompletionChunk]
 Event = Union[ChatCompletionChunk, TextCompletionChunk, ErrorEvent]
 DONE = "[DONE]"
-DECODERS: dict[type, msgspec.json.Decoder[Event]] = {wire: msgspec.json.Decoder(wire) for wire in (ChatCompletionChunk, TextCompletionChunk, ErrorEvent)}
+DECODERS: dict[type, msgspec.json.Decoder[Chunk]] = {wire: msgspec.json.Decoder(wire) for wire in (ChatCompletionChunk, TextCompletionChunk)}
 
 
 def parse_event(data: str, chat: bool) -> Event:
     """One SSE data string of a chat (``chat``) or text completion stream; StreamViolation if it is not one."""
-    wire: type[Event] = ErrorEvent if '"error"' in data else ChatCompletionChunk if chat else TextCompletionChunk
+    chunk: type[Chunk] = ChatCompletionChunk if chat else TextCompletionChunk
+    if '"error"' not in data:  # a chunk, as nearly every event is: read and checked in one compiled pass
+        try:
+            return DECODERS[chunk].decode(data)
+        except (msgspec.ValidationError, RecursionError):
+            pass  # not a valid chunk: the reading below names what is wrong with it
+        except msgspec.DecodeError as exc:
+            raise StreamViolation(f"an event is not JSON: {data[:80]!r}") from exc
     try:
-        return DECODERS[wire].decode(data)
-    except msgspec.ValidationError as exc:
-        if wire is ErrorEvent:  # a chunk that mentions "error" in its text, or an error event that is not one
-            try:
-                return DECODERS[ChatCompletionChunk if chat else TextCompletionChunk].decode(data)
-            except msgspec.ValidationError:
-                pass
-        problem = str(exc)
-    except msgspec.DecodeError as exc:
-        raise StreamViolation(f"an event is not JSON: {data[:80]!r}") from exc
+        raw = msgspec.json.decode(data)
     except RecursionError as exc:
         raise StreamViolation("an event is nested too deeply") from exc
-    # Valid JSON, not a valid event: name what it is.
-    if not data.lstrip().startswith("{"):
-        kind = {"[": "list", '"': "string"}.get(data.lstrip()[:1], "number, boolean or null")
-        raise StreamViolation(f"an event is a JSON {kind}, not an object")
-    raise StreamViolation(f"an event is not a valid {wire.__name__}: {problem}")
+    except msgspec.DecodeError as exc:
+        raise StreamViolation(f"an event is not JSON: {data[:80]!r}") from exc
+    if not isinstance(raw, dict):
+        raise StreamViolation(f"an event is a JSON {_JSON_KINDS.get(type(raw), type(raw).__name__)}, not an object")
+    wire: type[Event] = ErrorEvent if "error" in raw else chunk
+    try:
+        return msgspec.convert(raw, wire)
+    except msgspec.ValidationError as exc:
+        raise StreamViolation(f"an event is not a valid {wire.__name__}: {exc}") from exc
+
+
+_JSON_KINDS = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 def token_id_of(token: str) -> Optional[int]:
