@@ -14,7 +14,7 @@ request, forward it on one client session, relay the answer's bytes; no checks, 
 and, with ``--vs``, real peers in front of the same upstream: the LiteLLM proxy and
 Portkey's open-source gateway (each installed on first use, in its own folder).
 
-    python -m bench.gateway_overhead [--rates 5,100,200,500] [--seconds 5] [--workers N] [--vs litellm] [--vs portkey] [--profile FILE] [--json]
+    python -m bench.gateway_overhead [--rates 5,100,200,500] [--seconds 5] [--repeat 3] [--workers N] [--vs litellm] [--vs portkey] [--profile FILE] [--json]
 
 On a 2-core machine the processes share the cores: the figures include that. ``--json`` ends
 with one object; ``added_p50_ratio_vs_PEER`` is the gateway's added p50 over the peer's,
@@ -28,6 +28,7 @@ import asyncio
 import json
 import multiprocessing
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -220,6 +221,12 @@ def _measure(url: str, headers: dict[str, str], rate: float, seconds: float, str
     return {"p50_ms": pick(0.5), "p99_ms": pick(0.99), "ok": len(latencies), "errors": errors}
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """Repeated measurements of one target at one rate: the median p50 and p99, every request counted."""
+    middle = lambda key: statistics.median(run[key] for run in runs)  # noqa: E731
+    return {"p50_ms": middle("p50_ms"), "p99_ms": middle("p99_ms"), "ok": sum(run["ok"] for run in runs), "errors": sum(run["errors"] for run in runs)}
+
+
 def wait_ready(url: str, process: multiprocessing.Process, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -242,6 +249,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[5.0, 100.0, 200.0, 500.0])
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure every target this many times at each rate, in turn; the rows show the medians (this machine's noise moves one run's ratio by ±1)",
+    )
     parser.add_argument("--max-rate-steps", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0])
     parser.add_argument("--workers", type=int, default=1, help="gateway processes on the port; above 1 their limits are in a redis-server the bench starts")
     parser.add_argument(
@@ -299,9 +312,11 @@ def _run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], float]:
         rows = []
         for stream in (False, True):
             for rate in args.rates:
-                row = {"stream": stream, "rate": rate}
-                for name, (url, headers) in targets.items():  # one after another at each rate, so drift hits all alike
-                    row[name] = _measure(url, headers, rate, args.seconds, stream)
+                runs: dict[str, list[dict]] = {name: [] for name in targets}
+                for _ in range(args.repeat):
+                    for name, (url, headers) in targets.items():  # one after another at each rate, so drift hits all alike
+                        runs[name].append(_measure(url, headers, rate, args.seconds, stream))
+                row = {"stream": stream, "rate": rate, **{name: _median_run(measured) for name, measured in runs.items()}}
                 for name in targets.keys() - {"direct"}:
                     row[name] |= {"added_p50_ms": row[name]["p50_ms"] - row["direct"]["p50_ms"], "added_p99_ms": row[name]["p99_ms"] - row["direct"]["p99_ms"]}
                 rows.append(row)

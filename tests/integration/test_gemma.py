@@ -69,7 +69,7 @@ def test_gemmas_honest_answers_pass_verification_and_their_newline_end_spells_no
     ended = [a for a in answers if a.finish_reason == "stop" and a.token_ids[-1] in (107, 108)]
     assert ended and all(not a.text.endswith("\n") for a in ended)  # the engine never shows the end token's text
     # the gateway counts a prompt as the engine does (Gemma's own tokenizer and template, <bos> included)
-    assert all(len(a.prompt_token_ids) == tokenizer.prompt_tokens(messages=b["messages"]) for a, b in zip(answers, bodies))
+    assert all(len(a.prompt_token_ids) == tokenizer.count(tokenizer.render(messages=b["messages"])) for a, b in zip(answers, bodies))
 
 
 def test_auto_routes_each_kind_of_request_to_the_family_the_validators_graded_best(gemma, tiny_engine):

@@ -42,7 +42,7 @@ def tokenizers(tmp_path_factory) -> list[ModelTokenizer]:
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=300))
-@example(text="\ufdfa" * 40)  # NFKC spells this one character with 18: no tokenizer here may normalize so
+@example(text="\ufdfa" * 40)  # NFKC spells this one character with 18: the bound measures the normalized form
 @example(text="\u0958" * 40)  # NFC decomposes it
 @example(text=" " * 200)  # Gemma's normalizer: one byte each becomes three
 @example(text="🧑🏽‍🚀" * 20 + "<|im_start|><|im_end|><start_of_turn>")  # joined emoji, special tokens' text
