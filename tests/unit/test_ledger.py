@@ -7,6 +7,7 @@ import sqlite3
 
 from gateway.ledger import Ledger, coalesced
 from gateway.store import Store
+from tests.harness.served import served
 
 MODEL = "slmnet/tiny-qwen2-s0"
 
@@ -147,7 +148,6 @@ async def test_a_request_no_miner_could_take_leaves_a_closed_row_not_an_open_one
     request (every miner full, no wait for a slot): either way the ledger holds one 'failed' row, counted once in the
     key's totals, and nothing left 'open' for a restart to call interrupted."""
     import aiohttp
-    from aiohttp import web
     from bittensor.sp_core import Keypair
 
     from gateway.router import MinerView, Router
@@ -171,17 +171,9 @@ async def test_a_request_no_miner_could_take_leaves_a_closed_row_not_an_open_one
         keypair=Keypair.create_from_uri("//G"),
         settings=GatewaySettings(busy_wait=0.0),
     )
-    runner = web.AppRunner(create_app(state))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
-            async with session.post(url, json=body, headers={"Authorization": f"Bearer {plaintext}"}) as response:
-                assert response.status == 503, await response.text()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    async with served(create_app(state)) as url, aiohttp.ClientSession() as session:
+        async with session.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {plaintext}"}) as response:
+            assert response.status == 503, await response.text()
         await state.ledger.synced()
-    finally:
-        await runner.cleanup()
     assert store.db.execute("SELECT status FROM usage").fetchall() == [("failed",)] and store.usage(key.id)["requests"] == 1

@@ -16,6 +16,7 @@ from gateway.store import Store
 from models.prepare import model_folder
 from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer, PromptTokens
+from tests.harness.served import served
 
 MODEL = "slmnet/tiny-qwen2-s0"
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
@@ -76,7 +77,6 @@ def test_a_tokenizer_not_bound_by_bytes_gives_no_bound_and_its_prompts_are_count
 def test_a_key_is_admitted_on_the_count_where_the_bound_is_over_its_limit_and_charged_the_count(tmp_path):
     """A request whose prompt's bound would pass a key's tokens a minute is admitted on its count; one that the bound
     admits is charged its count once the miner is asked (here: none can take it, and its books still close)."""
-    from aiohttp import web
     from bittensor.sp_core import Keypair
 
     from gateway.router import MinerView, Router
@@ -100,22 +100,14 @@ def test_a_key_is_admitted_on_the_count_where_the_bound_is_over_its_limit_and_ch
     )
 
     async def run() -> list[int]:
-        runner = web.AppRunner(create_app(state))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
         statuses = []
-        try:
-            async with aiohttp.ClientSession() as session:
-                url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
-                for plaintext in (tight, tight, roomy):
-                    body = {"model": MODEL, "messages": messages, "max_tokens": 4}
-                    async with session.post(url, json=body, headers={"Authorization": f"Bearer {plaintext}"}) as response:
-                        statuses.append(response.status)
+        async with served(create_app(state)) as url, aiohttp.ClientSession() as session:
+            for plaintext in (tight, tight, roomy):
+                body = {"model": MODEL, "messages": messages, "max_tokens": 4}
+                async with session.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {plaintext}"}) as response:
+                    statuses.append(response.status)
             await state.ledger.synced()
             left = [(await state.limits.window_remaining(key))["tokens"] for key in (tight_key, roomy_key)]
-        finally:
-            await runner.cleanup()
         return statuses + left
 
     tight_first, tight_second, roomy_status, tight_left, roomy_left = asyncio.run(run())

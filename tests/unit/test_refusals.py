@@ -18,6 +18,7 @@ from gateway.state import GatewayState
 from gateway.store import Store
 from models.tiny import build_tiny
 from models.tokenizer import ModelTokenizer
+from tests.harness.served import served
 
 MODEL = "slmnet/tiny-qwen2-s0"
 REFUSER, HONEST = 1, 2
@@ -27,14 +28,10 @@ def _event(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
-async def _serve(handler) -> tuple[web.AppRunner, str]:
+def _miner(handler) -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return app
 
 
 async def _refuse(request: web.Request) -> web.StreamResponse:
@@ -76,33 +73,21 @@ async def _ask(tmp_path, miners: dict[int, str], attempts: int) -> tuple[list[tu
         keypair=Keypair.create_from_uri("//G"),
         settings=GatewaySettings(max_attempts=attempts),
     )
-    runner = web.AppRunner(create_app(state))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
     answers: list[tuple[int, str]] = []
-    try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/chat/completions"
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "The capital of France?"}], "max_tokens": 8}
-            while not any(status != 200 or str(REFUSER) in asked.split(",") for status, asked in answers) and len(answers) < 30:
-                async with session.post(url, json=body, headers={"Authorization": f"Bearer {plaintext}"}) as response:
-                    await response.read()
-                    answers.append((response.status, response.headers.get("x-slmnet-miner-uid", "")))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "The capital of France?"}], "max_tokens": 8}
+    async with served(create_app(state)) as url, aiohttp.ClientSession() as session:
+        while not any(status != 200 or str(REFUSER) in asked.split(",") for status, asked in answers) and len(answers) < 30:
+            async with session.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {plaintext}"}) as response:
+                await response.read()
+                answers.append((response.status, response.headers.get("x-slmnet-miner-uid", "")))
         await state.ledger.synced()
-    finally:
-        await runner.cleanup()
     return answers, store
 
 
 async def test_a_miner_that_refuses_in_band_fails_the_requests_another_miner_serves(tmp_path):
     build_tiny(tmp_path / "tiny", seed=0)
-    refuser, refuser_url = await _serve(_refuse)
-    honest, honest_url = await _serve(_honest(ModelTokenizer(tmp_path / "tiny")))
-    try:
+    async with served(_miner(_refuse)) as refuser_url, served(_miner(_honest(ModelTokenizer(tmp_path / "tiny")))) as honest_url:
         answers, store = await _ask(tmp_path, {REFUSER: refuser_url, HONEST: honest_url}, attempts=2)
-    finally:
-        await refuser.cleanup()
-        await honest.cleanup()
     assert answers[-1] == (200, f"{REFUSER},{HONEST}")  # the refuser was asked first; the honest miner answered
     assert all(status == 200 for status, _ in answers)
     reports = {r.hotkey: r for r in store.service_reports()}
@@ -112,10 +97,7 @@ async def test_a_miner_that_refuses_in_band_fails_the_requests_another_miner_ser
 
 async def test_a_request_every_miner_refuses_is_the_users_400_and_no_miners_failure(tmp_path):
     build_tiny(tmp_path / "tiny", seed=0)
-    refuser, refuser_url = await _serve(_refuse)
-    try:
+    async with served(_miner(_refuse)) as refuser_url:
         answers, store = await _ask(tmp_path, {REFUSER: refuser_url}, attempts=2)
-    finally:
-        await refuser.cleanup()
     assert answers == [(400, "")]  # (a failed request names no miner that answered)
     assert all(report.failed == 0 for report in store.service_reports())

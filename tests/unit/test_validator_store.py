@@ -8,7 +8,6 @@ from typing import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 from bittensor.wallets import Keypair
 
 from gateway.router import Router
@@ -18,6 +17,7 @@ from gateway.store import Store as GatewayStore
 from protocol.records import AnswerRecord, RoundSummary, ServiceCounts
 from scoring.aggregate import Standing
 from scoring.evidence import Evidence
+from tests.harness.served import served
 from validator.organic import SignedOutbox
 from validator.store import RESULT_COLUMNS, Store
 
@@ -93,16 +93,8 @@ async def _gateway(path) -> AsyncIterator[tuple[SignedOutbox, GatewayStore]]:
     (the gateway trusts its own hotkey, which this validator shares, as a local subnet's does)."""
     keypair = Keypair.create_from_uri("//Gateway")
     store = GatewayStore(path)
-    runner = web.AppRunner(create_app(GatewayState(store=store, router=Router(), tokenizers={}, keypair=keypair)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield SignedOutbox(session, f"http://127.0.0.1:{port}", keypair), store
-    finally:
-        await runner.cleanup()
+    async with served(create_app(GatewayState(store=store, router=Router(), tokenizers={}, keypair=keypair))) as url, aiohttp.ClientSession() as session:
+        yield SignedOutbox(session, url, keypair), store
 
 
 async def test_the_validator_reads_a_gateways_outbox_once_and_keeps_its_place_across_restarts(tmp_path):
