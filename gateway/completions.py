@@ -44,9 +44,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
         prompt.count()  # a quota reserves what a request may use while it runs: on a bound it would hold others out
     try:
         reservation = await state.limits.admit(key, prompt.tokens + max_tokens)
-    except KeyRateLimited:
-        if prompt.counted:
-            raise
+    except KeyRateLimited as exc:
+        if prompt.counted or exc.code != "rate_limit_tokens":
+            raise  # a request over the key's requests a minute is refused whatever its tokens: no count, no second ask
         prompt.count()  # refused on the bound: the count decides
         reservation = await state.limits.admit(key, prompt.tokens + max_tokens)
     charged = prompt.tokens  # the prompt's tokens as admission charged them: the bound, or the count
